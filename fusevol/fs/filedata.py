@@ -1,0 +1,132 @@
+"""Write buffering for the files of a mounted volume.
+
+Writes land in whole-block buffers in memory and reach the store as chunks on
+flush: at close, fsync, when a file or the whole mount holds too much, or after
+a few seconds. One FileData serves every open handle of an inode, so all of
+them see the same bytes. While a flush is being committed its blocks stay
+readable from `inflight`.
+"""
+
+import trio
+
+from ..store import Inodes
+from .runner import TxnRunner
+
+
+class FileData:
+    def __init__(self, ino: int, size: int, inodes: Inodes, runner: TxnRunner):
+        self.ino = ino
+        self.size = size
+        self.inodes = inodes
+        self.runner = runner
+        self.bs = inodes.block_size
+        self.dirty: dict[int, bytearray] = {}
+        self.inflight: dict[int, bytearray] = {}
+        self.opens = 0
+        self.times_pending = False  # size or mtime changed and not yet stored
+        self.flush_lock = trio.Lock()
+
+    @property
+    def dirty_bytes(self) -> int:
+        return len(self.dirty) * self.bs
+
+    def _cached(self, index: int) -> bytearray | None:
+        buf = self.dirty.get(index)
+        return buf if buf is not None else self.inflight.get(index)
+
+    async def _load(self, indexes: list[int]) -> dict[int, bytes | None]:
+        ino, inodes = self.ino, self.inodes
+
+        def read_blocks(txn):
+            return {i: inodes.read_block(txn, ino, i) for i in indexes}
+
+        return await self.runner.run(read_blocks)
+
+    async def write(self, offset: int, data: bytes) -> int:
+        bs = self.bs
+        end = offset + len(data)
+        first, last = offset // bs, (end - 1) // bs
+        # Blocks written only in part need their old bytes first.
+        partial = [i for i in {first, last}
+                   if self._cached(i) is None and i * bs < self.size
+                   and not (offset <= i * bs and end >= (i + 1) * bs)]
+        loaded = await self._load(partial) if partial else {}
+        view = memoryview(data)
+        for index in range(first, last + 1):
+            start = max(offset, index * bs)
+            stop = min(end, (index + 1) * bs)
+            buf = self.dirty.get(index)
+            if buf is None:
+                base = self.inflight.get(index)
+                if base is None:
+                    base = loaded.get(index) or b""
+                    # Bytes past the file's end are not data (a truncate dropped them).
+                    base = base[: max(0, self.size - index * bs)]
+                buf = self.dirty[index] = bytearray(base)
+            lo = start - index * bs
+            if len(buf) < lo:
+                buf.extend(bytes(lo - len(buf)))
+            buf[lo: stop - index * bs] = view[start - offset: stop - offset]
+        self.size = max(self.size, end)
+        self.times_pending = True
+        return len(data)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        bs = self.bs
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        first, last = offset // bs, (end - 1) // bs
+        missing = [i for i in range(first, last + 1) if self._cached(i) is None]
+        loaded = await self._load(missing) if missing else {}
+        out = bytearray()
+        for index in range(first, last + 1):
+            block = self._cached(index)
+            if block is None:
+                block = loaded.get(index) or b""
+            lo = max(offset, index * bs) - index * bs
+            hi = min(end, (index + 1) * bs) - index * bs
+            piece = block[lo:hi]
+            out += piece
+            if len(piece) < hi - lo:
+                out += bytes(hi - lo - len(piece))  # a hole, or past the stored bytes
+        return bytes(out)
+
+    def truncate(self, size: int) -> None:
+        """Apply a new size to the buffers (the store is truncated by the caller)."""
+        bs = self.bs
+        for table in (self.dirty, self.inflight):
+            for index in [i for i in table if i * bs >= size]:
+                del table[index]
+            last = size // bs
+            if last in table:
+                del table[last][size - last * bs:]
+        self.size = size
+
+    async def flush(self, durable: bool = False) -> None:
+        """Store the dirty blocks as chunks, with the file's size and mtime."""
+        async with self.flush_lock:
+            if not self.dirty and not self.times_pending:
+                if durable:
+                    await self.runner.run(_noop, durable=True)
+                return
+            bs, size = self.bs, self.size
+            batch, self.inflight, self.dirty = self.dirty, self.dirty, {}
+            self.times_pending = False
+            blocks = [(i, bytes(buf[: size - i * bs])) for i, buf in sorted(batch.items())
+                      if i * bs < size]
+            try:
+                await self.runner.run(self.inodes.write_blocks, self.ino, blocks, size,
+                                      durable=durable)
+            except BaseException:
+                # Keep the data for a later try; newer writes win.
+                for index, buf in batch.items():
+                    self.dirty.setdefault(index, buf)
+                self.times_pending = True
+                raise
+            finally:
+                self.inflight = {}
+
+
+def _noop(txn):
+    return None

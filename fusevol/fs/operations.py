@@ -1,0 +1,453 @@
+"""The pyfuse3 Operations of one mounted volume.
+
+Handlers are thin: they translate kernel inode numbers, call the synchronous
+store helpers (fusevol.store.Inodes) on the store thread, and keep the little
+state the kernel protocol needs in memory (lookup counts, open files, directory
+listings). Only FUSEError leaves a handler: pyfuse3 ends the mount on anything
+else, so unexpected errors are logged and answered with EIO.
+"""
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections import Counter
+
+import pyfuse3
+import trio
+
+from ..errors import FusevolError
+from ..store import ROOT_INO, Inode, Inodes
+from .filedata import FileData
+from .runner import TxnRunner
+
+log = logging.getLogger(__name__)
+
+# All changes reach the volume through this one mount, so the kernel's caches
+# stay true for long; they are dropped explicitly when the store changes under us.
+ENTRY_TIMEOUT = 60.0
+ATTR_TIMEOUT = 60.0
+FLUSH_AT = 32 << 20        # a file's dirty bytes that start a background flush
+BLOCK_WRITES_AT = 4 * FLUSH_AT
+FLUSH_INTERVAL = 5.0       # seconds dirty data may stay in memory
+
+
+def handler(fn):
+    """Map domain errors to errnos and keep unexpected ones from killing the mount."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except FusevolError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def modifying(fn):
+    """A handler that changes the volume: EROFS on a read-only mount."""
+    inner = handler(fn)
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        if self.readonly:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return await inner(self, *args)
+
+    return wrapper
+
+
+class VolumeOperations(pyfuse3.Operations):
+    enable_writeback_cache = True
+    supports_dot_lookup = True
+
+    def __init__(self, runner: TxnRunner, inodes: Inodes, *, readonly: bool = False,
+                 root_ino: int = ROOT_INO, quota: int | None = None):
+        super().__init__()
+        self.runner = runner
+        self.inodes = inodes
+        self.readonly = readonly
+        self.root_ino = root_ino  # a subpath view serves this directory as its root
+        self.quota = quota
+        self.lookups: Counter[int] = Counter()
+        self.files: dict[int, FileData] = {}
+        self.handles: dict[int, FileData] = {}
+        self.dir_handles: dict[int, list | None] = {}
+        self.nursery: trio.Nursery | None = None
+        self._next_fh = 1
+
+    # -- inode numbers: a view's root is the kernel's ROOT_INO --------------
+
+    def _real(self, kino: int) -> int:
+        return self.root_ino if kino == pyfuse3.ROOT_INODE else kino
+
+    def _kernel(self, ino: int) -> int:
+        return pyfuse3.ROOT_INODE if ino == self.root_ino else ino
+
+    def _new_fh(self) -> int:
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        return fh
+
+    # -- attributes ---------------------------------------------------------
+
+    def _entry(self, ino: int, inode: Inode) -> pyfuse3.EntryAttributes:
+        fd = self.files.get(ino)
+        size = fd.size if fd is not None else inode.size
+        data_bytes = inode.data_bytes + (fd.dirty_bytes if fd is not None else 0)
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = self._kernel(ino)
+        e.generation = 0
+        e.entry_timeout = ENTRY_TIMEOUT
+        e.attr_timeout = ATTR_TIMEOUT
+        e.st_mode = inode.mode
+        e.st_nlink = inode.nlink
+        e.st_uid = inode.uid
+        e.st_gid = inode.gid
+        e.st_rdev = inode.rdev
+        e.st_size = size
+        e.st_blksize = self.inodes.block_size
+        e.st_blocks = min(-(-data_bytes // 512), -(-size // 512)) if stat.S_ISREG(inode.mode) else 1
+        e.st_atime_ns = inode.atime_ns
+        e.st_mtime_ns = inode.mtime_ns
+        e.st_ctime_ns = inode.ctime_ns
+        return e
+
+    def _entry_counted(self, ino: int, inode: Inode) -> pyfuse3.EntryAttributes:
+        """Attributes handed to the kernel with a new lookup reference."""
+        self.lookups[ino] += 1
+        return self._entry(ino, inode)
+
+    async def _get(self, ino: int) -> Inode:
+        return await self.runner.run(self.inodes.get, ino)
+
+    @handler
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self._real(parent_inode)
+        if name == b".." and parent == self.root_ino:
+            name = b"."  # no way out of a view
+        inodes = self.inodes
+
+        def lookup_attr(txn):
+            try:
+                ino = inodes.lookup(txn, parent, name)
+            except FusevolError as e:
+                if e.errno == errno.ENOENT:
+                    return None, None
+                raise
+            return ino, inodes.get(txn, ino)
+
+        ino, inode = await self.runner.run(lookup_attr)
+        if ino is None:
+            e = pyfuse3.EntryAttributes()  # cached as a negative entry
+            e.st_ino = 0
+            e.entry_timeout = ENTRY_TIMEOUT
+            return e
+        return self._entry_counted(ino, inode)
+
+    @handler
+    async def getattr(self, inode, ctx=None):
+        ino = self._real(inode)
+        return self._entry(ino, await self._get(ino))
+
+    @modifying
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        ino = self._real(inode)
+        kw = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kw["ctime_ns"] = attr.st_ctime_ns
+        fd = self.files.get(ino)
+        if fields.update_size:
+            kw["size"] = attr.st_size
+            if fd is not None:
+                fd.truncate(attr.st_size)
+        if fd is not None and (fields.update_size or fields.update_mtime):
+            # The store's size must not lag behind a size we now report.
+            await fd.flush()
+        new = await self.runner.run(functools.partial(self.inodes.setattr, ino=ino, **kw))
+        return self._entry(ino, new)
+
+    # -- names ----------------------------------------------------------------
+
+    async def _create(self, parent_inode, name, mode, ctx, rdev=0, target=b""):
+        parent = self._real(parent_inode)
+        ino, inode = await self.runner.run(
+            self.inodes.create, parent, name, mode, ctx.uid, ctx.gid, rdev, target)
+        return ino, inode
+
+    @modifying
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        ino, inode = await self._create(parent_inode, name, mode, ctx, rdev=rdev)
+        return self._entry_counted(ino, inode)
+
+    @modifying
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        ino, inode = await self._create(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
+        return self._entry_counted(ino, inode)
+
+    @modifying
+    async def symlink(self, parent_inode, name, target, ctx):
+        ino, inode = await self._create(parent_inode, name, stat.S_IFLNK | 0o777, ctx, target=target)
+        return self._entry_counted(ino, inode)
+
+    @handler
+    async def readlink(self, inode, ctx=None):
+        node = await self._get(self._real(inode))
+        if not stat.S_ISLNK(node.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
+
+    @modifying
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        ino = self._real(inode)
+        fd = self.files.get(ino)
+        if fd is not None:
+            await fd.flush()
+        node = await self.runner.run(self.inodes.link, ino, self._real(new_parent_inode), new_name)
+        return self._entry_counted(ino, node)
+
+    @modifying
+    async def unlink(self, parent_inode, name, ctx):
+        ino, gone = await self.runner.run(self.inodes.unlink, self._real(parent_inode), name)
+        if gone:
+            await self._purge_if_unused(ino)
+
+    @modifying
+    async def rmdir(self, parent_inode, name, ctx):
+        parent = self._real(parent_inode)
+        if name == b".." and parent == self.root_ino:
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        ino, gone = await self.runner.run(self.inodes.rmdir, parent, name)
+        if gone:
+            await self._purge_if_unused(ino)
+
+    @modifying
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        known = pyfuse3.RENAME_EXCHANGE | pyfuse3.RENAME_NOREPLACE
+        if flags & ~known or flags == known:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        gone = await self.runner.run(
+            functools.partial(self.inodes.rename, old_parent=self._real(parent_inode_old),
+                              old_name=name_old, new_parent=self._real(parent_inode_new),
+                              new_name=name_new,
+                              noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                              exchange=bool(flags & pyfuse3.RENAME_EXCHANGE)))
+        if gone is not None:
+            await self._purge_if_unused(gone)
+
+    async def _purge_if_unused(self, ino: int) -> None:
+        if self.lookups.get(ino, 0) == 0 and ino not in self.files:
+            await self.runner.run(self.inodes.purge, ino)
+
+    @handler
+    async def forget(self, inode_list):
+        for kino, nlookup in inode_list:
+            ino = self._real(kino)
+            left = self.lookups[ino] - nlookup
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            if ino not in self.files:
+                await self.runner.run(_purge_orphan, self.inodes, ino)
+
+    # -- files ----------------------------------------------------------------
+
+    async def _open_file(self, ino: int, size: int | None = None) -> pyfuse3.FileInfo:
+        fd = self.files.get(ino)
+        if fd is None:
+            if size is None:
+                size = (await self._get(ino)).size
+            fd = self.files[ino] = FileData(ino, size, self.inodes, self.runner)
+        fd.opens += 1
+        fh = self._new_fh()
+        self.handles[fh] = fd
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @handler
+    async def open(self, inode, flags, ctx):
+        if self.readonly and (flags & os.O_ACCMODE) != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        ino = self._real(inode)
+        node = await self._get(ino)
+        if stat.S_ISDIR(node.mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return await self._open_file(ino, node.size)
+
+    @modifying
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        ino, inode = await self._create(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
+        info = await self._open_file(ino, 0)
+        return info, self._entry_counted(ino, inode)
+
+    @handler
+    async def read(self, fh, off, size):
+        return await self.handles[fh].read(off, size)
+
+    @modifying
+    async def write(self, fh, off, buf):
+        fd = self.handles[fh]
+        if self.quota is not None:
+            await self._check_quota(len(buf))
+        n = await fd.write(off, buf)
+        if fd.dirty_bytes >= BLOCK_WRITES_AT:
+            await fd.flush()  # back-pressure: the store is behind
+        elif fd.dirty_bytes >= FLUSH_AT and not fd.flush_lock.locked() and self.nursery:
+            self.nursery.start_soon(self._flush_quietly, fd)
+        return n
+
+    async def _check_quota(self, incoming: int) -> None:
+        used = await self.runner.run(self.inodes.usage)
+        dirty = sum(f.dirty_bytes for f in self.files.values())
+        if used.logical_bytes + dirty + incoming > self.quota:
+            raise pyfuse3.FUSEError(errno.EDQUOT)
+
+    async def _flush_quietly(self, fd: FileData) -> None:
+        try:
+            await fd.flush()
+        except Exception as e:  # kept dirty; reported by the next close or fsync
+            log.warning("background flush of inode %d failed: %s", fd.ino, e)
+
+    @handler
+    async def flush(self, fh):
+        await self.handles[fh].flush()
+
+    @handler
+    async def fsync(self, fh, datasync):
+        await self.handles[fh].flush(durable=True)
+
+    @handler
+    async def release(self, fh):
+        fd = self.handles.pop(fh)
+        fd.opens -= 1
+        try:
+            await fd.flush()
+        finally:
+            if fd.opens == 0 and not fd.dirty and self.files.get(fd.ino) is fd:
+                del self.files[fd.ino]
+                if self.lookups.get(fd.ino, 0) == 0:
+                    await self.runner.run(_purge_orphan, self.inodes, fd.ino)
+
+    async def flush_all(self, durable: bool = False) -> None:
+        for fd in list(self.files.values()):
+            await fd.flush()
+        if durable:
+            await self.runner.run(_noop, durable=True)
+
+    async def run_flusher(self) -> None:
+        """Bound how long written data stays only in memory."""
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            for fd in list(self.files.values()):
+                if fd.dirty or fd.times_pending:
+                    await self._flush_quietly(fd)
+
+    # -- directories ----------------------------------------------------------
+
+    @handler
+    async def opendir(self, inode, ctx):
+        ino = self._real(inode)
+        node = await self._get(ino)
+        if not stat.S_ISDIR(node.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self._new_fh()
+        self.dir_handles[fh] = (ino, None)
+        return fh
+
+    @handler
+    async def readdir(self, fh, start_id, token):
+        ino, listing = self.dir_handles[fh]
+        if listing is None or start_id == 0:
+            inodes = self.inodes
+
+            def list_with_attrs(txn):
+                return [(name, child, inodes.get(txn, child))
+                        for name, child in inodes.list_dir(txn, ino)]
+
+            listing = await self.runner.run(list_with_attrs)
+            self.dir_handles[fh] = (ino, listing)
+        for i in range(start_id, len(listing)):
+            name, child, node = listing[i]
+            if not pyfuse3.readdir_reply(token, name, self._entry(child, node), i + 1):
+                break
+            self.lookups[child] += 1
+
+    @handler
+    async def releasedir(self, fh):
+        self.dir_handles.pop(fh, None)
+
+    @handler
+    async def fsyncdir(self, fh, datasync):
+        await self.runner.run(_noop, durable=True)
+
+    # -- the filesystem -----------------------------------------------------
+
+    @handler
+    async def statfs(self, ctx):
+        st = os.statvfs(self.runner.store.path)
+        used = await self.runner.run(self.inodes.usage)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        disk_free = st.f_bavail * st.f_frsize
+        if self.quota is not None:
+            total = self.quota
+            free = max(0, min(disk_free, self.quota - used.logical_bytes))
+        else:
+            total = st.f_blocks * st.f_frsize
+            free = disk_free
+        s.f_blocks = total // 4096
+        s.f_bfree = s.f_bavail = free // 4096
+        s.f_files = used.inodes + (1 << 32)
+        s.f_ffree = s.f_favail = 1 << 32
+        s.f_namemax = 255
+        return s
+
+    # -- extended attributes ------------------------------------------------
+
+    @handler
+    async def getxattr(self, inode, name, ctx):
+        return await self.runner.run(self.inodes.getxattr, self._real(inode), name)
+
+    @modifying
+    async def setxattr(self, inode, name, value, ctx):
+        await self.runner.run(self.inodes.setxattr, self._real(inode), name, value)
+
+    @handler
+    async def listxattr(self, inode, ctx):
+        return await self.runner.run(self.inodes.listxattr, self._real(inode))
+
+    @modifying
+    async def removexattr(self, inode, name, ctx):
+        await self.runner.run(self.inodes.removexattr, self._real(inode), name)
+
+
+def _noop(txn):
+    return None
+
+
+def _purge_orphan(txn, inodes: Inodes, ino: int) -> None:
+    """Purge ino if it lost its last name while the kernel still knew it."""
+    try:
+        node = inodes.get(txn, ino)
+    except FusevolError:
+        return
+    if node.nlink == 0:
+        inodes.purge(txn, ino)

@@ -1,0 +1,120 @@
+"""Content-addressed chunks with reference counts.
+
+A chunk is stored once under the BLAKE3-256 hash of its raw content, however
+many block maps (and, later, snapshot trees) refer to it. Each reference holds
+one count; the chunk is deleted in the transaction that drops the last one, so
+space comes back as soon as nothing reaches the data.
+"""
+
+import threading
+
+import blake3
+import zstandard
+
+from ..errors import StoreDamaged
+from . import schema
+from .env import Txn
+
+RAW, ZSTD = 0, 1
+CODECS = {"none": RAW, "zstd": ZSTD}
+# Keep the compressed form only when it saves at least this fraction.
+MIN_SAVING = 1 / 32
+
+_local = threading.local()
+
+
+def chunk_id(data) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "zc", None)
+    if c is None:
+        c = _local.zc = zstandard.ZstdCompressor(level=1)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "zd", None)
+    if d is None:
+        d = _local.zd = zstandard.ZstdDecompressor()
+    return d
+
+
+def encode(data: bytes, compression: str) -> bytes:
+    if CODECS[compression] == ZSTD:
+        packed = _compressor().compress(data)
+        if len(packed) <= len(data) * (1 - MIN_SAVING):
+            return bytes((ZSTD,)) + packed
+    return bytes((RAW,)) + data
+
+
+def decode(payload) -> bytes:
+    codec = payload[0]
+    body = payload[1:]
+    if codec == RAW:
+        return bytes(body)
+    if codec == ZSTD:
+        return _decompressor().decompress(body)  # frames carry their content size
+    raise StoreDamaged(f"chunk with unknown codec {codec}")
+
+
+def add_ref(txn: Txn, data: bytes, compression: str = "zstd", cid: bytes | None = None) -> bytes:
+    """Store data (if new) and take one reference to it; return its chunk id."""
+    cid = cid or chunk_id(data)
+    ref = txn.get("refs", cid)
+    if ref is not None:
+        count, raw_len, stored_len = schema.unpack_ref(ref)
+        txn.put("refs", cid, schema.pack_ref(count + 1, raw_len, stored_len))
+        return cid
+    payload = encode(data, compression)
+    txn.put("chunks", cid, payload)
+    txn.put("refs", cid, schema.pack_ref(1, len(data), len(payload)))
+    txn.chunk_delta[0] += 1
+    txn.chunk_delta[1] += len(data)
+    txn.chunk_delta[2] += len(payload)
+    return cid
+
+
+def incref(txn: Txn, cid: bytes) -> None:
+    ref = txn.get("refs", cid)
+    if ref is None:
+        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
+    count, raw_len, stored_len = schema.unpack_ref(ref)
+    txn.put("refs", cid, schema.pack_ref(count + 1, raw_len, stored_len))
+
+
+def decref(txn: Txn, cid: bytes) -> None:
+    """Drop one reference; delete the chunk when it was the last."""
+    ref = txn.get("refs", cid)
+    if ref is None:
+        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
+    count, raw_len, stored_len = schema.unpack_ref(ref)
+    if count > 1:
+        txn.put("refs", cid, schema.pack_ref(count - 1, raw_len, stored_len))
+        return
+    txn.delete("refs", cid)
+    txn.delete("chunks", cid)
+    txn.chunk_delta[0] -= 1
+    txn.chunk_delta[1] -= raw_len
+    txn.chunk_delta[2] -= stored_len
+
+
+def raw_length(txn: Txn, cid: bytes) -> int:
+    ref = txn.get("refs", cid)
+    if ref is None:
+        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
+    return schema.unpack_ref(ref)[1]
+
+
+def read(txn: Txn, cid: bytes) -> bytes:
+    payload = txn.get("chunks", cid)
+    if payload is None:
+        raise StoreDamaged(f"missing chunk {cid.hex()}")
+    return decode(payload)
+
+
+def totals(txn: Txn) -> dict:
+    raw = txn.get("meta", b"chunk_totals")
+    chunks, raw_bytes, stored = (schema.read_u64(raw, i * 8) for i in range(3)) if raw else (0, 0, 0)
+    return {"chunks": chunks, "unique_bytes": raw_bytes, "stored_bytes": stored}

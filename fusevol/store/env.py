@@ -1,0 +1,237 @@
+"""The LMDB environment: where it lives, how it is opened, grown and written.
+
+One environment per host holds every volume. Several processes open it at
+once (the driver daemon, one FUSE worker per mounted volume, the CLI); LMDB
+lets them read in parallel and queues writers on a lock in ``lock.mdb``.
+"""
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+
+import lmdb
+
+from ..errors import FusevolError, NoSpace
+from . import schema
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = "/var/lib/fusevol"
+# A huge map costs only address space; it is doubled when half used.
+INITIAL_MAP_SIZE = 1 << 40
+# Writers get ENOSPC while less than this is free, so a commit never meets a full disk.
+SPACE_RESERVE = 64 << 20
+
+
+def resolve_path(path: str | None = None) -> str:
+    return os.path.abspath(path or os.environ.get("FUSEVOL_STORE") or DEFAULT_STORE)
+
+
+class Txn:
+    """An LMDB transaction with table lookup by name and counters to fold in at commit.
+
+    Counters (store-wide chunk totals, per-volume usage) are kept as deltas and
+    written once per transaction, so hot rows are not rewritten per chunk.
+    """
+
+    def __init__(self, store: "Store", txn: lmdb.Transaction, write: bool):
+        self.store = store
+        self.txn = txn
+        self.write = write
+        self.chunk_delta = [0, 0, 0]  # chunks, raw bytes, stored bytes
+        self.vstat_delta: dict[int, list[int]] = {}
+
+    def get(self, table: str, key: bytes):
+        return self.txn.get(key, db=self.store.dbs[table])
+
+    def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
+        return self.txn.put(key, value, db=self.store.dbs[table], overwrite=overwrite)
+
+    def delete(self, table: str, key: bytes) -> bool:
+        return self.txn.delete(key, db=self.store.dbs[table])
+
+    def cursor(self, table: str) -> lmdb.Cursor:
+        return self.txn.cursor(db=self.store.dbs[table])
+
+    def scan(self, table: str, prefix: bytes, start: bytes | None = None):
+        """Yield (key, value) of every row whose key starts with prefix, from start on."""
+        cur = self.cursor(table)
+        if not cur.set_range(start if start is not None else prefix):
+            return
+        for key, value in cur:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def delete_prefix(self, table: str, prefix: bytes) -> int:
+        cur = self.cursor(table)
+        n = 0
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                n += 1
+                if not cur.delete():
+                    break
+        return n
+
+    def add_vstats(self, vid: int, logical_bytes: int = 0, inodes: int = 0) -> None:
+        d = self.vstat_delta.setdefault(vid, [0, 0])
+        d[0] += logical_bytes
+        d[1] += inodes
+
+    def merge_into(self, parent: "Txn") -> None:
+        for i, v in enumerate(self.chunk_delta):
+            parent.chunk_delta[i] += v
+        for vid, (lb, ino) in self.vstat_delta.items():
+            parent.add_vstats(vid, lb, ino)
+
+    def fold_counters(self) -> None:
+        if any(self.chunk_delta):
+            raw = self.get("meta", b"chunk_totals")
+            totals = [schema.read_u64(raw, i * 8) for i in range(3)] if raw else [0, 0, 0]
+            totals = [t + d for t, d in zip(totals, self.chunk_delta)]
+            self.put("meta", b"chunk_totals", b"".join(schema.u64(t) for t in totals))
+            self.chunk_delta = [0, 0, 0]
+        for vid, (lb, ino) in self.vstat_delta.items():
+            raw = self.get("vstats", schema.u64(vid))
+            st = schema.VolumeStats.unpack(raw) if raw else schema.VolumeStats()
+            st.logical_bytes += lb
+            st.inodes += ino
+            self.put("vstats", schema.u64(vid), st.pack())
+        self.vstat_delta = {}
+
+
+class Store:
+    """The host's store. Use ``Store.open(path)``: LMDB forbids opening one
+    environment twice in a process, so instances are shared per path."""
+
+    _instances: dict[str, "Store"] = {}
+    _instances_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str | None = None) -> "Store":
+        path = resolve_path(path)
+        with cls._instances_lock:
+            store = cls._instances.get(path)
+            if store is None or store.closed:
+                store = cls._instances[path] = cls(path)
+            return store
+
+    def __init__(self, path: str):
+        self.path = path
+        self.closed = False
+        try:
+            os.makedirs(os.path.join(path, "db"), mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise FusevolError(f"cannot create store at {path}: {e.strerror}") from None
+        try:
+            self.env = lmdb.open(
+                os.path.join(path, "db"),
+                map_size=INITIAL_MAP_SIZE,
+                max_dbs=len(schema.TABLES) + 4,
+                max_readers=1024,
+                readahead=False,
+                sync=True,
+                metasync=True,
+            )
+        except lmdb.Error as e:
+            raise FusevolError(f"cannot open store at {path}: {e}") from None
+        self.env.reader_check()  # free slots of readers that died
+        self.dbs = {name: self.env.open_db(name.encode()) for name in schema.TABLES}
+        with self.write() as txn:
+            version = txn.get("meta", b"format")
+            if version is None:
+                txn.put("meta", b"format", schema.u64(schema.FORMAT_VERSION))
+                txn.put("meta", b"block_size", schema.u64(schema.BLOCK_SIZE))
+            elif schema.read_u64(version) != schema.FORMAT_VERSION:
+                raise FusevolError(
+                    f"store at {path} has format {schema.read_u64(version)}, "
+                    f"this fusevol reads format {schema.FORMAT_VERSION}"
+                )
+            self.block_size = schema.read_u64(txn.get("meta", b"block_size"))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.env.close()
+
+    # -- transactions -------------------------------------------------------
+
+    def _begin(self, write: bool, parent=None) -> lmdb.Transaction:
+        for _ in range(3):
+            try:
+                return self.env.begin(write=write, parent=parent)
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size and try again.
+                self.env.set_mapsize(0)
+        raise FusevolError("store map kept changing size; try again")
+
+    def _grow_if_needed(self) -> None:
+        info = self.env.info()
+        used = (info["last_pgno"] + 1) * self.env.stat()["psize"]
+        if used * 2 > info["map_size"]:
+            new = info["map_size"] * 2
+            log.info("growing store map to %d bytes", new)
+            self.env.set_mapsize(new)
+
+    def check_space(self, incoming: int = 0) -> None:
+        """Raise NoSpace unless the store's disk can take `incoming` more bytes."""
+        st = os.statvfs(self.path)
+        if st.f_bavail * st.f_frsize < incoming + SPACE_RESERVE:
+            raise NoSpace("no space left on the store's disk")
+
+    @contextlib.contextmanager
+    def read(self):
+        txn = self._begin(write=False)
+        try:
+            yield Txn(self, txn, write=False)
+        finally:
+            txn.abort()
+
+    @contextlib.contextmanager
+    def write(self):
+        """A write transaction committed at the end of the block (durably)."""
+        txn = self.begin_write()
+        try:
+            yield txn
+        except BaseException:
+            txn.txn.abort()
+            raise
+        self.commit(txn)
+
+    def begin_write(self) -> Txn:
+        self._grow_if_needed()
+        return Txn(self, self._begin(write=True), write=True)
+
+    def commit(self, txn: Txn) -> None:
+        try:
+            txn.fold_counters()
+            txn.txn.commit()
+        except lmdb.Error as e:
+            txn.txn.abort()
+            if isinstance(e, lmdb.MapFullError) or _errno_of(e) == errno.ENOSPC:
+                raise NoSpace("no space left on the store's disk") from None
+            raise FusevolError(f"store commit failed: {e}") from None
+
+    @contextlib.contextmanager
+    def nested(self, parent: Txn):
+        """A child of a write transaction: all of it, or none of it, joins the parent."""
+        child = Txn(self, self._begin(write=True, parent=parent.txn), write=True)
+        try:
+            yield child
+        except BaseException:
+            child.txn.abort()
+            raise
+        child.txn.commit()
+        child.merge_into(parent)
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+
+def _errno_of(e: lmdb.Error) -> int | None:
+    text = str(e)
+    if "No space left" in text:
+        return errno.ENOSPC
+    return None

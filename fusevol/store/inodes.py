@@ -1,0 +1,422 @@
+"""POSIX filesystem metadata of one volume, as synchronous operations on a transaction.
+
+These helpers check everything before they write, so an operation that fails
+leaves the transaction as it found it. Errors are FsError(errno). Timestamps
+follow POSIX: changing an inode sets its ctime; changing a directory's entries
+sets the directory's mtime and ctime.
+"""
+
+import errno
+import stat
+import time
+
+from ..errors import FsError
+from . import chunks
+from .env import Txn
+from .schema import ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
+
+NAME_MAX = 255
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+class Inodes:
+    """The inode table, directory entries, block maps and xattrs of one volume."""
+
+    def __init__(self, vid: int, block_size: int, compression: str = "zstd"):
+        self.vid = vid
+        self.block_size = block_size
+        self.compression = compression
+
+    def usage(self, txn: Txn) -> VolumeStats:
+        raw = txn.get("vstats", u64(self.vid))
+        return VolumeStats.unpack(raw) if raw else VolumeStats()
+
+    def resolve(self, txn: Txn, path: str) -> int:
+        """The ino of a directory given as a path relative to the volume root."""
+        ino = ROOT_INO
+        for part in path.split("/"):
+            if part:
+                ino = self.lookup(txn, ino, part.encode())
+        self._dir(txn, ino)
+        return ino
+
+    # -- inodes -------------------------------------------------------------
+
+    def get(self, txn: Txn, ino: int) -> Inode:
+        raw = txn.get("inodes", vkey(self.vid, ino))
+        if raw is None:
+            raise FsError(errno.ENOENT)
+        return Inode.unpack(raw)
+
+    def put(self, txn: Txn, ino: int, inode: Inode) -> None:
+        txn.put("inodes", vkey(self.vid, ino), inode.pack())
+
+    def _alloc_ino(self, txn: Txn) -> int:
+        key = b"next_ino" + u64(self.vid)
+        ino = read_u64(txn.get("meta", key))
+        txn.put("meta", key, u64(ino + 1))
+        return ino
+
+    def _dir(self, txn: Txn, ino: int) -> Inode:
+        inode = self.get(txn, ino)
+        if not stat.S_ISDIR(inode.mode):
+            raise FsError(errno.ENOTDIR)
+        return inode
+
+    def _touch_dir(self, txn: Txn, ino: int, inode: Inode, nlink_delta: int = 0) -> None:
+        inode.mtime_ns = inode.ctime_ns = _now()
+        inode.nlink += nlink_delta
+        self.put(txn, ino, inode)
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        if name in (b".", b"..") or b"/" in name or not name:
+            raise FsError(errno.EINVAL)
+
+    # -- directory entries --------------------------------------------------
+
+    def lookup(self, txn: Txn, parent: int, name: bytes) -> int:
+        if name == b".":
+            return parent
+        if name == b"..":
+            return self._dir(txn, parent).parent
+        raw = txn.get("dirents", vkey(self.vid, parent, name))
+        if raw is None:
+            self._dir(txn, parent)  # ENOTDIR before ENOENT, as Linux answers
+            raise FsError(errno.ENOENT)
+        return read_u64(raw)
+
+    def list_dir(self, txn: Txn, ino: int) -> list[tuple[bytes, int]]:
+        self._dir(txn, ino)
+        prefix = vkey(self.vid, ino)
+        n = len(prefix)
+        return [(bytes(k[n:]), read_u64(v)) for k, v in txn.scan("dirents", prefix)]
+
+    def is_empty_dir(self, txn: Txn, ino: int) -> bool:
+        return next(txn.scan("dirents", vkey(self.vid, ino)), None) is None
+
+    def _link_entry(self, txn: Txn, parent: int, name: bytes, ino: int) -> None:
+        txn.put("dirents", vkey(self.vid, parent, name), u64(ino))
+        txn.put("parents", vkey(self.vid, ino, parent, name), b"")
+
+    def _unlink_entry(self, txn: Txn, parent: int, name: bytes, ino: int) -> None:
+        txn.delete("dirents", vkey(self.vid, parent, name))
+        txn.delete("parents", vkey(self.vid, ino, parent, name))
+
+    def create(self, txn: Txn, parent: int, name: bytes, mode: int, uid: int, gid: int,
+               rdev: int = 0, target: bytes = b"") -> tuple[int, Inode]:
+        """Make a new inode of any kind (mode carries the type) under parent/name."""
+        self._check_name(name)
+        pdir = self._dir(txn, parent)
+        if txn.get("dirents", vkey(self.vid, parent, name)) is not None:
+            raise FsError(errno.EEXIST)
+        is_dir = stat.S_ISDIR(mode)
+        if pdir.mode & stat.S_ISGID:  # BSD group semantics below a setgid directory
+            gid = pdir.gid
+            if is_dir:
+                mode |= stat.S_ISGID
+        now = _now()
+        ino = self._alloc_ino(txn)
+        inode = Inode(mode=mode, uid=uid, gid=gid, nlink=2 if is_dir else 1,
+                      size=len(target), atime_ns=now, mtime_ns=now, ctime_ns=now,
+                      rdev=rdev, parent=parent if is_dir else 0, target=target)
+        self.put(txn, ino, inode)
+        self._link_entry(txn, parent, name, ino)
+        self._touch_dir(txn, parent, pdir, nlink_delta=1 if is_dir else 0)
+        txn.add_vstats(self.vid, inodes=1)
+        return ino, inode
+
+    def link(self, txn: Txn, ino: int, new_parent: int, new_name: bytes) -> Inode:
+        self._check_name(new_name)
+        inode = self.get(txn, ino)
+        if stat.S_ISDIR(inode.mode):
+            raise FsError(errno.EPERM)
+        pdir = self._dir(txn, new_parent)
+        if txn.get("dirents", vkey(self.vid, new_parent, new_name)) is not None:
+            raise FsError(errno.EEXIST)
+        if inode.nlink == 0:
+            raise FsError(errno.ENOENT)
+        inode.nlink += 1
+        inode.ctime_ns = _now()
+        self.put(txn, ino, inode)
+        self._link_entry(txn, new_parent, new_name, ino)
+        self._touch_dir(txn, new_parent, pdir)
+        return inode
+
+    def _drop_link(self, txn: Txn, parent: int, name: bytes, ino: int, inode: Inode) -> bool:
+        """Remove one name of ino; return True when no name is left (the caller
+        then purges it now, or once no one has it open)."""
+        self._unlink_entry(txn, parent, name, ino)
+        if stat.S_ISDIR(inode.mode):
+            inode.nlink = 0
+        else:
+            inode.nlink -= 1
+        inode.ctime_ns = _now()
+        self.put(txn, ino, inode)
+        if inode.nlink == 0:
+            txn.put("orphans", vkey(self.vid, ino), b"")
+            return True
+        return False
+
+    def unlink(self, txn: Txn, parent: int, name: bytes) -> tuple[int, bool]:
+        pdir = self._dir(txn, parent)
+        ino = self.lookup(txn, parent, name)
+        inode = self.get(txn, ino)
+        if stat.S_ISDIR(inode.mode):
+            raise FsError(errno.EISDIR)
+        gone = self._drop_link(txn, parent, name, ino, inode)
+        self._touch_dir(txn, parent, pdir)
+        return ino, gone
+
+    def rmdir(self, txn: Txn, parent: int, name: bytes) -> tuple[int, bool]:
+        if name == b".":
+            raise FsError(errno.EINVAL)
+        if name == b"..":
+            raise FsError(errno.ENOTEMPTY)
+        pdir = self._dir(txn, parent)
+        ino = self.lookup(txn, parent, name)
+        inode = self.get(txn, ino)
+        if not stat.S_ISDIR(inode.mode):
+            raise FsError(errno.ENOTDIR)
+        if not self.is_empty_dir(txn, ino):
+            raise FsError(errno.ENOTEMPTY)
+        gone = self._drop_link(txn, parent, name, ino, inode)
+        self._touch_dir(txn, parent, pdir, nlink_delta=-1)
+        return ino, gone
+
+    def _is_ancestor(self, txn: Txn, ancestor: int, ino: int) -> bool:
+        while True:
+            if ino == ancestor:
+                return True
+            if ino == ROOT_INO:
+                return False
+            ino = self.get(txn, ino).parent
+
+    def rename(self, txn: Txn, old_parent: int, old_name: bytes, new_parent: int,
+               new_name: bytes, noreplace: bool = False, exchange: bool = False) -> int | None:
+        """Move old_parent/old_name to new_parent/new_name. Return the ino of a
+        replaced inode that lost its last name (to be purged), else None."""
+        self._check_name(new_name)
+        src_dir = self._dir(txn, old_parent)
+        dst_dir = src_dir if new_parent == old_parent else self._dir(txn, new_parent)
+        ino = self.lookup(txn, old_parent, old_name)
+        inode = self.get(txn, ino)
+        raw = txn.get("dirents", vkey(self.vid, new_parent, new_name))
+        target = read_u64(raw) if raw is not None else None
+        moving_dir = stat.S_ISDIR(inode.mode)
+        if noreplace and target is not None:
+            raise FsError(errno.EEXIST)
+        if exchange and target is None:
+            raise FsError(errno.ENOENT)
+        if target == ino:
+            return None  # two names of one inode: POSIX says do nothing
+        if moving_dir and new_parent != old_parent and self._is_ancestor(txn, ino, new_parent):
+            raise FsError(errno.EINVAL)
+        if exchange:
+            return self._exchange(txn, old_parent, old_name, ino, inode, new_parent, new_name,
+                                  target, src_dir, dst_dir)
+        purge = None
+        if target is not None:
+            tnode = self.get(txn, target)
+            t_is_dir = stat.S_ISDIR(tnode.mode)
+            if moving_dir and not t_is_dir:
+                raise FsError(errno.ENOTDIR)
+            if t_is_dir and not moving_dir:
+                raise FsError(errno.EISDIR)
+            if t_is_dir and not self.is_empty_dir(txn, target):
+                raise FsError(errno.ENOTEMPTY)
+            if self._drop_link(txn, new_parent, new_name, target, tnode):
+                purge = target
+            if t_is_dir:
+                dst_dir.nlink -= 1
+        self._unlink_entry(txn, old_parent, old_name, ino)
+        self._link_entry(txn, new_parent, new_name, ino)
+        inode.ctime_ns = _now()
+        if moving_dir and new_parent != old_parent:
+            inode.parent = new_parent
+            src_dir.nlink -= 1
+            dst_dir.nlink += 1
+        self.put(txn, ino, inode)
+        self._touch_dir(txn, old_parent, src_dir)
+        if new_parent != old_parent:
+            self._touch_dir(txn, new_parent, dst_dir)
+        return purge
+
+    def _exchange(self, txn, old_parent, old_name, ino, inode, new_parent, new_name,
+                  target, src_dir, dst_dir) -> None:
+        tnode = self.get(txn, target)
+        if new_parent != old_parent and stat.S_ISDIR(tnode.mode) and self._is_ancestor(txn, target, old_parent):
+            raise FsError(errno.EINVAL)
+        self._unlink_entry(txn, old_parent, old_name, ino)
+        self._unlink_entry(txn, new_parent, new_name, target)
+        self._link_entry(txn, new_parent, new_name, ino)
+        self._link_entry(txn, old_parent, old_name, target)
+        now = _now()
+        for node, number, parent_now in ((inode, ino, new_parent), (tnode, target, old_parent)):
+            node.ctime_ns = now
+            if stat.S_ISDIR(node.mode) and new_parent != old_parent:
+                node.parent = parent_now
+            self.put(txn, number, node)
+        if new_parent != old_parent:
+            dirs_moved = stat.S_ISDIR(inode.mode) - stat.S_ISDIR(tnode.mode)
+            src_dir.nlink -= dirs_moved
+            dst_dir.nlink += dirs_moved
+            self._touch_dir(txn, new_parent, dst_dir)
+        self._touch_dir(txn, old_parent, src_dir)
+        return None
+
+    def purge(self, txn: Txn, ino: int) -> None:
+        """Delete an inode that has no name left, with its data."""
+        inode = self.get(txn, ino)
+        if inode.nlink:
+            txn.delete("orphans", vkey(self.vid, ino))
+            return
+        self.truncate_blocks(txn, ino, 0)
+        txn.delete_prefix("xattrs", vkey(self.vid, ino))
+        txn.delete("inodes", vkey(self.vid, ino))
+        txn.delete("orphans", vkey(self.vid, ino))
+        txn.add_vstats(self.vid, inodes=-1)
+
+    def orphans(self, txn: Txn) -> list[int]:
+        prefix = u64(self.vid)
+        return [read_u64(k, 8) for k, _ in txn.scan("orphans", prefix)]
+
+    # -- attributes ---------------------------------------------------------
+
+    def setattr(self, txn: Txn, ino: int, *, mode=None, uid=None, gid=None, size=None,
+                atime_ns=None, mtime_ns=None, ctime_ns=None) -> Inode:
+        inode = self.get(txn, ino)
+        if size is not None:
+            if not stat.S_ISREG(inode.mode):
+                raise FsError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL)
+            if size != inode.size:
+                self.truncate_blocks(txn, ino, size)
+                inode = self.get(txn, ino)  # with the block accounting truncate updated
+                inode.size = size
+                if mtime_ns is None:
+                    inode.mtime_ns = _now()
+        if mode is not None:
+            inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+        if uid is not None:
+            inode.uid = uid
+        if gid is not None:
+            inode.gid = gid
+        if atime_ns is not None:
+            inode.atime_ns = atime_ns
+        if mtime_ns is not None:
+            inode.mtime_ns = mtime_ns
+        inode.ctime_ns = ctime_ns if ctime_ns is not None else _now()
+        self.put(txn, ino, inode)
+        return inode
+
+    # -- file content ---------------------------------------------------------
+
+    def read_block(self, txn: Txn, ino: int, index: int) -> bytes | None:
+        """The stored content of one block (None for a hole); it may be
+        shorter than a block at the end of the file."""
+        cid = txn.get("blocks", vkey(self.vid, ino, index))
+        if cid is None:
+            return None
+        return chunks.read(txn, bytes(cid))
+
+    def write_blocks(self, txn: Txn, ino: int, blocks: list[tuple[int, bytes]], size: int,
+                     mtime_ns: int | None = None, ctime_ns: int | None = None) -> None:
+        """Replace whole blocks of a file and set its size and times.
+
+        Each block's data ends at the file's end (or is a full block); an
+        all-zero block becomes a hole and costs no space.
+        """
+        inode = self.get(txn, ino)
+        delta = 0
+        for index, data in blocks:
+            key = vkey(self.vid, ino, index)
+            old = txn.get("blocks", key)
+            old = bytes(old) if old is not None else None
+            if data.count(0) == len(data):
+                new = None
+            else:
+                new = chunks.chunk_id(data)
+                if new == old:
+                    continue
+                chunks.add_ref(txn, data, self.compression, cid=new)
+                txn.put("blocks", key, new)
+                delta += len(data)
+            if old is not None:
+                delta -= chunks.raw_length(txn, old)
+                chunks.decref(txn, old)
+                if new is None:
+                    txn.delete("blocks", key)
+        inode.size = size
+        inode.data_bytes += delta
+        now = _now()
+        inode.mtime_ns = mtime_ns or now
+        inode.ctime_ns = ctime_ns or now
+        self.put(txn, ino, inode)
+        if delta:
+            txn.add_vstats(self.vid, logical_bytes=delta)
+
+    def truncate_blocks(self, txn: Txn, ino: int, size: int) -> None:
+        """Drop the data beyond size (the tail of the last block included)."""
+        bs = self.block_size
+        first_gone = -(-size // bs)
+        prefix = vkey(self.vid, ino)
+        delta = 0
+        cur = txn.cursor("blocks")
+        if cur.set_range(vkey(self.vid, ino, first_gone)):
+            while cur.key().startswith(prefix):
+                cid = bytes(cur.value())
+                delta -= chunks.raw_length(txn, cid)
+                chunks.decref(txn, cid)
+                if not cur.delete():
+                    break
+        if delta:
+            txn.add_vstats(self.vid, logical_bytes=delta)
+            inode = self.get(txn, ino)
+            inode.data_bytes += delta
+            self.put(txn, ino, inode)
+        if size % bs:
+            last = size // bs
+            data = self.read_block(txn, ino, last)
+            if data is not None and len(data) > size % bs:
+                inode = self.get(txn, ino)
+                self.write_blocks(txn, ino, [(last, data[: size % bs])], inode.size,
+                                  inode.mtime_ns, inode.ctime_ns)
+
+    def block_count(self, txn: Txn, ino: int) -> int:
+        return sum(1 for _ in txn.scan("blocks", vkey(self.vid, ino)))
+
+    # -- extended attributes ------------------------------------------------
+
+    def getxattr(self, txn: Txn, ino: int, name: bytes) -> bytes:
+        self.get(txn, ino)
+        raw = txn.get("xattrs", vkey(self.vid, ino, name))
+        if raw is None:
+            raise FsError(errno.ENODATA)
+        return bytes(raw)
+
+    def setxattr(self, txn: Txn, ino: int, name: bytes, value: bytes) -> None:
+        if len(name) > 255 or not name:
+            raise FsError(errno.ERANGE)
+        if len(value) > 65536:
+            raise FsError(errno.E2BIG)
+        inode = self.get(txn, ino)
+        txn.put("xattrs", vkey(self.vid, ino, name), value)
+        inode.ctime_ns = _now()
+        self.put(txn, ino, inode)
+
+    def listxattr(self, txn: Txn, ino: int) -> list[bytes]:
+        self.get(txn, ino)
+        prefix = vkey(self.vid, ino)
+        return [bytes(k[len(prefix):]) for k, _ in txn.scan("xattrs", prefix)]
+
+    def removexattr(self, txn: Txn, ino: int, name: bytes) -> None:
+        inode = self.get(txn, ino)
+        if not txn.delete("xattrs", vkey(self.vid, ino, name)):
+            raise FsError(errno.ENODATA)
+        inode.ctime_ns = _now()
+        self.put(txn, ino, inode)

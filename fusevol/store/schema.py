@@ -1,0 +1,117 @@
+"""Table names, key layouts and record encodings of the LMDB store.
+
+Every key that belongs to a volume starts with the volume's 8-byte id (vid)
+so that one volume's rows are contiguous and a prefix scan walks them.
+Integers in keys are big-endian so that LMDB's byte order is numeric order.
+"""
+
+import struct
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1
+BLOCK_SIZE = 128 * 1024
+ROOT_INO = 1
+
+# name -> what it holds
+TABLES = {
+    "meta": "store-wide settings and counters",
+    "volumes": "volume name -> JSON record",
+    "vstats": "vid -> per-volume counters",
+    "inodes": "vid|ino -> Inode record",
+    "dirents": "vid|parent_ino|name -> child ino",
+    "parents": "vid|ino|parent_ino|name -> b'' (back references, for hardlinks and snapshots)",
+    "blocks": "vid|ino|block_index -> chunk id",
+    "xattrs": "vid|ino|name -> value",
+    "orphans": "vid|ino -> b'' (unlinked while open; purged when closed or at mount)",
+    "chunks": "chunk id -> codec byte + payload",
+    "refs": "chunk id -> refcount, raw length, stored length",
+}
+
+U64 = struct.Struct(">Q")
+
+
+def u64(n: int) -> bytes:
+    return U64.pack(n)
+
+
+def read_u64(b, offset: int = 0) -> int:
+    return U64.unpack_from(b, offset)[0]
+
+
+def vkey(vid: int, *parts) -> bytes:
+    """Key of a volume's row: vid then each part (int -> u64, bytes as is)."""
+    out = [U64.pack(vid)]
+    for p in parts:
+        out.append(U64.pack(p) if isinstance(p, int) else p)
+    return b"".join(out)
+
+
+_INODE = struct.Struct(">IIIIQqqqQQQ32s")
+
+
+@dataclass(slots=True)
+class Inode:
+    """A file, directory, symlink or special file of one volume.
+
+    ``parent`` is the containing directory of a directory (for ``..``); other
+    kinds may have several parents and keep them in the ``parents`` table.
+    ``tree_id`` is reserved for snapshots: the id of the immutable object this
+    inode was last written as, all zeros while it has changed since.
+    ``data_bytes`` is what its block map references (for st_blocks).
+    ``target`` is a symlink's target.
+    """
+
+    mode: int
+    uid: int
+    gid: int
+    nlink: int = 1
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    rdev: int = 0
+    parent: int = 0
+    data_bytes: int = 0
+    tree_id: bytes = bytes(32)
+    target: bytes = b""
+
+    def pack(self) -> bytes:
+        return _INODE.pack(
+            self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
+            self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.data_bytes, self.tree_id,
+        ) + self.target
+
+    @classmethod
+    def unpack(cls, raw) -> "Inode":
+        raw = bytes(raw)
+        fields = _INODE.unpack_from(raw)
+        return cls(*fields, target=raw[_INODE.size:])
+
+
+_REF = struct.Struct(">QII")
+
+
+def pack_ref(count: int, raw_len: int, stored_len: int) -> bytes:
+    return _REF.pack(count, raw_len, stored_len)
+
+
+def unpack_ref(raw) -> tuple[int, int, int]:
+    return _REF.unpack(raw)
+
+
+_VSTATS = struct.Struct(">qq")
+
+
+@dataclass(slots=True)
+class VolumeStats:
+    """Counters kept per volume: bytes referenced by block maps, and inodes."""
+
+    logical_bytes: int = 0
+    inodes: int = 0
+
+    def pack(self) -> bytes:
+        return _VSTATS.pack(self.logical_bytes, self.inodes)
+
+    @classmethod
+    def unpack(cls, raw) -> "VolumeStats":
+        return cls(*_VSTATS.unpack(raw))

@@ -1,0 +1,189 @@
+"""Volume records: names, driver options, and the life of a volume's rows.
+
+A volume is a JSON record in the ``volumes`` table plus its rows (inodes,
+entries, block maps) under its vid. A *view* volume (``source`` + ``subpath``)
+has no rows of its own: it shows one folder of its source volume.
+"""
+
+import datetime
+import json
+import re
+import time
+
+from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound
+from . import chunks, schema
+from .env import Txn
+from .schema import ROOT_INO, Inode, u64, vkey
+
+# Docker's own rule for volume names.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
+
+OPTIONS = {
+    "readonly": "true or false: every mount of the volume is read-only",
+    "source": "an existing volume: this volume is a view of it (needs subpath)",
+    "subpath": "a folder inside the source volume that the view shows",
+    "size": "a quota in bytes, or with a suffix K, M, G, T (powers of 1024)",
+    "compression": "zstd or none",
+}
+
+_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_TABLES_BY_VID = ("inodes", "dirents", "parents", "xattrs", "orphans")
+
+
+def check_name(name) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 255:
+        raise InvalidArgument(
+            f"invalid volume name {name!r}: use 2 to 255 characters from "
+            "[A-Za-z0-9_.-], starting with a letter or digit"
+        )
+    return name
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise InvalidArgument(f"invalid size {text!r}: use bytes or a number with K, M, G or T")
+    size = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if size <= 0:
+        raise InvalidArgument("size must be greater than zero")
+    return size
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on", ""):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise InvalidArgument(f"option {key}={text!r}: use true or false")
+
+
+def normalize_subpath(text: str) -> str:
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise InvalidArgument(
+            f"invalid subpath {text!r}: give a folder inside the volume, without '..'"
+        )
+    return "/".join(parts)
+
+
+def parse_options(opts: dict | None) -> dict:
+    """Check driver options and return the settings they stand for."""
+    opts = opts or {}
+    if not isinstance(opts, dict):
+        raise InvalidArgument("options must be a map of KEY=VALUE")
+    unknown = sorted(k for k in opts if k not in OPTIONS)
+    if unknown:
+        allowed = "; ".join(f"{k} ({v})" for k, v in OPTIONS.items())
+        raise InvalidArgument(f"unknown option {', '.join(unknown)}: allowed are {allowed}")
+    settings = {"readonly": False, "source": None, "subpath": None, "quota": None, "compression": "zstd"}
+    for key, value in opts.items():
+        if not isinstance(value, str):
+            raise InvalidArgument(f"option {key} needs a string value")
+        if key == "readonly":
+            settings["readonly"] = _parse_bool(key, value)
+        elif key == "source":
+            settings["source"] = check_name(value)
+        elif key == "subpath":
+            settings["subpath"] = normalize_subpath(value)
+        elif key == "size":
+            settings["quota"] = parse_size(value)
+        elif key == "compression":
+            if value not in chunks.CODECS:
+                raise InvalidArgument(f"option compression={value!r}: use zstd or none")
+            settings["compression"] = value
+    if settings["subpath"] and not settings["source"]:
+        raise InvalidArgument("option subpath needs source=VOLUME (the volume to show a folder of)")
+    if settings["source"] and not settings["subpath"]:
+        raise InvalidArgument("option source needs subpath=DIR (the folder of it to show)")
+    if settings["source"] and (settings["quota"] or "compression" in opts):
+        raise InvalidArgument("a view (source=...) takes only subpath and readonly")
+    return settings
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _next_vid(txn: Txn) -> int:
+    raw = txn.get("meta", b"next_vid")
+    vid = schema.read_u64(raw) if raw else 1
+    txn.put("meta", b"next_vid", u64(vid + 1))
+    return vid
+
+
+def create(txn: Txn, name: str, opts: dict | None = None) -> dict:
+    check_name(name)
+    settings = parse_options(opts)
+    existing = get(txn, name, missing_ok=True)
+    if existing is not None:
+        raise AlreadyExists(f"volume {name} already exists")
+    if settings["source"]:
+        source = get(txn, settings["source"])
+        if source.get("source"):
+            raise InvalidArgument(f"volume {settings['source']} is itself a view; give its source")
+    record = {
+        "name": name,
+        "vid": None if settings["source"] else _next_vid(txn),
+        "created_at": _now_rfc3339(),
+        "options": dict(opts or {}),
+        **settings,
+    }
+    if record["vid"] is not None:
+        now = time.time_ns()
+        root = Inode(mode=0o040755, uid=0, gid=0, nlink=2, atime_ns=now, mtime_ns=now,
+                     ctime_ns=now, parent=ROOT_INO)
+        txn.put("inodes", vkey(record["vid"], ROOT_INO), root.pack())
+        txn.put("meta", b"next_ino" + u64(record["vid"]), u64(ROOT_INO + 1))
+        txn.add_vstats(record["vid"], inodes=1)
+    txn.put("volumes", name.encode(), json.dumps(record).encode())
+    return record
+
+
+def get(txn: Txn, name: str, missing_ok: bool = False) -> dict | None:
+    raw = txn.get("volumes", name.encode())
+    if raw is None:
+        if missing_ok:
+            return None
+        raise NotFound(f"no such volume: {name}")
+    return json.loads(bytes(raw))
+
+
+def put(txn: Txn, record: dict) -> None:
+    txn.put("volumes", record["name"].encode(), json.dumps(record).encode())
+
+
+def list_all(txn: Txn) -> list[dict]:
+    return [json.loads(bytes(v)) for _, v in txn.scan("volumes", b"")]
+
+
+def views_of(txn: Txn, name: str) -> list[str]:
+    return [v["name"] for v in list_all(txn) if v.get("source") == name]
+
+
+def stats(txn: Txn, record: dict) -> schema.VolumeStats:
+    vid = record["vid"] if record["vid"] is not None else get(txn, record["source"])["vid"]
+    raw = txn.get("vstats", u64(vid))
+    return schema.VolumeStats.unpack(raw) if raw else schema.VolumeStats()
+
+
+def remove(txn: Txn, name: str) -> None:
+    """Delete a volume and drop its references to chunks (freeing those no one else holds)."""
+    record = get(txn, name)
+    views = views_of(txn, name)
+    if views:
+        raise Busy(f"volume {name} is shown by view volume(s) {', '.join(views)}; remove them first")
+    if record.get("mounts"):
+        raise Busy(f"volume {name} is mounted ({len(record['mounts'])} mount(s)); unmount it first")
+    vid = record["vid"]
+    if vid is not None:
+        prefix = u64(vid)
+        for _, cid in txn.scan("blocks", prefix):
+            chunks.decref(txn, bytes(cid))
+        txn.delete_prefix("blocks", prefix)
+        for table in _TABLES_BY_VID:
+            txn.delete_prefix(table, prefix)
+        txn.delete("vstats", prefix)
+        txn.delete("meta", b"next_ino" + prefix)
+    txn.delete("volumes", name.encode())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install fusevol and what it needs on a Debian machine (run as root).
+#   scripts/setup.sh          the driver: system packages, /opt/fusevol venv, /usr/local/bin/fusevol
+#   scripts/setup.sh --test   the same plus what the tests use (docker.io, busybox, git, sqlite3, fio, ...)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${FUSEVOL_VENV:-/opt/fusevol}
+
+packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv)
+extras=()
+if [ "${1:-}" = "--test" ]; then
+    packages+=(docker.io busybox-static git sqlite3 fio attr tar)
+    extras=("[test]")
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/pip" install -q --upgrade pip >/dev/null
+"$venv/bin/pip" install -q "$here${extras[0]:-}"
+ln -sf "$venv/bin/fusevol" /usr/local/bin/fusevol
+# Containers run as other users reach volumes through allow_other.
+grep -qs '^user_allow_other' /etc/fuse.conf || echo user_allow_other >> /etc/fuse.conf
+echo "fusevol installed in $venv ($("$venv/bin/fusevol" --help >/dev/null && echo ok))"

@@ -1,0 +1,32 @@
+"""A mounted volume keeps what it is given, across unmount and remount."""
+
+import hashlib
+import os
+
+from conftest import needs_fuse
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@needs_fuse
+def test_content_survives_remount(mounts):
+    mp = mounts.mount("data")
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    with open(os.path.join(mp, "blob"), "wb") as f:
+        f.write(payload)
+    os.mkdir(os.path.join(mp, "dir"))
+    os.symlink("../blob", os.path.join(mp, "dir", "link"))
+    before = sha256(os.path.join(mp, "blob"))
+    mounts.umount(mp)
+
+    mp = mounts.mount("data")
+    assert sha256(os.path.join(mp, "blob")) == before == hashlib.sha256(payload).hexdigest()
+    assert os.readlink(os.path.join(mp, "dir", "link")) == "../blob"
+    with open(os.path.join(mp, "dir", "link"), "rb") as f:
+        assert f.read() == payload

@@ -13,7 +13,7 @@ import time
 from ..errors import FsError
 from . import chunks
 from .env import Txn
-from .schema import ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
+from .schema import NO_TREE, ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
 
 NAME_MAX = 255
 
@@ -52,7 +52,24 @@ class Inodes:
         return Inode.unpack(raw)
 
     def put(self, txn: Txn, ino: int, inode: Inode) -> None:
+        """Store a changed inode. It no longer matches the tree object it was
+        last written as, nor do the directories above it: clear their tree ids
+        so the next snapshot writes them again (and only them)."""
+        if inode.tree_id != NO_TREE:
+            inode.tree_id = NO_TREE
+            self._dirty_parents(txn, ino, inode)
         txn.put("inodes", vkey(self.vid, ino), inode.pack())
+
+    def _dirty_parents(self, txn: Txn, ino: int, inode: Inode) -> None:
+        if stat.S_ISDIR(inode.mode):
+            parents = [] if ino == ROOT_INO else [inode.parent]
+        else:
+            prefix = vkey(self.vid, ino)
+            parents = {read_u64(k, 16) for k, _ in txn.scan("parents", prefix)}
+        for parent in parents:
+            pnode = self.get(txn, parent)
+            if pnode.tree_id != NO_TREE:
+                self.put(txn, parent, pnode)
 
     def _alloc_ino(self, txn: Txn) -> int:
         key = b"next_ino" + u64(self.vid)

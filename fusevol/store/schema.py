@@ -46,7 +46,9 @@ def vkey(vid: int, *parts) -> bytes:
     return b"".join(out)
 
 
-_INODE = struct.Struct(">IIIIQqqqQQQ32s")
+_INODE = struct.Struct(">IIIIQqqqQQQI32s")
+NO_TREE = bytes(32)
+LAZY = 1  # flag: rows below this inode are still only in its tree object
 
 
 @dataclass(slots=True)
@@ -58,6 +60,8 @@ class Inode:
     ``tree_id`` is reserved for snapshots: the id of the immutable object this
     inode was last written as, all zeros while it has changed since.
     ``data_bytes`` is what its block map references (for st_blocks).
+    ``flags`` holds LAZY while a cloned inode's entries or blocks are still
+    read from its tree object rather than from rows of its own.
     ``target`` is a symlink's target.
     """
 
@@ -72,13 +76,14 @@ class Inode:
     rdev: int = 0
     parent: int = 0
     data_bytes: int = 0
-    tree_id: bytes = bytes(32)
+    flags: int = 0
+    tree_id: bytes = NO_TREE
     target: bytes = b""
 
     def pack(self) -> bytes:
         return _INODE.pack(
             self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
-            self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.data_bytes, self.tree_id,
+            self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.data_bytes, self.flags, self.tree_id,
         ) + self.target
 
     @classmethod

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "/var/lib/fusevol"
 # A huge map costs only address space; it is doubled when half used.
-INITIAL_MAP_SIZE = 1 << 40
+INITIAL_MAP_SIZE = int(os.environ.get("FUSEVOL_MAP_SIZE", 1 << 40))
 # Writers get ENOSPC while less than this is free, so a commit never meets a full disk.
 SPACE_RESERVE = 64 << 20
 
@@ -36,10 +36,12 @@ class Txn:
     written once per transaction, so hot rows are not rewritten per chunk.
     """
 
-    def __init__(self, store: "Store", txn: lmdb.Transaction, write: bool):
+    def __init__(self, store: "Store", txn: lmdb.Transaction, write: bool,
+                 parent: "Txn | None" = None):
         self.store = store
         self.txn = txn
         self.write = write
+        self.parent = parent
         self.chunk_delta = [0, 0, 0]  # chunks, raw bytes, stored bytes
         self.vstat_delta: dict[int, list[int]] = {}
 
@@ -74,6 +76,17 @@ class Txn:
                 if not cur.delete():
                     break
         return n
+
+    def pending_bytes(self) -> int:
+        """Chunk bytes this transaction (and its parents) will write at commit."""
+        txn, total = self, 0
+        while txn is not None:
+            total += txn.chunk_delta[2]
+            txn = txn.parent
+        return total
+
+    def check_space(self, incoming: int) -> None:
+        self.store.check_space(incoming + max(0, self.pending_bytes()))
 
     def add_vstats(self, vid: int, logical_bytes: int = 0, inodes: int = 0) -> None:
         d = self.vstat_delta.setdefault(vid, [0, 0])
@@ -217,7 +230,7 @@ class Store:
     @contextlib.contextmanager
     def nested(self, parent: Txn):
         """A child of a write transaction: all of it, or none of it, joins the parent."""
-        child = Txn(self, self._begin(write=True, parent=parent.txn), write=True)
+        child = Txn(self, self._begin(write=True, parent=parent.txn), write=True, parent=parent)
         try:
             yield child
         except BaseException:

@@ -349,6 +349,7 @@ class Inodes:
         all-zero block becomes a hole and costs no space.
         """
         inode = self.get(txn, ino)
+        txn.check_space(sum(len(data) for _, data in blocks))
         delta = 0
         for index, data in blocks:
             key = vkey(self.vid, ino, index)

@@ -246,5 +246,4 @@ def df(ctx, as_json):
     _emit(out, as_json, text)
 
 
-if __name__ == "__main__":
-    main()
+from . import cli_snapshots  # noqa: E402,F401  (registers its commands on main)

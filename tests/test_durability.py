@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from conftest import needs_fuse, run_cli
 from fusevol.fs.mount import worker_of

@@ -22,7 +22,7 @@ import trio
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..store import Inodes, Store
 from ..store import volumes
-from .operations import VolumeOperations
+from .operations import FLUSH_XATTR, VolumeOperations
 from .runner import TxnRunner
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,17 @@ def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool 
         proc.kill()
     text = message.decode(errors="replace").strip()
     raise FusevolError(text or f"mount worker exited with status {proc.returncode}; see {log_path}")
+
+
+def flush_worker(store_path: str, volume: str) -> bool:
+    """Make the worker serving `volume` (if any) store everything written so
+    far: the kernel's dirty pages first (syncfs), then the worker's buffers."""
+    info = worker_of(store_path, volume=volume)
+    if info is None:
+        return False
+    pyfuse3.syncfs(info["mountpoint"])
+    os.getxattr(info["mountpoint"], FLUSH_XATTR.decode())
+    return True
 
 
 def unmount(store_path: str, mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:

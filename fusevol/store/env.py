@@ -93,6 +93,18 @@ class Txn:
         d[0] += logical_bytes
         d[1] += inodes
 
+    def vstats(self, vid: int) -> schema.VolumeStats:
+        """A volume's counters as this transaction sees them (pending changes included)."""
+        raw = self.get("vstats", schema.u64(vid))
+        st = schema.VolumeStats.unpack(raw) if raw else schema.VolumeStats()
+        txn = self
+        while txn is not None:
+            lb, ino = txn.vstat_delta.get(vid, (0, 0))
+            st.logical_bytes += lb
+            st.inodes += ino
+            txn = txn.parent
+        return st
+
     def merge_into(self, parent: "Txn") -> None:
         for i, v in enumerate(self.chunk_delta):
             parent.chunk_delta[i] += v

@@ -11,7 +11,7 @@ import re
 import time
 
 from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound
-from . import chunks, schema
+from . import chunks, schema, trees
 from .env import Txn
 from .schema import ROOT_INO, Inode, u64, vkey
 
@@ -28,7 +28,7 @@ OPTIONS = {
 
 _SIZE_RE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_TABLES_BY_VID = ("inodes", "dirents", "parents", "xattrs", "orphans")
+_TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks")
 
 
 def check_name(name) -> str:
@@ -164,8 +164,7 @@ def views_of(txn: Txn, name: str) -> list[str]:
 
 def stats(txn: Txn, record: dict) -> schema.VolumeStats:
     vid = record["vid"] if record["vid"] is not None else get(txn, record["source"])["vid"]
-    raw = txn.get("vstats", u64(vid))
-    return schema.VolumeStats.unpack(raw) if raw else schema.VolumeStats()
+    return txn.vstats(vid)
 
 
 def remove(txn: Txn, name: str) -> None:
@@ -176,14 +175,28 @@ def remove(txn: Txn, name: str) -> None:
         raise Busy(f"volume {name} is shown by view volume(s) {', '.join(views)}; remove them first")
     if record.get("mounts"):
         raise Busy(f"volume {name} is mounted ({len(record['mounts'])} mount(s)); unmount it first")
-    vid = record["vid"]
-    if vid is not None:
-        prefix = u64(vid)
-        for _, cid in txn.scan("blocks", prefix):
-            chunks.decref(txn, bytes(cid))
-        txn.delete_prefix("blocks", prefix)
-        for table in _TABLES_BY_VID:
-            txn.delete_prefix(table, prefix)
-        txn.delete("vstats", prefix)
-        txn.delete("meta", b"next_ino" + prefix)
+    snaps = sum(1 for _ in txn.scan("snapshots", name.encode() + b"\0"))
+    if snaps:
+        raise Busy(f"volume {name} has {snaps} snapshot(s); delete them first "
+                   f"(fusevol snapshot ls {name}; fusevol snapshot rm {name}@NAME)")
+    if record["vid"] is not None:
+        drop_rows(txn, record["vid"])
     txn.delete("volumes", name.encode())
+
+
+def drop_rows(txn: Txn, vid: int, keep_counter: bool = False) -> None:
+    """Delete every row of a volume, letting go of the chunks and tree objects
+    they reference. The inode counter may stay, so numbers are never reused."""
+    prefix = u64(vid)
+    for _, cid in txn.scan("blocks", prefix):
+        chunks.decref(txn, bytes(cid))
+    for _, raw in txn.scan("inodes", prefix):
+        tree_id = Inode.unpack(raw).tree_id
+        if tree_id != schema.NO_TREE:
+            trees.decref(txn, tree_id)
+    for table in _TABLES_BY_VID:
+        txn.delete_prefix(table, prefix)
+    usage = stats(txn, {"vid": vid})
+    txn.add_vstats(vid, -usage.logical_bytes, -usage.inodes)
+    if not keep_counter:
+        txn.delete("meta", b"next_ino" + prefix)

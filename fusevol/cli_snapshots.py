@@ -117,4 +117,5 @@ def diff(ctx, old, new, as_json):
     rows = [{"status": c.status, "path": c.path.decode(errors="surrogateescape"),
              **({"new_path": c.new_path.decode(errors="surrogateescape")} if c.new_path else {})}
             for c in changes]
-    _emit(rows, as_json, "\n".join(c.line() for c in changes))
+    if as_json or changes:
+        _emit(rows, as_json, "\n".join(c.line() for c in changes))

@@ -2,9 +2,9 @@
 
 Handlers are thin: they translate kernel inode numbers, call the synchronous
 store helpers (fusevol.store.Inodes) on the store thread, and keep the little
-state the kernel protocol needs in memory (open files, directory listings).
-Inode numbers are never reused, so lookup counts need no tracking: an inode
-with no name left is purged once no file handle holds it. Only FUSEError leaves a handler: pyfuse3 ends the mount on anything
+state the kernel protocol needs in memory (lookup counts, open files,
+directory listings). An inode with no name left gives its data back once no
+file handle holds it, and its row once the kernel forgets its number. Only FUSEError leaves a handler: pyfuse3 ends the mount on anything
 else, so unexpected errors are logged and answered with EIO.
 """
 
@@ -13,12 +13,14 @@ import functools
 import logging
 import os
 import stat
+from collections import Counter
 
 import pyfuse3
 import trio
 
 from ..errors import FusevolError
 from ..store import ROOT_INO, Inode, Inodes
+from ..store.schema import vkey
 from .filedata import FileData
 from .runner import TxnRunner
 
@@ -79,6 +81,7 @@ class VolumeOperations(pyfuse3.Operations):
         self.readonly = readonly
         self.root_ino = root_ino  # a subpath view serves this directory as its root
         self.quota = quota
+        self.lookups: Counter[int] = Counter()  # references the kernel holds, per ino
         self.files: dict[int, FileData] = {}
         self.handles: dict[int, FileData] = {}
         self.dir_handles: dict[int, list | None] = {}
@@ -121,6 +124,11 @@ class VolumeOperations(pyfuse3.Operations):
         e.st_ctime_ns = inode.ctime_ns
         return e
 
+    def _entry_counted(self, ino: int, inode: Inode) -> pyfuse3.EntryAttributes:
+        """Attributes handed to the kernel with a new reference to the inode."""
+        self.lookups[ino] += 1
+        return self._entry(ino, inode)
+
     async def _get(self, ino: int) -> Inode:
         return await self.runner.run(self.inodes.get, ino)
 
@@ -146,7 +154,7 @@ class VolumeOperations(pyfuse3.Operations):
             e.st_ino = 0
             e.entry_timeout = ENTRY_TIMEOUT
             return e
-        return self._entry(ino, inode)
+        return self._entry_counted(ino, inode)
 
     @handler
     async def getattr(self, inode, ctx=None):
@@ -191,17 +199,17 @@ class VolumeOperations(pyfuse3.Operations):
     @modifying
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         ino, inode = await self._create(parent_inode, name, mode, ctx, rdev=rdev)
-        return self._entry(ino, inode)
+        return self._entry_counted(ino, inode)
 
     @modifying
     async def mkdir(self, parent_inode, name, mode, ctx):
         ino, inode = await self._create(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
-        return self._entry(ino, inode)
+        return self._entry_counted(ino, inode)
 
     @modifying
     async def symlink(self, parent_inode, name, target, ctx):
         ino, inode = await self._create(parent_inode, name, stat.S_IFLNK | 0o777, ctx, target=target)
-        return self._entry(ino, inode)
+        return self._entry_counted(ino, inode)
 
     @handler
     async def readlink(self, inode, ctx=None):
@@ -217,7 +225,7 @@ class VolumeOperations(pyfuse3.Operations):
         if fd is not None:
             await fd.flush()
         node = await self.runner.run(self.inodes.link, ino, self._real(new_parent_inode), new_name)
-        return self._entry(ino, node)
+        return self._entry_counted(ino, node)
 
     @modifying
     async def unlink(self, parent_inode, name, ctx):
@@ -249,10 +257,27 @@ class VolumeOperations(pyfuse3.Operations):
             await self._purge_if_unused(gone)
 
     async def _purge_if_unused(self, ino: int) -> None:
-        # Space comes back once no name and no open file holds the inode; the
-        # kernel may still know the number, and gets ENOENT for it.
+        # Space comes back once no name and no open file holds the inode; its
+        # row goes once the kernel forgets the number too.
         if ino not in self.files:
-            await self.runner.run(self.inodes.purge, ino)
+            await self.runner.run(self.inodes.free_data, ino)
+            if not self.lookups.get(ino):
+                await self.runner.run(self.inodes.purge, ino)
+
+    @handler
+    async def forget(self, inode_list):
+        gone = []
+        for kino, nlookup in inode_list:
+            ino = self._real(kino)
+            left = self.lookups[ino] - nlookup
+            if left > 0:
+                self.lookups[ino] = left
+            else:
+                self.lookups.pop(ino, None)
+                if ino not in self.files:
+                    gone.append(ino)
+        if gone:
+            await self.runner.run(_purge_forgotten, self.inodes, gone)
 
     # -- files ----------------------------------------------------------------
 
@@ -281,7 +306,7 @@ class VolumeOperations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         ino, inode = await self._create(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
         info = await self._open_file(ino, 0)
-        return info, self._entry(ino, inode)
+        return info, self._entry_counted(ino, inode)
 
     @handler
     async def read(self, fh, off, size):
@@ -334,7 +359,7 @@ class VolumeOperations(pyfuse3.Operations):
         finally:
             if fd.opens == 0 and not fd.dirty and self.files.get(fd.ino) is fd:
                 del self.files[fd.ino]
-                await self.runner.run(_purge_orphan, self.inodes, fd.ino)
+                await self._purge_if_unused(fd.ino)
 
     async def flush_all(self, durable: bool = False) -> None:
         for fd in list(self.files.values()):
@@ -378,6 +403,7 @@ class VolumeOperations(pyfuse3.Operations):
             name, child, node = listing[i]
             if not pyfuse3.readdir_reply(token, name, self._entry(child, node), i + 1):
                 break
+            self.lookups[child] += 1
 
     @handler
     async def releasedir(self, fh):
@@ -437,11 +463,8 @@ def _noop(txn):
     return None
 
 
-def _purge_orphan(txn, inodes: Inodes, ino: int) -> None:
-    """Purge ino if it lost its last name while it was open."""
-    try:
-        node = inodes.get(txn, ino)
-    except FusevolError:
-        return
-    if node.nlink == 0:
-        inodes.purge(txn, ino)
+def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:
+    """Purge the inodes the kernel forgot that have no name left."""
+    for ino in inos:
+        if txn.get("orphans", vkey(inodes.vid, ino)) is not None:
+            inodes.purge(txn, ino)

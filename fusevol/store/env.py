@@ -86,7 +86,21 @@ class Txn:
         return total
 
     def check_space(self, incoming: int) -> None:
-        self.store.check_space(incoming + max(0, self.pending_bytes()))
+        """Raise NoSpace unless the store can take `incoming` more bytes: free
+        space on its disk plus pages LMDB has freed inside its file."""
+        need = incoming + max(0, self.pending_bytes()) + SPACE_RESERVE
+        if self.store.disk_free() >= need:
+            return
+        if self.store.disk_free() + self.free_pages_bytes() < need:
+            raise NoSpace("no space left on the store's disk")
+
+    def free_pages_bytes(self) -> int:
+        env = self.store.env
+        used = 0
+        for stats in [env.stat()] + [self.txn.stat(db) for db in self.store.dbs.values()]:
+            used += stats["branch_pages"] + stats["leaf_pages"] + stats["overflow_pages"]
+        file_pages = env.info()["last_pgno"] + 1
+        return max(0, file_pages - used - 2) * env.stat()["psize"]  # 2 meta pages
 
     def add_vstats(self, vid: int, logical_bytes: int = 0, inodes: int = 0) -> None:
         d = self.vstat_delta.setdefault(vid, [0, 0])
@@ -200,11 +214,9 @@ class Store:
             log.info("growing store map to %d bytes", new)
             self.env.set_mapsize(new)
 
-    def check_space(self, incoming: int = 0) -> None:
-        """Raise NoSpace unless the store's disk can take `incoming` more bytes."""
+    def disk_free(self) -> int:
         st = os.statvfs(self.path)
-        if st.f_bavail * st.f_frsize < incoming + SPACE_RESERVE:
-            raise NoSpace("no space left on the store's disk")
+        return st.f_bavail * st.f_frsize
 
     @contextlib.contextmanager
     def read(self):

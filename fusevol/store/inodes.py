@@ -328,9 +328,14 @@ class Inodes:
         self._touch_dir(txn, old_parent, src_dir)
         return None
 
-    def purge(self, txn: Txn, ino: int) -> None:
-        """Delete an inode that has no name left, with its data."""
-        inode = self.get(txn, ino)
+    def free_data(self, txn: Txn, ino: int) -> None:
+        """Let go of the data of an inode that has no name left and is not
+        open. Its row stays until the kernel forgets the number (it may still
+        send a late setattr or getattr for it); see purge."""
+        try:
+            inode = self.get(txn, ino)
+        except FsError:
+            return
         if inode.nlink:
             txn.delete("orphans", vkey(self.vid, ino))
             return
@@ -339,11 +344,17 @@ class Inodes:
             inode.tree_id = NO_TREE
             inode.flags &= ~LAZY  # a lazy inode has no rows of its own to drop
             self.put_row(txn, ino, inode)
-        self.truncate_blocks(txn, ino, 0)
+        if stat.S_ISREG(inode.mode):
+            self.truncate_blocks(txn, ino, 0)
         txn.delete_prefix("xattrs", vkey(self.vid, ino))
-        txn.delete("inodes", vkey(self.vid, ino))
-        txn.delete("orphans", vkey(self.vid, ino))
-        txn.add_vstats(self.vid, inodes=-1)
+
+    def purge(self, txn: Txn, ino: int) -> None:
+        """Delete an inode that has no name left, with its data."""
+        self.free_data(txn, ino)
+        if txn.get("orphans", vkey(self.vid, ino)) is not None:
+            txn.delete("inodes", vkey(self.vid, ino))
+            txn.delete("orphans", vkey(self.vid, ino))
+            txn.add_vstats(self.vid, inodes=-1)
 
     def orphans(self, txn: Txn) -> list[int]:
         prefix = u64(self.vid)

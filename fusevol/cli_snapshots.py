@@ -4,7 +4,7 @@ import click
 
 from . import errors
 from .cli import _emit, _store, cli_errors, human, main
-from .fs.mount import flush_worker, worker_of
+from .fs.registry import flush_worker, worker_of
 from .store import snapshots
 from .store.diff import diff as tree_diff
 

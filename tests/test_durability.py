@@ -10,7 +10,7 @@ import time
 
 
 from conftest import needs_fuse, run_cli
-from fusevol.fs.mount import worker_of
+from fusevol.fs.registry import worker_of
 
 RECORD = 64 * 1024
 

@@ -1,119 +1,29 @@
 """The life of one mounted volume: a worker process serving a FUSE session.
 
 pyfuse3 holds one FUSE session per process, so every mounted volume has its
-own worker. Workers register themselves in ``STORE/run/workers/PID.json`` so
-that `fusevol umount`, the driver daemon and a second mount of the same volume
-can find them; one volume is served by at most one worker, which keeps the
-kernel's caches the only copy of its state.
+own worker. Workers register themselves (see registry.py) so that `fusevol
+umount`, the driver daemon and a second mount of the same volume can find
+them; one volume is served by at most one worker, which keeps the kernel's
+caches the only copy of its state.
 """
 
-import errno
-import json
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pyfuse3
 import trio
 
-from ..errors import Busy, FusevolError, InvalidArgument, NotFound
+from ..errors import Busy, NotFound
 from ..store import Inodes, Store
 from ..store import volumes
-from .operations import FLUSH_XATTR, VolumeOperations
+from .operations import VolumeOperations
+from .registry import (  # noqa: F401  (the outside view, re-exported)
+    clear_dead_mount, flush_worker, is_mountpoint, pid_alive, register, start_worker, unmount,
+    worker_of, workers)
 from .runner import TxnRunner
 
 log = logging.getLogger(__name__)
-
-
-# -- the registry of running workers ----------------------------------------
-
-def _workers_dir(store_path: str) -> str:
-    return os.path.join(store_path, "run", "workers")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has exited; it only waits to be reaped.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def workers(store_path: str) -> list[dict]:
-    """Live workers of this store (entries of dead ones are removed)."""
-    found = []
-    wdir = _workers_dir(store_path)
-    for entry in sorted(os.listdir(wdir)) if os.path.isdir(wdir) else []:
-        path = os.path.join(wdir, entry)
-        try:
-            with open(path) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if pid_alive(info.get("pid", -1)):
-            found.append(info)
-        else:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-    return found
-
-
-def worker_of(store_path: str, *, volume: str | None = None, mountpoint: str | None = None) -> dict | None:
-    for info in workers(store_path):
-        if volume is not None and info["volume"] == volume:
-            return info
-        if mountpoint is not None and info["mountpoint"] == os.path.abspath(mountpoint):
-            return info
-    return None
-
-
-def _register(store_path: str, info: dict) -> str:
-    wdir = _workers_dir(store_path)
-    os.makedirs(wdir, mode=0o700, exist_ok=True)
-    path = os.path.join(wdir, f"{info['pid']}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, path)
-    return path
-
-
-def is_mountpoint(path: str) -> bool:
-    try:
-        with open("/proc/self/mountinfo") as f:
-            target = os.path.abspath(path)
-            return any(line.split()[4] == _mangle(target) for line in f)
-    except OSError:
-        return False
-
-
-def clear_dead_mount(path: str) -> bool:
-    """Detach a FUSE mount whose worker died ("Transport endpoint is not connected")."""
-    try:
-        os.stat(path)
-        return False
-    except OSError as e:
-        if e.errno != errno.ENOTCONN:
-            return False
-    log.warning("detaching dead mount at %s", path)
-    subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
-    return True
-
-
-def _mangle(path: str) -> str:
-    return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
 
 
 # -- serving a volume (inside the worker) -------------------------------------
@@ -157,7 +67,7 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         if readonly:
             options.add("ro")
         pyfuse3.init(ops, mountpoint, options)
-        registration = _register(store.path, {
+        registration = register(store.path, {
             "pid": os.getpid(), "volume": data_volume["name"], "mounted_as": name,
             "mountpoint": mountpoint, "readonly": readonly, "subpath": subpath,
         })
@@ -203,68 +113,3 @@ async def _unmount_on_signal(mountpoint: str) -> None:
             log.info("signal received: unmounting %s", mountpoint)
             # Lazily: open files keep being served until closed, then the session ends.
             await trio.run_process(["fusermount3", "-u", "-z", mountpoint], check=False)
-
-
-# -- starting and stopping workers (outside them) -----------------------------
-
-def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
-                 subpath: str | None = None, log_path: str | None = None,
-                 timeout: float = 60.0) -> int:
-    """Start `fusevol mount` in the background; return its pid once the mount serves."""
-    read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "fusevol", "--store", store_path, "mount", name, mountpoint,
-           "--ready-fd", str(write_fd)]
-    if readonly:
-        cmd.append("--read-only")
-    if subpath:
-        cmd += ["--subpath", subpath]
-    if log_path is None:
-        log_dir = os.path.join(store_path, "run", "log")
-        os.makedirs(log_dir, mode=0o700, exist_ok=True)
-        log_path = os.path.join(log_dir, f"{name}.log")
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                pass_fds=(write_fd,), start_new_session=True)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as ready:
-        message = ready.read()  # ends when the worker reports or exits
-    if message.startswith(b"ok"):
-        return proc.pid
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    text = message.decode(errors="replace").strip()
-    raise FusevolError(text or f"mount worker exited with status {proc.returncode}; see {log_path}")
-
-
-def flush_worker(store_path: str, volume: str) -> bool:
-    """Make the worker serving `volume` (if any) store everything written so
-    far: the kernel's dirty pages first (syncfs), then the worker's buffers."""
-    info = worker_of(store_path, volume=volume)
-    if info is None:
-        return False
-    pyfuse3.syncfs(info["mountpoint"])
-    os.getxattr(info["mountpoint"], FLUSH_XATTR.decode())
-    return True
-
-
-def unmount(store_path: str, mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:
-    """Unmount and wait until the worker has stored everything and exited."""
-    mountpoint = os.path.abspath(mountpoint)
-    info = worker_of(store_path, mountpoint=mountpoint)
-    if not is_mountpoint(mountpoint):
-        if info is None:
-            raise InvalidArgument(f"{mountpoint} is not mounted")
-    else:
-        cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            msg = res.stderr.strip().replace("fusermount3: ", "")
-            raise Busy(f"cannot unmount {mountpoint}: {msg}")
-    if info is not None:
-        deadline = time.monotonic() + timeout
-        while pid_alive(info["pid"]):
-            if time.monotonic() > deadline:
-                raise Busy(f"worker {info['pid']} of {mountpoint} did not exit in {timeout:.0f}s")
-            time.sleep(0.05)

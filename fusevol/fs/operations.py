@@ -22,6 +22,7 @@ from ..errors import FusevolError
 from ..store import ROOT_INO, Inode, Inodes
 from ..store.schema import vkey
 from .filedata import FileData
+from .registry import FLUSH_XATTR
 from .runner import TxnRunner
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ ATTR_TIMEOUT = 60.0
 FLUSH_AT = 32 << 20        # a file's dirty bytes that start a background flush
 BLOCK_WRITES_AT = 4 * FLUSH_AT
 FLUSH_INTERVAL = 5.0       # seconds dirty data may stay in memory
-FLUSH_XATTR = b"trusted.fusevol.flush"
 
 
 def handler(fn):

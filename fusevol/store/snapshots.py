@@ -180,6 +180,17 @@ def _install_tree(txn: Txn, record: dict, snap: dict) -> None:
     txn.add_vstats(vid, snap["logical_bytes"] - usage.logical_bytes, snap["inodes"] - usage.inodes)
 
 
+def create_volume(txn: Txn, name: str, opts: dict | None = None) -> dict:
+    """Create a volume, as a clone when the options say from-snapshot=VOLUME@SNAPSHOT."""
+    opts = dict(opts or {})
+    ref = opts.pop("from-snapshot", None)
+    if ref is None:
+        return volumes.create(txn, name, opts)
+    volumes.parse_options({**opts, "from-snapshot": ref})  # every problem named at once
+    volume, snap = parse_ref(ref)
+    return clone(txn, volume, snap, name, opts)
+
+
 def clone(txn: Txn, volume: str, name: str, new_volume: str, opts: dict | None = None) -> dict:
     snap = get(txn, volume, name)
     source = volumes.get(txn, volume)
@@ -188,7 +199,7 @@ def clone(txn: Txn, volume: str, name: str, new_volume: str, opts: dict | None =
     if record["source"]:
         raise InvalidArgument("a clone cannot be a view (source=...)")
     volumes.drop_rows(txn, record["vid"])
-    record["cloned_from"] = f"{volume}@{name}"
+    record["options"]["from-snapshot"] = f"{volume}@{name}"
     volumes.put(txn, record)
     _install_tree(txn, record, snap)
     return record

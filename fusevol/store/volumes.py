@@ -24,6 +24,7 @@ OPTIONS = {
     "subpath": "a folder inside the source volume that the view shows",
     "size": "a quota in bytes, or with a suffix K, M, G, T (powers of 1024)",
     "compression": "zstd or none",
+    "from-snapshot": "VOLUME@SNAPSHOT: the new volume starts as that snapshot (a clone)",
 }
 
 _SIZE_RE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.IGNORECASE)
@@ -89,6 +90,9 @@ def parse_options(opts: dict | None) -> dict:
             settings["subpath"] = normalize_subpath(value)
         elif key == "size":
             settings["quota"] = parse_size(value)
+        elif key == "from-snapshot":
+            if "@" not in value:
+                raise InvalidArgument(f"option from-snapshot={value!r}: use VOLUME@SNAPSHOT")
         elif key == "compression":
             if value not in chunks.CODECS:
                 raise InvalidArgument(f"option compression={value!r}: use zstd or none")
@@ -97,7 +101,7 @@ def parse_options(opts: dict | None) -> dict:
         raise InvalidArgument("option subpath needs source=VOLUME (the volume to show a folder of)")
     if settings["source"] and not settings["subpath"]:
         raise InvalidArgument("option source needs subpath=DIR (the folder of it to show)")
-    if settings["source"] and (settings["quota"] or "compression" in opts):
+    if settings["source"] and (settings["quota"] or "compression" in opts or "from-snapshot" in opts):
         raise InvalidArgument("a view (source=...) takes only subpath and readonly")
     return settings
 

@@ -170,7 +170,7 @@ class Store:
                 map_size=INITIAL_MAP_SIZE,
                 max_dbs=len(schema.TABLES) + 4,
                 max_readers=1024,
-                readahead=False,
+                readahead=True,
                 sync=True,
                 metasync=True,
             )

@@ -399,6 +399,15 @@ class Inodes:
             return None
         return chunks.read(txn, bytes(cid))
 
+    def block_ids(self, txn: Txn, ino: int, indexes: list[int]) -> dict[int, bytes | None]:
+        """The chunk id of each block (None for a hole)."""
+        self._rows(txn, ino)
+        out = {}
+        for index in indexes:
+            cid = txn.get("blocks", vkey(self.vid, ino, index))
+            out[index] = bytes(cid) if cid is not None else None
+        return out
+
     def write_blocks(self, txn: Txn, ino: int, blocks: list[tuple[int, bytes]], size: int,
                      mtime_ns: int | None = None, ctime_ns: int | None = None) -> None:
         """Replace whole blocks of a file and set its size and times.

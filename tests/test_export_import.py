@@ -282,3 +282,36 @@ def test_export_refuses_a_terminal(store_path):
         os.close(controller)
     assert proc.returncode == 4
     assert b"terminal" in proc.stderr
+
+
+@pytest.mark.parametrize("compress", ["zstd", "xz", "bz2"])
+def test_compressed_archive_and_export_of_a_view(store_path, tmp_path, compress):
+    import bz2
+    import lzma
+
+    import zstandard
+
+    good, _ = _sample_tar()
+    packed = {"zstd": zstandard.ZstdCompressor().compress, "xz": lzma.compress, "bz2": bz2.compress}[compress](good)
+    run_cli(store_path, "import", "packed", "--strip-components", "0", input=packed)
+    with tarfile.open(fileobj=io.BytesIO(good)) as tar:
+        expected = {"./" + m.name: tar.extractfile(m).read() for m in tar}
+    out = run_cli(store_path, "export", "packed").stdout
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        assert {m.name: tar.extractfile(m).read() for m in tar if m.isreg()} == expected
+
+    # A view exports the folder it shows, as its root.
+    run_cli(store_path, "import", "nested", "-", input=_tar_of({"top/sub/file": b"deep", "top/other": b"x"}))
+    run_cli(store_path, "volume", "create", "view", "-o", "source=nested", "-o", "subpath=top/sub")
+    with tarfile.open(fileobj=io.BytesIO(run_cli(store_path, "export", "view").stdout)) as tar:
+        assert [m.name for m in tar] == [".", "./file"]
+
+
+def _tar_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

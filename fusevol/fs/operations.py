@@ -177,8 +177,24 @@ class VolumeOperations(pyfuse3.Operations):
         if fd is not None and (fields.update_size or fields.update_mtime):
             # The store's size must not lag behind a size we now report.
             await fd.flush()
-        new = await self.runner.run(functools.partial(self.inodes.setattr, ino=ino, **kw))
+        try:
+            new = await self.runner.run(functools.partial(self.inodes.setattr, ino=ino, **kw))
+        except FusevolError as e:
+            if e.errno != errno.ENOENT or set(kw) - {"atime_ns", "mtime_ns", "ctime_ns"}:
+                raise
+            # The kernel writes back cached times (writeback cache) of a file
+            # whose last name went and that was purged: nothing is left to keep
+            # them, and an error here would fail syncfs(2) for the whole volume.
+            return self._gone_entry(ino, attr)
         return self._entry(ino, new)
+
+    def _gone_entry(self, ino: int, attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = self._kernel(ino)
+        e.st_mode = stat.S_IFREG  # only regular files have times in the writeback cache
+        e.st_nlink = 0
+        e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns = attr.st_atime_ns, attr.st_mtime_ns, attr.st_ctime_ns
+        return e
 
     # -- names ----------------------------------------------------------------
 

@@ -29,17 +29,18 @@ class _Bar(stream.NoProgress):
 
 
 @contextlib.contextmanager
-def _progress(quiet: bool):
+def _progress(quiet: bool, in_bytes: bool = True):
     """A progress bar when stderr is a terminal and nobody asked for quiet."""
     if quiet or not sys.stderr.isatty():
         yield stream.NoProgress()
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
+                               TextColumn, TimeElapsedColumn, TransferSpeedColumn)
 
-    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns += [DownloadColumn(), TransferSpeedColumn()] if in_bytes else [MofNCompleteColumn()]
+    with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
         yield _Bar(progress)
 
 
@@ -67,8 +68,13 @@ def send(ctx, ref, base, output, quiet):
         if sys.stdout.isatty():
             raise errors.InvalidArgument("refusing to write a stream to a terminal: "
                                          "pipe it (| fusevol receive ...) or use -o FILE")
-        with _progress(quiet) as progress:
-            stream.send(store, volume, name, sys.stdout.buffer, base_ref, progress)
+        try:
+            with _progress(quiet) as progress:
+                stream.send(store, volume, name, sys.stdout.buffer, base_ref, progress)
+        except BrokenPipeError:
+            # Nothing more can reach the reader; keep the interpreter's own flush quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise errors.FusevolError("the reader of the stream went away (broken pipe)") from None
         return
     try:
         with open(output, "wb") as out, _progress(quiet) as progress:
@@ -127,7 +133,7 @@ def gc(ctx, as_json, quiet):
     to their workers."""
     store = _store(ctx)
     served = {w["volume"] for w in workers(store.path)}
-    with _progress(quiet or as_json) as progress, store.write() as txn:
+    with _progress(quiet or as_json, in_bytes=False) as progress, store.write() as txn:
         busy = {r["vid"] for r in volumes.list_all(txn) if r["name"] in served}
         report = check.gc(txn, busy, progress)
     lines = [
@@ -155,7 +161,7 @@ def verify(ctx, as_json, quiet):
     """Re-hash every chunk and tree object and follow every reference;
     name the files that damage reaches. Exits non-zero on any problem."""
     store = _store(ctx)
-    with _progress(quiet or as_json) as progress, store.read() as txn:
+    with _progress(quiet or as_json, in_bytes=False) as progress, store.read() as txn:
         report = check.verify(txn, progress)
     lines = []
     for p in report["problems"]:

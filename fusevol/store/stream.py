@@ -69,7 +69,6 @@ class _Writer:
         self.hash.update(data)
         self.out.write(data)
         self.bytes += len(data)
-        self.progress.advance(len(data))
 
     def header(self, base_root: bytes | None) -> None:
         self._raw(HEADER.pack(MAGIC, VERSION, base_root is not None, base_root or bytes(ID_LEN)))
@@ -183,6 +182,7 @@ def _send_tree(reader: _Reader, writer: _Writer, root: bytes, base_root: bytes |
                 stats["chunks"] += 1
         since_renew += _send_object(reader, writer, oid)
         stats["objects"] += 1
+        writer.progress.advance(obj.inode.data_bytes)  # file bytes, as the snapshot counts them
     return stats
 
 
@@ -274,7 +274,7 @@ def _spool(src, spool, progress: NoProgress) -> tuple[bytes | None, dict]:
     return (base_root if has_base else None), record
 
 
-def _link(txn: Txn, spool) -> tuple[set[bytes], set[bytes]]:
+def _link(txn: Txn, spool, progress: NoProgress) -> tuple[set[bytes], set[bytes]]:
     """Store the spooled records the store lacks, each new object taking its
     references on its children; return the new object and chunk ids."""
     new_objects: set[bytes] = set()
@@ -285,6 +285,7 @@ def _link(txn: Txn, spool) -> tuple[set[bytes], set[bytes]]:
             return new_objects, new_chunks
         kind, length = FRAME.unpack(frame)
         payload = spool.read(length)
+        progress.advance(FRAME.size + length)
         rid, stored = payload[:ID_LEN], payload[ID_LEN:]
         if kind == CHUNK:
             if txn.get("refs", rid) is None:
@@ -355,7 +356,8 @@ def receive(store: Store, volume: str, src, *, force: bool = False, mounted: boo
                 _check_incremental_target(txn, volume, record, base_root, force, mounted)
                 if txn.get("snapshots", snapshots._key(volume, name)) is not None:
                     raise AlreadyExists(f"snapshot {volume}@{name} already exists")
-            new_objects, new_chunks = _link(txn, spool)
+            progress.start("storing", size)
+            new_objects, new_chunks = _link(txn, spool, progress)
             root = bytes.fromhex(sent["root"])
             if txn.get("orefs", root) is None:
                 raise StreamDamaged(f"stream lacks its root object {root.hex()}")

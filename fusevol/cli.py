@@ -248,3 +248,4 @@ def df(ctx, as_json):
 
 from . import cli_snapshots  # noqa: E402,F401  (registers its commands on main)
 from . import cli_transfer  # noqa: E402,F401  (registers its commands on main)
+from . import cli_replication  # noqa: E402,F401  (registers its commands on main)

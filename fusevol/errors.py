@@ -66,3 +66,10 @@ class BadArchive(FusevolError):
 
     errno = errno.EIO
     exit_code = 9
+
+
+class StreamDamaged(FusevolError):
+    """A send stream that is truncated, altered or does not fit the receiving store."""
+
+    errno = errno.EIO
+    exit_code = 9

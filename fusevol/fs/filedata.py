@@ -7,6 +7,8 @@ them see the same bytes. While a flush is being committed its blocks stay
 readable from `inflight`.
 """
 
+import functools
+
 import trio
 
 from ..store import Inodes, chunks
@@ -124,8 +126,10 @@ class FileData:
             blocks = [(i, buf if len(buf) <= size - i * bs else buf[: size - i * bs])
                       for i, buf in sorted(batch.items()) if i * bs < size]
             try:
-                await self.runner.run(self.inodes.write_blocks, self.ino, blocks, size,
-                                      durable=durable)
+                # Times stay as stored: with the writeback cache the kernel keeps
+                # mtime and ctime and sends them (setattr) when they change.
+                await self.runner.run(functools.partial(self.inodes.write_blocks, keep_times=True),
+                                      self.ino, blocks, size, durable=durable)
             except BaseException:
                 # Keep the data for a later try; newer writes win.
                 for index, buf in batch.items():

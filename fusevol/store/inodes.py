@@ -409,8 +409,10 @@ class Inodes:
         return out
 
     def write_blocks(self, txn: Txn, ino: int, blocks: list[tuple[int, bytes]], size: int,
-                     mtime_ns: int | None = None, ctime_ns: int | None = None) -> None:
-        """Replace whole blocks of a file and set its size and times.
+                     mtime_ns: int | None = None, ctime_ns: int | None = None,
+                     keep_times: bool = False) -> None:
+        """Replace whole blocks of a file and set its size and times (now,
+        unless given; kept as they are with keep_times).
 
         Each block's data ends at the file's end (or is a full block); an
         all-zero block becomes a hole and costs no space.
@@ -438,9 +440,10 @@ class Inodes:
                     txn.delete("blocks", key)
         inode.size = size
         inode.data_bytes += delta
-        now = _now()
-        inode.mtime_ns = mtime_ns or now
-        inode.ctime_ns = ctime_ns or now
+        if not keep_times:
+            now = _now()
+            inode.mtime_ns = mtime_ns or now
+            inode.ctime_ns = ctime_ns or now
         self.put(txn, ino, inode)
         if delta:
             txn.add_vstats(self.vid, logical_bytes=delta)

@@ -237,3 +237,19 @@ def test_plugin_killed_while_a_container_writes(docker, plugin, vol):
     [info] = json.loads(docker.out("volume", "inspect", name))
     assert info["Status"]["mounts"] == 0
     assert plugin.workers() == []
+
+
+def test_docker_cp_mounts_the_same_id_twice(docker, plugin, vol, tmp_path):
+    name = vol()
+    (tmp_path / "note").write_text("copied in\n")
+    container = docker.out("run", "-d", "--network", "none", "-v", f"{name}:/data", IMAGE,
+                           "sleep", "300")
+    try:
+        # dockerd mounts the volume again under the container's own ID, then unmounts it.
+        docker("cp", str(tmp_path / "note"), f"{container}:/data/note")
+        assert docker.out("exec", container, "cat", "/data/note") == "copied in"
+        assert plugin.call("/VolumeDriver.Get", {"Name": name})[1]["Volume"]["Status"]["mounts"] == 1
+    finally:
+        docker("rm", "-f", container)
+    assert plugin.call("/VolumeDriver.Get", {"Name": name})[1]["Volume"]["Status"]["mounts"] == 0
+    assert plugin.workers() == []

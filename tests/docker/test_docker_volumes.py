@@ -8,10 +8,11 @@ import time
 
 import pytest
 
+from docker_env import IMAGE, docker, plugin, volume_name  # noqa: F401 (fixtures)
+
 pytestmark = pytest.mark.docker
 
 RUN = ("run", "--rm", "--network", "none")
-IMAGE = "fusevol-test:latest"  # made by the docker fixture
 
 
 @pytest.fixture

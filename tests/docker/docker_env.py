@@ -1,4 +1,6 @@
-"""A private dockerd, a busybox image made on the spot, and `fusevol serve` as its volume plugin.
+"""Fixtures of the Docker tests: a private dockerd, a busybox image made on the spot,
+and `fusevol serve` as its volume plugin. (The tests import them: a second
+conftest.py would shadow tests/conftest.py for `from conftest import ...`.)
 
 dockerd finds legacy plugins by socket name in /run/docker/plugins, so the
 plugin gets a random name (fv-XXXXXXXX) and tests of other stores on this host
@@ -19,7 +21,7 @@ import pytest
 from plugin_daemon import PluginDaemon, mounts_under, unmount_under
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
-IMAGE = "fusevol-test:latest"  # the tests name it too
+IMAGE = "fusevol-test:latest"
 
 
 def _why_no_docker() -> str | None:

@@ -52,6 +52,12 @@ class PluginDaemon:
                 raise RuntimeError(f"fusevol serve did not answer in {timeout}s:\n{self.log()}")
             time.sleep(0.1)
 
+    def mountpoint_of(self, volume: str) -> str:
+        return os.path.join(self.store, "mnt", volume)
+
+    def workers(self) -> list[dict]:
+        return mount.workers(self.store)
+
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()

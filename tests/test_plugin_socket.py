@@ -127,8 +127,11 @@ def test_huge_body_is_refused_early(daemon):
         pourer = threading.Thread(target=pour)
         pourer.start()
         reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass  # the daemon closed with our unread body queued: the reply came first
         pourer.join()
     assert reply.startswith(b"HTTP/1.1 413") and b"over the limit" in reply
     assert sent[0] < size  # the daemon hung up long before the end

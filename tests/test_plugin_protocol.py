@@ -244,7 +244,7 @@ def test_dead_worker_is_replaced(driver, store_path):
         time.sleep(0.01)
     with pytest.raises(OSError) as e:
         os.listdir(view)
-    assert e.value.errno == errno.ENOTCONN
+    assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)  # a dead FUSE mount
 
     # The next Mount finds the dead mount, detaches it and starts a fresh worker.
     assert driver.mount({"Name": "src", "ID": "c3"})["Mountpoint"] == src

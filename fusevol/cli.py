@@ -203,6 +203,21 @@ def umount(ctx, mountpoint, lazy):
     unmount(ctx.obj["store"], mountpoint, lazy=lazy)
 
 
+# -- the Docker plugin ------------------------------------------------------------
+
+@main.command()
+@click.option("--store", "store_path", default=None, help="Store directory (overrides the global --store).")
+@click.option("--socket", "socket_path", default="/run/docker/plugins/fusevol.sock", show_default=True,
+              help="Plugin socket; dockerd names the driver after its basename.")
+@click.pass_context
+@cli_errors
+def serve(ctx, store_path, socket_path):
+    """Serve the Docker volume plugin protocol until SIGTERM."""
+    from .plugin.daemon import serve as serve_plugin
+
+    serve_plugin(resolve_path(store_path) if store_path else ctx.obj["store"], socket_path)
+
+
 # -- space ----------------------------------------------------------------------
 
 def _file_bytes(path: str) -> int:

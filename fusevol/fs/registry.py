@@ -93,10 +93,12 @@ def is_mountpoint(path: str) -> bool:
 def clear_dead_mount(path: str) -> bool:
     """Detach a FUSE mount whose worker died ("Transport endpoint is not connected")."""
     try:
-        os.stat(path)
+        # statfs always reaches the filesystem; stat may be answered from the
+        # kernel's attribute cache long after the worker died.
+        os.statvfs(path)
         return False
     except OSError as e:
-        if e.errno != errno.ENOTCONN:
+        if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
             return False
     log.warning("detaching dead mount at %s", path)
     subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)

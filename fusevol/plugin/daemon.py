@@ -1,0 +1,152 @@
+"""The driver daemon: the plugin socket, the protocol handlers and the workers, wired.
+
+All state lives in the store and the worker registry, so it is loaded before
+the socket answers anything (dockerd forgets volumes a driver does not know
+when it starts). Handlers run in threads, so a slow mount never stalls `docker
+volume ls`; calls that start, stop or delete are serialised per family by a
+trio.Lock. Workers outlive the daemon: stopping it (or killing it) leaves
+running containers served, and the next daemon adopts the workers.
+"""
+
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+
+import trio
+
+from ..errors import Busy, FusevolError
+from . import http
+from .protocol import ENDPOINTS, Driver, decode_request, error_reply
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/run/docker/plugins/fusevol.sock"
+MAX_BODY = 1 << 20           # Docker's requests are a few hundred bytes
+RECONCILE_INTERVAL = 10.0    # seconds between checks for workers that died
+_QUIET = {"get", "list", "path", "capabilities", "activate"}  # called often by dockerd
+
+
+class PluginApp(http.App):
+    def __init__(self, driver: Driver):
+        self.driver = driver
+        self._locks: dict[str, trio.Lock] = {}
+
+    def lock(self, family: str) -> trio.Lock:
+        return self._locks.setdefault(family, trio.Lock())
+
+    async def handle(self, method: str, target: str, body: bytes) -> http.Reply:
+        name = ENDPOINTS.get(target)
+        if name is None:
+            return self.refuse(404, f"unknown endpoint {target}; this is a VolumeDriver plugin")
+        try:
+            request = decode_request(body)
+            reply = await self._call(name, request)
+            status = 200
+        except Exception as e:  # every failure becomes {"Err": ...}; nothing escapes
+            reply, status = error_reply(e), 500
+            log.warning("%s %s: %s", name, body[:200].decode(errors="replace"), reply["Err"])
+        else:
+            level = logging.DEBUG if name in _QUIET else logging.INFO
+            log.log(level, "%s %s -> %s", name, request.get("Name", ""), reply)
+        return http.Reply(status, json.dumps(reply).encode())
+
+    async def _call(self, name: str, request: dict) -> dict:
+        fn = getattr(self.driver, name)
+        family = await trio.to_thread.run_sync(self.driver.lock_key, name, request)
+        if family is None:
+            return await trio.to_thread.run_sync(fn, request)
+        async with self.lock(family):
+            return await trio.to_thread.run_sync(fn, request)
+
+    def refuse(self, status: int, message: str) -> http.Reply:
+        return http.Reply(status, json.dumps({"Err": message}).encode())
+
+    async def reconcile_all(self) -> None:
+        sup = self.driver.sup
+        for family in await trio.to_thread.run_sync(sup.families):
+            async with self.lock(family):
+                try:
+                    await trio.to_thread.run_sync(sup.reconcile, family)
+                except FusevolError as e:
+                    log.warning("restoring the mounts of %s: %s", family, e)
+                except Exception:  # keep serving; try again next round
+                    log.exception("restoring the mounts of %s", family)
+
+
+def bind_socket(path: str) -> socket.socket:
+    """A root-only unix socket at `path`; a stale one left by a killed daemon is replaced."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FusevolError(f"{path} exists and is not a socket; remove it or choose another --socket")
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+            raise Busy(f"another daemon already serves {path}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as e:
+        sock.close()
+        raise FusevolError(f"cannot listen on {path}: {e.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+def serve(store_path: str, socket_path: str = DEFAULT_SOCKET) -> None:
+    """Serve the VolumeDriver protocol on `socket_path` until SIGTERM or SIGINT."""
+    driver = Driver(Supervisor(store_path))  # opens the store: state is loaded now
+    sock = bind_socket(socket_path)
+    ident = os.stat(socket_path).st_ino
+    log.info("serving store %s on %s", driver.sup.store_path, socket_path)
+    try:
+        trio.run(_main, PluginApp(driver), sock)
+    finally:
+        try:
+            if os.stat(socket_path).st_ino == ident:
+                os.unlink(socket_path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        log.info("stopped; workers keep serving mounted volumes")
+
+
+async def _main(app: PluginApp, sock: socket.socket) -> None:
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_on_signal, nursery.cancel_scope)
+        nursery.start_soon(http.serve_listener, listener, app, MAX_BODY, nursery)
+        nursery.start_soon(_reconcile_forever, app)
+
+
+async def _reconcile_forever(app: PluginApp) -> None:
+    # The socket already answers: restoring mounts must not delay dockerd's calls.
+    while True:
+        await app.reconcile_all()
+        await trio.sleep(RECONCILE_INTERVAL)
+
+
+async def _cancel_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal %d: stopping", signum)
+            scope.cancel()
+            return

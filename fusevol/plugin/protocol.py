@@ -1,0 +1,173 @@
+"""Docker's VolumeDriver protocol as plain functions: a request dict in, a reply dict out.
+
+No networking here. ``ENDPOINTS`` maps each URL path to a ``Driver`` method;
+``decode_request`` turns a raw body into a request dict and ``error_reply``
+turns any domain error into ``{"Err": message}``. Driver methods block (store
+transactions, workers): the daemon runs them in threads, serialised per family
+(see ``Driver.lock_key``).
+"""
+
+import json
+import logging
+
+from ..errors import AlreadyExists, FusevolError, InvalidArgument
+from ..store import chunks, snapshots, volumes
+from .supervisor import Supervisor, check_mount_id, family_of, mount_count
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = {
+    "/Plugin.Activate": "activate",
+    "/VolumeDriver.Create": "create",
+    "/VolumeDriver.Remove": "remove",
+    "/VolumeDriver.Mount": "mount",
+    "/VolumeDriver.Unmount": "unmount",
+    "/VolumeDriver.Path": "path",
+    "/VolumeDriver.Get": "get",
+    "/VolumeDriver.List": "list",
+    "/VolumeDriver.Capabilities": "capabilities",
+}
+# Calls that start, stop or delete something: one at a time per family.
+SERIALISED = {"mount", "unmount", "remove"}
+
+# Settings a repeated Create must match (the parsed form, so "1M" equals "1048576").
+_SETTINGS = ("readonly", "source", "subpath", "quota", "compression")
+
+
+def decode_request(raw: bytes) -> dict:
+    """The JSON object of a request body; an empty body is an empty request."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return body
+
+
+def error_reply(error: Exception) -> dict:
+    if isinstance(error, FusevolError):
+        return {"Err": str(error)}
+    log.exception("unexpected error", exc_info=error)
+    return {"Err": f"internal error: {type(error).__name__}: {error}"}
+
+
+def _name(req: dict) -> str:
+    name = req.get("Name")
+    if name is None or name == "":
+        raise InvalidArgument("missing volume Name")
+    return volumes.check_name(name)
+
+
+class Driver:
+    def __init__(self, supervisor: Supervisor):
+        self.sup = supervisor
+        self.store = supervisor.store
+
+    def lock_key(self, method: str, req: dict) -> str | None:
+        """The family a call must hold the lock of, or None if it needs none."""
+        if method not in SERIALISED:
+            return None
+        try:
+            record = self.sup.record(_name(req), missing_ok=True)
+        except FusevolError:
+            return None  # the call itself will fail on the name
+        return family_of(record) if record else req["Name"]
+
+    # -- endpoints ----------------------------------------------------------------
+
+    def activate(self, req: dict) -> dict:
+        return {"Implements": ["VolumeDriver"]}
+
+    def capabilities(self, req: dict) -> dict:
+        return {"Capabilities": {"Scope": "local"}}
+
+    def create(self, req: dict) -> dict:
+        name = _name(req)
+        opts = req.get("Opts")
+        try:
+            with self.store.write() as txn:
+                snapshots.create_volume(txn, name, opts)
+        except AlreadyExists:
+            self._check_same_options(name, opts)
+        return {}
+
+    def _check_same_options(self, name: str, opts: dict | None) -> None:
+        wanted = volumes.parse_options(opts)
+        record = self.sup.record(name)
+        if any(wanted[k] != record.get(k) for k in _SETTINGS):
+            given = ", ".join(f"{k}={v}" for k, v in sorted((opts or {}).items())) or "none"
+            had = ", ".join(f"{k}={v}" for k, v in sorted(record["options"].items())) or "none"
+            raise AlreadyExists(
+                f"volume {name} already exists with options ({had}); options cannot be "
+                f"changed after create (asked for: {given}); remove it and create it again")
+
+    def remove(self, req: dict) -> dict:
+        self.sup.remove(_name(req))
+        return {}
+
+    def mount(self, req: dict) -> dict:
+        path = self.sup.mount(_name(req), check_mount_id(req.get("ID")))
+        return {"Mountpoint": path}
+
+    def unmount(self, req: dict) -> dict:
+        self.sup.unmount(_name(req), check_mount_id(req.get("ID")))
+        return {}
+
+    def path(self, req: dict) -> dict:
+        path = self.sup.served_path(self.sup.record(_name(req)))
+        return {"Mountpoint": path} if path else {}
+
+    def get(self, req: dict) -> dict:
+        name = _name(req)
+        with self.store.read() as txn:
+            record = volumes.get(txn, name)
+            status = self._status(txn, record)
+        return {"Volume": self._describe(record, status)}
+
+    def list(self, req: dict) -> dict:
+        with self.store.read() as txn:
+            records = volumes.list_all(txn)
+        return {"Volumes": [self._describe(r) for r in records]}
+
+    # -- descriptions -----------------------------------------------------------------
+
+    def _describe(self, record: dict, status: dict | None = None) -> dict:
+        out = {"Name": record["name"]}
+        if record.get("created_at"):
+            out["CreatedAt"] = record["created_at"]  # RFC 3339; never an empty string
+        path = self.sup.served_path(record)
+        if path:
+            out["Mountpoint"] = path
+        if status is not None:
+            out["Status"] = status
+        return out
+
+    def _status(self, txn, record: dict) -> dict:
+        """What `docker volume inspect` shows under Status."""
+        st = volumes.stats(txn, record)
+        status = {
+            "logical_bytes": st.logical_bytes,
+            "inodes": st.inodes,
+            "store_dedup_ratio": _store_dedup_ratio(txn),
+            "mounts": mount_count(record),
+            "readonly": bool(record["readonly"]),
+        }
+        if record.get("source"):
+            status["source"] = record["source"]
+            status["subpath"] = record["subpath"]
+        else:
+            status["compression"] = record["compression"]
+        if record.get("quota"):
+            status["quota_bytes"] = record["quota"]
+        return status
+
+
+def _store_dedup_ratio(txn) -> float:
+    """Bytes all volumes hold over the bytes stored once: how much deduplication saves."""
+    unique = chunks.totals(txn)["unique_bytes"]
+    logical = sum(volumes.stats(txn, r).logical_bytes
+                  for r in volumes.list_all(txn) if r["vid"] is not None)
+    return round(logical / unique, 3) if unique else 1.0

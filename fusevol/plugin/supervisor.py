@@ -1,0 +1,266 @@
+"""FUSE workers for the driver: start, adopt and stop them, and count mounts per ID.
+
+A data volume is served by one worker at ``STORE/mnt/NAME``. A view volume
+(source + subpath) is a bind mount at ``STORE/mnt/VIEW`` of a folder of its
+source's mountpoint, so one worker (one kernel cache) serves the source and all
+its views; it runs while the source or any of its views is mounted.
+
+Mount counts live in the store, in each volume record's ``mounts`` map (mount ID
+-> count; Docker may mount one ID twice), written in one transaction per change.
+Workers run in their own sessions and outlive the daemon; a new daemon finds
+them in the worker registry, so the store and the registry are all the state
+there is.
+
+Every method blocks (store writes, starting and stopping workers): call them
+from threads, at most one at a time per family (a data volume and its views).
+"""
+
+import logging
+import os
+import subprocess
+import time
+
+from ..errors import Busy, FusevolError, InvalidArgument, NotFound
+from ..fs import registry
+from ..store import Store, volumes
+
+log = logging.getLogger(__name__)
+
+# How long a worker whose mount vanished may take to exit before we give up on it.
+WORKER_EXIT_WAIT = 10.0
+
+
+def mount_count(record: dict) -> int:
+    return sum((record.get("mounts") or {}).values())
+
+
+def family_of(record: dict) -> str:
+    """The data volume whose worker serves this volume."""
+    return record.get("source") or record["name"]
+
+
+def _serves(path: str) -> bool:
+    """Whether a mount sits at `path` and answers (a dead FUSE mount raises ENOTCONN)."""
+    if not registry.is_mountpoint(path):
+        return False
+    try:
+        os.statvfs(path)  # never answered from the kernel's caches
+    except OSError:
+        return False
+    return True
+
+
+def _run(cmd: list[str]) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise FusevolError(f"{' '.join(cmd)} failed: {res.stderr.strip() or res.returncode}")
+
+
+class Supervisor:
+    def __init__(self, store_path: str):
+        self.store = Store.open(store_path)
+        self.store_path = self.store.path
+        self.mnt_dir = os.path.join(self.store_path, "mnt")
+
+    def mountpoint(self, name: str) -> str:
+        return os.path.join(self.mnt_dir, name)
+
+    # -- reading state --------------------------------------------------------
+
+    def record(self, name: str, missing_ok: bool = False) -> dict | None:
+        with self.store.read() as txn:
+            return volumes.get(txn, volumes.check_name(name), missing_ok=missing_ok)
+
+    def family_count(self, data_name: str) -> int:
+        """Mounts of a data volume and of all its views."""
+        with self.store.read() as txn:
+            return sum(mount_count(r) for r in volumes.list_all(txn)
+                       if family_of(r) == data_name)
+
+    def families(self) -> list[str]:
+        with self.store.read() as txn:
+            return sorted({family_of(r) for r in volumes.list_all(txn)})
+
+    def served_path(self, record: dict) -> str | None:
+        """Where a mounted volume is, or None while no one mounts it."""
+        return self.mountpoint(record["name"]) if mount_count(record) > 0 else None
+
+    # -- mount and unmount ----------------------------------------------------
+
+    def mount(self, name: str, mount_id: str) -> str:
+        """Serve the volume (starting its worker on first use) and count this mount."""
+        record = self.record(name)
+        path = self._serve(record)
+        self._count(name, mount_id, +1)
+        log.info("mounted %s for %s at %s", name, mount_id[:12], path)
+        return path
+
+    def unmount(self, name: str, mount_id: str) -> None:
+        """Count one mount of this ID less; release the volume once no one mounts it.
+
+        The count drops even if unmounting fails, so it never drifts above
+        Docker's own view. An unknown volume or ID is no error.
+        """
+        record = self._count(name, mount_id, -1)
+        if record is None or mount_count(record) > 0:
+            return
+        log.info("last mount of %s gone", name)
+        self._release(record)
+
+    def _count(self, name: str, mount_id: str, delta: int) -> dict | None:
+        with self.store.write() as txn:
+            record = volumes.get(txn, name, missing_ok=True)
+            if record is None:
+                return None
+            mounts = dict(record.get("mounts") or {})
+            n = mounts.get(mount_id, 0) + delta
+            if n > 0:
+                mounts[mount_id] = n
+            else:
+                mounts.pop(mount_id, None)
+            record["mounts"] = mounts
+            volumes.put(txn, record)
+            return record
+
+    def _serve(self, record: dict) -> str:
+        if record.get("source"):
+            source = self.record(record["source"])
+            return self._bind_view(record, source, self._serve_data(source))
+        return self._serve_data(record)
+
+    def _serve_data(self, record: dict) -> str:
+        """Make sure the data volume's worker serves at its mountpoint (adopt or start one)."""
+        name = record["name"]
+        path = self.mountpoint(name)
+        info = registry.worker_of(self.store_path, volume=name)
+        if info is not None:
+            if info["mountpoint"] != path or info.get("subpath"):
+                raise Busy(f"volume {name} is mounted at {info['mountpoint']} outside Docker "
+                           f"(pid {info['pid']}); unmount it there first")
+            if _serves(path):
+                return path
+            # Its mount is gone or dead: the worker is ending; let it go.
+            registry.clear_dead_mount(path)
+            self._wait_exit(info["pid"], name)
+        registry.clear_dead_mount(path)
+        if registry.is_mountpoint(path):
+            raise Busy(f"{path} is mounted by something else; unmount it first")
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        pid = registry.start_worker(self.store_path, name, path, readonly=bool(record["readonly"]))
+        log.info("worker %d serves %s at %s", pid, name, path)
+        return path
+
+    def _wait_exit(self, pid: int, name: str) -> None:
+        deadline = time.monotonic() + WORKER_EXIT_WAIT
+        while registry.pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise Busy(f"the worker of volume {name} (pid {pid}) lost its mount but does "
+                           "not exit (files still open?); try again later")
+            time.sleep(0.05)
+
+    def _bind_view(self, view: dict, source: dict, base: str) -> str:
+        """Bind-mount the view's folder of the source mount at the view's mountpoint."""
+        target = self.mountpoint(view["name"])
+        if _serves(target):
+            return target
+        if registry.is_mountpoint(target):  # bound to a worker that died
+            subprocess.run(["umount", "-l", target], capture_output=True)
+        folder = os.path.join(base, view["subpath"])
+        # The folder must be a real directory of the source: a symlink could point
+        # anywhere on the host, and the bind mount would follow it.
+        if os.path.realpath(folder) != folder or not os.path.isdir(folder):
+            raise NotFound(f"folder {view['subpath']} does not exist in volume {source['name']} "
+                           "(or is not a plain folder); create it there first")
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        _run(["mount", "--bind", folder, target])
+        if view["readonly"] and not source["readonly"]:
+            try:
+                _run(["mount", "-o", "remount,bind,ro", target])
+            except FusevolError:
+                subprocess.run(["umount", "-l", target], capture_output=True)
+                raise
+        return target
+
+    def _release(self, record: dict) -> None:
+        """Unmount a volume no one mounts; stop its family's worker when all are released."""
+        if record.get("source"):
+            self._unbind(self.mountpoint(record["name"]))
+        data_name = family_of(record)
+        if self.family_count(data_name) == 0:
+            self._stop(data_name)
+
+    def _unbind(self, target: str) -> None:
+        if registry.is_mountpoint(target):
+            if subprocess.run(["umount", target], capture_output=True).returncode != 0:
+                log.warning("%s busy: detaching it lazily", target)
+                _run(["umount", "-l", target])
+
+    def _stop(self, data_name: str) -> None:
+        path = self.mountpoint(data_name)
+        registry.clear_dead_mount(path)
+        info = registry.worker_of(self.store_path, mountpoint=path)
+        if info is None and not registry.is_mountpoint(path):
+            return
+        try:
+            registry.unmount(self.store_path, path)
+            log.info("stopped the worker of %s", data_name)
+        except Busy:
+            # Someone on the host still uses it: detach now, the worker ends when they close.
+            subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+            raise Busy(f"volume {data_name} was busy: detached lazily; its worker stops "
+                       "once the last open file closes") from None
+
+    # -- removal and recovery ---------------------------------------------------
+
+    def remove(self, name: str) -> None:
+        """Delete a volume that no one mounts; never touches a live mount."""
+        record = self.record(name)
+        n = mount_count(record)
+        if n:
+            raise Busy(f"volume {name} is mounted ({n} mount(s)); stop the containers using it first")
+        target = self.mountpoint(name)
+        if not record.get("source"):
+            info = registry.worker_of(self.store_path, volume=name)
+            if info is not None:
+                raise Busy(f"volume {name} is still served at {info['mountpoint']} "
+                           f"(pid {info['pid']}); unmount it first")
+        if registry.is_mountpoint(target):
+            raise Busy(f"volume {name} is still mounted at {target}; unmount it first")
+        with self.store.write() as txn:
+            volumes.remove(txn, name)
+        try:
+            os.rmdir(target)  # an empty directory only: never a recursive delete
+        except OSError:
+            pass
+
+    def reconcile(self, data_name: str) -> None:
+        """Bring a family's mounts in line with its counts: restart a worker that died,
+        re-bind its views, stop a worker no one counts on."""
+        with self.store.read() as txn:
+            family = [r for r in volumes.list_all(txn) if family_of(r) == data_name]
+        if not family:
+            return
+        data = next((r for r in family if r["name"] == data_name), None)
+        mounted = [r for r in family if mount_count(r) > 0]
+        if data is None:
+            return
+        if not mounted:
+            for view in family:
+                if view is not data:
+                    self._unbind(self.mountpoint(view["name"]))
+            path = self.mountpoint(data_name)
+            info = registry.worker_of(self.store_path, mountpoint=path)
+            if info is not None or registry.is_mountpoint(path):
+                log.info("stopping the worker of %s: no container mounts it", data_name)
+                self._stop(data_name)
+            return
+        base = self._serve_data(data)
+        for view in mounted:
+            if view is not data:
+                self._bind_view(view, data, base)
+
+
+def check_mount_id(mount_id) -> str:
+    if not isinstance(mount_id, str) or not mount_id:
+        raise InvalidArgument("ID must be a non-empty string (the ID of the mount request)")
+    return mount_id

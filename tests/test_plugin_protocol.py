@@ -1,0 +1,258 @@
+"""The VolumeDriver handlers called directly (no socket), over a real store and real mounts."""
+
+import datetime
+import errno
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import needs_fuse
+from fusevol.errors import AlreadyExists, Busy, FusevolError, InvalidArgument, NotFound
+from fusevol.fs import mount
+from fusevol.plugin.protocol import Driver, decode_request, error_reply
+from fusevol.plugin.supervisor import Supervisor
+from plugin_daemon import mounts_under, unmount_under
+
+
+@pytest.fixture
+def driver(store_path):
+    d = Driver(Supervisor(store_path))
+    yield d
+    if os.path.isdir(d.sup.mnt_dir):
+        for info in mount.workers(store_path):
+            if mount.is_mountpoint(info["mountpoint"]):
+                try:
+                    mount.unmount(store_path, info["mountpoint"], timeout=30)
+                except FusevolError:
+                    pass
+        unmount_under(d.sup.mnt_dir)
+
+
+def workers_of(store_path: str, name: str) -> list[dict]:
+    return [w for w in mount.workers(store_path) if w["volume"] == name]
+
+
+# -- without mounts -------------------------------------------------------------------
+
+def test_activate_and_capabilities(driver):
+    assert driver.activate({}) == {"Implements": ["VolumeDriver"]}
+    assert driver.capabilities({}) == {"Capabilities": {"Scope": "local"}}
+
+
+def test_create_get_list(driver):
+    assert driver.create({"Name": "alpha", "Opts": None}) == {}
+    assert driver.create({"Name": "beta", "Opts": {"size": "10M", "compression": "none"}}) == {}
+    vol = driver.get({"Name": "beta"})["Volume"]
+    assert vol["Name"] == "beta"
+    assert "Mountpoint" not in vol  # not mounted
+    created = datetime.datetime.fromisoformat(vol["CreatedAt"])
+    assert created.tzinfo is not None
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - created) < datetime.timedelta(hours=1)
+    status = vol["Status"]
+    assert status["quota_bytes"] == 10 << 20
+    assert status["compression"] == "none"
+    assert status["mounts"] == 0 and status["readonly"] is False
+    assert status["logical_bytes"] == 0 and status["store_dedup_ratio"] == 1.0
+    names = [v["Name"] for v in driver.list({})["Volumes"]]
+    assert names == ["alpha", "beta"]
+    assert all(v["CreatedAt"] for v in driver.list({})["Volumes"])
+
+
+def test_repeated_create(driver):
+    driver.create({"Name": "vol", "Opts": {"size": "1M"}})
+    assert driver.create({"Name": "vol", "Opts": {"size": "1048576"}}) == {}  # same setting
+    with pytest.raises(AlreadyExists, match="options cannot be changed after create"):
+        driver.create({"Name": "vol", "Opts": {"size": "2M"}})
+    with pytest.raises(AlreadyExists, match="size=1M"):
+        driver.create({"Name": "vol", "Opts": {}})
+
+
+@pytest.mark.parametrize("opts, message", [
+    ({"colour": "blue"}, r"unknown option colour: allowed are readonly"),
+    ({"size": "lots"}, r"invalid size 'lots'"),
+    ({"readonly": "maybe"}, r"readonly='maybe': use true or false"),
+    ({"compression": "lz4"}, r"compression='lz4': use zstd or none"),
+    ({"subpath": "x"}, r"subpath needs source"),
+    ({"source": "nope", "subpath": "x"}, r"no such volume: nope"),
+    ({"size": 5}, r"option size needs a string value"),
+    ("size=1", r"options must be a map"),
+])
+def test_create_bad_options(driver, opts, message):
+    with pytest.raises(FusevolError, match=message):
+        driver.create({"Name": "vol", "Opts": opts})
+    assert driver.list({}) == {"Volumes": []}
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "../etc", "x/../y", "/abs", ".hidden", "", None, 7])
+def test_bad_names(driver, name):
+    for call in (driver.create, driver.get, driver.remove, driver.path):
+        with pytest.raises(InvalidArgument):
+            call({"Name": name})
+    with pytest.raises(InvalidArgument):
+        driver.mount({"Name": name, "ID": "x"})
+
+
+def test_missing_volume(driver):
+    with pytest.raises(NotFound, match="no such volume: ghost"):
+        driver.get({"Name": "ghost"})
+    with pytest.raises(NotFound):
+        driver.remove({"Name": "ghost"})
+    assert driver.unmount({"Name": "ghost", "ID": "x"}) == {}  # harmless
+
+
+def test_remove(driver):
+    driver.create({"Name": "src"})
+    driver.create({"Name": "view", "Opts": {"source": "src", "subpath": "d"}})
+    with pytest.raises(Busy, match="shown by view volume"):
+        driver.remove({"Name": "src"})
+    assert driver.remove({"Name": "view"}) == {}
+    assert driver.remove({"Name": "src"}) == {}
+    assert driver.list({}) == {"Volumes": []}
+
+
+def test_decode_request():
+    assert decode_request(b"") == {}
+    assert decode_request(b'{"Name": "x"}') == {"Name": "x"}
+    with pytest.raises(InvalidArgument, match="not valid JSON"):
+        decode_request(b"{nope")
+    with pytest.raises(InvalidArgument, match="must be a JSON object"):
+        decode_request(b"[1, 2]")
+    with pytest.raises(InvalidArgument, match="not valid JSON"):
+        decode_request(b"\xff\xfe")
+    assert error_reply(InvalidArgument("bad")) == {"Err": "bad"}
+    assert error_reply(ValueError("boom"))["Err"].startswith("internal error")
+
+
+# -- with real mounts -------------------------------------------------------------------
+
+@needs_fuse
+def test_mount_counts_per_id(driver, store_path):
+    driver.create({"Name": "vol"})
+    path = driver.mount({"Name": "vol", "ID": "c1"})["Mountpoint"]
+    assert path == os.path.join(store_path, "mnt", "vol")
+    assert driver.mount({"Name": "vol", "ID": "c1"})["Mountpoint"] == path  # docker cp
+    assert driver.mount({"Name": "vol", "ID": "c2"})["Mountpoint"] == path
+    assert len(workers_of(store_path, "vol")) == 1
+    with open(os.path.join(path, "f"), "w") as f:
+        f.write("kept")
+    assert driver.get({"Name": "vol"})["Volume"]["Status"]["mounts"] == 3
+    assert driver.path({"Name": "vol"}) == {"Mountpoint": path}
+    with pytest.raises(Busy, match="is mounted"):
+        driver.remove({"Name": "vol"})
+
+    driver.unmount({"Name": "vol", "ID": "c1"})
+    driver.unmount({"Name": "vol", "ID": "unknown"})
+    driver.unmount({"Name": "vol", "ID": "c2"})
+    assert mount.is_mountpoint(path)  # c1 still holds one
+    driver.unmount({"Name": "vol", "ID": "c1"})
+    assert not mount.is_mountpoint(path)
+    assert workers_of(store_path, "vol") == []
+    assert driver.path({"Name": "vol"}) == {}
+    assert driver.get({"Name": "vol"})["Volume"]["Status"]["logical_bytes"] == 4
+
+    path = driver.mount({"Name": "vol", "ID": "c3"})["Mountpoint"]
+    with open(os.path.join(path, "f")) as f:
+        assert f.read() == "kept"
+    driver.unmount({"Name": "vol", "ID": "c3"})
+    assert driver.remove({"Name": "vol"}) == {}
+    assert not os.path.exists(path)
+
+
+@needs_fuse
+def test_counts_survive_a_new_daemon(driver, store_path):
+    driver.create({"Name": "vol"})
+    path = driver.mount({"Name": "vol", "ID": "c1"})["Mountpoint"]
+    pid = workers_of(store_path, "vol")[0]["pid"]
+    fresh = Driver(Supervisor(store_path))  # what a restarted daemon sees
+    assert fresh.get({"Name": "vol"})["Volume"]["Mountpoint"] == path
+    fresh.sup.reconcile("vol")  # adopts: no second worker
+    assert [w["pid"] for w in workers_of(store_path, "vol")] == [pid]
+    fresh.unmount({"Name": "vol", "ID": "c1"})
+    assert not mount.pid_alive(pid) and not mount.is_mountpoint(path)
+
+
+@needs_fuse
+def test_readonly_volume(driver):
+    driver.create({"Name": "ro", "Opts": {"readonly": "true"}})
+    path = driver.mount({"Name": "ro", "ID": "c1"})["Mountpoint"]
+    with pytest.raises(OSError) as e:
+        open(os.path.join(path, "f"), "w")
+    assert e.value.errno == errno.EROFS
+    driver.unmount({"Name": "ro", "ID": "c1"})
+
+
+@needs_fuse
+def test_view_is_a_bind_mount_of_the_source_worker(driver, store_path):
+    driver.create({"Name": "src"})
+    driver.create({"Name": "view", "Opts": {"source": "src", "subpath": "shared/", "readonly": "true"}})
+    driver.create({"Name": "rw", "Opts": {"source": "src", "subpath": "shared"}})
+    driver.create({"Name": "gone", "Opts": {"source": "src", "subpath": "missing"}})
+    src = driver.mount({"Name": "src", "ID": "c1"})["Mountpoint"]
+    os.makedirs(os.path.join(src, "shared"))
+    with open(os.path.join(src, "shared", "f"), "w") as f:
+        f.write("shared")
+    with open(os.path.join(src, "secret"), "w") as f:
+        f.write("not for views")
+    os.symlink("/etc", os.path.join(src, "escape"))
+    driver.create({"Name": "esc", "Opts": {"source": "src", "subpath": "escape"}})
+
+    view = driver.mount({"Name": "view", "ID": "c2"})["Mountpoint"]
+    assert view == os.path.join(store_path, "mnt", "view")
+    assert os.listdir(view) == ["f"]
+    with pytest.raises(OSError) as e:
+        open(os.path.join(view, "new"), "w")
+    assert e.value.errno == errno.EROFS
+    rw = driver.mount({"Name": "rw", "ID": "c3"})["Mountpoint"]
+    with open(os.path.join(rw, "new"), "w") as f:
+        f.write("via view")
+    with open(os.path.join(src, "shared", "new")) as f:  # same worker, same cache
+        assert f.read() == "via view"
+    assert len(workers_of(store_path, "src")) == 1
+
+    with pytest.raises(NotFound, match="folder missing does not exist in volume src"):
+        driver.mount({"Name": "gone", "ID": "c4"})
+    with pytest.raises(NotFound, match="not a plain folder"):
+        driver.mount({"Name": "esc", "ID": "c5"})
+    with pytest.raises(Busy, match="is mounted"):
+        driver.remove({"Name": "view"})
+
+    # The source's worker runs while any of its views is mounted.
+    driver.unmount({"Name": "src", "ID": "c1"})
+    driver.unmount({"Name": "rw", "ID": "c3"})
+    assert mount.is_mountpoint(src) and sorted(os.listdir(view)) == ["f", "new"]
+    driver.unmount({"Name": "view", "ID": "c2"})
+    assert mounts_under(driver.sup.mnt_dir) == []
+    assert workers_of(store_path, "src") == []
+
+
+@needs_fuse
+def test_dead_worker_is_replaced(driver, store_path):
+    driver.create({"Name": "src"})
+    driver.create({"Name": "view", "Opts": {"source": "src", "subpath": "d"}})
+    src = driver.mount({"Name": "src", "ID": "c1"})["Mountpoint"]
+    os.mkdir(os.path.join(src, "d"))
+    with open(os.path.join(src, "d", "f"), "w") as f:
+        f.write("durable")
+        f.flush()
+        os.fsync(f.fileno())
+    view = driver.mount({"Name": "view", "ID": "c2"})["Mountpoint"]
+    pid = workers_of(store_path, "src")[0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    while mount.pid_alive(pid):
+        time.sleep(0.01)
+    with pytest.raises(OSError) as e:
+        os.listdir(view)
+    assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)  # a dead FUSE mount
+
+    # The next Mount finds the dead mount, detaches it and starts a fresh worker.
+    assert driver.mount({"Name": "src", "ID": "c3"})["Mountpoint"] == src
+    with open(os.path.join(src, "d", "f")) as f:
+        assert f.read() == "durable"
+    # The background check re-binds the view to the new worker.
+    driver.sup.reconcile("src")
+    assert os.listdir(view) == ["f"]
+    for name, mount_id in (("src", "c1"), ("src", "c3"), ("view", "c2")):
+        driver.unmount({"Name": name, "ID": mount_id})
+    assert mounts_under(driver.sup.mnt_dir) == []

@@ -182,10 +182,10 @@ def _install_tree(txn: Txn, record: dict, snap: dict) -> None:
 
 def create_volume(txn: Txn, name: str, opts: dict | None = None) -> dict:
     """Create a volume, as a clone when the options say from-snapshot=VOLUME@SNAPSHOT."""
-    opts = dict(opts or {})
-    ref = opts.pop("from-snapshot", None)
-    if ref is None:
-        return volumes.create(txn, name, opts)
+    if not isinstance(opts, dict) or "from-snapshot" not in opts:
+        return volumes.create(txn, name, opts)  # which names what is wrong with opts
+    opts = dict(opts)
+    ref = opts.pop("from-snapshot")
     volumes.parse_options({**opts, "from-snapshot": ref})  # every problem named at once
     volume, snap = parse_ref(ref)
     return clone(txn, volume, snap, name, opts)

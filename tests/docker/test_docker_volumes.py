@@ -254,3 +254,27 @@ def test_docker_cp_mounts_the_same_id_twice(docker, plugin, vol, tmp_path):
         docker("rm", "-f", container)
     assert plugin.call("/VolumeDriver.Get", {"Name": name})[1]["Volume"]["Status"]["mounts"] == 0
     assert plugin.workers() == []
+
+
+def test_volume_from_snapshot(docker, plugin, vol):
+    from conftest import run_cli
+
+    origin = vol()
+    sh(docker, ["-v", f"{origin}:/data"], "echo first > /data/f")
+    run_cli(plugin.store, "snapshot", "create", f"{origin}@s1")
+    sh(docker, ["-v", f"{origin}:/data"], "echo second > /data/f")
+
+    clone = vol(f"from-snapshot={origin}@s1")
+    assert sh(docker, ["-v", f"{clone}:/data"], "cat /data/f").stdout == b"first\n"
+    frozen = vol("readonly=true", f"from-snapshot={origin}@s1")
+    refused = sh(docker, ["-v", f"{frozen}:/data"], "cat /data/f; echo x > /data/f", check=False)
+    assert refused.stdout == b"first\n" and b"Read-only file system" in refused.stderr
+    assert sh(docker, ["-v", f"{origin}:/data"], "cat /data/f").stdout == b"second\n"
+
+    bad = docker("volume", "create", "-d", plugin.driver_name, "-o", f"from-snapshot={origin}@nope",
+                 volume_name_unused(), check=False)
+    assert bad.returncode != 0 and b"no such snapshot" in bad.stderr
+
+
+def volume_name_unused() -> str:
+    return "fv-never-" + os.urandom(4).hex()

@@ -114,6 +114,15 @@ class Volume:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (robust where wall time is noisy)."""
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -134,11 +143,15 @@ def fio(target_dir: str, name: str, *args: str) -> dict:
 
 def bench_seq(t, size: int) -> list:
     rows = []
+    cpu_before = cpu_seconds(t.worker_pid())
     start = time.monotonic()
     fio(t.dir, "seq", "--rw=write", "--bs=1M", f"--size={size}", "--end_fsync=1")
     secs = time.monotonic() - start  # fio's own figure leaves out the final fsync
     rows.append(("seq_write", f"sequential write {size // MiB} MiB (bs 1M, end_fsync)",
                  "MiB/s", size / MiB / secs, True))
+    if cpu_before is not None:
+        rows.append(("worker_cpu", "FUSE worker CPU time during the sequential write", "s",
+                     cpu_seconds(t.worker_pid()) - cpu_before, False))
     rss = peak_rss_mib(t.worker_pid())
     if rss is not None:
         rows.append(("worker_rss", "FUSE worker peak RSS after the sequential write",

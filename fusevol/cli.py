@@ -10,7 +10,7 @@ import click
 
 from . import errors
 from .store import Store, resolve_path
-from .store import chunks, volumes
+from .store import chunks, snapshots, volumes
 
 log = logging.getLogger("fusevol")
 
@@ -87,12 +87,12 @@ def volume():
 def volume_create(ctx, name, opts, as_json):
     """Create volume NAME."""
     with _store(ctx).write() as txn:
-        record = volumes.create(txn, name, _parse_opts(opts))
+        record = snapshots.create_volume(txn, name, _parse_opts(opts))
     _emit(record, as_json, name)
 
 
 def _describe(txn, store_path: str, record: dict) -> dict:
-    from .fs.mount import worker_of
+    from .fs.registry import worker_of
 
     st = volumes.stats(txn, record)
     out = dict(record)
@@ -137,7 +137,7 @@ def volume_inspect(ctx, name):
 @cli_errors
 def volume_rm(ctx, names):
     """Remove volumes and free the data only they held."""
-    from .fs.mount import worker_of
+    from .fs.registry import worker_of
 
     store = _store(ctx)
     for name in names:
@@ -163,13 +163,13 @@ def volume_rm(ctx, names):
 @click.pass_context
 def mount(ctx, name, mountpoint, readonly, subpath, background, ready_fd):
     """Mount volume NAME at MOUNTPOINT (in the foreground unless --background)."""
-    from .fs import mount as mounting
-
     store_path = ctx.obj["store"]
     if background:
-        cli_errors(mounting.start_worker)(store_path, name, mountpoint, readonly=readonly,
-                                          subpath=subpath)
+        from .fs.registry import start_worker
+
+        cli_errors(start_worker)(store_path, name, mountpoint, readonly=readonly, subpath=subpath)
         return
+    from .fs import mount as mounting
 
     def report(message: str) -> None:
         if ready_fd is not None:
@@ -198,7 +198,7 @@ def mount(ctx, name, mountpoint, readonly, subpath, background, ready_fd):
 @cli_errors
 def umount(ctx, mountpoint, lazy):
     """Unmount MOUNTPOINT once its data is stored."""
-    from .fs.mount import unmount
+    from .fs.registry import unmount
 
     unmount(ctx.obj["store"], mountpoint, lazy=lazy)
 
@@ -246,5 +246,6 @@ def df(ctx, as_json):
     _emit(out, as_json, text)
 
 
-if __name__ == "__main__":
-    main()
+from . import cli_snapshots  # noqa: E402,F401  (registers its commands on main)
+from . import cli_transfer  # noqa: E402,F401  (registers its commands on main)
+from . import cli_replication  # noqa: E402,F401  (registers its commands on main)

@@ -59,3 +59,17 @@ class FsError(FusevolError):
     def __init__(self, err: int, message: str = ""):
         super().__init__(message or errno.errorcode.get(err, str(err)))
         self.errno = err
+
+
+class BadArchive(FusevolError):
+    """A tar archive that cannot be read to its end (truncated, damaged, not a tar)."""
+
+    errno = errno.EIO
+    exit_code = 9
+
+
+class StreamDamaged(FusevolError):
+    """A send stream that is truncated, altered or does not fit the receiving store."""
+
+    errno = errno.EIO
+    exit_code = 9

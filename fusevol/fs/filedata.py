@@ -7,9 +7,11 @@ them see the same bytes. While a flush is being committed its blocks stay
 readable from `inflight`.
 """
 
+import functools
+
 import trio
 
-from ..store import Inodes
+from ..store import Inodes, chunks
 from .runner import TxnRunner
 
 
@@ -35,12 +37,17 @@ class FileData:
         return buf if buf is not None else self.inflight.get(index)
 
     async def _load(self, indexes: list[int]) -> dict[int, bytes | None]:
-        ino, inodes = self.ino, self.inodes
-
-        def read_blocks(txn):
-            return {i: inodes.read_block(txn, ino, i) for i in indexes}
-
-        return await self.runner.run(read_blocks)
+        """Stored content of blocks (None for holes). The block map comes from
+        the store thread (it sees uncommitted changes); the chunks, immutable,
+        are read and decompressed by other threads, several requests at once."""
+        ids = await self.runner.run(self.inodes.block_ids, self.ino, indexes)
+        wanted = {i: cid for i, cid in ids.items() if cid is not None}
+        found = await trio.to_thread.run_sync(_read_chunks, self.runner.store, wanted,
+                                              limiter=self.runner.read_limiter)
+        missing = {i: cid for i, cid in wanted.items() if i not in found}
+        if missing:  # written by the open batch, not committed yet
+            found.update(await self.runner.run(_read_chunks_in, missing))
+        return {i: found.get(i) for i in indexes}
 
     async def write(self, offset: int, data: bytes) -> int:
         bs = self.bs
@@ -100,7 +107,8 @@ class FileData:
                 del table[index]
             last = size // bs
             if last in table:
-                del table[last][size - last * bs:]
+                # A new buffer, not a cut in place: a flush may be hashing the old one.
+                table[last] = table[last][: size - last * bs]
         self.size = size
 
     async def flush(self, durable: bool = False) -> None:
@@ -113,11 +121,15 @@ class FileData:
             bs, size = self.bs, self.size
             batch, self.inflight, self.dirty = self.dirty, self.dirty, {}
             self.times_pending = False
-            blocks = [(i, bytes(buf[: size - i * bs])) for i, buf in sorted(batch.items())
-                      if i * bs < size]
+            # The buffers leave the trio thread as they are: nothing writes to a
+            # batch once it is swapped out (writes go to the new dirty map).
+            blocks = [(i, buf if len(buf) <= size - i * bs else buf[: size - i * bs])
+                      for i, buf in sorted(batch.items()) if i * bs < size]
             try:
-                await self.runner.run(self.inodes.write_blocks, self.ino, blocks, size,
-                                      durable=durable)
+                # Times stay as stored: with the writeback cache the kernel keeps
+                # mtime and ctime and sends them (setattr) when they change.
+                await self.runner.run(functools.partial(self.inodes.write_blocks, keep_times=True),
+                                      self.ino, blocks, size, durable=durable)
             except BaseException:
                 # Keep the data for a later try; newer writes win.
                 for index, buf in batch.items():
@@ -130,3 +142,18 @@ class FileData:
 
 def _noop(txn):
     return None
+
+
+def _read_chunks_in(txn, wanted: dict[int, bytes]) -> dict[int, bytes]:
+    return {i: chunks.read(txn, cid) for i, cid in wanted.items()}
+
+
+def _read_chunks(store, wanted: dict[int, bytes]) -> dict[int, bytes]:
+    """The chunks that are committed, each read once, in a read transaction."""
+    out = {}
+    with store.read() as txn:
+        for i, cid in wanted.items():
+            payload = txn.get("chunks", cid)
+            if payload is not None:
+                out[i] = chunks.decode(payload)
+    return out

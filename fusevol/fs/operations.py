@@ -2,8 +2,9 @@
 
 Handlers are thin: they translate kernel inode numbers, call the synchronous
 store helpers (fusevol.store.Inodes) on the store thread, and keep the little
-state the kernel protocol needs in memory (lookup counts, open files, directory
-listings). Only FUSEError leaves a handler: pyfuse3 ends the mount on anything
+state the kernel protocol needs in memory (lookup counts, open files,
+directory listings). An inode with no name left gives its data back once no
+file handle holds it, and its row once the kernel forgets its number. Only FUSEError leaves a handler: pyfuse3 ends the mount on anything
 else, so unexpected errors are logged and answered with EIO.
 """
 
@@ -19,7 +20,9 @@ import trio
 
 from ..errors import FusevolError
 from ..store import ROOT_INO, Inode, Inodes
+from ..store.schema import vkey
 from .filedata import FileData
+from .registry import FLUSH_XATTR
 from .runner import TxnRunner
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,7 @@ class VolumeOperations(pyfuse3.Operations):
         self.readonly = readonly
         self.root_ino = root_ino  # a subpath view serves this directory as its root
         self.quota = quota
-        self.lookups: Counter[int] = Counter()
+        self.lookups: Counter[int] = Counter()  # references the kernel holds, per ino
         self.files: dict[int, FileData] = {}
         self.handles: dict[int, FileData] = {}
         self.dir_handles: dict[int, list | None] = {}
@@ -139,7 +142,7 @@ class VolumeOperations(pyfuse3.Operations):
         return e
 
     def _entry_counted(self, ino: int, inode: Inode) -> pyfuse3.EntryAttributes:
-        """Attributes handed to the kernel with a new lookup reference."""
+        """Attributes handed to the kernel with a new reference to the inode."""
         self.lookups[ino] += 1
         return self._entry(ino, inode)
 
@@ -271,20 +274,27 @@ class VolumeOperations(pyfuse3.Operations):
             await self._purge_if_unused(gone)
 
     async def _purge_if_unused(self, ino: int) -> None:
-        if self.lookups.get(ino, 0) == 0 and ino not in self.files:
-            await self.runner.run(self.inodes.purge, ino)
+        # Space comes back once no name and no open file holds the inode; its
+        # row goes once the kernel forgets the number too.
+        if ino not in self.files:
+            await self.runner.run(self.inodes.free_data, ino)
+            if not self.lookups.get(ino):
+                await self.runner.run(self.inodes.purge, ino)
 
     @handler
     async def forget(self, inode_list):
+        gone = []
         for kino, nlookup in inode_list:
             ino = self._real(kino)
             left = self.lookups[ino] - nlookup
             if left > 0:
                 self.lookups[ino] = left
-                continue
-            self.lookups.pop(ino, None)
-            if ino not in self.files:
-                await self.runner.run(_purge_orphan, self.inodes, ino)
+            else:
+                self.lookups.pop(ino, None)
+                if ino not in self.files:
+                    gone.append(ino)
+        if gone:
+            await self.runner.run(_purge_forgotten, self.inodes, gone)
 
     # -- files ----------------------------------------------------------------
 
@@ -357,11 +367,16 @@ class VolumeOperations(pyfuse3.Operations):
         fd.opens -= 1
         try:
             await fd.flush()
+        except Exception as e:
+            if fd.opens == 0:
+                # close(2) got this error from flush already; nobody is left to retry for.
+                log.warning("dropping unstored data of inode %d: %s", fd.ino, e)
+                fd.dirty.clear()
+                fd.times_pending = False
         finally:
             if fd.opens == 0 and not fd.dirty and self.files.get(fd.ino) is fd:
                 del self.files[fd.ino]
-                if self.lookups.get(fd.ino, 0) == 0:
-                    await self.runner.run(_purge_orphan, self.inodes, fd.ino)
+                await self._purge_if_unused(fd.ino)
 
     async def flush_all(self, durable: bool = False) -> None:
         for fd in list(self.files.values()):
@@ -441,6 +456,11 @@ class VolumeOperations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode, name, ctx):
+        if name == FLUSH_XATTR:
+            # The CLI's way to make this worker store everything before a
+            # snapshot (trusted.* names are for root only, the kernel checks).
+            await self.flush_all(durable=True)
+            return b"ok"
         return await self.runner.run(self.inodes.getxattr, self._real(inode), name)
 
     @modifying
@@ -460,11 +480,8 @@ def _noop(txn):
     return None
 
 
-def _purge_orphan(txn, inodes: Inodes, ino: int) -> None:
-    """Purge ino if it lost its last name while the kernel still knew it."""
-    try:
-        node = inodes.get(txn, ino)
-    except FusevolError:
-        return
-    if node.nlink == 0:
-        inodes.purge(txn, ino)
+def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:
+    """Purge the inodes the kernel forgot that have no name left."""
+    for ino in inos:
+        if txn.get("orphans", vkey(inodes.vid, ino)) is not None:
+            inodes.purge(txn, ino)

@@ -36,6 +36,8 @@ class TxnRunner:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="fusevol-store", daemon=True)
         self._txn: Txn | None = None
+        # Threads that read committed chunks beside the store thread.
+        self.read_limiter = trio.CapacityLimiter(4)
         self._started = 0.0
 
     def start(self) -> None:

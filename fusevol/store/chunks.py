@@ -100,6 +100,14 @@ def decref(txn: Txn, cid: bytes) -> None:
     txn.chunk_delta[2] -= stored_len
 
 
+def ref_info(txn: Txn, cid: bytes) -> tuple[int, int, int]:
+    """(reference count, raw length, stored length) of a chunk."""
+    ref = txn.get("refs", cid)
+    if ref is None:
+        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
+    return schema.unpack_ref(ref)
+
+
 def raw_length(txn: Txn, cid: bytes) -> int:
     ref = txn.get("refs", cid)
     if ref is None:

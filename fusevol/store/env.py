@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "/var/lib/fusevol"
 # A huge map costs only address space; it is doubled when half used.
-INITIAL_MAP_SIZE = 1 << 40
+INITIAL_MAP_SIZE = int(os.environ.get("FUSEVOL_MAP_SIZE", 1 << 40))
 # Writers get ENOSPC while less than this is free, so a commit never meets a full disk.
 SPACE_RESERVE = 64 << 20
 
@@ -36,10 +36,12 @@ class Txn:
     written once per transaction, so hot rows are not rewritten per chunk.
     """
 
-    def __init__(self, store: "Store", txn: lmdb.Transaction, write: bool):
+    def __init__(self, store: "Store", txn: lmdb.Transaction, write: bool,
+                 parent: "Txn | None" = None):
         self.store = store
         self.txn = txn
         self.write = write
+        self.parent = parent
         self.chunk_delta = [0, 0, 0]  # chunks, raw bytes, stored bytes
         self.vstat_delta: dict[int, list[int]] = {}
 
@@ -75,10 +77,47 @@ class Txn:
                     break
         return n
 
+    def pending_bytes(self) -> int:
+        """Chunk bytes this transaction (and its parents) will write at commit."""
+        txn, total = self, 0
+        while txn is not None:
+            total += txn.chunk_delta[2]
+            txn = txn.parent
+        return total
+
+    def check_space(self, incoming: int) -> None:
+        """Raise NoSpace unless the store can take `incoming` more bytes: free
+        space on its disk plus pages LMDB has freed inside its file."""
+        need = incoming + max(0, self.pending_bytes()) + SPACE_RESERVE
+        if self.store.disk_free() >= need:
+            return
+        if self.store.disk_free() + self.free_pages_bytes() < need:
+            raise NoSpace("no space left on the store's disk")
+
+    def free_pages_bytes(self) -> int:
+        env = self.store.env
+        used = 0
+        for stats in [env.stat()] + [self.txn.stat(db) for db in self.store.dbs.values()]:
+            used += stats["branch_pages"] + stats["leaf_pages"] + stats["overflow_pages"]
+        file_pages = env.info()["last_pgno"] + 1
+        return max(0, file_pages - used - 2) * env.stat()["psize"]  # 2 meta pages
+
     def add_vstats(self, vid: int, logical_bytes: int = 0, inodes: int = 0) -> None:
         d = self.vstat_delta.setdefault(vid, [0, 0])
         d[0] += logical_bytes
         d[1] += inodes
+
+    def vstats(self, vid: int) -> schema.VolumeStats:
+        """A volume's counters as this transaction sees them (pending changes included)."""
+        raw = self.get("vstats", schema.u64(vid))
+        st = schema.VolumeStats.unpack(raw) if raw else schema.VolumeStats()
+        txn = self
+        while txn is not None:
+            lb, ino = txn.vstat_delta.get(vid, (0, 0))
+            st.logical_bytes += lb
+            st.inodes += ino
+            txn = txn.parent
+        return st
 
     def merge_into(self, parent: "Txn") -> None:
         for i, v in enumerate(self.chunk_delta):
@@ -177,11 +216,9 @@ class Store:
             log.info("growing store map to %d bytes", new)
             self.env.set_mapsize(new)
 
-    def check_space(self, incoming: int = 0) -> None:
-        """Raise NoSpace unless the store's disk can take `incoming` more bytes."""
+    def disk_free(self) -> int:
         st = os.statvfs(self.path)
-        if st.f_bavail * st.f_frsize < incoming + SPACE_RESERVE:
-            raise NoSpace("no space left on the store's disk")
+        return st.f_bavail * st.f_frsize
 
     @contextlib.contextmanager
     def read(self):
@@ -219,7 +256,7 @@ class Store:
     @contextlib.contextmanager
     def nested(self, parent: Txn):
         """A child of a write transaction: all of it, or none of it, joins the parent."""
-        child = Txn(self, self._begin(write=True, parent=parent.txn), write=True)
+        child = Txn(self, self._begin(write=True, parent=parent.txn), write=True, parent=parent)
         try:
             yield child
         except BaseException:

@@ -12,9 +12,9 @@ import time
 
 from .. import native
 from ..errors import FsError
-from . import chunks
+from . import chunks, trees
 from .env import Txn
-from .schema import NO_TREE, ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
+from .schema import LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
 
 NAME_MAX = 255
 
@@ -32,8 +32,7 @@ class Inodes:
         self.compression = compression
 
     def usage(self, txn: Txn) -> VolumeStats:
-        raw = txn.get("vstats", u64(self.vid))
-        return VolumeStats.unpack(raw) if raw else VolumeStats()
+        return txn.vstats(self.vid)
 
     def resolve(self, txn: Txn, path: str) -> int:
         """The ino of a directory given as a path relative to the volume root."""
@@ -57,9 +56,47 @@ class Inodes:
         last written as, nor do the directories above it: clear their tree ids
         so the next snapshot writes them again (and only them)."""
         if inode.tree_id != NO_TREE:
-            inode.tree_id = NO_TREE
+            if inode.flags & LAZY:
+                self._materialize(txn, ino, inode)
+            old, inode.tree_id = inode.tree_id, NO_TREE
+            trees.decref(txn, old)
             self._dirty_parents(txn, ino, inode)
+        self.put_row(txn, ino, inode)
+
+    def put_row(self, txn: Txn, ino: int, inode: Inode) -> None:
+        """Store an inode as it is (its tree id included)."""
         txn.put("inodes", vkey(self.vid, ino), inode.pack())
+
+    def _materialize(self, txn: Txn, ino: int, inode: Inode) -> None:
+        """Give a cloned inode rows of its own (entries or block map, xattrs)
+        from its tree object; it stays equal to that object."""
+        obj = trees.get(txn, inode.tree_id)
+        for name, value in obj.xattrs:
+            txn.put("xattrs", vkey(self.vid, ino, name), value)
+        for index, cid in obj.blocks:
+            chunks.incref(txn, cid)
+            txn.put("blocks", vkey(self.vid, ino, index), cid)
+        for name, child_id in obj.entries:
+            child = trees.get(txn, child_id)
+            if txn.get("inodes", vkey(self.vid, child.ino)) is None:
+                node = child.inode
+                node.tree_id = child_id
+                if stat.S_ISDIR(node.mode):
+                    node.parent = ino
+                if stat.S_ISDIR(node.mode) or child.blocks or child.xattrs:
+                    node.flags |= LAZY
+                trees.incref(txn, child_id)
+                self.put_row(txn, child.ino, node)
+            self._link_entry(txn, ino, name, child.ino)
+        inode.flags &= ~LAZY
+
+    def _rows(self, txn: Txn, ino: int, inode: Inode | None = None) -> Inode:
+        """The inode, with its entries/blocks/xattrs present as rows."""
+        inode = inode or self.get(txn, ino)
+        if inode.flags & LAZY:
+            self._materialize(txn, ino, inode)
+            self.put_row(txn, ino, inode)
+        return inode
 
     def _dirty_parents(self, txn: Txn, ino: int, inode: Inode) -> None:
         if stat.S_ISDIR(inode.mode):
@@ -82,7 +119,7 @@ class Inodes:
         inode = self.get(txn, ino)
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR)
-        return inode
+        return self._rows(txn, ino, inode)
 
     def _touch_dir(self, txn: Txn, ino: int, inode: Inode, nlink_delta: int = 0) -> None:
         inode.mtime_ns = inode.ctime_ns = _now()
@@ -101,11 +138,11 @@ class Inodes:
     def lookup(self, txn: Txn, parent: int, name: bytes) -> int:
         if name == b".":
             return parent
+        pdir = self._dir(txn, parent)
         if name == b"..":
-            return self._dir(txn, parent).parent
+            return pdir.parent
         raw = txn.get("dirents", vkey(self.vid, parent, name))
         if raw is None:
-            self._dir(txn, parent)  # ENOTDIR before ENOENT, as Linux answers
             raise FsError(errno.ENOENT)
         return read_u64(raw)
 
@@ -116,6 +153,7 @@ class Inodes:
         return [(bytes(k[n:]), read_u64(v)) for k, v in txn.scan("dirents", prefix)]
 
     def is_empty_dir(self, txn: Txn, ino: int) -> bool:
+        self._dir(txn, ino)
         return next(txn.scan("dirents", vkey(self.vid, ino)), None) is None
 
     def _link_entry(self, txn: Txn, parent: int, name: bytes, ino: int) -> None:
@@ -161,8 +199,9 @@ class Inodes:
             raise FsError(errno.ENOENT)
         inode.nlink += 1
         inode.ctime_ns = _now()
-        self.put(txn, ino, inode)
         self._link_entry(txn, new_parent, new_name, ino)
+        self.put(txn, ino, inode)
+        txn.put("multilinks", vkey(self.vid, ino), b"")
         self._touch_dir(txn, new_parent, pdir)
         return inode
 
@@ -174,6 +213,8 @@ class Inodes:
             inode.nlink = 0
         else:
             inode.nlink -= 1
+        if inode.nlink <= 1:
+            txn.delete("multilinks", vkey(self.vid, ino))
         inode.ctime_ns = _now()
         self.put(txn, ino, inode)
         if inode.nlink == 0:
@@ -288,17 +329,33 @@ class Inodes:
         self._touch_dir(txn, old_parent, src_dir)
         return None
 
-    def purge(self, txn: Txn, ino: int) -> None:
-        """Delete an inode that has no name left, with its data."""
-        inode = self.get(txn, ino)
+    def free_data(self, txn: Txn, ino: int) -> None:
+        """Let go of the data of an inode that has no name left and is not
+        open. Its row stays until the kernel forgets the number (it may still
+        send a late setattr or getattr for it); see purge."""
+        try:
+            inode = self.get(txn, ino)
+        except FsError:
+            return
         if inode.nlink:
             txn.delete("orphans", vkey(self.vid, ino))
             return
-        self.truncate_blocks(txn, ino, 0)
+        if inode.tree_id != NO_TREE:
+            trees.decref(txn, inode.tree_id)
+            inode.tree_id = NO_TREE
+            inode.flags &= ~LAZY  # a lazy inode has no rows of its own to drop
+            self.put_row(txn, ino, inode)
+        if stat.S_ISREG(inode.mode):
+            self.truncate_blocks(txn, ino, 0)
         txn.delete_prefix("xattrs", vkey(self.vid, ino))
-        txn.delete("inodes", vkey(self.vid, ino))
-        txn.delete("orphans", vkey(self.vid, ino))
-        txn.add_vstats(self.vid, inodes=-1)
+
+    def purge(self, txn: Txn, ino: int) -> None:
+        """Delete an inode that has no name left, with its data."""
+        self.free_data(txn, ino)
+        if txn.get("orphans", vkey(self.vid, ino)) is not None:
+            txn.delete("inodes", vkey(self.vid, ino))
+            txn.delete("orphans", vkey(self.vid, ino))
+            txn.add_vstats(self.vid, inodes=-1)
 
     def orphans(self, txn: Txn) -> list[int]:
         prefix = u64(self.vid)
@@ -337,19 +394,32 @@ class Inodes:
     def read_block(self, txn: Txn, ino: int, index: int) -> bytes | None:
         """The stored content of one block (None for a hole); it may be
         shorter than a block at the end of the file."""
+        self._rows(txn, ino)
         cid = txn.get("blocks", vkey(self.vid, ino, index))
         if cid is None:
             return None
         return chunks.read(txn, bytes(cid))
 
+    def block_ids(self, txn: Txn, ino: int, indexes: list[int]) -> dict[int, bytes | None]:
+        """The chunk id of each block (None for a hole)."""
+        self._rows(txn, ino)
+        out = {}
+        for index in indexes:
+            cid = txn.get("blocks", vkey(self.vid, ino, index))
+            out[index] = bytes(cid) if cid is not None else None
+        return out
+
     def write_blocks(self, txn: Txn, ino: int, blocks: list[tuple[int, bytes]], size: int,
-                     mtime_ns: int | None = None, ctime_ns: int | None = None) -> None:
-        """Replace whole blocks of a file and set its size and times.
+                     mtime_ns: int | None = None, ctime_ns: int | None = None,
+                     keep_times: bool = False) -> None:
+        """Replace whole blocks of a file and set its size and times (now,
+        unless given; kept as they are with keep_times).
 
         Each block's data ends at the file's end (or is a full block); an
         all-zero block becomes a hole and costs no space.
         """
-        inode = self.get(txn, ino)
+        inode = self._rows(txn, ino)
+        txn.check_space(sum(len(data) for _, data in blocks))
         delta = 0
         for index, data in blocks:
             key = vkey(self.vid, ino, index)
@@ -371,15 +441,17 @@ class Inodes:
                     txn.delete("blocks", key)
         inode.size = size
         inode.data_bytes += delta
-        now = _now()
-        inode.mtime_ns = mtime_ns or now
-        inode.ctime_ns = ctime_ns or now
+        if not keep_times:
+            now = _now()
+            inode.mtime_ns = mtime_ns or now
+            inode.ctime_ns = ctime_ns or now
         self.put(txn, ino, inode)
         if delta:
             txn.add_vstats(self.vid, logical_bytes=delta)
 
     def truncate_blocks(self, txn: Txn, ino: int, size: int) -> None:
         """Drop the data beyond size (the tail of the last block included)."""
+        self._rows(txn, ino)
         bs = self.block_size
         first_gone = -(-size // bs)
         prefix = vkey(self.vid, ino)
@@ -394,24 +466,25 @@ class Inodes:
                     break
         if delta:
             txn.add_vstats(self.vid, logical_bytes=delta)
-            inode = self.get(txn, ino)
+            inode = self._rows(txn, ino)
             inode.data_bytes += delta
             self.put(txn, ino, inode)
         if size % bs:
             last = size // bs
             data = self.read_block(txn, ino, last)
             if data is not None and len(data) > size % bs:
-                inode = self.get(txn, ino)
+                inode = self._rows(txn, ino)
                 self.write_blocks(txn, ino, [(last, data[: size % bs])], inode.size,
                                   inode.mtime_ns, inode.ctime_ns)
 
     def block_count(self, txn: Txn, ino: int) -> int:
+        self._rows(txn, ino)
         return sum(1 for _ in txn.scan("blocks", vkey(self.vid, ino)))
 
     # -- extended attributes ------------------------------------------------
 
     def getxattr(self, txn: Txn, ino: int, name: bytes) -> bytes:
-        self.get(txn, ino)
+        self._rows(txn, ino)
         raw = txn.get("xattrs", vkey(self.vid, ino, name))
         if raw is None:
             raise FsError(errno.ENODATA)
@@ -422,18 +495,18 @@ class Inodes:
             raise FsError(errno.ERANGE)
         if len(value) > 65536:
             raise FsError(errno.E2BIG)
-        inode = self.get(txn, ino)
+        inode = self._rows(txn, ino)
         txn.put("xattrs", vkey(self.vid, ino, name), value)
         inode.ctime_ns = _now()
         self.put(txn, ino, inode)
 
     def listxattr(self, txn: Txn, ino: int) -> list[bytes]:
-        self.get(txn, ino)
+        self._rows(txn, ino)
         prefix = vkey(self.vid, ino)
         return [bytes(k[len(prefix):]) for k, _ in txn.scan("xattrs", prefix)]
 
     def removexattr(self, txn: Txn, ino: int, name: bytes) -> None:
-        inode = self.get(txn, ino)
+        inode = self._rows(txn, ino)
         if not txn.delete("xattrs", vkey(self.vid, ino, name)):
             raise FsError(errno.ENODATA)
         inode.ctime_ns = _now()

@@ -23,8 +23,12 @@ TABLES = {
     "blocks": "vid|ino|block_index -> chunk id",
     "xattrs": "vid|ino|name -> value",
     "orphans": "vid|ino -> b'' (unlinked while open; purged when closed or at mount)",
+    "multilinks": "vid|ino -> b'' (files with several names: their parents go into snapshots)",
     "chunks": "chunk id -> codec byte + payload",
     "refs": "chunk id -> refcount, raw length, stored length",
+    "objects": "tree object id -> codec byte + encoded object (snapshots)",
+    "orefs": "tree object id -> refcount",
+    "snapshots": "volume name|0|snapshot name -> JSON record",
 }
 
 U64 = struct.Struct(">Q")

@@ -11,7 +11,7 @@ import re
 import time
 
 from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound
-from . import chunks, schema
+from . import chunks, schema, trees
 from .env import Txn
 from .schema import ROOT_INO, Inode, u64, vkey
 
@@ -24,11 +24,12 @@ OPTIONS = {
     "subpath": "a folder inside the source volume that the view shows",
     "size": "a quota in bytes, or with a suffix K, M, G, T (powers of 1024)",
     "compression": "zstd or none",
+    "from-snapshot": "VOLUME@SNAPSHOT: the new volume starts as that snapshot (a clone)",
 }
 
 _SIZE_RE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_TABLES_BY_VID = ("inodes", "dirents", "parents", "xattrs", "orphans")
+_TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks")
 
 
 def check_name(name) -> str:
@@ -89,6 +90,9 @@ def parse_options(opts: dict | None) -> dict:
             settings["subpath"] = normalize_subpath(value)
         elif key == "size":
             settings["quota"] = parse_size(value)
+        elif key == "from-snapshot":
+            if "@" not in value:
+                raise InvalidArgument(f"option from-snapshot={value!r}: use VOLUME@SNAPSHOT")
         elif key == "compression":
             if value not in chunks.CODECS:
                 raise InvalidArgument(f"option compression={value!r}: use zstd or none")
@@ -97,7 +101,7 @@ def parse_options(opts: dict | None) -> dict:
         raise InvalidArgument("option subpath needs source=VOLUME (the volume to show a folder of)")
     if settings["source"] and not settings["subpath"]:
         raise InvalidArgument("option source needs subpath=DIR (the folder of it to show)")
-    if settings["source"] and (settings["quota"] or "compression" in opts):
+    if settings["source"] and (settings["quota"] or "compression" in opts or "from-snapshot" in opts):
         raise InvalidArgument("a view (source=...) takes only subpath and readonly")
     return settings
 
@@ -164,8 +168,7 @@ def views_of(txn: Txn, name: str) -> list[str]:
 
 def stats(txn: Txn, record: dict) -> schema.VolumeStats:
     vid = record["vid"] if record["vid"] is not None else get(txn, record["source"])["vid"]
-    raw = txn.get("vstats", u64(vid))
-    return schema.VolumeStats.unpack(raw) if raw else schema.VolumeStats()
+    return txn.vstats(vid)
 
 
 def remove(txn: Txn, name: str) -> None:
@@ -176,14 +179,28 @@ def remove(txn: Txn, name: str) -> None:
         raise Busy(f"volume {name} is shown by view volume(s) {', '.join(views)}; remove them first")
     if record.get("mounts"):
         raise Busy(f"volume {name} is mounted ({len(record['mounts'])} mount(s)); unmount it first")
-    vid = record["vid"]
-    if vid is not None:
-        prefix = u64(vid)
-        for _, cid in txn.scan("blocks", prefix):
-            chunks.decref(txn, bytes(cid))
-        txn.delete_prefix("blocks", prefix)
-        for table in _TABLES_BY_VID:
-            txn.delete_prefix(table, prefix)
-        txn.delete("vstats", prefix)
-        txn.delete("meta", b"next_ino" + prefix)
+    snaps = sum(1 for _ in txn.scan("snapshots", name.encode() + b"\0"))
+    if snaps:
+        raise Busy(f"volume {name} has {snaps} snapshot(s); delete them first "
+                   f"(fusevol snapshot ls {name}; fusevol snapshot rm {name}@NAME)")
+    if record["vid"] is not None:
+        drop_rows(txn, record["vid"])
     txn.delete("volumes", name.encode())
+
+
+def drop_rows(txn: Txn, vid: int, keep_counter: bool = False) -> None:
+    """Delete every row of a volume, letting go of the chunks and tree objects
+    they reference. The inode counter may stay, so numbers are never reused."""
+    prefix = u64(vid)
+    for _, cid in txn.scan("blocks", prefix):
+        chunks.decref(txn, bytes(cid))
+    for _, raw in txn.scan("inodes", prefix):
+        tree_id = Inode.unpack(raw).tree_id
+        if tree_id != schema.NO_TREE:
+            trees.decref(txn, tree_id)
+    for table in _TABLES_BY_VID:
+        txn.delete_prefix(table, prefix)
+    usage = stats(txn, {"vid": vid})
+    txn.add_vstats(vid, -usage.logical_bytes, -usage.inodes)
+    if not keep_counter:
+        txn.delete("meta", b"next_ino" + prefix)

@@ -1,0 +1,181 @@
+"""Running workers, found without talking to them: the registry, mount checks,
+starting, flushing and stopping workers from outside.
+
+Workers register themselves in ``STORE/run/workers/PID.json``. This module
+imports neither pyfuse3 nor trio, so the CLI and the daemon stay quick.
+"""
+
+import ctypes
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from ..errors import Busy, FusevolError, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+FLUSH_XATTR = b"trusted.fusevol.flush"
+
+
+def _workers_dir(store_path: str) -> str:
+    return os.path.join(store_path, "run", "workers")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie has exited; it only waits to be reaped.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def workers(store_path: str) -> list[dict]:
+    """Live workers of this store (entries of dead ones are removed)."""
+    found = []
+    wdir = _workers_dir(store_path)
+    for entry in sorted(os.listdir(wdir)) if os.path.isdir(wdir) else []:
+        path = os.path.join(wdir, entry)
+        try:
+            with open(path) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if pid_alive(info.get("pid", -1)):
+            found.append(info)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    return found
+
+
+def worker_of(store_path: str, *, volume: str | None = None, mountpoint: str | None = None) -> dict | None:
+    for info in workers(store_path):
+        if volume is not None and info["volume"] == volume:
+            return info
+        if mountpoint is not None and info["mountpoint"] == os.path.abspath(mountpoint):
+            return info
+    return None
+
+
+def register(store_path: str, info: dict) -> str:
+    wdir = _workers_dir(store_path)
+    os.makedirs(wdir, mode=0o700, exist_ok=True)
+    path = os.path.join(wdir, f"{info['pid']}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, path)
+    return path
+
+
+def is_mountpoint(path: str) -> bool:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            target = os.path.abspath(path)
+            return any(line.split()[4] == _mangle(target) for line in f)
+    except OSError:
+        return False
+
+
+def clear_dead_mount(path: str) -> bool:
+    """Detach a FUSE mount whose worker died ("Transport endpoint is not connected")."""
+    try:
+        os.stat(path)
+        return False
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            return False
+    log.warning("detaching dead mount at %s", path)
+    subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+    return True
+
+
+def _mangle(path: str) -> str:
+    return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+
+
+# -- starting and stopping workers (outside them) -----------------------------
+
+def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
+                 subpath: str | None = None, log_path: str | None = None,
+                 timeout: float = 60.0) -> int:
+    """Start `fusevol mount` in the background; return its pid once the mount serves."""
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "fusevol", "--store", store_path, "mount", name, mountpoint,
+           "--ready-fd", str(write_fd)]
+    if readonly:
+        cmd.append("--read-only")
+    if subpath:
+        cmd += ["--subpath", subpath]
+    if log_path is None:
+        log_dir = os.path.join(store_path, "run", "log")
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        log_path = os.path.join(log_dir, f"{name}.log")
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                pass_fds=(write_fd,), start_new_session=True)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as ready:
+        message = ready.read()  # ends when the worker reports or exits
+    if message.startswith(b"ok"):
+        return proc.pid
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    text = message.decode(errors="replace").strip()
+    raise FusevolError(text or f"mount worker exited with status {proc.returncode}; see {log_path}")
+
+
+def flush_worker(store_path: str, volume: str) -> bool:
+    """Make the worker serving `volume` (if any) store everything written so
+    far: the kernel's dirty pages first (syncfs), then the worker's buffers."""
+    info = worker_of(store_path, volume=volume)
+    if info is None:
+        return False
+    fd = os.open(info["mountpoint"], os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), info["mountpoint"])
+    finally:
+        os.close(fd)
+    os.getxattr(info["mountpoint"], FLUSH_XATTR.decode())
+    return True
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def unmount(store_path: str, mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:
+    """Unmount and wait until the worker has stored everything and exited."""
+    mountpoint = os.path.abspath(mountpoint)
+    info = worker_of(store_path, mountpoint=mountpoint)
+    if not is_mountpoint(mountpoint):
+        if info is None:
+            raise InvalidArgument(f"{mountpoint} is not mounted")
+    else:
+        cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            msg = res.stderr.strip().replace("fusermount3: ", "")
+            raise Busy(f"cannot unmount {mountpoint}: {msg}")
+    if info is not None:
+        deadline = time.monotonic() + timeout
+        while pid_alive(info["pid"]):
+            if time.monotonic() > deadline:
+                raise Busy(f"worker {info['pid']} of {mountpoint} did not exit in {timeout:.0f}s")
+            time.sleep(0.05)

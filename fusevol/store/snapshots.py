@@ -1,0 +1,234 @@
+"""Snapshots: named, immutable trees of a volume, and clones and rollbacks from them.
+
+Taking a snapshot writes tree objects only for inodes whose ``tree_id`` was
+cleared since the last one (see Inodes.put), so it costs what changed. A clone
+or rollback points a volume's root at a tree and lets Inodes fill in rows
+lazily as they are reached: no data and no metadata is copied up front.
+"""
+
+import datetime
+import json
+import re
+import stat
+import time
+
+from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound
+from . import chunks, trees, volumes
+from .env import Txn
+from .inodes import Inodes
+from .schema import LAZY, NO_TREE, ROOT_INO, read_u64, u64, vkey
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+
+
+def parse_ref(text: str, need_snapshot: bool = True) -> tuple[str, str | None]:
+    """Split VOLUME@SNAPSHOT."""
+    volume, sep, snap = text.partition("@")
+    volumes.check_name(volume)
+    if sep and not NAME_RE.match(snap or ""):
+        raise InvalidArgument(f"invalid snapshot name {snap!r} in {text!r}")
+    if need_snapshot and not sep:
+        raise InvalidArgument(f"{text!r} names no snapshot: use VOLUME@SNAPSHOT")
+    return volume, (snap if sep else None)
+
+
+def _key(volume: str, name: str) -> bytes:
+    return volume.encode() + b"\0" + name.encode()
+
+
+def inodes_of(txn: Txn, record: dict) -> Inodes:
+    if record.get("source"):
+        raise InvalidArgument(f"volume {record['name']} is a view of {record['source']}; "
+                              "snapshots belong to the source volume")
+    return Inodes(record["vid"], txn.store.block_size, record["compression"])
+
+
+def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
+    """Write objects for every changed inode under top; return top's object id."""
+    # Post-order without recursion: a directory is written after its children.
+    stack = [(top, None)]
+    while stack:
+        ino, entries = stack.pop()
+        inode = inodes.get(txn, ino)
+        if entries is None and inode.tree_id != NO_TREE:
+            continue  # a file with several names, written already
+        if stat.S_ISDIR(inode.mode):
+            if entries is None:
+                entries = inodes.list_dir(txn, ino)
+                stack.append((ino, entries))
+                stack.extend((child, None) for _, child in entries
+                             if inodes.get(txn, child).tree_id == NO_TREE)
+                continue
+            named = [(name, inodes.get(txn, child).tree_id) for name, child in entries]
+            obj = trees.TreeObject(trees.DIR, ino, inode, entries=named)
+        else:
+            blocks = [(read_u64(k, 16), bytes(v)) for k, v in txn.scan("blocks", vkey(inodes.vid, ino))]
+            obj = trees.TreeObject(trees.FILE, ino, inode, blocks=blocks)
+        prefix = vkey(inodes.vid, ino)
+        obj.xattrs = [(bytes(k[len(prefix):]), bytes(v)) for k, v in txn.scan("xattrs", prefix)]
+        # This reference belongs to the live row, which now says it equals the object.
+        inode.tree_id = trees.put(txn, obj)
+        inodes.put_row(txn, ino, inode)
+    return inodes.get(txn, top).tree_id
+
+
+def _hardlinks(txn: Txn, vid: int) -> list[list]:
+    """Every name of every file with several names: clones need them to know
+    which directories a change of such a file touches."""
+    out = []
+    for key, _ in txn.scan("multilinks", u64(vid)):
+        ino = read_u64(key, 8)
+        for pkey, _ in txn.scan("parents", vkey(vid, ino)):
+            out.append([ino, read_u64(pkey, 16), bytes(pkey[24:]).hex()])
+    return out
+
+
+def _default_name(txn: Txn, volume: str) -> str:
+    base = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name, n = base, 1
+    while txn.get("snapshots", _key(volume, name)) is not None:
+        n += 1
+        name = f"{base}.{n}"
+    return name
+
+
+def create(txn: Txn, volume: str, name: str | None = None) -> dict:
+    record = volumes.get(txn, volume)
+    inodes = inodes_of(txn, record)
+    name = name or _default_name(txn, volume)
+    if not NAME_RE.match(name):
+        raise InvalidArgument(f"invalid snapshot name {name!r}: use letters, digits and _.:-")
+    if txn.get("snapshots", _key(volume, name)) is not None:
+        raise AlreadyExists(f"snapshot {volume}@{name} already exists")
+    root = write_tree(txn, inodes)
+    trees.incref(txn, root)
+    usage = inodes.usage(txn)
+    snap = {
+        "volume": volume,
+        "name": name,
+        "root": root.hex(),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "created_ns": time.time_ns(),
+        "logical_bytes": usage.logical_bytes,
+        "inodes": usage.inodes,
+        "next_ino": read_u64(txn.get("meta", b"next_ino" + u64(inodes.vid))),
+        "hardlinks": _hardlinks(txn, inodes.vid),
+    }
+    txn.put("snapshots", _key(volume, name), json.dumps(snap).encode())
+    return snap
+
+
+def get(txn: Txn, volume: str, name: str) -> dict:
+    raw = txn.get("snapshots", _key(volume, name))
+    if raw is None:
+        volumes.get(txn, volume)
+        raise NotFound(f"no such snapshot: {volume}@{name}")
+    return json.loads(bytes(raw))
+
+
+def list_all(txn: Txn, volume: str | None = None) -> list[dict]:
+    prefix = volume.encode() + b"\0" if volume else b""
+    if volume:
+        volumes.get(txn, volume)
+    snaps = [json.loads(bytes(v)) for _, v in txn.scan("snapshots", prefix)]
+    return sorted(snaps, key=lambda s: (s["volume"], s["created_ns"]))
+
+
+def remove(txn: Txn, volume: str, name: str) -> None:
+    snap = get(txn, volume, name)
+    txn.delete("snapshots", _key(volume, name))
+    trees.decref(txn, bytes.fromhex(snap["root"]))
+
+
+def unique_bytes(txn: Txn, snap: dict) -> int:
+    """Stored bytes that would be freed if this snapshot alone were deleted."""
+    root = bytes.fromhex(snap["root"])
+    work = [root] if trees._count(txn, root) == 1 else []
+    tally: dict[bytes, int] = {}
+    while work:
+        obj = trees.get(txn, work.pop())
+        objects, chunk_ids = obj.children()
+        work.extend(oid for oid in objects if trees._count(txn, oid) == 1)
+        for cid in chunk_ids:
+            tally[cid] = tally.get(cid, 0) + 1
+    total = 0
+    for cid, n in tally.items():
+        count, _, stored = chunks.ref_info(txn, cid)
+        if count == n:
+            total += stored
+    return total
+
+
+def _install_tree(txn: Txn, record: dict, snap: dict) -> None:
+    """Make a volume (with no rows) show a snapshot's tree, lazily."""
+    vid = record["vid"]
+    root_id = bytes.fromhex(snap["root"])
+    obj = trees.get(txn, root_id)
+    root = obj.inode
+    root.parent = ROOT_INO
+    root.flags |= LAZY
+    root.tree_id = root_id
+    trees.incref(txn, root_id)
+    txn.put("inodes", vkey(vid, ROOT_INO), root.pack())
+    for ino, parent, name_hex in snap["hardlinks"]:
+        txn.put("multilinks", vkey(vid, ino), b"")
+        txn.put("parents", vkey(vid, ino, parent, bytes.fromhex(name_hex)), b"")
+    current = txn.get("meta", b"next_ino" + u64(vid))
+    next_ino = max(snap["next_ino"], read_u64(current) if current else 0)
+    txn.put("meta", b"next_ino" + u64(vid), u64(next_ino))
+    usage = txn.vstats(vid)
+    txn.add_vstats(vid, snap["logical_bytes"] - usage.logical_bytes, snap["inodes"] - usage.inodes)
+
+
+def create_volume(txn: Txn, name: str, opts: dict | None = None) -> dict:
+    """Create a volume, as a clone when the options say from-snapshot=VOLUME@SNAPSHOT."""
+    opts = dict(opts or {})
+    ref = opts.pop("from-snapshot", None)
+    if ref is None:
+        return volumes.create(txn, name, opts)
+    volumes.parse_options({**opts, "from-snapshot": ref})  # every problem named at once
+    volume, snap = parse_ref(ref)
+    return clone(txn, volume, snap, name, opts)
+
+
+def clone(txn: Txn, volume: str, name: str, new_volume: str, opts: dict | None = None) -> dict:
+    snap = get(txn, volume, name)
+    source = volumes.get(txn, volume)
+    inherited = {k: v for k, v in source["options"].items() if k in ("compression", "size")}
+    record = volumes.create(txn, new_volume, {**inherited, **(opts or {})})
+    if record["source"]:
+        raise InvalidArgument("a clone cannot be a view (source=...)")
+    volumes.drop_rows(txn, record["vid"])
+    record["options"]["from-snapshot"] = f"{volume}@{name}"
+    volumes.put(txn, record)
+    _install_tree(txn, record, snap)
+    return record
+
+
+def rollback(txn: Txn, volume: str, name: str) -> None:
+    """Return a volume (not mounted: the caller checks) to a snapshot."""
+    snap = get(txn, volume, name)
+    record = volumes.get(txn, volume)
+    volumes.drop_rows(txn, record["vid"], keep_counter=True)
+    _install_tree(txn, record, snap)
+
+
+def resolve_tree(txn: Txn, ref: str) -> bytes:
+    """The object id of VOLUME@SNAPSHOT, or of VOLUME as it is now (written
+    as objects first: the same work a snapshot would do, and kept for it)."""
+    volume, name = parse_ref(ref, need_snapshot=False)
+    if name is not None:
+        return bytes.fromhex(get(txn, volume, name)["root"])
+    record = volumes.get(txn, volume)
+    return write_tree(txn, inodes_of(txn, record))
+
+
+def count_for(txn: Txn, volume: str) -> int:
+    return sum(1 for _ in txn.scan("snapshots", volume.encode() + b"\0"))
+
+
+def check_removable(txn: Txn, volume: str) -> None:
+    n = count_for(txn, volume)
+    if n:
+        raise Busy(f"volume {volume} has {n} snapshot(s); delete them first "
+                   f"(fusevol snapshot ls {volume}; fusevol snapshot rm {volume}@NAME)")

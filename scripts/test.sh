@@ -4,5 +4,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 "$here/scripts/setup.sh" --test
 cd "$here"
+venv=${FUSEVOL_VENV:-/opt/fusevol}
+# The tests import fusevol from the checkout: build the C helpers next to it.
+"$venv/bin/python" -c "import setuptools" 2>/dev/null || "$venv/bin/pip" install -q setuptools
+"$venv/bin/python" setup.py -q build_ext --inplace
+export FUSEVOL_REQUIRE_NATIVE=1
 # Test from the checkout, with the installed dependencies.
-exec env PYTHONPATH="$here" "${FUSEVOL_VENV:-/opt/fusevol}/bin/python" -m pytest "$@"
+exec env PYTHONPATH="$here" "$venv/bin/python" -m pytest "$@"

@@ -36,6 +36,18 @@ BLOCK_WRITES_AT = 4 * FLUSH_AT
 FLUSH_INTERVAL = 5.0       # seconds dirty data may stay in memory
 
 
+def _cache_knobs() -> dict:
+    """The kernel-cache settings, read at mount time. The defaults are the design's;
+    the FUSEVOL_* knobs turn each one off to measure what it buys (see bench/)."""
+    env = os.environ.get
+    return {
+        "writeback": env("FUSEVOL_WRITEBACK_CACHE", "1") != "0",
+        "entry_timeout": float(env("FUSEVOL_ENTRY_TIMEOUT", ENTRY_TIMEOUT)),
+        "attr_timeout": float(env("FUSEVOL_ATTR_TIMEOUT", ATTR_TIMEOUT)),
+        "keep_cache": env("FUSEVOL_KEEP_CACHE", "1") != "0",
+    }
+
+
 def handler(fn):
     """Map domain errors to errnos and keep unexpected ones from killing the mount."""
 
@@ -87,6 +99,11 @@ class VolumeOperations(pyfuse3.Operations):
         self.dir_handles: dict[int, list | None] = {}
         self.nursery: trio.Nursery | None = None
         self._next_fh = 1
+        knobs = _cache_knobs()
+        self.enable_writeback_cache = knobs["writeback"]  # pyfuse3 reads it at init
+        self.entry_timeout = knobs["entry_timeout"]
+        self.attr_timeout = knobs["attr_timeout"]
+        self.keep_cache = knobs["keep_cache"]
 
     # -- inode numbers: a view's root is the kernel's ROOT_INO --------------
 
@@ -109,8 +126,8 @@ class VolumeOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = self._kernel(ino)
         e.generation = 0
-        e.entry_timeout = ENTRY_TIMEOUT
-        e.attr_timeout = ATTR_TIMEOUT
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
         e.st_mode = inode.mode
         e.st_nlink = inode.nlink
         e.st_uid = inode.uid
@@ -152,7 +169,7 @@ class VolumeOperations(pyfuse3.Operations):
         if ino is None:
             e = pyfuse3.EntryAttributes()  # cached as a negative entry
             e.st_ino = 0
-            e.entry_timeout = ENTRY_TIMEOUT
+            e.entry_timeout = self.entry_timeout
             return e
         return self._entry_counted(ino, inode)
 
@@ -290,7 +307,7 @@ class VolumeOperations(pyfuse3.Operations):
         fd.opens += 1
         fh = self._new_fh()
         self.handles[fh] = fd
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache)
 
     @handler
     async def open(self, inode, flags, ctx):

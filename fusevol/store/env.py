@@ -170,6 +170,8 @@ class Store:
                 map_size=INITIAL_MAP_SIZE,
                 max_dbs=len(schema.TABLES) + 4,
                 max_readers=1024,
+                # Values are 128 KiB chunks read whole: without the kernel's readahead
+                # (MADV_RANDOM) every 4 KiB page of a cold chunk is its own disk read.
                 readahead=True,
                 sync=True,
                 metasync=True,

@@ -10,6 +10,7 @@ import errno
 import stat
 import time
 
+from .. import native
 from ..errors import FsError
 from . import chunks, trees
 from .env import Txn
@@ -424,7 +425,7 @@ class Inodes:
             key = vkey(self.vid, ino, index)
             old = txn.get("blocks", key)
             old = bytes(old) if old is not None else None
-            if data.count(0) == len(data):
+            if native.is_zero(data):
                 new = None
             else:
                 new = chunks.chunk_id(data)

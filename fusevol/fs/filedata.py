@@ -16,8 +16,12 @@ from .runner import TxnRunner
 
 
 class FileData:
-    def __init__(self, ino: int, size: int, inodes: Inodes, runner: TxnRunner):
+    def __init__(self, ino: int, size: int, inodes: Inodes, runner: TxnRunner,
+                 kernel_keeps_times: bool = True):
         self.ino = ino
+        # With the writeback cache the kernel owns mtime and ctime and sends
+        # them (setattr) when they change; without it a data flush sets them.
+        self.kernel_keeps_times = kernel_keeps_times
         self.size = size
         self.inodes = inodes
         self.runner = runner
@@ -126,9 +130,8 @@ class FileData:
             blocks = [(i, buf if len(buf) <= size - i * bs else buf[: size - i * bs])
                       for i, buf in sorted(batch.items()) if i * bs < size]
             try:
-                # Times stay as stored: with the writeback cache the kernel keeps
-                # mtime and ctime and sends them (setattr) when they change.
-                await self.runner.run(functools.partial(self.inodes.write_blocks, keep_times=True),
+                await self.runner.run(functools.partial(self.inodes.write_blocks,
+                                                        keep_times=self.kernel_keeps_times),
                                       self.ino, blocks, size, durable=durable)
             except BaseException:
                 # Keep the data for a later try; newer writes win.

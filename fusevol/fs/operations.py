@@ -303,7 +303,8 @@ class VolumeOperations(pyfuse3.Operations):
         if fd is None:
             if size is None:
                 size = (await self._get(ino)).size
-            fd = self.files[ino] = FileData(ino, size, self.inodes, self.runner)
+            fd = self.files[ino] = FileData(ino, size, self.inodes, self.runner,
+                                            kernel_keeps_times=self.enable_writeback_cache)
         fd.opens += 1
         fh = self._new_fh()
         self.handles[fh] = fd

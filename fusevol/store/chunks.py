@@ -19,6 +19,7 @@ RAW, ZSTD = 0, 1
 CODECS = {"none": RAW, "zstd": ZSTD}
 # Keep the compressed form only when it saves at least this fraction.
 MIN_SAVING = 1 / 32
+PROBE = 8192
 
 _local = threading.local()
 
@@ -42,11 +43,20 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def encode(data: bytes, compression: str) -> bytes:
-    if CODECS[compression] == ZSTD:
+    if CODECS[compression] == ZSTD and _worth_compressing(data):
         packed = _compressor().compress(data)
         if len(packed) <= len(data) * (1 - MIN_SAVING):
             return bytes((ZSTD,)) + packed
     return bytes((RAW,)) + data
+
+
+def _worth_compressing(data) -> bool:
+    """Compress a sample first: on incompressible data (media, archives,
+    random) a full try cost most of a flush's CPU for nothing."""
+    if len(data) <= 4 * PROBE:
+        return True
+    probe = _compressor().compress(memoryview(data)[:PROBE])
+    return len(probe) <= PROBE * (1 - MIN_SAVING)
 
 
 def decode(payload) -> bytes:

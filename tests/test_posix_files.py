@@ -322,3 +322,15 @@ def test_statvfs_is_sane(mounts):
     assert info.value.errno == errno.ENAMETOOLONG
     open(os.path.join(mp, "n" * 255), "wb").close()
 
+
+def test_statvfs_of_a_sized_volume_shows_its_quota(mounts):
+    mounts.create("small", "size=64M")
+    mp = mounts.mount("small")
+    vfs = os.statvfs(mp)
+    assert vfs.f_blocks * vfs.f_frsize == 64 * MiB
+    before = vfs.f_bavail
+    with open(os.path.join(mp, "f"), "wb") as f:
+        f.write(os.urandom(8 * MiB))
+    after = os.statvfs(mp).f_bavail
+    assert before - after == 8 * MiB // 4096
+    assert sha256(os.path.join(mp, "f"))

@@ -36,10 +36,12 @@ class Txn:
     written once per transaction, so hot rows are not rewritten per chunk.
     """
 
-    def __init__(self, store: "Store", txn: lmdb.Transaction, write: bool):
+    def __init__(self, store: "Store", txn: lmdb.Transaction, write: bool,
+                 parent: "Txn | None" = None):
         self.store = store
         self.txn = txn
         self.write = write
+        self.parent = parent
         self.chunk_delta = [0, 0, 0]  # chunks, raw bytes, stored bytes
         self.vstat_delta: dict[int, list[int]] = {}
 
@@ -79,6 +81,18 @@ class Txn:
         d = self.vstat_delta.setdefault(vid, [0, 0])
         d[0] += logical_bytes
         d[1] += inodes
+
+    def pending_vstats(self, vid: int) -> tuple[int, int]:
+        """Counter changes of this transaction and its parents not folded in yet."""
+        lb = ino = 0
+        txn = self
+        while txn is not None:
+            d = txn.vstat_delta.get(vid)
+            if d:
+                lb += d[0]
+                ino += d[1]
+            txn = txn.parent
+        return lb, ino
 
     def merge_into(self, parent: "Txn") -> None:
         for i, v in enumerate(self.chunk_delta):
@@ -217,7 +231,7 @@ class Store:
     @contextlib.contextmanager
     def nested(self, parent: Txn):
         """A child of a write transaction: all of it, or none of it, joins the parent."""
-        child = Txn(self, self._begin(write=True, parent=parent.txn), write=True)
+        child = Txn(self, self._begin(write=True, parent=parent.txn), write=True, parent=parent)
         try:
             yield child
         except BaseException:

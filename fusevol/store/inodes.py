@@ -31,8 +31,14 @@ class Inodes:
         self.compression = compression
 
     def usage(self, txn: Txn) -> VolumeStats:
+        """What the volume holds, counting changes of transactions not committed yet
+        (a worker's batch): quota checks and statfs must see them."""
         raw = txn.get("vstats", u64(self.vid))
-        return VolumeStats.unpack(raw) if raw else VolumeStats()
+        st = VolumeStats.unpack(raw) if raw else VolumeStats()
+        lb, ino = txn.pending_vstats(self.vid)
+        st.logical_bytes += lb
+        st.inodes += ino
+        return st
 
     def resolve(self, txn: Txn, path: str) -> int:
         """The ino of a directory given as a path relative to the volume root."""

@@ -260,6 +260,7 @@ class VolumeOperations(pyfuse3.Operations):
 
     @handler
     async def forget(self, inode_list):
+        unused = []
         for kino, nlookup in inode_list:
             ino = self._real(kino)
             left = self.lookups[ino] - nlookup
@@ -268,7 +269,9 @@ class VolumeOperations(pyfuse3.Operations):
                 continue
             self.lookups.pop(ino, None)
             if ino not in self.files:
-                await self.runner.run(_purge_orphan, self.inodes, ino)
+                unused.append(ino)
+        if unused:  # one store call: the kernel forgets thousands at once (unmount)
+            await self.runner.run(_purge_orphans, self.inodes, unused)
 
     # -- files ----------------------------------------------------------------
 
@@ -455,6 +458,11 @@ def _current_entries(txn, inodes: Inodes, parent: int, first: int, part) -> list
             if e.errno != errno.ENOENT:
                 raise
     return out
+
+
+def _purge_orphans(txn, inodes: Inodes, inos: list[int]) -> None:
+    for ino in inos:
+        _purge_orphan(txn, inodes, ino)
 
 
 def _purge_orphan(txn, inodes: Inodes, ino: int) -> None:

@@ -31,6 +31,7 @@ ATTR_TIMEOUT = 60.0
 FLUSH_AT = 32 << 20        # a file's dirty bytes that start a background flush
 BLOCK_WRITES_AT = 4 * FLUSH_AT
 FLUSH_INTERVAL = 5.0       # seconds dirty data may stay in memory
+POSIX_ACL_PREFIX = b"system.posix_acl_"
 READDIR_BATCH = 64         # entries read per store call while answering readdir
 
 
@@ -432,6 +433,10 @@ class VolumeOperations(pyfuse3.Operations):
 
     @modifying
     async def setxattr(self, inode, name, value, ctx):
+        if name.startswith(POSIX_ACL_PREFIX):
+            # Permissions are the kernel's mode checks (default_permissions): an
+            # ACL kept as a plain xattr would look in force and not be.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         await self.runner.run(self.inodes.setxattr, self._real(inode), name, value)
 
     @handler

@@ -63,7 +63,14 @@ def test_overwrite_in_place_keeps_the_rest(vol):
         f.write(b"Z" * 200)  # across a block boundary (128 KiB)
     expected = original[:131_000] + b"Z" * 200 + original[131_200:]
     assert read_all(path) == expected
-    assert os.stat(path).st_size == MiB
+    st = os.stat(path)
+    assert st.st_size == MiB and st.st_blocks == MiB // 512  # random data: all of it stored
+    # Rewriting a file through a new open with O_TRUNC, while another fd is open.
+    with open(path, "rb") as reader:
+        with open(path, "wb") as f:
+            f.write(b"short")
+        assert reader.read() == b"short"
+    assert read_all(path) == b"short" and os.stat(path).st_size == 5
 
 
 def test_threads_write_disjoint_regions_of_one_file(vol):

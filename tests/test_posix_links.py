@@ -156,10 +156,17 @@ def test_rename_files_and_directories(vol):
     os.rename(j("full/x"), j("a/x"))
     assert os.stat(j("full")).st_nlink == 2 and os.stat(j("a")).st_nlink == 3
     assert os.path.samestat(os.stat(j("a/x/..")), os.stat(j("a")))
+    # Over a file that is open: the reader keeps the old content.
+    with open(j("b/old"), "w") as f:
+        f.write("old" * 100_000)
+    with open(j("b/old"), "rb") as reader:
+        os.rename(j("b/g"), j("b/old"))
+        assert reader.read() == b"old" * 100_000 and os.fstat(reader.fileno()).st_nlink == 0
+    assert open(j("b/old")).read() == "F"
     # Two names of one inode: rename does nothing.
-    os.link(j("b/g"), j("b/h"))
-    os.rename(j("b/g"), j("b/h"))
-    assert sorted(os.listdir(j("b"))) == ["g", "h"]
+    os.link(j("b/old"), j("b/h"))
+    os.rename(j("b/old"), j("b/h"))
+    assert sorted(os.listdir(j("b"))) == ["h", "old"]
 
 
 def test_renameat2_noreplace_and_exchange(mounts):

@@ -34,6 +34,12 @@ def test_set_get_list_remove(mounts):
                                               "user." + "n" * 250])
     os.setxattr(f, "user.small", b"replaced")
     assert os.getxattr(f, "user.small") == b"replaced"
+    with pytest.raises(FileExistsError):
+        os.setxattr(f, "user.small", b"again", os.XATTR_CREATE)
+    with pytest.raises(OSError) as info:
+        os.setxattr(f, "user.absent", b"x", os.XATTR_REPLACE)
+    assert info.value.errno == errno.ENODATA
+    assert os.getxattr(f, "user.small") == b"replaced" and "user.absent" not in os.listxattr(f)
 
     with pytest.raises(OSError) as info:
         os.getxattr(f, "user.missing")

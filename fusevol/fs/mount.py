@@ -61,7 +61,7 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
     runner.start()
     registration = None
     try:
-        root_ino = runner.run_sync(inodes.resolve, subpath) if subpath else 1
+        root_ino = _view_root(runner, inodes, data_volume["name"], subpath) if subpath else 1
         if not readonly:
             runner.run_sync(_purge_orphans, inodes)
         ops = VolumeOperations(runner, inodes, readonly=readonly, root_ino=root_ino,
@@ -86,6 +86,18 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
                 os.unlink(registration)
             except FileNotFoundError:
                 pass
+
+
+def _view_root(runner: TxnRunner, inodes: Inodes, volume: str, subpath: str) -> int:
+    """The ino of the folder a subpath view serves, or an error that names it."""
+    try:
+        return runner.run_sync(inodes.resolve, subpath)
+    except FusevolError as e:
+        if e.errno == errno.ENOENT:
+            raise NotFound(f"no folder {subpath} in volume {volume}") from None
+        if e.errno == errno.ENOTDIR:
+            raise InvalidArgument(f"{subpath} in volume {volume} is not a folder") from None
+        raise
 
 
 def _purge_orphans(txn, inodes: Inodes) -> None:

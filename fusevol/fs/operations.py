@@ -34,6 +34,8 @@ ATTR_TIMEOUT = 60.0
 FLUSH_AT = 32 << 20        # a file's dirty bytes that start a background flush
 BLOCK_WRITES_AT = 4 * FLUSH_AT
 FLUSH_INTERVAL = 5.0       # seconds dirty data may stay in memory
+POSIX_ACL_PREFIX = b"system.posix_acl_"
+READDIR_BATCH = 64         # entries read per store call while answering readdir
 
 
 def _cache_knobs() -> dict:
@@ -409,19 +411,19 @@ class VolumeOperations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         ino, listing = self.dir_handles[fh]
         if listing is None or start_id == 0:
-            inodes = self.inodes
-
-            def list_with_attrs(txn):
-                return [(name, child, inodes.get(txn, child))
-                        for name, child in inodes.list_dir(txn, ino)]
-
-            listing = await self.runner.run(list_with_attrs)
+            listing = await self.runner.run(self.inodes.list_dir, ino)
             self.dir_handles[fh] = (ino, listing)
-        for i in range(start_id, len(listing)):
-            name, child, node = listing[i]
-            if not pyfuse3.readdir_reply(token, name, self._entry(child, node), i + 1):
-                break
-            self.lookups[child] += 1
+        # The listing fixes the names and their order (offsets stay valid while
+        # entries come and go); what the kernel learns of each entry is read
+        # when it is sent, as readdirplus makes it a cached lookup: an entry
+        # removed since must not come back to life in the kernel's cache.
+        for first in range(start_id, len(listing), READDIR_BATCH):
+            part = listing[first:first + READDIR_BATCH]
+            current = await self.runner.run(_current_entries, self.inodes, ino, first, part)
+            for index, name, child, node in current:
+                if not pyfuse3.readdir_reply(token, name, self._entry(child, node), index + 1):
+                    return
+                self.lookups[child] += 1
 
     @handler
     async def releasedir(self, fh):
@@ -466,6 +468,10 @@ class VolumeOperations(pyfuse3.Operations):
 
     @modifying
     async def setxattr(self, inode, name, value, ctx):
+        if name.startswith(POSIX_ACL_PREFIX):
+            # Permissions are the kernel's mode checks (default_permissions): an
+            # ACL kept as a plain xattr would look in force and not be.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         await self.runner.run(self.inodes.setxattr, self._real(inode), name, value)
 
     @handler
@@ -486,3 +492,16 @@ def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:
     for ino in inos:
         if txn.get("orphans", vkey(inodes.vid, ino)) is not None:
             inodes.purge(txn, ino)
+
+
+def _current_entries(txn, inodes: Inodes, parent: int, first: int, part) -> list:
+    """(offset, name, ino, inode) of the listed names that still exist, as they are now."""
+    out = []
+    for index, (name, _) in enumerate(part, first):
+        try:
+            child = inodes.lookup(txn, parent, name)
+            out.append((index, name, child, inodes.get(txn, child)))
+        except FusevolError as e:
+            if e.errno != errno.ENOENT:
+                raise
+    return out

@@ -369,12 +369,14 @@ class Inodes:
         if size is not None:
             if not stat.S_ISREG(inode.mode):
                 raise FsError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL)
-            if size != inode.size:
-                self.truncate_blocks(txn, ino, size)
-                inode = self.get(txn, ino)  # with the block accounting truncate updated
-                inode.size = size
-                if mtime_ns is None:
-                    inode.mtime_ns = _now()
+            # Drop blocks past size even when the size is stored already: a flush
+            # of buffered writes stores the new size but keeps the old blocks.
+            changed = size != inode.size
+            self.truncate_blocks(txn, ino, size)
+            inode = self.get(txn, ino)  # with the block accounting truncate updated
+            inode.size = size
+            if changed and mtime_ns is None:
+                inode.mtime_ns = _now()
         if mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
         if uid is not None:

@@ -31,6 +31,7 @@ class FileData:
         self.opens = 0
         self.times_pending = False  # size or mtime changed and not yet stored
         self.flush_lock = trio.Lock()
+        self.flushes = 0  # completed flushes, to notice one during an await
 
     @property
     def dirty_bytes(self) -> int:
@@ -57,11 +58,17 @@ class FileData:
         bs = self.bs
         end = offset + len(data)
         first, last = offset // bs, (end - 1) // bs
-        # Blocks written only in part need their old bytes first.
-        partial = [i for i in {first, last}
-                   if self._cached(i) is None and i * bs < self.size
-                   and not (offset <= i * bs and end >= (i + 1) * bs)]
-        loaded = await self._load(partial) if partial else {}
+        # Blocks written only in part need their old bytes first. If a flush
+        # completed while they were loading, a write that came meanwhile may
+        # be in them now but in neither buffer any more: load again.
+        while True:
+            partial = [i for i in {first, last}
+                       if self._cached(i) is None and i * bs < self.size
+                       and not (offset <= i * bs and end >= (i + 1) * bs)]
+            flushes = self.flushes
+            loaded = await self._load(partial) if partial else {}
+            if self.flushes == flushes:
+                break
         view = memoryview(data)
         for index in range(first, last + 1):
             start = max(offset, index * bs)
@@ -141,6 +148,7 @@ class FileData:
                 raise
             finally:
                 self.inflight = {}
+                self.flushes += 1
 
 
 def _noop(txn):

@@ -7,6 +7,7 @@ them; one volume is served by at most one worker, which keeps the kernel's
 caches the only copy of its state.
 """
 
+import errno
 import logging
 import os
 import signal
@@ -15,7 +16,7 @@ import sys
 import pyfuse3
 import trio
 
-from ..errors import Busy, NotFound
+from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..store import Inodes, Store
 from ..store import volumes
 from .operations import VolumeOperations

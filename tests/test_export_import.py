@@ -2,7 +2,6 @@
 checked against real mounts and GNU tar."""
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -15,6 +14,7 @@ import tarfile
 import pytest
 
 from conftest import needs_fuse, run_cli
+from posix_helpers import sha256
 
 MTIME = 1_600_000_000_123_456_789  # nanoseconds matter
 GNU_TAR = ["tar", "--xattrs", "--xattrs-include=*"]
@@ -62,14 +62,6 @@ def build_tree(root: str) -> None:
             if not os.path.isdir(os.path.join(dirpath, name)) or os.path.islink(os.path.join(dirpath, name)):
                 os.utime(os.path.join(dirpath, name), ns=(MTIME, MTIME + n * 1_000_001), follow_symlinks=False)
         os.utime(dirpath, ns=(MTIME, MTIME - n * 7_000_003))
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_state(root: str, xattrs: bool = True, ns: bool = True) -> dict:

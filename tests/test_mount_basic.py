@@ -4,14 +4,7 @@ import hashlib
 import os
 
 from conftest import needs_fuse
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from posix_helpers import sha256
 
 
 @needs_fuse

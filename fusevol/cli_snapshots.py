@@ -4,8 +4,8 @@ import click
 
 from . import errors
 from .cli import _emit, _store, cli_errors, human, main
-from .fs.registry import flush_worker, worker_of
-from .store import snapshots
+from .fs.registry import flush_worker, start_worker, unmount, worker_of
+from .store import snapshots, volumes
 from .store.diff import diff as tree_diff
 
 
@@ -85,17 +85,33 @@ def clone(ctx, ref, new_volume, opts, as_json):
 
 @main.command()
 @click.argument("ref", metavar="VOLUME@NAME")
+@click.option("--force", is_flag=True,
+              help="If mounted by hand: store its data, unmount, roll back, mount again.")
 @click.pass_context
 @cli_errors
-def rollback(ctx, ref):
-    """Return VOLUME to snapshot NAME (the volume must not be mounted)."""
+def rollback(ctx, ref, force):
+    """Return VOLUME to snapshot NAME (refused while mounted, unless --force)."""
+    store_path = ctx.obj["store"]
     volume, name = snapshots.parse_ref(ref)
-    worker = worker_of(ctx.obj["store"], volume=volume)
+    with _store(ctx).read() as txn:
+        snapshots.get(txn, volume, name)
+        users = [r["name"] for r in volumes.list_all(txn)
+                 if r.get("mounts") and volume in (r["name"], r.get("source"))]
+    worker = worker_of(store_path, volume=volume)
+    if users:
+        raise errors.Busy(f"volume {volume} is in use by containers (through {', '.join(users)}); "
+                          "stop them before rolling back")
+    if worker is not None and not force:
+        raise errors.Busy(f"volume {volume} is mounted at {worker['mountpoint']}; unmount it, "
+                          "or use --force to unmount, roll back and mount it again")
     if worker is not None:
-        raise errors.Busy(f"volume {volume} is mounted at {worker['mountpoint']}; "
-                          "unmount it (stop its containers) before rolling back")
+        flush_worker(store_path, volume)
+        unmount(store_path, worker["mountpoint"])  # refused while files are open there
     with _store(ctx).write() as txn:
         snapshots.rollback(txn, volume, name)
+    if worker is not None:
+        start_worker(store_path, volume, worker["mountpoint"], readonly=worker["readonly"],
+                     subpath=worker["subpath"])
     click.echo(f"{volume} is now {ref}")
 
 

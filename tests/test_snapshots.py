@@ -223,3 +223,21 @@ def test_volume_create_from_snapshot_option(mounts, store_path):
     missing = run_cli(store_path, "volume", "create", "bad", "-o", "from-snapshot=origin@nope", check=False)
     assert missing.returncode != 0 and b"no such snapshot" in missing.stderr
     assert run_cli(store_path, "volume", "inspect", "bad", check=False).returncode != 0
+
+
+@needs_fuse
+def test_forced_rollback_of_a_mounted_volume(mounts, store_path):
+    mp = mounts.mount("frb")
+    write(os.path.join(mp, "f"), b"snapshotted")
+    run_cli(store_path, "snapshot", "create", "frb@s")
+    with open(os.path.join(mp, "f"), "wb") as f:
+        f.write(b"written after, never synced")
+        # A file open on the mount: the unmount --force needs is refused, nothing changes.
+        busy = run_cli(store_path, "rollback", "--force", "frb@s", check=False)
+        assert busy.returncode != 0 and b"cannot unmount" in busy.stderr
+    assert read(os.path.join(mp, "f")) == b"written after, never synced"
+
+    run_cli(store_path, "rollback", "--force", "frb@s")
+    assert read(os.path.join(mp, "f")) == b"snapshotted"  # same mountpoint, served again
+    write(os.path.join(mp, "g"), b"writable after")
+    assert sorted(os.listdir(mp)) == ["f", "g"]

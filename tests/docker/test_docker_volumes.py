@@ -278,3 +278,21 @@ def test_volume_from_snapshot(docker, plugin, vol):
 
 def volume_name_unused() -> str:
     return "fv-never-" + os.urandom(4).hex()
+
+
+def test_rollback_refused_while_containers_use_the_volume(docker, plugin, vol):
+    from conftest import run_cli
+
+    name = vol()
+    sh(docker, ["-v", f"{name}:/data"], "echo before > /data/f")
+    run_cli(plugin.store, "snapshot", "create", f"{name}@s")
+    cid = docker.out("run", "-d", "--network", "none", "-v", f"{name}:/data", IMAGE,
+                     "sh", "-c", "echo after > /data/f; sleep 120")
+    try:
+        refused = run_cli(plugin.store, "rollback", "--force", f"{name}@s", check=False)
+        assert refused.returncode != 0 and b"in use by containers" in refused.stderr
+        assert sh(docker, ["-v", f"{name}:/data"], "cat /data/f").stdout == b"after\n"
+    finally:
+        docker("rm", "-f", cid)
+    run_cli(plugin.store, "rollback", f"{name}@s")  # no container left: allowed
+    assert sh(docker, ["-v", f"{name}:/data"], "cat /data/f").stdout == b"before\n"

@@ -296,3 +296,20 @@ def test_rollback_refused_while_containers_use_the_volume(docker, plugin, vol):
         docker("rm", "-f", cid)
     run_cli(plugin.store, "rollback", f"{name}@s")  # no container left: allowed
     assert sh(docker, ["-v", f"{name}:/data"], "cat /data/f").stdout == b"before\n"
+
+
+def test_snapshot_of_a_volume_in_use_holds_what_the_container_wrote(docker, plugin, vol):
+    from conftest import run_cli
+
+    name = vol()
+    cid = docker.out("run", "-d", "--network", "none", "-v", f"{name}:/data", IMAGE,
+                     "sh", "-c", "echo written > /data/f; touch /data/done; sleep 120")
+    try:
+        for _ in range(100):
+            if sh(docker, ["-v", f"{name}:/data"], "test -e /data/done", check=False).returncode == 0:
+                break
+        run_cli(plugin.store, "snapshot", "create", f"{name}@live")
+    finally:
+        docker("rm", "-f", cid)
+    clone = vol(f"from-snapshot={name}@live")
+    assert sh(docker, ["-v", f"{clone}:/data"], "cat /data/f").stdout == b"written\n"

@@ -127,7 +127,7 @@ class FileData:
         async with self.flush_lock:
             if not self.dirty and not self.times_pending:
                 if durable:
-                    await self.runner.run(_noop, durable=True)
+                    await self.runner.sync()
                 return
             bs, size = self.bs, self.size
             batch, self.inflight, self.dirty = self.dirty, self.dirty, {}
@@ -150,9 +150,6 @@ class FileData:
                 self.inflight = {}
                 self.flushes += 1
 
-
-def _noop(txn):
-    return None
 
 
 def _read_chunks_in(txn, wanted: dict[int, bytes]) -> dict[int, bytes]:

@@ -385,7 +385,7 @@ class VolumeOperations(pyfuse3.Operations):
         for fd in list(self.files.values()):
             await fd.flush()
         if durable:
-            await self.runner.run(_noop, durable=True)
+            await self.runner.sync()
 
     async def run_flusher(self) -> None:
         """Bound how long written data stays only in memory."""
@@ -431,7 +431,7 @@ class VolumeOperations(pyfuse3.Operations):
 
     @handler
     async def fsyncdir(self, fh, datasync):
-        await self.runner.run(_noop, durable=True)
+        await self.runner.sync()
 
     # -- the filesystem -----------------------------------------------------
 
@@ -482,9 +482,6 @@ class VolumeOperations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         await self.runner.run(self.inodes.removexattr, self._real(inode), name)
 
-
-def _noop(txn):
-    return None
 
 
 def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:

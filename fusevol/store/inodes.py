@@ -479,12 +479,6 @@ class Inodes:
                 self.write_blocks(txn, ino, [(last, data[: size % bs])], inode.size,
                                   inode.mtime_ns, inode.ctime_ns)
 
-    def block_count(self, txn: Txn, ino: int) -> int:
-        self._rows(txn, ino)
-        return sum(1 for _ in txn.scan("blocks", vkey(self.vid, ino)))
-
-    # -- extended attributes ------------------------------------------------
-
     def getxattr(self, txn: Txn, ino: int, name: bytes) -> bytes:
         self._rows(txn, ino)
         raw = txn.get("xattrs", vkey(self.vid, ino, name))

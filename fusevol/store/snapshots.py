@@ -12,7 +12,7 @@ import re
 import stat
 import time
 
-from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound
+from ..errors import AlreadyExists, InvalidArgument, NotFound
 from . import chunks, trees, volumes
 from .env import Txn
 from .inodes import Inodes
@@ -221,14 +221,3 @@ def resolve_tree(txn: Txn, ref: str) -> bytes:
         return bytes.fromhex(get(txn, volume, name)["root"])
     record = volumes.get(txn, volume)
     return write_tree(txn, inodes_of(txn, record))
-
-
-def count_for(txn: Txn, volume: str) -> int:
-    return sum(1 for _ in txn.scan("snapshots", volume.encode() + b"\0"))
-
-
-def check_removable(txn: Txn, volume: str) -> None:
-    n = count_for(txn, volume)
-    if n:
-        raise Busy(f"volume {volume} has {n} snapshot(s); delete them first "
-                   f"(fusevol snapshot ls {volume}; fusevol snapshot rm {volume}@NAME)")

@@ -114,10 +114,6 @@ def get_raw(txn: Txn, oid: bytes) -> bytes:
     return chunks.decode(payload)
 
 
-def exists(txn: Txn, oid: bytes) -> bool:
-    return txn.get("orefs", oid) is not None
-
-
 def _count(txn: Txn, oid: bytes) -> int:
     raw = txn.get("orefs", oid)
     return _U64.unpack(raw)[0] if raw is not None else 0

@@ -5,19 +5,34 @@ flush: at close, fsync, when a file or the whole mount holds too much, or after
 a few seconds. One FileData serves every open handle of an inode, so all of
 them see the same bytes. While a flush is being committed its blocks stay
 readable from `inflight`.
+
+Every await may let another request run: a flush may complete (emptying
+`inflight`), a truncate may cut the buffers, a write may fill a block. Reads and
+writes hold the buffers they saw before an await and start again when a
+truncate ran meanwhile.
+
+Once data could not be stored for lack of space, the file refuses further
+writes (the same errno) until it is truncated or closed by all: what reaches
+the store is then always a prefix of what was written, never a file with a
+refused range in its middle.
 """
 
+import errno
 import functools
 
 import trio
 
+from ..errors import FsError, FusevolError
 from ..store import Inodes, chunks
 from .runner import TxnRunner
+from .space import SpaceBudget
+
+SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class FileData:
     def __init__(self, ino: int, size: int, inodes: Inodes, runner: TxnRunner,
-                 kernel_keeps_times: bool = True):
+                 space: SpaceBudget, kernel_keeps_times: bool = True):
         self.ino = ino
         # With the writeback cache the kernel owns mtime and ctime and sends
         # them (setattr) when they change; without it a data flush sets them.
@@ -25,6 +40,7 @@ class FileData:
         self.size = size
         self.inodes = inodes
         self.runner = runner
+        self.space = space
         self.bs = inodes.block_size
         self.dirty: dict[int, bytearray] = {}
         self.inflight: dict[int, bytearray] = {}
@@ -32,10 +48,36 @@ class FileData:
         self.times_pending = False  # size or mtime changed and not yet stored
         self.flush_lock = trio.Lock()
         self.flushes = 0  # completed flushes, to notice one during an await
+        self.truncations = 0  # likewise for truncates
+        self.error: int | None = None  # space ran out: writes are refused
+        self.error_unreported = False  # ...and no close or fsync said so yet
 
     @property
     def dirty_bytes(self) -> int:
         return len(self.dirty) * self.bs
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held in memory and not stored yet (what a flush will add)."""
+        return (len(self.dirty) + len(self.inflight)) * self.bs
+
+    def new_bytes(self, offset: int, length: int) -> int:
+        """Buffer bytes a write of this range would add."""
+        if length <= 0:
+            return 0
+        first, last = offset // self.bs, (offset + length - 1) // self.bs
+        return sum(self.bs for i in range(first, last + 1) if i not in self.dirty)
+
+    def refuse(self, err: int, reported: bool = True) -> None:
+        """Refuse writes from now on (see the module's docstring)."""
+        self.error = err
+        self.error_unreported = self.error_unreported or not reported
+
+    def take_error(self) -> None:
+        """Raise a space error that close or fsync has not reported yet (once)."""
+        if self.error_unreported:
+            self.error_unreported = False
+            raise FsError(self.error)
 
     def _cached(self, index: int) -> bytearray | None:
         buf = self.dirty.get(index)
@@ -65,10 +107,12 @@ class FileData:
             partial = [i for i in {first, last}
                        if self._cached(i) is None and i * bs < self.size
                        and not (offset <= i * bs and end >= (i + 1) * bs)]
-            flushes = self.flushes
+            flushes, truncations = self.flushes, self.truncations
             loaded = await self._load(partial) if partial else {}
-            if self.flushes == flushes:
+            if self.flushes == flushes and self.truncations == truncations:
                 break
+        if self.error is not None:  # a flush ran out of space meanwhile
+            raise FsError(self.error)
         view = memoryview(data)
         for index in range(first, last + 1):
             start = max(offset, index * bs)
@@ -91,15 +135,24 @@ class FileData:
 
     async def read(self, offset: int, length: int) -> bytes:
         bs = self.bs
-        end = min(offset + length, self.size)
-        if offset >= end:
-            return b""
-        first, last = offset // bs, (end - 1) // bs
-        missing = [i for i in range(first, last + 1) if self._cached(i) is None]
-        loaded = await self._load(missing) if missing else {}
+        while True:
+            end = min(offset + length, self.size)
+            if offset >= end:
+                return b""
+            first, last = offset // bs, (end - 1) // bs
+            # Hold the buffers seen now: a flush that completes during the load
+            # takes them out of `inflight`, and they are not in `loaded` either.
+            seen = {i: self._cached(i) for i in range(first, last + 1)}
+            truncations = self.truncations
+            missing = [i for i, block in seen.items() if block is None]
+            loaded = await self._load(missing) if missing else {}
+            if self.truncations == truncations:
+                break
         out = bytearray()
         for index in range(first, last + 1):
-            block = self._cached(index)
+            block = self._cached(index)  # a write during the load is newer
+            if block is None:
+                block = seen[index]
             if block is None:
                 block = loaded.get(index) or b""
             lo = max(offset, index * bs) - index * bs
@@ -121,6 +174,9 @@ class FileData:
                 # A new buffer, not a cut in place: a flush may be hashing the old one.
                 table[last] = table[last][: size - last * bs]
         self.size = size
+        self.truncations += 1
+        self.error = None  # what is kept is a prefix again
+        self.error_unreported = False
 
     async def flush(self, durable: bool = False) -> None:
         """Store the dirty blocks as chunks, with the file's size and mtime."""
@@ -136,20 +192,36 @@ class FileData:
             # batch once it is swapped out (writes go to the new dirty map).
             blocks = [(i, buf if len(buf) <= size - i * bs else buf[: size - i * bs])
                       for i, buf in sorted(batch.items()) if i * bs < size]
+            written = sum(len(buf) for _, buf in blocks)
             try:
-                await self.runner.run(functools.partial(self.inodes.write_blocks,
-                                                        keep_times=self.kernel_keeps_times),
-                                      self.ino, blocks, size, durable=durable)
-            except BaseException:
+                used = await self.runner.run(
+                    functools.partial(_store_blocks, keep_times=self.kernel_keeps_times),
+                    self.inodes, self.ino, blocks, size, durable=durable)
+            except BaseException as e:
                 # Keep the data for a later try; newer writes win.
                 for index, buf in batch.items():
-                    self.dirty.setdefault(index, buf)
+                    if index * bs < self.size:
+                        self.dirty.setdefault(index, buf)
                 self.times_pending = True
+                if isinstance(e, FusevolError) and e.errno in SPACE_ERRORS:
+                    self.refuse(e.errno, reported=False)
                 raise
+            else:
+                self.space.stored(used, written)
             finally:
                 self.inflight = {}
                 self.flushes += 1
 
+    def drop(self) -> None:
+        """Forget what could not be stored (its error was reported)."""
+        self.dirty.clear()
+        self.times_pending = False
+
+
+def _store_blocks(txn, inodes: Inodes, ino: int, blocks, size: int, keep_times: bool) -> int:
+    """Write a flush's blocks; the volume's stored bytes after it."""
+    inodes.write_blocks(txn, ino, blocks, size, keep_times=keep_times)
+    return inodes.usage(txn).logical_bytes
 
 
 def _read_chunks_in(txn, wanted: dict[int, bytes]) -> dict[int, bytes]:

@@ -24,6 +24,7 @@ from .registry import (  # noqa: F401  (the outside view, re-exported)
     clear_dead_mount, flush_worker, is_mountpoint, pid_alive, register, start_worker, unmount,
     worker_of, workers)
 from .runner import TxnRunner
+from .space import SpaceBudget
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         root_ino = _view_root(runner, inodes, data_volume["name"], subpath) if subpath else 1
         if not readonly:
             runner.run_sync(_purge_orphans, inodes)
-        ops = VolumeOperations(runner, inodes, readonly=readonly, root_ino=root_ino,
-                               quota=data_volume.get("quota"))
+        used = runner.run_sync(inodes.usage).logical_bytes
+        space = SpaceBudget(store.path, data_volume.get("quota"), used,
+                            pending=lambda: runner.pending_bytes)
+        ops = VolumeOperations(runner, inodes, space, readonly=readonly, root_ino=root_ino)
         options = {"default_permissions", "allow_other", "noatime", "subtype=fusevol",
                    f"fsname=fusevol:{name}"}
         if readonly:

@@ -24,6 +24,7 @@ from ..store.schema import vkey
 from .filedata import FileData
 from .registry import FLUSH_XATTR
 from .runner import TxnRunner
+from .space import SpaceBudget
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,14 @@ class VolumeOperations(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
 
-    def __init__(self, runner: TxnRunner, inodes: Inodes, *, readonly: bool = False,
-                 root_ino: int = ROOT_INO, quota: int | None = None):
+    def __init__(self, runner: TxnRunner, inodes: Inodes, space: SpaceBudget, *,
+                 readonly: bool = False, root_ino: int = ROOT_INO):
         super().__init__()
         self.runner = runner
         self.inodes = inodes
         self.readonly = readonly
         self.root_ino = root_ino  # a subpath view serves this directory as its root
-        self.quota = quota
+        self.space = space
         self.lookups: Counter[int] = Counter()  # references the kernel holds, per ino
         self.files: dict[int, FileData] = {}
         self.handles: dict[int, FileData] = {}
@@ -300,17 +301,22 @@ class VolumeOperations(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------
 
-    async def _open_file(self, ino: int, size: int | None = None) -> pyfuse3.FileInfo:
+    async def _open_file(self, ino: int, size: int | None = None,
+                         writing: bool = False) -> pyfuse3.FileInfo:
         fd = self.files.get(ino)
         if fd is None:
             if size is None:
                 size = (await self._get(ino)).size
-            fd = self.files[ino] = FileData(ino, size, self.inodes, self.runner,
+            fd = self.files[ino] = FileData(ino, size, self.inodes, self.runner, self.space,
                                             kernel_keeps_times=self.enable_writeback_cache)
         fd.opens += 1
         fh = self._new_fh()
         self.handles[fh] = fd
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache)
+        info = pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache)
+        # Near the quota or a full disk, writes bypass the page cache so that
+        # write(2) itself gets ENOSPC or EDQUOT (see space.py).
+        info.direct_io = writing and self.space.tight(self._buffered())
+        return info
 
     @handler
     async def open(self, inode, flags, ctx):
@@ -320,12 +326,13 @@ class VolumeOperations(pyfuse3.Operations):
         node = await self._get(ino)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return await self._open_file(ino, node.size)
+        return await self._open_file(ino, node.size,
+                                     writing=(flags & os.O_ACCMODE) != os.O_RDONLY)
 
     @modifying
     async def create(self, parent_inode, name, mode, flags, ctx):
         ino, inode = await self._create(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
-        info = await self._open_file(ino, 0)
+        info = await self._open_file(ino, 0, writing=True)
         return info, self._entry_counted(ino, inode)
 
     @handler
@@ -335,8 +342,7 @@ class VolumeOperations(pyfuse3.Operations):
     @modifying
     async def write(self, fh, off, buf):
         fd = self.handles[fh]
-        if self.quota is not None:
-            await self._check_quota(len(buf))
+        await self._admit(fd, off, len(buf))
         n = await fd.write(off, buf)
         if fd.dirty_bytes >= BLOCK_WRITES_AT:
             await fd.flush()  # back-pressure: the store is behind
@@ -344,11 +350,26 @@ class VolumeOperations(pyfuse3.Operations):
             self.nursery.start_soon(self._flush_quietly, fd)
         return n
 
-    async def _check_quota(self, incoming: int) -> None:
-        used = await self.runner.run(self.inodes.usage)
-        dirty = sum(f.dirty_bytes for f in self.files.values())
-        if used.logical_bytes + dirty + incoming > self.quota:
-            raise pyfuse3.FUSEError(errno.EDQUOT)
+    def _buffered(self) -> int:
+        return sum(f.buffered_bytes for f in self.files.values())
+
+    async def _admit(self, fd: FileData, off: int, length: int) -> None:
+        """Take a write only if it can be stored (quota, disk): ENOSPC or
+        EDQUOT now rather than data dropped later."""
+        if fd.error is not None:
+            raise pyfuse3.FUSEError(fd.error)
+        incoming = fd.new_bytes(off, length)
+        if not incoming or self.space.shortfall(incoming, self._buffered()) is None:
+            return
+        # Short by the quick count: store what is buffered, count exactly, decide.
+        for other in list(self.files.values()):
+            await self._flush_quietly(other)
+        self.space.used, self.space.store_slack = await self.runner.run(
+            _usage_and_slack, self.inodes)
+        err = fd.error or self.space.shortfall(incoming, self._buffered())
+        if err is not None:
+            fd.refuse(err)
+            raise pyfuse3.FUSEError(err)
 
     async def _flush_quietly(self, fd: FileData) -> None:
         try:
@@ -358,11 +379,15 @@ class VolumeOperations(pyfuse3.Operations):
 
     @handler
     async def flush(self, fh):
-        await self.handles[fh].flush()
+        fd = self.handles[fh]
+        await fd.flush()
+        fd.take_error()
 
     @handler
     async def fsync(self, fh, datasync):
-        await self.handles[fh].flush(durable=True)
+        fd = self.handles[fh]
+        await fd.flush(durable=True)
+        fd.take_error()
 
     @handler
     async def release(self, fh):
@@ -374,12 +399,20 @@ class VolumeOperations(pyfuse3.Operations):
             if fd.opens == 0:
                 # close(2) got this error from flush already; nobody is left to retry for.
                 log.warning("dropping unstored data of inode %d: %s", fd.ino, e)
-                fd.dirty.clear()
-                fd.times_pending = False
+                fd.drop()
+                if self.nursery:  # the kernel's pages of it were never stored
+                    self.nursery.start_soon(self._forget_pages, fd.ino)
         finally:
             if fd.opens == 0 and not fd.dirty and self.files.get(fd.ino) is fd:
                 del self.files[fd.ino]
                 await self._purge_if_unused(fd.ino)
+
+    async def _forget_pages(self, ino: int) -> None:
+        # Not from inside a handler: the kernel may wait on this very loop.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, self._kernel(ino), False)
+        except OSError:
+            pass  # the kernel forgot the inode already
 
     async def flush_all(self, durable: bool = False) -> None:
         for fd in list(self.files.values()):
@@ -442,9 +475,10 @@ class VolumeOperations(pyfuse3.Operations):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         disk_free = st.f_bavail * st.f_frsize
-        if self.quota is not None:
-            total = self.quota
-            free = max(0, min(disk_free, self.quota - used.logical_bytes))
+        quota = self.space.quota
+        if quota is not None:
+            total = quota
+            free = max(0, min(disk_free, quota - used.logical_bytes))
         else:
             total = st.f_blocks * st.f_frsize
             free = disk_free
@@ -482,6 +516,10 @@ class VolumeOperations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         await self.runner.run(self.inodes.removexattr, self._real(inode), name)
 
+
+
+def _usage_and_slack(txn, inodes: Inodes) -> tuple[int, int]:
+    return inodes.usage(txn).logical_bytes, txn.free_pages_bytes()
 
 
 def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:

@@ -39,6 +39,9 @@ class TxnRunner:
         # Threads that read committed chunks beside the store thread.
         self.read_limiter = trio.CapacityLimiter(4)
         self._started = 0.0
+        # Chunk bytes stored by the open batch and not on disk yet (read by
+        # the trio thread to count free space; a stale value is close enough).
+        self.pending_bytes = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -119,7 +122,9 @@ class TxnRunner:
                 self._txn = self.store.begin_write()
                 self._started = time.monotonic()
             with self.store.nested(self._txn) as child:
-                return True, fn(child, *args)
+                result = fn(child, *args)
+            self.pending_bytes = self._txn.pending_bytes()
+            return True, result
         except FusevolError as e:
             return False, e
         except Exception as e:  # a bug: keep serving, answer EIO
@@ -132,6 +137,7 @@ class TxnRunner:
         txn, self._txn = self._txn, None
         try:
             self.store.commit(txn)
+            self.pending_bytes = 0
             return None
         except FusevolError as e:
             # Operations of this batch were answered already: stop taking

@@ -1,0 +1,62 @@
+"""How much more a mounted volume can take: its quota and its store's disk.
+
+The worker admits a write only if the bytes it already holds in memory plus the
+new ones fit in what is left, so data it acknowledged can always be stored.
+Near the limit, files are opened for direct I/O: the kernel's writeback cache
+would acknowledge write(2) into its page cache and learn of a refusal only
+later (reported at fsync or close, and EDQUOT turned into EIO), while with
+direct I/O each write(2) reaches the worker and gets ENOSPC or EDQUOT itself.
+"""
+
+import errno
+import os
+
+from ..store.env import SPACE_RESERVE
+
+# The worker keeps more free than the store's own last-moment check does
+# (SPACE_RESERVE), so that what it admitted always passes that check.
+WORKER_RESERVE = SPACE_RESERVE + (32 << 20)
+# A 128 KiB block takes 33 pages of LMDB's 4 KiB, and B-tree pages come on top.
+OVERHEAD = 1 + 1 / 16
+
+# Below this much room left, new opens bypass the page cache (see above). It
+# covers what the kernel may hold dirty for one mount plus the worker's buffers.
+DIRECT_IO_MARGIN = 256 << 20
+
+
+class SpaceBudget:
+    def __init__(self, store_path: str, quota: int | None, used: int, pending=lambda: 0):
+        self.store_path = store_path
+        self.pending = pending  # bytes stored but not committed yet (not on disk)
+        self.quota = quota
+        self.used = used  # the volume's stored logical bytes, as last seen
+        # Pages LMDB freed inside its file (after deletes), as last counted;
+        # spent as flushes store data, so it never counts twice.
+        self.store_slack = 0
+
+    def disk_room(self) -> int:
+        st = os.statvfs(self.store_path)
+        return st.f_bavail * st.f_frsize + self.store_slack - WORKER_RESERVE - self.pending()
+
+    def stored(self, used: int, written: int) -> None:
+        """A flush stored `written` bytes; the volume now uses `used`."""
+        self.used = used
+        self.store_slack = max(0, self.store_slack - written)
+
+    def _lefts(self, buffered: int) -> tuple[float, float]:
+        """Bytes that may still come, for the disk and for the quota."""
+        disk = self.disk_room() - buffered * OVERHEAD
+        quota = float("inf") if self.quota is None else self.quota - self.used - buffered
+        return disk, quota
+
+    def shortfall(self, incoming: int, buffered: int) -> int | None:
+        """The errno to refuse `incoming` more bytes with, or None if they fit."""
+        disk, quota = self._lefts(buffered)
+        if incoming > quota:
+            return errno.EDQUOT
+        if incoming * OVERHEAD > disk:
+            return errno.ENOSPC
+        return None
+
+    def tight(self, buffered: int) -> bool:
+        return min(self._lefts(buffered)) < DIRECT_IO_MARGIN

@@ -1,0 +1,133 @@
+"""A full disk and a quota, pushed by a writer that does not stop at the first error.
+
+What a program saw acknowledged (write(2) returned, or close/fsync succeeded) is
+what a remount shows; a refused write is refused at write(2) once the volume is
+near its limit; the worker does not buffer what it cannot store; a stored file
+is always a prefix of what was written, never one with a hole inside.
+"""
+
+import errno
+import os
+import random
+import subprocess
+
+import pytest
+
+from conftest import Mounts, needs_fuse
+from fusevol.fs import registry
+
+MiB = 1 << 20
+
+
+def _rss_anon_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    raise AssertionError("no RssAnon")
+
+
+def _push(path: str, total_mib: int, seed: int, then_tries: int = 20):
+    """Write seeded 1 MiB records with os.write; keep trying after the first error.
+
+    Returns (acknowledged bytes, errno of the first failure or None, data written).
+    """
+    rng = random.Random(seed)
+    data = bytearray()
+    acked = 0
+    first_error = None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(total_mib):
+            record = rng.randbytes(MiB)
+            data += record
+            try:
+                n = os.write(fd, record)
+            except OSError as e:
+                first_error = first_error or e.errno
+                break
+            assert n == MiB, n  # a short write would be a partial acknowledgement
+            acked += n
+        if first_error is not None:
+            # A writer that does not stop (dd with conv=noerror, a logger): every
+            # further write must fail too, so nothing lands after a gap.
+            for _ in range(then_tries):
+                with pytest.raises(OSError) as failed:
+                    os.write(fd, rng.randbytes(MiB))
+                assert failed.value.errno == first_error
+    finally:
+        try:
+            os.close(fd)
+        except OSError as e:
+            first_error = first_error or e.errno
+    return acked, first_error, bytes(data)
+
+
+def _worker_pid(store: str, volume: str) -> int:
+    return registry.worker_of(store, volume=volume)["pid"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 MiB tmpfs for a store: a disk that fills."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(small)], check=True)
+    yield str(small)
+    subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@needs_fuse
+def test_full_disk_refuses_at_write_and_keeps_every_acknowledged_byte(small_disk, tmp_path):
+    store = os.path.join(small_disk, "store")
+    m = Mounts(store, str(tmp_path / "mnt"))
+    try:
+        mp = m.mount("full")
+        path = os.path.join(mp, "fill")
+        acked, failure, data = _push(path, 400, seed=7)
+        assert failure == errno.ENOSPC, errno.errorcode.get(failure, failure)
+        assert 32 * MiB <= acked < 200 * MiB, acked
+        # The worker holds no more than its bounded buffers, full disk or not.
+        assert _rss_anon_kib(_worker_pid(store, "full")) < 400 * 1024
+        assert os.stat(path).st_size == acked
+        m.umount(mp)
+        mp = m.mount("full")
+        with open(os.path.join(mp, "fill"), "rb") as f:
+            stored = f.read()
+        assert len(stored) == acked
+        assert stored == data[:acked]
+    finally:
+        m.cleanup()
+
+
+@needs_fuse
+def test_quota_refuses_at_write_and_stores_a_prefix(mounts):
+    mounts.create("quota50", "size=50M")
+    mp = mounts.mount("quota50")
+    path = os.path.join(mp, "data")
+    acked, failure, data = _push(path, 100, seed=11)
+    assert failure == errno.EDQUOT, errno.errorcode.get(failure, failure)
+    assert 40 * MiB <= acked <= 50 * MiB, acked
+    # A second file cannot get past the quota either.
+    _, failure2, _ = _push(os.path.join(mp, "more"), 10, seed=12, then_tries=2)
+    assert failure2 == errno.EDQUOT
+    mounts.umount(mp)
+    mp = mounts.mount("quota50", create=False)
+    with open(os.path.join(mp, "data"), "rb") as f:
+        stored = f.read()
+    assert len(stored) == acked
+    assert stored == data[:acked], "the stored file is not the acknowledged prefix"
+    assert os.statvfs(mp).f_blocks * 4096 <= 50 * MiB
+
+
+@needs_fuse
+def test_space_freed_under_a_quota_is_usable_again(mounts):
+    mounts.create("q2", "size=20M")
+    mp = mounts.mount("q2")
+    _, failure, _ = _push(os.path.join(mp, "a"), 30, seed=1, then_tries=1)
+    assert failure == errno.EDQUOT
+    os.unlink(os.path.join(mp, "a"))
+    acked, failure, data = _push(os.path.join(mp, "b"), 10, seed=2)
+    assert failure is None and acked == 10 * MiB
+    with open(os.path.join(mp, "b"), "rb") as f:
+        assert f.read() == data

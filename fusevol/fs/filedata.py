@@ -87,7 +87,7 @@ class FileData:
         """Stored content of blocks (None for holes). The block map comes from
         the store thread (it sees uncommitted changes); the chunks, immutable,
         are read and decompressed by other threads, several requests at once."""
-        ids = await self.runner.run(self.inodes.block_ids, self.ino, indexes)
+        ids = await self.runner.read(self.inodes.block_ids, self.ino, indexes)
         wanted = {i: cid for i, cid in ids.items() if cid is not None}
         found = await trio.to_thread.run_sync(_read_chunks, self.runner.store, wanted,
                                               limiter=self.runner.read_limiter)

@@ -150,7 +150,7 @@ class VolumeOperations(pyfuse3.Operations):
         return self._entry(ino, inode)
 
     async def _get(self, ino: int) -> Inode:
-        return await self.runner.run(self.inodes.get, ino)
+        return await self.runner.read(self.inodes.get, ino)
 
     @handler
     async def lookup(self, parent_inode, name, ctx=None):
@@ -168,7 +168,7 @@ class VolumeOperations(pyfuse3.Operations):
                 raise
             return ino, inodes.get(txn, ino)
 
-        ino, inode = await self.runner.run(lookup_attr)
+        ino, inode = await self.runner.read(lookup_attr)
         if ino is None:
             e = pyfuse3.EntryAttributes()  # cached as a negative entry
             e.st_ino = 0
@@ -249,18 +249,25 @@ class VolumeOperations(pyfuse3.Operations):
 
     @modifying
     async def unlink(self, parent_inode, name, ctx):
-        ino, gone = await self.runner.run(self.inodes.unlink, self._real(parent_inode), name)
-        if gone:
-            await self._purge_if_unused(ino)
+        await self._remove(self.inodes.unlink, self._real(parent_inode), name)
 
     @modifying
     async def rmdir(self, parent_inode, name, ctx):
         parent = self._real(parent_inode)
         if name == b".." and parent == self.root_ino:
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        ino, gone = await self.runner.run(self.inodes.rmdir, parent, name)
-        if gone:
-            await self._purge_if_unused(ino)
+        await self._remove(self.inodes.rmdir, parent, name)
+
+    async def _remove(self, remove, parent: int, name: bytes) -> None:
+        """Remove a name, and in the same store call what it held, if that was
+        its last name and nothing else holds it (see _purge_if_unused)."""
+        try:
+            ino = await self.runner.read(self.inodes.lookup, parent, name)
+        except FusevolError:
+            ino = None  # the store call says why
+        await self.runner.run(_remove_name, remove, self.inodes, parent, name, ino,
+                              ino is not None and ino not in self.files,
+                              ino is not None and not self.lookups.get(ino))
 
     @modifying
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
@@ -280,9 +287,7 @@ class VolumeOperations(pyfuse3.Operations):
         # Space comes back once no name and no open file holds the inode; its
         # row goes once the kernel forgets the number too.
         if ino not in self.files:
-            await self.runner.run(self.inodes.free_data, ino)
-            if not self.lookups.get(ino):
-                await self.runner.run(self.inodes.purge, ino)
+            await self.runner.run(_let_go, self.inodes, ino, not self.lookups.get(ino))
 
     @handler
     async def forget(self, inode_list):
@@ -452,7 +457,7 @@ class VolumeOperations(pyfuse3.Operations):
         # removed since must not come back to life in the kernel's cache.
         for first in range(start_id, len(listing), READDIR_BATCH):
             part = listing[first:first + READDIR_BATCH]
-            current = await self.runner.run(_current_entries, self.inodes, ino, first, part)
+            current = await self.runner.read(_current_entries, self.inodes, ino, first, part)
             for index, name, child, node in current:
                 if not pyfuse3.readdir_reply(token, name, self._entry(child, node), index + 1):
                     return
@@ -498,7 +503,7 @@ class VolumeOperations(pyfuse3.Operations):
             # snapshot (trusted.* names are for root only, the kernel checks).
             await self.flush_all(durable=True)
             return b"ok"
-        return await self.runner.run(self.inodes.getxattr, self._real(inode), name)
+        return await self.runner.read(self.inodes.getxattr, self._real(inode), name)
 
     @modifying
     async def setxattr(self, inode, name, value, ctx):
@@ -516,6 +521,21 @@ class VolumeOperations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         await self.runner.run(self.inodes.removexattr, self._real(inode), name)
 
+
+
+def _let_go(txn, inodes: Inodes, ino: int, forgotten: bool) -> None:
+    """Give back an unnamed, closed inode's data; its row too once forgotten."""
+    if forgotten:
+        inodes.purge(txn, ino)
+    else:
+        inodes.free_data(txn, ino)
+
+
+def _remove_name(txn, remove, inodes: Inodes, parent: int, name: bytes, expected: int | None,
+                 unused: bool, forgotten: bool) -> None:
+    ino, gone = remove(txn, parent, name)
+    if gone and unused and ino == expected:
+        _let_go(txn, inodes, ino, forgotten)
 
 
 def _usage_and_slack(txn, inodes: Inodes) -> tuple[int, int]:

@@ -9,6 +9,9 @@ dedicated thread; trio waits for each answer without blocking its loop.
 
 Operations that return before the commit are as durable as a write(2) that
 has not been fsync'ed: a crash may undo them, never half of one of them.
+
+The rows each operation writes reach the worker's RowCache before its caller
+resumes, so that `read` can answer from the trio thread (see cache.py).
 """
 
 import errno
@@ -21,6 +24,7 @@ import trio
 
 from ..errors import FsError, FusevolError
 from ..store import Store, Txn
+from .cache import CACHED_TABLES, NeedsStore, RowCache
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,8 @@ class TxnRunner:
         # Threads that read committed chunks beside the store thread.
         self.read_limiter = trio.CapacityLimiter(4)
         self._started = 0.0
+        self.cache = RowCache(store)
+        self._batch = 0  # number of the open (or last) batch
         # Chunk bytes stored by the open batch and not on disk yet (read by
         # the trio thread to count free space; a stale value is close enough).
         self.pending_bytes = 0
@@ -57,17 +63,37 @@ class TxnRunner:
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         box = []
+        cache = self.cache
 
         def reply(outcome):
             box.append(outcome)
-            token.run_sync_soon(done.set)
+            token.run_sync_soon(finish)
+
+        def finish():
+            # Callbacks run in the order the operations did: apply rows here,
+            # not in the waiting task, which may resume after a later one.
+            ok, value, writes, batch = box[0]
+            if ok and writes:
+                cache.apply(writes, batch)
+            done.set()
 
         self._queue.put((fn, args, durable, reply))
         await done.wait()
-        ok, value = box[0]
+        ok, value, _, _ = box[0]
         if ok:
             return value
         raise value
+
+    async def read(self, fn, *args):
+        """fn(txn, *args) for an fn that only reads: on this thread from the
+        cache when it can, else on the store thread."""
+        if self.broken is None:
+            with self.cache.reader() as txn:
+                try:
+                    return fn(txn, *args)
+                except NeedsStore:
+                    pass
+        return await self.run(fn, *args)
 
     async def sync(self) -> None:
         """Make every operation run so far durable (one commit, fsync'ed)."""
@@ -84,7 +110,9 @@ class TxnRunner:
 
         self._queue.put((fn, args, durable, reply))
         event.wait()
-        ok, value = box[0]
+        ok, value, writes, batch = box[0]
+        if ok and writes:
+            self.cache.apply(writes, batch)
         if ok:
             return value
         raise value
@@ -106,7 +134,7 @@ class TxnRunner:
             if durable or (self._txn and time.monotonic() - self._started > self.max_age):
                 err = self._commit()
                 if err is not None and outcome[0]:
-                    outcome = (False, err)
+                    outcome = (False, err, None, 0)
             reply(outcome)
 
     def _wait_time(self) -> float | None:
@@ -115,21 +143,24 @@ class TxnRunner:
         return max(0.0, min(self.linger, self._started + self.max_age - time.monotonic()))
 
     def _apply(self, fn, args):
+        """(ok, result or error, rows written, batch number)"""
         if self.broken is not None:
-            return False, FsError(errno.EIO, "store is in error mode: " + str(self.broken))
+            return False, FsError(errno.EIO, "store is in error mode: " + str(self.broken)), None, 0
         try:
             if self._txn is None:
                 self._txn = self.store.begin_write()
                 self._started = time.monotonic()
+                self._batch += 1
             with self.store.nested(self._txn) as child:
+                child.writes, child.recorded = [], CACHED_TABLES
                 result = fn(child, *args)
             self.pending_bytes = self._txn.pending_bytes()
-            return True, result
+            return True, result, child.writes, self._batch
         except FusevolError as e:
-            return False, e
+            return False, e, None, 0
         except Exception as e:  # a bug: keep serving, answer EIO
             log.exception("store operation %s failed", getattr(fn, "__name__", fn))
-            return False, FsError(errno.EIO, f"internal error: {e}")
+            return False, FsError(errno.EIO, f"internal error: {e}"), None, 0
 
     def _commit(self) -> Exception | None:
         if self._txn is None:
@@ -138,6 +169,7 @@ class TxnRunner:
         try:
             self.store.commit(txn)
             self.pending_bytes = 0
+            self.cache.committed = self._batch
             return None
         except FusevolError as e:
             # Operations of this batch were answered already: stop taking

@@ -44,14 +44,24 @@ class Txn:
         self.parent = parent
         self.chunk_delta = [0, 0, 0]  # chunks, raw bytes, stored bytes
         self.vstat_delta: dict[int, list[int]] = {}
+        # When a list: every (table, key, value or None) this transaction
+        # writes to the tables in `recorded`, for a reader that keeps a copy
+        # of those rows (fs/cache.py).
+        self.writes: list | None = None
+        self.recorded: frozenset[str] = frozenset()
 
     def get(self, table: str, key: bytes):
         return self.txn.get(key, db=self.store.dbs[table])
 
     def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
-        return self.txn.put(key, value, db=self.store.dbs[table], overwrite=overwrite)
+        done = self.txn.put(key, value, db=self.store.dbs[table], overwrite=overwrite)
+        if done and self.writes is not None and table in self.recorded:
+            self.writes.append((table, bytes(key), bytes(value)))
+        return done
 
     def delete(self, table: str, key: bytes) -> bool:
+        if self.writes is not None and table in self.recorded:
+            self.writes.append((table, bytes(key), None))
         return self.txn.delete(key, db=self.store.dbs[table])
 
     def cursor(self, table: str) -> lmdb.Cursor:
@@ -73,6 +83,8 @@ class Txn:
         if cur.set_range(prefix):
             while cur.key().startswith(prefix):
                 n += 1
+                if self.writes is not None and table in self.recorded:
+                    self.writes.append((table, bytes(cur.key()), None))
                 if not cur.delete():
                     break
         return n

@@ -458,14 +458,12 @@ class Inodes:
         first_gone = -(-size // bs)
         prefix = vkey(self.vid, ino)
         delta = 0
-        cur = txn.cursor("blocks")
-        if cur.set_range(vkey(self.vid, ino, first_gone)):
-            while cur.key().startswith(prefix):
-                cid = bytes(cur.value())
-                delta -= chunks.raw_length(txn, cid)
-                chunks.decref(txn, cid)
-                if not cur.delete():
-                    break
+        gone = list(txn.scan("blocks", prefix, start=vkey(self.vid, ino, first_gone)))
+        for key, cid in gone:
+            cid = bytes(cid)
+            delta -= chunks.raw_length(txn, cid)
+            chunks.decref(txn, cid)
+            txn.delete("blocks", bytes(key))
         if delta:
             txn.add_vstats(self.vid, logical_bytes=delta)
             inode = self._rows(txn, ino)

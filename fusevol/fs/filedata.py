@@ -28,6 +28,10 @@ from .runner import TxnRunner
 from .space import SpaceBudget
 
 SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT)
+# Flushes of this many bytes or more are hashed and compressed in threads
+# first; smaller ones on the store thread (a thread round trip costs more).
+PREPARE_AT = 1 << 20
+PREPARE_THREADS = 2
 
 
 class FileData:
@@ -178,13 +182,19 @@ class FileData:
         self.error = None  # what is kept is a prefix again
         self.error_unreported = False
 
-    async def flush(self, durable: bool = False) -> None:
-        """Store the dirty blocks as chunks, with the file's size and mtime."""
+    async def flush(self, durable: bool = False, then=None):
+        """Store the dirty blocks as chunks, with the file's size and mtime.
+
+        `then(txn)`, a store function, runs in the same store call once the
+        data is stored; its result is returned.
+        """
         async with self.flush_lock:
             if not self.dirty and not self.times_pending:
+                if then is not None:
+                    return await self.runner.run(then, durable=durable)
                 if durable:
                     await self.runner.sync()
-                return
+                return None
             bs, size = self.bs, self.size
             batch, self.inflight, self.dirty = self.dirty, self.dirty, {}
             self.times_pending = False
@@ -194,8 +204,11 @@ class FileData:
                       for i, buf in sorted(batch.items()) if i * bs < size]
             written = sum(len(buf) for _, buf in blocks)
             try:
-                used = await self.runner.run(
-                    functools.partial(_store_blocks, keep_times=self.kernel_keeps_times),
+                prepared = await _prepare(blocks, self.inodes.compression) \
+                    if written >= PREPARE_AT else None
+                used, result = await self.runner.run(
+                    functools.partial(_store_blocks, keep_times=self.kernel_keeps_times,
+                                      prepared=prepared, then=then),
                     self.inodes, self.ino, blocks, size, durable=durable)
             except BaseException as e:
                 # Keep the data for a later try; newer writes win.
@@ -208,6 +221,7 @@ class FileData:
                 raise
             else:
                 self.space.stored(used, written)
+                return result
             finally:
                 self.inflight = {}
                 self.flushes += 1
@@ -218,10 +232,29 @@ class FileData:
         self.times_pending = False
 
 
-def _store_blocks(txn, inodes: Inodes, ino: int, blocks, size: int, keep_times: bool) -> int:
-    """Write a flush's blocks; the volume's stored bytes after it."""
-    inodes.write_blocks(txn, ino, blocks, size, keep_times=keep_times)
-    return inodes.usage(txn).logical_bytes
+def _store_blocks(txn, inodes: Inodes, ino: int, blocks, size: int, keep_times: bool,
+                  prepared, then) -> tuple[int, object]:
+    """Write a flush's blocks (and run `then`); the volume's stored bytes after it."""
+    inodes.write_blocks(txn, ino, blocks, size, keep_times=keep_times, prepared=prepared)
+    result = then(txn) if then is not None else None
+    return inodes.usage(txn).logical_bytes, result
+
+
+async def _prepare(blocks, compression: str) -> dict:
+    """Hash and compress a large flush's blocks in threads beside the FUSE loop
+    and the store thread (BLAKE3 and zstd let go of the GIL), so that the store
+    thread only puts them and the next writes come in meanwhile."""
+    parts = [blocks[i::PREPARE_THREADS] for i in range(PREPARE_THREADS)]
+    out: dict = {}
+
+    async def one(part):
+        out.update(await trio.to_thread.run_sync(chunks.prepare_blocks, part, compression))
+
+    async with trio.open_nursery() as nursery:
+        for part in parts:
+            if part:
+                nursery.start_soon(one, part)
+    return out
 
 
 def _read_chunks_in(txn, wanted: dict[int, bytes]) -> dict[int, bytes]:

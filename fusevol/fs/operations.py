@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 # stay true for long; they are dropped explicitly when the store changes under us.
 ENTRY_TIMEOUT = 60.0
 ATTR_TIMEOUT = 60.0
-FLUSH_AT = 32 << 20        # a file's dirty bytes that start a background flush
-BLOCK_WRITES_AT = 4 * FLUSH_AT
+FLUSH_AT = 16 << 20        # a file's dirty bytes that start a background flush
+BLOCK_WRITES_AT = 3 * FLUSH_AT  # ...and that make writers wait (bounds memory)
 FLUSH_INTERVAL = 5.0       # seconds dirty data may stay in memory
 POSIX_ACL_PREFIX = b"system.posix_acl_"
 READDIR_BATCH = 64         # entries read per store call while answering readdir
@@ -202,10 +202,13 @@ class VolumeOperations(pyfuse3.Operations):
             kw["size"] = attr.st_size
             if fd is not None:
                 fd.truncate(attr.st_size)
+        change = functools.partial(self.inodes.setattr, ino=ino, **kw)
         if fd is not None and (fields.update_size or fields.update_mtime):
-            # The store's size must not lag behind a size we now report.
-            await fd.flush()
-        new = await self.runner.run(functools.partial(self.inodes.setattr, ino=ino, **kw))
+            # The store's size must not lag behind a size we now report: the
+            # buffered data goes first, in the same store call.
+            new = await fd.flush(then=change)
+        else:
+            new = await self.runner.run(change)
         return self._entry(ino, new)
 
     # -- names ----------------------------------------------------------------

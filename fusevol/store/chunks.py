@@ -11,6 +11,7 @@ import threading
 import blake3
 import zstandard
 
+from .. import native
 from ..errors import StoreDamaged
 from . import schema
 from .env import Txn
@@ -69,15 +70,30 @@ def decode(payload) -> bytes:
     raise StoreDamaged(f"chunk with unknown codec {codec}")
 
 
-def add_ref(txn: Txn, data: bytes, compression: str = "zstd", cid: bytes | None = None) -> bytes:
-    """Store data (if new) and take one reference to it; return its chunk id."""
+def prepare_blocks(blocks, compression: str) -> dict[int, tuple[bytes, bytes] | None]:
+    """For (index, data) blocks: index -> (chunk id, encoded payload), or None
+    for an all-zero block (a hole). Safe to run in any thread."""
+    out = {}
+    for index, data in blocks:
+        if native.is_zero(data):
+            out[index] = None
+        else:
+            out[index] = (chunk_id(data), encode(data, compression))
+    return out
+
+
+def add_ref(txn: Txn, data: bytes, compression: str = "zstd", cid: bytes | None = None,
+            payload: bytes | None = None) -> bytes:
+    """Store data (if new) and take one reference to it; return its chunk id.
+    `payload` is data already encoded (see prepare_blocks)."""
     cid = cid or chunk_id(data)
     ref = txn.get("refs", cid)
     if ref is not None:
         count, raw_len, stored_len = schema.unpack_ref(ref)
         txn.put("refs", cid, schema.pack_ref(count + 1, raw_len, stored_len))
         return cid
-    payload = encode(data, compression)
+    if payload is None:
+        payload = encode(data, compression)
     txn.put("chunks", cid, payload)
     txn.put("refs", cid, schema.pack_ref(1, len(data), len(payload)))
     txn.chunk_delta[0] += 1

@@ -413,12 +413,13 @@ class Inodes:
 
     def write_blocks(self, txn: Txn, ino: int, blocks: list[tuple[int, bytes]], size: int,
                      mtime_ns: int | None = None, ctime_ns: int | None = None,
-                     keep_times: bool = False) -> None:
+                     keep_times: bool = False, prepared: dict | None = None) -> None:
         """Replace whole blocks of a file and set its size and times (now,
         unless given; kept as they are with keep_times).
 
         Each block's data ends at the file's end (or is a full block); an
-        all-zero block becomes a hole and costs no space.
+        all-zero block becomes a hole and costs no space. `prepared` holds the
+        blocks already hashed and encoded (chunks.prepare_blocks).
         """
         inode = self._rows(txn, ino)
         txn.check_space(sum(len(data) for _, data in blocks))
@@ -427,13 +428,16 @@ class Inodes:
             key = vkey(self.vid, ino, index)
             old = txn.get("blocks", key)
             old = bytes(old) if old is not None else None
-            if native.is_zero(data):
+            ready = prepared.get(index, False) if prepared is not None else False
+            if ready is False:  # not prepared: hash here (and encode if new)
+                ready = None if native.is_zero(data) else (chunks.chunk_id(data), None)
+            if ready is None:
                 new = None
             else:
-                new = chunks.chunk_id(data)
+                new, payload = ready
                 if new == old:
                     continue
-                chunks.add_ref(txn, data, self.compression, cid=new)
+                chunks.add_ref(txn, data, self.compression, cid=new, payload=payload)
                 txn.put("blocks", key, new)
                 delta += len(data)
             if old is not None:

@@ -15,6 +15,7 @@ Every method blocks (store writes, starting and stopping workers): call them
 from threads, at most one at a time per family (a data volume and its views).
 """
 
+import errno
 import logging
 import os
 import subprocess
@@ -23,6 +24,7 @@ import time
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..fs import registry
 from ..store import Store, volumes
+from . import bind
 
 log = logging.getLogger(__name__)
 
@@ -165,20 +167,27 @@ class Supervisor:
             return target
         if registry.is_mountpoint(target):  # bound to a worker that died
             subprocess.run(["umount", "-l", target], capture_output=True)
-        folder = os.path.join(base, view["subpath"])
-        # The folder must be a real directory of the source: a symlink could point
-        # anywhere on the host, and the bind mount would follow it.
-        if os.path.realpath(folder) != folder or not os.path.isdir(folder):
-            raise NotFound(f"folder {view['subpath']} does not exist in volume {source['name']} "
-                           "(or is not a plain folder); create it there first")
-        os.makedirs(target, mode=0o755, exist_ok=True)
-        _run(["mount", "--bind", folder, target])
-        if view["readonly"] and not source["readonly"]:
-            try:
-                _run(["mount", "-o", "remount,bind,ro", target])
-            except FusevolError:
-                subprocess.run(["umount", "-l", target], capture_output=True)
-                raise
+        missing = NotFound(f"folder {view['subpath']} does not exist in volume "
+                           f"{source['name']}; create it there first")
+        try:
+            fd = bind.open_folder(base, view["subpath"])
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise missing from None
+            # A symlink could point anywhere on the host: a view shows real folders only.
+            raise NotFound(f"folder {view['subpath']} of volume {source['name']} is not a plain "
+                           "folder (a symlink or a mount on the way?); a view shows real "
+                           "folders of its source only") from None
+        try:
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            bind.bind_fd(fd, target, readonly=bool(view["readonly"] or source["readonly"]))
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # removed since it was opened
+                raise missing from None
+            raise FusevolError(f"cannot mount view {view['name']} at {target}: "
+                               f"{e.strerror or e}") from None
+        finally:
+            os.close(fd)
         return target
 
     def _release(self, record: dict) -> None:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # How long a worker whose mount vanished may take to exit before we give up on it.
 WORKER_EXIT_WAIT = 10.0
+MOUNT_ID_MAX = 256
 
 
 def mount_count(record: dict) -> int:
@@ -270,6 +271,9 @@ class Supervisor:
 
 
 def check_mount_id(mount_id) -> str:
-    if not isinstance(mount_id, str) or not mount_id:
-        raise InvalidArgument("ID must be a non-empty string (the ID of the mount request)")
+    # Docker's IDs are 64 hex digits; the ID is kept in the store and written to the log.
+    if (not isinstance(mount_id, str) or not mount_id or len(mount_id) > MOUNT_ID_MAX
+            or not mount_id.isprintable()):
+        raise InvalidArgument(f"ID must be a non-empty string of at most {MOUNT_ID_MAX} printable "
+                              "characters (the ID of the mount request)")
     return mount_id

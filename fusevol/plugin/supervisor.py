@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # How long a worker whose mount vanished may take to exit before we give up on it.
 WORKER_EXIT_WAIT = 10.0
+# How long a new worker may take to serve before the Mount fails (a stuck store or disk).
+WORKER_START_TIMEOUT = 60.0
 MOUNT_ID_MAX = 256
 
 
@@ -60,7 +62,8 @@ def _run(cmd: list[str]) -> None:
 
 
 class Supervisor:
-    def __init__(self, store_path: str):
+    def __init__(self, store_path: str, worker_start_timeout: float = WORKER_START_TIMEOUT):
+        self.worker_start_timeout = worker_start_timeout
         self.store = Store.open(store_path)
         self.store_path = self.store.path
         self.mnt_dir = os.path.join(self.store_path, "mnt")
@@ -149,7 +152,8 @@ class Supervisor:
         if registry.is_mountpoint(path):
             raise Busy(f"{path} is mounted by something else; unmount it first")
         os.makedirs(path, mode=0o755, exist_ok=True)
-        pid = registry.start_worker(self.store_path, name, path, readonly=bool(record["readonly"]))
+        pid = registry.start_worker(self.store_path, name, path, readonly=bool(record["readonly"]),
+                                    timeout=self.worker_start_timeout)
         log.info("worker %d serves %s at %s", pid, name, path)
         return path
 

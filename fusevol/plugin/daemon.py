@@ -107,7 +107,8 @@ def bind_socket(path: str) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    sock.listen(128)
+    # dockerd connects without waiting: a full backlog makes its call fail at once (EAGAIN).
+    sock.listen(socket.SOMAXCONN)
     return sock
 
 

@@ -209,13 +209,17 @@ def umount(ctx, mountpoint, lazy):
 @click.option("--store", "store_path", default=None, help="Store directory (overrides the global --store).")
 @click.option("--socket", "socket_path", default="/run/docker/plugins/fusevol.sock", show_default=True,
               help="Plugin socket; dockerd names the driver after its basename.")
+@click.option("--worker-start-timeout", type=click.FloatRange(min=0.1), default=60.0,
+              show_default=True, metavar="SECONDS",
+              help="A Mount fails if the volume's worker does not serve within this time.")
 @click.pass_context
 @cli_errors
-def serve(ctx, store_path, socket_path):
+def serve(ctx, store_path, socket_path, worker_start_timeout):
     """Serve the Docker volume plugin protocol until SIGTERM."""
     from .plugin.daemon import serve as serve_plugin
 
-    serve_plugin(resolve_path(store_path) if store_path else ctx.obj["store"], socket_path)
+    serve_plugin(resolve_path(store_path) if store_path else ctx.obj["store"], socket_path,
+                 worker_start_timeout)
 
 
 # -- space ----------------------------------------------------------------------

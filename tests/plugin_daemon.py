@@ -24,7 +24,8 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class PluginDaemon:
-    def __init__(self, store: str, socket_path: str, log_path: str):
+    def __init__(self, store: str, socket_path: str, log_path: str, *serve_args: str):
+        self.serve_args = serve_args  # more options for `fusevol serve`
         self.store = store
         self.socket = socket_path
         self.log_path = log_path
@@ -38,7 +39,8 @@ class PluginDaemon:
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "fusevol", "serve", "--store", self.store,
-                 "--socket", self.socket], stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
+                 "--socket", self.socket, *self.serve_args],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -10,6 +10,8 @@ import errno
 import json
 import logging
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -114,7 +116,11 @@ def _mangle(path: str) -> str:
 def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
                  subpath: str | None = None, log_path: str | None = None,
                  timeout: float = 60.0) -> int:
-    """Start `fusevol mount` in the background; return its pid once the mount serves."""
+    """Start `fusevol mount` in the background; return its pid once the mount serves.
+
+    A worker not ready within `timeout` seconds (stuck on a store lock, a hung
+    disk, ...) is killed and its mount detached, so the caller gets an error
+    instead of waiting for ever."""
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "fusevol", "--store", store_path, "mount", name, mountpoint,
            "--ready-fd", str(write_fd)]
@@ -126,12 +132,20 @@ def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool 
         log_dir = os.path.join(store_path, "run", "log")
         os.makedirs(log_dir, mode=0o700, exist_ok=True)
         log_path = os.path.join(log_dir, f"{name}.log")
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                pass_fds=(write_fd,), start_new_session=True)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as ready:
-        message = ready.read()  # ends when the worker reports or exits
+    try:
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    pass_fds=(write_fd,), start_new_session=True)
+    finally:
+        os.close(write_fd)
+    try:
+        message = _read_report(read_fd, timeout)  # ends when the worker reports or exits
+    finally:
+        os.close(read_fd)
+    if message is None:
+        _give_up(proc, mountpoint)
+        raise FusevolError(f"the worker for volume {name} was not ready after {timeout:g} s "
+                           f"and was stopped (a stuck store or disk?); see {log_path}")
     if message.startswith(b"ok"):
         return proc.pid
     try:
@@ -140,6 +154,35 @@ def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool 
         proc.kill()
     text = message.decode(errors="replace").strip()
     raise FusevolError(text or f"mount worker exited with status {proc.returncode}; see {log_path}")
+
+
+def _read_report(fd: int, timeout: float) -> bytes | None:
+    """Everything written to `fd` until its writers close it; None if that takes over `timeout`."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    message = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            return None
+        data = os.read(fd, 4096)
+        if not data:
+            return message
+        message += data
+
+
+def _give_up(proc: subprocess.Popen, mountpoint: str) -> None:
+    """Kill a worker that never got ready, and whatever it started; detach its mount."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: pgid == pid
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # in uninterruptible sleep: it ends when the kernel lets it
+        log.warning("worker %d does not end after SIGKILL", proc.pid)
+    clear_dead_mount(mountpoint)
 
 
 def flush_worker(store_path: str, volume: str) -> bool:

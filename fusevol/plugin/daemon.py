@@ -21,7 +21,7 @@ import trio
 from ..errors import Busy, FusevolError
 from . import http
 from .protocol import ENDPOINTS, Driver, decode_request, error_reply
-from .supervisor import Supervisor
+from .supervisor import WORKER_START_TIMEOUT, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,15 @@ def bind_socket(path: str) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    sock.listen(128)
+    # dockerd connects without waiting: a full backlog makes its call fail at once (EAGAIN).
+    sock.listen(socket.SOMAXCONN)
     return sock
 
 
-def serve(store_path: str, socket_path: str = DEFAULT_SOCKET) -> None:
+def serve(store_path: str, socket_path: str = DEFAULT_SOCKET,
+          worker_start_timeout: float = WORKER_START_TIMEOUT) -> None:
     """Serve the VolumeDriver protocol on `socket_path` until SIGTERM or SIGINT."""
-    driver = Driver(Supervisor(store_path))  # opens the store: state is loaded now
+    driver = Driver(Supervisor(store_path, worker_start_timeout))  # opens the store: state is loaded now
     sock = bind_socket(socket_path)
     ident = os.stat(socket_path).st_ino
     log.info("serving store %s on %s", driver.sup.store_path, socket_path)

@@ -42,6 +42,9 @@ def decode_request(raw: bytes) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidArgument("request body is nested too deeply (Docker's requests are "
+                              "flat JSON objects)") from None
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     return body

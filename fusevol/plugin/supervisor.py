@@ -15,6 +15,7 @@ Every method blocks (store writes, starting and stopping workers): call them
 from threads, at most one at a time per family (a data volume and its views).
 """
 
+import errno
 import logging
 import os
 import subprocess
@@ -23,11 +24,15 @@ import time
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..fs import registry
 from ..store import Store, volumes
+from . import bind
 
 log = logging.getLogger(__name__)
 
 # How long a worker whose mount vanished may take to exit before we give up on it.
 WORKER_EXIT_WAIT = 10.0
+# How long a new worker may take to serve before the Mount fails (a stuck store or disk).
+WORKER_START_TIMEOUT = 60.0
+MOUNT_ID_MAX = 256
 
 
 def mount_count(record: dict) -> int:
@@ -57,7 +62,8 @@ def _run(cmd: list[str]) -> None:
 
 
 class Supervisor:
-    def __init__(self, store_path: str):
+    def __init__(self, store_path: str, worker_start_timeout: float = WORKER_START_TIMEOUT):
+        self.worker_start_timeout = worker_start_timeout
         self.store = Store.open(store_path)
         self.store_path = self.store.path
         self.mnt_dir = os.path.join(self.store_path, "mnt")
@@ -146,7 +152,8 @@ class Supervisor:
         if registry.is_mountpoint(path):
             raise Busy(f"{path} is mounted by something else; unmount it first")
         os.makedirs(path, mode=0o755, exist_ok=True)
-        pid = registry.start_worker(self.store_path, name, path, readonly=bool(record["readonly"]))
+        pid = registry.start_worker(self.store_path, name, path, readonly=bool(record["readonly"]),
+                                    timeout=self.worker_start_timeout)
         log.info("worker %d serves %s at %s", pid, name, path)
         return path
 
@@ -165,20 +172,27 @@ class Supervisor:
             return target
         if registry.is_mountpoint(target):  # bound to a worker that died
             subprocess.run(["umount", "-l", target], capture_output=True)
-        folder = os.path.join(base, view["subpath"])
-        # The folder must be a real directory of the source: a symlink could point
-        # anywhere on the host, and the bind mount would follow it.
-        if os.path.realpath(folder) != folder or not os.path.isdir(folder):
-            raise NotFound(f"folder {view['subpath']} does not exist in volume {source['name']} "
-                           "(or is not a plain folder); create it there first")
-        os.makedirs(target, mode=0o755, exist_ok=True)
-        _run(["mount", "--bind", folder, target])
-        if view["readonly"] and not source["readonly"]:
-            try:
-                _run(["mount", "-o", "remount,bind,ro", target])
-            except FusevolError:
-                subprocess.run(["umount", "-l", target], capture_output=True)
-                raise
+        missing = NotFound(f"folder {view['subpath']} does not exist in volume "
+                           f"{source['name']}; create it there first")
+        try:
+            fd = bind.open_folder(base, view["subpath"])
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise missing from None
+            # A symlink could point anywhere on the host: a view shows real folders only.
+            raise NotFound(f"folder {view['subpath']} of volume {source['name']} is not a plain "
+                           "folder (a symlink or a mount on the way?); a view shows real "
+                           "folders of its source only") from None
+        try:
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            bind.bind_fd(fd, target, readonly=bool(view["readonly"] or source["readonly"]))
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # removed since it was opened
+                raise missing from None
+            raise FusevolError(f"cannot mount view {view['name']} at {target}: "
+                               f"{e.strerror or e}") from None
+        finally:
+            os.close(fd)
         return target
 
     def _release(self, record: dict) -> None:
@@ -261,6 +275,9 @@ class Supervisor:
 
 
 def check_mount_id(mount_id) -> str:
-    if not isinstance(mount_id, str) or not mount_id:
-        raise InvalidArgument("ID must be a non-empty string (the ID of the mount request)")
+    # Docker's IDs are 64 hex digits; the ID is kept in the store and written to the log.
+    if (not isinstance(mount_id, str) or not mount_id or len(mount_id) > MOUNT_ID_MAX
+            or not mount_id.isprintable()):
+        raise InvalidArgument(f"ID must be a non-empty string of at most {MOUNT_ID_MAX} printable "
+                              "characters (the ID of the mount request)")
     return mount_id

@@ -27,15 +27,26 @@ OPTIONS = {
     "from-snapshot": "VOLUME@SNAPSHOT: the new volume starts as that snapshot (a clone)",
 }
 
-_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)i?B?$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# The largest size Linux gives a file (off_t); statfs reports it in 4 KiB blocks
+# and df multiplies them back into a u64, so every figure stays representable.
+MAX_SIZE = (1 << 63) - 1
+NAME_MAX = 255
+SUBPATH_MAX = 4000  # below PATH_MAX (4096), leaving room for the mountpoint
 _TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks")
 
 
+def shown(value, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut short if long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def check_name(name) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 255:
+    if not isinstance(name, str) or len(name) > NAME_MAX or not NAME_RE.fullmatch(name):
         raise InvalidArgument(
-            f"invalid volume name {name!r}: use 2 to 255 characters from "
+            f"invalid volume name {shown(name)}: use 2 to 255 characters from "
             "[A-Za-z0-9_.-], starting with a letter or digit"
         )
     return name
@@ -44,10 +55,16 @@ def check_name(name) -> str:
 def parse_size(text: str) -> int:
     m = _SIZE_RE.match(text.strip())
     if not m:
-        raise InvalidArgument(f"invalid size {text!r}: use bytes or a number with K, M, G or T")
-    size = int(m.group(1)) * _UNITS[m.group(2).upper()]
+        raise InvalidArgument(f"invalid size {shown(text)}: use bytes or a number with K, M, G or T")
+    digits = m.group(1).lstrip("0") or "0"
+    if len(digits) > 30:  # far past MAX_SIZE; int() of thousands of digits is refused
+        digits = "9" * 30
+    size = int(digits) * _UNITS[m.group(2).upper()]
     if size <= 0:
         raise InvalidArgument("size must be greater than zero")
+    if size > MAX_SIZE:
+        raise InvalidArgument(f"size {shown(text)} is too large: at most {MAX_SIZE} bytes (8 EiB), "
+                              "the largest size a file can have")
     return size
 
 
@@ -57,15 +74,30 @@ def _parse_bool(key: str, text: str) -> bool:
         return True
     if value in ("false", "0", "no", "off"):
         return False
-    raise InvalidArgument(f"option {key}={text!r}: use true or false")
+    raise InvalidArgument(f"option {key}={shown(text)}: use true or false")
 
 
 def normalize_subpath(text: str) -> str:
+    """A folder inside a volume, relative to its root, as "a/b/c"."""
+    def bad(why: str) -> InvalidArgument:
+        return InvalidArgument(f"invalid subpath {shown(text)}: {why}; give a folder inside the "
+                               "volume relative to its root, such as data/public")
+
+    if not isinstance(text, str):
+        raise bad("not a string")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise bad("control characters (NUL, newline, ...) are not allowed")
+    if text.startswith("/"):
+        raise bad("an absolute path")
     parts = [p for p in text.split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts):
-        raise InvalidArgument(
-            f"invalid subpath {text!r}: give a folder inside the volume, without '..'"
-        )
+    if not parts:
+        raise bad("no folder named")
+    if ".." in parts:
+        raise bad("'..' is not allowed")
+    if len(text.encode(errors="surrogateescape")) > SUBPATH_MAX:
+        raise bad(f"longer than {SUBPATH_MAX} bytes")
+    if any(len(p.encode(errors="surrogateescape")) > NAME_MAX for p in parts):
+        raise bad(f"a name longer than {NAME_MAX} bytes")
     return "/".join(parts)
 
 
@@ -77,7 +109,8 @@ def parse_options(opts: dict | None) -> dict:
     unknown = sorted(k for k in opts if k not in OPTIONS)
     if unknown:
         allowed = "; ".join(f"{k} ({v})" for k, v in OPTIONS.items())
-        raise InvalidArgument(f"unknown option {', '.join(unknown)}: allowed are {allowed}")
+        names = ", ".join(k if k.isprintable() and len(k) <= 40 else shown(k) for k in unknown)
+        raise InvalidArgument(f"unknown option {names}: allowed are {allowed}")
     settings = {"readonly": False, "source": None, "subpath": None, "quota": None, "compression": "zstd"}
     for key, value in opts.items():
         if not isinstance(value, str):
@@ -92,10 +125,10 @@ def parse_options(opts: dict | None) -> dict:
             settings["quota"] = parse_size(value)
         elif key == "from-snapshot":
             if "@" not in value:
-                raise InvalidArgument(f"option from-snapshot={value!r}: use VOLUME@SNAPSHOT")
+                raise InvalidArgument(f"option from-snapshot={shown(value)}: use VOLUME@SNAPSHOT")
         elif key == "compression":
             if value not in chunks.CODECS:
-                raise InvalidArgument(f"option compression={value!r}: use zstd or none")
+                raise InvalidArgument(f"option compression={shown(value)}: use zstd or none")
             settings["compression"] = value
     if settings["subpath"] and not settings["source"]:
         raise InvalidArgument("option subpath needs source=VOLUME (the volume to show a folder of)")

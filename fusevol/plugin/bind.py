@@ -1,0 +1,78 @@
+"""Bind-mount a folder of a mounted volume elsewhere, resolving no path twice.
+
+Whoever can write to a volume (any container given it) can replace one of its
+folders by a symlink at any moment, so checking a path and then handing the
+same path to mount(8) binds whatever the path names by then: possibly any
+folder of the host. Here the folder is opened one component at a time below
+an fd of the volume's root, refusing symlinks, ``..`` and other filesystems;
+the mount is made from that fd (``/proc/self/fd/N`` leads the kernel straight
+to the open file, with no lookup by name) and checked afterwards to show the
+very directory the fd holds.
+"""
+
+import ctypes
+import errno
+import os
+import stat
+
+_MS_RDONLY = 0x1
+_MS_REMOUNT = 0x20
+_MS_BIND = 0x1000
+_MNT_DETACH = 0x2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_void_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def _check(result: int, what: str, path: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+
+
+def open_folder(root: str, subpath: str) -> int:
+    """An O_PATH fd of folder `subpath` below `root`, reached without following
+    any symlink or leaving root's filesystem. OSError: ENOENT if a component is
+    missing; ENOTDIR if one is a symlink or not a folder; EXDEV if one is another
+    mount; EINVAL for an empty, ``.`` or ``..`` component."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dev = os.fstat(fd).st_dev
+        for part in subpath.split("/"):
+            if part in ("", ".", ".."):
+                raise OSError(errno.EINVAL, f"invalid path component {part!r}", subpath)
+            # O_NOFOLLOW with O_PATH would open a symlink itself; O_DIRECTORY refuses it.
+            child = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
+                            dir_fd=fd)
+            os.close(fd)
+            fd = child
+            st = os.fstat(fd)
+            if not stat.S_ISDIR(st.st_mode):
+                raise OSError(errno.ENOTDIR, "not a folder", subpath)
+            if st.st_dev != dev:
+                raise OSError(errno.EXDEV, "another filesystem is mounted there", subpath)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def bind_fd(fd: int, target: str, readonly: bool) -> None:
+    """Bind-mount the directory open as `fd` at `target` (optionally read-only),
+    then check that `target` shows that very directory; undo the mount if not."""
+    target_b = os.fsencode(target)
+    _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), target_b, None, _MS_BIND, None),
+           "bind mount", target)
+    try:
+        if readonly:
+            _check(_libc.mount(None, target_b, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None),
+                   "read-only remount", target)
+        want, got = os.fstat(fd), os.stat(target)
+        if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+            raise OSError(errno.EXDEV, "the mount does not show the folder it was made from",
+                          target)
+    except BaseException:
+        _libc.umount2(target_b, _MNT_DETACH)
+        raise

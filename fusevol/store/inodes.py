@@ -136,6 +136,10 @@ class Inodes:
     # -- directory entries --------------------------------------------------
 
     def lookup(self, txn: Txn, parent: int, name: bytes) -> int:
+        if len(name) > NAME_MAX:
+            # Every operation on a name starts here (or in _check_name), so an
+            # over-long name is ENAMETOOLONG everywhere, as on other filesystems.
+            raise FsError(errno.ENAMETOOLONG)
         if name == b".":
             return parent
         pdir = self._dir(txn, parent)

@@ -37,6 +37,7 @@ BLOCK_WRITES_AT = 4 * FLUSH_AT
 FLUSH_INTERVAL = 5.0       # seconds dirty data may stay in memory
 POSIX_ACL_PREFIX = b"system.posix_acl_"
 READDIR_BATCH = 64         # entries read per store call while answering readdir
+DOTS = (b".", b"..")       # listed first by readdir
 
 
 def _cache_knobs() -> dict:
@@ -451,15 +452,27 @@ class VolumeOperations(pyfuse3.Operations):
         if listing is None or start_id == 0:
             listing = await self.runner.run(self.inodes.list_dir, ino)
             self.dir_handles[fh] = (ino, listing)
+        # `.` and `..` come first (offsets 1 and 2). The kernel makes no dentry
+        # for them and takes no lookup reference (fuse_direntplus_link skips
+        # both names), so they must not count one here either: forget() would
+        # never give it back.
+        if start_id < len(DOTS):
+            parent_of = self.root_ino if ino == self.root_ino else None  # `..` stays in the view
+            dots = await self.runner.run(_dot_entries, self.inodes, ino, parent_of)
+            for index in range(start_id, len(DOTS)):
+                name, dot_ino, node = dots[index]
+                if not pyfuse3.readdir_reply(token, name, self._entry(dot_ino, node), index + 1):
+                    return
         # The listing fixes the names and their order (offsets stay valid while
         # entries come and go); what the kernel learns of each entry is read
         # when it is sent, as readdirplus makes it a cached lookup: an entry
         # removed since must not come back to life in the kernel's cache.
-        for first in range(start_id, len(listing), READDIR_BATCH):
+        for first in range(max(start_id - len(DOTS), 0), len(listing), READDIR_BATCH):
             part = listing[first:first + READDIR_BATCH]
             current = await self.runner.read(_current_entries, self.inodes, ino, first, part)
             for index, name, child, node in current:
-                if not pyfuse3.readdir_reply(token, name, self._entry(child, node), index + 1):
+                offset = len(DOTS) + index + 1
+                if not pyfuse3.readdir_reply(token, name, self._entry(child, node), offset):
                     return
                 self.lookups[child] += 1
 
@@ -547,6 +560,15 @@ def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:
     for ino in inos:
         if txn.get("orphans", vkey(inodes.vid, ino)) is not None:
             inodes.purge(txn, ino)
+
+
+def _dot_entries(txn, inodes: Inodes, ino: int, parent: int | None) -> list:
+    """(name, ino, inode) of `.` and `..` of directory ino (parent: its `..`
+    when that is not the stored parent)."""
+    node = inodes.get(txn, ino)
+    if parent is None:
+        parent = node.parent
+    return [(b".", ino, node), (b"..", parent, node if parent == ino else inodes.get(txn, parent))]
 
 
 def _current_entries(txn, inodes: Inodes, parent: int, first: int, part) -> list:

@@ -611,7 +611,41 @@ def case_readdir_listings(p):
     os.close(fd)
 
 
-CASES = [case_open_flags, case_modes_under_umask, case_chmod_chown, case_permissions,
+def case_open_after_unlink_and_rename(p):
+    write("f", b"0123456789")
+    os.mkdir("d")
+    fd = os.open("f", os.O_RDWR)
+    p.do("unlink while open", os.unlink, "f")
+    p.do("fstat after unlink", lambda: describe_stat(os.fstat(fd)))
+    p.do("write after unlink", os.pwrite, fd, b"abc", 8)
+    p.do("read after unlink", os.pread, fd, 100, 0)
+    p.do("ftruncate after unlink", os.ftruncate, fd, 4)
+    p.do("fchmod after unlink", os.fchmod, fd, 0o600)
+    p.do("fstat after all that", lambda: describe_stat(os.fstat(fd)))
+    os.close(fd)
+    write("g", b"g")
+    fd = os.open("g", os.O_RDWR)
+    p.do("rename while open", os.rename, "g", "d/g")
+    p.do("write after rename", os.write, fd, b"G")
+    os.close(fd)
+    p.do("content after rename", read, "d/g")
+    write("h", b"h")
+    write("i", b"i")
+    fd = os.open("h", os.O_RDONLY)
+    p.do("replace an open file", os.rename, "i", "h")
+    p.do("the open one keeps its data", os.pread, fd, 10, 0)
+    p.do("fstat of the replaced", lambda: os.fstat(fd).st_nlink)
+    os.close(fd)
+    dfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY)
+    p.do("fsync a directory", os.fsync, dfd)
+    os.close(dfd)
+    with p.as_user():
+        p.do("user makes a device", os.mknod, "d/dev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        p.do("user makes a fifo in root's dir", os.mkfifo, "d/fifo")
+        p.do("user truncates on open without write", open_close, "h", os.O_RDONLY | os.O_TRUNC)
+
+
+CASES = [case_open_after_unlink_and_rename, case_open_flags, case_modes_under_umask, case_chmod_chown, case_permissions,
          case_sticky_directory, case_links_and_renames, case_renames_as_user, case_symlinks,
          case_name_lengths, case_paths_near_path_max, case_truncate, case_utimensat,
          case_xattrs, case_fifos_and_specials, case_readdir_listings]
@@ -641,6 +675,7 @@ PATHS = ["a", "b", "c", "a/a", "a/b", "b/c", "a/b/c"]
 TARGETS = PATHS + ["../a", "nowhere", "b/..", "a/b/c/../../c"]
 MODES = [0o644, 0o600, 0o755, 0o700, 0o000, 0o4755, 0o1777, 0o555]
 LONG = os.environ.get("FUSEVOL_LONG") == "1"
+NONBLOCK = os.O_NONBLOCK  # any path may be a fifo, whose open would wait for a partner
 
 
 class SameAsExt4(RuleBasedStateMachine):
@@ -681,13 +716,14 @@ class SameAsExt4(RuleBasedStateMachine):
     @rule(path=sampled_from(PATHS), data=binary(max_size=300), mode=sampled_from(MODES),
           user=sampled_from([None, USER]))
     def create(self, path, data, mode, user):
-        self.both("create", write, path, data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, user=user)
+        self.both("create", write, path, data, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NONBLOCK,
+                  mode, user=user)
 
     @rule(path=sampled_from(PATHS), offset=integers(0, 400), data=binary(min_size=1, max_size=200),
           user=sampled_from([None, USER]))
     def write_at(self, path, offset, data, user):
         def pwrite(path, offset, data):
-            fd = os.open(path, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY | NONBLOCK)
             try:
                 return os.pwrite(fd, data, offset)
             finally:
@@ -696,7 +732,7 @@ class SameAsExt4(RuleBasedStateMachine):
 
     @rule(path=sampled_from(PATHS), data=binary(min_size=1, max_size=100))
     def append(self, path, data):
-        self.both("append", write, path, data, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self.both("append", write, path, data, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NONBLOCK)
 
     @rule(path=sampled_from(PATHS), size=integers(0, 500), user=sampled_from([None, USER]))
     def truncate(self, path, size, user):
@@ -704,7 +740,7 @@ class SameAsExt4(RuleBasedStateMachine):
 
     @rule(path=sampled_from(PATHS), user=sampled_from([None, USER]))
     def read(self, path, user):
-        self.both("read", read, path, user=user)
+        self.both("read", read, path, os.O_RDONLY | NONBLOCK, user=user)
 
     @rule(path=sampled_from(PATHS), mode=sampled_from(MODES), user=sampled_from([None, USER]))
     def mkdir(self, path, mode, user):
@@ -791,6 +827,6 @@ def test_random_sequences_same_as_ext4(places):
     """CI runs a few hundred steps; FUSEVOL_LONG=1 runs many more (by hand)."""
     SameAsExt4.places = places
     run_state_machine_as_test(SameAsExt4, settings=settings(
-        max_examples=1000 if LONG else 40, stateful_step_count=50 if LONG else 15,
+        max_examples=1000 if LONG else 100, stateful_step_count=50 if LONG else 20,
         deadline=None, database=None, print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))

@@ -331,7 +331,7 @@ class Fsx:
                  max_len: int = 4 * MiB, direct: bool = False, remount=None,
                  remount_every: int = 1000, allowed_errnos: frozenset = frozenset(),
                  weights: dict | None = None, check_every: int = 0, label: str = "",
-                 progress: bool = False, trace: str | None = None):
+                 progress: bool = False, trace: str | None = None, repeat: str = ""):
         if max_len % PAGE:
             raise ValueError("max_len must be a multiple of 4096")
         self.dir = directory
@@ -342,6 +342,7 @@ class Fsx:
         self.allowed = frozenset(allowed_errnos)
         self.check_every = check_every
         self.label = label
+        self.repeat = repeat  # the command that runs this sequence again, for the report
         self.progress = progress
         w = dict(DEFAULT_WEIGHTS if weights is None else weights)
         if direct:
@@ -737,6 +738,8 @@ class Fsx:
         current = ""
         if self.log and self.log[-1][0] == self.n:
             current = "in: " + _format_entry(self.log[-1], f, None).strip() + "\n"
+        if self.repeat:
+            head += f"\nrepeat: {self.repeat}"
         lines = [head, current + message, f"last {len(self.log)} operations "
                  "(* = touched the bad offset):"]
         for entry in self.log:
@@ -918,6 +921,19 @@ def _size(text: str) -> int:
     return int(text)
 
 
+def _repeat_args(argv, seed: int) -> list[str]:
+    """This command line for one seed."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--seed", "--seeds"):
+            skip = True
+        elif not arg.startswith(("--seed=", "--seeds=")):
+            out.append(arg)
+    return out + ["--seed", str(seed)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group()
@@ -946,6 +962,7 @@ def main(argv=None) -> int:
                    help="record every change (data included) for --explain; large")
     p.add_argument("--explain", nargs=2, metavar=("FILE_INDEX", "OFFSET"),
                    help="with --trace: print the history of one offset of one file")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     if not (args.dir or args.fusevol or args.explain):
         p.error("one of --dir, --fusevol or --explain is required")
@@ -979,7 +996,8 @@ def main(argv=None) -> int:
             fsx = Fsx(directory, seed, args.ops, files=args.files, max_len=args.max_len,
                       direct=args.direct, remount=remount, remount_every=args.remount_every,
                       allowed_errnos=frozenset(allowed), weights=weights, check_every=args.check_every,
-                      progress=True, trace=args.trace)
+                      progress=True, trace=args.trace,
+                      repeat=" ".join(["python tests/fsx.py"] + _repeat_args(argv, seed)))
             stats = fsx.run()
             print(f"seed {seed}: ok {stats}")
         except FsxFailure as e:

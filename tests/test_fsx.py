@@ -75,6 +75,18 @@ def _cases():
             yield pytest.param(name, seed, id=f"{name}-seed{seed}", marks=marks)
 
 
+def _repeat(name: str, seed: int) -> str:
+    """The script's command line for this run."""
+    v = VARIANTS[name]
+    args = [f"--seed {seed} --ops {OPS} --remount-every {REMOUNT_EVERY}"]
+    args += ["--no-writeback"] * (not v.writeback) + ["--files 2"] * (v.files == 2)
+    args += ["--direct"] * v.direct
+    if v.quota:
+        args.append(f"--quota {v.quota} --max-len {v.max_len >> 20}M")
+    args += [f"--weight {k}={w}" for k, w in v.weights.items() if w != fsx.DEFAULT_WEIGHTS[k]]
+    return "PYTHONPATH=. python tests/fsx.py --fusevol /tmp/fsx-store " + " ".join(args)
+
+
 def _env(variant: Variant) -> dict:
     return {"FUSEVOL_WRITEBACK_CACHE": "1" if variant.writeback else "0"}
 
@@ -106,7 +118,8 @@ def test_fsx_on_a_volume(mounts, name, seed):
     allowed = frozenset({errno.EDQUOT, errno.ENOSPC}) if variant.quota else frozenset()
     tester = fsx.Fsx(current[0], seed, OPS, files=variant.files, max_len=variant.max_len,
                      direct=variant.direct, remount=remount, remount_every=REMOUNT_EVERY,
-                     allowed_errnos=allowed, weights=variant.weights, label=name)
+                     allowed_errnos=allowed, weights=variant.weights, label=name,
+                     repeat=_repeat(name, seed))
     stats = tester.run()
     assert stats["remount"] >= 1
     if variant.quota and OPS >= 1000:

@@ -679,7 +679,7 @@ class Fsx:
                        f"expected {expected_len:#x} (size {m.size:#x})", f)
         bad = m.first_bad(off, got)
         if bad is not None:
-            self._fail_bytes(f, off + bad, got[bad:], what)
+            self._fail_bytes(f, off, got, bad, what)
 
     # -- errors -----------------------------------------------------------
 
@@ -712,14 +712,20 @@ class Fsx:
         for f in range(self.nfiles):
             self._close(f, quiet)
 
-    def _fail_bytes(self, f: int, at: int, got: bytes, what: str) -> None:
+    def _fail_bytes(self, f: int, off: int, whole: bytes, bad: int, what: str) -> None:
         m = self.models[f]
+        at, got = off + bad, whole[bad:]
         n = min(len(got), 32)
         expected = bytes(m.data[at:at + n])
-        run = len(got) - len(got.lstrip(b"\0")) if got[:1] == b"\0" else 0
-        zeros = f"; got {run:#x} zero bytes from there" if run else ""
-        block = f"block {at // BLOCK} + {at % BLOCK:#x}"
-        lines = [f"{what}: first bad byte of f{f} at offset {at:#x} ({at}; {block}), "
+        zeros = ""
+        if got[:1] == b"\0":
+            # The whole run of zeros the read returned around the bad byte: where
+            # it starts and ends says which blocks or pages came back empty.
+            start = off + len(whole[:bad].rstrip(b"\0"))
+            end = at + len(got) - len(got.lstrip(b"\0"))
+            zeros = (f"\n  the read returned zeros over [{start:#x}, {end:#x}) "
+                     f"= [{_where(start)}, {_where(end)}) of the read [{off:#x}, {off + len(whole):#x})")
+        lines = [f"{what}: first bad byte of f{f} at offset {at:#x} ({at}; {_where(at)}), "
                  f"allowed: {m.describe(at)}{zeros}",
                  f"  expected {expected.hex(' ')}"]
         if m.tolerant and m.state[at] == EITHER:
@@ -827,6 +833,10 @@ def _near_boundary(rng: random.Random, size: int, spread: int) -> int:
 
 def _align_down(x: int) -> int:
     return x - x % PAGE
+
+
+def _where(offset: int) -> str:
+    return f"block {offset // BLOCK} + {offset % BLOCK:#x}"
 
 
 def _errname(e: OSError) -> str:

@@ -725,8 +725,11 @@ class Fsx:
             end = at + len(got) - len(got.lstrip(b"\0"))
             zeros = (f"\n  the read returned zeros over [{start:#x}, {end:#x}) "
                      f"= [{_where(start)}, {_where(end)}) of the read [{off:#x}, {off + len(whole):#x})")
+        runs = _bad_runs(m.data[off:off + len(whole)], whole, bad)
+        ranges = ", ".join(f"[{off + a:#x}, {off + b:#x}) {kind}" for a, b, kind in runs)
         lines = [f"{what}: first bad byte of f{f} at offset {at:#x} ({at}; {_where(at)}), "
                  f"allowed: {m.describe(at)}{zeros}",
+                 f"  bytes that differ from the model in this read: {ranges}",
                  f"  expected {expected.hex(' ')}"]
         if m.tolerant and m.state[at] == EITHER:
             lines.append(f"  or       {bytes(m.alt[at:at + n]).hex(' ')}")
@@ -833,6 +836,22 @@ def _near_boundary(rng: random.Random, size: int, spread: int) -> int:
 
 def _align_down(x: int) -> int:
     return x - x % PAGE
+
+
+def _bad_runs(expected, got: bytes, first: int, limit: int = 6) -> list:
+    """The ranges (at most `limit`) where got differs from expected, from index
+    first on, each marked zeros (got zeros) or data (other bytes)."""
+    runs, i, n = [], first, len(got)
+    while i is not None and i < n and len(runs) < limit:
+        j = i
+        while j < n and got[j] != expected[j]:
+            j += 1
+        runs.append((i, j, "zeros" if _all_zero(got[i:j]) else "data"))
+        rest = _first_difference(expected[j:], got[j:])
+        i = None if rest is None else j + rest
+    if i is not None and i < n:
+        runs.append((i, n, "and more"))
+    return runs
 
 
 def _where(offset: int) -> str:

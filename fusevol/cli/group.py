@@ -15,7 +15,6 @@ cannot forget either. Exits:
 
 import logging
 import os
-import shlex
 import sys
 
 import click
@@ -111,6 +110,8 @@ def _log_internal_error(ctx: click.Context, exc: Exception) -> str | None:
     except Exception:
         return None
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    import shlex
+
     crash_log = logging.getLogger("fusevol.cli.internal")
     crash_log.propagate = False  # the terminal's handler must not print the traceback
     crash_log.addHandler(handler)

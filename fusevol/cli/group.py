@@ -16,6 +16,7 @@ cannot forget either. Exits:
 import logging
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -47,7 +48,7 @@ def store_path(ctx: click.Context) -> str:
     return resolve_path(ctx.meta.get(STORE_KEY))
 
 
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> NoReturn:
     click.echo(f"fusevol: {message}", err=True)
     raise click.exceptions.Exit(code)
 

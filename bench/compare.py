@@ -17,7 +17,6 @@ Run as root: it mounts, and drops the page cache for the cold reads.
 import argparse
 import datetime
 import json
-import math
 import os
 import shutil
 import statistics
@@ -211,7 +210,7 @@ def main() -> None:
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(out, f, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
+        json.dump(out, f, indent=1)
     if not args.no_plots:
         for line in report.plots(out, args.out, name, install=not p.quick):
             log(line)

@@ -108,7 +108,11 @@ class VolumeOperations(pyfuse3.Operations):
         self.nursery: trio.Nursery | None = None
         self._next_fh = 1
         knobs = _cache_knobs()
-        self.enable_writeback_cache = knobs["writeback"]  # pyfuse3 reads it at init
+        # pyfuse3 reads it at init. A volume with a quota goes without: the
+        # quota is enforced at write(2), with EDQUOT, only if write(2) reaches
+        # the worker (space.py); the page cache would accept what the quota
+        # cannot take and report it at close, as EIO.
+        self.enable_writeback_cache = knobs["writeback"] and space.quota is None
         self.entry_timeout = knobs["entry_timeout"]
         self.attr_timeout = knobs["attr_timeout"]
         self.keep_cache = knobs["keep_cache"]
@@ -314,8 +318,7 @@ class VolumeOperations(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------
 
-    async def _open_file(self, ino: int, size: int | None = None,
-                         writing: bool = False) -> pyfuse3.FileInfo:
+    async def _open_file(self, ino: int, size: int | None = None) -> pyfuse3.FileInfo:
         fd = self.files.get(ino)
         if fd is None:
             if size is None:
@@ -325,11 +328,7 @@ class VolumeOperations(pyfuse3.Operations):
         fd.opens += 1
         fh = self._new_fh()
         self.handles[fh] = fd
-        info = pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache)
-        # Near the quota or a full disk, writes bypass the page cache so that
-        # write(2) itself gets ENOSPC or EDQUOT (see space.py).
-        info.direct_io = writing and self.space.tight(self._buffered())
-        return info
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache)
 
     @handler
     async def open(self, inode, flags, ctx):
@@ -339,13 +338,25 @@ class VolumeOperations(pyfuse3.Operations):
         node = await self._get(ino)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return await self._open_file(ino, node.size,
-                                     writing=(flags & os.O_ACCMODE) != os.O_RDONLY)
+        info = await self._open_file(ino, node.size)
+        if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
+            # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation
+            # to us (it only drops its own pages and size).
+            if self.readonly:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            fd = self.handles[info.fh]
+            try:
+                fd.truncate(0)
+                await fd.flush(then=functools.partial(self.inodes.setattr, ino=ino, size=0))
+            except BaseException:
+                await self.release(info.fh)  # the kernel will not: the open failed
+                raise
+        return info
 
     @modifying
     async def create(self, parent_inode, name, mode, flags, ctx):
         ino, inode = await self._create(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
-        info = await self._open_file(ino, 0, writing=True)
+        info = await self._open_file(ino, 0)
         return info, self._entry_counted(ino, inode)
 
     @handler

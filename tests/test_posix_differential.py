@@ -823,6 +823,7 @@ def _lremovexattr(path, name):
     os.removexattr(path, name, follow_symlinks=False)
 
 
+@pytest.mark.timeout(7200 if LONG else 600)
 def test_random_sequences_same_as_ext4(places):
     """CI runs a few hundred steps; FUSEVOL_LONG=1 runs many more (by hand)."""
     SameAsExt4.places = places

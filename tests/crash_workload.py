@@ -143,6 +143,8 @@ class Workload:
             def write():
                 done = os.pwrite(fd, data, off)
                 if done != len(data):
+                    if self.worker_killed.is_set():  # the pages copied before the connection died
+                        raise OSError(errno.ECONNABORTED, f"short write ({done} bytes) at the kill")
                     raise Failure(f"short write: {done} of {len(data)} bytes")
             self._ev("write", write, path=path, fid=fid, off=off, data=data)
             self.sizes[fid] = max(self.sizes[fid], off + n)

@@ -113,9 +113,10 @@ class ReceiveCheck:
 
 
 class CrashHarness:
-    def __init__(self, base: str, seed: int):
+    def __init__(self, base: str, seed: int, victims: list[str] | None = None):
         self.base = base
         self.seed = seed
+        self.victims = {v: w for v, w in VICTIMS.items() if not victims or v in victims}
         self.rng = random.Random(seed)
         self.store_path = os.path.join(base, "store")
         self.daemon = PluginDaemon(self.store_path, os.path.join(base, "run", "crash.sock"),
@@ -228,7 +229,7 @@ class CrashHarness:
         t0 = time.monotonic()
         round_seed = self.rng.getrandbits(48)
         rng = random.Random(round_seed)
-        victim = rng.choices(list(VICTIMS), list(VICTIMS.values()))[0]
+        victim = rng.choices(list(self.victims), list(self.victims.values()))[0]
         hist = History(self.ns, self.content, self.next_fid)
         notes: list[str] = []
         snaps: list[SnapCheck] = []
@@ -690,8 +691,8 @@ def tree_state(txn, root: bytes) -> Observed:
 
 
 @contextlib.contextmanager
-def harness(base: str, seed: int):
-    h = CrashHarness(base, seed)
+def harness(base: str, seed: int, victims: list[str] | None = None):
+    h = CrashHarness(base, seed, victims)
     try:
         h.setup()
         yield h

@@ -219,11 +219,10 @@ class CrashHarness:
     # -- one round -----------------------------------------------------------------------
 
     def run(self, rounds: int) -> None:
-        try:
-            for r in range(rounds):
-                self.round(r)
-        finally:
-            self.stats["seconds"] = round(time.monotonic() - self.started)
+        for r in range(rounds):
+            self.round(r)
+            if (r + 1) % 100 == 0 and r + 1 < rounds:
+                print(f"after {r + 1} rounds: {self.summary()}", flush=True)
 
     def round(self, r: int) -> None:
         t0 = time.monotonic()
@@ -594,6 +593,7 @@ class CrashHarness:
 
     def summary(self) -> str:
         s = self.stats
+        s["seconds"] = round(time.monotonic() - self.started)
         per_round = ", ".join(f"{v} {self.seconds[v] / s[f'victim {v}']:.1f}"
                               for v in sorted(self.seconds))
         return (f"crash rounds: {s['rounds']} in {s['seconds']} s (seed {self.seed}); "

@@ -61,13 +61,27 @@ class Inodes:
     def put(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Store a changed inode. It no longer matches the tree object it was
         last written as, nor do the directories above it: clear their tree ids
-        so the next snapshot writes them again (and only them)."""
+        so the next snapshot writes them again (and only them).
+
+        The reference to the tree object is the stored row's: `inode` may be a
+        copy read before an earlier change of this transaction cleared the row
+        (a folder dirtied as the parent of what rename or link just changed),
+        and must not release it a second time."""
         if inode.tree_id != NO_TREE:
-            if inode.flags & LAZY:
-                self._materialize(txn, ino, inode)
-            old, inode.tree_id = inode.tree_id, NO_TREE
-            trees.decref(txn, old)
-            self._dirty_parents(txn, ino, inode)
+            raw = txn.get("inodes", vkey(self.vid, ino))
+            stored = Inode.unpack(raw) if raw is not None else inode
+            if stored.tree_id == NO_TREE:  # released and materialized already
+                inode.tree_id = NO_TREE
+                inode.flags &= ~LAZY
+            else:
+                inode.tree_id = stored.tree_id
+                if stored.flags & LAZY:
+                    self._materialize(txn, ino, inode)
+                else:
+                    inode.flags &= ~LAZY
+                old, inode.tree_id = inode.tree_id, NO_TREE
+                trees.decref(txn, old)
+                self._dirty_parents(txn, ino, inode)
         self.put_row(txn, ino, inode)
 
     def put_row(self, txn: Txn, ino: int, inode: Inode) -> None:

@@ -9,7 +9,7 @@ venv=${FUSEVOL_VENV:-/opt/fusevol}
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv)
 extras=()
 if [ "${1:-}" = "--test" ]; then
-    packages+=(docker.io busybox-static git sqlite3 fio attr tar)
+    packages+=(docker.io busybox-static git sqlite3 fio attr tar e2fsprogs)
     extras=("[test]")
 fi
 

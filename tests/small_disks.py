@@ -3,8 +3,16 @@ whose disk fails on demand."""
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+
+import pytest
+
+needs_loop = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/loop-control")
+    or not all(shutil.which(t) for t in ("mkfs.ext4", "e2fsck", "losetup")),
+    reason="a loop-mounted ext4 image needs root, /dev/loop-control, e2fsprogs and losetup")
 
 
 def run(*cmd: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Mounts, needs_fuse, run_cli
 from fusevol.fs import registry
-from small_disks import faulty_ext4
+from small_disks import faulty_ext4, needs_loop
 
 MiB = 1 << 20
 
@@ -95,6 +95,7 @@ def scene(tmp_path):
 
 
 @needs_fuse
+@needs_loop
 def test_a_failing_disk_fails_writes_and_serves_what_is_still_readable(scene):
     scene.disk.fail()
     assert scene.write_fails("new") == errno.EIO
@@ -129,6 +130,7 @@ def test_a_failing_disk_fails_writes_and_serves_what_is_still_readable(scene):
 
 
 @needs_fuse
+@needs_loop
 def test_a_disk_refusing_writes_fails_them_and_serves_every_read(scene):
     scene.disk.fail_writes()
     assert scene.write_fails("new") == errno.EIO

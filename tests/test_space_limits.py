@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Mounts, needs_fuse, run_cli
 from fusevol.fs import registry
-from small_disks import ext4_loop
+from small_disks import ext4_loop, needs_loop
 
 MiB = 1 << 20
 
@@ -154,6 +154,7 @@ def _read(path: str) -> bytes:
 
 
 @needs_fuse
+@needs_loop
 def test_full_ext4_disk_keeps_what_it_took_and_space_freed_by_delete_is_usable(ext4_store):
     m = ext4_store
     mp = m.mount("full")
@@ -176,6 +177,7 @@ def test_full_ext4_disk_keeps_what_it_took_and_space_freed_by_delete_is_usable(e
 
 
 @needs_fuse
+@needs_loop
 def test_space_freed_by_gc_on_a_full_ext4_disk_is_usable(ext4_store):
     m = ext4_store
     # Volume `left` keeps 96 MiB in a file that was unlinked while open and

@@ -93,7 +93,11 @@ def parse(data: bytes, where: str) -> dict[int, list[int]]:
         if end == -1:
             tail = data[pos:]
             m = re.match(rb"(\d+) (\d+) ", tail)
-            if m is None or not record(int(m[1]), int(m[2])).startswith(tail):
+            if m is None:  # cut inside the header: `WID` or `WID SE`
+                ok = re.fullmatch(rb"\d+( \d*)?", tail) is not None
+            else:
+                ok = record(int(m[1]), int(m[2])).startswith(tail)
+            if not ok:
                 raise Damage(f"{where}: bad partial line at offset {pos}: {tail[:60]!r}")
             break
         line = data[pos:end + 1]

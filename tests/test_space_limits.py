@@ -8,14 +8,18 @@ prefix of what was written, never one with a hole inside.
 """
 
 import errno
+import json
 import os
 import random
+import signal
 import subprocess
+import time
 
 import pytest
 
-from conftest import Mounts, needs_fuse
+from conftest import Mounts, needs_fuse, run_cli
 from fusevol.fs import registry
+from small_disks import ext4_loop, needs_loop
 
 MiB = 1 << 20
 
@@ -191,3 +195,83 @@ def test_space_freed_under_a_quota_is_usable_again(mounts):
     assert failure is None and acked == 10 * MiB
     with open(os.path.join(mp, "b"), "rb") as f:
         assert f.read() == data
+
+
+@pytest.fixture
+def ext4_store(tmp_path):
+    """Mounts of a store on a 300 MiB ext4 image (loop device)."""
+    with ext4_loop(str(tmp_path), 300) as point:
+        m = Mounts(os.path.join(point, "store"), str(tmp_path / "mnt"))
+        try:
+            yield m
+        finally:
+            m.cleanup()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@needs_fuse
+@needs_loop
+def test_full_ext4_disk_keeps_what_it_took_and_space_freed_by_delete_is_usable(ext4_store):
+    m = ext4_store
+    mp = m.mount("full")
+    acked, failure, data = _push(os.path.join(mp, "fill"), 400, seed=21)
+    assert failure == errno.ENOSPC, errno.errorcode.get(failure, failure)
+    assert 64 * MiB <= acked < 300 * MiB, acked
+    m.umount(mp)
+    mp = m.mount("full")
+    assert _read(os.path.join(mp, "fill")) == data[:acked]
+    # Deleting gives the space back inside the store's file (the file does
+    # not shrink): about as much can be written again (the limit moves by a
+    # few MiB with the pages LMDB keeps for its own use).
+    os.unlink(os.path.join(mp, "fill"))
+    again, failure, data = _push(os.path.join(mp, "again"), acked // MiB - 16, seed=22)
+    assert failure is None, errno.errorcode.get(failure, failure)
+    m.umount(mp)
+    mp = m.mount("full")
+    assert _read(os.path.join(mp, "again")) == data
+    assert run_cli(m.store_path, "verify").returncode == 0
+
+
+@needs_fuse
+@needs_loop
+def test_space_freed_by_gc_on_a_full_ext4_disk_is_usable(ext4_store):
+    m = ext4_store
+    # Volume `left` keeps 96 MiB in a file that was unlinked while open and
+    # then lost its worker: nothing purges it until that volume is mounted
+    # again, or gc runs.
+    mp = m.mount("left")
+    held = os.open(os.path.join(mp, "held"), os.O_WRONLY | os.O_CREAT, 0o644)
+    for i in range(96):
+        os.write(held, random.Random(f"held{i}").randbytes(MiB))
+    os.fsync(held)
+    os.unlink(os.path.join(mp, "held"))
+    os.fsync(held)
+    pid = _worker_pid(m.store_path, "left")
+    os.kill(pid, signal.SIGKILL)
+    while registry.pid_alive(pid):
+        time.sleep(0.01)
+    with pytest.raises(OSError):  # ECONNABORTED: its worker is gone
+        os.close(held)
+    assert registry.clear_dead_mount(mp)
+    m.active.remove(mp)
+
+    mp = m.mount("busy")
+    acked, failure, _ = _push(os.path.join(mp, "fill"), 400, seed=31, then_tries=1)
+    assert failure == errno.ENOSPC
+    _, failure, _ = _push(os.path.join(mp, "more"), 1, seed=32, then_tries=0)
+    assert failure == errno.ENOSPC, "the disk was not full"
+    os.unlink(os.path.join(mp, "more"))
+
+    report = json.loads(run_cli(m.store_path, "gc", "--json").stdout)
+    assert report["orphans_purged"] == 1, report
+    assert report["unique_bytes_freed"] == 96 * MiB, report
+    more, failure, data = _push(os.path.join(mp, "more"), 64, seed=33)
+    assert failure is None, errno.errorcode.get(failure, failure)
+    m.umount(mp)
+    mp = m.mount("busy")
+    assert _read(os.path.join(mp, "more")) == data
+    assert run_cli(m.store_path, "verify").returncode == 0

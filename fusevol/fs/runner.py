@@ -86,13 +86,14 @@ class TxnRunner:
 
     async def read(self, fn, *args):
         """fn(txn, *args) for an fn that only reads: on this thread from the
-        cache when it can, else on the store thread."""
-        if self.broken is None:
-            with self.cache.reader() as txn:
-                try:
-                    return fn(txn, *args)
-                except NeedsStore:
-                    pass
+        cache when it can, else on the store thread. After a failed commit
+        (see _commit) this still answers from what is committed and what the
+        worker holds: what the disk can still give is served, only writes fail."""
+        with self.cache.reader() as txn:
+            try:
+                return fn(txn, *args)
+            except NeedsStore:
+                pass
         return await self.run(fn, *args)
 
     async def sync(self) -> None:

@@ -173,6 +173,7 @@ class Store:
         self.path = path
         self.closed = False
         try:
+            _private_dir(path)
             os.makedirs(os.path.join(path, "db"), mode=0o700, exist_ok=True)
         except OSError as e:
             raise FusevolError(f"cannot create store at {path}: {e.strerror}") from None
@@ -185,6 +186,7 @@ class Store:
                 # Values are 128 KiB chunks read whole: without the kernel's readahead
                 # (MADV_RANDOM) every 4 KiB page of a cold chunk is its own disk read.
                 readahead=True,
+                mode=0o600,
                 sync=True,
                 metasync=True,
             )
@@ -279,6 +281,15 @@ class Store:
 
     def sync(self) -> None:
         self.env.sync(True)
+
+
+def _private_dir(path: str) -> None:
+    """Create the store's folder for its owner alone, or make it so: it holds
+    every volume's data, and every mounted volume (mnt/) is reached through it."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(path, 0o700)
 
 
 def _errno_of(e: lmdb.Error) -> int | None:

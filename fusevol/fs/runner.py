@@ -128,12 +128,12 @@ class TxnRunner:
                 self._commit()
                 continue
             if item is _STOP:
-                self._commit()
+                self._commit(durable=True)
                 return
             fn, args, durable, reply = item
             outcome = self._apply(fn, args)
             if durable or (self._txn and time.monotonic() - self._started > self.max_age):
-                err = self._commit()
+                err = self._commit(durable)
                 if err is not None and outcome[0]:
                     outcome = (False, err, None, 0)
             reply(outcome)
@@ -163,12 +163,12 @@ class TxnRunner:
             log.exception("store operation %s failed", getattr(fn, "__name__", fn))
             return False, FsError(errno.EIO, f"internal error: {e}"), None, 0
 
-    def _commit(self) -> Exception | None:
+    def _commit(self, durable: bool = False) -> Exception | None:
         if self._txn is None:
             return None
         txn, self._txn = self._txn, None
         try:
-            self.store.commit(txn)
+            self.store.commit(txn, durable=durable)
             self.pending_bytes = 0
             self.cache.committed = self._batch
             return None

@@ -188,7 +188,11 @@ class Store:
                 readahead=True,
                 mode=0o600,
                 sync=True,
-                metasync=True,
+                # A commit syncs its pages; the meta page that makes it the newest
+                # is synced by the next commit or by commit(durable=True). LMDB's
+                # MDB_NOMETASYNC: a system crash may undo the last commit, never
+                # damage the store. Batches that no fsync waits for save a sync.
+                metasync=False,
             )
         except lmdb.Error as e:
             raise FusevolError(f"cannot open store at {path}: {e}") from None
@@ -257,7 +261,8 @@ class Store:
         self._grow_if_needed()
         return Txn(self, self._begin(write=True), write=True)
 
-    def commit(self, txn: Txn) -> None:
+    def commit(self, txn: Txn, durable: bool = True) -> None:
+        """Commit; with durable, return only once it survives a system crash."""
         try:
             txn.fold_counters()
             txn.txn.commit()
@@ -266,6 +271,11 @@ class Store:
             if isinstance(e, lmdb.MapFullError) or _errno_of(e) == errno.ENOSPC:
                 raise NoSpace("no space left on the store's disk") from None
             raise FusevolError(f"store commit failed: {e}") from None
+        if durable:
+            try:
+                self.env.sync(True)
+            except lmdb.Error as e:
+                raise FusevolError(f"store sync failed: {e}") from None
 
     @contextlib.contextmanager
     def nested(self, parent: Txn):

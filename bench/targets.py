@@ -160,7 +160,23 @@ class Volume:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Memfs:
+class FuseProcess:
+    """A filesystem served by a process of its own (set self.proc, self.dir, self.root)."""
+
+    def cold(self) -> None:
+        # A remount would lose an in-memory filesystem's data: the kernel's page
+        # cache and dentries go, as for the others.
+        drop_caches()
+
+    def worker_pid(self) -> int | None:
+        return self.proc.pid
+
+    def close(self) -> None:
+        unmount_and_wait(self.dir, self.proc)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Memfs(FuseProcess):
     """bench/memfs.py: the same FUSE stack and kernel options, no storage."""
 
     name = "memfs"
@@ -171,18 +187,6 @@ class Memfs:
         os.makedirs(self.dir)
         self.proc = start_fuse_process([sys.executable, os.path.join(HERE, "memfs.py"), self.dir],
                                        self.dir, os.path.join(self.root, "memfs.log"), "memfs")
-
-    def cold(self) -> None:
-        # Its data lives in the process: a remount would lose it. The kernel's
-        # page cache and dentries go, as for the others.
-        drop_caches()
-
-    def worker_pid(self) -> int | None:
-        return self.proc.pid
-
-    def close(self) -> None:
-        unmount_and_wait(self.dir, self.proc)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 RCLONE_OPTIONS = [
@@ -201,7 +205,7 @@ def rclone_missing() -> str | None:
     return None
 
 
-class Rclone:
+class Rclone(FuseProcess):
     """rclone's FUSE mount of a local folder; its VFS cache on the same disk."""
 
     name = "rclone"
@@ -221,16 +225,6 @@ class Rclone:
             ["rclone", "mount", self.data, self.dir, "--cache-dir", self.cache, *RCLONE_OPTIONS,
              *self.extra],
             self.dir, os.path.join(self.root, "rclone.log"), "rclone mount")
-
-    def cold(self) -> None:
-        drop_caches()
-
-    def worker_pid(self) -> int | None:
-        return self.proc.pid
-
-    def close(self) -> None:
-        unmount_and_wait(self.dir, self.proc)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 MAKERS = {"native": Native, "memfs": Memfs, "fusevol": Volume, "rclone": Rclone}

@@ -14,13 +14,20 @@ from .. import native
 from ..errors import FsError
 from . import chunks, trees
 from .env import Txn
-from .schema import LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
+from .schema import (LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats,
+                     read_u64, u64, vkey)
 
 NAME_MAX = 255
 
 
 def _now() -> int:
     return time.time_ns()
+
+
+def _clamp_time(ns: int) -> int:
+    """A time within what the store keeps (the kernel's 64-bit seconds); the
+    kernel cannot ask for more, an imported archive might."""
+    return min(max(ns, TIME_MIN_NS), TIME_MAX_NS)
 
 
 class Inodes:
@@ -54,13 +61,27 @@ class Inodes:
     def put(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Store a changed inode. It no longer matches the tree object it was
         last written as, nor do the directories above it: clear their tree ids
-        so the next snapshot writes them again (and only them)."""
+        so the next snapshot writes them again (and only them).
+
+        The reference to the tree object is the stored row's: `inode` may be a
+        copy read before an earlier change of this transaction cleared the row
+        (a folder dirtied as the parent of what rename or link just changed),
+        and must not release it a second time."""
         if inode.tree_id != NO_TREE:
-            if inode.flags & LAZY:
-                self._materialize(txn, ino, inode)
-            old, inode.tree_id = inode.tree_id, NO_TREE
-            trees.decref(txn, old)
-            self._dirty_parents(txn, ino, inode)
+            raw = txn.get("inodes", vkey(self.vid, ino))
+            stored = Inode.unpack(raw) if raw is not None else inode
+            if stored.tree_id == NO_TREE:  # released and materialized already
+                inode.tree_id = NO_TREE
+                inode.flags &= ~LAZY
+            else:
+                inode.tree_id = stored.tree_id
+                if stored.flags & LAZY:
+                    self._materialize(txn, ino, inode)
+                else:
+                    inode.flags &= ~LAZY
+                old, inode.tree_id = inode.tree_id, NO_TREE
+                trees.decref(txn, old)
+                self._dirty_parents(txn, ino, inode)
         self.put_row(txn, ino, inode)
 
     def put_row(self, txn: Txn, ino: int, inode: Inode) -> None:
@@ -136,6 +157,10 @@ class Inodes:
     # -- directory entries --------------------------------------------------
 
     def lookup(self, txn: Txn, parent: int, name: bytes) -> int:
+        if len(name) > NAME_MAX:
+            # Every operation on a name starts here (or in _check_name), so an
+            # over-long name is ENAMETOOLONG everywhere, as on other filesystems.
+            raise FsError(errno.ENAMETOOLONG)
         if name == b".":
             return parent
         pdir = self._dir(txn, parent)
@@ -384,10 +409,10 @@ class Inodes:
         if gid is not None:
             inode.gid = gid
         if atime_ns is not None:
-            inode.atime_ns = atime_ns
+            inode.atime_ns = _clamp_time(atime_ns)
         if mtime_ns is not None:
-            inode.mtime_ns = mtime_ns
-        inode.ctime_ns = ctime_ns if ctime_ns is not None else _now()
+            inode.mtime_ns = _clamp_time(mtime_ns)
+        inode.ctime_ns = _clamp_time(ctime_ns) if ctime_ns is not None else _now()
         self.put(txn, ino, inode)
         return inode
 

@@ -144,15 +144,15 @@ def reader(stop: str, targets: list[tuple[str, str]]) -> int:
             wids = sorted(int(n[1:-4]) for n in os.listdir(ann_dir) if n.endswith(".ann"))
             # Announcements first: what they say was fsync'ed before the reads start.
             floor = {w: announced(os.path.join(ann_dir, f"w{w}.ann"))[0] for w in wids}
-            try:
-                for w in wids:
-                    check_file(read_file(os.path.join(volume_dir, own_file(w))),
-                               f"{volume_dir}/{own_file(w)}", [w], floor)
-                check_file(read_file(os.path.join(volume_dir, SHARED)),
-                           f"{volume_dir}/{SHARED}", wids, floor)
-            except FileNotFoundError:
-                if any(v >= 0 for v in floor.values()):
-                    raise
+            files = [(own_file(w), [w]) for w in wids] + [(SHARED, wids)]
+            for name, writers in files:
+                try:
+                    data = read_file(os.path.join(volume_dir, name))
+                except FileNotFoundError:
+                    if any(floor[w] >= 0 for w in writers):
+                        raise Damage(f"{volume_dir}/{name} is missing, records were announced")
+                    continue  # its writers have not started yet
+                check_file(data, f"{volume_dir}/{name}", writers, floor)
             checks += 1
     print(checks)
     return checks

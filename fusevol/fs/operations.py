@@ -18,7 +18,7 @@ from collections import Counter
 import pyfuse3
 import trio
 
-from ..errors import FusevolError
+from ..errors import FusevolError, StoreDamaged
 from ..store import ROOT_INO, Inode, Inodes
 from ..store.schema import vkey
 from . import acl
@@ -65,6 +65,9 @@ def handler(fn):
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
+        except StoreDamaged as e:  # the store, not the caller: say so in the log
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
         except FusevolError as e:
             raise pyfuse3.FUSEError(e.errno) from None
         except OSError as e:

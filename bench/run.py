@@ -17,101 +17,14 @@ import datetime
 import glob
 import json
 import os
-import platform
 import random
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 
-MiB = 1 << 20
-FUSEVOL = [sys.executable, "-m", "fusevol"]
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
-# -- the two kinds of target -------------------------------------------------
-
-class Native:
-    """A plain directory on the disk that holds the store."""
-
-    name = "native"
-
-    def __init__(self, base: str):
-        self.dir = tempfile.mkdtemp(prefix="native-", dir=base)
-
-    def cold(self) -> None:
-        drop_caches()
-
-    def worker_pid(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Volume:
-    """A fresh store with one volume, mounted through the CLI as a user would."""
-
-    name = "fusevol"
-
-    def __init__(self, base: str, env: dict | None = None):
-        self.root = tempfile.mkdtemp(prefix="fusevol-", dir=base)
-        self.store = os.path.join(self.root, "store")
-        self.dir = os.path.join(self.root, "mnt")
-        os.makedirs(self.dir)
-        self.env = {**os.environ, **(env or {})}
-        self.cli("volume", "create", "bench")
-        self.mount()
-
-    def cli(self, *args) -> str:
-        return run(FUSEVOL + ["--store", self.store, *args], env=self.env).stdout
-
-    def mount(self) -> None:
-        self.cli("mount", "bench", self.dir, "--background")
-
-    def umount(self) -> None:
-        self.cli("umount", self.dir)
-
-    def cold(self) -> None:
-        """Empty the kernel's caches of the volume too: a new mount starts with none."""
-        self.umount()
-        drop_caches()
-        self.mount()
-
-    def worker_pid(self) -> int | None:
-        for path in glob.glob(os.path.join(self.store, "run", "workers", "*.json")):
-            with open(path) as f:
-                return json.load(f)["pid"]
-        return None
-
-    def df(self) -> dict:
-        return json.loads(self.cli("df", "--json"))
-
-    def close(self) -> None:
-        try:
-            self.umount()
-        except subprocess.CalledProcessError:
-            subprocess.run(["fusermount3", "-u", "-z", self.dir], capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+from targets import MiB, Native, Volume, fio, machine, parse_size, run
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -134,12 +47,6 @@ def peak_rss_mib(pid: int | None) -> float | None:
 
 
 # -- workloads: each returns rows (key, label, unit, value, higher_is_better) -----
-
-def fio(target_dir: str, name: str, *args: str) -> dict:
-    out = run(["fio", f"--name={name}", f"--directory={target_dir}", "--ioengine=psync",
-               "--output-format=json", *args]).stdout
-    return json.loads(out[out.index("{"):])["jobs"][0]
-
 
 def bench_seq(t, size: int) -> list:
     rows = []
@@ -411,14 +318,6 @@ def bench_peers(base: str, size: int) -> str:
         lines.append(f"| {name} | {nbytes / MiB:.1f} MiB | {nbytes / logical:.3f} | "
                      + (f"{secs:.1f} s |" if secs is not None else "— |"))
     return "\n".join(lines)
-
-
-def machine() -> str:
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-    return (f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, kernel {platform.release()}, "
-            f"Python {platform.python_version()}")
 
 
 def main() -> None:

@@ -18,10 +18,11 @@ needs_fuse = pytest.mark.skipif(
 
 
 def run_cli(store: str, *args, check: bool = True, input: bytes | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `fusevol --store STORE ARGS...` as a user would."""
+            timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `fusevol --store STORE ARGS...` as a user would (env: variables to add)."""
     proc = subprocess.run([sys.executable, "-m", "fusevol", "--store", store, *args],
-                          capture_output=True, input=input, timeout=timeout)
+                          capture_output=True, input=input, timeout=timeout,
+                          env={**os.environ, **env} if env else None)
     if check and proc.returncode != 0:
         raise AssertionError(f"fusevol {' '.join(args)} exited {proc.returncode}: "
                              f"{proc.stderr.decode(errors='replace')}")
@@ -56,12 +57,13 @@ class Mounts:
             args += ["-o", opt]
         run_cli(self.store_path, *args)
 
-    def mount(self, name: str, *flags: str, create: bool = True) -> str:
+    def mount(self, name: str, *flags: str, create: bool = True, env: dict | None = None) -> str:
+        """Mount in the background; env reaches the worker (FUSEVOL_* knobs)."""
         if create and run_cli(self.store_path, "volume", "inspect", name, check=False).returncode:
             self.create(name)
         mountpoint = os.path.join(self.base, f"{name}-{uuid.uuid4().hex[:6]}")
         os.makedirs(mountpoint)
-        run_cli(self.store_path, "mount", name, mountpoint, "--background", *flags)
+        run_cli(self.store_path, "mount", name, mountpoint, "--background", *flags, env=env)
         self.active.append(mountpoint)
         return mountpoint
 

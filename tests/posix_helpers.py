@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -116,3 +117,32 @@ def user_errnos(cwd: str, probes: list[tuple[str, str]], **kw) -> dict:
     proc = as_user(cwd, code, **kw)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+_SYS_getdents64 = 217  # x86_64
+_libc.syscall.restype = ctypes.c_long
+
+
+def getdents(path: str) -> list[tuple[bytes, int, int]]:
+    """(name, d_ino, d_type) of every entry getdents64 returns, `.` and `..` included,
+    in the order the filesystem gives them (os.listdir drops the dots)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        out = []
+        buf = ctypes.create_string_buffer(4096)  # small: long listings take several calls
+        while True:
+            n = _libc.syscall(ctypes.c_long(_SYS_getdents64), ctypes.c_long(fd), buf,
+                              ctypes.c_long(len(buf)))
+            if n < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), path)
+            if n == 0:
+                return out
+            raw, pos = buf.raw[:n], 0
+            while pos < n:
+                d_ino, _off, reclen, d_type = struct.unpack_from("<QqHB", raw, pos)
+                name = raw[pos + 19: pos + reclen].split(b"\0", 1)[0]
+                out.append((name, d_ino, d_type))
+                pos += reclen
+    finally:
+        os.close(fd)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import needs_fuse
+from conftest import needs_fuse, run_cli
 from posix_helpers import USER, as_user, user_errnos
 
 pytestmark = needs_fuse
@@ -273,3 +273,49 @@ def test_modes_and_umask_of_new_entries(vol):
     with pytest.raises(OSError) as info:
         os.truncate(os.path.join(vol, "d"), 0)
     assert info.value.errno == errno.EISDIR
+
+
+FAR_TIMES_NS = [
+    (2**34 - 1) * 10**9 + 7,   # year 2514: past int64 nanoseconds (2262) and ext4's 2446
+    2**63,                     # the first nanosecond int64 cannot hold
+    2**63 - 1,
+    10_000_000_000 * 10**9,    # year 2286
+    -1,                        # just before 1970
+    -(2**31) * 10**9,          # 1901, ext4's earliest
+    -(2**63) - 10**9 + 3,      # before 1677: int64 nanoseconds end there too
+]
+
+
+def test_times_beyond_int64_nanoseconds_are_kept(mounts, store_path):
+    mp = mounts.mount("vol")
+    os.mkdir(os.path.join(mp, "d"))
+    os.symlink("target", os.path.join(mp, "l"))
+    paths = []
+    for i, t in enumerate(FAR_TIMES_NS):
+        f = os.path.join(mp, f"f{i}")
+        with open(f, "wb") as out:
+            out.write(b"x" * i)
+        os.utime(f, ns=(t, t - 5))
+        paths.append((f"f{i}", (t, t - 5)))
+    os.utime(os.path.join(mp, "d"), ns=(FAR_TIMES_NS[0], FAR_TIMES_NS[-1]))
+    paths.append(("d", (FAR_TIMES_NS[0], FAR_TIMES_NS[-1])))
+    os.utime(os.path.join(mp, "l"), ns=(FAR_TIMES_NS[4], FAR_TIMES_NS[1]), follow_symlinks=False)
+    paths.append(("l", (FAR_TIMES_NS[4], FAR_TIMES_NS[1])))
+
+    def check(root):
+        for name, (atime, mtime) in paths:
+            st = os.lstat(os.path.join(root, name))
+            assert (st.st_atime_ns, st.st_mtime_ns) == (atime, mtime), name
+
+    check(mp)
+    mounts.umount(mp)
+    mp = mounts.mount("vol")
+    check(mp)  # as stored
+    # Snapshots keep them too (tree objects), and so do clones made from them.
+    run_cli(store_path, "snapshot", "create", "vol@far")
+    run_cli(store_path, "clone", "vol@far", "copy")
+    copy = mounts.mount("copy", create=False)
+    check(copy)
+    os.utime(os.path.join(copy, "f0"), ns=(OLD_NS, OLD_NS))  # back in int64 range
+    assert os.stat(os.path.join(copy, "f0")).st_mtime_ns == OLD_NS
+    assert run_cli(store_path, "verify").returncode == 0

@@ -7,6 +7,7 @@ import stat
 import pytest
 
 from conftest import needs_fuse
+from posix_helpers import getdents, wait_for
 from fusevol.store import ROOT_INO, Inodes, Store, volumes
 
 pytestmark = needs_fuse
@@ -169,3 +170,57 @@ def test_rewinddir_and_empty_directories(vol):
     finally:
         os.close(fd)
     assert first == again == sorted(f"f{i}" for i in range(300))
+
+
+def _dots(path: str) -> list[tuple[bytes, int]]:
+    return [(name, ino) for name, ino, _ in getdents(path)[:2]]
+
+
+def test_readdir_lists_dot_and_dotdot_first(mounts):
+    mp = mounts.mount("vol")
+    os.makedirs(os.path.join(mp, "app/data/deep"))
+    for i in range(200):  # a listing that takes several readdir calls
+        open(os.path.join(mp, "app/data", f"f{i:03d}"), "w").close()
+    ino = lambda *p: os.stat(os.path.join(mp, *p)).st_ino  # noqa: E731
+
+    def check():
+        assert _dots(mp) == [(b".", ino()), (b"..", ino())]  # the root is its own parent
+        assert _dots(os.path.join(mp, "app")) == [(b".", ino("app")), (b"..", ino())]
+        data = getdents(os.path.join(mp, "app/data"))
+        assert [(n, i) for n, i, _ in data[:2]] == [(b".", ino("app/data")), (b"..", ino("app"))]
+        assert all(t == 4 for _, _, t in data[:2])  # DT_DIR
+        assert sorted(n for n, _, _ in data[2:]) == sorted(
+            [b"deep"] + [f"f{i:03d}".encode() for i in range(200)])
+        assert len(os.listdir(os.path.join(mp, "app/data"))) == 201  # the dots are not names
+
+    check()
+    mounts.umount(mp)
+    mp = mounts.mount("vol")
+    check()  # from the store, not from the kernel's caches
+
+    mounts.umount(mp)
+    view = mounts.mount("vol", "--subpath", "app/data")
+    root = os.stat(view).st_ino
+    assert _dots(view) == [(b".", root), (b"..", root)]  # the view's root is its own parent
+    assert _dots(os.path.join(view, "deep")) == [(b".", os.stat(os.path.join(view, "deep")).st_ino),
+                                                 (b"..", root)]
+
+
+def test_listing_dots_takes_no_lookup_reference(mounts, store_path):
+    """The kernel keeps no reference for `.` and `..` of a listing, so the worker must
+    not count one: a removed directory that was listed must still be purged once the
+    kernel forgets it (its row would stay behind as an orphan)."""
+    mp = mounts.mount("vol")
+    os.makedirs(os.path.join(mp, "a/b"))
+    for _ in range(3):
+        getdents(os.path.join(mp, "a/b"))
+        getdents(os.path.join(mp, "a"))
+    os.rmdir(os.path.join(mp, "a/b"))
+    os.rmdir(os.path.join(mp, "a"))
+
+    def orphans() -> int:
+        with Store.open(store_path).read() as txn:
+            return txn.txn.stat(txn.store.dbs["orphans"])["entries"]
+
+    wait_for(lambda: orphans() == 0, "the removed directories to be purged", timeout=10)
+    assert os.listdir(mp) == []

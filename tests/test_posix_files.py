@@ -341,3 +341,41 @@ def test_statvfs_of_a_sized_volume_shows_its_quota(mounts):
     after = os.statvfs(mp).f_bavail
     assert before - after == 8 * MiB // 4096
     assert sha256(os.path.join(mp, "f"))
+
+
+def test_every_call_on_an_over_long_name_is_enametoolong(vol):
+    long = os.path.join(vol, "n" * 256)
+    ok = os.path.join(vol, "n" * 255)
+    open(ok, "w").close()
+    os.mkdir(os.path.join(vol, "d"))
+    calls = {
+        "stat": lambda: os.stat(long),
+        "lstat": lambda: os.lstat(long),
+        "open": lambda: open(long, "rb"),
+        "access": lambda: os.access(long, os.F_OK) or os.stat(long),
+        "unlink": lambda: os.unlink(long),
+        "rmdir": lambda: os.rmdir(long),
+        "chmod": lambda: os.chmod(long, 0o600),
+        "chown": lambda: os.chown(long, 1, 1),
+        "lchown": lambda: os.lchown(long, 1, 1),
+        "truncate": lambda: os.truncate(long, 0),
+        "utime": lambda: os.utime(long),
+        "readlink": lambda: os.readlink(long),
+        "getxattr": lambda: os.getxattr(long, "user.x"),
+        "link from": lambda: os.link(long, os.path.join(vol, "x")),
+        "link to": lambda: os.link(ok, long),
+        "rename from": lambda: os.rename(long, os.path.join(vol, "x")),
+        "rename to": lambda: os.rename(ok, long),
+        "below": lambda: os.stat(os.path.join(long, "f")),
+        "mkdir": lambda: os.mkdir(long),
+        "symlink": lambda: os.symlink("t", long),
+    }
+    got = {}
+    for name, call in calls.items():
+        try:
+            call()
+            got[name] = "ok"
+        except OSError as e:
+            got[name] = errno.errorcode[e.errno]
+    assert got == {name: "ENAMETOOLONG" for name in calls}
+    assert sorted(os.listdir(vol)) == ["d", "n" * 255]

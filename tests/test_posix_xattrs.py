@@ -87,15 +87,23 @@ def test_posix_acls_are_refused_not_stored(vol):
     and tools such as cp -p would then skip setting the mode itself."""
     f = os.path.join(vol, "f")
     open(f, "w").close()
-    acl = bytes.fromhex("02000000" "01000600ffffffff" "04000400ffffffff" "20000000ffffffff")
+    # user::rw- user:1000:r-- group::r-- mask::r-- other::---
+    acl = bytes.fromhex("02000000" "01000600ffffffff" "02000400e8030000" "04000400ffffffff"
+                        "10000400ffffffff" "20000000ffffffff")
+    mode_only = bytes.fromhex("02000000" "01000600ffffffff" "04000400ffffffff" "20000000ffffffff")
     d = os.path.join(vol, "d")
     os.mkdir(d)
-    for path, name in ((f, "system.posix_acl_access"), (d, "system.posix_acl_access"),
-                       (d, "system.posix_acl_default")):
+    for path, name, value in ((f, "system.posix_acl_access", acl),
+                              (d, "system.posix_acl_access", acl),
+                              (d, "system.posix_acl_default", acl),
+                              (d, "system.posix_acl_default", mode_only)):
         with pytest.raises(OSError) as info:
-            os.setxattr(path, name, acl)
+            os.setxattr(path, name, value)
         assert info.value.errno == errno.EOPNOTSUPP, name
     assert os.listxattr(f) == [] and os.listxattr(d) == []
+    # An access ACL that is only a mode (what setfacl -b leaves) is that mode, as on ext4.
+    os.setxattr(f, "system.posix_acl_access", mode_only)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o640 and os.listxattr(f) == []
     # What cp -p does to copy a mode in: it must arrive.
     src = os.path.join(os.path.dirname(vol), "src")
     with open(src, "w") as fh:

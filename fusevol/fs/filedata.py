@@ -268,5 +268,5 @@ def _read_chunks(store, wanted: dict[int, bytes]) -> dict[int, bytes]:
         for i, cid in wanted.items():
             payload = txn.get("chunks", cid)
             if payload is not None:
-                out[i] = chunks.decode(payload)
+                out[i] = chunks.decode_checked(payload, cid)
     return out

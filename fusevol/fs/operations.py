@@ -18,9 +18,10 @@ from collections import Counter
 import pyfuse3
 import trio
 
-from ..errors import FusevolError
+from ..errors import FusevolError, StoreDamaged
 from ..store import ROOT_INO, Inode, Inodes
 from ..store.schema import vkey
+from . import acl
 from .filedata import FileData
 from .registry import FLUSH_XATTR
 from .runner import TxnRunner
@@ -36,7 +37,11 @@ FLUSH_AT = 16 << 20        # a file's dirty bytes that start a background flush
 BLOCK_WRITES_AT = 3 * FLUSH_AT  # ...and that make writers wait (bounds memory)
 FLUSH_INTERVAL = 5.0       # seconds dirty data may stay in memory
 POSIX_ACL_PREFIX = b"system.posix_acl_"
+ACL_ACCESS = POSIX_ACL_PREFIX + b"access"
+TRUSTED_PREFIX = b"trusted."
+XATTR_NAMESPACES = (b"user.", TRUSTED_PREFIX, b"security.", POSIX_ACL_PREFIX)
 READDIR_BATCH = 64         # entries read per store call while answering readdir
+DOTS = (b".", b"..")       # listed first by readdir
 
 
 def _cache_knobs() -> dict:
@@ -60,6 +65,9 @@ def handler(fn):
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
+        except StoreDamaged as e:  # the store, not the caller: say so in the log
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
         except FusevolError as e:
             raise pyfuse3.FUSEError(e.errno) from None
         except OSError as e:
@@ -103,7 +111,11 @@ class VolumeOperations(pyfuse3.Operations):
         self.nursery: trio.Nursery | None = None
         self._next_fh = 1
         knobs = _cache_knobs()
-        self.enable_writeback_cache = knobs["writeback"]  # pyfuse3 reads it at init
+        # pyfuse3 reads it at init. A volume with a quota goes without: the
+        # quota is enforced at write(2), with EDQUOT, only if write(2) reaches
+        # the worker (space.py); the page cache would accept what the quota
+        # cannot take and report it at close, as EIO.
+        self.enable_writeback_cache = knobs["writeback"] and space.quota is None
         self.entry_timeout = knobs["entry_timeout"]
         self.attr_timeout = knobs["attr_timeout"]
         self.keep_cache = knobs["keep_cache"]
@@ -309,8 +321,7 @@ class VolumeOperations(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------
 
-    async def _open_file(self, ino: int, size: int | None = None,
-                         writing: bool = False) -> pyfuse3.FileInfo:
+    async def _open_file(self, ino: int, size: int | None = None) -> pyfuse3.FileInfo:
         fd = self.files.get(ino)
         if fd is None:
             if size is None:
@@ -320,11 +331,7 @@ class VolumeOperations(pyfuse3.Operations):
         fd.opens += 1
         fh = self._new_fh()
         self.handles[fh] = fd
-        info = pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache)
-        # Near the quota or a full disk, writes bypass the page cache so that
-        # write(2) itself gets ENOSPC or EDQUOT (see space.py).
-        info.direct_io = writing and self.space.tight(self._buffered())
-        return info
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache)
 
     @handler
     async def open(self, inode, flags, ctx):
@@ -334,13 +341,25 @@ class VolumeOperations(pyfuse3.Operations):
         node = await self._get(ino)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return await self._open_file(ino, node.size,
-                                     writing=(flags & os.O_ACCMODE) != os.O_RDONLY)
+        info = await self._open_file(ino, node.size)
+        if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
+            # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation
+            # to us (it only drops its own pages and size).
+            if self.readonly:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            fd = self.handles[info.fh]
+            try:
+                fd.truncate(0)
+                await fd.flush(then=functools.partial(self.inodes.setattr, ino=ino, size=0))
+            except BaseException:
+                await self.release(info.fh)  # the kernel will not: the open failed
+                raise
+        return info
 
     @modifying
     async def create(self, parent_inode, name, mode, flags, ctx):
         ino, inode = await self._create(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
-        info = await self._open_file(ino, 0, writing=True)
+        info = await self._open_file(ino, 0)
         return info, self._entry_counted(ino, inode)
 
     @handler
@@ -454,15 +473,27 @@ class VolumeOperations(pyfuse3.Operations):
         if listing is None or start_id == 0:
             listing = await self.runner.run(self.inodes.list_dir, ino)
             self.dir_handles[fh] = (ino, listing)
+        # `.` and `..` come first (offsets 1 and 2). The kernel makes no dentry
+        # for them and takes no lookup reference (fuse_direntplus_link skips
+        # both names), so they must not count one here either: forget() would
+        # never give it back.
+        if start_id < len(DOTS):
+            parent_of = self.root_ino if ino == self.root_ino else None  # `..` stays in the view
+            dots = await self.runner.read(_dot_entries, self.inodes, ino, parent_of)
+            for index in range(start_id, len(DOTS)):
+                name, dot_ino, node = dots[index]
+                if not pyfuse3.readdir_reply(token, name, self._entry(dot_ino, node), index + 1):
+                    return
         # The listing fixes the names and their order (offsets stay valid while
         # entries come and go); what the kernel learns of each entry is read
         # when it is sent, as readdirplus makes it a cached lookup: an entry
         # removed since must not come back to life in the kernel's cache.
-        for first in range(start_id, len(listing), READDIR_BATCH):
+        for first in range(max(start_id - len(DOTS), 0), len(listing), READDIR_BATCH):
             part = listing[first:first + READDIR_BATCH]
             current = await self.runner.read(_current_entries, self.inodes, ino, first, part)
             for index, name, child, node in current:
-                if not pyfuse3.readdir_reply(token, name, self._entry(child, node), index + 1):
+                offset = len(DOTS) + index + 1
+                if not pyfuse3.readdir_reply(token, name, self._entry(child, node), offset):
                     return
                 self.lookups[child] += 1
 
@@ -501,6 +532,7 @@ class VolumeOperations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode, name, ctx):
+        _check_xattr_name(name)
         if name == FLUSH_XATTR:
             # The CLI's way to make this worker store everything before a
             # snapshot (trusted.* names are for root only, the kernel checks).
@@ -510,18 +542,35 @@ class VolumeOperations(pyfuse3.Operations):
 
     @modifying
     async def setxattr(self, inode, name, value, ctx):
+        _check_xattr_name(name)
         if name.startswith(POSIX_ACL_PREFIX):
             # Permissions are the kernel's mode checks (default_permissions): an
-            # ACL kept as a plain xattr would look in force and not be.
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            # ACL kept as a plain xattr would look in force and not be. One that
+            # says no more than a mode is that mode, as on other filesystems.
+            bits = acl.mode_bits(value) if name == ACL_ACCESS else None
+            if bits is None:
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            await self.runner.run(_chmod_bits, self.inodes, self._real(inode), bits)
+            pyfuse3.invalidate_inode(inode, attr_only=True)  # the kernel's mode is stale
+            return
         await self.runner.run(self.inodes.setxattr, self._real(inode), name, value)
 
     @handler
     async def listxattr(self, inode, ctx):
-        return await self.runner.run(self.inodes.listxattr, self._real(inode))
+        names = await self.runner.run(self.inodes.listxattr, self._real(inode))
+        if ctx.uid != 0:
+            # trusted.* is for the administrator (the kernel refuses the rest of
+            # them reading one); other filesystems leave them out of listings too.
+            names = [n for n in names if not n.startswith(TRUSTED_PREFIX)]
+        return names
 
     @modifying
     async def removexattr(self, inode, name, ctx):
+        _check_xattr_name(name)
+        if name.startswith(POSIX_ACL_PREFIX):
+            # No ACL is ever kept, so removing one succeeds: the kernel turns an
+            # ACL equal to the mode (`setfacl -b`) into this removal.
+            return
         await self.runner.run(self.inodes.removexattr, self._real(inode), name)
 
 
@@ -545,11 +594,35 @@ def _usage_and_slack(txn, inodes: Inodes) -> tuple[int, int]:
     return inodes.usage(txn).logical_bytes, txn.free_pages_bytes()
 
 
+def _check_xattr_name(name: bytes) -> None:
+    """Only names of the namespaces Linux filesystems keep: the kernel passes any
+    name on to FUSE, where ext4 answers EOPNOTSUPP (EINVAL for a bare prefix)."""
+    if not name.startswith(XATTR_NAMESPACES):
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+    if name in XATTR_NAMESPACES:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+
+def _chmod_bits(txn, inodes: Inodes, ino: int, bits: int) -> None:
+    """Set the permission bits of ino, keeping its setuid, setgid and sticky bits."""
+    mode = inodes.get(txn, ino).mode
+    inodes.setattr(txn, ino, mode=(mode & ~0o777) | bits)
+
+
 def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:
     """Purge the inodes the kernel forgot that have no name left."""
     for ino in inos:
         if txn.get("orphans", vkey(inodes.vid, ino)) is not None:
             inodes.purge(txn, ino)
+
+
+def _dot_entries(txn, inodes: Inodes, ino: int, parent: int | None) -> list:
+    """(name, ino, inode) of `.` and `..` of directory ino (parent: its `..`
+    when that is not the stored parent)."""
+    node = inodes.get(txn, ino)
+    if parent is None:
+        parent = node.parent
+    return [(b".", ino, node), (b"..", parent, node if parent == ino else inodes.get(txn, parent))]
 
 
 def _current_entries(txn, inodes: Inodes, parent: int, first: int, part) -> list:

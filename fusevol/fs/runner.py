@@ -86,13 +86,14 @@ class TxnRunner:
 
     async def read(self, fn, *args):
         """fn(txn, *args) for an fn that only reads: on this thread from the
-        cache when it can, else on the store thread."""
-        if self.broken is None:
-            with self.cache.reader() as txn:
-                try:
-                    return fn(txn, *args)
-                except NeedsStore:
-                    pass
+        cache when it can, else on the store thread. After a failed commit
+        (see _commit) this still answers from what is committed and what the
+        worker holds: what the disk can still give is served, only writes fail."""
+        with self.cache.reader() as txn:
+            try:
+                return fn(txn, *args)
+            except NeedsStore:
+                pass
         return await self.run(fn, *args)
 
     async def sync(self) -> None:
@@ -127,12 +128,12 @@ class TxnRunner:
                 self._commit()
                 continue
             if item is _STOP:
-                self._commit()
+                self._commit(durable=True)
                 return
             fn, args, durable, reply = item
             outcome = self._apply(fn, args)
             if durable or (self._txn and time.monotonic() - self._started > self.max_age):
-                err = self._commit()
+                err = self._commit(durable)
                 if err is not None and outcome[0]:
                     outcome = (False, err, None, 0)
             reply(outcome)
@@ -162,12 +163,12 @@ class TxnRunner:
             log.exception("store operation %s failed", getattr(fn, "__name__", fn))
             return False, FsError(errno.EIO, f"internal error: {e}"), None, 0
 
-    def _commit(self) -> Exception | None:
+    def _commit(self, durable: bool = False) -> Exception | None:
         if self._txn is None:
             return None
         txn, self._txn = self._txn, None
         try:
-            self.store.commit(txn)
+            self.store.commit(txn, durable=durable)
             self.pending_bytes = 0
             self.cache.committed = self._batch
             return None

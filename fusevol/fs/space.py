@@ -2,10 +2,12 @@
 
 The worker admits a write only if the bytes it already holds in memory plus the
 new ones fit in what is left, so data it acknowledged can always be stored.
-Near the limit, files are opened for direct I/O: the kernel's writeback cache
-would acknowledge write(2) into its page cache and learn of a refusal only
-later (reported at fsync or close, and EDQUOT turned into EIO), while with
-direct I/O each write(2) reaches the worker and gets ENOSPC or EDQUOT itself.
+
+Where a refusal is seen depends on the kernel's writeback cache. Without it
+(volumes with a quota, see operations.py) every write(2) reaches the worker
+and gets EDQUOT or ENOSPC itself. With it, write(2) only fills the page cache;
+the worker refuses the kernel's later writes, and fsync and close report it
+(the kernel keeps ENOSPC as it is and reports other errors as EIO).
 """
 
 import errno
@@ -19,9 +21,6 @@ WORKER_RESERVE = SPACE_RESERVE + (32 << 20)
 # A 128 KiB block takes 33 pages of LMDB's 4 KiB, and B-tree pages come on top.
 OVERHEAD = 1 + 1 / 16
 
-# Below this much room left, new opens bypass the page cache (see above). It
-# covers what the kernel may hold dirty for one mount plus the worker's buffers.
-DIRECT_IO_MARGIN = 256 << 20
 
 
 class SpaceBudget:
@@ -57,6 +56,3 @@ class SpaceBudget:
         if incoming * OVERHEAD > disk:
             return errno.ENOSPC
         return None
-
-    def tight(self, buffered: int) -> bool:
-        return min(self._lefts(buffered)) < DIRECT_IO_MARGIN

@@ -3,10 +3,26 @@
 Layering: schema (keys, records) <- env (the environment, transactions) <-
 chunks (content-addressed data) <- inodes, volumes (filesystem metadata and
 volume records). Only this package imports lmdb.
+
+The names below load their module on first use: a command that needs only
+volume records (`fusevol volume ls`) does not pay for the filesystem's.
 """
 
-from .env import DEFAULT_STORE, Store, Txn, resolve_path
-from .inodes import Inodes
-from .schema import BLOCK_SIZE, ROOT_INO, Inode
+import importlib
 
-__all__ = ["DEFAULT_STORE", "Store", "Txn", "resolve_path", "Inodes", "Inode", "BLOCK_SIZE", "ROOT_INO"]
+_HOMES = {
+    "DEFAULT_STORE": "env", "Store": "env", "Txn": "env", "resolve_path": "env",
+    "Inodes": "inodes",
+    "Inode": "schema", "BLOCK_SIZE": "schema", "ROOT_INO": "schema",
+}
+
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

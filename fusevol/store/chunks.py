@@ -70,6 +70,19 @@ def decode(payload) -> bytes:
     raise StoreDamaged(f"chunk with unknown codec {codec}")
 
 
+def decode_checked(payload, cid: bytes) -> bytes:
+    """A chunk's bytes, checked against its id. LMDB keeps no checksums: a
+    byte flipped on the disk would otherwise be handed out as file content."""
+    try:
+        data = decode(payload)
+    except zstandard.ZstdError:
+        data = None
+    if data is None or chunk_id(data) != cid:
+        raise StoreDamaged(f"chunk {cid.hex()} is damaged (its content does not match its id); "
+                            "fusevol verify names the files it reaches")
+    return data
+
+
 def prepare_blocks(blocks, compression: str) -> dict[int, tuple[bytes, bytes] | None]:
     """For (index, data) blocks: index -> (chunk id, encoded payload), or None
     for an all-zero block (a hole). Safe to run in any thread."""
@@ -142,10 +155,11 @@ def raw_length(txn: Txn, cid: bytes) -> int:
 
 
 def read(txn: Txn, cid: bytes) -> bytes:
+    """A chunk's bytes, checked against its id (see decode_checked)."""
     payload = txn.get("chunks", cid)
     if payload is None:
         raise StoreDamaged(f"missing chunk {cid.hex()}")
-    return decode(payload)
+    return decode_checked(payload, cid)
 
 
 def totals(txn: Txn) -> dict:

@@ -173,6 +173,7 @@ class Store:
         self.path = path
         self.closed = False
         try:
+            _private_dir(path)
             os.makedirs(os.path.join(path, "db"), mode=0o700, exist_ok=True)
         except OSError as e:
             raise FusevolError(f"cannot create store at {path}: {e.strerror}") from None
@@ -185,8 +186,13 @@ class Store:
                 # Values are 128 KiB chunks read whole: without the kernel's readahead
                 # (MADV_RANDOM) every 4 KiB page of a cold chunk is its own disk read.
                 readahead=True,
+                mode=0o600,
                 sync=True,
-                metasync=True,
+                # A commit syncs its pages; the meta page that makes it the newest
+                # is synced by the next commit or by commit(durable=True). LMDB's
+                # MDB_NOMETASYNC: a system crash may undo the last commit, never
+                # damage the store. Batches that no fsync waits for save a sync.
+                metasync=False,
             )
         except lmdb.Error as e:
             raise FusevolError(f"cannot open store at {path}: {e}") from None
@@ -255,7 +261,8 @@ class Store:
         self._grow_if_needed()
         return Txn(self, self._begin(write=True), write=True)
 
-    def commit(self, txn: Txn) -> None:
+    def commit(self, txn: Txn, durable: bool = True) -> None:
+        """Commit; with durable, return only once it survives a system crash."""
         try:
             txn.fold_counters()
             txn.txn.commit()
@@ -264,6 +271,11 @@ class Store:
             if isinstance(e, lmdb.MapFullError) or _errno_of(e) == errno.ENOSPC:
                 raise NoSpace("no space left on the store's disk") from None
             raise FusevolError(f"store commit failed: {e}") from None
+        if durable:
+            try:
+                self.env.sync(True)
+            except lmdb.Error as e:
+                raise FusevolError(f"store sync failed: {e}") from None
 
     @contextlib.contextmanager
     def nested(self, parent: Txn):
@@ -279,6 +291,15 @@ class Store:
 
     def sync(self) -> None:
         self.env.sync(True)
+
+
+def _private_dir(path: str) -> None:
+    """Create the store's folder for its owner alone, or make it so: it holds
+    every volume's data, and every mounted volume (mnt/) is reached through it."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(path, 0o700)
 
 
 def _errno_of(e: lmdb.Error) -> int | None:

@@ -14,13 +14,20 @@ from .. import native
 from ..errors import FsError
 from . import chunks, trees
 from .env import Txn
-from .schema import LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
+from .schema import (LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats,
+                     read_u64, u64, vkey)
 
 NAME_MAX = 255
 
 
 def _now() -> int:
     return time.time_ns()
+
+
+def _clamp_time(ns: int) -> int:
+    """A time within what the store keeps (the kernel's 64-bit seconds); the
+    kernel cannot ask for more, an imported archive might."""
+    return min(max(ns, TIME_MIN_NS), TIME_MAX_NS)
 
 
 class Inodes:
@@ -150,6 +157,10 @@ class Inodes:
     # -- directory entries --------------------------------------------------
 
     def lookup(self, txn: Txn, parent: int, name: bytes) -> int:
+        if len(name) > NAME_MAX:
+            # Every operation on a name starts here (or in _check_name), so an
+            # over-long name is ENAMETOOLONG everywhere, as on other filesystems.
+            raise FsError(errno.ENAMETOOLONG)
         if name == b".":
             return parent
         pdir = self._dir(txn, parent)
@@ -398,10 +409,10 @@ class Inodes:
         if gid is not None:
             inode.gid = gid
         if atime_ns is not None:
-            inode.atime_ns = atime_ns
+            inode.atime_ns = _clamp_time(atime_ns)
         if mtime_ns is not None:
-            inode.mtime_ns = mtime_ns
-        inode.ctime_ns = ctime_ns if ctime_ns is not None else _now()
+            inode.mtime_ns = _clamp_time(mtime_ns)
+        inode.ctime_ns = _clamp_time(ctime_ns) if ctime_ns is not None else _now()
         self.put(txn, ino, inode)
         return inode
 

@@ -53,6 +53,38 @@ def vkey(vid: int, *parts) -> bytes:
 _INODE = struct.Struct(">IIIIQqqqQQQI32s")
 NO_TREE = bytes(32)
 LAZY = 1  # flag: rows below this inode are still only in its tree object
+WIDE_TIMES = 2  # flag (on disk only): the record's times need more than 64-bit nanoseconds
+
+# Times are kept as 64-bit signed seconds plus nanoseconds, the range of the
+# kernel's timespec64 (what utimensat can set). Nanoseconds in an int64 end in
+# 2262, so a time beyond that is stored as seconds in an extension that follows
+# the fixed part (only then: other records keep the original layout).
+_SECONDS = struct.Struct(">qqq")
+NS = 1_000_000_000
+TIME_MIN_NS = -(1 << 63) * NS
+TIME_MAX_NS = ((1 << 63) - 1) * NS + NS - 1
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def time_in_range(ns: int) -> bool:
+    """Whether a time (nanoseconds since the epoch) can be stored."""
+    return TIME_MIN_NS <= ns <= TIME_MAX_NS
+
+
+def pack_times(times: tuple[int, int, int]) -> tuple[tuple[int, int, int], bytes]:
+    """The three times as int64 fields, and the extension holding their
+    seconds when one of them does not fit int64 nanoseconds (else b"")."""
+    if all(_I64_MIN <= t <= _I64_MAX for t in times):
+        return times, b""
+    return tuple(t % NS for t in times), _SECONDS.pack(*(t // NS for t in times))
+
+
+def unpack_times(fields: tuple[int, int, int], data, offset: int) -> tuple[int, int, int]:
+    """The inverse of pack_times, reading the extension at offset."""
+    return tuple(s * NS + f for s, f in zip(_SECONDS.unpack_from(data, offset), fields))
+
+
+WIDE_TIMES_SIZE = _SECONDS.size
 
 
 @dataclass(slots=True)
@@ -85,16 +117,23 @@ class Inode:
     target: bytes = b""
 
     def pack(self) -> bytes:
+        (atime, mtime, ctime), wide = pack_times((self.atime_ns, self.mtime_ns, self.ctime_ns))
+        flags = (self.flags | WIDE_TIMES) if wide else (self.flags & ~WIDE_TIMES)
         return _INODE.pack(
-            self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
-            self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.data_bytes, self.flags, self.tree_id,
-        ) + self.target
+            self.mode, self.uid, self.gid, self.nlink, self.size, atime, mtime, ctime,
+            self.rdev, self.parent, self.data_bytes, flags, self.tree_id,
+        ) + wide + self.target
 
     @classmethod
     def unpack(cls, raw) -> "Inode":
         raw = bytes(raw)
-        fields = _INODE.unpack_from(raw)
-        return cls(*fields, target=raw[_INODE.size:])
+        fields = list(_INODE.unpack_from(raw))
+        rest = _INODE.size
+        if fields[11] & WIDE_TIMES:
+            fields[5:8] = unpack_times(fields[5:8], raw, rest)
+            fields[11] &= ~WIDE_TIMES
+            rest += WIDE_TIMES_SIZE
+        return cls(*fields, target=raw[rest:])
 
 
 _REF = struct.Struct(">QII")

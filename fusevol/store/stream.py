@@ -177,6 +177,7 @@ def _send_tree(reader: _Reader, writer: _Writer, root: bytes, base_root: bytes |
             elif cid not in sent_chunks:
                 sent_chunks.add(cid)
                 payload = reader.get("chunks", cid)
+                chunks.decode_checked(payload, cid)  # pass no damage on
                 writer.record(CHUNK, cid, payload)
                 since_renew += len(payload)
                 stats["chunks"] += 1

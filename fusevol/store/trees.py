@@ -19,9 +19,9 @@ import blake3
 from ..errors import StoreDamaged
 from . import chunks
 from .env import Txn
-from .schema import Inode
+from .schema import WIDE_TIMES_SIZE, Inode, pack_times, unpack_times
 
-FILE, DIR = b"F", b"D"
+FILE, DIR = b"F", b"D"  # in lower case when the times' seconds follow the attributes
 _ATTRS = struct.Struct(">QIIIIQqqqQQ")  # ino, mode, uid, gid, nlink, size, a/m/ctime, rdev, data_bytes
 _LEN16 = struct.Struct(">H")
 _LEN32 = struct.Struct(">I")
@@ -49,8 +49,10 @@ def object_id(data: bytes) -> bytes:
 
 def encode(obj: TreeObject) -> bytes:
     n = obj.inode
-    out = [obj.kind, _ATTRS.pack(obj.ino, n.mode, n.uid, n.gid, n.nlink, n.size, n.atime_ns,
-                                 n.mtime_ns, n.ctime_ns, n.rdev, n.data_bytes)]
+    (atime, mtime, ctime), wide = pack_times((n.atime_ns, n.mtime_ns, n.ctime_ns))
+    out = [obj.kind.lower() if wide else obj.kind,
+           _ATTRS.pack(obj.ino, n.mode, n.uid, n.gid, n.nlink, n.size, atime, mtime, ctime,
+                       n.rdev, n.data_bytes), wide]
     out.append(_LEN32.pack(len(n.target)) + n.target)
     out.append(_LEN32.pack(len(obj.xattrs)))
     for name, value in obj.xattrs:
@@ -69,6 +71,10 @@ def decode(data: bytes) -> TreeObject:
     pos = 1
     ino, mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, data_bytes = _ATTRS.unpack_from(data, pos)
     pos += _ATTRS.size
+    if kind.islower():
+        kind = kind.upper()
+        atime, mtime, ctime = unpack_times((atime, mtime, ctime), data, pos)
+        pos += WIDE_TIMES_SIZE
     (tlen,) = _LEN32.unpack_from(data, pos)
     target = data[pos + 4: pos + 4 + tlen]
     pos += 4 + tlen

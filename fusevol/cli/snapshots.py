@@ -1,47 +1,42 @@
-"""Snapshot commands of the `fusevol` CLI: snapshot create/ls/rm, clone, rollback, diff."""
+"""`fusevol snapshot create/ls/rm`, `clone`, `rollback` and `diff`."""
 
 import click
 
-from . import errors
-from .cli import _emit, _store, cli_errors, human, main
-from .fs.registry import flush_worker, start_worker, unmount, worker_of
-from .store import snapshots, volumes
-from .store.diff import diff as tree_diff
+from .. import errors
+from .common import emit, flushed, human, json_option, open_store, parse_opts
+from .group import command, group, store_path
 
 
-def _flushed(ctx, volume: str) -> None:
-    """Data written before the command started must be in what it reads."""
-    flush_worker(ctx.obj["store"], volume)
-
-
-@main.group()
+@group()
 def snapshot():
     """Create, list and delete snapshots (VOLUME@NAME)."""
 
 
 @snapshot.command("create")
 @click.argument("ref", metavar="VOLUME[@NAME]")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
-@cli_errors
 def snapshot_create(ctx, ref, as_json):
     """Snapshot VOLUME (named NAME, or after the time)."""
+    from ..store import snapshots
+
     volume, name = snapshots.parse_ref(ref, need_snapshot=False)
-    _flushed(ctx, volume)
-    with _store(ctx).write() as txn:
+    flushed(ctx, volume)
+    with open_store(ctx).write() as txn:
         snap = snapshots.create(txn, volume, name)
     snap.pop("hardlinks")
-    _emit(snap, as_json, f"{volume}@{snap['name']}")
+    emit(snap, as_json, f"{volume}@{snap['name']}")
 
 
 @snapshot.command("ls")
 @click.argument("volume", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
-@cli_errors
 def snapshot_ls(ctx, volume, as_json):
     """List snapshots (of VOLUME, or of all volumes)."""
-    with _store(ctx).read() as txn:
+    from ..store import snapshots
+
+    with open_store(ctx).read() as txn:
         snaps = snapshots.list_all(txn, volume)
         for snap in snaps:
             snap.pop("hardlinks")
@@ -50,54 +45,56 @@ def snapshot_ls(ctx, volume, as_json):
     for s in snaps:
         lines.append(f"{s['volume'] + '@' + s['name']:<45} {s['created_at']:<21} "
                      f"{human(s['logical_bytes']):>10} {human(s['unique_bytes']):>10}")
-    _emit(snaps, as_json, "\n".join(lines))
+    emit(snaps, as_json, "\n".join(lines))
 
 
 @snapshot.command("rm")
 @click.argument("refs", nargs=-1, required=True, metavar="VOLUME@NAME...")
 @click.pass_context
-@cli_errors
 def snapshot_rm(ctx, refs):
     """Delete snapshots; data no volume or snapshot reaches is freed."""
+    from ..store import snapshots
+
     for ref in refs:
         volume, name = snapshots.parse_ref(ref)
-        with _store(ctx).write() as txn:
+        with open_store(ctx).write() as txn:
             snapshots.remove(txn, volume, name)
         click.echo(ref)
 
 
-@main.command()
+@command()
 @click.argument("ref", metavar="VOLUME@NAME")
 @click.argument("new_volume")
 @click.option("-o", "--opt", "opts", multiple=True, metavar="KEY=VALUE")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
-@cli_errors
 def clone(ctx, ref, new_volume, opts, as_json):
     """Make NEW_VOLUME, a writable volume starting as snapshot VOLUME@NAME."""
-    from .cli import _parse_opts
+    from ..store import snapshots
 
     volume, name = snapshots.parse_ref(ref)
-    with _store(ctx).write() as txn:
-        record = snapshots.clone(txn, volume, name, new_volume, _parse_opts(opts))
-    _emit(record, as_json, new_volume)
+    with open_store(ctx).write() as txn:
+        record = snapshots.clone(txn, volume, name, new_volume, parse_opts(opts))
+    emit(record, as_json, new_volume)
 
 
-@main.command()
+@command()
 @click.argument("ref", metavar="VOLUME@NAME")
 @click.option("--force", is_flag=True,
               help="If mounted by hand: store its data, unmount, roll back, mount again.")
 @click.pass_context
-@cli_errors
 def rollback(ctx, ref, force):
     """Return VOLUME to snapshot NAME (refused while mounted, unless --force)."""
-    store_path = ctx.obj["store"]
+    from ..fs.registry import flush_worker, start_worker, unmount, worker_of
+    from ..store import snapshots, volumes
+
+    path = store_path(ctx)
     volume, name = snapshots.parse_ref(ref)
-    with _store(ctx).read() as txn:
+    with open_store(ctx).read() as txn:
         snapshots.get(txn, volume, name)
         users = [r["name"] for r in volumes.list_all(txn)
                  if r.get("mounts") and volume in (r["name"], r.get("source"))]
-    worker = worker_of(store_path, volume=volume)
+    worker = worker_of(path, volume=volume)
     if users:
         raise errors.Busy(f"volume {volume} is in use by containers (through {', '.join(users)}); "
                           "stop them before rolling back")
@@ -105,33 +102,35 @@ def rollback(ctx, ref, force):
         raise errors.Busy(f"volume {volume} is mounted at {worker['mountpoint']}; unmount it, "
                           "or use --force to unmount, roll back and mount it again")
     if worker is not None:
-        flush_worker(store_path, volume)
-        unmount(store_path, worker["mountpoint"])  # refused while files are open there
-    with _store(ctx).write() as txn:
+        flush_worker(path, volume)
+        unmount(path, worker["mountpoint"])  # refused while files are open there
+    with open_store(ctx).write() as txn:
         snapshots.rollback(txn, volume, name)
     if worker is not None:
-        start_worker(store_path, volume, worker["mountpoint"], readonly=worker["readonly"],
+        start_worker(path, volume, worker["mountpoint"], readonly=worker["readonly"],
                      subpath=worker["subpath"])
     click.echo(f"{volume} is now {ref}")
 
 
-@main.command()
+@command()
 @click.argument("old", metavar="VOLUME@A")
 @click.argument("new", required=False, metavar="[VOLUME@B | VOLUME]")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
-@cli_errors
 def diff(ctx, old, new, as_json):
     """Show what changed from snapshot A to snapshot B or to the volume now."""
+    from ..store import snapshots
+    from ..store.diff import diff as tree_diff
+
     snapshots.parse_ref(old)
     new = new or old.partition("@")[0]
     volume, name = snapshots.parse_ref(new, need_snapshot=False)
     if name is None:
-        _flushed(ctx, volume)
-    with _store(ctx).write() as txn:  # the live side may need its changes written as objects
+        flushed(ctx, volume)
+    with open_store(ctx).write() as txn:  # the live side may need its changes written as objects
         changes = tree_diff(txn, snapshots.resolve_tree(txn, old), snapshots.resolve_tree(txn, new))
     rows = [{"status": c.status, "path": c.path.decode(errors="surrogateescape"),
              **({"new_path": c.new_path.decode(errors="surrogateescape")} if c.new_path else {})}
             for c in changes]
     if as_json or changes:
-        _emit(rows, as_json, "\n".join(c.line() for c in changes))
+        emit(rows, as_json, "\n".join(c.line() for c in changes))

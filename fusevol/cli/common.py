@@ -1,0 +1,46 @@
+"""Small helpers the command modules share: the store, options, output."""
+
+import json
+
+import click
+
+from .. import errors
+from .group import store_path
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+
+
+def open_store(ctx: click.Context):
+    from ..store import Store
+
+    return Store.open(store_path(ctx))
+
+
+def flushed(ctx: click.Context, volume: str) -> None:
+    """Data written before the command started must be in what it reads."""
+    from ..fs.registry import flush_worker
+
+    flush_worker(store_path(ctx), volume)
+
+
+def emit(data, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+def parse_opts(pairs) -> dict:
+    opts = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise errors.InvalidArgument(f"option {pair!r} is not KEY=VALUE")
+        opts[key] = value
+    return opts
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,66 @@
+"""`fusevol gc` and `fusevol verify`: the store's safety net and its check."""
+
+import click
+
+from .. import errors
+from .common import emit, human, json_option, open_store, quiet_option
+from .group import command
+from .progress import phases
+
+
+@command()
+@json_option
+@quiet_option
+@click.pass_context
+def gc(ctx, as_json, quiet):
+    """Free what nothing reaches and repair wrong reference counts.
+
+    Reference counts free space at once already; gc is the safety net after
+    a crash, a bug or a manual edit. Orphan files of mounted volumes are left
+    to their workers."""
+    from ..fs.registry import workers
+    from ..store import check, volumes
+
+    store = open_store(ctx)
+    served = {w["volume"] for w in workers(store.path)}
+    with phases(quiet or as_json, in_bytes=False) as progress, store.write() as txn:
+        busy = {r["vid"] for r in volumes.list_all(txn) if r["name"] in served}
+        report = check.gc(txn, busy, progress)
+    lines = [
+        f"freed     {human(report['stored_bytes_freed']):>12}  stored "
+        f"({report['chunks_freed']} chunks, {report['objects_freed']} tree objects)",
+        f"orphans   {report['orphans_purged']:>12}  purged",
+        f"fixed     {len(report['counts_fixed']):>12}  reference counts",
+    ]
+    for fix in report["counts_fixed"]:
+        kind = "chunk" if "chunk" in fix else "tree object"
+        lines.append(f"  {kind} {fix.get('chunk') or fix.get('object')}: {fix['was']} -> {fix['now']}")
+    if report["totals_fixed"]:
+        lines.append(f"  store totals: {report['totals_fixed']['was']} -> {report['totals_fixed']['now']}")
+    for gone in report["missing"]:
+        lines.append(f"  chunk {gone['chunk']} {gone['state']}: run fusevol verify")
+    emit(report, as_json, "\n".join(lines))
+
+
+@command()
+@json_option
+@quiet_option
+@click.pass_context
+def verify(ctx, as_json, quiet):
+    """Re-hash every chunk and tree object and follow every reference;
+    name the files that damage reaches. Exits non-zero on any problem."""
+    from ..store import check
+
+    store = open_store(ctx)
+    with phases(quiet or as_json, in_bytes=False) as progress, store.read() as txn:
+        report = check.verify(txn, progress)
+    lines = []
+    for p in report["problems"]:
+        lines.append(f"{p['where']}: {p['path']}: {p['message']}" if p["path"] is not None
+                     else f"{p['where']}: {p['message']}")
+    summary = (f"checked {report['chunks']} chunks, {report['objects']} tree objects, "
+               f"{report['volumes']} volumes, {report['snapshots']} snapshots: "
+               + ("ok" if report["ok"] else f"{len(report['problems'])} problem(s)"))
+    emit(report, as_json, "\n".join(lines + [summary]))
+    if not report["ok"]:
+        ctx.exit(errors.StoreDamaged.exit_code)

@@ -1,0 +1,34 @@
+"""Damage a store's LMDB file the way a failing disk would: a byte flipped in place.
+
+LMDB keeps no checksums, so a flipped byte inside a chunk's payload is found
+only by re-hashing the chunk. The payload is located by content: the test
+writes a block of random bytes (stored raw, as it does not compress) and
+searches the file for it, with no worker or command holding the store.
+"""
+
+import os
+
+NEEDLE_LEN = 64
+
+
+def flip_byte(db_file: str, block: bytes, at: int = 1000) -> int:
+    """Flip one byte of every stored copy of `block` (at offset `at` into it);
+    return how many copies were found."""
+    needle = block[:NEEDLE_LEN]
+    with open(db_file, "r+b") as f:
+        content = f.read()
+        found = 0
+        start = content.find(needle)
+        while start != -1:
+            if content[start:start + len(block)] == block:
+                f.seek(start + at)
+                f.write(bytes((content[start + at] ^ 0xFF,)))
+                found += 1
+            start = content.find(needle, start + 1)
+        f.flush()
+        os.fsync(f.fileno())
+    return found
+
+
+def data_file(store: str) -> str:
+    return os.path.join(store, "db", "data.mdb")

@@ -1,0 +1,196 @@
+"""The command line as a user meets it: every command maps errors the same way
+(a message and an exit code, never a traceback), takes --store before or after
+its name, and starts without importing what only mounting needs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+
+import click
+import lmdb
+import pytest
+
+from conftest import run_cli
+from fusevol import errors
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fusevol(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
+    """`fusevol ARGS...` with no --store of run_cli's in front."""
+    return subprocess.run([sys.executable, "-m", "fusevol", *args], capture_output=True,
+                          timeout=120, env=env, **kwargs)
+
+
+def one_line(stderr: bytes) -> str:
+    text = stderr.decode()
+    assert "Traceback" not in text, text
+    assert len(text.strip().splitlines()) == 1, text
+    return text.strip()
+
+
+# -- one error mapping ---------------------------------------------------------------
+
+def test_unknown_volume_is_one_line_and_its_exit_code(store_path):
+    run_cli(store_path, "volume", "create", "present")
+    for args in (["volume", "inspect", "nosuch"], ["volume", "rm", "nosuch"],
+                 ["snapshot", "create", "nosuch"], ["export", "nosuch", "-o", os.path.join(store_path, "x.tar")],
+                 ["mount", "nosuch", "/tmp", "--background"]):
+        proc = run_cli(store_path, *args, check=False)
+        line = one_line(proc.stderr)
+        assert line == "fusevol: no such volume: nosuch", (args, line)
+        if args[0] != "mount":  # a background mount's worker loses the class (start_worker)
+            assert proc.returncode == errors.NotFound.exit_code, args
+
+
+def test_bad_option_is_a_usage_error(store_path):
+    for args in (["volume", "ls", "--bogus"], ["snapshot", "create"], ["--bogus", "df"], ["nosuch"]):
+        proc = run_cli(store_path, *args, check=False)
+        assert proc.returncode == 2, args
+        text = proc.stderr.decode()
+        assert "Traceback" not in text and "Error:" in text and "Usage:" in text, (args, text)
+
+
+def test_os_error_is_one_line_naming_the_file(store_path, tmp_path):
+    run_cli(store_path, "volume", "create", "vol")
+    target = tmp_path / "no" / "such" / "dir" / "v.tar"
+    proc = run_cli(store_path, "export", "vol", "-o", str(target), check=False)
+    assert proc.returncode == 1
+    line = one_line(proc.stderr)
+    assert str(target.parent) in line and "No such file or directory" in line, line
+
+
+def test_a_bug_is_one_line_and_a_traceback_in_the_log(store_path):
+    """A volume record damaged by hand (not JSON) is nothing the code expects:
+    the user sees one line, the traceback goes to the store's CLI log."""
+    run_cli(store_path, "volume", "create", "vol")
+    env = lmdb.open(os.path.join(store_path, "db"), max_dbs=32, map_size=1 << 40)
+    try:
+        with env.begin(write=True, db=env.open_db(b"volumes")) as txn:
+            txn.put(b"vol", b"{damaged")
+    finally:
+        env.close()
+    proc = run_cli(store_path, "volume", "ls", check=False)
+    assert proc.returncode == 70
+    line = one_line(proc.stderr)
+    log_path = os.path.join(store_path, "run", "log", "cli.log")
+    assert line.startswith("fusevol: internal error: JSONDecodeError: "), line
+    assert line.endswith(f"(traceback in {log_path})"), line
+    with open(log_path) as f:
+        logged = f.read()
+    assert "internal error in: fusevol --store" in logged and "volume ls" in logged
+    assert "Traceback (most recent call last)" in logged and "json.decoder.JSONDecodeError" in logged
+    assert proc.stdout == b""
+
+
+def _blocked_reading_stdin(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] == "0" and int(fields[1], 16) == 0  # read(0, ...)
+
+
+def test_ctrl_c_exits_130_without_a_traceback(store_path):
+    proc = subprocess.Popen([sys.executable, "-m", "fusevol", "--store", store_path, "receive", "vol"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not _blocked_reading_stdin(proc.pid):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "receive never read its stdin"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert one_line(stderr) == "fusevol: interrupted"
+
+
+def _all_commands(command: click.Command, path=()):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _all_commands(sub, path + (name,))
+
+
+def test_every_command_maps_errors_and_takes_store():
+    from fusevol.cli import main
+
+    found = list(_all_commands(main))
+    assert len(found) > 15
+    for path, command in found:
+        assert any("--store" in p.opts for p in command.params), path
+        if isinstance(command, click.Group):
+            assert type(command) is type(main), path  # the group that maps errors
+
+
+# -- --store anywhere ------------------------------------------------------------------
+
+def test_store_after_the_subcommand(tmp_path):
+    store, other = str(tmp_path / "store"), str(tmp_path / "other")
+    env = dict(os.environ, FUSEVOL_STORE=str(tmp_path / "from-env"))
+    proc = fusevol("volume", "create", "v1", "--store", store, env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = fusevol("verify", "--store", store, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert b"1 volumes" in proc.stdout
+    assert b"v1" in fusevol("volume", "--store", store, "ls", env=env).stdout
+    # The one given last wins, wherever it stands.
+    assert b"v1" in fusevol("--store", other, "volume", "ls", "--store", store, env=env).stdout
+    assert b"v1" not in fusevol("--store", store, "volume", "ls", "--store", other, env=env).stdout
+    # Without any, $FUSEVOL_STORE.
+    assert b"v1" not in fusevol("volume", "ls", env=env).stdout
+    assert os.path.isdir(str(tmp_path / "from-env"))
+
+
+# -- start-up: import what a command needs ------------------------------------------------
+
+MOUNT_ONLY = ("pyfuse3", "trio", "rich")
+
+
+def test_commands_that_do_not_mount_import_neither_fuse_nor_trio_nor_rich(store_path):
+    run_cli(store_path, "volume", "create", "small")
+    script = (
+        "import sys\n"
+        "from fusevol.cli import main\n"
+        f"loaded = [m for m in {MOUNT_ONLY!r} if m in sys.modules]\n"
+        "assert not loaded, ('import fusevol.cli', loaded)\n"
+        "for args in sys.argv[2:]:\n"
+        "    code = main(['--store', sys.argv[1], *args.split()], standalone_mode=False)\n"
+        "    assert not code, (args, code)\n"
+        f"    loaded = [m for m in {MOUNT_ONLY!r} if m in sys.modules]\n"
+        "    assert not loaded, (args, loaded)\n"
+    )
+    commands = ["--help", "volume ls", "volume create other", "volume inspect small",
+                "snapshot create small@s", "snapshot ls", "diff small@s small", "df",
+                "gc --json", "verify --json", "clone small@s copy", "umount --help"]
+    proc = subprocess.run([sys.executable, "-c", script, store_path, *commands],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_console_script_entry_point(store_path):
+    with open(os.path.join(ROOT_DIR, "pyproject.toml"), "rb") as f:
+        target = tomllib.load(f)["project"]["scripts"]["fusevol"]
+    module, _, attr = target.partition(":")
+    script = (f"import sys; from {module} import {attr} as main; "
+              "sys.argv[0] = 'fusevol'; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", script, "--store", store_path, "volume", "ls"],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(b"NAME")
+    proc = subprocess.run([sys.executable, "-c", script, "--help"], capture_output=True, timeout=60)
+    assert proc.returncode == 0 and b"Usage: fusevol" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["volume", "--help"], ["snapshot", "create", "--help"]])
+def test_help_lists_store(args):
+    proc = fusevol(*args)
+    assert proc.returncode == 0 and b"--store" in proc.stdout

@@ -1,0 +1,85 @@
+"""A byte flipped in a stored chunk: reads fail with EIO, never return wrong
+bytes; export and send refuse; verify names the file."""
+
+import errno
+import json
+import os
+import random
+
+import pytest
+
+from conftest import run_cli
+from fusevol.fs import registry
+from store_damage import data_file, flip_byte
+
+BS = 128 * 1024
+
+
+@pytest.fixture
+def damaged(mounts):
+    """Volume `vol` with files `victim` (its second block damaged on disk) and
+    `intact`; a snapshot `vol@before` taken before the damage. Unmounted."""
+    rng = random.Random(5)
+    blocks = [rng.randbytes(BS) for _ in range(3)]
+    intact = rng.randbytes(3 * BS)
+    mp = mounts.mount("vol")
+    for name, data in (("victim", b"".join(blocks)), ("intact", intact)):
+        with open(os.path.join(mp, name), "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+    run_cli(mounts.store_path, "snapshot", "create", "vol@before")
+    mounts.umount(mp)
+    assert flip_byte(data_file(mounts.store_path), blocks[1]) >= 1, "the block is not in data.mdb"
+    return {"blocks": blocks, "intact": intact}
+
+
+def test_reading_a_damaged_block_fails_with_eio(mounts, damaged):
+    mp = mounts.mount("vol", create=False)
+    pid = registry.worker_of(mounts.store_path, volume="vol")["pid"]
+    fd = os.open(os.path.join(mp, "victim"), os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as failed:
+            os.pread(fd, BS, BS)
+        assert failed.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as failed:
+        with open(os.path.join(mp, "victim"), "rb") as f:
+            f.read()
+    assert failed.value.errno == errno.EIO
+    # A partial write into the damaged block needs its old bytes: refused as well,
+    # rather than a new chunk built on damaged data.
+    fd = os.open(os.path.join(mp, "victim"), os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as failed:
+            os.pwrite(fd, b"x", BS + 100)
+            os.fsync(fd)
+        assert failed.value.errno == errno.EIO
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    # The worker keeps serving, and the rest of the volume reads right.
+    assert registry.worker_of(mounts.store_path, volume="vol")["pid"] == pid
+    with open(os.path.join(mp, "intact"), "rb") as f:
+        assert f.read() == damaged["intact"]
+
+
+def test_verify_names_the_damaged_file(mounts, damaged):
+    proc = run_cli(mounts.store_path, "verify", "--json", check=False)
+    assert proc.returncode == 8, proc.stderr
+    report = json.loads(proc.stdout)
+    named = {(p["where"], p["path"]) for p in report["problems"]}
+    assert named == {("volume vol", "victim"), ("snapshot vol@before", "victim")}, report["problems"]
+    text = run_cli(mounts.store_path, "verify", check=False).stdout.decode()
+    assert "volume vol: victim: chunk" in text
+
+
+def test_export_and_send_refuse_a_damaged_chunk(mounts, damaged, tmp_path):
+    for args in (["export", "vol"], ["export", "vol@before"], ["send", "vol@before"]):
+        out = str(tmp_path / "out")
+        proc = run_cli(mounts.store_path, *args, "-o", out, check=False)
+        assert proc.returncode == 8, (args, proc.returncode, proc.stderr)
+        err = proc.stderr.decode()
+        assert "damaged" in err and "Traceback" not in err, err

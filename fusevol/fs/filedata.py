@@ -97,7 +97,7 @@ class FileData:
                                               limiter=self.runner.read_limiter)
         missing = {i: cid for i, cid in wanted.items() if i not in found}
         if missing:  # written by the open batch, not committed yet
-            found.update(await self.runner.run(_read_chunks_in, missing))
+            found.update(await self.runner.run(_read_chunks_in, missing, foreseen=True))
         return {i: found.get(i) for i in indexes}
 
     async def write(self, offset: int, data: bytes) -> int:
@@ -191,7 +191,7 @@ class FileData:
         async with self.flush_lock:
             if not self.dirty and not self.times_pending:
                 if then is not None:
-                    return await self.runner.run(then, durable=durable)
+                    return await self.runner.run(then, durable=durable, foreseen=True)
                 if durable:
                     await self.runner.sync()
                 return None
@@ -209,7 +209,7 @@ class FileData:
                 used, result = await self.runner.run(
                     functools.partial(_store_blocks, keep_times=self.kernel_keeps_times,
                                       prepared=prepared, then=then),
-                    self.inodes, self.ino, blocks, size, durable=durable)
+                    self.inodes, self.ino, blocks, size, durable=durable, foreseen=True)
             except BaseException as e:
                 # Keep the data for a later try; newer writes win.
                 for index, buf in batch.items():

@@ -1,9 +1,10 @@
 """The pyfuse3 Operations of one mounted volume.
 
 Handlers are thin: they translate kernel inode numbers, call the synchronous
-store helpers (fusevol.store.Inodes) on the store thread, and keep the little
-state the kernel protocol needs in memory (lookup counts, open files,
-directory listings). An inode with no name left gives its data back once no
+store helpers (fusevol.store.Inodes) through the runner (reads from the
+worker's rows, changes worked out on the trio thread and applied by the store
+thread later, data on the store thread), and keep the little state the kernel
+protocol needs in memory (lookup counts, open files, directory listings). An inode with no name left gives its data back once no
 file handle holds it, and its row once the kernel forgets its number. Only FUSEError leaves a handler: pyfuse3 ends the mount on anything
 else, so unexpected errors are logged and answered with EIO.
 """
@@ -215,21 +216,22 @@ class VolumeOperations(pyfuse3.Operations):
             if fd is not None:
                 fd.truncate(attr.st_size)
         change = functools.partial(self.inodes.setattr, ino=ino, **kw)
-        if fd is not None and (fields.update_size or fields.update_mtime):
-            # The store's size must not lag behind a size we now report: the
-            # buffered data goes first, in the same store call.
+        if fd is not None and (fields.update_size or
+                               (fields.update_mtime and not fd.kernel_keeps_times)):
+            # The store's size must not lag behind a size we now report, nor
+            # a later flush set the mtime given here: the buffered data goes
+            # first, in the same store call.
             new = await fd.flush(then=change)
         else:
-            new = await self.runner.run(change)
+            new = await self.runner.change(change)
         return self._entry(ino, new)
 
     # -- names ----------------------------------------------------------------
 
     async def _create(self, parent_inode, name, mode, ctx, rdev=0, target=b""):
         parent = self._real(parent_inode)
-        ino, inode = await self.runner.run(
+        return await self.runner.change(
             self.inodes.create, parent, name, mode, ctx.uid, ctx.gid, rdev, target)
-        return ino, inode
 
     @modifying
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -256,10 +258,8 @@ class VolumeOperations(pyfuse3.Operations):
     @modifying
     async def link(self, inode, new_parent_inode, new_name, ctx):
         ino = self._real(inode)
-        fd = self.files.get(ino)
-        if fd is not None:
-            await fd.flush()
-        node = await self.runner.run(self.inodes.link, ino, self._real(new_parent_inode), new_name)
+        node = await self.runner.change(self.inodes.link, ino, self._real(new_parent_inode),
+                                        new_name)
         return self._entry_counted(ino, node)
 
     @modifying
@@ -274,35 +274,32 @@ class VolumeOperations(pyfuse3.Operations):
         await self._remove(self.inodes.rmdir, parent, name)
 
     async def _remove(self, remove, parent: int, name: bytes) -> None:
-        """Remove a name, and in the same store call what it held, if that was
-        its last name and nothing else holds it (see _purge_if_unused)."""
-        try:
-            ino = await self.runner.read(self.inodes.lookup, parent, name)
-        except FusevolError:
-            ino = None  # the store call says why
-        await self.runner.run(_remove_name, remove, self.inodes, parent, name, ino,
-                              ino is not None and ino not in self.files,
-                              ino is not None and not self.lookups.get(ino))
+        """Remove a name, then what it held if that was its last name and
+        nothing else holds it (see _purge_if_unused)."""
+        ino, gone = await self.runner.change(remove, parent, name)
+        if gone:
+            self._purge_if_unused(ino)
 
     @modifying
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         known = pyfuse3.RENAME_EXCHANGE | pyfuse3.RENAME_NOREPLACE
         if flags & ~known or flags == known:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        gone = await self.runner.run(
+        gone = await self.runner.change(
             functools.partial(self.inodes.rename, old_parent=self._real(parent_inode_old),
                               old_name=name_old, new_parent=self._real(parent_inode_new),
                               new_name=name_new,
                               noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
                               exchange=bool(flags & pyfuse3.RENAME_EXCHANGE)))
         if gone is not None:
-            await self._purge_if_unused(gone)
+            self._purge_if_unused(gone)
 
-    async def _purge_if_unused(self, ino: int) -> None:
-        # Space comes back once no name and no open file holds the inode; its
-        # row goes once the kernel forgets the number too.
+    def _purge_if_unused(self, ino: int) -> None:
+        """Give back the space of an inode that lost its last name, once no
+        open file holds it; its row goes once the kernel forgets the number
+        too. In the background: nobody waits for it."""
         if ino not in self.files:
-            await self.runner.run(_let_go, self.inodes, ino, not self.lookups.get(ino))
+            self.runner.submit(_let_go, self.inodes, ino, not self.lookups.get(ino))
 
     @handler
     async def forget(self, inode_list):
@@ -317,7 +314,7 @@ class VolumeOperations(pyfuse3.Operations):
                 if ino not in self.files:
                     gone.append(ino)
         if gone:
-            await self.runner.run(_purge_forgotten, self.inodes, gone)
+            self.runner.submit(_purge_forgotten, self.inodes, gone)
 
     # -- files ----------------------------------------------------------------
 
@@ -392,7 +389,7 @@ class VolumeOperations(pyfuse3.Operations):
         for other in list(self.files.values()):
             await self._flush_quietly(other)
         self.space.used, self.space.store_slack = await self.runner.run(
-            _usage_and_slack, self.inodes)
+            _usage_and_slack, self.inodes, foreseen=True)
         err = fd.error or self.space.shortfall(incoming, self._buffered())
         if err is not None:
             fd.refuse(err)
@@ -432,7 +429,15 @@ class VolumeOperations(pyfuse3.Operations):
         finally:
             if fd.opens == 0 and not fd.dirty and self.files.get(fd.ino) is fd:
                 del self.files[fd.ino]
-                await self._purge_if_unused(fd.ino)
+                if self._unnamed(fd.ino):
+                    self._purge_if_unused(fd.ino)
+
+    def _unnamed(self, ino: int) -> bool:
+        with self.runner.cache.reader() as txn:
+            try:
+                return self.inodes.get(txn, ino).nlink == 0
+            except FusevolError:
+                return False
 
     async def _forget_pages(self, ino: int) -> None:
         # Not from inside a handler: the kernel may wait on this very loop.
@@ -510,7 +515,7 @@ class VolumeOperations(pyfuse3.Operations):
     @handler
     async def statfs(self, ctx):
         st = os.statvfs(self.runner.store.path)
-        used = await self.runner.run(self.inodes.usage)
+        used = await self.runner.run(self.inodes.usage, foreseen=True)
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         disk_free = st.f_bavail * st.f_frsize
@@ -550,10 +555,10 @@ class VolumeOperations(pyfuse3.Operations):
             bits = acl.mode_bits(value) if name == ACL_ACCESS else None
             if bits is None:
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-            await self.runner.run(_chmod_bits, self.inodes, self._real(inode), bits)
+            await self.runner.change(_chmod_bits, self.inodes, self._real(inode), bits)
             pyfuse3.invalidate_inode(inode, attr_only=True)  # the kernel's mode is stale
             return
-        await self.runner.run(self.inodes.setxattr, self._real(inode), name, value)
+        await self.runner.change(self.inodes.setxattr, self._real(inode), name, value)
 
     @handler
     async def listxattr(self, inode, ctx):
@@ -571,7 +576,7 @@ class VolumeOperations(pyfuse3.Operations):
             # No ACL is ever kept, so removing one succeeds: the kernel turns an
             # ACL equal to the mode (`setfacl -b`) into this removal.
             return
-        await self.runner.run(self.inodes.removexattr, self._real(inode), name)
+        await self.runner.change(self.inodes.removexattr, self._real(inode), name)
 
 
 
@@ -581,13 +586,6 @@ def _let_go(txn, inodes: Inodes, ino: int, forgotten: bool) -> None:
         inodes.purge(txn, ino)
     else:
         inodes.free_data(txn, ino)
-
-
-def _remove_name(txn, remove, inodes: Inodes, parent: int, name: bytes, expected: int | None,
-                 unused: bool, forgotten: bool) -> None:
-    ino, gone = remove(txn, parent, name)
-    if gone and unused and ino == expected:
-        _let_go(txn, inodes, ino, forgotten)
 
 
 def _usage_and_slack(txn, inodes: Inodes) -> tuple[int, int]:

@@ -11,24 +11,39 @@ Operations that return before the commit are as durable as a write(2) that
 has not been fsync'ed: a crash may undo them, never half of one of them.
 
 The rows each operation writes reach the worker's RowCache before its caller
-resumes, so that `read` can answer from the trio thread (see cache.py).
+resumes, so that `read` can answer from the trio thread (see cache.py), and
+`change` can work a change out there and answer at once (see speculate.py).
+Every operation gets a sequence number in the order it is queued; the store
+thread applies them in that order.
+
+A change is worked out on the trio thread only while no operation that may
+change names or make inodes exist is queued (`run` unless `foreseen`): one
+that only rewrites an inode's data or attributes cannot make a change worked
+out meanwhile fail, only run again (speculate.py).
 """
 
+import collections
 import errno
+import functools
 import logging
 import queue
 import threading
 import time
+from collections import Counter
 
 import trio
 
 from ..errors import FsError, FusevolError
 from ..store import Store, Txn
 from .cache import CACHED_TABLES, NeedsStore, RowCache
+from .speculate import SpecTxn, replay
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# Changes worked out ahead of the store thread, at most: past this many, a
+# change waits for the store thread like any other operation (back-pressure).
+MAX_AHEAD = 512
 
 
 class TxnRunner:
@@ -37,14 +52,25 @@ class TxnRunner:
         self.linger = linger
         self.max_age = max_age
         self.broken: Exception | None = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Operations in order; `_wakeups` wakes the thread for them. Changes
+        # answered ahead wake it only when it sleeps without a deadline: with
+        # a batch open it comes back within `linger` anyway, and a thread woken
+        # per change would take the GIL back and forth with the trio thread.
+        self._work: collections.deque = collections.deque()
+        self._wakeups: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = False
         self._thread = threading.Thread(target=self._loop, name="fusevol-store", daemon=True)
         self._txn: Txn | None = None
         # Threads that read committed chunks beside the store thread.
         self.read_limiter = trio.CapacityLimiter(4)
         self._started = 0.0
         self.cache = RowCache(store)
-        self._batch = 0  # number of the open (or last) batch
+        self._seq = 0  # sequence number of the last operation queued
+        self.applied = 0  # ...and of the last one the store thread applied
+        self._batch_last = 0  # the last operation of the open batch
+        self._unforeseen = 0  # queued operations that may change names (see above)
+        # Changes answered ahead, run again by the store thread, or waited for.
+        self.counts: Counter[str] = Counter()
         # Chunk bytes stored by the open batch and not on disk yet (read by
         # the trio thread to count free space; a stale value is close enough).
         self.pending_bytes = 0
@@ -55,11 +81,26 @@ class TxnRunner:
     def stop(self) -> None:
         """Commit what is pending and end the thread."""
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._put(_STOP)
             self._thread.join()
 
-    async def run(self, fn, *args, durable: bool = False):
-        """Run fn(txn, *args) on the store thread and return its result."""
+    def _enqueue(self, fn, args, durable, reply, foreseen, wake=True) -> int:
+        self._seq += 1
+        self._unforeseen += not foreseen
+        self._put((self._seq, fn, args, durable, reply), wake)
+        return self._seq
+
+    def _put(self, item, wake: bool = True) -> None:
+        self._work.append(item)
+        if wake or self._idle:
+            self._wakeups.put(None)
+
+    async def run(self, fn, *args, durable: bool = False, foreseen: bool = False):
+        """Run fn(txn, *args) on the store thread and return its result.
+
+        `foreseen`: fn changes no names and makes no inode exist (it reads,
+        or rewrites data or attributes): changes go on being answered ahead
+        meanwhile."""
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         box = []
@@ -72,17 +113,77 @@ class TxnRunner:
         def finish():
             # Callbacks run in the order the operations did: apply rows here,
             # not in the waiting task, which may resume after a later one.
-            ok, value, writes, batch = box[0]
+            ok, value, writes = box[0]
             if ok and writes:
-                cache.apply(writes, batch)
+                cache.apply(writes, seq)
+            self._unforeseen -= not foreseen
             done.set()
 
-        self._queue.put((fn, args, durable, reply))
+        seq = self._enqueue(fn, args, durable, reply, foreseen)
         await done.wait()
-        ok, value, _, _ = box[0]
+        ok, value, _ = box[0]
         if ok:
             return value
         raise value
+
+    def submit(self, fn, *args) -> None:
+        """Queue fn(txn, *args) on the store thread without waiting for it:
+        work nobody waits for, such as giving back a deleted file's data (a
+        foreseen operation, see run); an error is logged."""
+        token = trio.lowlevel.current_trio_token()
+        cache = self.cache
+
+        def reply(outcome):
+            token.run_sync_soon(finish, outcome)
+
+        def finish(outcome):
+            ok, value, writes = outcome
+            if ok and writes:
+                cache.apply(writes, seq)
+            elif not ok:
+                log.warning("background store operation %s failed: %s",
+                            getattr(fn, "__name__", fn), value)
+
+        seq = self._enqueue(fn, args, False, reply, True, wake=False)
+
+    async def change(self, fn, *args):
+        """fn(txn, *args) for an fn that changes the volume: worked out on this
+        thread and answered at once when the cache allows (speculate.py), else
+        run on the store thread. fn may run twice: it must do the same given
+        the same rows and time (txn.now_ns)."""
+        if self.broken is not None:
+            raise _error_mode(self.broken)
+        if not self._unforeseen and self._seq - self.applied < MAX_AHEAD:
+            spec = SpecTxn(self.cache, time.time_ns())
+            try:
+                result = fn(spec, *args)
+            except NeedsStore:
+                pass
+            else:
+                self._seq += 1
+                self.counts["ahead"] += 1
+                self.cache.apply(spec.row_writes(), self._seq)
+                done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(),
+                                         self._seq)
+                self._put((self._seq, _replayed, (spec, fn, args), False, done), wake=False)
+                return result
+            finally:
+                spec.close()
+        self.counts["waited"] += 1
+        return await self.run(fn, *args)
+
+    def _replay_done(self, token, seq: int, outcome) -> None:
+        """On the store thread, after a change worked out ahead was applied."""
+        ok, value, writes = outcome
+        if ok and not value:  # run again: its rows are the ones to keep
+            self.counts["again"] += 1
+            token.run_sync_soon(self.cache.apply, writes, seq)
+        if not ok and self.broken is None:
+            # The kernel was told it succeeded: stop rather than let the
+            # kernel's view and the store drift apart.
+            log.critical("a change answered ahead failed in the store, volume is now "
+                         "read-only until remounted: %s", value)
+            self.broken = value
 
     async def read(self, fn, *args):
         """fn(txn, *args) for an fn that only reads: on this thread from the
@@ -98,7 +199,7 @@ class TxnRunner:
 
     async def sync(self) -> None:
         """Make every operation run so far durable (one commit, fsync'ed)."""
-        await self.run(_noop, durable=True)
+        await self.run(_noop, durable=True, foreseen=True)
 
     def run_sync(self, fn, *args, durable: bool = False):
         """The same from a thread that is not trio's (shutdown paths)."""
@@ -109,11 +210,12 @@ class TxnRunner:
             box.append(outcome)
             event.set()
 
-        self._queue.put((fn, args, durable, reply))
+        self._seq += 1
+        self._put((self._seq, fn, args, durable, reply))
         event.wait()
-        ok, value, writes, batch = box[0]
+        ok, value, writes = box[0]
         if ok and writes:
-            self.cache.apply(writes, batch)
+            self.cache.apply(writes, self._seq)
         if ok:
             return value
         raise value
@@ -121,22 +223,39 @@ class TxnRunner:
     # -- the store thread ---------------------------------------------------
 
     def _loop(self) -> None:
+        work = self._work
         while True:
-            try:
-                item = self._queue.get(timeout=self._wait_time())
-            except queue.Empty:
-                self._commit()
+            while work:
+                item = work.popleft()
+                if item is _STOP:
+                    self._commit(durable=True)
+                    return
+                self._run_item(*item)
+                item = None  # a flush's buffers go now, not when the next item comes
+            timeout = self._wait_time()
+            self._idle = timeout is None
+            if work:  # queued after the check above, perhaps without a wakeup
+                self._idle = False
                 continue
-            if item is _STOP:
-                self._commit(durable=True)
-                return
-            fn, args, durable, reply = item
-            outcome = self._apply(fn, args)
-            if durable or (self._txn and time.monotonic() - self._started > self.max_age):
-                err = self._commit(durable)
-                if err is not None and outcome[0]:
-                    outcome = (False, err, None, 0)
-            reply(outcome)
+            try:
+                self._wakeups.get(timeout=timeout)
+            except queue.Empty:
+                if not work:  # nothing came for `linger`
+                    self._commit()
+            # Wakeups for items run already: left queued, each would cut a
+            # later wait short and hold the batch open past `linger`.
+            while not self._wakeups.empty():
+                self._wakeups.get_nowait()
+            self._idle = False
+
+    def _run_item(self, seq, fn, args, durable, reply) -> None:
+        outcome = self._apply(fn, args)
+        self._batch_last = self.applied = seq
+        if durable or (self._txn and time.monotonic() - self._started > self.max_age):
+            err = self._commit(durable)
+            if err is not None and outcome[0]:
+                outcome = (False, err, None)
+        reply(outcome)
 
     def _wait_time(self) -> float | None:
         if self._txn is None:
@@ -144,24 +263,23 @@ class TxnRunner:
         return max(0.0, min(self.linger, self._started + self.max_age - time.monotonic()))
 
     def _apply(self, fn, args):
-        """(ok, result or error, rows written, batch number)"""
+        """(ok, result or error, rows written)"""
         if self.broken is not None:
-            return False, FsError(errno.EIO, "store is in error mode: " + str(self.broken)), None, 0
+            return False, _error_mode(self.broken), None
         try:
             if self._txn is None:
                 self._txn = self.store.begin_write()
                 self._started = time.monotonic()
-                self._batch += 1
             with self.store.nested(self._txn) as child:
                 child.writes, child.recorded = [], CACHED_TABLES
                 result = fn(child, *args)
             self.pending_bytes = self._txn.pending_bytes()
-            return True, result, child.writes, self._batch
+            return True, result, child.writes
         except FusevolError as e:
-            return False, e, None, 0
+            return False, e, None
         except Exception as e:  # a bug: keep serving, answer EIO
             log.exception("store operation %s failed", getattr(fn, "__name__", fn))
-            return False, FsError(errno.EIO, f"internal error: {e}"), None, 0
+            return False, FsError(errno.EIO, f"internal error: {e}"), None
 
     def _commit(self, durable: bool = False) -> Exception | None:
         if self._txn is None:
@@ -170,7 +288,7 @@ class TxnRunner:
         try:
             self.store.commit(txn, durable=durable)
             self.pending_bytes = 0
-            self.cache.committed = self._batch
+            self.cache.committed = self._batch_last
             return None
         except FusevolError as e:
             # Operations of this batch were answered already: stop taking
@@ -182,3 +300,15 @@ class TxnRunner:
 
 def _noop(txn):
     return None
+
+
+def _replayed(txn, spec: SpecTxn, fn, args) -> bool:
+    as_seen = replay(txn, spec, fn, args)
+    if not as_seen:
+        log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
+                 getattr(fn, "__name__", fn))
+    return as_seen
+
+
+def _error_mode(cause: Exception) -> FsError:
+    return FsError(errno.EIO, "store is in error mode: " + str(cause))

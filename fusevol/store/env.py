@@ -49,6 +49,7 @@ class Txn:
         # of those rows (fs/cache.py).
         self.writes: list | None = None
         self.recorded: frozenset[str] = frozenset()
+        self.now_ns: int | None = None  # the time operations record (None: the clock's)
 
     def get(self, table: str, key: bytes):
         return self.txn.get(key, db=self.store.dbs[table])

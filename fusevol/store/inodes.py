@@ -20,8 +20,10 @@ from .schema import (LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, V
 NAME_MAX = 255
 
 
-def _now() -> int:
-    return time.time_ns()
+def _now(txn: Txn) -> int:
+    """The time of the operation running in txn: fixed for the operation when
+    it is run again (fs/speculate.py), so the second run writes the same times."""
+    return txn.now_ns or time.time_ns()
 
 
 def _clamp_time(ns: int) -> int:
@@ -143,7 +145,7 @@ class Inodes:
         return self._rows(txn, ino, inode)
 
     def _touch_dir(self, txn: Txn, ino: int, inode: Inode, nlink_delta: int = 0) -> None:
-        inode.mtime_ns = inode.ctime_ns = _now()
+        inode.mtime_ns = inode.ctime_ns = _now(txn)
         inode.nlink += nlink_delta
         self.put(txn, ino, inode)
 
@@ -201,7 +203,7 @@ class Inodes:
             gid = pdir.gid
             if is_dir:
                 mode |= stat.S_ISGID
-        now = _now()
+        now = _now(txn)
         ino = self._alloc_ino(txn)
         inode = Inode(mode=mode, uid=uid, gid=gid, nlink=2 if is_dir else 1,
                       size=len(target), atime_ns=now, mtime_ns=now, ctime_ns=now,
@@ -223,7 +225,7 @@ class Inodes:
         if inode.nlink == 0:
             raise FsError(errno.ENOENT)
         inode.nlink += 1
-        inode.ctime_ns = _now()
+        inode.ctime_ns = _now(txn)
         self._link_entry(txn, new_parent, new_name, ino)
         self.put(txn, ino, inode)
         txn.put("multilinks", vkey(self.vid, ino), b"")
@@ -240,7 +242,7 @@ class Inodes:
             inode.nlink -= 1
         if inode.nlink <= 1:
             txn.delete("multilinks", vkey(self.vid, ino))
-        inode.ctime_ns = _now()
+        inode.ctime_ns = _now(txn)
         self.put(txn, ino, inode)
         if inode.nlink == 0:
             txn.put("orphans", vkey(self.vid, ino), b"")
@@ -320,7 +322,7 @@ class Inodes:
                 dst_dir.nlink -= 1
         self._unlink_entry(txn, old_parent, old_name, ino)
         self._link_entry(txn, new_parent, new_name, ino)
-        inode.ctime_ns = _now()
+        inode.ctime_ns = _now(txn)
         if moving_dir and new_parent != old_parent:
             inode.parent = new_parent
             src_dir.nlink -= 1
@@ -340,7 +342,7 @@ class Inodes:
         self._unlink_entry(txn, new_parent, new_name, target)
         self._link_entry(txn, new_parent, new_name, ino)
         self._link_entry(txn, old_parent, old_name, target)
-        now = _now()
+        now = _now(txn)
         for node, number, parent_now in ((inode, ino, new_parent), (tnode, target, old_parent)):
             node.ctime_ns = now
             if stat.S_ISDIR(node.mode) and new_parent != old_parent:
@@ -401,7 +403,7 @@ class Inodes:
             inode = self.get(txn, ino)  # with the block accounting truncate updated
             inode.size = size
             if changed and mtime_ns is None:
-                inode.mtime_ns = _now()
+                inode.mtime_ns = _now(txn)
         if mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
         if uid is not None:
@@ -412,7 +414,7 @@ class Inodes:
             inode.atime_ns = _clamp_time(atime_ns)
         if mtime_ns is not None:
             inode.mtime_ns = _clamp_time(mtime_ns)
-        inode.ctime_ns = _clamp_time(ctime_ns) if ctime_ns is not None else _now()
+        inode.ctime_ns = _clamp_time(ctime_ns) if ctime_ns is not None else _now(txn)
         self.put(txn, ino, inode)
         return inode
 
@@ -473,7 +475,7 @@ class Inodes:
         inode.size = size
         inode.data_bytes += delta
         if not keep_times:
-            now = _now()
+            now = _now(txn)
             inode.mtime_ns = mtime_ns or now
             inode.ctime_ns = ctime_ns or now
         self.put(txn, ino, inode)
@@ -520,7 +522,7 @@ class Inodes:
             raise FsError(errno.E2BIG)
         inode = self._rows(txn, ino)
         txn.put("xattrs", vkey(self.vid, ino, name), value)
-        inode.ctime_ns = _now()
+        inode.ctime_ns = _now(txn)
         self.put(txn, ino, inode)
 
     def listxattr(self, txn: Txn, ino: int) -> list[bytes]:
@@ -532,5 +534,5 @@ class Inodes:
         inode = self._rows(txn, ino)
         if not txn.delete("xattrs", vkey(self.vid, ino, name)):
             raise FsError(errno.ENODATA)
-        inode.ctime_ns = _now()
+        inode.ctime_ns = _now(txn)
         self.put(txn, ino, inode)

@@ -1,0 +1,97 @@
+"""Changes worked out on the trio thread, applied by the store thread later.
+
+A metadata change (create, rename, setattr, ...) is a store function run on a
+transaction. The worker runs it first on a SpecTxn: reads come from the
+worker's rows (cache.py), writes are collected. The kernel gets its answer at
+once, the written rows join the cache, and the store thread applies the same
+change later, in order with everything else the worker asked of it.
+
+The store thread checks every row the first run read: when each still holds
+what the first run saw, it writes the collected rows (a few puts, no Python
+logic again); when one differs (a snapshot recorded a tree id meanwhile) it
+runs the function again on the real transaction, at the first run's time.
+Either way the operation is atomic and reaches the disk in order: a crash
+loses only operations no fsync covered, never part of one.
+
+The check also covers operations queued before that change an inode's data
+or attributes (a flush, an unlinked file's data given back): a change worked
+out from a row such an operation then rewrote runs again after it, which is
+the order the store thread applies them in anyway.
+
+What a SpecTxn cannot serve raises NeedsStore and the operation waits for the
+store thread instead: tables other workers share (chunks, trees: reference
+counts), scans and free space.
+"""
+
+from .cache import CACHED_TABLES, NeedsStore, RowCache
+
+
+class SpecTxn:
+    write = True
+
+    def __init__(self, cache: RowCache, now_ns: int):
+        self.cache = cache
+        self.now_ns = now_ns
+        self.reads: dict[tuple[str, bytes], bytes | None] = {}
+        self.writes: dict[tuple[str, bytes], bytes | None] = {}
+        self.vstat_delta: dict[int, list[int]] = {}
+        self._reader = cache.reader()
+
+    def get(self, table: str, key: bytes):
+        k = (table, key)
+        if k in self.writes:
+            return self.writes[k]
+        if table not in CACHED_TABLES:
+            raise NeedsStore
+        value = self.cache.get(table, key, self._reader)
+        if value is not None:
+            value = bytes(value)
+        self.reads.setdefault(k, value)
+        return value
+
+    def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
+        if not overwrite:
+            raise NeedsStore
+        self.get(table, key)  # the row it replaces is part of what this run saw
+        self.writes[table, bytes(key)] = bytes(value)
+        return True
+
+    def delete(self, table: str, key: bytes) -> bool:
+        existed = self.get(table, key) is not None
+        self.writes[table, bytes(key)] = None
+        return existed
+
+    def add_vstats(self, vid: int, logical_bytes: int = 0, inodes: int = 0) -> None:
+        d = self.vstat_delta.setdefault(vid, [0, 0])
+        d[0] += logical_bytes
+        d[1] += inodes
+
+    def row_writes(self) -> list:
+        return [(table, key, value) for (table, key), value in self.writes.items()]
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def needs_store(self, *args, **kw):
+        raise NeedsStore
+
+    scan = cursor = delete_prefix = check_space = vstats = needs_store
+
+
+def replay(txn, spec: SpecTxn, fn, args) -> bool:
+    """On the store thread: apply what `spec` collected, if every row it read
+    is unchanged; else run fn again at the same time. True if applied as seen."""
+    for (table, key), seen in spec.reads.items():
+        now = txn.get(table, key)
+        if (bytes(now) if now is not None else None) != seen:
+            txn.now_ns = spec.now_ns
+            fn(txn, *args)
+            return False
+    for (table, key), value in spec.writes.items():
+        if value is None:
+            txn.delete(table, key)
+        else:
+            txn.put(table, key, value)
+    for vid, (logical_bytes, inodes) in spec.vstat_delta.items():
+        txn.add_vstats(vid, logical_bytes, inodes)
+    return True

@@ -25,6 +25,7 @@ from ..store.schema import vkey
 from . import acl
 from .filedata import FileData
 from .registry import FLUSH_XATTR
+from .cache import NeedsStore
 from .runner import TxnRunner
 from .space import SpaceBudget
 
@@ -216,6 +217,13 @@ class VolumeOperations(pyfuse3.Operations):
             if fd is not None:
                 fd.truncate(attr.st_size)
         change = functools.partial(self.inodes.setattr, ino=ino, **kw)
+        if fd is None and not fields.update_size and self._unnamed(ino):
+            # The kernel writes back the times of a deleted file it still
+            # caches: no one can see them again, so they are not stored.
+            try:
+                return self._entry(ino, self.runner.preview(change))
+            except NeedsStore:
+                pass
         if fd is not None and (fields.update_size or
                                (fields.update_mtime and not fd.kernel_keeps_times)):
             # The store's size must not lag behind a size we now report, nor

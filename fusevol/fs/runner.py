@@ -172,6 +172,15 @@ class TxnRunner:
         self.counts["waited"] += 1
         return await self.run(fn, *args)
 
+    def preview(self, fn, *args):
+        """What fn(txn, *args) returns on the worker's rows, its writes dropped
+        (NeedsStore when it cannot run on this thread)."""
+        spec = SpecTxn(self.cache, time.time_ns())
+        try:
+            return fn(spec, *args)
+        finally:
+            spec.close()
+
     def _replay_done(self, token, seq: int, outcome) -> None:
         """On the store thread, after a change worked out ahead was applied."""
         ok, value, writes = outcome

@@ -1,14 +1,8 @@
 """`fusevol mount` and `fusevol umount`: a volume served by a worker process."""
 
-import logging
-import os
-
 import click
 
-from .. import errors
 from .group import command, store_path
-
-log = logging.getLogger("fusevol")
 
 
 @command()
@@ -26,32 +20,10 @@ def mount(ctx, name, mountpoint, readonly, subpath, background, ready_fd):
 
         start_worker(store_path(ctx), name, mountpoint, readonly=readonly, subpath=subpath)
         return
-    from ..fs import mount as mounting  # pyfuse3 and trio: only the worker needs them
+    from ..fs.worker import serve_reporting  # pyfuse3 and trio: only the worker needs them
 
-    def report(message: str) -> None:
-        """Tell the starting process (start_worker) once: "ok" or what failed."""
-        nonlocal ready_fd
-        if ready_fd is not None:
-            os.write(ready_fd, message.encode())
-            os.close(ready_fd)
-            ready_fd = None
-
-    def on_ready():
-        report("ok")
-        log.info("volume %s serves at %s", name, os.path.abspath(mountpoint))
-
-    try:
-        mounting.serve(store_path(ctx), name, mountpoint, readonly=readonly, subpath=subpath,
-                       on_ready=on_ready)
-    except errors.FusevolError as e:
-        report(str(e))
-        raise
-    except (OSError, RuntimeError) as e:
-        report(f"cannot mount {mountpoint}: {e}")
-        raise errors.FusevolError(f"cannot mount {mountpoint}: {e}") from None
-    except BaseException as e:
-        report(f"internal error: {type(e).__name__}: {e}")
-        raise
+    serve_reporting(store_path(ctx), name, mountpoint, readonly=readonly, subpath=subpath,
+                    ready_fd=ready_fd)
 
 
 @command()

@@ -115,27 +115,33 @@ def _mangle(path: str) -> str:
 
 def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
                  subpath: str | None = None, log_path: str | None = None,
-                 timeout: float = 60.0) -> int:
-    """Start `fusevol mount` in the background; return its pid once the mount serves.
+                 timeout: float = 60.0, forkserver=None) -> int:
+    """Start a worker in the background; return its pid once the mount serves.
 
-    A worker not ready within `timeout` seconds (stuck on a store lock, a hung
-    disk, ...) is killed and its mount detached, so the caller gets an error
-    instead of waiting for ever."""
-    read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "fusevol", "--store", store_path, "mount", name, mountpoint,
-           "--ready-fd", str(write_fd)]
-    if readonly:
-        cmd.append("--read-only")
-    if subpath:
-        cmd += ["--subpath", subpath]
+    The worker is forked by `forkserver` (forkserver.py) when one is given,
+    else started as `fusevol mount --ready-fd`. A worker not ready within
+    `timeout` seconds (stuck on a store lock, a hung disk, ...) is killed and
+    its mount detached, so the caller gets an error instead of waiting for ever."""
     if log_path is None:
         log_dir = os.path.join(store_path, "run", "log")
         os.makedirs(log_dir, mode=0o700, exist_ok=True)
         log_path = os.path.join(log_dir, f"{name}.log")
+    read_fd, write_fd = os.pipe()
     try:
-        with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                    pass_fds=(write_fd,), start_new_session=True)
+        pid = None
+        if forkserver is not None:
+            try:
+                pid = forkserver.spawn({"store": store_path, "name": name,
+                                        "mountpoint": mountpoint, "readonly": readonly,
+                                        "subpath": subpath, "log_path": log_path}, write_fd)
+            except OSError as e:
+                log.warning("forkserver failed (%s); starting the worker as a process", e)
+        if pid is None:
+            pid = _popen_worker(store_path, name, mountpoint, readonly, subpath, log_path,
+                                write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
     finally:
         os.close(write_fd)
     try:
@@ -143,17 +149,37 @@ def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool 
     finally:
         os.close(read_fd)
     if message is None:
-        _give_up(proc, mountpoint)
+        _give_up(pid, mountpoint)
         raise FusevolError(f"the worker for volume {name} was not ready after {timeout:g} s "
                            f"and was stopped (a stuck store or disk?); see {log_path}")
     if message.startswith(b"ok"):
-        return proc.pid
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        return pid
+    _wait_gone(pid, timeout)
     text = message.decode(errors="replace").strip()
-    raise FusevolError(text or f"mount worker exited with status {proc.returncode}; see {log_path}")
+    raise FusevolError(text or f"the mount worker exited without serving; see {log_path}")
+
+
+def _popen_worker(store_path, name, mountpoint, readonly, subpath, log_path, write_fd) -> int:
+    cmd = [sys.executable, "-m", "fusevol", "--store", store_path, "mount", name, mountpoint,
+           "--ready-fd", str(write_fd)]
+    if readonly:
+        cmd.append("--read-only")
+    if subpath:
+        cmd += ["--subpath", subpath]
+    with open(log_path, "ab") as logf:
+        # Once unreferenced, subprocess reaps it when it ends.
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                pass_fds=(write_fd,), start_new_session=True).pid
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until process pid has ended (a zombie counts as ended)."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _read_report(fd: int, timeout: float) -> bytes | None:
@@ -172,16 +198,14 @@ def _read_report(fd: int, timeout: float) -> bytes | None:
         message += data
 
 
-def _give_up(proc: subprocess.Popen, mountpoint: str) -> None:
+def _give_up(pid: int, mountpoint: str) -> None:
     """Kill a worker that never got ready, and whatever it started; detach its mount."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session: pgid == pid
+        os.killpg(pid, signal.SIGKILL)  # its own session: pgid == pid
     except ProcessLookupError:
         pass
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:  # in uninterruptible sleep: it ends when the kernel lets it
-        log.warning("worker %d does not end after SIGKILL", proc.pid)
+    if not _wait_gone(pid, 10):  # in uninterruptible sleep: it ends when the kernel lets it
+        log.warning("worker %d does not end after SIGKILL", pid)
     clear_dead_mount(mountpoint)
 
 

@@ -21,6 +21,7 @@ import trio
 from ..errors import Busy, FusevolError
 from . import http
 from .protocol import ENDPOINTS, Driver, decode_request, error_reply
+from ..fs.forkserver import ForkServer
 from .supervisor import WORKER_START_TIMEOUT, Supervisor
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,12 @@ def bind_socket(path: str) -> socket.socket:
 def serve(store_path: str, socket_path: str = DEFAULT_SOCKET,
           worker_start_timeout: float = WORKER_START_TIMEOUT) -> None:
     """Serve the VolumeDriver protocol on `socket_path` until SIGTERM or SIGINT."""
-    driver = Driver(Supervisor(store_path, worker_start_timeout))  # opens the store: state is loaded now
+    forkserver = None
+    if os.environ.get("FUSEVOL_FORKSERVER", "1") != "0":
+        forkserver = ForkServer()
+        forkserver.start()  # it imports while the daemon opens the store
+    # Opens the store: state is loaded now.
+    driver = Driver(Supervisor(store_path, worker_start_timeout, forkserver))
     sock = bind_socket(socket_path)
     ident = os.stat(socket_path).st_ino
     log.info("serving store %s on %s", driver.sup.store_path, socket_path)
@@ -128,6 +134,8 @@ def serve(store_path: str, socket_path: str = DEFAULT_SOCKET,
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise
+        if forkserver is not None:
+            forkserver.close()
         log.info("stopped; workers keep serving mounted volumes")
 
 

@@ -62,8 +62,10 @@ def _run(cmd: list[str]) -> None:
 
 
 class Supervisor:
-    def __init__(self, store_path: str, worker_start_timeout: float = WORKER_START_TIMEOUT):
+    def __init__(self, store_path: str, worker_start_timeout: float = WORKER_START_TIMEOUT,
+                 forkserver=None):
         self.worker_start_timeout = worker_start_timeout
+        self.forkserver = forkserver  # starts workers fast (fs/forkserver.py); None: as processes
         self.store = Store.open(store_path)
         self.store_path = self.store.path
         self.mnt_dir = os.path.join(self.store_path, "mnt")
@@ -153,7 +155,7 @@ class Supervisor:
             raise Busy(f"{path} is mounted by something else; unmount it first")
         os.makedirs(path, mode=0o755, exist_ok=True)
         pid = registry.start_worker(self.store_path, name, path, readonly=bool(record["readonly"]),
-                                    timeout=self.worker_start_timeout)
+                                    timeout=self.worker_start_timeout, forkserver=self.forkserver)
         log.info("worker %d serves %s at %s", pid, name, path)
         return path
 

@@ -1,0 +1,159 @@
+"""Workers forked from a process that has imported them already.
+
+A worker started as a new Python process spends most of its start importing
+pyfuse3, trio and the store's libraries, on every first Mount of a volume.
+The daemon keeps one forkserver instead: a child process that imports the
+worker's code once, then forks a worker per request. The worker skips the
+imports, and the pages of that code stay shared between all workers (the
+garbage collector is kept off them with gc.freeze), so an idle worker costs
+little memory of its own.
+
+The forkserver holds no store, no threads and no FUSE session when it forks:
+each worker opens the store itself (LMDB environments must not cross a
+fork). It leaves a worker its own session, its log as stdout and stderr, and
+the ready pipe the daemon handed over; the worker reports on that pipe as a
+worker started with `fusevol mount --ready-fd` does (worker.py). Workers
+outlive the forkserver and the daemon, as before.
+
+Protocol, over a socketpair: the daemon sends one JSON request with the
+ready pipe's write end attached (SCM_RIGHTS); the forkserver answers with
+the worker's pid as one JSON line.
+"""
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 1 << 16
+
+
+class ForkServer:
+    """The daemon's side: starts the forkserver and asks it for workers."""
+
+    def __init__(self):
+        self._lock = threading.Lock()  # one request at a time on the socket
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "fusevol.fs.forkserver", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+
+    def spawn(self, request: dict, ready_fd: int) -> int:
+        """Fork a worker for `request` (see _run_worker); return its pid."""
+        with self._lock:
+            for attempt in (1, 2):  # a forkserver that died is started again once
+                if self._sock is None:
+                    self.start()
+                try:
+                    socket.send_fds(self._sock, [json.dumps(request).encode()], [ready_fd])
+                    answer = self._sock.recv(MAX_REQUEST)
+                    if answer:
+                        return json.loads(answer)["pid"]
+                except OSError:
+                    if attempt == 2:
+                        raise
+                log.warning("forkserver gone; starting it again")
+                self.close()
+            raise OSError("the forkserver does not answer")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self) -> None:
+        """Stop the forkserver (its workers keep serving)."""
+        if self._sock is not None:
+            self._sock.close()  # it exits at end of file
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+# -- the forkserver process -----------------------------------------------------
+
+def main(fd: int) -> None:
+    import gc
+    import signal
+
+    # Keep the collector from touching (and so copying) pages the workers share.
+    gc.disable()
+    from . import worker  # noqa: F401  (everything a worker imports)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon's Ctrl-C is the daemon's
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
+    sock = socket.socket(fileno=fd)
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 1)
+        except InterruptedError:
+            continue
+        if not data:
+            return  # the daemon is gone
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            os._exit(_run_worker(json.loads(data), fds[0]))
+        for extra in fds:
+            os.close(extra)
+        sock.send(json.dumps({"pid": pid}).encode())
+
+
+def _run_worker(request: dict, ready_fd: int) -> int:
+    """In the forked child: become a worker as `fusevol mount` would."""
+    import gc
+    import signal
+
+    from .. import errors
+    from . import worker
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    gc.enable()
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    logf = os.open(request["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(logf, 1)
+    os.dup2(logf, 2)
+    os.close(logf)
+    logging.basicConfig(level=logging.INFO, format=worker.LOG_FORMAT, force=True)
+    try:
+        worker.serve_reporting(request["store"], request["name"], request["mountpoint"],
+                               readonly=request["readonly"], subpath=request["subpath"],
+                               ready_fd=ready_fd)
+        return 0
+    except errors.FusevolError as e:
+        log.error("%s", e)
+        return e.exit_code
+    except BaseException:
+        log.exception("worker failed")
+        return 70
+    finally:
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

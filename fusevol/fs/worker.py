@@ -1,0 +1,47 @@
+"""A worker's entry point: serve one volume and tell the starting process how it went.
+
+A worker is started either as `fusevol mount ... --ready-fd N` (the CLI's
+--background, and the fallback) or forked by the daemon's forkserver
+(forkserver.py). Both end here: the worker writes "ok" on the ready pipe once
+the mount serves, or one line saying why it could not, then closes it
+(registry.start_worker reads it).
+"""
+
+import logging
+import os
+
+from .. import errors
+from . import mount as mounting
+
+log = logging.getLogger("fusevol")
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def serve_reporting(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
+                    subpath: str | None = None, ready_fd: int | None = None) -> None:
+    """Serve until unmounted; errors are reported on ready_fd, then raised."""
+
+    def report(message: str) -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            os.write(ready_fd, message.encode())
+            os.close(ready_fd)
+            ready_fd = None
+
+    def on_ready():
+        report("ok")
+        log.info("volume %s serves at %s", name, os.path.abspath(mountpoint))
+
+    try:
+        mounting.serve(store_path, name, mountpoint, readonly=readonly, subpath=subpath,
+                       on_ready=on_ready)
+    except errors.FusevolError as e:
+        report(str(e))
+        raise
+    except (OSError, RuntimeError) as e:
+        report(f"cannot mount {mountpoint}: {e}")
+        raise errors.FusevolError(f"cannot mount {mountpoint}: {e}") from None
+    except BaseException as e:
+        report(f"internal error: {type(e).__name__}: {e}")
+        raise

@@ -1,0 +1,93 @@
+"""Workers forked by the daemon's forkserver serve exactly like workers
+started as processes: same mount, same data, same errors; they outlive the
+forkserver, and a forkserver that died is started again."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import needs_fuse, run_cli
+from fusevol.errors import FusevolError
+from fusevol.fs import registry
+from fusevol.fs.forkserver import ForkServer
+
+pytestmark = needs_fuse
+
+
+@pytest.fixture
+def forkserver():
+    server = ForkServer()
+    server.start()
+    yield server
+    server.close()
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _mountpoint(tmp_path, name: str) -> str:
+    path = str(tmp_path / name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def test_forked_worker_serves_and_its_data_stays(store_path, tmp_path, forkserver):
+    run_cli(store_path, "volume", "create", "vol")
+    mp = _mountpoint(tmp_path, "mp")
+    pid = registry.start_worker(store_path, "vol", mp, forkserver=forkserver)
+    try:
+        assert _parent(pid) == forkserver.pid
+        assert registry.worker_of(store_path, volume="vol")["pid"] == pid
+        with open(os.path.join(mp, "f"), "wb") as f:
+            f.write(b"forked" * 1000)
+            os.fsync(f.fileno())
+    finally:
+        registry.unmount(store_path, mp)
+    # Served again by a worker started as a process: the same bytes.
+    pid = registry.start_worker(store_path, "vol", mp)
+    try:
+        assert _parent(pid) != forkserver.pid
+        with open(os.path.join(mp, "f"), "rb") as f:
+            assert f.read() == b"forked" * 1000
+    finally:
+        registry.unmount(store_path, mp)
+    with open(os.path.join(store_path, "run", "log", "vol.log")) as f:
+        assert f.read().count(f"volume vol serves at {mp}") == 2
+
+
+def test_error_of_a_forked_worker_reaches_the_caller(store_path, tmp_path, forkserver):
+    run_cli(store_path, "volume", "ls")  # the store exists, the volume does not
+    with pytest.raises(FusevolError, match="nosuch"):
+        registry.start_worker(store_path, "nosuch", _mountpoint(tmp_path, "mp"),
+                              forkserver=forkserver)
+    assert registry.workers(store_path) == []
+
+
+def test_workers_outlive_the_forkserver_which_comes_back(store_path, tmp_path, forkserver):
+    for name in ("va", "vb"):
+        run_cli(store_path, "volume", "create", name)
+    mp_a, mp_b = _mountpoint(tmp_path, "a"), _mountpoint(tmp_path, "b")
+    pid_a = registry.start_worker(store_path, "va", mp_a, forkserver=forkserver)
+    try:
+        first = forkserver.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while registry.pid_alive(first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(os.path.join(mp_a, "still"), "w") as f:  # a's worker kept serving
+            f.write("here")
+        pid_b = registry.start_worker(store_path, "vb", mp_b, forkserver=forkserver)
+        try:
+            assert forkserver.pid != first and _parent(pid_b) == forkserver.pid
+            assert os.listdir(mp_b) == []
+        finally:
+            registry.unmount(store_path, mp_b)
+        with open(os.path.join(mp_a, "still")) as f:
+            assert f.read() == "here"
+        assert registry.pid_alive(pid_a)
+    finally:
+        registry.unmount(store_path, mp_a)

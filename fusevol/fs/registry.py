@@ -5,7 +5,6 @@ Workers register themselves in ``STORE/run/workers/PID.json``. This module
 imports neither pyfuse3 nor trio, so the CLI and the daemon stay quick.
 """
 
-import ctypes
 import errno
 import json
 import logging
@@ -215,18 +214,18 @@ def flush_worker(store_path: str, volume: str) -> bool:
     info = worker_of(store_path, volume=volume)
     if info is None:
         return False
+    import ctypes  # for syncfs: only here (the CLI's other commands start quicker)
+
+    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(info["mountpoint"], os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _libc.syncfs(fd) != 0:
+        if libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), info["mountpoint"])
     finally:
         os.close(fd)
     os.getxattr(info["mountpoint"], FLUSH_XATTR.decode())
     return True
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def unmount(store_path: str, mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:

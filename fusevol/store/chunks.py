@@ -16,8 +16,8 @@ from ..errors import StoreDamaged
 from . import schema
 from .env import Txn
 
-RAW, ZSTD = 0, 1
-CODECS = {"none": RAW, "zstd": ZSTD}
+RAW, ZSTD = schema.CODECS["none"], schema.CODECS["zstd"]
+CODECS = schema.CODECS
 # Keep the compressed form only when it saves at least this fraction.
 MIN_SAVING = 1 / 32
 PROBE = 8192

@@ -52,6 +52,9 @@ def vkey(vid: int, *parts) -> bytes:
 
 _INODE = struct.Struct(">IIIIQqqqQQQI32s")
 NO_TREE = bytes(32)
+# Chunk encodings by name (a volume's `compression`), and the byte that
+# marks each in a stored chunk.
+CODECS = {"none": 0, "zstd": 1}
 LAZY = 1  # flag: rows below this inode are still only in its tree object
 WIDE_TIMES = 2  # flag (on disk only): the record's times need more than 64-bit nanoseconds
 

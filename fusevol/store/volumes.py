@@ -11,7 +11,7 @@ import re
 import time
 
 from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound
-from . import chunks, schema, trees
+from . import schema
 from .env import Txn
 from .schema import ROOT_INO, Inode, u64, vkey
 
@@ -127,7 +127,7 @@ def parse_options(opts: dict | None) -> dict:
             if "@" not in value:
                 raise InvalidArgument(f"option from-snapshot={shown(value)}: use VOLUME@SNAPSHOT")
         elif key == "compression":
-            if value not in chunks.CODECS:
+            if value not in schema.CODECS:
                 raise InvalidArgument(f"option compression={shown(value)}: use zstd or none")
             settings["compression"] = value
     if settings["subpath"] and not settings["source"]:
@@ -224,6 +224,8 @@ def remove(txn: Txn, name: str) -> None:
 def drop_rows(txn: Txn, vid: int, keep_counter: bool = False) -> None:
     """Delete every row of a volume, letting go of the chunks and tree objects
     they reference. The inode counter may stay, so numbers are never reused."""
+    from . import chunks, trees  # hashing and compression: not for `volume ls`
+
     prefix = u64(vid)
     for _, cid in txn.scan("blocks", prefix):
         chunks.decref(txn, bytes(cid))

@@ -31,6 +31,11 @@ SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 # Flushes of this many bytes or more are hashed and compressed in threads
 # first; smaller ones on the store thread (a thread round trip costs more).
 PREPARE_AT = 1 << 20
+# Flushes up to this many bytes that fsync does not wait for are worked out
+# on the trio thread (hashed there, stored by the store thread later: see
+# fs/speculate.py), as the metadata changes are; the file's data stays
+# readable meanwhile (a read of it waits behind it on the store thread).
+AHEAD_UP_TO = 256 << 10
 PREPARE_THREADS = 2
 
 
@@ -204,12 +209,17 @@ class FileData:
                       for i, buf in sorted(batch.items()) if i * bs < size]
             written = sum(len(buf) for _, buf in blocks)
             try:
-                prepared = await _prepare(blocks, self.inodes.compression) \
-                    if written >= PREPARE_AT else None
-                used, result = await self.runner.run(
-                    functools.partial(_store_blocks, keep_times=self.kernel_keeps_times,
-                                      prepared=prepared, then=then),
-                    self.inodes, self.ino, blocks, size, durable=durable, foreseen=True)
+                store = functools.partial(_store_blocks, keep_times=self.kernel_keeps_times,
+                                          then=then)
+                if written <= AHEAD_UP_TO and not durable:
+                    added, result = await self.runner.change(
+                        store, self.inodes, self.ino, blocks, size, None, foreseen=True)
+                else:
+                    prepared = await _prepare(blocks, self.inodes.compression) \
+                        if written >= PREPARE_AT else None
+                    added, result = await self.runner.run(
+                        store, self.inodes, self.ino, blocks, size, prepared,
+                        durable=durable, foreseen=True)
             except BaseException as e:
                 # Keep the data for a later try; newer writes win.
                 for index, buf in batch.items():
@@ -220,7 +230,7 @@ class FileData:
                     self.refuse(e.errno, reported=False)
                 raise
             else:
-                self.space.stored(used, written)
+                self.space.stored(added, written)
                 return result
             finally:
                 self.inflight = {}
@@ -232,12 +242,13 @@ class FileData:
         self.times_pending = False
 
 
-def _store_blocks(txn, inodes: Inodes, ino: int, blocks, size: int, keep_times: bool,
-                  prepared, then) -> tuple[int, object]:
-    """Write a flush's blocks (and run `then`); the volume's stored bytes after it."""
-    inodes.write_blocks(txn, ino, blocks, size, keep_times=keep_times, prepared=prepared)
+def _store_blocks(txn, inodes: Inodes, ino: int, blocks, size: int, prepared, *,
+                  keep_times: bool, then) -> tuple[int, object]:
+    """Write a flush's blocks (and run `then`); the bytes they added to the volume."""
+    added = inodes.write_blocks(txn, ino, blocks, size, keep_times=keep_times,
+                                prepared=prepared)
     result = then(txn) if then is not None else None
-    return inodes.usage(txn).logical_bytes, result
+    return added, result
 
 
 async def _prepare(blocks, compression: str) -> dict:

@@ -35,6 +35,7 @@ import trio
 
 from ..errors import FsError, FusevolError
 from ..store import Store, Txn
+from ..store.env import SPACE_RESERVE
 from .cache import CACHED_TABLES, NeedsStore, RowCache
 from .speculate import SpecTxn, replay
 
@@ -44,6 +45,9 @@ _STOP = object()
 # Changes worked out ahead of the store thread, at most: past this many, a
 # change waits for the store thread like any other operation (back-pressure).
 MAX_AHEAD = 512
+# Free space a flush answered ahead leaves beyond the store's own reserve:
+# the disk may fill from elsewhere before the store thread takes it.
+AHEAD_MARGIN = 32 << 20
 
 
 class TxnRunner:
@@ -74,6 +78,10 @@ class TxnRunner:
         # Chunk bytes stored by the open batch and not on disk yet (read by
         # the trio thread to count free space; a stale value is close enough).
         self.pending_bytes = 0
+        # Chunk bytes of flushes answered ahead, queued and not stored yet:
+        # counted by each thread on its own side, so no count is lost.
+        self._ahead_in = 0  # the trio thread's
+        self._ahead_out = 0  # the store thread's
 
     def start(self) -> None:
         self._thread.start()
@@ -146,31 +154,43 @@ class TxnRunner:
 
         seq = self._enqueue(fn, args, False, reply, True, wake=False)
 
-    async def change(self, fn, *args):
+    @property
+    def unstored_bytes(self) -> int:
+        """Chunk bytes taken and not on disk yet (for the space budget)."""
+        return self.pending_bytes + self._ahead_in - self._ahead_out
+
+    def _room(self, incoming: int) -> bool:
+        """Whether `incoming` chunk bytes surely fit on the store's disk, with
+        everything queued ahead and a margin on top of the store's own reserve."""
+        free = self.store.disk_free() - SPACE_RESERVE - AHEAD_MARGIN
+        return incoming <= free - self.unstored_bytes
+
+    async def change(self, fn, *args, foreseen: bool = False):
         """fn(txn, *args) for an fn that changes the volume: worked out on this
         thread and answered at once when the cache allows (speculate.py), else
-        run on the store thread. fn may run twice: it must do the same given
-        the same rows and time (txn.now_ns)."""
+        run on the store thread (see run for `foreseen`). fn may run twice: it
+        must do the same given the same rows and time (txn.now_ns)."""
         if self.broken is not None:
             raise _error_mode(self.broken)
         if not self._unforeseen and self._seq - self.applied < MAX_AHEAD:
-            spec = SpecTxn(self.cache, time.time_ns())
+            spec = SpecTxn(self.cache, time.time_ns(), self._room)
             try:
                 result = fn(spec, *args)
             except NeedsStore:
                 pass
             else:
                 self._seq += 1
+                self._ahead_in += spec.deferred_bytes
                 self.counts["ahead"] += 1
                 self.cache.apply(spec.row_writes(), self._seq)
                 done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(),
                                          self._seq)
-                self._put((self._seq, _replayed, (spec, fn, args), False, done), wake=False)
+                self._put((self._seq, _replayed, (spec, fn, args, self), False, done), wake=False)
                 return result
             finally:
                 spec.close()
         self.counts["waited"] += 1
-        return await self.run(fn, *args)
+        return await self.run(fn, *args, foreseen=foreseen)
 
     def preview(self, fn, *args):
         """What fn(txn, *args) returns on the worker's rows, its writes dropped
@@ -311,8 +331,11 @@ def _noop(txn):
     return None
 
 
-def _replayed(txn, spec: SpecTxn, fn, args) -> bool:
-    as_seen = replay(txn, spec, fn, args)
+def _replayed(txn, spec: SpecTxn, fn, args, runner: "TxnRunner") -> bool:
+    try:
+        as_seen = replay(txn, spec, fn, args)
+    finally:
+        runner._ahead_out += spec.deferred_bytes
     if not as_seen:
         log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
                  getattr(fn, "__name__", fn))

@@ -37,9 +37,9 @@ class SpaceBudget:
         st = os.statvfs(self.store_path)
         return st.f_bavail * st.f_frsize + self.store_slack - WORKER_RESERVE - self.pending()
 
-    def stored(self, used: int, written: int) -> None:
-        """A flush stored `written` bytes; the volume now uses `used`."""
-        self.used = used
+    def stored(self, added: int, written: int) -> None:
+        """A flush stored `written` bytes, adding `added` to the volume's."""
+        self.used += added
         self.store_slack = max(0, self.store_slack - written)
 
     def _lefts(self, buffered: int) -> tuple[float, float]:

@@ -20,7 +20,9 @@ the order the store thread applies them in anyway.
 
 What a SpecTxn cannot serve raises NeedsStore and the operation waits for the
 store thread instead: tables other workers share (chunks, trees: reference
-counts), scans and free space.
+counts), scans, and free space unless `room` says the bytes fit with a margin.
+A reference to a chunk is the exception: taking one changes nothing the
+operation reads, so it is deferred (Txn.defer) and taken by the store thread.
 """
 
 from .cache import CACHED_TABLES, NeedsStore, RowCache
@@ -29,9 +31,12 @@ from .cache import CACHED_TABLES, NeedsStore, RowCache
 class SpecTxn:
     write = True
 
-    def __init__(self, cache: RowCache, now_ns: int):
+    def __init__(self, cache: RowCache, now_ns: int, room=None):
         self.cache = cache
         self.now_ns = now_ns
+        self.room = room  # room(incoming) -> True if that many bytes surely fit
+        self.deferred: list = []
+        self.deferred_bytes = 0
         self.reads: dict[tuple[str, bytes], bytes | None] = {}
         self.writes: dict[tuple[str, bytes], bytes | None] = {}
         self.vstat_delta: dict[int, list[int]] = {}
@@ -61,6 +66,14 @@ class SpecTxn:
         self.writes[table, bytes(key)] = None
         return existed
 
+    def defer(self, fn, *args) -> None:
+        self.deferred.append((fn, args))
+
+    def check_space(self, incoming: int) -> None:
+        if self.room is None or not self.room(incoming):
+            raise NeedsStore
+        self.deferred_bytes += incoming
+
     def add_vstats(self, vid: int, logical_bytes: int = 0, inodes: int = 0) -> None:
         d = self.vstat_delta.setdefault(vid, [0, 0])
         d[0] += logical_bytes
@@ -75,7 +88,7 @@ class SpecTxn:
     def needs_store(self, *args, **kw):
         raise NeedsStore
 
-    scan = cursor = delete_prefix = check_space = vstats = needs_store
+    scan = cursor = delete_prefix = vstats = needs_store
 
 
 def replay(txn, spec: SpecTxn, fn, args) -> bool:
@@ -94,4 +107,6 @@ def replay(txn, spec: SpecTxn, fn, args) -> bool:
             txn.put(table, key, value)
     for vid, (logical_bytes, inodes) in spec.vstat_delta.items():
         txn.add_vstats(vid, logical_bytes, inodes)
+    for fn, args in spec.deferred:
+        fn(txn, *args)
     return True

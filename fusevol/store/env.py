@@ -54,6 +54,12 @@ class Txn:
     def get(self, table: str, key: bytes):
         return self.txn.get(key, db=self.store.dbs[table])
 
+    def defer(self, fn, *args) -> None:
+        """fn(self, *args), for a change whose outcome the caller does not read
+        (a chunk reference taken): a change worked out ahead applies it later
+        (fs/speculate.py); here it runs now."""
+        fn(self, *args)
+
     def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
         done = self.txn.put(key, value, db=self.store.dbs[table], overwrite=overwrite)
         if done and self.writes is not None and table in self.recorded:

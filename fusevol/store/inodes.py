@@ -440,13 +440,14 @@ class Inodes:
 
     def write_blocks(self, txn: Txn, ino: int, blocks: list[tuple[int, bytes]], size: int,
                      mtime_ns: int | None = None, ctime_ns: int | None = None,
-                     keep_times: bool = False, prepared: dict | None = None) -> None:
+                     keep_times: bool = False, prepared: dict | None = None) -> int:
         """Replace whole blocks of a file and set its size and times (now,
         unless given; kept as they are with keep_times).
 
         Each block's data ends at the file's end (or is a full block); an
         all-zero block becomes a hole and costs no space. `prepared` holds the
-        blocks already hashed and encoded (chunks.prepare_blocks).
+        blocks already hashed and encoded (chunks.prepare_blocks). Returns the
+        change in the volume's stored bytes.
         """
         inode = self._rows(txn, ino)
         txn.check_space(sum(len(data) for _, data in blocks))
@@ -464,7 +465,7 @@ class Inodes:
                 new, payload = ready
                 if new == old:
                     continue
-                chunks.add_ref(txn, data, self.compression, cid=new, payload=payload)
+                txn.defer(chunks.add_ref, data, self.compression, new, payload)
                 txn.put("blocks", key, new)
                 delta += len(data)
             if old is not None:
@@ -481,6 +482,7 @@ class Inodes:
         self.put(txn, ino, inode)
         if delta:
             txn.add_vstats(self.vid, logical_bytes=delta)
+        return delta
 
     def truncate_blocks(self, txn: Txn, ino: int, size: int) -> None:
         """Drop the data beyond size (the tail of the last block included)."""

@@ -42,8 +42,7 @@ def test_unknown_volume_is_one_line_and_its_exit_code(store_path):
         proc = run_cli(store_path, *args, check=False)
         line = one_line(proc.stderr)
         assert line == "fusevol: no such volume: nosuch", (args, line)
-        if args[0] != "mount":  # a background mount's worker loses the class (start_worker)
-            assert proc.returncode == errors.NotFound.exit_code, args
+        assert proc.returncode == errors.NotFound.exit_code, args
 
 
 def test_bad_option_is_a_usage_error(store_path):

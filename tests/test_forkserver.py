@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import needs_fuse, run_cli
-from fusevol.errors import FusevolError
+from fusevol.errors import NotFound
 from fusevol.fs import registry
 from fusevol.fs.forkserver import ForkServer
 
@@ -61,7 +61,7 @@ def test_forked_worker_serves_and_its_data_stays(store_path, tmp_path, forkserve
 
 def test_error_of_a_forked_worker_reaches_the_caller(store_path, tmp_path, forkserver):
     run_cli(store_path, "volume", "ls")  # the store exists, the volume does not
-    with pytest.raises(FusevolError, match="nosuch"):
+    with pytest.raises(NotFound, match="no such volume: nosuch"):
         registry.start_worker(store_path, "nosuch", _mountpoint(tmp_path, "mp"),
                               forkserver=forkserver)
     assert registry.workers(store_path) == []

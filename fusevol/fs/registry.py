@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from .. import errors
 from ..errors import Busy, FusevolError, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -151,11 +152,27 @@ def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool 
         _give_up(pid, mountpoint)
         raise FusevolError(f"the worker for volume {name} was not ready after {timeout:g} s "
                            f"and was stopped (a stuck store or disk?); see {log_path}")
-    if message.startswith(b"ok"):
+    report = _parse_report(message)
+    if report.get("ready"):
         return pid
     _wait_gone(pid, timeout)
-    text = message.decode(errors="replace").strip()
-    raise FusevolError(text or f"the mount worker exited without serving; see {log_path}")
+    raise _error_of(report, f"the mount worker exited without serving; see {log_path}")
+
+
+def _parse_report(message: bytes) -> dict:
+    try:
+        report = json.loads(message)
+    except ValueError:
+        report = None
+    return report if isinstance(report, dict) else {}
+
+
+def _error_of(report: dict, otherwise: str) -> FusevolError:
+    """The worker's error as the class it had (worker.py writes its name)."""
+    cls = getattr(errors, str(report.get("error")), None)
+    if not (isinstance(cls, type) and issubclass(cls, FusevolError)) or cls is errors.FsError:
+        cls = FusevolError
+    return cls(str(report.get("message") or otherwise))
 
 
 def _popen_worker(store_path, name, mountpoint, readonly, subpath, log_path, write_fd) -> int:

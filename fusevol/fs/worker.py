@@ -2,11 +2,14 @@
 
 A worker is started either as `fusevol mount ... --ready-fd N` (the CLI's
 --background, and the fallback) or forked by the daemon's forkserver
-(forkserver.py). Both end here: the worker writes "ok" on the ready pipe once
-the mount serves, or one line saying why it could not, then closes it
-(registry.start_worker reads it).
+(forkserver.py). Both end here: the worker writes one JSON report on the
+ready pipe, {"ready": true} once the mount serves or the error's class and
+message if it could not, then closes it; registry.start_worker raises the
+same error class, so its caller (the CLI's exit code, the plugin's Err) sees
+what the worker saw.
 """
 
+import json
 import logging
 import os
 
@@ -22,26 +25,26 @@ def serve_reporting(store_path: str, name: str, mountpoint: str, *, readonly: bo
                     subpath: str | None = None, ready_fd: int | None = None) -> None:
     """Serve until unmounted; errors are reported on ready_fd, then raised."""
 
-    def report(message: str) -> None:
+    def report(**message) -> None:
         nonlocal ready_fd
         if ready_fd is not None:
-            os.write(ready_fd, message.encode())
+            os.write(ready_fd, json.dumps(message).encode())
             os.close(ready_fd)
             ready_fd = None
 
     def on_ready():
-        report("ok")
+        report(ready=True)
         log.info("volume %s serves at %s", name, os.path.abspath(mountpoint))
 
     try:
         mounting.serve(store_path, name, mountpoint, readonly=readonly, subpath=subpath,
                        on_ready=on_ready)
     except errors.FusevolError as e:
-        report(str(e))
+        report(error=type(e).__name__, message=str(e))
         raise
     except (OSError, RuntimeError) as e:
-        report(f"cannot mount {mountpoint}: {e}")
+        report(error="FusevolError", message=f"cannot mount {mountpoint}: {e}")
         raise errors.FusevolError(f"cannot mount {mountpoint}: {e}") from None
     except BaseException as e:
-        report(f"internal error: {type(e).__name__}: {e}")
+        report(error="FusevolError", message=f"internal error: {type(e).__name__}: {e}")
         raise

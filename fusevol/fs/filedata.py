@@ -40,6 +40,9 @@ PREPARE_THREADS = 2
 
 
 class FileData:
+    """The buffered blocks of one inode. A dirty block is a bytearray, or the
+    memoryview of a write request's bytes when that write covered it whole."""
+
     def __init__(self, ino: int, size: int, inodes: Inodes, runner: TxnRunner,
                  space: SpaceBudget, kernel_keeps_times: bool = True):
         self.ino = ino
@@ -126,9 +129,13 @@ class FileData:
         for index in range(first, last + 1):
             start = max(offset, index * bs)
             stop = min(end, (index + 1) * bs)
+            if stop - start == bs:
+                # A whole block: keep the request's own bytes (immutable), no copy.
+                self.dirty[index] = view[start - offset: stop - offset]
+                continue
             buf = self.dirty.get(index)
-            if buf is None:
-                base = self.inflight.get(index)
+            if type(buf) is not bytearray:  # none yet, or a whole block kept as it came
+                base = buf if buf is not None else self.inflight.get(index)
                 if base is None:
                     base = loaded.get(index) or b""
                     # Bytes past the file's end are not data (a truncate dropped them).

@@ -58,11 +58,15 @@ def _cache_knobs() -> dict:
     }
 
 
-def handler(fn):
-    """Map domain errors to errnos and keep unexpected ones from killing the mount."""
+def handler(fn, changes: bool = False):
+    """Map domain errors to errnos and keep unexpected ones from killing the mount;
+    with `changes`, answer EROFS on a read-only mount. One coroutine frame per
+    request: the wrapper runs for every request the kernel sends."""
 
     @functools.wraps(fn)
     async def wrapper(self, *args):
+        if changes and self.readonly:
+            raise pyfuse3.FUSEError(errno.EROFS)
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -83,15 +87,7 @@ def handler(fn):
 
 def modifying(fn):
     """A handler that changes the volume: EROFS on a read-only mount."""
-    inner = handler(fn)
-
-    @functools.wraps(fn)
-    async def wrapper(self, *args):
-        if self.readonly:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        return await inner(self, *args)
-
-    return wrapper
+    return handler(fn, changes=True)
 
 
 class VolumeOperations(pyfuse3.Operations):

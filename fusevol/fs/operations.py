@@ -390,8 +390,11 @@ class VolumeOperations(pyfuse3.Operations):
         if not incoming or self.space.shortfall(incoming, self._buffered()) is None:
             return
         # Short by the quick count: store what is buffered, count exactly, decide.
+        # The commit first: LMDB reuses the pages a batch freed (a deleted
+        # file's data, given back in the background) only once it committed.
         for other in list(self.files.values()):
             await self._flush_quietly(other)
+        await self.runner.sync()
         self.space.used, self.space.store_slack = await self.runner.run(
             _usage_and_slack, self.inodes, foreseen=True)
         err = fd.error or self.space.shortfall(incoming, self._buffered())

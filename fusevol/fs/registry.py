@@ -155,7 +155,7 @@ def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool 
     report = _parse_report(message)
     if report.get("ready"):
         return pid
-    _wait_gone(pid, timeout)
+    wait_exit(pid, timeout)
     raise _error_of(report, f"the mount worker exited without serving; see {log_path}")
 
 
@@ -188,13 +188,24 @@ def _popen_worker(store_path, name, mountpoint, readonly, subpath, log_path, wri
                                 pass_fds=(write_fd,), start_new_session=True).pid
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """Wait until process pid has ended (a zombie counts as ended)."""
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until process pid has ended (a zombie counts as ended); False
+    after `timeout` seconds. A pidfd wakes us the moment it ends: a worker's
+    exit is on the path of every Docker Unmount."""
     deadline = time.monotonic() + timeout
     while pid_alive(pid):
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return False
-        time.sleep(0.02)
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # ended meanwhile, or no pidfd here
+            time.sleep(min(left, 0.02))
+            continue
+        try:
+            select.select([fd], [], [], min(left, 1.0))
+        finally:
+            os.close(fd)
     return True
 
 
@@ -220,7 +231,7 @@ def _give_up(pid: int, mountpoint: str) -> None:
         os.killpg(pid, signal.SIGKILL)  # its own session: pgid == pid
     except ProcessLookupError:
         pass
-    if not _wait_gone(pid, 10):  # in uninterruptible sleep: it ends when the kernel lets it
+    if not wait_exit(pid, 10):  # in uninterruptible sleep: it ends when the kernel lets it
         log.warning("worker %d does not end after SIGKILL", pid)
     clear_dead_mount(mountpoint)
 
@@ -258,9 +269,5 @@ def unmount(store_path: str, mountpoint: str, timeout: float = 60.0, lazy: bool 
         if res.returncode != 0:
             msg = res.stderr.strip().replace("fusermount3: ", "")
             raise Busy(f"cannot unmount {mountpoint}: {msg}")
-    if info is not None:
-        deadline = time.monotonic() + timeout
-        while pid_alive(info["pid"]):
-            if time.monotonic() > deadline:
-                raise Busy(f"worker {info['pid']} of {mountpoint} did not exit in {timeout:.0f}s")
-            time.sleep(0.05)
+    if info is not None and not wait_exit(info["pid"], timeout):
+        raise Busy(f"worker {info['pid']} of {mountpoint} did not exit in {timeout:.0f}s")

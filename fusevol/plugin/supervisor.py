@@ -19,7 +19,6 @@ import errno
 import logging
 import os
 import subprocess
-import time
 
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..fs import registry
@@ -160,12 +159,9 @@ class Supervisor:
         return path
 
     def _wait_exit(self, pid: int, name: str) -> None:
-        deadline = time.monotonic() + WORKER_EXIT_WAIT
-        while registry.pid_alive(pid):
-            if time.monotonic() > deadline:
-                raise Busy(f"the worker of volume {name} (pid {pid}) lost its mount but does "
-                           "not exit (files still open?); try again later")
-            time.sleep(0.05)
+        if not registry.wait_exit(pid, WORKER_EXIT_WAIT):
+            raise Busy(f"the worker of volume {name} (pid {pid}) lost its mount but does "
+                       "not exit (files still open?); try again later")
 
     def _bind_view(self, view: dict, source: dict, base: str) -> str:
         """Bind-mount the view's folder of the source mount at the view's mountpoint."""

@@ -29,7 +29,6 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
 
 import trio
 
@@ -74,7 +73,7 @@ class TxnRunner:
         self._batch_last = 0  # the last operation of the open batch
         self._unforeseen = 0  # queued operations that may change names (see above)
         # Changes answered ahead, run again by the store thread, or waited for.
-        self.counts: Counter[str] = Counter()
+        self.counts: collections.Counter[str] = collections.Counter()
         # Chunk bytes stored by the open batch and not on disk yet (read by
         # the trio thread to count free space; a stale value is close enough).
         self.pending_bytes = 0

@@ -184,7 +184,7 @@ class TxnRunner:
                 self.cache.apply(spec.row_writes(), self._seq)
                 done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(),
                                          self._seq)
-                self._put((self._seq, _replayed, (spec, fn, args, self), False, done), wake=False)
+                self._put((self._seq, self._replay, (spec, fn, args), False, done), wake=False)
                 return result
             finally:
                 spec.close()
@@ -204,14 +204,28 @@ class TxnRunner:
         """On the store thread, after a change worked out ahead was applied."""
         ok, value, writes = outcome
         if ok and not value:  # run again: its rows are the ones to keep
-            self.counts["again"] += 1
-            token.run_sync_soon(self.cache.apply, writes, seq)
+            token.run_sync_soon(self._ran_again, writes, seq)
         if not ok and self.broken is None:
             # The kernel was told it succeeded: stop rather than let the
             # kernel's view and the store drift apart.
             log.critical("a change answered ahead failed in the store, volume is now "
                          "read-only until remounted: %s", value)
             self.broken = value
+
+    def _ran_again(self, writes, seq: int) -> None:
+        self.counts["again"] += 1
+        self.cache.apply(writes, seq)
+
+    def _replay(self, txn, spec: SpecTxn, fn, args) -> bool:
+        """On the store thread: apply a change answered ahead (speculate.replay)."""
+        try:
+            as_seen = replay(txn, spec, fn, args)
+        finally:
+            self._ahead_out += spec.deferred_bytes
+        if not as_seen:
+            log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
+                     getattr(fn, "__name__", fn))
+        return as_seen
 
     async def read(self, fn, *args):
         """fn(txn, *args) for an fn that only reads: on this thread from the
@@ -328,17 +342,6 @@ class TxnRunner:
 
 def _noop(txn):
     return None
-
-
-def _replayed(txn, spec: SpecTxn, fn, args, runner: "TxnRunner") -> bool:
-    try:
-        as_seen = replay(txn, spec, fn, args)
-    finally:
-        runner._ahead_out += spec.deferred_bytes
-    if not as_seen:
-        log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
-                 getattr(fn, "__name__", fn))
-    return as_seen
 
 
 def _error_mode(cause: Exception) -> FsError:

@@ -452,10 +452,16 @@ class Inodes:
         inode = self._rows(txn, ino)
         txn.check_space(sum(len(data) for _, data in blocks))
         delta = 0
-        for index, data in blocks:
+        # What each block replaces, read before any hashing: a flush worked out
+        # ahead (fs/speculate.py) cannot read chunk lengths and hands over to
+        # the store thread before it has hashed anything.
+        olds = []
+        for index, _ in blocks:
             key = vkey(self.vid, ino, index)
             old = txn.get("blocks", key)
             old = bytes(old) if old is not None else None
+            olds.append((key, old, chunks.raw_length(txn, old) if old is not None else 0))
+        for (index, data), (key, old, old_length) in zip(blocks, olds):
             ready = prepared.get(index, False) if prepared is not None else False
             if ready is False:  # not prepared: hash here (and encode if new)
                 ready = None if native.is_zero(data) else (chunks.chunk_id(data), None)
@@ -469,7 +475,7 @@ class Inodes:
                 txn.put("blocks", key, new)
                 delta += len(data)
             if old is not None:
-                delta -= chunks.raw_length(txn, old)
+                delta -= old_length
                 chunks.decref(txn, old)
                 if new is None:
                     txn.delete("blocks", key)

@@ -27,6 +27,7 @@ import errno
 import functools
 import logging
 import queue
+import signal
 import threading
 import time
 
@@ -47,11 +48,22 @@ MAX_AHEAD = 512
 # Free space a flush answered ahead leaves beyond the store's own reserve:
 # the disk may fill from elsewhere before the store thread takes it.
 AHEAD_MARGIN = 32 << 20
+# Seconds between the signals that end a FUSE read blocked with the GIL.
+NUDGE_EVERY = 0.1
 
 
 class TxnRunner:
-    def __init__(self, store: Store, linger: float = 0.005, max_age: float = 0.2):
+    def __init__(self, store: Store, linger: float = 0.005, max_age: float = 0.2,
+                 nudge_reads: bool = False):
         self.store = store
+        # pyfuse3 reads /dev/fuse holding the GIL once epoll said it was
+        # readable; a request withdrawn meanwhile (its caller was killed)
+        # leaves that read blocked until the next request comes, and this
+        # thread, which needs the GIL to commit, holds the store's write lock
+        # all that time: every writer of the store waits. While a batch is
+        # open a timer signal (SIGALRM, whose handler the main thread set)
+        # ends such a read; pyfuse3 then waits again without the GIL.
+        self._nudge_reads = nudge_reads
         self.linger = linger
         self.max_age = max_age
         self.broken: Exception | None = None
@@ -265,6 +277,8 @@ class TxnRunner:
     # -- the store thread ---------------------------------------------------
 
     def _loop(self) -> None:
+        if self._nudge_reads:  # the timer's signal is for the FUSE thread
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         work = self._work
         while True:
             while work:
@@ -312,6 +326,8 @@ class TxnRunner:
             if self._txn is None:
                 self._txn = self.store.begin_write()
                 self._started = time.monotonic()
+                if self._nudge_reads:
+                    signal.setitimer(signal.ITIMER_REAL, NUDGE_EVERY, NUDGE_EVERY)
             with self.store.nested(self._txn) as child:
                 child.writes, child.recorded = [], CACHED_TABLES
                 result = fn(child, *args)
@@ -338,6 +354,9 @@ class TxnRunner:
             log.critical("commit failed, volume is now read-only until remounted: %s", e)
             self.broken = e
             return e
+        finally:  # the write lock is let go
+            if self._nudge_reads:
+                signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _noop(txn):

@@ -69,7 +69,7 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         if not readonly:
             runner.run_sync(_purge_orphans, inodes)
         used = runner.run_sync(inodes.usage).logical_bytes
-        space = SpaceBudget(store.path, data_volume.get("quota"), used,
+        space = SpaceBudget(store, data_volume.get("quota"), used,
                             pending=lambda: runner.unstored_bytes)
         ops = VolumeOperations(runner, inodes, space, readonly=readonly, root_ino=root_ino)
         options = {"default_permissions", "allow_other", "noatime", "subtype=fusevol",

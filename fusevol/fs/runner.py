@@ -37,6 +37,7 @@ from ..errors import FsError, FusevolError
 from ..store import Store, Txn
 from ..store.env import SPACE_RESERVE
 from .cache import CACHED_TABLES, NeedsStore, RowCache
+from .space import FAR_FROM_FULL, FREE_FRESH_FOR
 from .speculate import SpecTxn, replay
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,9 @@ class TxnRunner:
     def _room(self, incoming: int) -> bool:
         """Whether `incoming` chunk bytes surely fit on the store's disk, with
         everything queued ahead and a margin on top of the store's own reserve."""
-        free = self.store.disk_free() - SPACE_RESERVE - AHEAD_MARGIN
-        return incoming <= free - self.unstored_bytes
+        ours = incoming + SPACE_RESERVE + AHEAD_MARGIN + self.unstored_bytes
+        return (ours + FAR_FROM_FULL <= self.store.disk_free(max_age=FREE_FRESH_FOR)
+                or ours <= self.store.disk_free())
 
     async def change(self, fn, *args, foreseen: bool = False):
         """fn(txn, *args) for an fn that changes the volume: worked out on this

@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import threading
+import time
 
 import lmdb
 
@@ -178,6 +179,7 @@ class Store:
 
     def __init__(self, path: str):
         self.path = path
+        self._free_seen = (float("-inf"), 0)  # (when, free bytes on the disk)
         self.closed = False
         try:
             _private_dir(path)
@@ -241,9 +243,16 @@ class Store:
             log.info("growing store map to %d bytes", new)
             self.env.set_mapsize(new)
 
-    def disk_free(self) -> int:
-        st = os.statvfs(self.path)
-        return st.f_bavail * st.f_frsize
+    def disk_free(self, max_age: float = 0.0) -> int:
+        """Free bytes on the store's disk; a figure seen up to max_age seconds
+        ago will do (a statvfs per write cost a tenth of the write path)."""
+        seen_at, free = self._free_seen
+        now = time.monotonic()
+        if now - seen_at > max_age:
+            st = os.statvfs(self.path)
+            free = st.f_bavail * st.f_frsize
+            self._free_seen = (now, free)  # one tuple: read by several threads
+        return free
 
     @contextlib.contextmanager
     def read(self):

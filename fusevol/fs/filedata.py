@@ -37,6 +37,9 @@ PREPARE_AT = 1 << 20
 # readable meanwhile (a read of it waits behind it on the store thread).
 AHEAD_UP_TO = 256 << 10
 PREPARE_THREADS = 2
+# Loads of at most this many chunks are read on the trio thread; larger ones
+# (sequential reads) in threads, several at once.
+INLINE_READS_UP_TO = 1
 
 
 class FileData:
@@ -98,11 +101,18 @@ class FileData:
     async def _load(self, indexes: list[int]) -> dict[int, bytes | None]:
         """Stored content of blocks (None for holes). The block map comes from
         the store thread (it sees uncommitted changes); the chunks, immutable,
-        are read and decompressed by other threads, several requests at once."""
+        are read and decompressed by other threads, several requests at once,
+        unless there is only one."""
         ids = await self.runner.read(self.inodes.block_ids, self.ino, indexes)
         wanted = {i: cid for i, cid in ids.items() if cid is not None}
-        found = await trio.to_thread.run_sync(_read_chunks, self.runner.store, wanted,
-                                              limiter=self.runner.read_limiter)
+        if len(wanted) <= INLINE_READS_UP_TO:
+            # A thread round trip cost more than the read itself: 4 KiB random
+            # reads, cold, 2,400 -> 3,600-6,400 IOPS on this project's machine.
+            # The loop waits for the disk meanwhile, as a C FUSE server would.
+            found = _read_chunks(self.runner.store, wanted)
+        else:
+            found = await trio.to_thread.run_sync(_read_chunks, self.runner.store, wanted,
+                                                  limiter=self.runner.read_limiter)
         missing = {i: cid for i, cid in wanted.items() if i not in found}
         if missing:  # written by the open batch, not committed yet
             found.update(await self.runner.run(_read_chunks_in, missing, foreseen=True))

@@ -39,6 +39,13 @@ def _compressor() -> zstandard.ZstdCompressor:
     return c
 
 
+def _prober() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "zp", None)
+    if c is None:  # a level of -5: 4x faster on 8 KiB than level 1 (8 vs 31 us)
+        c = _local.zp = zstandard.ZstdCompressor(level=-5)
+    return c
+
+
 def _decompressor() -> zstandard.ZstdDecompressor:
     d = getattr(_local, "zd", None)
     if d is None:
@@ -55,11 +62,12 @@ def encode(data: bytes, compression: str) -> bytes:
 
 
 def _worth_compressing(data) -> bool:
-    """Compress a sample first: on incompressible data (media, archives,
-    random) a full try cost most of a flush's CPU for nothing."""
+    """Compress a sample first, at a fast level: on incompressible data
+    (media, archives, random) a full try cost most of a flush's CPU for
+    nothing. Data the sample says is near the bar is not tried."""
     if len(data) <= 4 * PROBE:
         return True
-    probe = _compressor().compress(memoryview(data)[:PROBE])
+    probe = _prober().compress(memoryview(data)[:PROBE])
     return len(probe) <= PROBE * (1 - MIN_SAVING)
 
 

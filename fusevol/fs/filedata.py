@@ -174,7 +174,7 @@ class FileData:
             loaded = await self._load(missing) if missing else {}
             if self.truncations == truncations:
                 break
-        out = bytearray()
+        pieces = []  # views: the bytes are copied once, by the join
         for index in range(first, last + 1):
             block = self._cached(index)  # a write during the load is newer
             if block is None:
@@ -183,11 +183,11 @@ class FileData:
                 block = loaded.get(index) or b""
             lo = max(offset, index * bs) - index * bs
             hi = min(end, (index + 1) * bs) - index * bs
-            piece = block[lo:hi]
-            out += piece
+            piece = memoryview(block)[lo:hi]
+            pieces.append(piece)
             if len(piece) < hi - lo:
-                out += bytes(hi - lo - len(piece))  # a hole, or past the stored bytes
-        return bytes(out)
+                pieces.append(bytes(hi - lo - len(piece)))  # a hole, or past the stored bytes
+        return b"".join(pieces)
 
     def truncate(self, size: int) -> None:
         """Apply a new size to the buffers (the store is truncated by the caller)."""
@@ -292,7 +292,7 @@ def _read_chunks_in(txn, wanted: dict[int, bytes]) -> dict[int, bytes]:
 def _read_chunks(store, wanted: dict[int, bytes]) -> dict[int, bytes]:
     """The chunks that are committed, each read once, in a read transaction."""
     out = {}
-    with store.read() as txn:
+    with store.read(buffers=True) as txn:
         for i, cid in wanted.items():
             payload = txn.get("chunks", cid)
             if payload is not None:

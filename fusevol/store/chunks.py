@@ -83,9 +83,17 @@ def decode(payload) -> bytes:
 
 def decode_checked(payload, cid: bytes) -> bytes:
     """A chunk's bytes, checked against its id. LMDB keeps no checksums: a
-    byte flipped on the disk would otherwise be handed out as file content."""
+    byte flipped on the disk would otherwise be handed out as file content.
+    `payload` may be a buffer into LMDB's map: a raw chunk is hashed there
+    and copied once."""
     try:
-        data = decode(payload)
+        if payload[0] == RAW:
+            body = memoryview(payload)[1:]
+            if chunk_id(body) == cid:
+                return bytes(body)
+            data = None
+        else:
+            data = decode(payload)
     except zstandard.ZstdError:
         data = None
     if data is None or chunk_id(data) != cid:

@@ -226,10 +226,10 @@ class Store:
 
     # -- transactions -------------------------------------------------------
 
-    def _begin(self, write: bool, parent=None) -> lmdb.Transaction:
+    def _begin(self, write: bool, parent=None, buffers: bool = False) -> lmdb.Transaction:
         for _ in range(3):
             try:
-                return self.env.begin(write=write, parent=parent)
+                return self.env.begin(write=write, parent=parent, buffers=buffers)
             except lmdb.MapResizedError:
                 # Another process grew the map: adopt its size and try again.
                 self.env.set_mapsize(0)
@@ -255,8 +255,10 @@ class Store:
         return free
 
     @contextlib.contextmanager
-    def read(self):
-        txn = self._begin(write=False)
+    def read(self, buffers: bool = False):
+        """A read transaction; with buffers, values are views into the map,
+        valid only until the block ends (no copy of a 128 KiB chunk)."""
+        txn = self._begin(write=False, buffers=buffers)
         try:
             yield Txn(self, txn, write=False)
         finally:

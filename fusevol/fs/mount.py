@@ -7,6 +7,7 @@ them; one volume is served by at most one worker, which keeps the kernel's
 caches the only copy of its state.
 """
 
+import dataclasses
 import errno
 import logging
 import os
@@ -19,6 +20,7 @@ import trio
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..store import Inodes, Store
 from ..store import volumes
+from .mountopts import DEFAULT_ATIME, MountOptions, kernel_options
 from .operations import VolumeOperations
 from .registry import (  # noqa: F401  (the outside view, re-exported)
     clear_dead_mount, flush_worker, is_mountpoint, pid_alive, register, start_worker, unmount,
@@ -32,8 +34,13 @@ log = logging.getLogger(__name__)
 # -- serving a volume (inside the worker) -------------------------------------
 
 def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
-          subpath: str | None = None, on_ready=None) -> None:
-    """Mount volume `name` at `mountpoint` and serve it until it is unmounted."""
+          subpath: str | None = None, options: MountOptions | None = None,
+          fsname: str | None = None, on_ready=None) -> None:
+    """Mount volume `name` at `mountpoint` and serve it until it is unmounted.
+    `options` adds atime, dev, suid and noexec choices to the volume's own."""
+    options = options or MountOptions()
+    if (options.dev or options.suid) and os.geteuid() != 0:
+        raise InvalidArgument("mount options dev and suid are for root only")
     store = Store.open(store_path)
     mountpoint = os.path.abspath(mountpoint)
     with store.read() as txn:
@@ -45,6 +52,11 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
     if subpath is not None:
         subpath = volumes.normalize_subpath(subpath)
     readonly = readonly or record["readonly"] or data_volume["readonly"]
+    # Settings the volume was created with, unless the mount asks otherwise.
+    options = dataclasses.replace(
+        options, readonly=readonly,
+        atime=options.atime or record.get("atime") or data_volume.get("atime") or DEFAULT_ATIME,
+        dev=options.dev or bool(record.get("dev")), suid=options.suid or bool(record.get("suid")))
     other = worker_of(store.path, volume=data_volume["name"])
     clear_dead_mount(mountpoint)
     if not os.path.isdir(mountpoint):
@@ -71,15 +83,15 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         used = runner.run_sync(inodes.usage).logical_bytes
         space = SpaceBudget(store.path, data_volume.get("quota"), used,
                             pending=lambda: runner.unstored_bytes)
-        ops = VolumeOperations(runner, inodes, space, readonly=readonly, root_ino=root_ino)
-        options = {"default_permissions", "allow_other", "noatime", "subtype=fusevol",
-                   f"fsname=fusevol:{name}"}
-        if readonly:
-            options.add("ro")
-        pyfuse3.init(ops, mountpoint, options)
+        ops = VolumeOperations(runner, inodes, space, readonly=readonly, root_ino=root_ino,
+                               atime=options.atime)
+        fuse_options = {"default_permissions", "allow_other", "subtype=fusevol",
+                        f"fsname={fsname or 'fusevol:' + name}"}
+        pyfuse3.init(ops, mountpoint, fuse_options | kernel_options(options))
         registration = register(store.path, {
             "pid": os.getpid(), "volume": data_volume["name"], "mounted_as": name,
             "mountpoint": mountpoint, "readonly": readonly, "subpath": subpath,
+            "options": options.to_text(),
         })
         try:
             trio.run(_main, ops, mountpoint, on_ready)

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections import Counter
 
 import pyfuse3
@@ -44,6 +45,7 @@ TRUSTED_PREFIX = b"trusted."
 XATTR_NAMESPACES = (b"user.", TRUSTED_PREFIX, b"security.", POSIX_ACL_PREFIX)
 READDIR_BATCH = 64         # entries read per store call while answering readdir
 DOTS = (b".", b"..")       # listed first by readdir
+RELATIME_AGE_NS = 24 * 3600 * 10**9  # relatime: an atime older than this is renewed
 
 
 def _cache_knobs() -> dict:
@@ -95,8 +97,9 @@ class VolumeOperations(pyfuse3.Operations):
     supports_dot_lookup = True
 
     def __init__(self, runner: TxnRunner, inodes: Inodes, space: SpaceBudget, *,
-                 readonly: bool = False, root_ino: int = ROOT_INO):
+                 readonly: bool = False, root_ino: int = ROOT_INO, atime: str = "noatime"):
         super().__init__()
+        self.atime = None if readonly or atime == "noatime" else atime
         self.runner = runner
         self.inodes = inodes
         self.readonly = readonly
@@ -343,6 +346,8 @@ class VolumeOperations(pyfuse3.Operations):
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = await self._open_file(ino, node.size)
+        if self.atime and (flags & os.O_ACCMODE) != os.O_WRONLY:
+            await self._accessed(ino, node)
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
             # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation
             # to us (it only drops its own pages and size).
@@ -446,6 +451,23 @@ class VolumeOperations(pyfuse3.Operations):
             except FusevolError:
                 return False
 
+    async def _accessed(self, ino: int, node: Inode) -> None:
+        """Keep atime as relatime or strictatime asks. The kernel leaves atime of
+        FUSE inodes to us and serves cached pages without asking, so an open for
+        reading (or of a folder) stands for the reads that follow it."""
+        now = time.time_ns()
+        if self.atime == "relatime" and node.mtime_ns < node.atime_ns and \
+                node.ctime_ns < node.atime_ns and now - node.atime_ns < RELATIME_AGE_NS:
+            return
+        await self.runner.change(functools.partial(
+            self.inodes.setattr, ino=ino, atime_ns=now, ctime_ns=node.ctime_ns))
+        # The kernel's copy of the attributes is stale now. Dropping only attributes
+        # waits on no page, so it is safe while the kernel waits for this open.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, self._kernel(ino), True)
+        except OSError:
+            pass  # the kernel forgot the inode already
+
     async def _forget_pages(self, ino: int) -> None:
         # Not from inside a handler: the kernel may wait on this very loop.
         try:
@@ -475,6 +497,8 @@ class VolumeOperations(pyfuse3.Operations):
         node = await self._get(ino)
         if not stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.atime:
+            await self._accessed(ino, node)
         fh = self._new_fh()
         self.dir_handles[fh] = (ino, None)
         return fh

@@ -169,7 +169,7 @@ class Supervisor:
         if _serves(target):
             return target
         if registry.is_mountpoint(target):  # bound to a worker that died
-            subprocess.run(["umount", "-l", target], capture_output=True)
+            subprocess.run(["umount", "-i", "-l", target], capture_output=True)
         missing = NotFound(f"folder {view['subpath']} does not exist in volume "
                            f"{source['name']}; create it there first")
         try:
@@ -203,9 +203,9 @@ class Supervisor:
 
     def _unbind(self, target: str) -> None:
         if registry.is_mountpoint(target):
-            if subprocess.run(["umount", target], capture_output=True).returncode != 0:
+            if subprocess.run(["umount", "-i", target], capture_output=True).returncode != 0:
                 log.warning("%s busy: detaching it lazily", target)
-                _run(["umount", "-l", target])
+                _run(["umount", "-i", "-l", target])
 
     def _stop(self, data_name: str) -> None:
         path = self.mountpoint(data_name)

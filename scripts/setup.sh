@@ -10,7 +10,7 @@ venv=${FUSEVOL_VENV:-/opt/fusevol}
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv)
 extras=()
 if [ "${1:-}" = "--test" ]; then
-    packages+=(docker.io busybox-static git sqlite3 fio attr tar rclone e2fsprogs)
+    packages+=(docker.io docker-compose busybox-static git sqlite3 fio attr tar rclone e2fsprogs)
     extras=("[test]")
 fi
 

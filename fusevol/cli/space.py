@@ -26,7 +26,7 @@ def df(ctx, as_json):
     with store.read() as txn:
         totals = chunks.totals(txn)
         per_volume = {r["name"]: volumes.stats(txn, r).logical_bytes
-                      for r in volumes.list_all(txn) if r["vid"] is not None}
+                      for r in volumes.list_all(txn, removed=True) if r["vid"] is not None}
     logical = sum(per_volume.values())
     unique = totals["unique_bytes"]
     stored = totals["stored_bytes"]

@@ -102,5 +102,7 @@ def volume_rm(ctx, names):
         if worker is not None:
             raise errors.Busy(f"volume {name} is mounted at {worker['mountpoint']}; unmount it first")
         with store.write() as txn:
-            volumes.remove(txn, name)
+            deleted = volumes.remove(txn, name)
         click.echo(name)
+        if name not in deleted:
+            click.echo(f"fusevol: {name} has views: its data stays until they are removed", err=True)

@@ -43,11 +43,14 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         raise InvalidArgument("mount options dev and suid are for root only")
     store = Store.open(store_path)
     mountpoint = os.path.abspath(mountpoint)
+    # At the driver's own mountpoint, a source removed while it has views is
+    # still served, for them (store/volumes.py); by name, it is gone.
+    for_views = mountpoint == os.path.join(store.path, "mnt", name)
     with store.read() as txn:
-        record = volumes.get(txn, name)
+        record = volumes.get(txn, name, removed_ok=for_views)
         data_volume = record
         if record.get("source"):
-            data_volume = volumes.get(txn, record["source"])
+            data_volume = volumes.source_of(txn, record)
             subpath = "/".join(p for p in (record["subpath"], subpath) if p)
     if subpath is not None:
         subpath = volumes.normalize_subpath(subpath)

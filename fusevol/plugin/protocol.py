@@ -94,6 +94,8 @@ class Driver:
             with self.store.write() as txn:
                 snapshots.create_volume(txn, name, opts)
         except AlreadyExists:
+            if self.sup.record(name, missing_ok=True) is None:
+                raise  # a removed source kept for its views: the error says so
             self._check_same_options(name, opts)
         return {}
 
@@ -172,5 +174,5 @@ def _store_dedup_ratio(txn) -> float:
     """Bytes all volumes hold over the bytes stored once: how much deduplication saves."""
     unique = chunks.totals(txn)["unique_bytes"]
     logical = sum(volumes.stats(txn, r).logical_bytes
-                  for r in volumes.list_all(txn) if r["vid"] is not None)
+                  for r in volumes.list_all(txn, removed=True) if r["vid"] is not None)
     return round(logical / unique, 3) if unique else 1.0

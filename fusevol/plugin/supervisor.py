@@ -81,12 +81,12 @@ class Supervisor:
     def family_count(self, data_name: str) -> int:
         """Mounts of a data volume and of all its views."""
         with self.store.read() as txn:
-            return sum(mount_count(r) for r in volumes.list_all(txn)
+            return sum(mount_count(r) for r in volumes.list_all(txn, removed=True)
                        if family_of(r) == data_name)
 
     def families(self) -> list[str]:
         with self.store.read() as txn:
-            return sorted({family_of(r) for r in volumes.list_all(txn)})
+            return sorted({family_of(r) for r in volumes.list_all(txn, removed=True)})
 
     def served_path(self, record: dict) -> str | None:
         """Where a mounted volume is, or None while no one mounts it."""
@@ -131,8 +131,15 @@ class Supervisor:
 
     def _serve(self, record: dict) -> str:
         if record.get("source"):
-            source = self.record(record["source"])
-            return self._bind_view(record, source, self._serve_data(source))
+            with self.store.read() as txn:
+                source = volumes.source_of(txn, record)
+            base = self._serve_data(source)
+            try:
+                return self._bind_view(record, source, base)
+            except FusevolError:
+                if self.family_count(source["name"]) == 0:  # started for this view alone
+                    self._stop(source["name"])
+                raise
         return self._serve_data(record)
 
     def _serve_data(self, record: dict) -> str:
@@ -233,23 +240,27 @@ class Supervisor:
         target = self.mountpoint(name)
         if not record.get("source"):
             info = registry.worker_of(self.store_path, volume=name)
+            if info is not None and info["mountpoint"] == target and self.family_count(name) == 0:
+                self._stop(name)  # ours, and no one counts on it: it was on its way out
+                info = None
             if info is not None:
                 raise Busy(f"volume {name} is still served at {info['mountpoint']} "
                            f"(pid {info['pid']}); unmount it first")
         if registry.is_mountpoint(target):
             raise Busy(f"volume {name} is still mounted at {target}; unmount it first")
         with self.store.write() as txn:
-            volumes.remove(txn, name)
-        try:
-            os.rmdir(target)  # an empty directory only: never a recursive delete
-        except OSError:
-            pass
+            deleted = volumes.remove(txn, name)
+        for gone in deleted:
+            try:
+                os.rmdir(self.mountpoint(gone))  # an empty directory only: never a recursive delete
+            except OSError:
+                pass
 
     def reconcile(self, data_name: str) -> None:
         """Bring a family's mounts in line with its counts: restart a worker that died,
         re-bind its views, stop a worker no one counts on."""
         with self.store.read() as txn:
-            family = [r for r in volumes.list_all(txn) if family_of(r) == data_name]
+            family = [r for r in volumes.list_all(txn, removed=True) if family_of(r) == data_name]
         if not family:
             return
         data = next((r for r in family if r["name"] == data_name), None)

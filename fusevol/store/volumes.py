@@ -3,6 +3,15 @@
 A volume is a JSON record in the ``volumes`` table plus its rows (inodes,
 entries, block maps) under its vid. A *view* volume (``source`` + ``subpath``)
 has no rows of its own: it shows one folder of its source volume.
+
+Removing a source that still has views (docker-compose removes volumes in the
+order its file names them) marks it ``removed`` instead: it is gone for every
+caller that names it (get, list, create of the same name), while its views keep
+showing its data; the removal of its last view deletes it in the same
+transaction. Likewise a view may be created before its source (compose
+creates volumes in the order its file names them): the source is looked up
+when the view is mounted. So a source and its views can be created and
+removed in any order, and data never goes while a view still shows it.
 """
 
 import datetime
@@ -41,6 +50,11 @@ def shown(value, limit: int = 80) -> str:
     """A value as an error message quotes it: its repr, cut short if long."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _removed_note(txn: Txn, name: str) -> str:
+    views = ", ".join(views_of(txn, name))
+    return f"volume {name} was removed; its data stays until its views ({views}) are removed"
 
 
 def check_name(name) -> str:
@@ -153,12 +167,17 @@ def _next_vid(txn: Txn) -> int:
 def create(txn: Txn, name: str, opts: dict | None = None) -> dict:
     check_name(name)
     settings = parse_options(opts)
-    existing = get(txn, name, missing_ok=True)
+    existing = get(txn, name, missing_ok=True, removed_ok=True)
     if existing is not None:
+        if existing.get("removed"):
+            raise AlreadyExists(f"{_removed_note(txn, name)}; choose another name")
         raise AlreadyExists(f"volume {name} already exists")
     if settings["source"]:
-        source = get(txn, settings["source"])
-        if source.get("source"):
+        source = get(txn, settings["source"], missing_ok=True, removed_ok=True)  # None: made later
+        if source is not None and source.get("removed"):
+            raise NotFound(f"no such volume: {source['name']} "
+                           f"({_removed_note(txn, source['name'])})")
+        if source is not None and source.get("source"):
             raise InvalidArgument(f"volume {settings['source']} is itself a view; give its source")
     record = {
         "name": name,
@@ -178,21 +197,29 @@ def create(txn: Txn, name: str, opts: dict | None = None) -> dict:
     return record
 
 
-def get(txn: Txn, name: str, missing_ok: bool = False) -> dict | None:
+def get(txn: Txn, name: str, missing_ok: bool = False, removed_ok: bool = False) -> dict | None:
+    """A volume's record; one removed but kept for its views only if `removed_ok`."""
     raw = txn.get("volumes", name.encode())
-    if raw is None:
+    record = json.loads(bytes(raw)) if raw is not None else None
+    if record is not None and record.get("removed") and not removed_ok:
+        if missing_ok:
+            return None
+        raise NotFound(f"no such volume: {name} ({_removed_note(txn, name)})")
+    if record is None:
         if missing_ok:
             return None
         raise NotFound(f"no such volume: {name}")
-    return json.loads(bytes(raw))
+    return record
 
 
 def put(txn: Txn, record: dict) -> None:
     txn.put("volumes", record["name"].encode(), json.dumps(record).encode())
 
 
-def list_all(txn: Txn) -> list[dict]:
-    return [json.loads(bytes(v)) for _, v in txn.scan("volumes", b"")]
+def list_all(txn: Txn, removed: bool = False) -> list[dict]:
+    """Every volume's record; with `removed`, also sources removed but kept for their views."""
+    records = (json.loads(bytes(v)) for _, v in txn.scan("volumes", b""))
+    return [r for r in records if removed or not r.get("removed")]
 
 
 def views_of(txn: Txn, name: str) -> list[str]:
@@ -200,25 +227,55 @@ def views_of(txn: Txn, name: str) -> list[str]:
 
 
 def stats(txn: Txn, record: dict) -> schema.VolumeStats:
-    vid = record["vid"] if record["vid"] is not None else get(txn, record["source"])["vid"]
-    return txn.vstats(vid)
+    if record["vid"] is None:
+        source = get(txn, record["source"], missing_ok=True, removed_ok=True)
+        if source is None or source["vid"] is None:  # not created yet
+            return schema.VolumeStats()
+        return txn.vstats(source["vid"])
+    return txn.vstats(record["vid"])
 
 
-def remove(txn: Txn, name: str) -> None:
-    """Delete a volume and drop its references to chunks (freeing those no one else holds)."""
+def source_of(txn: Txn, view: dict) -> dict:
+    """The data volume a view shows, as its mount needs it."""
+    source = get(txn, view["source"], missing_ok=True, removed_ok=True)
+    if source is None:
+        raise NotFound(f"volume {view['name']} is a view of volume {view['source']}, which "
+                       "does not exist (yet); create it first")
+    if source.get("source"):
+        raise InvalidArgument(f"volume {view['name']} is a view of {view['source']}, which is "
+                              "itself a view; a view shows a folder of a data volume")
+    return source
+
+
+def remove(txn: Txn, name: str) -> list[str]:
+    """Delete a volume and drop its references to chunks (freeing those no one else
+    holds); a source with views is only marked removed (see above). Returns the
+    volumes deleted: this one, and its source if it was the source's last view."""
     record = get(txn, name)
-    views = views_of(txn, name)
-    if views:
-        raise Busy(f"volume {name} is shown by view volume(s) {', '.join(views)}; remove them first")
     if record.get("mounts"):
         raise Busy(f"volume {name} is mounted ({len(record['mounts'])} mount(s)); unmount it first")
     snaps = sum(1 for _ in txn.scan("snapshots", name.encode() + b"\0"))
     if snaps:
         raise Busy(f"volume {name} has {snaps} snapshot(s); delete them first "
                    f"(fusevol snapshot ls {name}; fusevol snapshot rm {name}@NAME)")
+    if views_of(txn, name):
+        record["removed"] = True
+        put(txn, record)
+        return []
+    _delete(txn, record)
+    deleted = [name]
+    source = get(txn, record["source"], missing_ok=True, removed_ok=True) \
+        if record.get("source") else None
+    if source is not None and source.get("removed") and not views_of(txn, source["name"]):
+        _delete(txn, source)
+        deleted.append(source["name"])
+    return deleted
+
+
+def _delete(txn: Txn, record: dict) -> None:
     if record["vid"] is not None:
         drop_rows(txn, record["vid"])
-    txn.delete("volumes", name.encode())
+    txn.delete("volumes", record["name"].encode())
 
 
 def drop_rows(txn: Txn, vid: int, keep_counter: bool = False) -> None:

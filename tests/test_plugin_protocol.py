@@ -155,6 +155,43 @@ def test_a_view_may_be_created_before_its_source(driver):
     assert driver.list({}) == {"Volumes": []}  # ...and gone with its last view
 
 
+@pytest.mark.parametrize("opts, message", [
+    ({"atime": "sometimes"}, r"atime='sometimes': use noatime, relatime or strictatime"),
+    ({"suid": "maybe"}, r"suid='maybe': use true or false"),
+    ({"source": "src", "subpath": "d", "dev": "true"}, r"a view .* takes only subpath"),
+])
+def test_bad_mount_settings(driver, opts, message):
+    driver.create({"Name": "src"})
+    with pytest.raises(FusevolError, match=message):
+        driver.create({"Name": "vol", "Opts": opts})
+
+
+@needs_fuse
+def test_atime_suid_and_dev_as_driver_options(driver):
+    driver.create({"Name": "plain"})
+    driver.create({"Name": "vol", "Opts": {"atime": "strictatime", "suid": "true", "dev": "true"}})
+    assert driver.create({"Name": "vol", "Opts": {"atime": "strictatime", "suid": "yes",
+                                                  "dev": "1"}}) == {}
+    with pytest.raises(AlreadyExists, match="options cannot be changed"):
+        driver.create({"Name": "vol", "Opts": {"atime": "relatime"}})
+    flags = {}
+    for name in ("plain", "vol"):
+        path = driver.mount({"Name": name, "ID": "c1"})["Mountpoint"]
+        with open("/proc/self/mountinfo") as f:
+            flags[name] = next(set(line.split()[5].split(",")) for line in f
+                               if line.split()[4] == path)
+        with open(os.path.join(path, "f"), "w") as f:
+            f.write("x")
+        os.utime(os.path.join(path, "f"), (1000, 1000))
+        with open(os.path.join(path, "f")) as f:
+            f.read()
+        flags[name].add(f"atime-renewed={os.stat(os.path.join(path, 'f')).st_atime > 1000}")
+        driver.unmount({"Name": name, "ID": "c1"})
+    assert flags["plain"] >= {"nosuid", "nodev", "noatime", "atime-renewed=False"}
+    assert not flags["vol"] & {"nosuid", "nodev", "noatime"}
+    assert "atime-renewed=True" in flags["vol"]
+
+
 @needs_fuse
 def test_a_view_serves_after_its_source_was_removed(driver, store_path):
     driver.create({"Name": "src"})

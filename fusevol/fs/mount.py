@@ -39,8 +39,6 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
     """Mount volume `name` at `mountpoint` and serve it until it is unmounted.
     `options` adds atime, dev, suid and noexec choices to the volume's own."""
     options = options or MountOptions()
-    if (options.dev or options.suid) and os.geteuid() != 0:
-        raise InvalidArgument("mount options dev and suid are for root only")
     store = Store.open(store_path)
     mountpoint = os.path.abspath(mountpoint)
     # At the driver's own mountpoint, a source removed while it has views is
@@ -58,8 +56,11 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
     # Settings the volume was created with, unless the mount asks otherwise.
     options = dataclasses.replace(
         options, readonly=readonly,
-        atime=options.atime or record.get("atime") or data_volume.get("atime") or DEFAULT_ATIME,
-        dev=options.dev or bool(record.get("dev")), suid=options.suid or bool(record.get("suid")))
+        atime=options.atime or data_volume.get("atime") or DEFAULT_ATIME,
+        dev=bool(data_volume.get("dev")) if options.dev is None else options.dev,
+        suid=bool(data_volume.get("suid")) if options.suid is None else options.suid)
+    if (options.dev or options.suid) and os.geteuid() != 0:
+        raise InvalidArgument("dev and suid are for mounts by root only")
     other = worker_of(store.path, volume=data_volume["name"])
     clear_dead_mount(mountpoint)
     if not os.path.isdir(mountpoint):

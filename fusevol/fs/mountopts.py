@@ -7,8 +7,8 @@ No pyfuse3 or trio here: the CLI and the helper parse options before any worker 
 import dataclasses
 
 from ..errors import InvalidArgument
+from ..store.volumes import ATIME_MODES
 
-ATIME_MODES = ("noatime", "relatime", "strictatime")
 DEFAULT_ATIME = "noatime"
 
 # Options mount(8), fstab and systemd use for their own ends; they ask nothing of a volume.
@@ -24,9 +24,10 @@ class MountOptions:
     readonly: bool = False
     subpath: str | None = None
     store: str | None = None
-    atime: str | None = None      # None: the volume's own setting (or noatime)
-    dev: bool = False             # device nodes on the volume work (root only)
-    suid: bool = False            # setuid and setgid bits take effect (root only)
+    # None: the volume's own setting (volume create -o atime=..., suid=..., dev=...)
+    atime: str | None = None
+    dev: bool | None = None       # device nodes on the volume work (root only)
+    suid: bool | None = None      # setuid and setgid bits take effect (root only)
     noexec: bool = False
 
     def to_text(self) -> str:
@@ -34,7 +35,10 @@ class MountOptions:
         parts = ["ro" if self.readonly else "rw"]
         if self.atime:
             parts.append(self.atime)
-        parts += [flag for flag in ("dev", "suid", "noexec") if getattr(self, flag)]
+        parts += [f"{flag}={str(getattr(self, flag)).lower()}" for flag in ("dev", "suid")
+                  if getattr(self, flag) is not None]
+        if self.noexec:
+            parts.append("noexec")
         if self.subpath:
             parts.append(f"subpath={self.subpath}")
         if self.store:
@@ -66,6 +70,8 @@ def parse(text: str | None, *, sloppy: bool = False) -> MountOptions:
         elif not eq and key in _IGNORED:
             if key in ("nodev", "nosuid", "exec"):
                 setattr(opts, {"nodev": "dev", "nosuid": "suid", "exec": "noexec"}[key], False)
+            if key == "atime":
+                opts.atime = "relatime"  # the kernel's default, as mount(8) says
         elif item.strip().startswith(_IGNORED_PREFIXES) or sloppy:
             continue
         else:

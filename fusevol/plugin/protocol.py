@@ -31,7 +31,7 @@ ENDPOINTS = {
 SERIALISED = {"mount", "unmount", "remove"}
 
 # Settings a repeated Create must match (the parsed form, so "1M" equals "1048576").
-_SETTINGS = ("readonly", "source", "subpath", "quota", "compression")
+_SETTINGS = volumes.DEFAULTS
 
 
 def decode_request(raw: bytes) -> dict:
@@ -102,7 +102,7 @@ class Driver:
     def _check_same_options(self, name: str, opts: dict | None) -> None:
         wanted = volumes.parse_options(opts)
         record = self.sup.record(name)
-        if any(wanted[k] != record.get(k) for k in _SETTINGS):
+        if any(wanted[k] != record.get(k, default) for k, default in _SETTINGS.items()):
             given = ", ".join(f"{k}={v}" for k, v in sorted((opts or {}).items())) or "none"
             had = ", ".join(f"{k}={v}" for k, v in sorted(record["options"].items())) or "none"
             raise AlreadyExists(

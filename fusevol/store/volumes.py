@@ -34,7 +34,14 @@ OPTIONS = {
     "size": "a quota in bytes, or with a suffix K, M, G, T (powers of 1024)",
     "compression": "zstd or none",
     "from-snapshot": "VOLUME@SNAPSHOT: the new volume starts as that snapshot (a clone)",
+    "atime": "noatime (the default), relatime or strictatime: when reads renew atime",
+    "suid": "true or false (the default): setuid and setgid bits take effect",
+    "dev": "true or false (the default): device nodes on the volume can be opened",
 }
+ATIME_MODES = ("noatime", "relatime", "strictatime")
+# Every setting a volume has, as an old record without it is taken to have.
+DEFAULTS = {"readonly": False, "source": None, "subpath": None, "quota": None,
+            "compression": "zstd", "atime": None, "suid": False, "dev": False}
 
 _SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)i?B?$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -125,7 +132,7 @@ def parse_options(opts: dict | None) -> dict:
         allowed = "; ".join(f"{k} ({v})" for k, v in OPTIONS.items())
         names = ", ".join(k if k.isprintable() and len(k) <= 40 else shown(k) for k in unknown)
         raise InvalidArgument(f"unknown option {names}: allowed are {allowed}")
-    settings = {"readonly": False, "source": None, "subpath": None, "quota": None, "compression": "zstd"}
+    settings = dict(DEFAULTS)
     for key, value in opts.items():
         if not isinstance(value, str):
             raise InvalidArgument(f"option {key} needs a string value")
@@ -140,6 +147,13 @@ def parse_options(opts: dict | None) -> dict:
         elif key == "from-snapshot":
             if "@" not in value:
                 raise InvalidArgument(f"option from-snapshot={shown(value)}: use VOLUME@SNAPSHOT")
+        elif key == "atime":
+            if value not in ATIME_MODES:
+                raise InvalidArgument(f"option atime={shown(value)}: use noatime, relatime or "
+                                      "strictatime")
+            settings["atime"] = value
+        elif key in ("suid", "dev"):
+            settings[key] = _parse_bool(key, value)
         elif key == "compression":
             if value not in schema.CODECS:
                 raise InvalidArgument(f"option compression={shown(value)}: use zstd or none")
@@ -148,8 +162,10 @@ def parse_options(opts: dict | None) -> dict:
         raise InvalidArgument("option subpath needs source=VOLUME (the volume to show a folder of)")
     if settings["source"] and not settings["subpath"]:
         raise InvalidArgument("option source needs subpath=DIR (the folder of it to show)")
-    if settings["source"] and (settings["quota"] or "compression" in opts or "from-snapshot" in opts):
-        raise InvalidArgument("a view (source=...) takes only subpath and readonly")
+    if settings["source"] and any(k in opts for k in ("size", "compression", "from-snapshot",
+                                                       "atime", "suid", "dev")):
+        raise InvalidArgument("a view (source=...) takes only subpath and readonly; it has its "
+                              "source's atime, suid and dev")
     return settings
 
 

@@ -193,6 +193,17 @@ def test_atime_suid_and_dev_as_driver_options(driver):
 
 
 @needs_fuse
+def test_worker_logs_go_with_their_volume(driver, store_path):
+    driver.create({"Name": "vol"})
+    driver.mount({"Name": "vol", "ID": "c1"})
+    driver.unmount({"Name": "vol", "ID": "c1"})
+    log = os.path.join(store_path, "run", "log", "vol.log")
+    assert "serves at" in open(log).read()
+    driver.remove({"Name": "vol"})
+    assert not os.path.exists(log)
+
+
+@needs_fuse
 def test_a_view_serves_after_its_source_was_removed(driver, store_path):
     driver.create({"Name": "src"})
     path = driver.mount({"Name": "src", "ID": "c1"})["Mountpoint"]

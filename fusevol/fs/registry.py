@@ -113,6 +113,18 @@ def _mangle(path: str) -> str:
 
 # -- starting and stopping workers (outside them) -----------------------------
 
+def worker_log(store_path: str, name: str) -> str:
+    """Where the workers of volume `name` write their log."""
+    return os.path.join(store_path, "run", "log", f"{name}.log")
+
+
+def remove_worker_log(store_path: str, name: str) -> None:
+    """A removed volume's log goes with it (a new volume of that name starts afresh)."""
+    try:
+        os.unlink(worker_log(store_path, name))
+    except FileNotFoundError:
+        pass
+
 def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
                  subpath: str | None = None, options: str | None = None,
                  fsname: str | None = None, log_path: str | None = None,
@@ -125,9 +137,8 @@ def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool 
     its mount detached, so the caller gets an error instead of waiting for ever.
     `options` are mount(8)-style options (mountopts.py) beyond readonly and subpath."""
     if log_path is None:
-        log_dir = os.path.join(store_path, "run", "log")
-        os.makedirs(log_dir, mode=0o700, exist_ok=True)
-        log_path = os.path.join(log_dir, f"{name}.log")
+        log_path = worker_log(store_path, name)
+        os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
     read_fd, write_fd = os.pipe()
     try:
         pid = None

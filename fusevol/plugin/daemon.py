@@ -18,7 +18,7 @@ import stat
 
 import trio
 
-from ..errors import Busy, FusevolError
+from ..errors import Busy, FusevolError, NotFound
 from . import http
 from .protocol import ENDPOINTS, Driver, decode_request, error_reply
 from ..fs.forkserver import ForkServer
@@ -44,13 +44,17 @@ class PluginApp(http.App):
         name = ENDPOINTS.get(target)
         if name is None:
             return self.refuse(404, f"unknown endpoint {target}; this is a VolumeDriver plugin")
+        request = None
         try:
             request = decode_request(body)
             reply = await self._call(name, request)
             status = 200
         except Exception as e:  # every failure becomes {"Err": ...}; nothing escapes
             reply, status = error_reply(e), 500
-            log.warning("%s %s: %s", name, body[:200].decode(errors="replace"), reply["Err"])
+            # dockerd asks Get before every Create: a volume not found there is no news.
+            expected = name == "get" and isinstance(e, NotFound)
+            log.log(logging.DEBUG if expected else logging.WARNING, "%s %s failed: %s",
+                    name, _subject(request, body), reply["Err"])
         else:
             level = logging.DEBUG if name in _QUIET else logging.INFO
             log.log(level, "%s %s -> %s", name, request.get("Name", ""), reply)
@@ -77,6 +81,15 @@ class PluginApp(http.App):
                     log.warning("restoring the mounts of %s: %s", family, e)
                 except Exception:  # keep serving; try again next round
                     log.exception("restoring the mounts of %s", family)
+
+
+def _subject(request: dict | None, body: bytes) -> str:
+    """What a failed call was about, on one line: the volume's name, or the start of
+    a body that did not decode (as a repr: no newline or control character of it
+    reaches the log)."""
+    if request is not None and isinstance(request.get("Name"), str):
+        return repr(request["Name"]) if not request["Name"].isprintable() else request["Name"]
+    return repr(body[:200])
 
 
 def bind_socket(path: str) -> socket.socket:

@@ -251,6 +251,7 @@ class Supervisor:
         with self.store.write() as txn:
             deleted = volumes.remove(txn, name)
         for gone in deleted:
+            registry.remove_worker_log(self.store_path, gone)
             try:
                 os.rmdir(self.mountpoint(gone))  # an empty directory only: never a recursive delete
             except OSError:

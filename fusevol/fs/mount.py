@@ -20,6 +20,7 @@ import trio
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..store import Inodes, Store
 from ..store import volumes
+from . import metrics
 from .mountopts import DEFAULT_ATIME, MountOptions, kernel_options
 from .operations import VolumeOperations
 from .registry import (  # noqa: F401  (the outside view, re-exported)
@@ -91,16 +92,19 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
                                atime=options.atime)
         fuse_options = {"default_permissions", "allow_other", "subtype=fusevol",
                         f"fsname={fsname or 'fusevol:' + name}"}
+        ops.metrics.time_commits(store)
         pyfuse3.init(ops, mountpoint, fuse_options | kernel_options(options))
         registration = register(store.path, {
             "pid": os.getpid(), "volume": data_volume["name"], "mounted_as": name,
             "mountpoint": mountpoint, "readonly": readonly, "subpath": subpath,
             "options": options.to_text(),
         })
+        published = metrics.metrics_path(store.path, data_volume["name"])
         try:
-            trio.run(_main, ops, mountpoint, on_ready)
+            trio.run(_main, ops, mountpoint, on_ready, published)
         finally:
             pyfuse3.close(unmount=True)
+            metrics.withdraw(published)
     finally:
         runner.stop()
         if registration:
@@ -127,15 +131,25 @@ def _purge_orphans(txn, inodes: Inodes) -> None:
         inodes.purge(txn, ino)
 
 
-async def _main(ops: VolumeOperations, mountpoint: str, on_ready) -> None:
+async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(ops.run_flusher)
+        nursery.start_soon(_publish_metrics, ops, published)
         nursery.start_soon(_unmount_on_signal, mountpoint)
         nursery.start_soon(_report_ready, mountpoint, on_ready or (lambda: None))
         await pyfuse3.main()
         await ops.flush_all(durable=True)
         nursery.cancel_scope.cancel()
+
+
+async def _publish_metrics(ops: VolumeOperations, path: str) -> None:
+    """Counters for the daemon's metrics endpoint, every few seconds (see metrics.py)."""
+    while True:
+        # dirty: written and held in memory; unstored: handed to the store thread, not on disk.
+        metrics.publish(path, ops.metrics, dirty_bytes=ops._buffered(),
+                        unstored_bytes=ops.runner.unstored_bytes, open_files=len(ops.handles))
+        await trio.sleep(metrics.PUBLISH_INTERVAL)
 
 
 async def _report_ready(mountpoint: str, on_ready) -> None:

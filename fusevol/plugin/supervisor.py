@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import subprocess
+from collections import Counter
 
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..fs import registry
@@ -68,6 +69,7 @@ class Supervisor:
         self.store = Store.open(store_path)
         self.store_path = self.store.path
         self.mnt_dir = os.path.join(self.store_path, "mnt")
+        self.worker_starts: Counter[str] = Counter()  # per volume, for the metrics
 
     def mountpoint(self, name: str) -> str:
         return os.path.join(self.mnt_dir, name)
@@ -162,6 +164,7 @@ class Supervisor:
         os.makedirs(path, mode=0o755, exist_ok=True)
         pid = registry.start_worker(self.store_path, name, path, readonly=bool(record["readonly"]),
                                     timeout=self.worker_start_timeout, forkserver=self.forkserver)
+        self.worker_starts[name] += 1
         log.info("worker %d serves %s at %s", pid, name, path)
         return path
 

@@ -24,8 +24,8 @@ from . import metrics
 from .mountopts import DEFAULT_ATIME, MountOptions, kernel_options
 from .operations import VolumeOperations
 from .registry import (  # noqa: F401  (the outside view, re-exported)
-    clear_dead_mount, flush_worker, is_mountpoint, pid_alive, register, start_worker, unmount,
-    worker_of, workers)
+    clear_dead_mount, flush_worker, is_mountpoint, mount_dir, pid_alive, register, start_worker,
+    unmount, worker_of, workers)
 from .runner import TxnRunner
 from .space import SpaceBudget
 
@@ -44,7 +44,7 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
     mountpoint = os.path.abspath(mountpoint)
     # At the driver's own mountpoint, a source removed while it has views is
     # still served, for them (store/volumes.py); by name, it is gone.
-    for_views = mountpoint == os.path.join(store.path, "mnt", name)
+    for_views = mountpoint == os.path.join(mount_dir(store.path), name)
     with store.read() as txn:
         record = volumes.get(txn, name, removed_ok=for_views)
         data_volume = record

@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 FLUSH_XATTR = b"trusted.fusevol.flush"
 
 
+def mount_dir(store_path: str) -> str:
+    """Where the driver mounts its volumes: STORE/mnt, or $FUSEVOL_MOUNT_DIR (`serve
+    --mount-dir`: a managed plugin mounts them in its propagated mount; the daemon's
+    workers inherit the variable)."""
+    return os.environ.get("FUSEVOL_MOUNT_DIR") or os.path.join(store_path, "mnt")
+
+
 def _workers_dir(store_path: str) -> str:
     return os.path.join(store_path, "run", "workers")
 

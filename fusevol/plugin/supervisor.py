@@ -68,7 +68,7 @@ class Supervisor:
         self.forkserver = forkserver  # starts workers fast (fs/forkserver.py); None: as processes
         self.store = Store.open(store_path)
         self.store_path = self.store.path
-        self.mnt_dir = os.path.join(self.store_path, "mnt")
+        self.mnt_dir = registry.mount_dir(self.store_path)
         self.worker_starts: Counter[str] = Counter()  # per volume, for the metrics
 
     def mountpoint(self, name: str) -> str:

@@ -12,8 +12,8 @@ from .group import STORE_KEY, command, store_path
 @click.option("--subpath", default=None, help="Serve only this folder of the volume.")
 @click.option("--background", is_flag=True, help="Return once the mount serves.")
 @click.option("-o", "options", metavar="OPTS", default=None,
-              help="mount(8)-style options: ro, rw, noatime, relatime, strictatime, dev, suid, "
-                   "noexec, subpath=DIR.")
+              help="mount(8)-style options: ro, rw, noatime, relatime, strictatime, "
+                   "dev[=true], suid[=true] (root only), noexec, subpath=DIR, store=DIR.")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 @click.option("--fsname", default=None, hidden=True)
 @click.pass_context

@@ -196,3 +196,12 @@ def test_console_script_entry_point(store_path):
 def test_help_lists_store(args):
     proc = fusevol(*args)
     assert proc.returncode == 0 and b"--store" in proc.stdout
+
+
+def test_volume_rm_removes_the_worker_log(mounts, store_path):
+    mnt = mounts.mount("logged")
+    mounts.umount(mnt)
+    log = os.path.join(store_path, "run", "log", "logged.log")
+    assert os.path.exists(log)
+    run_cli(store_path, "volume", "rm", "logged")
+    assert not os.path.exists(log)

@@ -13,6 +13,7 @@ from fusevol.errors import FsError, NoSpace
 from fusevol.fs import filedata
 from fusevol.fs.filedata import FileData
 from fusevol.fs.runner import TxnRunner
+from fusevol.fs.space import SpaceBudget
 from fusevol.store import Txn
 from fusevol.store.schema import ROOT_INO
 
@@ -135,11 +136,12 @@ async def test_a_truncate_during_a_flush_wins(store, inodes, runner, new_file):
         assert inodes.get(txn, fd.ino).data_bytes == BS + 10
 
 
-async def test_a_read_that_waited_over_a_truncate_starts_again(store, inodes, space):
-    runner = TxnRunner(store, linger=10.0, max_age=10.0)  # nothing committed meanwhile
+async def test_a_read_that_waited_over_a_truncate_starts_again(store, inodes):
+    runner = TxnRunner(store, linger=30.0, max_age=30.0)  # nothing committed meanwhile
     runner.start()
     try:
         ino, _ = await runner.run(lambda txn: inodes.create(txn, ROOT_INO, b"f", FILE, 0, 0))
+        space = SpaceBudget(store, None, 0)
         fd = FileData(ino, 0, inodes, runner, space)
         data = os.urandom(2 * BS)
         await fd.write(0, data)

@@ -48,7 +48,8 @@ class Client:
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(65536))
+                with trio.fail_after(5):  # a server that never answers fails, not hangs
+                    self.conn.receive_data(await self.stream.receive_some(65536))
             elif isinstance(event, h11.Response):
                 response = event
             elif isinstance(event, h11.Data):

@@ -23,6 +23,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.unit)
+            # Stricter than the suite (see pyproject.toml): these tests leave nothing behind.
+            item.add_marker(pytest.mark.filterwarnings("error::ResourceWarning"))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from fusevol.store import Txn
 from fusevol.store.schema import ROOT_INO
 
 from .conftest import BS, FILE
-from .test_runner import Gate
+from .gate import Gate
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 commits, changes answered ahead and replayed, and the error mode."""
 
 import errno
-import functools
-import threading
 
 import pytest
 import trio
@@ -14,6 +12,7 @@ from fusevol.fs.runner import TxnRunner
 from fusevol.store.schema import ROOT_INO
 
 from .conftest import FILE
+from .gate import Gate
 
 
 class Commits:
@@ -48,28 +47,6 @@ async def _runner(store, **kw) -> TxnRunner:
     runner = TxnRunner(store, **kw)
     runner.start()
     return runner
-
-
-class Gate:
-    """A store operation that holds the store thread until opened, so that
-    what the test queues meanwhile is queued all at once."""
-
-    def __init__(self):
-        self.entered = threading.Event()
-        self.opened = threading.Event()
-
-    def __call__(self, txn):
-        self.entered.set()
-        assert self.opened.wait(10)
-
-    async def hold(self, runner):
-        # Queued as run() queues (waking the thread), by a task of its own:
-        # nothing of the test waits for it.
-        trio.lowlevel.spawn_system_task(functools.partial(runner.run, self, foreseen=True))
-        await trio.to_thread.run_sync(self.entered.wait)
-
-    def open(self):
-        self.opened.set()
 
 
 def _committed(store, inodes, name: bytes) -> bool:

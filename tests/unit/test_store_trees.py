@@ -130,6 +130,15 @@ def test_snapshot_names_and_refs(store, inodes, filled):
             snapshots.parse_ref(bad)
 
 
+@pytest.mark.parametrize("name", ["s1\n", "s1\r", "s\x00", "a/b", ""])
+def test_snapshot_names_with_control_characters_are_refused(store, inodes, name):
+    # `$` of a pattern also matches before a final newline: "s1\n" once passed.
+    with pytest.raises(InvalidArgument):
+        snapshots.parse_ref(f"vol@{name}")
+    with store.write() as txn, pytest.raises(InvalidArgument):
+        snapshots.create(txn, "vol", name or "\n")
+
+
 def test_removing_snapshots_frees_what_only_they_held(store, inodes, filled):
     with store.write() as txn:
         snapshots.create(txn, "vol", "s1")

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 _REPLAY = object()  # the function of a queued change answered ahead (see _replay)
+_SYNC = object()  # ...of a sync: it opens no batch (see _commit_batch)
 # Changes worked out ahead of the store thread, at most: past this many, a
 # change waits for the store thread like any other operation (back-pressure).
 MAX_AHEAD = 512
@@ -104,6 +105,9 @@ class TxnRunner:
         # follows the work queued behind them: fsyncs that come together
         # cost one sync (group commit).
         self._held: list = []
+        # Whether the store's last commit is known durable: not at start (a
+        # worker killed before this one may have left commits not synced).
+        self._synced = False
 
     def start(self) -> None:
         self._thread.start()
@@ -291,7 +295,7 @@ class TxnRunner:
 
     async def sync(self) -> None:
         """Make every operation run so far durable (one commit, fsync'ed)."""
-        await self.run(_noop, durable=True, foreseen=True)
+        await self.run(_SYNC, durable=True, foreseen=True)
 
     def run_sync(self, fn, *args, durable: bool = False):
         """The same from a thread that is not trio's (shutdown paths)."""
@@ -368,6 +372,8 @@ class TxnRunner:
         if self.broken is not None:
             return False, _error_mode(self.broken), None
         try:
+            if fn is _SYNC:
+                return True, None, None
             if self._txn is None:
                 self._txn = self.store.begin_write()
                 self._started = time.monotonic()
@@ -401,10 +407,21 @@ class TxnRunner:
 
     def _commit_batch(self, durable: bool) -> Exception | None:
         if self._txn is None:
+            # Nothing open: a sync needs only the last commit on disk, which
+            # takes no write lock (its meta page is the one not synced yet).
+            if durable and not self._synced:
+                try:
+                    self.store.sync()
+                except Exception as e:
+                    log.critical("sync failed, volume is now read-only until remounted: %s", e)
+                    self.broken = FsError(errno.EIO, f"store sync failed: {e}")
+                    return self.broken
+                self._synced = True
             return None
         txn, self._txn = self._txn, None
         try:
             self.store.commit(txn, durable=durable)
+            self._synced = durable
             self.pending_bytes = 0
             self.cache.committed = self._batch_last
             return None
@@ -417,10 +434,6 @@ class TxnRunner:
         finally:  # the write lock is let go
             if self._nudge_reads:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def _noop(txn):
-    return None
 
 
 def _error_mode(cause: Exception) -> FsError:

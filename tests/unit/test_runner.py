@@ -148,6 +148,27 @@ async def test_a_durable_operation_returns_committed(store, inodes, commits):
         runner.stop()
 
 
+async def test_a_sync_with_nothing_pending_opens_no_batch(store, inodes, commits, monkeypatch):
+    syncs = []
+    real_sync = store.sync
+    monkeypatch.setattr(store, "sync", lambda: syncs.append(1) or real_sync())
+    runner = await _runner(store, linger=0.0, max_age=10.0)
+    try:
+        await runner.sync()  # at start: a worker killed before may have left commits unsynced
+        assert commits.log == [] and syncs == [1]
+        await runner.run(_create(b"a", inodes), durable=True)
+        await runner.sync()  # the last commit is durable: nothing to do
+        assert commits.log == [True] and syncs == [1]
+        await runner.run(_create(b"b", inodes))
+        while commits.log == [True]:  # committed after `linger`, not durably
+            await trio.sleep(0.01)
+        await runner.sync()  # that commit's meta page synced, no write transaction
+        assert commits.log == [True, False] and syncs == [1, 1]
+        assert _committed(store, inodes, b"b")
+    finally:
+        runner.stop()
+
+
 async def test_durable_operations_queued_together_share_one_commit(store, inodes, commits):
     runner = await _runner(store, linger=10.0, max_age=10.0)
     try:

@@ -48,8 +48,7 @@ def make_tree(root: str) -> None:
 
 
 def run(*cmd, cwd=None, **kw):
-    # stdin from /dev/null: git's pack-objects reads revisions from an inherited
-    # stdin, which under pytest may be a capture file holding other tests' logs.
+    # No stdin: git's pack-objects reads revisions from the stdin it inherits.
     proc = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=120, **kw)
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr}"

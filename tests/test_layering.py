@@ -56,9 +56,7 @@ SCHEMA = "fusevol.store.schema"
 # Modules outside the store that still name its key layout. Each is a place
 # where a table's rows are read or written past the store's own functions;
 # move the access into fusevol/store/ and drop the module from this list.
-KNOWN_SCHEMA_USERS = {
-    "fusevol.fs.operations": "_purge_forgotten reads the orphans table with schema.vkey",
-}
+KNOWN_SCHEMA_USERS: dict[str, str] = {}
 # Each layer and the layers it must not import (lazily or not).
 ABOVE = {
     "fusevol.store": ("fusevol.fs", "fusevol.plugin", "fusevol.cli"),

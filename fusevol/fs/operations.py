@@ -23,7 +23,6 @@ import trio
 
 from ..errors import FusevolError, StoreDamaged
 from ..store import ROOT_INO, Inode, Inodes
-from ..store.schema import vkey
 from . import acl, metrics
 from .filedata import FileData
 from .registry import FLUSH_XATTR
@@ -658,8 +657,7 @@ def _chmod_bits(txn, inodes: Inodes, ino: int, bits: int) -> None:
 def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:
     """Purge the inodes the kernel forgot that have no name left."""
     for ino in inos:
-        if txn.get("orphans", vkey(inodes.vid, ino)) is not None:
-            inodes.purge(txn, ino)
+        inodes.purge_if_orphan(txn, ino)
 
 
 def _dot_entries(txn, inodes: Inodes, ino: int, parent: int | None) -> list:

@@ -384,6 +384,11 @@ class Inodes:
             txn.delete("orphans", vkey(self.vid, ino))
             txn.add_vstats(self.vid, inodes=-1)
 
+    def purge_if_orphan(self, txn: Txn, ino: int) -> None:
+        """Purge an inode the kernel forgot, if it has no name left."""
+        if txn.get("orphans", vkey(self.vid, ino)) is not None:
+            self.purge(txn, ino)
+
     def orphans(self, txn: Txn) -> list[int]:
         prefix = u64(self.vid)
         return [read_u64(k, 8) for k, _ in txn.scan("orphans", prefix)]

@@ -5,7 +5,9 @@ reference resolves (for verify).
 Holders of references, as the rest of the store counts them:
 - a chunk: each block-map row naming it, and each reachable file object listing it;
 - a tree object: each snapshot record (its root), each inode row whose
-  ``tree_id`` names it, and each reachable directory object listing it.
+  ``tree_id`` names it, each folder's base in dirchanges (the object a folder
+  in pieces was last written as), and each reachable object listing it (a
+  directory its entries, a folder in pieces its top piece, a piece its items).
 """
 
 import json
@@ -50,6 +52,10 @@ def census(txn: Txn, progress: NoProgress) -> Census:
         root = bytes.fromhex(json.loads(bytes(raw))["root"])
         c.object_refs[root] += 1
         work.append(root)
+    for key, raw in txn.scan("dirchanges", b""):
+        if len(key) == 16:  # vid|ino -> a folder's base object (longer keys are names)
+            c.object_refs[bytes(raw)] += 1
+            work.append(bytes(raw))
     for key, raw in txn.scan("inodes", b""):
         c.vids.add(read_u64(key))
         tree_id = Inode.unpack(raw).tree_id
@@ -308,7 +314,25 @@ class _Verifier:
                 continue
             obj = trees.get(self.txn, oid)
             self._blocks(where, path, (cid for _, cid in obj.blocks))
-            stack.extend((_join(path, name), child) for name, child in obj.entries)
+            stack.extend((_join(path, name), child) for name, child in self._entries(where, path, obj))
+
+    def _entries(self, where: str, path: bytes, obj: trees.TreeObject) -> list:
+        """A folder's entries; a damaged piece is named as the folder's damage."""
+        if obj.pieces is None:
+            return obj.entries
+        out, stack = [], [obj.pieces]
+        while stack:
+            oid = stack.pop()
+            state = self.bad_objects.get(oid)
+            if state:
+                self.problem(where, path + b"/", f"tree object {short(oid)} {state}", object=oid.hex())
+                continue
+            piece = trees.get(self.txn, oid)
+            if piece.kind == trees.LEAF:
+                out.extend(piece.entries)
+            else:
+                stack.extend(cid for _, cid in reversed(piece.entries))
+        return out
 
     def _blocks(self, where: str, path: bytes, cids) -> None:
         for cid in cids:

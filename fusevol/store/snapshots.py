@@ -15,8 +15,9 @@ import time
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from . import chunks, trees, volumes
 from .env import Txn
+from .folders import FolderPlan
 from .inodes import Inodes
-from .schema import LAZY, NO_TREE, ROOT_INO, read_u64, u64, vkey
+from .schema import IN_PIECES, LAZY, NO_TREE, ROOT_INO, read_u64, u64, vkey
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -46,21 +47,19 @@ def inodes_of(txn: Txn, record: dict) -> Inodes:
 def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
     """Write objects for every changed inode under top; return top's object id."""
     # Post-order without recursion: a directory is written after its children.
-    stack = [(top, None)]
+    stack: list[tuple[int, FolderPlan | None]] = [(top, None)]
     while stack:
-        ino, entries = stack.pop()
+        ino, plan = stack.pop()
         inode = inodes.get(txn, ino)
-        if entries is None and inode.tree_id != NO_TREE:
+        if plan is None and inode.tree_id != NO_TREE:
             continue  # a file with several names, written already
         if stat.S_ISDIR(inode.mode):
-            if entries is None:
-                entries = inodes.list_dir(txn, ino)
-                stack.append((ino, entries))
-                stack.extend((child, None) for _, child in entries
-                             if inodes.get(txn, child).tree_id == NO_TREE)
+            if plan is None:
+                plan = FolderPlan(txn, inodes, ino, inode)
+                stack.append((ino, plan))
+                stack.extend((child, None) for child in plan.unwritten(txn, inodes))
                 continue
-            named = [(name, inodes.get(txn, child).tree_id) for name, child in entries]
-            obj = trees.TreeObject(trees.DIR, ino, inode, entries=named)
+            obj = plan.write(txn, inodes, inode)
         else:
             blocks = [(read_u64(k, 16), bytes(v)) for k, v in txn.scan("blocks", vkey(inodes.vid, ino))]
             obj = trees.TreeObject(trees.FILE, ino, inode, blocks=blocks)
@@ -69,6 +68,8 @@ def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
         # This reference belongs to the live row, which now says it equals the object.
         inode.tree_id = trees.put(txn, obj)
         inodes.put_row(txn, ino, inode)
+        if plan is not None:
+            plan.done(txn, inodes)
     return inodes.get(txn, top).tree_id
 
 
@@ -166,7 +167,7 @@ def _install_tree(txn: Txn, record: dict, snap: dict) -> None:
     obj = trees.get(txn, root_id)
     root = obj.inode
     root.parent = ROOT_INO
-    root.flags |= LAZY
+    root.flags |= LAZY | (IN_PIECES if obj.pieces is not None else 0)
     root.tree_id = root_id
     trees.incref(txn, root_id)
     txn.put("inodes", vkey(vid, ROOT_INO), root.pack())

@@ -123,8 +123,9 @@ def write_tree(store: Store, root: bytes, fileobj, *, on_bytes: Callable[[int], 
             path, oid = stack.pop()
             with store.read() as txn:
                 obj = trees.get(txn, oid)
+                entries = trees.entries(txn, obj)
             stack.extend((path + b"/" + name if path else name, child)
-                         for name, child in reversed(obj.entries))
+                         for name, child in reversed(entries))
             info = _tarinfo(path, obj)
             if info is None:
                 warn(f"{_text(path)}: socket ignored")
@@ -148,8 +149,7 @@ def _descend(store: Store, root: bytes, subpath: str) -> bytes:
     oid = root
     for part in subpath.split("/"):
         with store.read() as txn:
-            obj = trees.get(txn, oid)
-        entries = dict(obj.entries)
+            entries = dict(trees.entries(txn, trees.get(txn, oid)))
         if part.encode() not in entries:
             raise NotFound(f"no folder {subpath} in the volume")
         oid = entries[part.encode()]

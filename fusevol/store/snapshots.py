@@ -12,9 +12,9 @@ import re
 import stat
 import time
 
-from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..errors import AlreadyExists, InvalidArgument, NotFound, StoreDamaged
 from . import chunks, trees, volumes
-from .env import Txn
+from .env import Txn, row_disk_bytes
 from .folders import FolderPlan
 from .inodes import Inodes
 from .schema import IN_PIECES, LAZY, NO_TREE, ROOT_INO, read_u64, u64, vkey
@@ -143,11 +143,25 @@ def remove(txn: Txn, volume: str, name: str) -> None:
 
 def unique_bytes(txn: Txn, snap: dict) -> int:
     """Stored bytes that would be freed if this snapshot alone were deleted."""
+    return held_alone(txn, snap)[0]
+
+
+def held_alone(txn: Txn, snap: dict) -> tuple[int, int]:
+    """What deleting this snapshot alone would free: the stored (compressed)
+    bytes of its chunks, and the bytes its chunks, objects and their count
+    rows take in the store's file (overflow pages whole)."""
+    psize = txn.store.env.stat()["psize"]
     root = bytes.fromhex(snap["root"])
     work = [root] if trees._count(txn, root) == 1 else []
     tally: dict[bytes, int] = {}
+    disk = 0
     while work:
-        obj = trees.get(txn, work.pop())
+        oid = work.pop()
+        payload = txn.get("objects", oid)
+        if payload is None:
+            raise StoreDamaged(f"missing tree object {oid.hex()}")
+        disk += row_disk_bytes(psize, len(oid), len(payload)) + row_disk_bytes(psize, len(oid), 8)
+        obj = trees.decode(chunks.decode(payload))
         objects, chunk_ids = obj.children()
         work.extend(oid for oid in objects if trees._count(txn, oid) == 1)
         for cid in chunk_ids:
@@ -157,7 +171,8 @@ def unique_bytes(txn: Txn, snap: dict) -> int:
         count, _, stored = chunks.ref_info(txn, cid)
         if count == n:
             total += stored
-    return total
+            disk += row_disk_bytes(psize, len(cid), stored) + row_disk_bytes(psize, len(cid), 16)
+    return total, disk
 
 
 def _install_tree(txn: Txn, record: dict, snap: dict) -> None:

@@ -38,9 +38,9 @@ def names(txn: Txn, vid: int, ino: int) -> list[bytes]:
     return [bytes(k[len(prefix):]) for k, _ in txn.scan(TABLE, prefix) if len(k) > len(prefix)]
 
 
-def drop(txn: Txn, vid: int, ino: int) -> None:
+def drop(txn: Txn, vid: int, ino: int, refs: "trees.RefBatch | None" = None) -> None:
     """Forget a folder's record, letting go of its base."""
     oid = base(txn, vid, ino)
     txn.delete_prefix(TABLE, vkey(vid, ino))
     if oid is not None:
-        trees.decref(txn, oid)
+        refs.decref(oid) if refs is not None else trees.decref(txn, oid)

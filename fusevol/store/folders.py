@@ -40,7 +40,7 @@ class FolderPlan:
         """Entries whose inode changed since it was last written."""
         return [child for _, child in self.entries if inodes.get(txn, child).tree_id == NO_TREE]
 
-    def write(self, txn: Txn, inodes: Inodes, inode: Inode) -> trees.TreeObject:
+    def write(self, txn: Txn, inodes: Inodes, inode: Inode, refs: trees.RefBatch) -> trees.TreeObject:
         """The folder's object (its pieces stored, the object itself not yet).
         Sets or clears IN_PIECES on inode, which the caller stores."""
         named = [(name, inodes.get(txn, child).tree_id) for name, child in self.entries]
@@ -60,12 +60,12 @@ class FolderPlan:
             obj.entries = named
             inode.flags &= ~IN_PIECES
         else:
-            built.store(txn)
+            built.store(txn, refs)
             obj.pieces, obj.count, obj.level = built.top, built.count, built.height
             inode.flags |= IN_PIECES
         return obj
 
-    def done(self, txn: Txn, inodes: Inodes) -> None:
+    def done(self, txn: Txn, inodes: Inodes, refs: trees.RefBatch) -> None:
         """Once the new object holds what it shares with the base: let the base
         go, and the names noted since."""
-        dirchanges.drop(txn, inodes.vid, self.ino)
+        dirchanges.drop(txn, inodes.vid, self.ino, refs)

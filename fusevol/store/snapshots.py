@@ -48,6 +48,7 @@ def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
     """Write objects for every changed inode under top; return top's object id."""
     # Post-order without recursion: a directory is written after its children.
     stack: list[tuple[int, FolderPlan | None]] = [(top, None)]
+    refs = trees.RefBatch(txn)  # what pieces taken and let go of share is never written
     while stack:
         ino, plan = stack.pop()
         inode = inodes.get(txn, ino)
@@ -59,7 +60,7 @@ def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
                 stack.append((ino, plan))
                 stack.extend((child, None) for child in plan.unwritten(txn, inodes))
                 continue
-            obj = plan.write(txn, inodes, inode)
+            obj = plan.write(txn, inodes, inode, refs)
         else:
             blocks = [(read_u64(k, 16), bytes(v)) for k, v in txn.scan("blocks", vkey(inodes.vid, ino))]
             obj = trees.TreeObject(trees.FILE, ino, inode, blocks=blocks)
@@ -69,7 +70,8 @@ def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
         inode.tree_id = trees.put(txn, obj)
         inodes.put_row(txn, ino, inode)
         if plan is not None:
-            plan.done(txn, inodes)
+            plan.done(txn, inodes, refs)
+    refs.flush()
     return inodes.get(txn, top).tree_id
 
 

@@ -206,14 +206,62 @@ def put_encoded(txn: Txn, data: bytes, obj: TreeObject | None = None) -> bytes:
     return oid
 
 
-def put_unheld(txn: Txn, data: bytes) -> bytes:
+class RefBatch:
+    """Object reference counts changed by one operation, written once at its end.
+
+    A folder in pieces rewrites a piece of ~TARGET entries for one change:
+    the new piece takes a reference on each entry, the old one, freed, lets
+    go of each. Counted here, the entries both hold cost nothing, and the
+    count rows written are those of what changed, not of every neighbour
+    (each on its own page of a large table)."""
+
+    def __init__(self, txn: Txn):
+        self.txn = txn
+        self.delta: dict[bytes, int] = {}
+
+    def count(self, oid: bytes) -> int:
+        return _count(self.txn, oid) + self.delta.get(oid, 0)
+
+    def incref(self, oid: bytes) -> None:
+        if self.txn.get("orefs", oid) is None:
+            raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
+        self.delta[oid] = self.delta.get(oid, 0) + 1
+
+    def decref(self, oid: bytes) -> None:
+        """As decref(): objects no one holds any more are deleted at once."""
+        work = [oid]
+        while work:
+            oid = work.pop()
+            count = self.count(oid)
+            if count <= 0:
+                raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
+            if count > 1:
+                self.delta[oid] = self.delta.get(oid, 0) - 1
+                continue
+            obj = get(self.txn, oid)
+            self.txn.delete("orefs", oid)
+            self.txn.delete("objects", oid)
+            self.delta.pop(oid, None)
+            objects, chunk_ids = obj.children()
+            work.extend(objects)
+            for cid in chunk_ids:
+                chunks.decref(self.txn, cid)
+
+    def flush(self) -> None:
+        for oid, delta in self.delta.items():
+            if delta:
+                self.txn.put("orefs", oid, _U64.pack(_count(self.txn, oid) + delta))
+        self.delta.clear()
+
+
+def put_unheld(txn: Txn, data: bytes, refs: RefBatch | None = None) -> bytes:
     """Store an encoded object if new, holding its children but held by no
     one yet (count 0): the holder that is stored next takes the reference."""
     oid = object_id(data)
     if txn.get("orefs", oid) is None:
         objects, chunk_ids = decode(data).children()
         for child in objects:
-            incref(txn, child)
+            refs.incref(child) if refs is not None else incref(txn, child)
         for cid in chunk_ids:
             chunks.incref(txn, cid)
         txn.put("objects", oid, chunks.encode(data, "zstd"))

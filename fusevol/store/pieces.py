@@ -23,7 +23,7 @@ import blake3
 from . import trees
 from .env import Txn
 
-TARGET = 16       # entries (or index items) per piece, on average (measured: 16 against 32 and 8)
+TARGET = 8        # entries (or index items) per piece, on average (measured against 4, 16 and 32)
 FLAT_MAX = 256    # a directory of up to this many entries stays one object
 
 Items = list[tuple[bytes, bytes]]
@@ -198,11 +198,11 @@ def update(txn: Txn, top: bytes, height: int, count: int,
     new: dict[bytes, bytes] = {}
     made: Items = []
     for lv in range(height + 1):
+        if not changes:
+            return Built(top, height, count, new)  # nothing changed from this level up
         changes, delta, made = _apply_level(_Level(load, top, height, lv), changes, new)
         if lv == 0:
             count += delta
-        if lv < height and not changes:
-            return Built(top, height, count, new)  # nothing changed above this level
     if not made:
         return Built(b"", 0, 0, new)  # no entries left
     # The top level was rewritten: more than one piece needs levels above it;

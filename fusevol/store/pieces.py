@@ -23,13 +23,20 @@ import blake3
 from . import trees
 from .env import Txn
 
-TARGET = 8        # entries (or index items) per piece, on average (measured against 4, 16 and 32)
-FLAT_MAX = 256    # a directory of up to this many entries stays one object
+# Entries (or index items) per piece, on average. One change rewrites pieces
+# of twice that (the piece holding an entry is the larger kind) on each level,
+# and each new piece takes a reference on each item: 8 writes 95 count rows
+# for one change among 100,000 entries, 16 writes 155, 32 writes 202.
+TARGET = 8
+# A directory of up to this many entries stays one object: the bytes it always
+# had (stores written before pieces keep their ids), and cheaper than pieces.
+FLAT_MAX = 256
 
 Items = list[tuple[bytes, bytes]]
 
 
 def is_boundary(level: int, key: bytes) -> bool:
+    # A hash every process and version agrees on (Python's own is salted).
     digest = blake3.blake3(bytes((level,)) + key).digest(length=4)
     return int.from_bytes(digest, "big") % TARGET == 0
 

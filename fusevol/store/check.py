@@ -105,7 +105,7 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
     report = {"orphans_purged": 0, "chunks_freed": 0, "objects_freed": 0, "stored_bytes_freed": 0,
               "unique_bytes_freed": 0, "counts_fixed": [], "totals_fixed": None, "usage_fixed": [],
               "missing": []}
-    for record in volumes.list_all(txn):
+    for record in volumes.list_all(txn, removed=True):
         if record["vid"] is None or record["vid"] in busy_vids:
             continue
         inodes = Inodes(record["vid"], txn.store.block_size, record["compression"])
@@ -125,7 +125,7 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
     _sweep_chunks(txn, c, report, progress)
     _sweep_objects(txn, c, report, progress)
     report["totals_fixed"] = _fix_totals(txn)
-    for record in volumes.list_all(txn):
+    for record in volumes.list_all(txn, removed=True):
         if record["vid"] is not None and record["vid"] not in busy_vids:
             fixed = _fix_usage(txn, record)
             if fixed:
@@ -438,7 +438,7 @@ def verify(txn: Txn, progress: NoProgress | None = None) -> dict:
     n_chunks = v.hash_chunks()
     n_objects = v.hash_objects()
     c = census(txn, progress)
-    records = [r for r in volumes.list_all(txn) if r["vid"] is not None]
+    records = [r for r in volumes.list_all(txn, removed=True) if r["vid"] is not None]
     v.counts(c, {r["vid"] for r in records})
     snaps = [json.loads(bytes(raw)) for _, raw in txn.scan("snapshots", b"")]
     progress.start("walking volumes and snapshots", len(records) + len(snaps))

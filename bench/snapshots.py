@@ -1,18 +1,30 @@
-"""How snapshot operations scale with the number of files in a volume.
+"""How snapshot operations scale with the number of files in a volume, and in one folder.
 
-For each size, a fresh store gets a volume of small files in folders of 1000,
-built directly through the store (few big transactions; FUSE would only make
-the build slow). Then, each timed with its commit (durable, as the CLI does):
+Each layout is a fresh store holding one volume of small files, built directly
+through the store (few big transactions; FUSE would only make the build slow):
+
+- `1k`:   one folder of 1,000 files
+- `100k`: one folder of 100,000 files
+- `1M`:   1,000 folders of 1,000 files
+
+Then, each timed with its commit (durable, as the CLI does):
 
 - the first snapshot, which writes an object for every file and folder;
-- a snapshot after 10 files changed, which must cost what changed, not what did not;
-- a clone of that snapshot;
-- a diff between the two snapshots.
+- a snapshot after one file changed, and after 10 files changed (the target:
+  cost what changed, not what did not; 100k in one folder <= 1.5x 1k);
+- diff and incremental send between two snapshots one change apart (send
+  written to /dev/null; its bytes are shown too);
+- a full send of the first snapshot (not at 1M: minutes, and not a target);
+- a clone of a snapshot.
 
-Usage: PYTHONPATH=. python bench/snapshots.py [SIZE ...]   (default 1000 10000 100000)
-Prints a Markdown table of milliseconds per operation.
+Usage: PYTHONPATH=. python bench/snapshots.py [--quick] [--json FILE] [LAYOUT ...]
+LAYOUT is a name above or FOLDERSxFILES (e.g. 10x1000); the default is 1k 100k 1M,
+--quick runs 1k 20k 10x1000 (under a minute, for CI). Prints a Markdown table.
 """
 
+import argparse
+import json
+import os
 import random
 import shutil
 import stat
@@ -20,26 +32,37 @@ import sys
 import tempfile
 import time
 
-from fusevol.store import Inodes, Store, snapshots, volumes
+from fusevol.store import Inodes, Store, snapshots, stream, volumes
 from fusevol.store.diff import diff
 from fusevol.store.schema import ROOT_INO
 
-PER_DIR = 1000
+LAYOUTS = {"1k": (1, 1000), "20k": (1, 20_000), "100k": (1, 100_000), "1M": (1000, 1000)}
+DEFAULT = ["1k", "100k", "1M"]
+QUICK = ["1k", "20k", "10x1000"]
 FILES_PER_TXN = 20_000
 REPEAT = 5  # the cheap operations are timed this many times; the median is shown
+REPEAT_ONE = 21  # a snapshot after one change: a few ms, so a commit that waits on a busy disk moves it most
+FULL_SEND_MAX = 200_000  # files: a full send beyond this is left out
 
 
-def build(store: Store, n: int) -> tuple[Inodes, list[int]]:
+def parse_layout(text: str) -> tuple[int, int]:
+    if text in LAYOUTS:
+        return LAYOUTS[text]
+    folders, _, per = text.partition("x")
+    return int(folders), int(per)
+
+
+def build(store: Store, folders: int, per_folder: int) -> tuple[Inodes, list[int]]:
     with store.write() as txn:
         record = volumes.create(txn, "bench")
     inodes = Inodes(record["vid"], store.block_size, record["compression"])
     files: list[int] = []
-    i = 0
+    n, i = folders * per_folder, 0
     while i < n:
         with store.write() as txn:
             for _ in range(min(FILES_PER_TXN, n - i)):
-                if i % PER_DIR == 0:
-                    folder, _ = inodes.create(txn, ROOT_INO, f"d{i // PER_DIR:05d}".encode(),
+                if i % per_folder == 0:
+                    folder, _ = inodes.create(txn, ROOT_INO, f"d{i // per_folder:05d}".encode(),
                                               stat.S_IFDIR | 0o755, 0, 0)
                 ino, _ = inodes.create(txn, folder, f"f{i:07d}".encode(), stat.S_IFREG | 0o644, 0, 0)
                 data = f"file {i}\n".encode() * 20
@@ -59,64 +82,103 @@ def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def measure(n: int) -> dict[str, float]:
-    path = tempfile.mkdtemp(prefix="fusevol-bench-")
+def measure(folders: int, per_folder: int, base: str | None) -> dict[str, float]:
+    path = tempfile.mkdtemp(prefix="fusevol-bench-", dir=base)
+    n = folders * per_folder
     try:
         store = Store.open(path)
         results = {}
         start = time.perf_counter()
-        inodes, files = build(store, n)
+        inodes, files = build(store, folders, per_folder)
         results["build the volume (for scale; not a snapshot operation)"] = (time.perf_counter() - start) * 1000
 
         def snap(name):
             with store.write() as txn:
                 snapshots.create(txn, "bench", name)
 
-        results["first snapshot (writes every object)"] = timed(lambda: snap("s0"))
-        rng = random.Random(n)
-        changed, folders = [], set()
-        for r in range(REPEAT):
-            picked = rng.sample(range(n), 10)
-            folders.update((r, i // PER_DIR) for i in picked)
+        def change(picked, tag):
             with store.write() as txn:
                 for ino in (files[i] for i in picked):
-                    data = f"changed {r} {ino}\n".encode()
+                    data = f"changed {tag} {ino}\n".encode()
                     inodes.write_blocks(txn, ino, [(0, data)], len(data))
-            changed.append(timed(lambda: snap(f"s{r + 1}")))
-        results["snapshot after 10 files changed"] = median(changed)
-        results["(folders those 10 files were in, on average)"] = len(folders) / REPEAT
+
+        results["first snapshot (writes every object)"] = timed(lambda: snap("s0"))
+        rng = random.Random(n)
+        one = []
+        for r in range(REPEAT_ONE):
+            change([rng.randrange(n)], f"one{r}")
+            one.append(timed(lambda: snap(f"one{r}")))
+        results["snapshot after 1 file changed"] = median(one)
+        ten = []
+        for r in range(REPEAT):
+            change(rng.sample(range(n), 10), f"ten{r}")
+            ten.append(timed(lambda: snap(f"ten{r}")))
+        results["snapshot after 10 files changed"] = median(ten)
+
+        def compare(a, b, count):
+            with store.read() as txn:
+                old = bytes.fromhex(snapshots.get(txn, "bench", a)["root"])
+                new = bytes.fromhex(snapshots.get(txn, "bench", b)["root"])
+                changes = diff(txn, old, new)
+            assert len(changes) == count, changes
+
+        pairs = [(f"one{r}", f"one{r + 1}") for r in range(REPEAT - 1)]
+        results["diff, 1 change apart"] = median([timed(lambda a=a, b=b: compare(a, b, 1)) for a, b in pairs])
+        sent = {}
+
+        def send(name, base_name):
+            with open(os.devnull, "wb") as out:
+                sent[name] = stream.send(store, "bench", name, out,
+                                         base=("bench", base_name) if base_name else None)["bytes"]
+
+        results["incremental send, 1 change apart"] = median(
+            [timed(lambda a=a, b=b: send(b, a)) for a, b in pairs])
+        results["(bytes of that stream)"] = sent[pairs[-1][1]]
+        if n <= FULL_SEND_MAX:
+            results["full send of the first snapshot"] = timed(lambda: send("s0", None))
+        else:
+            results["full send of the first snapshot"] = float("nan")
 
         def clone(k):
             with store.write() as txn:
-                snapshots.clone(txn, "bench", "s1", f"clone{k}")
+                snapshots.clone(txn, "bench", "s0", f"clone{k}")
 
         results["clone of a snapshot"] = median([timed(lambda k=k: clone(k)) for k in range(REPEAT)])
-
-        def compare():
-            with store.read() as txn:
-                old = bytes.fromhex(snapshots.get(txn, "bench", "s0")["root"])
-                new = bytes.fromhex(snapshots.get(txn, "bench", "s1")["root"])
-                changes = diff(txn, old, new)
-            assert len(changes) == 10, changes
-
-        results["diff of the two snapshots (10 changes)"] = median([timed(compare) for _ in range(REPEAT)])
         store.close()
+        Store._instances.pop(path, None)
         return results
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def main(sizes: list[int]) -> None:
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("layouts", nargs="*")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", help="write the figures as JSON too")
+    parser.add_argument("--base", help="where the stores go (the disk under test)")
+    args = parser.parse_args(argv)
+    names = args.layouts or (QUICK if args.quick else DEFAULT)
     table = {}
-    for n in sizes:
-        table[n] = measure(n)
-        print(f"measured {n} files", file=sys.stderr)
+    for name in names:
+        folders, per = parse_layout(name)
+        table[name] = measure(folders, per, args.base)
+        print(f"measured {name} ({folders} x {per} files)", file=sys.stderr)
     rows = list(next(iter(table.values())))
-    print("| operation (ms) | " + " | ".join(f"{n:,} files" for n in sizes) + " |")
-    print("|---|" + "---:|" * len(sizes))
+    label = {name: f"{name} ({'one folder' if parse_layout(name)[0] == 1 else f'{parse_layout(name)[0]} folders'})"
+             for name in names}
+    print("| operation (ms) | " + " | ".join(label[n] for n in names) + " |")
+    print("|---|" + "---:|" * len(names))
     for row in rows:
-        print(f"| {row} | " + " | ".join(f"{table[n][row]:.1f}" for n in sizes) + " |")
+        cells = [("-" if table[n][row] != table[n][row] else
+                  f"{table[n][row]:,.0f}" if row.startswith("(bytes") else f"{table[n][row]:.1f}")
+                 for n in names]
+        print(f"| {row} | " + " | ".join(cells) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({name: {k: (v if v == v else None) for k, v in r.items()} for name, r in table.items()},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [1000, 10_000, 100_000])
+    main(sys.argv[1:])

@@ -86,3 +86,47 @@ def test_quick_bench_gives_a_row_for_every_system(tmp_path, capsys):
         assert pngs == ["quick-memory.png", "quick-parallel.png", "quick-speed.png"]
     else:
         assert pngs == [] and "no plots: matplotlib is not installed" in proc.stderr
+
+
+def bench_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        os.path.dirname(BENCH), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.mark.timeout(600)
+def test_quick_snapshot_bench_times_every_operation_at_every_size(tmp_path, capsys):
+    out = tmp_path / "snapshots.json"
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "snapshots.py"), "--quick",
+                           "--json", str(out), "--base", str(tmp_path)],
+                          capture_output=True, text=True, timeout=550, env=bench_env())
+    with capsys.disabled():
+        print("\n" + proc.stdout + proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert list(figures) == ["1k", "20k", "10x1000"]
+    for layout, rows in figures.items():
+        assert rows["snapshot after 1 file changed"] > 0
+        assert rows["diff, 1 change apart"] > 0 and rows["incremental send, 1 change apart"] > 0
+        # An incremental stream one change apart carries that change, not the folder.
+        assert rows["(bytes of that stream)"] < 16_000, (layout, rows)
+
+
+@needs_fuse
+@pytest.mark.timeout(600)
+def test_evolving_tree_bench_runs_and_keeps_every_version(tmp_path, capsys):
+    source = tmp_path / "source"
+    shutil.copytree(os.path.join(os.path.dirname(BENCH), "fusevol"), source,
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    out = tmp_path / "evolve.json"
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "evolve.py"), "--source", str(source),
+                           "--versions", "3", "--base", str(tmp_path), "--json", str(out)],
+                          capture_output=True, text=True, timeout=550, env=bench_env())
+    with capsys.disabled():
+        print("\n" + proc.stdout + proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr  # it also checks the volume equals the plain copy
+    result = json.loads(out.read_text())
+    assert [r["version"] for r in result["rows"]] == [0, 1, 2]
+    for row in result["rows"]:
+        assert row["fusevol_file"] > row["fusevol_chunks"] > 0
+        for peer in ("restic", "borg"):
+            assert (peer in row) == (shutil.which(peer) is not None)

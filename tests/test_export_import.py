@@ -325,3 +325,37 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+@needs_fuse
+def test_export_writes_holes_as_holes_that_gnu_tar_restores(mounts, store_path, tmp_path):
+    src = mounts.mount("holey")
+    with open(os.path.join(src, "disk.img"), "wb") as f:  # 64 MiB: data at 1 MiB and at 40 MiB
+        f.seek(1 << 20)
+        f.write(b"boot" * 50_000)
+        f.seek(40 << 20)
+        f.write(b"data" * 1000)
+        f.truncate(64 << 20)
+    with open(os.path.join(src, "tail"), "wb") as f:  # ends with data after a hole
+        f.seek(5 << 20)
+        f.write(b"end")
+    archive = str(tmp_path / "holey.tar")
+    run_cli(store_path, "export", "holey", "-o", archive)
+    assert os.path.getsize(archive) < 1 << 20  # not the 69 MiB of zeros
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    subprocess.run([*GNU_TAR, "-xpf", archive, "-C", str(plain)], check=True)
+    for name in ("disk.img", "tail"):
+        with open(os.path.join(src, name), "rb") as a, open(plain / name, "rb") as b:
+            assert a.read() == b.read(), name
+    assert os.lstat(plain / "disk.img").st_size == 64 << 20
+    assert os.lstat(plain / "disk.img").st_blocks * 512 < 2 << 20  # GNU tar made holes
+    assert sorted(os.listdir(plain)) == ["disk.img", "tail"]
+
+    # And it comes back in: holes stay holes in the volume too.
+    run_cli(store_path, "import", "back", archive)
+    back = mounts.mount("back", create=False)
+    with open(os.path.join(src, "disk.img"), "rb") as a, open(os.path.join(back, "disk.img"), "rb") as b:
+        assert a.read() == b.read()
+    assert os.lstat(os.path.join(back, "disk.img")).st_blocks * 512 < 2 << 20

@@ -40,11 +40,13 @@ def snapshot_ls(ctx, volume, as_json):
         snaps = snapshots.list_all(txn, volume)
         for snap in snaps:
             snap.pop("hardlinks")
-            snap["unique_bytes"] = snapshots.unique_bytes(txn, snap)
-    lines = [f"{'SNAPSHOT':<45} {'CREATED':<21} {'SIZE':>10} {'UNIQUE':>10}"]
+            snap["unique_bytes"], snap["unique_disk_bytes"] = snapshots.held_alone(txn, snap)
+    # UNIQUE: stored bytes only this snapshot holds; ON DISK: what deleting it frees in the store file.
+    lines = [f"{'SNAPSHOT':<45} {'CREATED':<21} {'SIZE':>10} {'UNIQUE':>10} {'ON DISK':>10}"]
     for s in snaps:
         lines.append(f"{s['volume'] + '@' + s['name']:<45} {s['created_at']:<21} "
-                     f"{human(s['logical_bytes']):>10} {human(s['unique_bytes']):>10}")
+                     f"{human(s['logical_bytes']):>10} {human(s['unique_bytes']):>10} "
+                     f"{human(s['unique_disk_bytes']):>10}")
     emit(snaps, as_json, "\n".join(lines))
 
 

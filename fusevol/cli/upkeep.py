@@ -37,6 +37,8 @@ def gc(ctx, as_json, quiet):
         lines.append(f"  {kind} {fix.get('chunk') or fix.get('object')}: {fix['was']} -> {fix['now']}")
     if report["totals_fixed"]:
         lines.append(f"  store totals: {report['totals_fixed']['was']} -> {report['totals_fixed']['now']}")
+    for fix in report["usage_fixed"]:
+        lines.append(f"  volume {fix['volume']} usage: {fix['was']} -> {fix['now']}")
     for gone in report["missing"]:
         lines.append(f"  chunk {gone['chunk']} {gone['state']}: run fusevol verify")
     emit(report, as_json, "\n".join(lines))

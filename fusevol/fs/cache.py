@@ -18,9 +18,10 @@ NeedsStore and runs on the store thread instead.
 from ..store import Store
 
 # The tables whose rows of this volume only this worker writes ("meta": the
-# volume's next inode number).
+# volume's next inode number; a snapshot only records tree ids in inodes and
+# clears what dirchanges noted).
 CACHED_TABLES = frozenset({"inodes", "dirents", "parents", "xattrs", "blocks", "orphans",
-                           "multilinks", "meta"})
+                           "multilinks", "meta", "dirchanges"})
 # Rows kept once on disk; rows of operations not yet committed always stay.
 MAX_ROWS = 200_000
 

@@ -5,7 +5,9 @@ reference resolves (for verify).
 Holders of references, as the rest of the store counts them:
 - a chunk: each block-map row naming it, and each reachable file object listing it;
 - a tree object: each snapshot record (its root), each inode row whose
-  ``tree_id`` names it, and each reachable directory object listing it.
+  ``tree_id`` names it, each folder's base in dirchanges (the object a folder
+  in pieces was last written as), and each reachable object listing it (a
+  directory its entries, a folder in pieces its top piece, a piece its items).
 """
 
 import json
@@ -17,7 +19,8 @@ from ..errors import StoreDamaged
 from . import chunks, trees, volumes
 from .env import Txn
 from .inodes import Inodes
-from .schema import LAZY, NO_TREE, ROOT_INO, Inode, pack_ref, read_u64, u64, unpack_ref, vkey
+from .schema import (LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, pack_ref, read_u64, u64, unpack_ref,
+                     vkey)
 from .stream import NoProgress
 
 
@@ -50,6 +53,10 @@ def census(txn: Txn, progress: NoProgress) -> Census:
         root = bytes.fromhex(json.loads(bytes(raw))["root"])
         c.object_refs[root] += 1
         work.append(root)
+    for key, raw in txn.scan("dirchanges", b""):
+        if len(key) == 16:  # vid|ino -> a folder's base object (longer keys are names)
+            c.object_refs[bytes(raw)] += 1
+            work.append(bytes(raw))
     for key, raw in txn.scan("inodes", b""):
         c.vids.add(read_u64(key))
         tree_id = Inode.unpack(raw).tree_id
@@ -96,7 +103,8 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
     their children are unknown, and deleting them could lose data."""
     progress = progress or NoProgress()
     report = {"orphans_purged": 0, "chunks_freed": 0, "objects_freed": 0, "stored_bytes_freed": 0,
-              "unique_bytes_freed": 0, "counts_fixed": [], "totals_fixed": None, "missing": []}
+              "unique_bytes_freed": 0, "counts_fixed": [], "totals_fixed": None, "usage_fixed": [],
+              "missing": []}
     for record in volumes.list_all(txn, removed=True):
         if record["vid"] is None or record["vid"] in busy_vids:
             continue
@@ -117,7 +125,50 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
     _sweep_chunks(txn, c, report, progress)
     _sweep_objects(txn, c, report, progress)
     report["totals_fixed"] = _fix_totals(txn)
+    for record in volumes.list_all(txn, removed=True):
+        if record["vid"] is not None and record["vid"] not in busy_vids:
+            fixed = _fix_usage(txn, record)
+            if fixed:
+                report["usage_fixed"].append(fixed)
     return report
+
+
+def volume_usage(txn: Txn, vid: int) -> VolumeStats:
+    """A volume's counters as its rows make them: every inode row, and what
+    lazily cloned folders hold that has no row yet (read from their objects)."""
+    usage = VolumeStats()
+    rows: set[int] = set()
+    lazy: list[bytes] = []
+    for key, raw in txn.scan("inodes", u64(vid)):
+        inode = Inode.unpack(raw)
+        rows.add(read_u64(key, 8))
+        usage.inodes += 1
+        usage.logical_bytes += inode.data_bytes
+        if inode.flags & LAZY and stat.S_ISDIR(inode.mode):
+            lazy.append(inode.tree_id)
+    while lazy:
+        for _, child_id in trees.entries(txn, trees.get(txn, lazy.pop())):
+            child = trees.get(txn, child_id)
+            if child.ino in rows:
+                continue  # counted by its row (a lazy folder among them is walked as such)
+            rows.add(child.ino)  # a file with several names counts once
+            usage.inodes += 1
+            usage.logical_bytes += child.inode.data_bytes
+            if child.kind == trees.DIR:
+                lazy.append(child_id)
+    return usage
+
+
+def _fix_usage(txn: Txn, record: dict) -> dict | None:
+    """Set a volume's counters (df, quota) to what its rows make them."""
+    vid = record["vid"]
+    kept, actual = txn.vstats(vid), volume_usage(txn, vid)
+    if kept == actual:
+        return None
+    txn.add_vstats(vid, actual.logical_bytes - kept.logical_bytes, actual.inodes - kept.inodes)
+    names = ("logical_bytes", "inodes")
+    return {"volume": record["name"], "was": dict(zip(names, (kept.logical_bytes, kept.inodes))),
+            "now": dict(zip(names, (actual.logical_bytes, actual.inodes)))}
 
 
 def _sweep_chunks(txn: Txn, c: Census, report: dict, progress: NoProgress) -> None:
@@ -308,7 +359,25 @@ class _Verifier:
                 continue
             obj = trees.get(self.txn, oid)
             self._blocks(where, path, (cid for _, cid in obj.blocks))
-            stack.extend((_join(path, name), child) for name, child in obj.entries)
+            stack.extend((_join(path, name), child) for name, child in self._entries(where, path, obj))
+
+    def _entries(self, where: str, path: bytes, obj: trees.TreeObject) -> list:
+        """A folder's entries; a damaged piece is named as the folder's damage."""
+        if obj.pieces is None:
+            return obj.entries
+        out, stack = [], [obj.pieces]
+        while stack:
+            oid = stack.pop()
+            state = self.bad_objects.get(oid)
+            if state:
+                self.problem(where, path + b"/", f"tree object {short(oid)} {state}", object=oid.hex())
+                continue
+            piece = trees.get(self.txn, oid)
+            if piece.kind == trees.LEAF:
+                out.extend(piece.entries)
+            else:
+                stack.extend(cid for _, cid in reversed(piece.entries))
+        return out
 
     def _blocks(self, where: str, path: bytes, cids) -> None:
         for cid in cids:

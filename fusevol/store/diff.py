@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import blake3
 
-from . import trees
+from . import pieces, trees
 from .env import Txn
 
 
@@ -58,15 +58,15 @@ def diff(txn: Txn, old_root: bytes, new_root: bytes) -> list[Change]:
         if a_dir and b_dir:
             if path and _attrs_differ(a, b):
                 changes.append(Change("M", path + b"/"))
-            old, new = dict(a.entries), dict(b.entries)
-            for name in sorted(old.keys() | new.keys(), reverse=True):
+            # Only the entries that differ: equal pieces of big folders are skipped whole.
+            for name, old, new in reversed(list(pieces.changed_entries(txn, a, b))):
                 sub = _join(path, name)
-                if name not in new:
-                    whole(sub, old[name], removed)
-                elif name not in old:
-                    whole(sub, new[name], added)
+                if new is None:
+                    whole(sub, old, removed)
+                elif old is None:
+                    whole(sub, new, added)
                 else:
-                    stack.append((sub, old[name], new[name]))
+                    stack.append((sub, old, new))
         elif a_dir != b_dir or stat.S_IFMT(a.inode.mode) != stat.S_IFMT(b.inode.mode):
             whole(path, a_id, removed)  # a kind change: the old one went, the new one came
             whole(path, b_id, added)

@@ -161,6 +161,16 @@ class Txn:
         self.vstat_delta = {}
 
 
+def row_disk_bytes(psize: int, key_len: int, value_len: int) -> int:
+    """What one row takes in the LMDB file (B-tree pages counted full): a node
+    in a leaf page (header, key, value, its slot), or, past LMDB's largest
+    node, overflow pages of the value's own and a node pointing to them."""
+    node = 8 + key_len + value_len
+    if node <= ((psize - 16) // 2 & ~1) - 2:
+        return node + 2
+    return ((16 - 1 + value_len) // psize + 1) * psize + 8 + key_len + 8 + 2
+
+
 class Store:
     """The host's store. Use ``Store.open(path)``: LMDB forbids opening one
     environment twice in a process, so instances are shared per path."""

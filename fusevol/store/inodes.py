@@ -12,9 +12,9 @@ import time
 
 from .. import native
 from ..errors import FsError
-from . import chunks, trees
+from . import chunks, dirchanges, trees
 from .env import Txn
-from .schema import (LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats,
+from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats,
                      read_u64, u64, vkey)
 
 NAME_MAX = 255
@@ -82,7 +82,11 @@ class Inodes:
                 else:
                     inode.flags &= ~LAZY
                 old, inode.tree_id = inode.tree_id, NO_TREE
-                trees.decref(txn, old)
+                if stored.flags & IN_PIECES:
+                    # The next snapshot starts from that object: its reference moves.
+                    dirchanges.keep_base(txn, self.vid, ino, old)
+                else:
+                    trees.decref(txn, old)
                 self._dirty_parents(txn, ino, inode)
         self.put_row(txn, ino, inode)
 
@@ -99,7 +103,7 @@ class Inodes:
         for index, cid in obj.blocks:
             chunks.incref(txn, cid)
             txn.put("blocks", vkey(self.vid, ino, index), cid)
-        for name, child_id in obj.entries:
+        for name, child_id in trees.entries(txn, obj):
             child = trees.get(txn, child_id)
             if txn.get("inodes", vkey(self.vid, child.ino)) is None:
                 node = child.inode
@@ -108,9 +112,11 @@ class Inodes:
                     node.parent = ino
                 if stat.S_ISDIR(node.mode) or child.blocks or child.xattrs:
                     node.flags |= LAZY
+                if child.pieces is not None:
+                    node.flags |= IN_PIECES
                 trees.incref(txn, child_id)
                 self.put_row(txn, child.ino, node)
-            self._link_entry(txn, ino, name, child.ino)
+            self._link_entry(txn, ino, name, child.ino, note=False)  # the object has it
         inode.flags &= ~LAZY
 
     def _rows(self, txn: Txn, ino: int, inode: Inode | None = None) -> Inode:
@@ -129,6 +135,10 @@ class Inodes:
             parents = {read_u64(k, 16) for k, _ in txn.scan("parents", prefix)}
         for parent in parents:
             pnode = self.get(txn, parent)
+            if pnode.flags & IN_PIECES:  # it records which of its names changed
+                prefix = vkey(self.vid, ino, parent)
+                for key, _ in txn.scan("parents", prefix):
+                    dirchanges.note(txn, self.vid, parent, bytes(key[len(prefix):]))
             if pnode.tree_id != NO_TREE:
                 self.put(txn, parent, pnode)
 
@@ -183,13 +193,16 @@ class Inodes:
         self._dir(txn, ino)
         return next(txn.scan("dirents", vkey(self.vid, ino)), None) is None
 
-    def _link_entry(self, txn: Txn, parent: int, name: bytes, ino: int) -> None:
+    def _link_entry(self, txn: Txn, parent: int, name: bytes, ino: int, note: bool = True) -> None:
         txn.put("dirents", vkey(self.vid, parent, name), u64(ino))
         txn.put("parents", vkey(self.vid, ino, parent, name), b"")
+        if note:
+            dirchanges.note(txn, self.vid, parent, name)
 
     def _unlink_entry(self, txn: Txn, parent: int, name: bytes, ino: int) -> None:
         txn.delete("dirents", vkey(self.vid, parent, name))
         txn.delete("parents", vkey(self.vid, ino, parent, name))
+        dirchanges.note(txn, self.vid, parent, name)
 
     def create(self, txn: Txn, parent: int, name: bytes, mode: int, uid: int, gid: int,
                rdev: int = 0, target: bytes = b"") -> tuple[int, Inode]:
@@ -371,6 +384,10 @@ class Inodes:
             trees.decref(txn, inode.tree_id)
             inode.tree_id = NO_TREE
             inode.flags &= ~LAZY  # a lazy inode has no rows of its own to drop
+            self.put_row(txn, ino, inode)
+        if inode.flags & IN_PIECES:
+            dirchanges.drop(txn, self.vid, ino)
+            inode.flags &= ~IN_PIECES
             self.put_row(txn, ino, inode)
         if stat.S_ISREG(inode.mode):
             self.truncate_blocks(txn, ino, 0)

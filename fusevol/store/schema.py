@@ -29,6 +29,8 @@ TABLES = {
     "objects": "tree object id -> codec byte + encoded object (snapshots)",
     "orefs": "tree object id -> refcount",
     "snapshots": "volume name|0|snapshot name -> JSON record",
+    "dirchanges": "vid|dir_ino -> the object a folder in pieces was last written as; "
+                  "vid|dir_ino|name -> b'' (its entries changed since)",
 }
 
 U64 = struct.Struct(">Q")
@@ -59,12 +61,22 @@ def vkey(vid: int, *parts) -> bytes:
 
 
 _INODE = struct.Struct(">IIIIQqqqQQQI32s")
+_FLAGS = struct.Struct(">I")
+_FLAGS_AT = struct.calcsize(">IIIIQqqqQQQ")
+
+
+def row_flags(raw) -> int:
+    """The flags of a packed inode record, without unpacking the rest."""
+    return _FLAGS.unpack_from(raw, _FLAGS_AT)[0]
+
+
 NO_TREE = bytes(32)
 # Chunk encodings by name (a volume's `compression`), and the byte that
 # marks each in a stored chunk.
 CODECS = {"none": 0, "zstd": 1}
 LAZY = 1  # flag: rows below this inode are still only in its tree object
 WIDE_TIMES = 2  # flag (on disk only): the record's times need more than 64-bit nanoseconds
+IN_PIECES = 4  # flag: a folder last written as pieces; names changed since are in dirchanges
 
 # Times are kept as 64-bit signed seconds plus nanoseconds, the range of the
 # kernel's timespec64 (what utimensat can set). Nanoseconds in an int64 end in

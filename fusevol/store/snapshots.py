@@ -12,11 +12,12 @@ import re
 import stat
 import time
 
-from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..errors import AlreadyExists, InvalidArgument, NotFound, StoreDamaged
 from . import chunks, trees, volumes
-from .env import Txn
+from .env import Txn, row_disk_bytes
+from .folders import FolderPlan
 from .inodes import Inodes
-from .schema import LAZY, NO_TREE, ROOT_INO, read_u64, u64, vkey
+from .schema import IN_PIECES, LAZY, NO_TREE, ROOT_INO, read_u64, u64, vkey
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # fullmatch: `$` lets a final newline through
 
@@ -46,21 +47,20 @@ def inodes_of(txn: Txn, record: dict) -> Inodes:
 def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
     """Write objects for every changed inode under top; return top's object id."""
     # Post-order without recursion: a directory is written after its children.
-    stack = [(top, None)]
+    stack: list[tuple[int, FolderPlan | None]] = [(top, None)]
+    refs = trees.RefBatch(txn)  # what pieces taken and let go of share is never written
     while stack:
-        ino, entries = stack.pop()
+        ino, plan = stack.pop()
         inode = inodes.get(txn, ino)
-        if entries is None and inode.tree_id != NO_TREE:
+        if plan is None and inode.tree_id != NO_TREE:
             continue  # a file with several names, written already
         if stat.S_ISDIR(inode.mode):
-            if entries is None:
-                entries = inodes.list_dir(txn, ino)
-                stack.append((ino, entries))
-                stack.extend((child, None) for _, child in entries
-                             if inodes.get(txn, child).tree_id == NO_TREE)
+            if plan is None:
+                plan = FolderPlan(txn, inodes, ino, inode)
+                stack.append((ino, plan))
+                stack.extend((child, None) for child in plan.unwritten(txn, inodes))
                 continue
-            named = [(name, inodes.get(txn, child).tree_id) for name, child in entries]
-            obj = trees.TreeObject(trees.DIR, ino, inode, entries=named)
+            obj = plan.write(txn, inodes, inode, refs)
         else:
             blocks = [(read_u64(k, 16), bytes(v)) for k, v in txn.scan("blocks", vkey(inodes.vid, ino))]
             obj = trees.TreeObject(trees.FILE, ino, inode, blocks=blocks)
@@ -69,6 +69,9 @@ def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
         # This reference belongs to the live row, which now says it equals the object.
         inode.tree_id = trees.put(txn, obj)
         inodes.put_row(txn, ino, inode)
+        if plan is not None:
+            plan.done(txn, inodes, refs)
+    refs.flush()
     return inodes.get(txn, top).tree_id
 
 
@@ -142,11 +145,25 @@ def remove(txn: Txn, volume: str, name: str) -> None:
 
 def unique_bytes(txn: Txn, snap: dict) -> int:
     """Stored bytes that would be freed if this snapshot alone were deleted."""
+    return held_alone(txn, snap)[0]
+
+
+def held_alone(txn: Txn, snap: dict) -> tuple[int, int]:
+    """What deleting this snapshot alone would free: the stored (compressed)
+    bytes of its chunks, and the bytes its chunks, objects and their count
+    rows take in the store's file (overflow pages whole)."""
+    psize = txn.store.env.stat()["psize"]
     root = bytes.fromhex(snap["root"])
     work = [root] if trees._count(txn, root) == 1 else []
     tally: dict[bytes, int] = {}
+    disk = 0
     while work:
-        obj = trees.get(txn, work.pop())
+        oid = work.pop()
+        payload = txn.get("objects", oid)
+        if payload is None:
+            raise StoreDamaged(f"missing tree object {oid.hex()}")
+        disk += row_disk_bytes(psize, len(oid), len(payload)) + row_disk_bytes(psize, len(oid), 8)
+        obj = trees.decode(chunks.decode(payload))
         objects, chunk_ids = obj.children()
         work.extend(oid for oid in objects if trees._count(txn, oid) == 1)
         for cid in chunk_ids:
@@ -156,7 +173,8 @@ def unique_bytes(txn: Txn, snap: dict) -> int:
         count, _, stored = chunks.ref_info(txn, cid)
         if count == n:
             total += stored
-    return total
+            disk += row_disk_bytes(psize, len(cid), stored) + row_disk_bytes(psize, len(cid), 16)
+    return total, disk
 
 
 def _install_tree(txn: Txn, record: dict, snap: dict) -> None:
@@ -166,7 +184,7 @@ def _install_tree(txn: Txn, record: dict, snap: dict) -> None:
     obj = trees.get(txn, root_id)
     root = obj.inode
     root.parent = ROOT_INO
-    root.flags |= LAZY
+    root.flags |= LAZY | (IN_PIECES if obj.pieces is not None else 0)
     root.tree_id = root_id
     trees.incref(txn, root_id)
     txn.put("inodes", vkey(vid, ROOT_INO), root.pack())

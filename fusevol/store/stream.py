@@ -26,12 +26,13 @@ import tempfile
 import blake3
 
 from ..errors import AlreadyExists, Busy, FusevolError, InvalidArgument, NotFound, StreamDamaged
-from . import chunks, snapshots, trees, volumes
+from . import chunks, pieces, snapshots, trees, volumes
 from .env import Store, Txn
 from .schema import pack_ref
 
 MAGIC = b"FUSEVOL-SEND\r\n\x1a\n"
-VERSION = 1
+VERSION = 2        # 2: tree objects may be folders in pieces (pieces.py)
+READS = (1, 2)     # a stream of format 1 is one of format 2 without pieces
 HEADER = struct.Struct(">16sHB32s")
 FRAME = struct.Struct(">cI")
 SNAPSHOT, OBJECT, CHUNK, TRAILER = b"S", b"O", b"C", b"T"
@@ -166,9 +167,14 @@ def _send_tree(reader: _Reader, writer: _Writer, root: bytes, base_root: bytes |
             if base_obj.kind != obj.kind:
                 base_obj = None
         if obj.kind == trees.DIR:
+            # Children first, then the pieces of a big folder that the base lacks
+            # (leaves before index pieces), then the folder: pushed in reverse.
+            opened: list[bytes] = []
+            changed = list(pieces.changed_entries(reader.txn, base_obj, obj, opened))
             stack.append((oid, None, True))
-            base_entries = dict(base_obj.entries) if base_obj else {}
-            stack.extend((child, base_entries.get(entry), False) for entry, child in obj.entries)
+            stack.extend((piece, None, True) for piece in reversed(opened))
+            stack.extend((child, base_child, False) for _, base_child, child in changed
+                         if child is not None)
             continue
         known = {cid for _, cid in base_obj.blocks} if base_obj else set()
         for _, cid in obj.blocks:
@@ -231,8 +237,9 @@ def _spool(src, spool, progress: NoProgress) -> tuple[bytes | None, dict]:
     if len(head) < HEADER.size or not head.startswith(MAGIC):
         raise StreamDamaged("not a fusevol send stream (bad header)")
     _, version, has_base, base_root = HEADER.unpack(head)
-    if version != VERSION:
-        raise StreamDamaged(f"stream has format {version}; this fusevol reads format {VERSION}")
+    if version not in READS:
+        raise StreamDamaged(f"stream has format {version}; this fusevol reads formats "
+                            f"{', '.join(map(str, READS))}")
     h = blake3.blake3(head)
     progress.advance(len(head))
     record, count = None, 0

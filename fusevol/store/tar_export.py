@@ -3,7 +3,11 @@
 The archive is what GNU tar writes for ``tar --xattrs --format=posix -cpf``:
 modes with their setuid/setgid/sticky bits, numeric owners (no user names),
 mtimes with nanoseconds and xattrs as ``SCHILY.xattr.NAME`` pax records, the
-second and later names of a file as hard links. Holes come out as zeros.
+second and later names of a file as hard links. A file with holes is a
+sparse member in the pax format GNU tar writes with ``--sparse`` (1.0: the map
+of data regions leads the member's data; GNU tar and Python's tarfile restore
+the holes), so the archive and what is extracted from it cost what the file
+holds, not its size.
 
 Everything is read from immutable tree objects, in short read transactions
 (one per object, one per few blocks of data), so an export of any size holds
@@ -15,6 +19,7 @@ objects alive meanwhile even if the volume changes.
 import datetime
 import errno
 import io
+import itertools
 import logging
 import os
 import stat
@@ -44,31 +49,31 @@ def pax_time(ns: int) -> str:
 
 
 class _Content(io.RawIOBase):
-    """A file's bytes, read block by block from its chunks (zeros for holes)."""
+    """A file's bytes, read block by block from its chunks (zeros for holes);
+    with `sparse`, its map of data regions and then those regions only."""
 
-    def __init__(self, store: Store, obj: trees.TreeObject, on_bytes: Callable[[int], None] | None):
+    def __init__(self, store: Store, obj: trees.TreeObject, on_bytes: Callable[[int], None] | None,
+                 sparse: "_Sparse | None" = None):
         self.store = store
         self.size = obj.inode.size
         self.blocks = dict(obj.blocks)
         self.bs = store.block_size
-        self.next_index = 0
-        self.buf = memoryview(b"")
+        count = -(-self.size // self.bs)
+        self.indexes = iter(sorted(i for i in self.blocks if i < count) if sparse else range(count))
+        self.buf = memoryview(sparse.map if sparse else b"")
         self.on_bytes = on_bytes
 
     def readable(self) -> bool:
         return True
 
     def _fill(self) -> None:
-        first = self.next_index
-        last = min(first + READ_BLOCKS, -(-self.size // self.bs))
         parts = []
         with self.store.read() as txn:
-            for index in range(first, last):
+            for index in itertools.islice(self.indexes, READ_BLOCKS):
                 want = min(self.bs, self.size - index * self.bs)
                 cid = self.blocks.get(index)
                 data = chunks.read(txn, cid)[:want] if cid is not None else b""
                 parts.append(data + bytes(want - len(data)) if len(data) < want else data)
-        self.next_index = last
         self.buf = memoryview(b"".join(parts))
         if self.on_bytes:
             self.on_bytes(len(self.buf))
@@ -80,6 +85,33 @@ class _Content(io.RawIOBase):
         b[:n] = self.buf[:n]
         self.buf = self.buf[n:]
         return n
+
+
+class _Sparse:
+    """A file with holes as GNU's sparse format 1.0 has it: data regions (runs
+    of stored blocks), and their map as the member's first 512-byte blocks."""
+
+    def __init__(self, obj: trees.TreeObject, bs: int):
+        size = obj.inode.size
+        regions: list[list[int]] = []
+        for index, _ in sorted(obj.blocks):
+            start, end = index * bs, min((index + 1) * bs, size)
+            if start >= size:
+                continue
+            if regions and regions[-1][0] + regions[-1][1] == start:
+                regions[-1][1] = end - regions[-1][0]
+            else:
+                regions.append([start, end - start])
+        if not regions or regions[-1][0] + regions[-1][1] < size:
+            regions.append([size, 0])  # ends in a hole: the map says where the file ends
+        text = f"{len(regions)}\n" + "".join(f"{off}\n{length}\n" for off, length in regions)
+        self.map = text.encode() + bytes(-len(text) % tarfile.BLOCKSIZE)
+        self.data_bytes = sum(length for _, length in regions)
+
+    @staticmethod
+    def wanted(obj: trees.TreeObject, bs: int) -> bool:
+        """Whether the file has a hole (a block within its size that is not stored)."""
+        return len(obj.blocks) < -(-obj.inode.size // bs)
 
 
 def _tarinfo(path: bytes, obj: trees.TreeObject) -> tarfile.TarInfo | None:
@@ -123,8 +155,9 @@ def write_tree(store: Store, root: bytes, fileobj, *, on_bytes: Callable[[int], 
             path, oid = stack.pop()
             with store.read() as txn:
                 obj = trees.get(txn, oid)
+                entries = trees.entries(txn, obj)
             stack.extend((path + b"/" + name if path else name, child)
-                         for name, child in reversed(obj.entries))
+                         for name, child in reversed(entries))
             info = _tarinfo(path, obj)
             if info is None:
                 warn(f"{_text(path)}: socket ignored")
@@ -134,9 +167,18 @@ def write_tree(store: Store, root: bytes, fileobj, *, on_bytes: Callable[[int], 
                     info.type, info.size, info.linkname = tarfile.LNKTYPE, 0, first_name[obj.ino]
                 else:
                     first_name[obj.ino] = info.name
+            sparse = None
+            if info.type == tarfile.REGTYPE and _Sparse.wanted(obj, store.block_size):
+                sparse = _Sparse(obj, store.block_size)
+                info.pax_headers.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                         "GNU.sparse.name": info.name,
+                                         "GNU.sparse.realsize": str(info.size)})
+                # GNU tar's own placeholder name; readers that know the format use the one above.
+                info.name = f"./GNUSparseFile.0/{members + 1}"
+                info.size = len(sparse.map) + sparse.data_bytes
             if info.type == tarfile.REGTYPE:
                 # A buffered reader hands tarfile exactly the lengths it asks for.
-                tar.addfile(info, io.BufferedReader(_Content(store, obj, on_bytes), 1 << 20))
+                tar.addfile(info, io.BufferedReader(_Content(store, obj, on_bytes, sparse), 1 << 20))
             else:
                 tar.addfile(info)
             members += 1
@@ -148,8 +190,7 @@ def _descend(store: Store, root: bytes, subpath: str) -> bytes:
     oid = root
     for part in subpath.split("/"):
         with store.read() as txn:
-            obj = trees.get(txn, oid)
-        entries = dict(obj.entries)
+            entries = dict(trees.entries(txn, trees.get(txn, oid)))
         if part.encode() not in entries:
             raise NotFound(f"no folder {subpath} in the volume")
         oid = entries[part.encode()]

@@ -5,6 +5,12 @@ a directory object its attributes, xattrs and sorted entries (name -> child
 object id). An object's id is the BLAKE3 hash of its encoding (in a key space
 of its own, apart from data chunks), so equal subtrees have equal ids.
 
+A large directory keeps its entries in pieces (see pieces.py): its object
+(PIECED) holds the attributes, the number of entries and the id of the top
+piece; a LEAF piece holds entries, an INDEX piece (last name, piece id) pairs
+of the level below. Pieces are objects too, with the same reference counts.
+A directory of up to pieces.FLAT_MAX entries stays one object, as it always was.
+
 Each object holds one reference on each child (object or chunk), taken when it
 is first stored; it is deleted, and lets go of its children, when its own count
 falls to zero. References on objects come from snapshot records, from parent
@@ -22,10 +28,14 @@ from .env import Txn
 from .schema import WIDE_TIMES_SIZE, Inode, pack_times, unpack_times
 
 FILE, DIR = b"F", b"D"  # in lower case when the times' seconds follow the attributes
+PIECED = b"P"  # a directory whose entries are in pieces (in memory its kind is DIR)
+LEAF, INDEX = b"L", b"I"  # pieces of a directory's entries
 _ATTRS = struct.Struct(">QIIIIQqqqQQ")  # ino, mode, uid, gid, nlink, size, a/m/ctime, rdev, data_bytes
 _LEN16 = struct.Struct(">H")
 _LEN32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_PIECES = struct.Struct(">QB32s")  # entries, height of the top piece, its id
+_INDEX_HEAD = struct.Struct(">BI")  # level, items
 ID_LEN = 32
 
 
@@ -36,21 +46,43 @@ class TreeObject:
     inode: Inode
     xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
     blocks: list[tuple[int, bytes]] = field(default_factory=list)   # files
-    entries: list[tuple[bytes, bytes]] = field(default_factory=list)  # directories
+    entries: list[tuple[bytes, bytes]] = field(default_factory=list)  # directories, pieces
+    pieces: bytes | None = None  # a PIECED directory's top piece (its entries are there)
+    count: int = 0               # ... and how many entries it has
+    level: int = 0               # a piece's level (0: leaves); a PIECED directory's height
 
     def children(self) -> tuple[list[bytes], list[bytes]]:
         """(child object ids, chunk ids) this object references."""
+        if self.pieces is not None:
+            return [self.pieces], []
         return [cid for _, cid in self.entries], [cid for _, cid in self.blocks]
+
+    @property
+    def is_piece(self) -> bool:
+        return self.kind in (LEAF, INDEX)
 
 
 def object_id(data: bytes) -> bytes:
     return blake3.blake3(data, derive_key_context="fusevol 2026 tree object v1").digest()
 
 
+def _encode_items(items: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return [_LEN16.pack(len(name)) + name + cid for name, cid in items]
+
+
+def encode_piece(level: int, items: list[tuple[bytes, bytes]]) -> bytes:
+    if level == 0:
+        return b"".join([LEAF, _LEN32.pack(len(items)), *_encode_items(items)])
+    return b"".join([INDEX, _INDEX_HEAD.pack(level, len(items)), *_encode_items(items)])
+
+
 def encode(obj: TreeObject) -> bytes:
+    if obj.is_piece:
+        return encode_piece(obj.level, obj.entries)
     n = obj.inode
     (atime, mtime, ctime), wide = pack_times((n.atime_ns, n.mtime_ns, n.ctime_ns))
-    out = [obj.kind.lower() if wide else obj.kind,
+    kind = PIECED if obj.pieces is not None else obj.kind
+    out = [kind.lower() if wide else kind,
            _ATTRS.pack(obj.ino, n.mode, n.uid, n.gid, n.nlink, n.size, atime, mtime, ctime,
                        n.rdev, n.data_bytes), wide]
     out.append(_LEN32.pack(len(n.target)) + n.target)
@@ -60,14 +92,35 @@ def encode(obj: TreeObject) -> bytes:
     if obj.kind == FILE:
         out.append(_U64.pack(len(obj.blocks)))
         out.extend(_U64.pack(i) + cid for i, cid in obj.blocks)
+    elif obj.pieces is not None:
+        out.append(_PIECES.pack(obj.count, obj.level, obj.pieces))
     else:
         out.append(_U64.pack(len(obj.entries)))
-        out.extend(_LEN16.pack(len(name)) + name + cid for name, cid in obj.entries)
+        out.extend(_encode_items(obj.entries))
     return b"".join(out)
+
+
+def _decode_items(data: bytes, pos: int, count: int) -> list[tuple[bytes, bytes]]:
+    items = []
+    for _ in range(count):
+        (nlen,) = _LEN16.unpack_from(data, pos)
+        end = pos + 2 + nlen
+        items.append((data[pos + 2: end], data[end: end + ID_LEN]))
+        pos = end + ID_LEN
+    if pos != len(data):
+        raise StoreDamaged("tree object has a damaged entry list")
+    return items
 
 
 def decode(data: bytes) -> TreeObject:
     kind = data[:1]
+    if kind == LEAF:
+        (count,) = _LEN32.unpack_from(data, 1)
+        return TreeObject(LEAF, 0, Inode(mode=0, uid=0, gid=0), entries=_decode_items(data, 5, count))
+    if kind == INDEX:
+        level, count = _INDEX_HEAD.unpack_from(data, 1)
+        return TreeObject(INDEX, 0, Inode(mode=0, uid=0, gid=0), entries=_decode_items(data, 1 + _INDEX_HEAD.size, count),
+                          level=level)
     pos = 1
     ino, mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, data_bytes = _ATTRS.unpack_from(data, pos)
     pos += _ATTRS.size
@@ -80,7 +133,7 @@ def decode(data: bytes) -> TreeObject:
     pos += 4 + tlen
     inode = Inode(mode=mode, uid=uid, gid=gid, nlink=nlink, size=size, atime_ns=atime,
                   mtime_ns=mtime, ctime_ns=ctime, rdev=rdev, data_bytes=data_bytes, target=target)
-    obj = TreeObject(kind, ino, inode)
+    obj = TreeObject(DIR if kind == PIECED else kind, ino, inode)
     (count,) = _LEN32.unpack_from(data, pos)
     pos += 4
     for _ in range(count):
@@ -90,6 +143,9 @@ def decode(data: bytes) -> TreeObject:
         (vlen,) = _LEN32.unpack_from(data, pos)
         obj.xattrs.append((name, data[pos + 4: pos + 4 + vlen]))
         pos += 4 + vlen
+    if kind == PIECED:
+        obj.count, obj.level, obj.pieces = _PIECES.unpack_from(data, pos)
+        return obj
     (count,) = _U64.unpack_from(data, pos)
     pos += 8
     if kind == FILE:
@@ -97,12 +153,7 @@ def decode(data: bytes) -> TreeObject:
             obj.blocks.append((_U64.unpack_from(data, pos)[0], data[pos + 8: pos + 8 + ID_LEN]))
             pos += 8 + ID_LEN
     elif kind == DIR:
-        for _ in range(count):
-            (nlen,) = _LEN16.unpack_from(data, pos)
-            name = data[pos + 2: pos + 2 + nlen]
-            pos += 2 + nlen
-            obj.entries.append((name, data[pos: pos + ID_LEN]))
-            pos += ID_LEN
+        obj.entries = _decode_items(data, pos, count)
     else:
         raise StoreDamaged(f"tree object of unknown kind {kind!r}")
     return obj
@@ -126,10 +177,10 @@ def _count(txn: Txn, oid: bytes) -> int:
 
 
 def incref(txn: Txn, oid: bytes) -> None:
-    count = _count(txn, oid)
-    if count == 0:
+    raw = txn.get("orefs", oid)  # a piece just stored has a count row of 0
+    if raw is None:
         raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
-    txn.put("orefs", oid, _U64.pack(count + 1))
+    txn.put("orefs", oid, _U64.pack(_U64.unpack(raw)[0] + 1))
 
 
 def put(txn: Txn, obj: TreeObject) -> bytes:
@@ -155,6 +206,69 @@ def put_encoded(txn: Txn, data: bytes, obj: TreeObject | None = None) -> bytes:
     return oid
 
 
+class RefBatch:
+    """Object reference counts changed by one operation, written once at its end.
+
+    A folder in pieces rewrites a piece of ~TARGET entries for one change:
+    the new piece takes a reference on each entry, the old one, freed, lets
+    go of each. Counted here, the entries both hold cost nothing, and the
+    count rows written are those of what changed, not of every neighbour
+    (each on its own page of a large table)."""
+
+    def __init__(self, txn: Txn):
+        self.txn = txn
+        self.delta: dict[bytes, int] = {}
+
+    def count(self, oid: bytes) -> int:
+        return _count(self.txn, oid) + self.delta.get(oid, 0)
+
+    def incref(self, oid: bytes) -> None:
+        if self.txn.get("orefs", oid) is None:
+            raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
+        self.delta[oid] = self.delta.get(oid, 0) + 1
+
+    def decref(self, oid: bytes) -> None:
+        """As decref(): objects no one holds any more are deleted at once."""
+        work = [oid]
+        while work:
+            oid = work.pop()
+            count = self.count(oid)
+            if count <= 0:
+                raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
+            if count > 1:
+                self.delta[oid] = self.delta.get(oid, 0) - 1
+                continue
+            obj = get(self.txn, oid)
+            self.txn.delete("orefs", oid)
+            self.txn.delete("objects", oid)
+            self.delta.pop(oid, None)
+            objects, chunk_ids = obj.children()
+            work.extend(objects)
+            for cid in chunk_ids:
+                chunks.decref(self.txn, cid)
+
+    def flush(self) -> None:
+        for oid, delta in self.delta.items():
+            if delta:
+                self.txn.put("orefs", oid, _U64.pack(_count(self.txn, oid) + delta))
+        self.delta.clear()
+
+
+def put_unheld(txn: Txn, data: bytes, refs: RefBatch | None = None) -> bytes:
+    """Store an encoded object if new, holding its children but held by no
+    one yet (count 0): the holder that is stored next takes the reference."""
+    oid = object_id(data)
+    if txn.get("orefs", oid) is None:
+        objects, chunk_ids = decode(data).children()
+        for child in objects:
+            refs.incref(child) if refs is not None else incref(txn, child)
+        for cid in chunk_ids:
+            chunks.incref(txn, cid)
+        txn.put("objects", oid, chunks.encode(data, "zstd"))
+        txn.put("orefs", oid, _U64.pack(0))
+    return oid
+
+
 def decref(txn: Txn, oid: bytes) -> None:
     """Drop one reference; delete objects no one holds, down the tree."""
     work = [oid]
@@ -175,6 +289,23 @@ def decref(txn: Txn, oid: bytes) -> None:
             chunks.decref(txn, cid)
 
 
+def entries(txn: Txn, obj: TreeObject) -> list[tuple[bytes, bytes]]:
+    """A directory's entries (name, object id), sorted, from whichever form it has."""
+    if obj.pieces is None:
+        return obj.entries
+    out: list[tuple[bytes, bytes]] = []
+    stack = [obj.pieces]
+    while stack:
+        piece = get(txn, stack.pop())
+        if piece.kind == LEAF:
+            out.extend(piece.entries)
+        elif piece.kind == INDEX:
+            stack.extend(cid for _, cid in reversed(piece.entries))
+        else:
+            raise StoreDamaged("a directory's pieces lead to an object that is no piece")
+    return out
+
+
 def walk(txn: Txn, oid: bytes, prefix: bytes = b""):
     """Yield (path, object id, object) for a tree, parents before children."""
     stack = [(prefix, oid)]
@@ -182,5 +313,5 @@ def walk(txn: Txn, oid: bytes, prefix: bytes = b""):
         path, oid = stack.pop()
         obj = get(txn, oid)
         yield path, oid, obj
-        for name, child in reversed(obj.entries):
+        for name, child in reversed(entries(txn, obj)):
             stack.append((path + b"/" + name if path else name, child))

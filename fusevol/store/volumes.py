@@ -50,7 +50,8 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_SIZE = (1 << 63) - 1
 NAME_MAX = 255
 SUBPATH_MAX = 4000  # below PATH_MAX (4096), leaving room for the mountpoint
-_TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks")
+_TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks",
+                  "dirchanges")
 
 
 def shown(value, limit: int = 80) -> str:
@@ -306,6 +307,9 @@ def drop_rows(txn: Txn, vid: int, keep_counter: bool = False) -> None:
         tree_id = Inode.unpack(raw).tree_id
         if tree_id != schema.NO_TREE:
             trees.decref(txn, tree_id)
+    for key, base in txn.scan("dirchanges", prefix):
+        if len(key) == 16:  # a folder's base object (other rows are names)
+            trees.decref(txn, bytes(base))
     for table in _TABLES_BY_VID:
         txn.delete_prefix(table, prefix)
     usage = stats(txn, {"vid": vid})

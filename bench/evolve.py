@@ -1,0 +1,178 @@
+"""An evolving tree kept in fusevol (a snapshot per version), restic and borg, in one run.
+
+The tree is a copy of a folder (by default Python's standard library,
+/usr/lib/python3.11: about 1400 files, 50 MB). Each later version changes 16
+bytes in the middle of 2% of the files, adds 1% new files (an existing file
+with 16 bytes changed, under a new name) and deletes 1%, the same edits in
+each system (seeded). After each version:
+
+- fusevol: the edits are made in a mounted volume, then `snapshot create`;
+  the store file's size on disk (`df`: store_file_bytes), the compressed
+  chunk bytes (stored_bytes) and the store's overhead beyond them;
+- restic (`restic backup`, its default compression) and borg
+  (`borg create --compression zstd,3`) back up a plain copy; their
+  repository sizes (`du -sb`).
+
+Usage (root: it mounts a volume):
+    PYTHONPATH=. python bench/evolve.py [--source DIR] [--versions 5] [--base DIR] [--json FILE]
+Needs `restic` and `borg` (Debian: apt-get install restic borgbackup); a
+missing one is left out and said so. Prints a Markdown table.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from targets import MiB, Volume, run  # noqa: E402
+
+PEER_ENV = {"RESTIC_PASSWORD": "bench", "BORG_PASSPHRASE": "",
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+
+
+def files_of(root: str) -> list[str]:
+    out = []
+    for folder, _, names in os.walk(root):
+        out.extend(os.path.relpath(os.path.join(folder, n), root) for n in names
+                   if os.path.isfile(os.path.join(folder, n)) and not os.path.islink(os.path.join(folder, n)))
+    return sorted(out)
+
+
+def plan_version(rng: random.Random, files: list[str], n: int) -> list[tuple]:
+    """The edits that make the next version, as (op, path, ...)."""
+    count = len(files)
+    ops = []
+    for path in rng.sample(files, max(1, count * 2 // 100)):
+        ops.append(("poke", path, rng.randbytes(16)))
+    for k, path in enumerate(rng.sample(files, max(1, count // 100))):
+        folder, name = os.path.split(path)
+        ops.append(("add", path, os.path.join(folder, f"v{n}-{k}-{name}"), rng.randbytes(16)))
+    for path in rng.sample(files, max(1, count // 100)):
+        ops.append(("delete", path))
+    return ops
+
+
+def apply(root: str, ops: list[tuple]) -> None:
+    for op in ops:
+        if op[0] == "poke":
+            _poke(os.path.join(root, op[1]), op[2])
+        elif op[0] == "add":
+            with open(os.path.join(root, op[1]), "rb") as f:
+                data = bytearray(f.read())
+            mid = len(data) // 2
+            data[mid: mid + 16] = op[3]
+            with open(os.path.join(root, op[2]), "wb") as f:
+                f.write(data)
+        elif os.path.exists(os.path.join(root, op[1])):
+            os.unlink(os.path.join(root, op[1]))
+
+
+def _poke(path: str, data: bytes) -> None:
+    if not os.path.exists(path):
+        return  # deleted in an earlier version
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(max(0, size // 2 - 8))
+        f.write(data[: max(0, min(16, size))])
+
+
+def du(path: str) -> int:
+    return int(run(["du", "-sb", path]).stdout.split()[0])
+
+
+def measure(source: str, versions: int, base: str) -> dict:
+    work = tempfile.mkdtemp(prefix="evolve-", dir=base)
+    env = {**os.environ, **PEER_ENV}
+    plain = os.path.join(work, "plain")
+    shutil.copytree(source, plain, symlinks=True)
+    peers = {}
+    if shutil.which("restic"):
+        peers["restic"] = os.path.join(work, "restic-repo")
+        run(["restic", "init", "--repo", peers["restic"]], env=env)
+    if shutil.which("borg"):
+        peers["borg"] = os.path.join(work, "borg-repo")
+        run(["borg", "init", "--encryption=none", peers["borg"]], env=env)
+    vol = Volume(work)
+    rows = []
+    try:
+        run(["cp", "-a", plain + "/.", vol.dir])
+        rng = random.Random(2026)
+        for n in range(versions):
+            if n:
+                ops = plan_version(rng, files_of(plain), n)
+                apply(plain, ops)
+                apply(vol.dir, ops)
+            row = {"version": n, "files": len(files_of(plain)), "logical": du(plain)}
+            start = time.monotonic()
+            vol.cli("snapshot", "create", f"bench@v{n}")
+            row["fusevol_seconds"] = time.monotonic() - start
+            df = vol.df()
+            row["fusevol_file"] = df["store_file_bytes"]
+            row["fusevol_chunks"] = df["stored_bytes"]
+            if "restic" in peers:
+                start = time.monotonic()
+                run(["restic", "backup", "--repo", peers["restic"], "."], env=env, cwd=plain)
+                row["restic_seconds"] = time.monotonic() - start
+                row["restic"] = du(peers["restic"])
+            if "borg" in peers:
+                start = time.monotonic()
+                run(["borg", "create", "--compression", "zstd,3", f"{peers['borg']}::v{n}", "."],
+                    env=env, cwd=plain)
+                row["borg_seconds"] = time.monotonic() - start
+                row["borg"] = du(peers["borg"])
+            rows.append(row)
+            print(f"version {n}: {row}", file=sys.stderr)
+        # Every version is still there, byte for byte: the last one against the plain copy.
+        diff = subprocess.run(["diff", "-r", "-q", "--no-dereference", plain, vol.dir],
+                              capture_output=True, text=True)
+        if diff.returncode:
+            raise SystemExit(f"the volume differs from the plain copy:\n{(diff.stdout + diff.stderr)[:2000]}")
+    finally:
+        vol.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"source": source, "versions": versions, "rows": rows,
+            "missing": [p for p in ("restic", "borg") if p not in peers]}
+
+
+def table(result: dict) -> str:
+    peers = [p for p in ("restic", "borg") if p not in result["missing"]]
+    head = ["version", "files", "logical", "fusevol store file", "fusevol chunks", "overhead"] + peers
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for r in result["rows"]:
+        cells = [str(r["version"]), str(r["files"]), f"{r['logical'] / MiB:.1f} MiB",
+                 f"{r['fusevol_file'] / MiB:.1f} MiB", f"{r['fusevol_chunks'] / MiB:.1f} MiB",
+                 f"{(r['fusevol_file'] - r['fusevol_chunks']) / r['fusevol_chunks']:.0%}"]
+        cells += [f"{r[p] / MiB:.1f} MiB" for p in peers]
+        lines.append("| " + " | ".join(cells) + " |")
+    times = ["fusevol"] + peers
+    lines += ["", "| seconds per version (fusevol: snapshot create; the others: backup) | "
+              + " | ".join(times) + " |", "|---|" + "---:|" * len(times)]
+    for r in result["rows"]:
+        lines.append(f"| {r['version']} | " + " | ".join(f"{r[t + '_seconds']:.2f}" for t in times) + " |")
+    if result["missing"]:
+        lines.append(f"\n(not installed: {', '.join(result['missing'])})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source", default="/usr/lib/python3.11")
+    ap.add_argument("--versions", type=int, default=5)
+    ap.add_argument("--base", default="/var/tmp", help="where the stores and repositories go")
+    ap.add_argument("--json", help="write the figures as JSON too")
+    args = ap.parse_args()
+    result = measure(args.source, args.versions, args.base)
+    print(table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,14 +1,14 @@
 """The root of the `fusevol` command line: global options and the command families.
 
 Each family lives in its own module (volumes, mounting, docker, space,
-snapshots, replication, upkeep, archives); group.py holds what they share.
+snapshots, replication, remotes, upkeep, archives); group.py holds what they share.
 """
 
 import logging
 
 import click
 
-from . import archives, docker, mounting, replication, snapshots, space, upkeep, volumes
+from . import archives, docker, mounting, remotes, replication, snapshots, space, upkeep, volumes
 from .group import group
 
 
@@ -27,6 +27,7 @@ for _command in (
     space.df,
     snapshots.snapshot, snapshots.clone, snapshots.rollback, snapshots.diff,
     replication.send, replication.receive,
+    remotes.remote, remotes.push, remotes.pull,
     upkeep.gc, upkeep.verify,
     archives.export, archives.import_,
 ):

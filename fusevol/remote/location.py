@@ -27,7 +27,7 @@ def parse_url(url: str) -> tuple[str, str]:
         raise InvalidArgument(f"invalid bucket name {parsed.netloc!r}: 3 to 63 characters from "
                               "[a-z0-9.-], starting and ending with a letter or digit")
     prefix = parsed.path.strip("/")
-    if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
+    if "//" in parsed.path or any(part in (".", "..") for part in prefix.split("/")):
         raise InvalidArgument(f"remote URL {url!r} has an empty, '.' or '..' part in its prefix")
     return parsed.netloc, prefix
 

@@ -54,6 +54,9 @@ mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
 osd crush chooseleaf type = 0
+# radosgw watches objects to hear of cache changes; a gateway that was killed
+# holds its watches until this runs out, and every bucket change waits for it.
+osd client watch timeout = 5
 paxos propose interval = 0.01
 mon osd full ratio = 0.99
 mon osd nearfull ratio = 0.98
@@ -199,11 +202,17 @@ class CephCluster:
         return True
 
     def stop_rgw(self) -> None:
-        """Stop the gateway only (the server going away in the middle of a transfer)."""
+        """Stop the gateway only (the server going away in the middle of a
+        transfer): SIGTERM, as a service manager stops it, which drops open
+        connections and lets it give up its watches."""
         proc = self.procs.pop("rgw", None)
         if proc is not None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def start_rgw(self) -> None:
         self._daemon("rgw", "radosgw", "-n", "client.rgw")

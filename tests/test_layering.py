@@ -13,7 +13,8 @@ import pytest
 import fusevol.store
 
 STORE_MODULES = sorted(f"fusevol.store.{m.name}" for m in pkgutil.iter_modules(fusevol.store.__path__))
-ABOVE_THE_STORE = ("fusevol.fs", "fusevol.plugin", "fusevol.cli", "pyfuse3", "trio")
+ABOVE_THE_STORE = ("fusevol.fs", "fusevol.plugin", "fusevol.cli", "fusevol.remote", "pyfuse3",
+                   "trio", "boto3", "botocore")
 
 
 def _imported_by(module: str) -> set[str]:
@@ -35,7 +36,8 @@ def test_the_store_imports_nothing_above_it(module):
 
 def test_the_cli_loads_the_store_and_fuse_only_when_a_command_runs():
     assert _offending("fusevol.cli.app", ("lmdb", "pyfuse3", "trio", "blake3", "zstandard",
-                                          "fusevol.store.env", "fusevol.fs.operations")) == []
+                                          "fusevol.store.env", "fusevol.fs.operations",
+                                          "fusevol.remote", "boto3", "botocore")) == []
 
 
 @pytest.mark.parametrize("module", ["fusevol.fs.registry", "fusevol.fs.forkserver",

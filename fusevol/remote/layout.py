@@ -4,7 +4,9 @@ A blob is a chunk (kind C) or a tree object (kind O) in the form the store
 keeps it (codec byte + raw or zstd data), named by the same id as in the
 store, so the receiver can check every blob by hashing what it decodes to.
 
-Pack (data/XY/PACKID, PACKID = BLAKE3 of the whole pack, hex)::
+Pack (data/XY/PACKID, PACKID = BLAKE3 of the header's entries, hex: they
+name every blob by its content hash, so this names the content without a
+second pass over the data)::
 
     blob, blob, ...              back to back
     header                       zstd of n x (u8 kind, 32-byte id, u32 length)
@@ -79,11 +81,10 @@ def seal_pack(blobs: list[tuple[bytes, bytes, bytes]]) -> tuple[bytes, bytes, li
         parts.append(stored)
         entries.append((kind, bid, offset, len(stored)))
         offset += len(stored)
-    header = zstandard.ZstdCompressor(level=3).compress(
-        b"".join(_PACK_ENTRY.pack(k, b, n) for k, b, _, n in entries))
+    listing = b"".join(_PACK_ENTRY.pack(k, b, n) for k, b, _, n in entries)
+    header = zstandard.ZstdCompressor(level=3).compress(listing)
     parts += [header, _TAIL.pack(len(header), PACK_MAGIC)]
-    data = b"".join(parts)
-    return blake3.blake3(data).digest(), data, entries
+    return blake3.blake3(listing).digest(), b"".join(parts), entries
 
 
 def pack_tail_size() -> int:

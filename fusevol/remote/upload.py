@@ -14,7 +14,7 @@ from . import layout
 from .s3 import Bucket
 
 PACK_SIZE = 32 << 20
-IN_FLIGHT = 3  # packs uploading at once (each is held in memory until it lands)
+IN_FLIGHT = 4  # packs uploading at once (each is held in memory until it lands)
 
 
 def pack_size() -> int:

@@ -93,6 +93,38 @@ def remote_snapshots(ctx, name, volume, as_json):
     emit(records, as_json, "\n".join(lines))
 
 
+@remote.command("forget")
+@click.argument("name")
+@click.argument("ref", metavar="VOLUME@SNAP")
+@click.pass_context
+def remote_forget(ctx, name, ref):
+    """Delete snapshot VOLUME@SNAP from remote NAME (its manifest; `remote
+    prune` then frees the data no other snapshot uses)."""
+    from ..remote import prune as pruning
+    from ..store import snapshots
+
+    volume, snap = snapshots.parse_ref(ref)
+    pruning.forget(_remote(ctx, name), volume, snap)
+
+
+@remote.command("prune")
+@click.argument("name")
+@click.option("-n", "--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--break-locks", is_flag=True,
+              help="Ignore and remove push locks (only when no push is running anywhere).")
+@json_option
+@click.pass_context
+def remote_prune(ctx, name, dry_run, break_locks, as_json):
+    """Delete from remote NAME the packs no snapshot reaches. Refused while a
+    push runs (each push holds a lock on the remote)."""
+    from ..remote import prune as pruning
+
+    report = pruning.prune(_remote(ctx, name), break_locks=break_locks, dry_run=dry_run)
+    emit(report, as_json, f"{name}: {'would delete' if dry_run else 'deleted'} "
+         f"{report['packs_deleted']} packs ({human(report['bytes_deleted'])}), kept "
+         f"{report['packs_kept']} for {report['snapshots']} snapshots")
+
+
 @command()
 @click.argument("ref", metavar="VOLUME@SNAP")
 @click.argument("name", metavar="REMOTE")

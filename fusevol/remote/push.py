@@ -6,7 +6,8 @@ snapshot's tree and pack every chunk and object the remote lacks (a subtree
 whose root the remote holds is skipped whole: see upload.py for why that is
 safe); upload the packs; write one index for them; write the manifest last,
 with a conditional PUT, so a reader never sees a snapshot whose blobs are not
-all there and two pushes never overwrite each other's snapshot.
+all there and two pushes never overwrite each other's snapshot. A push lock
+(locks.py) keeps a prune from deleting what the push counts on meanwhile.
 """
 
 import concurrent.futures
@@ -19,6 +20,7 @@ from ..store import blobs, chunks, snapshots, trees
 from ..store.env import Store
 from ..store.stream import SENT_FIELDS, NoProgress
 from . import catalog, layout
+from .locks import PushLock
 from .s3 import Bucket
 from .upload import Uploader
 
@@ -60,31 +62,32 @@ def push(store: Store, remote: dict, volume: str, name: str,
             _same_or_refuse(remote, manifest_name, existing, snap)
             report["already"] = True
             return report
-        cat = catalog.load(bucket, pool, recover=True, strict=False)
-        progress.start(f"pushing {volume}@{name}")
-        uploader = Uploader(bucket, pool, progress)
-        try:
-            with blobs.BlobReader(store) as reader:
-                counts = _walk(reader, cat, uploader, root)
-            uploader.finish()
-        finally:
+        with PushLock(bucket):  # no prune deletes what this push counts on
+            cat = catalog.load(bucket, pool, recover=True, strict=False)
+            progress.start(f"pushing {volume}@{name}")
+            uploader = Uploader(bucket, pool, progress)
             try:
-                uploader.wait()  # no upload outlives the push, even one that fails
-            except BaseException:
-                pass
-        packs = {**cat.unindexed, **uploader.packs}
-        sent = uploader.sent_bytes
-        if packs:
-            index_id, index = layout.encode_index(packs)
-            bucket.put(layout.index_name(index_id), index)
-            sent += len(index)
-        record = {k: snap[k] for k in SENT_FIELDS}
-        record.update(pushed_from=f"{socket.gethostname()}:{volume}@{name}",
-                      pushed_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        manifest = layout.encode_manifest(record)
-        if not bucket.put_new(manifest_name, manifest):
-            _same_or_refuse(remote, manifest_name, bucket.get(manifest_name) or b"", snap)
-        sent += len(manifest)
+                with blobs.BlobReader(store) as reader:
+                    counts = _walk(reader, cat, uploader, root)
+                uploader.finish()
+            finally:
+                try:
+                    uploader.wait()  # no upload outlives the push, even one that fails
+                except BaseException:
+                    pass
+            packs = {**cat.unindexed, **uploader.packs}
+            sent = uploader.sent_bytes
+            if packs:
+                index_id, index = layout.encode_index(packs)
+                bucket.put(layout.index_name(index_id), index)
+                sent += len(index)
+            record = {k: snap[k] for k in SENT_FIELDS}
+            record.update(pushed_from=f"{socket.gethostname()}:{volume}@{name}",
+                          pushed_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            manifest = layout.encode_manifest(record)
+            if not bucket.put_new(manifest_name, manifest):
+                _same_or_refuse(remote, manifest_name, bucket.get(manifest_name) or b"", snap)
+            sent += len(manifest)
     report.update(uploaded_bytes=sent, packs=len(uploader.packs), reused_packs=len(cat.unindexed),
                   seconds=round(time.monotonic() - started, 3), **counts)
     return report

@@ -7,6 +7,7 @@ fusevol never stores or prints them. A boto3 client is safe to share between
 threads; uploads and downloads run in a thread pool over one client.
 """
 
+import email.utils
 import logging
 
 import boto3
@@ -150,6 +151,46 @@ class Bucket:
             raise self._error(e, f"downloading {name}") from None
         except botocore.exceptions.BotoCoreError as e:
             raise self._error(e, f"downloading {name}") from None
+
+    def get_with_meta(self, name: str):
+        """(data, ETag, LastModified, the server's Date) of an object, or None."""
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+            data = reply["Body"].read()
+        except botocore.exceptions.ClientError as e:
+            if self._code(e) in _MISSING_CODES:
+                return None
+            raise self._error(e, f"downloading {name}") from None
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._error(e, f"downloading {name}") from None
+        date = reply["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
+        now = email.utils.parsedate_to_datetime(date) if date else reply["LastModified"]
+        return data, reply["ETag"], reply["LastModified"], now
+
+    def etag_of(self, name: str) -> str:
+        return self._call(f"reading {name}", self.client.head_object, Key=self.key(name))["ETag"]
+
+    def put_if_match(self, name: str, data: bytes, etag: str) -> str | None:
+        """Replace the object only if its ETag is still `etag` (compare and
+        swap); its new ETag, or None if it changed meanwhile."""
+        for sent in (etag, etag.strip('"')):
+            try:
+                reply = self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=data,
+                                               IfMatch=sent)
+                return reply.get("ETag") or self.etag_of(name)
+            except botocore.exceptions.ClientError as e:
+                if self._code(e) not in _PRECONDITION_CODES:
+                    raise self._error(e, f"uploading {name}") from None
+            except botocore.exceptions.BotoCoreError as e:
+                raise self._error(e, f"uploading {name}") from None
+            # radosgw 16 compares If-Match with the ETag unquoted: try that
+            # only when the object still has the ETag we hold.
+            try:
+                if self.etag_of(name) != etag:
+                    return None
+            except RemoteError:
+                return None
+        return None
 
     def list_objects(self, under: str) -> list[tuple[str, int, object]]:
         """(name relative to the prefix, size, last modified) of every object under `under`."""

@@ -158,3 +158,35 @@ def test_credentials_from_the_shared_file(ceph, tmp_path):
     host.run("snapshot", "create", "vol@one")
     host.run("push", "vol@one", "r")
     assert [s["name"] for s in host.json("remote", "snapshots", "r", "vol")] == ["one"]
+
+
+def test_docker_create_from_remote(hosts, monkeypatch):
+    """The plugin's Create handler (as dockerd calls it) with -o from-remote."""
+    from fusevol.errors import InvalidArgument, NotFound
+    from fusevol.plugin.protocol import Driver
+    from fusevol.plugin.supervisor import Supervisor
+    from fusevol.store import Store
+
+    a, b, _ = hosts
+    a.import_files("vol", {"f": os.urandom(MiB), "d/g": b"small"})
+    a.run("snapshot", "create", "vol@one")
+    a.run("push", "vol@one", "r")
+    for key, value in b.env.items():
+        monkeypatch.setenv(key, value)
+    driver = Driver(Supervisor(b.store))
+    try:
+        opts = {"from-remote": "r:vol@one", "compression": "none"}
+        assert driver.create({"Name": "web", "Opts": opts}) == {}
+        assert driver.create({"Name": "web", "Opts": opts}) == {}  # idempotent, nothing pulled
+        status = driver.get({"Name": "web"})["Volume"]["Status"]
+        assert status["compression"] == "none" and status["logical_bytes"] == MiB + 5
+        with pytest.raises(NotFound, match="no remote named 'nope'"):
+            driver.create({"Name": "x1", "Opts": {"from-remote": "nope:vol@one"}})
+        with pytest.raises(NotFound, match="has no snapshot vol@two"):
+            driver.create({"Name": "x2", "Opts": {"from-remote": "r:vol@two"}})
+        with pytest.raises(InvalidArgument, match="REMOTE:VOLUME@SNAPSHOT"):
+            driver.create({"Name": "x3", "Opts": {"from-remote": "vol@one"}})
+        assert [v["Name"] for v in driver.list({})["Volumes"]] == ["web"]
+    finally:
+        Store._instances.pop(b.store).close()
+    assert volume_digests(b.store, "web") == volume_digests(a.store, "vol@one")

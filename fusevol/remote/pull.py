@@ -27,7 +27,10 @@ PIPE_SIZE = 1 << 20
 
 
 def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | None = None, *,
-         force: bool = False, mounted: bool = False, progress: NoProgress | None = None) -> dict:
+         force: bool = False, mounted: bool = False, opts: dict | None = None,
+         progress: NoProgress | None = None) -> dict:
+    """Pull VOLUME@NAME into NEW_VOLUME (or VOLUME); opts: driver options of a
+    new volume."""
     progress = progress or NoProgress()
     started = time.monotonic()
     target = volumes.check_name(new_volume or volume)
@@ -42,7 +45,8 @@ def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | N
         record = {k: manifest[k] for k in stream.SENT_FIELDS}
         record["sent_from"] = f"{remote['name']}:{volume}@{name}"
         report = _receive(store, target, fetcher, base_root, record, objects, order,
-                          missing_chunks, force=force, mounted=mounted, progress=progress)
+                          missing_chunks, force=force, mounted=mounted, opts=opts,
+                          progress=progress)
     report.update(remote=remote["name"], downloaded_bytes=fetcher.downloaded_bytes,
                   objects=len(order), chunks=len(missing_chunks),
                   seconds=round(time.monotonic() - started, 3))
@@ -106,7 +110,7 @@ def _children_first(root: bytes, objects: dict, children: dict) -> list[bytes]:
 
 def _receive(store: Store, target: str, fetcher: Fetcher, base_root: bytes | None, record: dict,
              objects: dict, order: list, missing_chunks: list, *, force: bool, mounted: bool,
-             progress) -> dict:
+             opts: dict | None, progress) -> dict:
     """Write the stream in a thread, into a pipe that receive reads."""
     read_fd, write_fd = os.pipe()
     try:
@@ -136,7 +140,7 @@ def _receive(store: Store, target: str, fetcher: Fetcher, base_root: bytes | Non
     producer.start()
     try:
         with open(read_fd, "rb") as src:
-            return stream.receive(store, target, src, force=force, mounted=mounted,
+            return stream.receive(store, target, src, force=force, mounted=mounted, opts=opts,
                                   progress=progress)
     except StreamDamaged:
         producer.join()

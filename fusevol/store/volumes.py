@@ -25,6 +25,8 @@ OPTIONS = {
     "size": "a quota in bytes, or with a suffix K, M, G, T (powers of 1024)",
     "compression": "zstd or none",
     "from-snapshot": "VOLUME@SNAPSHOT: the new volume starts as that snapshot (a clone)",
+    "from-remote": "REMOTE:VOLUME@SNAPSHOT: the new volume starts as that snapshot, pulled "
+                   "from the remote (fusevol remote add)",
 }
 
 _SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)i?B?$", re.IGNORECASE)
@@ -126,15 +128,22 @@ def parse_options(opts: dict | None) -> dict:
         elif key == "from-snapshot":
             if "@" not in value:
                 raise InvalidArgument(f"option from-snapshot={shown(value)}: use VOLUME@SNAPSHOT")
+        elif key == "from-remote":
+            remote, colon, ref = value.partition(":")
+            if not remote or not colon or "@" not in ref:
+                raise InvalidArgument(f"option from-remote={shown(value)}: use REMOTE:VOLUME@SNAPSHOT")
         elif key == "compression":
             if value not in schema.CODECS:
                 raise InvalidArgument(f"option compression={shown(value)}: use zstd or none")
             settings["compression"] = value
     if settings["subpath"] and not settings["source"]:
         raise InvalidArgument("option subpath needs source=VOLUME (the volume to show a folder of)")
+    if "from-snapshot" in opts and "from-remote" in opts:
+        raise InvalidArgument("options from-snapshot and from-remote exclude each other")
     if settings["source"] and not settings["subpath"]:
         raise InvalidArgument("option source needs subpath=DIR (the folder of it to show)")
-    if settings["source"] and (settings["quota"] or "compression" in opts or "from-snapshot" in opts):
+    if settings["source"] and (settings["quota"] or "compression" in opts or "from-snapshot" in opts
+                               or "from-remote" in opts):
         raise InvalidArgument("a view (source=...) takes only subpath and readonly")
     return settings
 

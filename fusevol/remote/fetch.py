@@ -12,8 +12,8 @@ from .catalog import Catalog
 from .s3 import Bucket
 
 MAX_GAP = 1 << 20     # blobs this close in a pack are read by one GET (the gap is thrown away)
-MAX_RANGE = 32 << 20  # and no GET reads more than this
-IN_FLIGHT = 6
+MAX_RANGE = 16 << 20  # and no GET reads more than this (measured: 16 MiB x 8 beat 32 x 6 by 1.3x)
+IN_FLIGHT = 8
 
 
 def check_blob(kind: bytes, bid: bytes, stored: bytes) -> bool:

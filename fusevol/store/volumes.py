@@ -27,7 +27,10 @@ OPTIONS = {
     "from-snapshot": "VOLUME@SNAPSHOT: the new volume starts as that snapshot (a clone)",
     "from-remote": "REMOTE:VOLUME@SNAPSHOT: the new volume starts as that snapshot, pulled "
                    "from the remote (fusevol remote add)",
+    "remote": "REMOTE: the volume follows its service between hosts through that remote "
+              "(a lease while mounted, pulled before the first mount, pushed after the last)",
 }
+_REMOTE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 _SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)i?B?$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -128,6 +131,9 @@ def parse_options(opts: dict | None) -> dict:
         elif key == "from-snapshot":
             if "@" not in value:
                 raise InvalidArgument(f"option from-snapshot={shown(value)}: use VOLUME@SNAPSHOT")
+        elif key == "remote":
+            if not _REMOTE_NAME_RE.match(value):
+                raise InvalidArgument(f"option remote={shown(value)}: name a remote (fusevol remote ls)")
         elif key == "from-remote":
             remote, colon, ref = value.partition(":")
             if not remote or not colon or "@" not in ref:
@@ -143,7 +149,7 @@ def parse_options(opts: dict | None) -> dict:
     if settings["source"] and not settings["subpath"]:
         raise InvalidArgument("option source needs subpath=DIR (the folder of it to show)")
     if settings["source"] and (settings["quota"] or "compression" in opts or "from-snapshot" in opts
-                               or "from-remote" in opts):
+                               or "from-remote" in opts or "remote" in opts):
         raise InvalidArgument("a view (source=...) takes only subpath and readonly")
     return settings
 

@@ -12,6 +12,7 @@ all there and two pushes never overwrite each other's snapshot. A push lock
 
 import concurrent.futures
 import datetime
+import json
 import socket
 import time
 
@@ -29,8 +30,6 @@ THREADS = 8
 
 def ensure_config(bucket: Bucket) -> None:
     """Mark the prefix as a fusevol remote (once), and refuse a foreign one."""
-    import json
-
     data = bucket.get(layout.CONFIG)
     if data is None:
         bucket.put_new(layout.CONFIG, json.dumps(layout.CONFIG_BODY).encode())

@@ -43,7 +43,10 @@ def test_volume_from_remote_on_a_second_host(docker, plugin, ceph, tmp_path, mon
         bad = docker("volume", "create", "-d", driver, "-o", f"from-remote=r:{src}@nope",
                      volume_name("bad"), check=False)
         assert bad.returncode != 0 and f"has no snapshot {src}@nope".encode() in bad.stderr
+        # A pulled volume holds the snapshot it came from, as a received one does.
+        run_cli(second.store, "snapshot", "rm", f"{copy}@s1")
         docker("volume", "rm", copy)
     finally:
         second.cleanup()
+    run_cli(plugin.store, "snapshot", "rm", f"{src}@s1")
     docker("volume", "rm", src)

@@ -245,7 +245,14 @@ class CephCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # Handlers of our own: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     cluster = CephCluster(sys.argv[1] if len(sys.argv) > 1 else None).start()
     print(f"export AWS_ACCESS_KEY_ID={cluster.access_key} AWS_SECRET_ACCESS_KEY={cluster.secret_key}")
     print(f"# endpoint {cluster.endpoint}, started in {cluster.start_seconds:.1f} s, "

@@ -68,7 +68,8 @@ class Fetcher:
         start = group[0][2]
         return pid, start, group[-1][2] + group[-1][3] - start, group
 
-    def _get(self, pid: bytes, start: int, length: int, group: list) -> list[tuple[bytes, bytes]]:
+    def _get(self, pid: bytes, start: int, length: int, group: list,
+             check: bool = True) -> list[tuple[bytes, bytes]]:
         name = layout.pack_name(pid)
         data = self.bucket.get(name, start, length)
         if data is None:
@@ -80,7 +81,7 @@ class Fetcher:
         out = []
         for kind, bid, offset, blen in group:
             stored = data[offset - start: offset - start + blen]
-            if not check_blob(kind, bid, stored):
+            if check and not check_blob(kind, bid, stored):
                 raise RemoteDamaged(f"remote {self.bucket.name}: pack {name} is damaged: {_what(kind)} "
                                     f"{bid.hex()} does not match its content")
             out.append((bid, stored))
@@ -88,18 +89,25 @@ class Fetcher:
             self.downloaded_bytes += length
         return out
 
+    def damaged(self, bid: bytes) -> RemoteDamaged:
+        """The error that names the pack of a blob found damaged elsewhere."""
+        kind, pid, _, _ = self.cat.where(bid)
+        return RemoteDamaged(f"remote {self.bucket.name}: pack {layout.pack_name(pid)} is damaged: "
+                             f"{_what(kind)} {bid.hex()} does not match its content")
+
     def fetch(self, ids) -> dict[bytes, bytes]:
         """{id: stored bytes} of every id, all checked."""
         return dict(pair for batch in self.stream(ids) for pair in batch)
 
-    def stream(self, ids):
+    def stream(self, ids, check: bool = True):
         """Batches of (id, stored bytes) as they arrive, in order, with a few
-        ranges downloading ahead."""
+        ranges downloading ahead. check=False: the caller checks every blob
+        itself (and names its pack with `damaged`)."""
         ranges = self._ranges(ids)
         pending = collections.deque()
         try:
             for r in ranges:
-                pending.append(self.pool.submit(self._get, *r))
+                pending.append(self.pool.submit(self._get, *r, check))
                 if len(pending) >= IN_FLIGHT:
                     yield pending.popleft().result()
             while pending:

@@ -11,6 +11,7 @@ that fails at any point leaves the store as it was.
 import concurrent.futures
 import json
 import os
+import re
 import threading
 import time
 
@@ -24,6 +25,8 @@ from .s3 import Bucket
 
 THREADS = 8
 PIPE_SIZE = 1 << 20
+# How receive names a chunk that does not match its id (store/stream.py).
+_DAMAGED_CHUNK = re.compile(r"chunk ([0-9a-f]{64}) does not match its content")
 
 
 def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | None = None, *,
@@ -127,7 +130,8 @@ def _receive(store: Store, target: str, fetcher: Fetcher, base_root: bytes | Non
                 writer = stream.StreamWriter(out, NoProgress())
                 writer.header(base_root)
                 writer.record(stream.SNAPSHOT, json.dumps(record).encode())
-                for batch in fetcher.stream(missing_chunks):
+                # receive checks every chunk (one hash per chunk, not two)
+                for batch in fetcher.stream(missing_chunks, check=False):
                     for cid, stored in batch:
                         writer.record(stream.CHUNK, cid, stored)
                 for oid in order:
@@ -142,10 +146,13 @@ def _receive(store: Store, target: str, fetcher: Fetcher, base_root: bytes | Non
         with open(read_fd, "rb") as src:
             return stream.receive(store, target, src, force=force, mounted=mounted, opts=opts,
                                   progress=progress)
-    except StreamDamaged:
+    except StreamDamaged as e:
         producer.join()
         if failure and not isinstance(failure[0], BrokenPipeError):
             raise failure[0] from None  # the cause (the server went away), not its effect
+        named = _DAMAGED_CHUNK.search(str(e))
+        if named and fetcher.cat.where(bytes.fromhex(named.group(1))) is not None:
+            raise fetcher.damaged(bytes.fromhex(named.group(1))) from None
         raise
     finally:
         producer.join()

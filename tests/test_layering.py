@@ -40,6 +40,10 @@ def test_the_cli_loads_the_store_and_fuse_only_when_a_command_runs():
                                           "fusevol.remote", "boto3", "botocore")) == []
 
 
+def test_the_plugin_loads_the_s3_client_only_when_a_remote_is_used():
+    assert _offending("fusevol.plugin.daemon", ("fusevol.remote", "boto3", "botocore")) == []
+
+
 @pytest.mark.parametrize("module", ["fusevol.fs.registry", "fusevol.fs.forkserver",
                                     "fusevol.plugin.protocol"])
 def test_outside_views_of_workers_stay_free_of_fuse_and_trio(module):

@@ -122,9 +122,14 @@ def test_damaged_or_missing_objects_are_found_by_hash_and_named(hosts):
     data_pack = max(packs, key=lambda k: keys(a.cluster, bucket, k)[k])  # the chunks' pack
     original = s3.get_object(Bucket=bucket, Key=data_pack)["Body"].read()
 
+    assert b": ok" in a.run("remote", "verify", "r", "--read-data").stdout
     damaged = bytearray(original)
     damaged[MiB] ^= 0x40
     s3.put_object(Bucket=bucket, Key=data_pack, Body=bytes(damaged))
+    assert b": ok" in a.run("remote", "verify", "r").stdout  # indexes and trees: whole
+    proc = a.run("remote", "verify", "r", "--read-data", check=False)
+    assert proc.returncode == 8, proc.stdout
+    assert f"pack {data_pack[len('fv/'):]} is damaged: chunk ".encode() in proc.stdout
     proc = b.run("pull", "r", "vol@one", check=False)
     err = proc.stderr.decode()
     assert proc.returncode == 8 and err.count("\n") == 1, err
@@ -134,6 +139,9 @@ def test_damaged_or_missing_objects_are_found_by_hash_and_named(hosts):
     proc = b.run("pull", "r", "vol@one", check=False)
     err = proc.stderr.decode()
     assert proc.returncode == 8 and f"pack {data_pack[len('fv/'):]} is missing" in err, err
+    proc = a.run("remote", "verify", "r", check=False)
+    assert proc.returncode == 8
+    assert f"pack {data_pack[len('fv/'):]} is missing (index ".encode() in proc.stdout
 
     index = next(iter(keys(a.cluster, bucket, "fv/index/")))
     s3.put_object(Bucket=bucket, Key=index, Body=b"FVINDEX1 not an index")

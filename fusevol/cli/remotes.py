@@ -107,6 +107,28 @@ def remote_forget(ctx, name, ref):
     pruning.forget(_remote(ctx, name), volume, snap)
 
 
+@remote.command("verify")
+@click.argument("name")
+@click.option("--read-data", is_flag=True,
+              help="Download every chunk the snapshots reach and check it by its hash.")
+@json_option
+@click.pass_context
+def remote_verify(ctx, name, read_data, as_json):
+    """Check that every snapshot on remote NAME is whole; name what is
+    damaged or missing. Exits 8 on any problem."""
+    from ..errors import RemoteDamaged
+    from ..remote import verify as verifying
+
+    report = verifying.verify(_remote(ctx, name), read_data=read_data)
+    summary = (f"{name}: checked {report['snapshots']} snapshots, {report['indexes']} indexes, "
+               f"{report['packs']} packs, {report['chunks_reached']} chunks"
+               + (" (read and hashed)" if read_data else "") + ": "
+               + ("ok" if not report["problems"] else f"{report['problems']} problem(s)"))
+    emit(report, as_json, "\n".join(report["named"] + [summary]))
+    if report["problems"]:
+        ctx.exit(RemoteDamaged.exit_code)
+
+
 @remote.command("prune")
 @click.argument("name")
 @click.option("-n", "--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")

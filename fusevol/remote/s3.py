@@ -37,6 +37,7 @@ class Bucket:
         self.bucket = record["bucket"]
         self.prefix = record["prefix"] + "/" if record["prefix"] else ""
         self.endpoint = record.get("endpoint")
+        self.region = record.get("region")
         self.where = self.endpoint or "S3"
         config = botocore.config.Config(
             region_name=record.get("region") or "us-east-1",
@@ -109,8 +110,11 @@ class Bucket:
         self._call("checking the bucket", self.client.head_bucket)
 
     def create_bucket(self) -> None:
+        kwargs = {}
+        if self.region and self.region != "us-east-1":  # AWS wants it named; us-east-1 refuses it
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
         try:
-            self.client.create_bucket(Bucket=self.bucket)
+            self.client.create_bucket(Bucket=self.bucket, **kwargs)
         except botocore.exceptions.ClientError as e:
             if self._code(e) not in ("BucketAlreadyOwnedByYou",):
                 raise self._error(e, f"creating bucket {self.bucket}") from None

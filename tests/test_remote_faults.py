@@ -12,7 +12,7 @@ import pytest
 from remote_helpers import Host, keys, new_bucket, s3_client, volume_digests
 
 MiB = 1 << 20
-SMALL_PACKS = {"FUSEVOL_PACK_SIZE": str(512 << 10)}  # many packs from little data
+SMALL_PACKS = {"FUSEVOL_PACK_SIZE": str(256 << 10)}  # many packs (and requests) from little data
 
 
 @pytest.fixture

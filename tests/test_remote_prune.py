@@ -83,3 +83,22 @@ def test_prune_and_push_never_run_together(hosts, monkeypatch):
     assert a.run("remote", "prune", "r", check=False).returncode == 5
     a.run("remote", "prune", "r", "--break-locks")
     assert keys(a.cluster, bucket, "fv/locks/") == {}
+
+
+def test_prune_deletes_nothing_while_a_snapshot_lacks_readable_data(hosts):
+    from remote_helpers import s3_client
+
+    a, _, bucket = hosts
+    a.import_files("vol", {"f": os.urandom(2 * MiB)})
+    a.run("snapshot", "create", "vol@s")
+    a.run("push", "vol@s", "r", env={"FUSEVOL_PACK_SIZE": str(512 << 10)})
+    s3 = s3_client(a.cluster)
+    for key in keys(a.cluster, bucket, "fv/index/"):
+        s3.delete_object(Bucket=bucket, Key=key)  # every pack must be read by its header now
+    packs = keys(a.cluster, bucket, "fv/data/")
+    victim = max(packs, key=packs.get)
+    data = s3.get_object(Bucket=bucket, Key=victim)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=victim, Body=data[:-12] + bytes(12))  # its trailer gone
+    proc = a.run("remote", "prune", "r", check=False)
+    assert proc.returncode == 8 and b"prune changes nothing" in proc.stderr, proc.stderr
+    assert keys(a.cluster, bucket, "fv/data/") == packs

@@ -36,6 +36,13 @@ def prune(remote: dict, *, break_locks: bool = False, dry_run: bool = False) -> 
         snaps = manifests.list_all(bucket, pool)
         reachable = _reachable(Fetcher(bucket, cat, pool), cat,
                                [bytes.fromhex(s["root"]) for s in snaps])
+        lost = next((bid for bid in reachable if not cat.has(bid)), None)
+        if lost is not None:
+            # Its pack may be one whose header is unreadable: deleting packs
+            # now could delete it for good.
+            raise RemoteDamaged(f"remote {bucket.name}: chunk {lost.hex()} that a snapshot "
+                                "reaches is in no pack this prune can read; prune changes "
+                                "nothing (fusevol remote verify names what is wrong)")
         packs: dict[bytes, list] = {}
         for packs_of_index in cat.indexes.values():
             packs.update(packs_of_index)

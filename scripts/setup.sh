@@ -11,7 +11,7 @@ venv=${FUSEVOL_VENV:-/opt/fusevol}
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv)
 extras=()
 if [ "${1:-}" = "--test" ]; then
-    packages+=(docker.io busybox-static git sqlite3 fio attr tar rclone e2fsprogs
+    packages+=(docker.io docker-compose busybox-static git sqlite3 fio attr tar rclone e2fsprogs
                ceph-mon ceph-osd radosgw ceph-common)
     extras=("[test]")
 fi
@@ -31,6 +31,8 @@ python=${PYTHON:-python3}
 "$venv/bin/pip" install -q --upgrade pip >/dev/null
 "$venv/bin/pip" install -q "$here${extras[0]:-}"
 ln -sf "$venv/bin/fusevol" /usr/local/bin/fusevol
+# `mount -t fuse.fusevol VOLUME DIR` and fstab lines.
+"$here/scripts/install-mount-helpers.sh" "$venv"
 # Containers run as other users reach volumes through allow_other.
 grep -qs '^user_allow_other' /etc/fuse.conf || echo user_allow_other >> /etc/fuse.conf
 echo "fusevol installed in $venv ($("$venv/bin/fusevol" --help >/dev/null && echo ok))"

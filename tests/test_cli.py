@@ -115,19 +115,22 @@ def test_ctrl_c_exits_130_without_a_traceback(store_path):
 
 def _all_commands(command: click.Command, path=()):
     yield path, command
-    for name, sub in getattr(command, "commands", {}).items():
-        yield from _all_commands(sub, path + (name,))
+    if isinstance(command, click.Group):  # through click's API: the root loads them lazily
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            yield from _all_commands(command.get_command(ctx, name), path + (name,))
 
 
 def test_every_command_maps_errors_and_takes_store():
     from fusevol.cli import main
+    from fusevol.cli.group import Group
 
     found = list(_all_commands(main))
     assert len(found) > 15
     for path, command in found:
         assert any("--store" in p.opts for p in command.params), path
         if isinstance(command, click.Group):
-            assert type(command) is type(main), path  # the group that maps errors
+            assert isinstance(command, Group), path  # the group that maps errors
 
 
 # -- --store anywhere ------------------------------------------------------------------
@@ -193,3 +196,12 @@ def test_console_script_entry_point(store_path):
 def test_help_lists_store(args):
     proc = fusevol(*args)
     assert proc.returncode == 0 and b"--store" in proc.stdout
+
+
+def test_volume_rm_removes_the_worker_log(mounts, store_path):
+    mnt = mounts.mount("logged")
+    mounts.umount(mnt)
+    log = os.path.join(store_path, "run", "log", "logged.log")
+    assert os.path.exists(log)
+    run_cli(store_path, "volume", "rm", "logged")
+    assert not os.path.exists(log)

@@ -13,6 +13,7 @@ from fusevol.errors import AlreadyExists, Busy, FusevolError, InvalidArgument, N
 from fusevol.fs import mount
 from fusevol.plugin.protocol import Driver, decode_request, error_reply
 from fusevol.plugin.supervisor import Supervisor
+from fusevol.store import volumes
 from plugin_daemon import mounts_under, unmount_under
 
 
@@ -75,7 +76,6 @@ def test_repeated_create(driver):
     ({"readonly": "maybe"}, r"readonly='maybe': use true or false"),
     ({"compression": "lz4"}, r"compression='lz4': use zstd or none"),
     ({"subpath": "x"}, r"subpath needs source"),
-    ({"source": "nope", "subpath": "x"}, r"no such volume: nope"),
     ({"size": 5}, r"option size needs a string value"),
     ("size=1", r"options must be a map"),
 ])
@@ -105,11 +105,124 @@ def test_missing_volume(driver):
 def test_remove(driver):
     driver.create({"Name": "src"})
     driver.create({"Name": "view", "Opts": {"source": "src", "subpath": "d"}})
-    with pytest.raises(Busy, match="shown by view volume"):
-        driver.remove({"Name": "src"})
     assert driver.remove({"Name": "view"}) == {}
     assert driver.remove({"Name": "src"}) == {}
     assert driver.list({}) == {"Volumes": []}
+
+
+def test_a_source_removed_before_its_views_goes_with_its_last_view(driver, store_path):
+    """docker-compose down -v removes volumes in the order its file names them."""
+    driver.create({"Name": "src"})
+    for view in ("v1", "v2"):
+        driver.create({"Name": view, "Opts": {"source": "src", "subpath": "d"}})
+    assert driver.remove({"Name": "src"}) == {}
+    # Gone for whoever names it...
+    assert [v["Name"] for v in driver.list({})["Volumes"]] == ["v1", "v2"]
+    with pytest.raises(NotFound, match="no such volume: src .*views \\(v1, v2\\)"):
+        driver.get({"Name": "src"})
+    with pytest.raises(AlreadyExists, match="its data stays until its views"):
+        driver.create({"Name": "src"})
+    with pytest.raises(NotFound):
+        driver.create({"Name": "v3", "Opts": {"source": "src", "subpath": "d"}})
+    # ...but its data stays for its views, until the last one goes.
+    store = driver.store
+    with store.read() as txn:
+        vid = volumes.get(txn, "src", removed_ok=True)["vid"]
+    assert driver.remove({"Name": "v1"}) == {}
+    with store.read() as txn:
+        assert volumes.get(txn, "src", removed_ok=True)["removed"] is True
+    assert driver.remove({"Name": "v2"}) == {}
+    with store.read() as txn:
+        assert volumes.get(txn, "src", missing_ok=True, removed_ok=True) is None
+        assert txn.vstats(vid).inodes == 0
+    driver.create({"Name": "src"})  # the name is free again
+
+
+def test_a_view_may_be_created_before_its_source(driver):
+    """docker-compose creates volumes in the order its file names them."""
+    driver.create({"Name": "view", "Opts": {"source": "later", "subpath": "d"}})
+    assert driver.get({"Name": "view"})["Volume"]["Status"]["logical_bytes"] == 0
+    with pytest.raises(NotFound, match="view of volume later, which does not exist"):
+        driver.mount({"Name": "view", "ID": "c1"})
+    driver.create({"Name": "other", "Opts": {"source": "view2", "subpath": "d"}})
+    driver.create({"Name": "view2", "Opts": {"source": "later", "subpath": "d"}})
+    with pytest.raises(InvalidArgument, match="itself a view"):
+        driver.mount({"Name": "other", "ID": "c1"})
+    driver.create({"Name": "later"})
+    assert driver.get({"Name": "view"})["Volume"]["Status"]["source"] == "later"
+    for name in ("other", "view2", "later", "view"):  # a source with views only marked...
+        driver.remove({"Name": name})
+    assert driver.list({}) == {"Volumes": []}  # ...and gone with its last view
+
+
+@pytest.mark.parametrize("opts, message", [
+    ({"atime": "sometimes"}, r"atime='sometimes': use noatime, relatime or strictatime"),
+    ({"suid": "maybe"}, r"suid='maybe': use true or false"),
+    ({"source": "src", "subpath": "d", "dev": "true"}, r"a view .* takes only subpath"),
+])
+def test_bad_mount_settings(driver, opts, message):
+    driver.create({"Name": "src"})
+    with pytest.raises(FusevolError, match=message):
+        driver.create({"Name": "vol", "Opts": opts})
+
+
+@needs_fuse
+def test_atime_suid_and_dev_as_driver_options(driver):
+    driver.create({"Name": "plain"})
+    driver.create({"Name": "vol", "Opts": {"atime": "strictatime", "suid": "true", "dev": "true"}})
+    assert driver.create({"Name": "vol", "Opts": {"atime": "strictatime", "suid": "yes",
+                                                  "dev": "1"}}) == {}
+    with pytest.raises(AlreadyExists, match="options cannot be changed"):
+        driver.create({"Name": "vol", "Opts": {"atime": "relatime"}})
+    flags = {}
+    for name in ("plain", "vol"):
+        path = driver.mount({"Name": name, "ID": "c1"})["Mountpoint"]
+        with open("/proc/self/mountinfo") as f:
+            flags[name] = next(set(line.split()[5].split(",")) for line in f
+                               if line.split()[4] == path)
+        with open(os.path.join(path, "f"), "w") as f:
+            f.write("x")
+        os.utime(os.path.join(path, "f"), (1000, 1000))
+        with open(os.path.join(path, "f")) as f:
+            f.read()
+        flags[name].add(f"atime-renewed={os.stat(os.path.join(path, 'f')).st_atime > 1000}")
+        driver.unmount({"Name": name, "ID": "c1"})
+    assert flags["plain"] >= {"nosuid", "nodev", "noatime", "atime-renewed=False"}
+    assert not flags["vol"] & {"nosuid", "nodev", "noatime"}
+    assert "atime-renewed=True" in flags["vol"]
+
+
+@needs_fuse
+def test_worker_logs_go_with_their_volume(driver, store_path):
+    driver.create({"Name": "vol"})
+    driver.mount({"Name": "vol", "ID": "c1"})
+    driver.unmount({"Name": "vol", "ID": "c1"})
+    log = os.path.join(store_path, "run", "log", "vol.log")
+    assert "serves at" in open(log).read()
+    driver.remove({"Name": "vol"})
+    assert not os.path.exists(log)
+
+
+@needs_fuse
+def test_a_view_serves_after_its_source_was_removed(driver, store_path):
+    driver.create({"Name": "src"})
+    path = driver.mount({"Name": "src", "ID": "c1"})["Mountpoint"]
+    os.mkdir(os.path.join(path, "d"))
+    with open(os.path.join(path, "d", "f"), "w") as f:
+        f.write("kept")
+    driver.unmount({"Name": "src", "ID": "c1"})
+    driver.create({"Name": "view", "Opts": {"source": "src", "subpath": "d"}})
+    driver.remove({"Name": "src"})
+    view = driver.mount({"Name": "view", "ID": "c2"})["Mountpoint"]
+    with open(os.path.join(view, "f")) as f:
+        assert f.read() == "kept"
+    with pytest.raises(Busy, match="mounted"):
+        driver.remove({"Name": "view"})
+    driver.unmount({"Name": "view", "ID": "c2"})
+    driver.remove({"Name": "view"})
+    assert driver.list({}) == {"Volumes": []}
+    assert mount.workers(store_path) == []
+    assert not os.path.exists(os.path.join(store_path, "mnt", "src"))
 
 
 def test_decode_request():

@@ -146,3 +146,20 @@ def test_second_daemon_on_the_same_socket_is_refused(daemon, tmp_path):
     assert f"another daemon already serves {daemon.socket}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert still_serving(daemon)
+
+
+def test_volume_create_as_dockerd_does_logs_no_warning(daemon):
+    """dockerd asks Get (which fails) before Create: no WARNING, one line per event."""
+    before = len(daemon.log().splitlines())
+    status, _ = daemon.call("/VolumeDriver.Get", b'{\n  "Name": "logged"\n}')
+    assert status == 500
+    assert daemon.call("/VolumeDriver.Create", {"Name": "logged", "Opts": None})[0] == 200
+    status, _ = daemon.call("/VolumeDriver.Remove", b'{"Name": "nosuch",\n "x": 1}')
+    assert status == 500
+    new = daemon.log().splitlines()[before:]
+    assert not [line for line in new if " WARNING " in line and "logged" in line]
+    # The failure worth a warning is one line, naming the volume, not the raw body.
+    warnings = [line for line in new if " WARNING " in line]
+    assert len(warnings) == 1 and "remove nosuch failed: no such volume: nosuch" in warnings[0]
+    assert all(line[:4].isdigit() for line in new)  # each line starts with its timestamp
+    daemon.call("/VolumeDriver.Remove", {"Name": "logged"})

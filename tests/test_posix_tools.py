@@ -48,8 +48,12 @@ def make_tree(root: str) -> None:
 
 
 def run(*cmd, cwd=None, **kw):
-    return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True,
-                          timeout=120, **kw)
+    # stdin from /dev/null: git's pack-objects reads revisions from an inherited
+    # stdin, which under pytest may be a capture file holding other tests' logs.
+    proc = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=120, **kw)
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr}"
+    return proc
 
 
 def test_cp_a_in_and_out_keeps_everything(mounts, tmp_path):

@@ -1,5 +1,7 @@
 """`fusevol serve`: the Docker volume plugin."""
 
+import os
+
 import click
 
 from .group import command, store_path
@@ -11,9 +13,19 @@ from .group import command, store_path
 @click.option("--worker-start-timeout", type=click.FloatRange(min=0.1), default=60.0,
               show_default=True, metavar="SECONDS",
               help="A Mount fails if the volume's worker does not serve within this time.")
+@click.option("--metrics", "metrics_address", default=None, metavar="ADDR",
+              help="Serve Prometheus metrics at http://ADDR/metrics: HOST:PORT, :PORT or "
+                   "unix:PATH (off unless given).")
+@click.option("--mount-dir", default=None, metavar="DIR",
+              help="Mount volumes in DIR instead of STORE/mnt (a managed plugin's "
+                   "propagated mount).")
 @click.pass_context
-def serve(ctx, socket_path, worker_start_timeout):
+def serve(ctx, socket_path, worker_start_timeout, metrics_address, mount_dir):
     """Serve the Docker volume plugin protocol until SIGTERM."""
     from ..plugin.daemon import serve as serve_plugin
 
-    serve_plugin(store_path(ctx), socket_path, worker_start_timeout)
+    if mount_dir:
+        os.makedirs(mount_dir, mode=0o755, exist_ok=True)
+        os.environ["FUSEVOL_MOUNT_DIR"] = os.path.abspath(mount_dir)  # the workers' too
+
+    serve_plugin(store_path(ctx), socket_path, worker_start_timeout, metrics_address)

@@ -8,6 +8,24 @@ from .common import emit, human, json_option, open_store
 from .group import command
 
 
+def _smaller(before: int, after: int) -> str:
+    return f"{before / after:.2f}x smaller" if after else "nothing"
+
+
+def _dedup_note(logical: int, unique: int) -> str:
+    if unique <= logical:
+        return f"after dedup: {_smaller(logical, unique)}"
+    return "after dedup; more than the volumes hold: snapshots keep data they no longer do"
+
+
+def _compression_note(unique: int, stored: int, chunks: int) -> str:
+    if stored <= unique:
+        return f"after compression: {_smaller(unique, stored)}"
+    # Only the header can make a chunk larger: one that does not compress is kept raw.
+    return (f"after compression: {human(stored - unique)} more, the 1-byte header of each "
+            f"of {chunks} chunk(s), too small to compress")
+
+
 def _file_bytes(path: str) -> int:
     try:
         return os.stat(path).st_blocks * 512
@@ -26,7 +44,7 @@ def df(ctx, as_json):
     with store.read() as txn:
         totals = chunks.totals(txn)
         per_volume = {r["name"]: volumes.stats(txn, r).logical_bytes
-                      for r in volumes.list_all(txn) if r["vid"] is not None}
+                      for r in volumes.list_all(txn, removed=True) if r["vid"] is not None}
     logical = sum(per_volume.values())
     unique = totals["unique_bytes"]
     stored = totals["stored_bytes"]
@@ -42,8 +60,8 @@ def df(ctx, as_json):
     }
     text = "\n".join([
         f"logical   {human(logical):>12}  (what the volumes hold)",
-        f"unique    {human(unique):>12}  (after dedup, ratio {out['dedup_ratio']:.2f}x)",
-        f"stored    {human(stored):>12}  (after compression, ratio {out['compression_ratio']:.2f}x)",
+        f"unique    {human(unique):>12}  ({_dedup_note(logical, unique)})",
+        f"stored    {human(stored):>12}  ({_compression_note(unique, stored, totals['chunks'])})",
         f"on disk   {human(out['store_file_bytes']):>12}  (store file)",
         f"chunks    {totals['chunks']:>12}",
     ])

@@ -24,7 +24,7 @@ def gc(ctx, as_json, quiet):
     store = open_store(ctx)
     served = {w["volume"] for w in workers(store.path)}
     with phases(quiet or as_json, in_bytes=False) as progress, store.write() as txn:
-        busy = {r["vid"] for r in volumes.list_all(txn) if r["name"] in served}
+        busy = {r["vid"] for r in volumes.list_all(txn, removed=True) if r["name"] in served}
         report = check.gc(txn, busy, progress)
     lines = [
         f"freed     {human(report['stored_bytes_freed']):>12}  stored "

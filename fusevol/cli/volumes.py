@@ -44,7 +44,7 @@ def volume_create(ctx, name, opts, as_json):
 
 
 def _describe(txn, store_path: str, record: dict) -> dict:
-    from ..fs.registry import worker_of
+    from ..fs.registry import remove_worker_log, worker_of
     from ..store import volumes
 
     st = volumes.stats(txn, record)
@@ -91,7 +91,7 @@ def volume_inspect(ctx, name):
 @click.pass_context
 def volume_rm(ctx, names):
     """Remove volumes and free the data only they held."""
-    from ..fs.registry import worker_of
+    from ..fs.registry import remove_worker_log, worker_of
     from ..store import volumes
 
     store = open_store(ctx)
@@ -102,5 +102,9 @@ def volume_rm(ctx, names):
         if worker is not None:
             raise errors.Busy(f"volume {name} is mounted at {worker['mountpoint']}; unmount it first")
         with store.write() as txn:
-            volumes.remove(txn, name)
+            deleted = volumes.remove(txn, name)
+        for gone in deleted:
+            remove_worker_log(store.path, gone)
         click.echo(name)
+        if name not in deleted:
+            click.echo(f"fusevol: {name} has views: its data stays until they are removed", err=True)

@@ -143,6 +143,7 @@ def _run_worker(request: dict, ready_fd: int) -> int:
     try:
         worker.serve_reporting(request["store"], request["name"], request["mountpoint"],
                                readonly=request["readonly"], subpath=request["subpath"],
+                               options=request.get("options"), fsname=request.get("fsname"),
                                ready_fd=ready_fd)
         return 0
     except errors.FusevolError as e:

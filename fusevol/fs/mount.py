@@ -7,6 +7,7 @@ them; one volume is served by at most one worker, which keeps the kernel's
 caches the only copy of its state.
 """
 
+import dataclasses
 import errno
 import logging
 import os
@@ -19,10 +20,12 @@ import trio
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..store import Inodes, Store
 from ..store import volumes
+from . import metrics
+from .mountopts import DEFAULT_ATIME, MountOptions, kernel_options
 from .operations import VolumeOperations
 from .registry import (  # noqa: F401  (the outside view, re-exported)
-    clear_dead_mount, flush_worker, is_mountpoint, pid_alive, register, start_worker, unmount,
-    worker_of, workers)
+    clear_dead_mount, flush_worker, is_mountpoint, mount_dir, pid_alive, register, start_worker,
+    unmount, worker_of, workers)
 from .runner import TxnRunner
 from .space import SpaceBudget
 
@@ -32,19 +35,33 @@ log = logging.getLogger(__name__)
 # -- serving a volume (inside the worker) -------------------------------------
 
 def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
-          subpath: str | None = None, on_ready=None) -> None:
-    """Mount volume `name` at `mountpoint` and serve it until it is unmounted."""
+          subpath: str | None = None, options: MountOptions | None = None,
+          fsname: str | None = None, on_ready=None) -> None:
+    """Mount volume `name` at `mountpoint` and serve it until it is unmounted.
+    `options` adds atime, dev, suid and noexec choices to the volume's own."""
+    options = options or MountOptions()
     store = Store.open(store_path)
     mountpoint = os.path.abspath(mountpoint)
+    # At the driver's own mountpoint, a source removed while it has views is
+    # still served, for them (store/volumes.py); by name, it is gone.
+    for_views = mountpoint == os.path.join(mount_dir(store.path), name)
     with store.read() as txn:
-        record = volumes.get(txn, name)
+        record = volumes.get(txn, name, removed_ok=for_views)
         data_volume = record
         if record.get("source"):
-            data_volume = volumes.get(txn, record["source"])
+            data_volume = volumes.source_of(txn, record)
             subpath = "/".join(p for p in (record["subpath"], subpath) if p)
     if subpath is not None:
         subpath = volumes.normalize_subpath(subpath)
     readonly = readonly or record["readonly"] or data_volume["readonly"]
+    # Settings the volume was created with, unless the mount asks otherwise.
+    options = dataclasses.replace(
+        options, readonly=readonly,
+        atime=options.atime or data_volume.get("atime") or DEFAULT_ATIME,
+        dev=bool(data_volume.get("dev")) if options.dev is None else options.dev,
+        suid=bool(data_volume.get("suid")) if options.suid is None else options.suid)
+    if (options.dev or options.suid) and os.geteuid() != 0:
+        raise InvalidArgument("dev and suid are for mounts by root only")
     other = worker_of(store.path, volume=data_volume["name"])
     clear_dead_mount(mountpoint)
     if not os.path.isdir(mountpoint):
@@ -69,22 +86,25 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         if not readonly:
             runner.run_sync(_purge_orphans, inodes)
         used = runner.run_sync(inodes.usage).logical_bytes
-        space = SpaceBudget(store.path, data_volume.get("quota"), used,
+        space = SpaceBudget(store, data_volume.get("quota"), used,
                             pending=lambda: runner.unstored_bytes)
-        ops = VolumeOperations(runner, inodes, space, readonly=readonly, root_ino=root_ino)
-        options = {"default_permissions", "allow_other", "noatime", "subtype=fusevol",
-                   f"fsname=fusevol:{name}"}
-        if readonly:
-            options.add("ro")
-        pyfuse3.init(ops, mountpoint, options)
+        ops = VolumeOperations(runner, inodes, space, readonly=readonly, root_ino=root_ino,
+                               atime=options.atime)
+        fuse_options = {"default_permissions", "allow_other", "subtype=fusevol",
+                        f"fsname={fsname or 'fusevol:' + name}"}
+        ops.metrics.time_commits(store)
+        pyfuse3.init(ops, mountpoint, fuse_options | kernel_options(options))
         registration = register(store.path, {
             "pid": os.getpid(), "volume": data_volume["name"], "mounted_as": name,
             "mountpoint": mountpoint, "readonly": readonly, "subpath": subpath,
+            "options": options.to_text(),
         })
+        published = metrics.metrics_path(store.path, data_volume["name"])
         try:
-            trio.run(_main, ops, mountpoint, on_ready)
+            trio.run(_main, ops, mountpoint, on_ready, published)
         finally:
             pyfuse3.close(unmount=True)
+            metrics.withdraw(published)
     finally:
         runner.stop()
         if registration:
@@ -111,15 +131,25 @@ def _purge_orphans(txn, inodes: Inodes) -> None:
         inodes.purge(txn, ino)
 
 
-async def _main(ops: VolumeOperations, mountpoint: str, on_ready) -> None:
+async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(ops.run_flusher)
+        nursery.start_soon(_publish_metrics, ops, published)
         nursery.start_soon(_unmount_on_signal, mountpoint)
         nursery.start_soon(_report_ready, mountpoint, on_ready or (lambda: None))
         await pyfuse3.main()
         await ops.flush_all(durable=True)
         nursery.cancel_scope.cancel()
+
+
+async def _publish_metrics(ops: VolumeOperations, path: str) -> None:
+    """Counters for the daemon's metrics endpoint, every few seconds (see metrics.py)."""
+    while True:
+        # dirty: written and held in memory; unstored: handed to the store thread, not on disk.
+        metrics.publish(path, ops.metrics, dirty_bytes=ops._buffered(),
+                        unstored_bytes=ops.runner.unstored_bytes, open_files=len(ops.handles))
+        await trio.sleep(metrics.PUBLISH_INTERVAL)
 
 
 async def _report_ready(mountpoint: str, on_ready) -> None:

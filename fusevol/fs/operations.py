@@ -14,6 +14,8 @@ import functools
 import logging
 import os
 import stat
+import time
+from time import monotonic_ns
 from collections import Counter
 
 import pyfuse3
@@ -22,7 +24,7 @@ import trio
 from ..errors import FusevolError, StoreDamaged
 from ..store import ROOT_INO, Inode, Inodes
 from ..store.schema import vkey
-from . import acl
+from . import acl, metrics
 from .filedata import FileData
 from .registry import FLUSH_XATTR
 from .cache import NeedsStore
@@ -44,6 +46,7 @@ TRUSTED_PREFIX = b"trusted."
 XATTR_NAMESPACES = (b"user.", TRUSTED_PREFIX, b"security.", POSIX_ACL_PREFIX)
 READDIR_BATCH = 64         # entries read per store call while answering readdir
 DOTS = (b".", b"..")       # listed first by readdir
+RELATIME_AGE_NS = 24 * 3600 * 10**9  # relatime: an atime older than this is renewed
 
 
 def _cache_knobs() -> dict:
@@ -61,12 +64,19 @@ def _cache_knobs() -> dict:
 def handler(fn, changes: bool = False):
     """Map domain errors to errnos and keep unexpected ones from killing the mount;
     with `changes`, answer EROFS on a read-only mount. One coroutine frame per
-    request: the wrapper runs for every request the kernel sends."""
+    request: the wrapper runs for every request the kernel sends. It counts each
+    request, and times one in 16 (metrics.py)."""
+    at = metrics.slot(fn.__name__)
+    first_bucket, total, mask = at + metrics.FIRST_BUCKET, at + metrics.SUM, metrics.SAMPLE_MASK
 
     @functools.wraps(fn)
     async def wrapper(self, *args):
         if changes and self.readonly:
             raise pyfuse3.FUSEError(errno.EROFS)
+        hist = self.metrics.hist
+        n = hist[at] + 1
+        hist[at] = n
+        started = 0 if n & mask else monotonic_ns()
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -81,6 +91,11 @@ def handler(fn, changes: bool = False):
         except Exception:
             log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if started:
+                took = monotonic_ns() - started
+                hist[first_bucket + took.bit_length()] += 1
+                hist[total] += took
 
     return wrapper
 
@@ -95,8 +110,10 @@ class VolumeOperations(pyfuse3.Operations):
     supports_dot_lookup = True
 
     def __init__(self, runner: TxnRunner, inodes: Inodes, space: SpaceBudget, *,
-                 readonly: bool = False, root_ino: int = ROOT_INO):
+                 readonly: bool = False, root_ino: int = ROOT_INO, atime: str = "noatime"):
         super().__init__()
+        self.atime = None if readonly or atime == "noatime" else atime
+        self.metrics = metrics.WorkerMetrics()
         self.runner = runner
         self.inodes = inodes
         self.readonly = readonly
@@ -343,6 +360,8 @@ class VolumeOperations(pyfuse3.Operations):
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = await self._open_file(ino, node.size)
+        if self.atime and (flags & os.O_ACCMODE) != os.O_WRONLY:
+            await self._accessed(ino, node)
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
             # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation
             # to us (it only drops its own pages and size).
@@ -365,13 +384,16 @@ class VolumeOperations(pyfuse3.Operations):
 
     @handler
     async def read(self, fh, off, size):
-        return await self.handles[fh].read(off, size)
+        data = await self.handles[fh].read(off, size)
+        self.metrics.bytes_read += len(data)
+        return data
 
     @modifying
     async def write(self, fh, off, buf):
         fd = self.handles[fh]
         await self._admit(fd, off, len(buf))
         n = await fd.write(off, buf)
+        self.metrics.bytes_written += n
         if fd.dirty_bytes >= BLOCK_WRITES_AT:
             await fd.flush()  # back-pressure: the store is behind
         elif fd.dirty_bytes >= FLUSH_AT and not fd.flush_lock.locked() and self.nursery:
@@ -446,6 +468,23 @@ class VolumeOperations(pyfuse3.Operations):
             except FusevolError:
                 return False
 
+    async def _accessed(self, ino: int, node: Inode) -> None:
+        """Keep atime as relatime or strictatime asks. The kernel leaves atime of
+        FUSE inodes to us and serves cached pages without asking, so an open for
+        reading (or of a folder) stands for the reads that follow it."""
+        now = time.time_ns()
+        if self.atime == "relatime" and node.mtime_ns < node.atime_ns and \
+                node.ctime_ns < node.atime_ns and now - node.atime_ns < RELATIME_AGE_NS:
+            return
+        await self.runner.change(functools.partial(
+            self.inodes.setattr, ino=ino, atime_ns=now, ctime_ns=node.ctime_ns))
+        # The kernel's copy of the attributes is stale now. Dropping only attributes
+        # waits on no page, so it is safe while the kernel waits for this open.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, self._kernel(ino), True)
+        except OSError:
+            pass  # the kernel forgot the inode already
+
     async def _forget_pages(self, ino: int) -> None:
         # Not from inside a handler: the kernel may wait on this very loop.
         try:
@@ -475,6 +514,8 @@ class VolumeOperations(pyfuse3.Operations):
         node = await self._get(ino)
         if not stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.atime:
+            await self._accessed(ino, node)
         fh = self._new_fh()
         self.dir_handles[fh] = (ino, None)
         return fh

@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 FLUSH_XATTR = b"trusted.fusevol.flush"
 
 
+def mount_dir(store_path: str) -> str:
+    """Where the driver mounts its volumes: STORE/mnt, or $FUSEVOL_MOUNT_DIR (`serve
+    --mount-dir`: a managed plugin mounts them in its propagated mount; the daemon's
+    workers inherit the variable)."""
+    return os.environ.get("FUSEVOL_MOUNT_DIR") or os.path.join(store_path, "mnt")
+
+
 def _workers_dir(store_path: str) -> str:
     return os.path.join(store_path, "run", "workers")
 
@@ -113,19 +120,32 @@ def _mangle(path: str) -> str:
 
 # -- starting and stopping workers (outside them) -----------------------------
 
+def worker_log(store_path: str, name: str) -> str:
+    """Where the workers of volume `name` write their log."""
+    return os.path.join(store_path, "run", "log", f"{name}.log")
+
+
+def remove_worker_log(store_path: str, name: str) -> None:
+    """A removed volume's log goes with it (a new volume of that name starts afresh)."""
+    try:
+        os.unlink(worker_log(store_path, name))
+    except FileNotFoundError:
+        pass
+
 def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
-                 subpath: str | None = None, log_path: str | None = None,
+                 subpath: str | None = None, options: str | None = None,
+                 fsname: str | None = None, log_path: str | None = None,
                  timeout: float = 60.0, forkserver=None) -> int:
     """Start a worker in the background; return its pid once the mount serves.
 
     The worker is forked by `forkserver` (forkserver.py) when one is given,
     else started as `fusevol mount --ready-fd`. A worker not ready within
     `timeout` seconds (stuck on a store lock, a hung disk, ...) is killed and
-    its mount detached, so the caller gets an error instead of waiting for ever."""
+    its mount detached, so the caller gets an error instead of waiting for ever.
+    `options` are mount(8)-style options (mountopts.py) beyond readonly and subpath."""
     if log_path is None:
-        log_dir = os.path.join(store_path, "run", "log")
-        os.makedirs(log_dir, mode=0o700, exist_ok=True)
-        log_path = os.path.join(log_dir, f"{name}.log")
+        log_path = worker_log(store_path, name)
+        os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
     read_fd, write_fd = os.pipe()
     try:
         pid = None
@@ -133,12 +153,13 @@ def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool 
             try:
                 pid = forkserver.spawn({"store": store_path, "name": name,
                                         "mountpoint": mountpoint, "readonly": readonly,
-                                        "subpath": subpath, "log_path": log_path}, write_fd)
+                                        "subpath": subpath, "options": options,
+                                        "fsname": fsname, "log_path": log_path}, write_fd)
             except OSError as e:
                 log.warning("forkserver failed (%s); starting the worker as a process", e)
         if pid is None:
-            pid = _popen_worker(store_path, name, mountpoint, readonly, subpath, log_path,
-                                write_fd)
+            pid = _popen_worker(store_path, name, mountpoint, readonly, subpath, options,
+                                fsname, log_path, write_fd)
     except BaseException:
         os.close(read_fd)
         raise
@@ -175,13 +196,18 @@ def _error_of(report: dict, otherwise: str) -> FusevolError:
     return cls(str(report.get("message") or otherwise))
 
 
-def _popen_worker(store_path, name, mountpoint, readonly, subpath, log_path, write_fd) -> int:
+def _popen_worker(store_path, name, mountpoint, readonly, subpath, options, fsname, log_path,
+                  write_fd) -> int:
     cmd = [sys.executable, "-m", "fusevol", "--store", store_path, "mount", name, mountpoint,
            "--ready-fd", str(write_fd)]
     if readonly:
         cmd.append("--read-only")
     if subpath:
         cmd += ["--subpath", subpath]
+    if options:
+        cmd += ["-o", options]
+    if fsname:
+        cmd += ["--fsname", fsname]
     with open(log_path, "ab") as logf:
         # Once unreferenced, subprocess reaps it when it ends.
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,

@@ -3,7 +3,9 @@
 Every operation runs in a nested transaction of a shared write transaction, so
 each one is atomic while a batch of them costs one commit (one fsync). The
 batch is committed once no operation came for `linger` seconds, once it is
-`max_age` old, or at once for an operation that asks to be durable (fsync).
+`max_age` old, or for an operation that asks to be durable (fsync) once the
+operations queued behind it ran too, so that fsyncs that come together share
+one durable commit (group commit).
 An LMDB write transaction must end on the thread that began it, hence the
 dedicated thread; trio waits for each answer without blocking its loop.
 
@@ -37,6 +39,7 @@ from ..errors import FsError, FusevolError
 from ..store import Store, Txn
 from ..store.env import SPACE_RESERVE
 from .cache import CACHED_TABLES, NeedsStore, RowCache
+from .space import FAR_FROM_FULL, FREE_FRESH_FOR
 from .speculate import SpecTxn, replay
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ MAX_AHEAD = 512
 # Free space a flush answered ahead leaves beyond the store's own reserve:
 # the disk may fill from elsewhere before the store thread takes it.
 AHEAD_MARGIN = 32 << 20
+# Durable operations one commit waits for, at most, while more work is queued.
+GROUP_COMMIT_MAX = 64
 # Seconds between the signals that end a FUSE read blocked with the GIL.
 NUDGE_EVERY = 0.1
 
@@ -93,6 +98,10 @@ class TxnRunner:
         # counted by each thread on its own side, so no count is lost.
         self._ahead_in = 0  # the trio thread's
         self._ahead_out = 0  # the store thread's
+        # Operations that asked to be durable, answered by the commit that
+        # follows the work queued behind them: fsyncs that come together
+        # cost one sync (group commit).
+        self._held: list = []
 
     def start(self) -> None:
         self._thread.start()
@@ -173,8 +182,9 @@ class TxnRunner:
     def _room(self, incoming: int) -> bool:
         """Whether `incoming` chunk bytes surely fit on the store's disk, with
         everything queued ahead and a margin on top of the store's own reserve."""
-        free = self.store.disk_free() - SPACE_RESERVE - AHEAD_MARGIN
-        return incoming <= free - self.unstored_bytes
+        ours = incoming + SPACE_RESERVE + AHEAD_MARGIN + self.unstored_bytes
+        return (ours + FAR_FROM_FULL <= self.store.disk_free(max_age=FREE_FRESH_FOR)
+                or ours <= self.store.disk_free())
 
     async def change(self, fn, *args, foreseen: bool = False):
         """fn(txn, *args) for an fn that changes the volume: worked out on this
@@ -288,6 +298,8 @@ class TxnRunner:
                     return
                 self._run_item(*item)
                 item = None  # a flush's buffers go now, not when the next item comes
+            if self._held:  # durable operations that waited for the queue to empty
+                self._commit(durable=True)
             timeout = self._wait_time()
             self._idle = timeout is None
             if work:  # queued after the check above, perhaps without a wakeup
@@ -307,8 +319,13 @@ class TxnRunner:
     def _run_item(self, seq, fn, args, durable, reply) -> None:
         outcome = self._apply(fn, args)
         self._batch_last = self.applied = seq
-        if durable or (self._txn and time.monotonic() - self._started > self.max_age):
-            err = self._commit(durable)
+        if durable:
+            self._held.append((reply, outcome))
+            if not self._work or len(self._held) >= GROUP_COMMIT_MAX:
+                self._commit(durable=True)
+            return  # else answered by the commit once the queued work ran
+        if self._txn and time.monotonic() - self._started > self.max_age:
+            err = self._commit()
             if err is not None and outcome[0]:
                 outcome = (False, err, None)
         reply(outcome)
@@ -340,6 +357,17 @@ class TxnRunner:
             return False, FsError(errno.EIO, f"internal error: {e}"), None
 
     def _commit(self, durable: bool = False) -> Exception | None:
+        """Commit the open batch (durably if an operation waits for that) and
+        answer the operations that waited for a durable commit."""
+        held, self._held = self._held, []
+        err = self._commit_batch(durable or bool(held))
+        for reply, outcome in held:
+            if err is not None and outcome[0]:
+                outcome = (False, err, None)
+            reply(outcome)
+        return err
+
+    def _commit_batch(self, durable: bool) -> Exception | None:
         if self._txn is None:
             return None
         txn, self._txn = self._txn, None

@@ -11,8 +11,8 @@ the worker refuses the kernel's later writes, and fsync and close report it
 """
 
 import errno
-import os
 
+from ..store import Store
 from ..store.env import SPACE_RESERVE
 
 # The worker keeps more free than the store's own last-moment check does
@@ -20,12 +20,15 @@ from ..store.env import SPACE_RESERVE
 WORKER_RESERVE = SPACE_RESERVE + (32 << 20)
 # A 128 KiB block takes 33 pages of LMDB's 4 KiB, and B-tree pages come on top.
 OVERHEAD = 1 + 1 / 16
-
+# The disk's free space may be a figure this many seconds old while the room
+# is at least FAR_FROM_FULL; nearer the limit it is looked at again each time.
+FREE_FRESH_FOR = 0.05
+FAR_FROM_FULL = 1 << 30
 
 
 class SpaceBudget:
-    def __init__(self, store_path: str, quota: int | None, used: int, pending=lambda: 0):
-        self.store_path = store_path
+    def __init__(self, store: Store, quota: int | None, used: int, pending=lambda: 0):
+        self.store = store
         self.pending = pending  # bytes stored but not committed yet (not on disk)
         self.quota = quota
         self.used = used  # the volume's stored logical bytes, as last seen
@@ -34,8 +37,9 @@ class SpaceBudget:
         self.store_slack = 0
 
     def disk_room(self) -> int:
-        st = os.statvfs(self.store_path)
-        return st.f_bavail * st.f_frsize + self.store_slack - WORKER_RESERVE - self.pending()
+        ours = self.store_slack - WORKER_RESERVE - self.pending()
+        room = self.store.disk_free(max_age=FREE_FRESH_FOR) + ours
+        return room if room >= FAR_FROM_FULL else self.store.disk_free() + ours
 
     def stored(self, added: int, written: int) -> None:
         """A flush stored `written` bytes, adding `added` to the volume's."""

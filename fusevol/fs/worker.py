@@ -15,6 +15,7 @@ import os
 
 from .. import errors
 from . import mount as mounting
+from . import mountopts
 
 log = logging.getLogger("fusevol")
 
@@ -22,7 +23,8 @@ LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 def serve_reporting(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
-                    subpath: str | None = None, ready_fd: int | None = None) -> None:
+                    subpath: str | None = None, options: str | None = None,
+                    fsname: str | None = None, ready_fd: int | None = None) -> None:
     """Serve until unmounted; errors are reported on ready_fd, then raised."""
 
     def report(**message) -> None:
@@ -38,7 +40,7 @@ def serve_reporting(store_path: str, name: str, mountpoint: str, *, readonly: bo
 
     try:
         mounting.serve(store_path, name, mountpoint, readonly=readonly, subpath=subpath,
-                       on_ready=on_ready)
+                       options=mountopts.parse(options), fsname=fsname, on_ready=on_ready)
     except errors.FusevolError as e:
         report(error=type(e).__name__, message=str(e))
         raise

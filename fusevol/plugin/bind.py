@@ -59,14 +59,50 @@ def open_folder(root: str, subpath: str) -> int:
         raise
 
 
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+# The new mount API (Linux 5.12): the same numbers on every architecture.
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+_OPEN_TREE_CLONE = 1
+_AT_EMPTY_PATH = 0x1000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_RDONLY = 0x1
+_AT_FDCWD = -100
+
+
+def _bind_readonly(fd: int, target_b: bytes, target: str) -> bool:
+    """Attach a read-only copy of the folder at `target`, read-only before it is
+    attached: a mount that lands in a shared subtree (a managed plugin's propagated
+    mount) is copied to its peers with the flags it has then, and a later remount
+    would make only this copy read-only. False if the kernel lacks the calls."""
+    tree = _libc.syscall(_SYS_OPEN_TREE, fd, b"", _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH)
+    if tree < 0:
+        if ctypes.get_errno() == errno.ENOSYS:
+            return False
+        _check(-1, "open_tree", target)
+    try:
+        attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY)
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
+                             ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr", target)
+        _check(_libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, target_b,
+                             _MOVE_MOUNT_F_EMPTY_PATH), "move_mount", target)
+    finally:
+        os.close(tree)
+    return True
+
+
 def bind_fd(fd: int, target: str, readonly: bool) -> None:
     """Bind-mount the directory open as `fd` at `target` (optionally read-only),
     then check that `target` shows that very directory; undo the mount if not."""
     target_b = os.fsencode(target)
-    _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), target_b, None, _MS_BIND, None),
-           "bind mount", target)
+    if not (readonly and _bind_readonly(fd, target_b, target)):
+        _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), target_b, None, _MS_BIND, None),
+               "bind mount", target)
     try:
-        if readonly:
+        if readonly:  # again, on the mount itself: also where the calls above are missing
             _check(_libc.mount(None, target_b, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None),
                    "read-only remount", target)
         want, got = os.fstat(fd), os.stat(target)

@@ -18,7 +18,7 @@ import stat
 
 import trio
 
-from ..errors import Busy, FusevolError
+from ..errors import Busy, FusevolError, NotFound
 from . import http
 from .protocol import ENDPOINTS, Driver, decode_request, error_reply
 from ..fs.forkserver import ForkServer
@@ -44,13 +44,17 @@ class PluginApp(http.App):
         name = ENDPOINTS.get(target)
         if name is None:
             return self.refuse(404, f"unknown endpoint {target}; this is a VolumeDriver plugin")
+        request = None
         try:
             request = decode_request(body)
             reply = await self._call(name, request)
             status = 200
         except Exception as e:  # every failure becomes {"Err": ...}; nothing escapes
             reply, status = error_reply(e), 500
-            log.warning("%s %s: %s", name, body[:200].decode(errors="replace"), reply["Err"])
+            # dockerd asks Get before every Create: a volume not found there is no news.
+            expected = name == "get" and isinstance(e, NotFound)
+            log.log(logging.DEBUG if expected else logging.WARNING, "%s %s failed: %s",
+                    name, _subject(request, body), reply["Err"])
         else:
             level = logging.DEBUG if name in _QUIET else logging.INFO
             log.log(level, "%s %s -> %s", name, request.get("Name", ""), reply)
@@ -77,6 +81,15 @@ class PluginApp(http.App):
                     log.warning("restoring the mounts of %s: %s", family, e)
                 except Exception:  # keep serving; try again next round
                     log.exception("restoring the mounts of %s", family)
+
+
+def _subject(request: dict | None, body: bytes) -> str:
+    """What a failed call was about, on one line: the volume's name, or the start of
+    a body that did not decode (as a repr: no newline or control character of it
+    reaches the log)."""
+    if request is not None and isinstance(request.get("Name"), str):
+        return repr(request["Name"]) if not request["Name"].isprintable() else request["Name"]
+    return repr(body[:200])
 
 
 def bind_socket(path: str) -> socket.socket:
@@ -114,19 +127,28 @@ def bind_socket(path: str) -> socket.socket:
 
 
 def serve(store_path: str, socket_path: str = DEFAULT_SOCKET,
-          worker_start_timeout: float = WORKER_START_TIMEOUT) -> None:
-    """Serve the VolumeDriver protocol on `socket_path` until SIGTERM or SIGINT."""
+          worker_start_timeout: float = WORKER_START_TIMEOUT,
+          metrics_address: str | None = None) -> None:
+    """Serve the VolumeDriver protocol on `socket_path` until SIGTERM or SIGINT,
+    and Prometheus metrics on `metrics_address` if given (plugin/metrics.py)."""
+    metrics_app = None
+    if metrics_address:
+        from . import metrics
+
+        metrics.parse_address(metrics_address)  # a bad address fails before anything starts
     forkserver = None
     if os.environ.get("FUSEVOL_FORKSERVER", "1") != "0":
         forkserver = ForkServer()
         forkserver.start()  # it imports while the daemon opens the store
     # Opens the store: state is loaded now.
     driver = Driver(Supervisor(store_path, worker_start_timeout, forkserver))
+    if metrics_address:
+        metrics_app = metrics.MetricsApp(driver.sup)
     sock = bind_socket(socket_path)
     ident = os.stat(socket_path).st_ino
     log.info("serving store %s on %s", driver.sup.store_path, socket_path)
     try:
-        trio.run(_main, PluginApp(driver), sock)
+        trio.run(_main, PluginApp(driver), sock, metrics_address, metrics_app)
     finally:
         try:
             if os.stat(socket_path).st_ino == ident:
@@ -139,11 +161,16 @@ def serve(store_path: str, socket_path: str = DEFAULT_SOCKET,
         log.info("stopped; workers keep serving mounted volumes")
 
 
-async def _main(app: PluginApp, sock: socket.socket) -> None:
+async def _main(app: PluginApp, sock: socket.socket, metrics_address: str | None,
+                metrics_app) -> None:
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_cancel_on_signal, nursery.cancel_scope)
         nursery.start_soon(http.serve_listener, listener, app, MAX_BODY, nursery)
+        if metrics_app is not None:
+            from .metrics import serve_metrics
+
+            await serve_metrics(metrics_address, metrics_app, nursery, bind_socket)
         nursery.start_soon(_reconcile_forever, app)
 
 

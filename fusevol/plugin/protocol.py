@@ -31,7 +31,7 @@ ENDPOINTS = {
 SERIALISED = {"mount", "unmount", "remove"}
 
 # Settings a repeated Create must match (the parsed form, so "1M" equals "1048576").
-_SETTINGS = ("readonly", "source", "subpath", "quota", "compression")
+_SETTINGS = volumes.DEFAULTS
 
 
 def decode_request(raw: bytes) -> dict:
@@ -105,6 +105,8 @@ class Driver:
             with self.store.write() as txn:
                 snapshots.create_volume(txn, name, opts)
         except AlreadyExists:
+            if self.sup.record(name, missing_ok=True) is None:
+                raise  # a removed source kept for its views: the error says so
             self._check_same_options(name, opts)
         return {}
 
@@ -127,7 +129,7 @@ class Driver:
     def _check_same_options(self, name: str, opts: dict | None) -> None:
         wanted = volumes.parse_options(opts)
         record = self.sup.record(name)
-        if any(wanted[k] != record.get(k) for k in _SETTINGS):
+        if any(wanted[k] != record.get(k, default) for k, default in _SETTINGS.items()):
             given = ", ".join(f"{k}={v}" for k, v in sorted((opts or {}).items())) or "none"
             had = ", ".join(f"{k}={v}" for k, v in sorted(record["options"].items())) or "none"
             raise AlreadyExists(
@@ -199,5 +201,5 @@ def _store_dedup_ratio(txn) -> float:
     """Bytes all volumes hold over the bytes stored once: how much deduplication saves."""
     unique = chunks.totals(txn)["unique_bytes"]
     logical = sum(volumes.stats(txn, r).logical_bytes
-                  for r in volumes.list_all(txn) if r["vid"] is not None)
+                  for r in volumes.list_all(txn, removed=True) if r["vid"] is not None)
     return round(logical / unique, 3) if unique else 1.0

@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import subprocess
+from collections import Counter
 
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..fs import registry
@@ -67,7 +68,8 @@ class Supervisor:
         self.forkserver = forkserver  # starts workers fast (fs/forkserver.py); None: as processes
         self.store = Store.open(store_path)
         self.store_path = self.store.path
-        self.mnt_dir = os.path.join(self.store_path, "mnt")
+        self.mnt_dir = registry.mount_dir(self.store_path)
+        self.worker_starts: Counter[str] = Counter()  # per volume, for the metrics
         self._follower = None
 
     @property
@@ -95,12 +97,12 @@ class Supervisor:
     def family_count(self, data_name: str) -> int:
         """Mounts of a data volume and of all its views."""
         with self.store.read() as txn:
-            return sum(mount_count(r) for r in volumes.list_all(txn)
+            return sum(mount_count(r) for r in volumes.list_all(txn, removed=True)
                        if family_of(r) == data_name)
 
     def families(self) -> list[str]:
         with self.store.read() as txn:
-            return sorted({family_of(r) for r in volumes.list_all(txn)})
+            return sorted({family_of(r) for r in volumes.list_all(txn, removed=True)})
 
     def served_path(self, record: dict) -> str | None:
         """Where a mounted volume is, or None while no one mounts it."""
@@ -154,8 +156,15 @@ class Supervisor:
 
     def _serve(self, record: dict) -> str:
         if record.get("source"):
-            source = self.record(record["source"])
-            return self._bind_view(record, source, self._serve_data(source))
+            with self.store.read() as txn:
+                source = volumes.source_of(txn, record)
+            base = self._serve_data(source)
+            try:
+                return self._bind_view(record, source, base)
+            except FusevolError:
+                if self.family_count(source["name"]) == 0:  # started for this view alone
+                    self._stop(source["name"])
+                raise
         return self._serve_data(record)
 
     def _serve_data(self, record: dict) -> str:
@@ -178,6 +187,7 @@ class Supervisor:
         os.makedirs(path, mode=0o755, exist_ok=True)
         pid = registry.start_worker(self.store_path, name, path, readonly=bool(record["readonly"]),
                                     timeout=self.worker_start_timeout, forkserver=self.forkserver)
+        self.worker_starts[name] += 1
         log.info("worker %d serves %s at %s", pid, name, path)
         return path
 
@@ -192,7 +202,7 @@ class Supervisor:
         if _serves(target):
             return target
         if registry.is_mountpoint(target):  # bound to a worker that died
-            subprocess.run(["umount", "-l", target], capture_output=True)
+            subprocess.run(["umount", "-i", "-l", target], capture_output=True)
         missing = NotFound(f"folder {view['subpath']} does not exist in volume "
                            f"{source['name']}; create it there first")
         try:
@@ -226,9 +236,9 @@ class Supervisor:
 
     def _unbind(self, target: str) -> None:
         if registry.is_mountpoint(target):
-            if subprocess.run(["umount", target], capture_output=True).returncode != 0:
+            if subprocess.run(["umount", "-i", target], capture_output=True).returncode != 0:
                 log.warning("%s busy: detaching it lazily", target)
-                _run(["umount", "-l", target])
+                _run(["umount", "-i", "-l", target])
 
     def _stop(self, data_name: str) -> None:
         path = self.mountpoint(data_name)
@@ -256,23 +266,28 @@ class Supervisor:
         target = self.mountpoint(name)
         if not record.get("source"):
             info = registry.worker_of(self.store_path, volume=name)
+            if info is not None and info["mountpoint"] == target and self.family_count(name) == 0:
+                self._stop(name)  # ours, and no one counts on it: it was on its way out
+                info = None
             if info is not None:
                 raise Busy(f"volume {name} is still served at {info['mountpoint']} "
                            f"(pid {info['pid']}); unmount it first")
         if registry.is_mountpoint(target):
             raise Busy(f"volume {name} is still mounted at {target}; unmount it first")
         with self.store.write() as txn:
-            volumes.remove(txn, name)
-        try:
-            os.rmdir(target)  # an empty directory only: never a recursive delete
-        except OSError:
-            pass
+            deleted = volumes.remove(txn, name)
+        for gone in deleted:
+            registry.remove_worker_log(self.store_path, gone)
+            try:
+                os.rmdir(self.mountpoint(gone))  # an empty directory only: never a recursive delete
+            except OSError:
+                pass
 
     def reconcile(self, data_name: str) -> None:
         """Bring a family's mounts in line with its counts: restart a worker that died,
         re-bind its views, stop a worker no one counts on."""
         with self.store.read() as txn:
-            family = [r for r in volumes.list_all(txn) if family_of(r) == data_name]
+            family = [r for r in volumes.list_all(txn, removed=True) if family_of(r) == data_name]
         if not family:
             return
         data = next((r for r in family if r["name"] == data_name), None)

@@ -97,7 +97,7 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
     progress = progress or NoProgress()
     report = {"orphans_purged": 0, "chunks_freed": 0, "objects_freed": 0, "stored_bytes_freed": 0,
               "unique_bytes_freed": 0, "counts_fixed": [], "totals_fixed": None, "missing": []}
-    for record in volumes.list_all(txn):
+    for record in volumes.list_all(txn, removed=True):
         if record["vid"] is None or record["vid"] in busy_vids:
             continue
         inodes = Inodes(record["vid"], txn.store.block_size, record["compression"])
@@ -369,7 +369,7 @@ def verify(txn: Txn, progress: NoProgress | None = None) -> dict:
     n_chunks = v.hash_chunks()
     n_objects = v.hash_objects()
     c = census(txn, progress)
-    records = [r for r in volumes.list_all(txn) if r["vid"] is not None]
+    records = [r for r in volumes.list_all(txn, removed=True) if r["vid"] is not None]
     v.counts(c, {r["vid"] for r in records})
     snaps = [json.loads(bytes(raw)) for _, raw in txn.scan("snapshots", b"")]
     progress.start("walking volumes and snapshots", len(records) + len(snaps))

@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import threading
+import time
 
 import lmdb
 
@@ -178,6 +179,7 @@ class Store:
 
     def __init__(self, path: str):
         self.path = path
+        self._free_seen = (float("-inf"), 0)  # (when, free bytes on the disk)
         self.closed = False
         try:
             _private_dir(path)
@@ -224,10 +226,10 @@ class Store:
 
     # -- transactions -------------------------------------------------------
 
-    def _begin(self, write: bool, parent=None) -> lmdb.Transaction:
+    def _begin(self, write: bool, parent=None, buffers: bool = False) -> lmdb.Transaction:
         for _ in range(3):
             try:
-                return self.env.begin(write=write, parent=parent)
+                return self.env.begin(write=write, parent=parent, buffers=buffers)
             except lmdb.MapResizedError:
                 # Another process grew the map: adopt its size and try again.
                 self.env.set_mapsize(0)
@@ -241,13 +243,22 @@ class Store:
             log.info("growing store map to %d bytes", new)
             self.env.set_mapsize(new)
 
-    def disk_free(self) -> int:
-        st = os.statvfs(self.path)
-        return st.f_bavail * st.f_frsize
+    def disk_free(self, max_age: float = 0.0) -> int:
+        """Free bytes on the store's disk; a figure seen up to max_age seconds
+        ago will do (a statvfs per write cost a tenth of the write path)."""
+        seen_at, free = self._free_seen
+        now = time.monotonic()
+        if now - seen_at > max_age:
+            st = os.statvfs(self.path)
+            free = st.f_bavail * st.f_frsize
+            self._free_seen = (now, free)  # one tuple: read by several threads
+        return free
 
     @contextlib.contextmanager
-    def read(self):
-        txn = self._begin(write=False)
+    def read(self, buffers: bool = False):
+        """A read transaction; with buffers, values are views into the map,
+        valid only until the block ends (no copy of a 128 KiB chunk)."""
+        txn = self._begin(write=False, buffers=buffers)
         try:
             yield Txn(self, txn, write=False)
         finally:

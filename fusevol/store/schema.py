@@ -42,8 +42,16 @@ def read_u64(b, offset: int = 0) -> int:
     return U64.unpack_from(b, offset)[0]
 
 
+_PAIR = struct.Struct(">QQ").pack
+
+
 def vkey(vid: int, *parts) -> bytes:
     """Key of a volume's row: vid then each part (int -> u64, bytes as is)."""
+    if parts and type(parts[0]) is int:  # (vid, ino, ...): every row on the request path
+        if len(parts) == 1:
+            return _PAIR(vid, parts[0])
+        if len(parts) == 2 and type(parts[1]) is bytes:
+            return _PAIR(vid, parts[0]) + parts[1]
     out = [U64.pack(vid)]
     for p in parts:
         out.append(U64.pack(p) if isinstance(p, int) else p)

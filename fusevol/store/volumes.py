@@ -3,6 +3,15 @@
 A volume is a JSON record in the ``volumes`` table plus its rows (inodes,
 entries, block maps) under its vid. A *view* volume (``source`` + ``subpath``)
 has no rows of its own: it shows one folder of its source volume.
+
+Removing a source that still has views (docker-compose removes volumes in the
+order its file names them) marks it ``removed`` instead: it is gone for every
+caller that names it (get, list, create of the same name), while its views keep
+showing its data; the removal of its last view deletes it in the same
+transaction. Likewise a view may be created before its source (compose
+creates volumes in the order its file names them): the source is looked up
+when the view is mounted. So a source and its views can be created and
+removed in any order, and data never goes while a view still shows it.
 """
 
 import datetime
@@ -25,11 +34,18 @@ OPTIONS = {
     "size": "a quota in bytes, or with a suffix K, M, G, T (powers of 1024)",
     "compression": "zstd or none",
     "from-snapshot": "VOLUME@SNAPSHOT: the new volume starts as that snapshot (a clone)",
+    "atime": "noatime (the default), relatime or strictatime: when reads renew atime",
+    "suid": "true or false (the default): setuid and setgid bits take effect",
+    "dev": "true or false (the default): device nodes on the volume can be opened",
     "from-remote": "REMOTE:VOLUME@SNAPSHOT: the new volume starts as that snapshot, pulled "
                    "from the remote (fusevol remote add)",
     "remote": "REMOTE: the volume follows its service between hosts through that remote "
               "(a lease while mounted, pulled before the first mount, pushed after the last)",
 }
+ATIME_MODES = ("noatime", "relatime", "strictatime")
+# Every setting a volume has, as an old record without it is taken to have.
+DEFAULTS = {"readonly": False, "source": None, "subpath": None, "quota": None,
+            "compression": "zstd", "atime": None, "suid": False, "dev": False}
 _REMOTE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 _SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)i?B?$", re.IGNORECASE)
@@ -46,6 +62,11 @@ def shown(value, limit: int = 80) -> str:
     """A value as an error message quotes it: its repr, cut short if long."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _removed_note(txn: Txn, name: str) -> str:
+    views = ", ".join(views_of(txn, name))
+    return f"volume {name} was removed; its data stays until its views ({views}) are removed"
 
 
 def check_name(name) -> str:
@@ -116,7 +137,7 @@ def parse_options(opts: dict | None) -> dict:
         allowed = "; ".join(f"{k} ({v})" for k, v in OPTIONS.items())
         names = ", ".join(k if k.isprintable() and len(k) <= 40 else shown(k) for k in unknown)
         raise InvalidArgument(f"unknown option {names}: allowed are {allowed}")
-    settings = {"readonly": False, "source": None, "subpath": None, "quota": None, "compression": "zstd"}
+    settings = dict(DEFAULTS)
     for key, value in opts.items():
         if not isinstance(value, str):
             raise InvalidArgument(f"option {key} needs a string value")
@@ -131,6 +152,13 @@ def parse_options(opts: dict | None) -> dict:
         elif key == "from-snapshot":
             if "@" not in value:
                 raise InvalidArgument(f"option from-snapshot={shown(value)}: use VOLUME@SNAPSHOT")
+        elif key == "atime":
+            if value not in ATIME_MODES:
+                raise InvalidArgument(f"option atime={shown(value)}: use noatime, relatime or "
+                                      "strictatime")
+            settings["atime"] = value
+        elif key in ("suid", "dev"):
+            settings[key] = _parse_bool(key, value)
         elif key == "remote":
             if not _REMOTE_NAME_RE.match(value):
                 raise InvalidArgument(f"option remote={shown(value)}: name a remote (fusevol remote ls)")
@@ -148,9 +176,11 @@ def parse_options(opts: dict | None) -> dict:
         raise InvalidArgument("options from-snapshot and from-remote exclude each other")
     if settings["source"] and not settings["subpath"]:
         raise InvalidArgument("option source needs subpath=DIR (the folder of it to show)")
-    if settings["source"] and (settings["quota"] or "compression" in opts or "from-snapshot" in opts
-                               or "from-remote" in opts or "remote" in opts):
-        raise InvalidArgument("a view (source=...) takes only subpath and readonly")
+    if settings["source"] and any(k in opts for k in ("size", "compression", "from-snapshot",
+                                                       "atime", "suid", "dev", "from-remote",
+                                                       "remote")):
+        raise InvalidArgument("a view (source=...) takes only subpath and readonly; it has its "
+                              "source's atime, suid and dev")
     return settings
 
 
@@ -168,12 +198,17 @@ def _next_vid(txn: Txn) -> int:
 def create(txn: Txn, name: str, opts: dict | None = None) -> dict:
     check_name(name)
     settings = parse_options(opts)
-    existing = get(txn, name, missing_ok=True)
+    existing = get(txn, name, missing_ok=True, removed_ok=True)
     if existing is not None:
+        if existing.get("removed"):
+            raise AlreadyExists(f"{_removed_note(txn, name)}; choose another name")
         raise AlreadyExists(f"volume {name} already exists")
     if settings["source"]:
-        source = get(txn, settings["source"])
-        if source.get("source"):
+        source = get(txn, settings["source"], missing_ok=True, removed_ok=True)  # None: made later
+        if source is not None and source.get("removed"):
+            raise NotFound(f"no such volume: {source['name']} "
+                           f"({_removed_note(txn, source['name'])})")
+        if source is not None and source.get("source"):
             raise InvalidArgument(f"volume {settings['source']} is itself a view; give its source")
     record = {
         "name": name,
@@ -193,21 +228,29 @@ def create(txn: Txn, name: str, opts: dict | None = None) -> dict:
     return record
 
 
-def get(txn: Txn, name: str, missing_ok: bool = False) -> dict | None:
+def get(txn: Txn, name: str, missing_ok: bool = False, removed_ok: bool = False) -> dict | None:
+    """A volume's record; one removed but kept for its views only if `removed_ok`."""
     raw = txn.get("volumes", name.encode())
-    if raw is None:
+    record = json.loads(bytes(raw)) if raw is not None else None
+    if record is not None and record.get("removed") and not removed_ok:
+        if missing_ok:
+            return None
+        raise NotFound(f"no such volume: {name} ({_removed_note(txn, name)})")
+    if record is None:
         if missing_ok:
             return None
         raise NotFound(f"no such volume: {name}")
-    return json.loads(bytes(raw))
+    return record
 
 
 def put(txn: Txn, record: dict) -> None:
     txn.put("volumes", record["name"].encode(), json.dumps(record).encode())
 
 
-def list_all(txn: Txn) -> list[dict]:
-    return [json.loads(bytes(v)) for _, v in txn.scan("volumes", b"")]
+def list_all(txn: Txn, removed: bool = False) -> list[dict]:
+    """Every volume's record; with `removed`, also sources removed but kept for their views."""
+    records = (json.loads(bytes(v)) for _, v in txn.scan("volumes", b""))
+    return [r for r in records if removed or not r.get("removed")]
 
 
 def views_of(txn: Txn, name: str) -> list[str]:
@@ -215,25 +258,55 @@ def views_of(txn: Txn, name: str) -> list[str]:
 
 
 def stats(txn: Txn, record: dict) -> schema.VolumeStats:
-    vid = record["vid"] if record["vid"] is not None else get(txn, record["source"])["vid"]
-    return txn.vstats(vid)
+    if record["vid"] is None:
+        source = get(txn, record["source"], missing_ok=True, removed_ok=True)
+        if source is None or source["vid"] is None:  # not created yet
+            return schema.VolumeStats()
+        return txn.vstats(source["vid"])
+    return txn.vstats(record["vid"])
 
 
-def remove(txn: Txn, name: str) -> None:
-    """Delete a volume and drop its references to chunks (freeing those no one else holds)."""
+def source_of(txn: Txn, view: dict) -> dict:
+    """The data volume a view shows, as its mount needs it."""
+    source = get(txn, view["source"], missing_ok=True, removed_ok=True)
+    if source is None:
+        raise NotFound(f"volume {view['name']} is a view of volume {view['source']}, which "
+                       "does not exist (yet); create it first")
+    if source.get("source"):
+        raise InvalidArgument(f"volume {view['name']} is a view of {view['source']}, which is "
+                              "itself a view; a view shows a folder of a data volume")
+    return source
+
+
+def remove(txn: Txn, name: str) -> list[str]:
+    """Delete a volume and drop its references to chunks (freeing those no one else
+    holds); a source with views is only marked removed (see above). Returns the
+    volumes deleted: this one, and its source if it was the source's last view."""
     record = get(txn, name)
-    views = views_of(txn, name)
-    if views:
-        raise Busy(f"volume {name} is shown by view volume(s) {', '.join(views)}; remove them first")
     if record.get("mounts"):
         raise Busy(f"volume {name} is mounted ({len(record['mounts'])} mount(s)); unmount it first")
     snaps = sum(1 for _ in txn.scan("snapshots", name.encode() + b"\0"))
     if snaps:
         raise Busy(f"volume {name} has {snaps} snapshot(s); delete them first "
                    f"(fusevol snapshot ls {name}; fusevol snapshot rm {name}@NAME)")
+    if views_of(txn, name):
+        record["removed"] = True
+        put(txn, record)
+        return []
+    _delete(txn, record)
+    deleted = [name]
+    source = get(txn, record["source"], missing_ok=True, removed_ok=True) \
+        if record.get("source") else None
+    if source is not None and source.get("removed") and not views_of(txn, source["name"]):
+        _delete(txn, source)
+        deleted.append(source["name"])
+    return deleted
+
+
+def _delete(txn: Txn, record: dict) -> None:
     if record["vid"] is not None:
         drop_rows(txn, record["vid"])
-    txn.delete("volumes", name.encode())
+    txn.delete("volumes", record["name"].encode())
 
 
 def drop_rows(txn: Txn, vid: int, keep_counter: bool = False) -> None:

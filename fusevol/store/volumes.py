@@ -37,10 +37,8 @@ OPTIONS = {
     "atime": "noatime (the default), relatime or strictatime: when reads renew atime",
     "suid": "true or false (the default): setuid and setgid bits take effect",
     "dev": "true or false (the default): device nodes on the volume can be opened",
-    "from-remote": "REMOTE:VOLUME@SNAPSHOT: the new volume starts as that snapshot, pulled "
-                   "from the remote (fusevol remote add)",
-    "remote": "REMOTE: the volume follows its service between hosts through that remote "
-              "(a lease while mounted, pulled before the first mount, pushed after the last)",
+    "from-remote": "REMOTE:VOLUME@SNAPSHOT to start from",
+    "remote": "a remote the volume follows",
 }
 ATIME_MODES = ("noatime", "relatime", "strictatime")
 # Every setting a volume has, as an old record without it is taken to have.

@@ -276,6 +276,24 @@ def test_export_refuses_a_terminal(store_path):
     assert b"terminal" in proc.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_export_to_a_device_writes_to_it_and_keeps_it(store_path, tmp_path):
+    # -o /dev/null: the archive goes to the device; a file renamed over the
+    # path (how a regular file appears whole) would replace the device itself.
+    run_cli(store_path, "volume", "create", "dev")
+    null = str(tmp_path / "null")
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    run_cli(store_path, "export", "dev", "-o", null)
+    assert stat.S_ISCHR(os.stat(null).st_mode)
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", fifo], stdout=subprocess.PIPE)
+    run_cli(store_path, "export", "dev", "-o", fifo)
+    archive = reader.communicate(timeout=60)[0]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert tarfile.open(fileobj=io.BytesIO(archive)).getnames() == ["."]
+
+
 @pytest.mark.parametrize("compress", ["zstd", "xz", "bz2"])
 def test_compressed_archive_and_export_of_a_view(store_path, tmp_path, compress):
     import bz2

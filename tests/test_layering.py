@@ -1,15 +1,20 @@
 """The layers import only what is below them: the store knows nothing of FUSE,
 the plugin or the CLI; the CLI loads the store, pyfuse3 and trio only when a
 command runs; the outside view of workers (registry, forkserver's daemon
-side) and the plugin's protocol module stay free of pyfuse3 and trio."""
+side) and the plugin's protocol module stay free of pyfuse3 and trio. Read
+statically too (imports inside functions included): no layer names one above
+it, and only the store names its schema (tables, key layouts)."""
 
+import ast
 import json
+import pathlib
 import pkgutil
 import subprocess
 import sys
 
 import pytest
 
+import fusevol
 import fusevol.store
 
 STORE_MODULES = sorted(f"fusevol.store.{m.name}" for m in pkgutil.iter_modules(fusevol.store.__path__))
@@ -48,3 +53,77 @@ def test_the_plugin_loads_the_s3_client_only_when_a_remote_is_used():
                                     "fusevol.plugin.protocol"])
 def test_outside_views_of_workers_stay_free_of_fuse_and_trio(module):
     assert _offending(module, ("pyfuse3", "trio", "fusevol.fs.operations", "fusevol.fs.mount")) == []
+
+
+# -- static checks: every import statement, those inside functions too ------------
+
+PACKAGE = pathlib.Path(fusevol.__file__).parent
+SCHEMA = "fusevol.store.schema"
+# Modules outside the store that still name its key layout. Each is a place
+# where a table's rows are read or written past the store's own functions;
+# move the access into fusevol/store/ and drop the module from this list.
+KNOWN_SCHEMA_USERS = {
+    "fusevol.fs.operations": "_purge_forgotten reads the orphans table with schema.vkey",
+}
+# Each layer and the layers it must not import (lazily or not).
+ABOVE = {
+    "fusevol.store": ("fusevol.fs", "fusevol.plugin", "fusevol.cli"),
+    "fusevol.fs": ("fusevol.plugin", "fusevol.cli"),
+    "fusevol.plugin": ("fusevol.cli",),
+}
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        yield ".".join(parts), path
+
+
+def _imports(module: str, path: pathlib.Path) -> set[str]:
+    """Every module an import statement of the file names (with, for `from X
+    import a`, X.a too: it may be a submodule)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)
+    return out
+
+
+def _under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_the_resolver_sees_relative_and_lazy_imports(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from ..store.schema import vkey\n"
+                      "def f():\n    from ..store import schema\n    import fusevol.cli.app\n")
+    found = _imports("fusevol.fs.sample", sample)
+    assert {"fusevol.store.schema", "fusevol.store.schema.vkey", "fusevol.cli.app"} <= found
+
+
+def test_only_the_store_imports_its_schema():
+    users = {module for module, path in _modules()
+             if not _under(module, "fusevol.store")
+             and any(_under(name, SCHEMA) for name in _imports(module, path))}
+    assert users - set(KNOWN_SCHEMA_USERS) == set(), "import from fusevol.store, not its schema"
+    assert set(KNOWN_SCHEMA_USERS) - users == set(), \
+        "no longer imports the schema: remove it from KNOWN_SCHEMA_USERS"
+
+
+def test_no_layer_imports_a_layer_above_it():
+    wrong = sorted(f"{module} imports {name}"
+                   for module, path in _modules()
+                   for layer, above in ABOVE.items() if _under(module, layer)
+                   for name in _imports(module, path)
+                   if any(_under(name, a) for a in above))
+    assert wrong == []

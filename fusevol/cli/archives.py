@@ -22,6 +22,12 @@ def _output(path: str | None):
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
+    if os.path.exists(path) and not os.path.isfile(path):
+        # A device or a pipe (-o /dev/null): written as it is. A file renamed
+        # over it would replace the device itself.
+        with open(path, "wb") as f:
+            yield f
+        return
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:

@@ -40,11 +40,13 @@ from ..store import Store, Txn
 from ..store.env import SPACE_RESERVE
 from .cache import CACHED_TABLES, NeedsStore, RowCache
 from .space import FAR_FROM_FULL, FREE_FRESH_FOR
-from .speculate import SpecTxn, replay
+from . import speculate
+from .speculate import SpecTxn
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_REPLAY = object()  # the function of a queued change answered ahead (see _replay)
 # Changes worked out ahead of the store thread, at most: past this many, a
 # change waits for the store thread like any other operation (back-pressure).
 MAX_AHEAD = 512
@@ -206,7 +208,7 @@ class TxnRunner:
                 self.cache.apply(spec.row_writes(), self._seq)
                 done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(),
                                          self._seq)
-                self._put((self._seq, self._replay, (spec, fn, args), False, done), wake=False)
+                self._put((self._seq, _REPLAY, (spec, fn, args), False, done), wake=False)
                 return result
             finally:
                 spec.close()
@@ -238,16 +240,42 @@ class TxnRunner:
         self.counts["again"] += 1
         self.cache.apply(writes, seq)
 
-    def _replay(self, txn, spec: SpecTxn, fn, args) -> bool:
-        """On the store thread: apply a change answered ahead (speculate.replay)."""
-        try:
-            as_seen = replay(txn, spec, fn, args)
-        finally:
-            self._ahead_out += spec.deferred_bytes
-        if not as_seen:
-            log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
-                     getattr(fn, "__name__", fn))
-        return as_seen
+    def _replay(self, spec: SpecTxn, fn, args):
+        """On the store thread: apply a change answered ahead; (ok, applied as
+        seen, rows written). Its collected rows go straight into the batch, with
+        no nested transaction: they are puts that cannot fail half way on their
+        own (LMDB failing in between breaks the batch: see _apply). A change
+        whose rows changed meanwhile runs again, atomically, at its first time."""
+        txn = self._txn
+        self._ahead_out += spec.deferred_bytes
+        if speculate.unchanged(txn, spec):
+            txn.writes, txn.recorded = [], CACHED_TABLES
+            try:
+                speculate.apply(txn, spec)
+            except BaseException as e:  # part of it is in the batch: drop the batch
+                self._abort_batch(e)
+                raise
+            writes, txn.writes, txn.recorded = txn.writes, None, frozenset()
+            return True, True, writes
+        log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
+                 getattr(fn, "__name__", fn))
+        with self.store.nested(txn) as child:
+            child.writes, child.recorded = [], CACHED_TABLES
+            child.now_ns = spec.now_ns
+            fn(child, *args)
+        return True, False, child.writes
+
+    def _abort_batch(self, cause: BaseException) -> None:
+        """Drop the open batch unstored and stop taking changes (error mode),
+        as after a failed commit: it holds part of an operation."""
+        log.critical("a change answered ahead could not be applied whole, volume is now "
+                     "read-only until remounted: %s", cause)
+        if self.broken is None:
+            self.broken = cause if isinstance(cause, Exception) else FusevolError(str(cause))
+        txn, self._txn = self._txn, None
+        txn.txn.abort()
+        if self._nudge_reads:
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
     async def read(self, fn, *args):
         """fn(txn, *args) for an fn that only reads: on this thread from the
@@ -345,6 +373,10 @@ class TxnRunner:
                 self._started = time.monotonic()
                 if self._nudge_reads:
                     signal.setitimer(signal.ITIMER_REAL, NUDGE_EVERY, NUDGE_EVERY)
+            if fn is _REPLAY:
+                outcome = self._replay(*args)
+                self.pending_bytes = self._txn.pending_bytes()
+                return outcome
             with self.store.nested(self._txn) as child:
                 child.writes, child.recorded = [], CACHED_TABLES
                 result = fn(child, *args)

@@ -91,15 +91,20 @@ class SpecTxn:
     scan = cursor = delete_prefix = vstats = needs_store
 
 
-def replay(txn, spec: SpecTxn, fn, args) -> bool:
-    """On the store thread: apply what `spec` collected, if every row it read
-    is unchanged; else run fn again at the same time. True if applied as seen."""
+def unchanged(txn, spec: SpecTxn) -> bool:
+    """On the store thread: whether every row the first run read still holds
+    what it saw (then `apply` writes its rows; else the change runs again, at
+    spec.now_ns)."""
     for (table, key), seen in spec.reads.items():
         now = txn.get(table, key)
         if (bytes(now) if now is not None else None) != seen:
-            txn.now_ns = spec.now_ns
-            fn(txn, *args)
             return False
+    return True
+
+
+def apply(txn, spec: SpecTxn) -> None:
+    """Write what `spec` collected: puts that cannot fail half way on their own,
+    so no nested transaction is needed for them."""
     for (table, key), value in spec.writes.items():
         if value is None:
             txn.delete(table, key)
@@ -109,4 +114,3 @@ def replay(txn, spec: SpecTxn, fn, args) -> bool:
         txn.add_vstats(vid, logical_bytes, inodes)
     for fn, args in spec.deferred:
         fn(txn, *args)
-    return True

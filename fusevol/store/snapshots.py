@@ -18,14 +18,14 @@ from .env import Txn
 from .inodes import Inodes
 from .schema import LAZY, NO_TREE, ROOT_INO, read_u64, u64, vkey
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # fullmatch: `$` lets a final newline through
 
 
 def parse_ref(text: str, need_snapshot: bool = True) -> tuple[str, str | None]:
     """Split VOLUME@SNAPSHOT."""
     volume, sep, snap = text.partition("@")
     volumes.check_name(volume)
-    if sep and not NAME_RE.match(snap or ""):
+    if sep and not NAME_RE.fullmatch(snap or ""):
         raise InvalidArgument(f"invalid snapshot name {snap!r} in {text!r}")
     if need_snapshot and not sep:
         raise InvalidArgument(f"{text!r} names no snapshot: use VOLUME@SNAPSHOT")
@@ -96,7 +96,7 @@ def create(txn: Txn, volume: str, name: str | None = None) -> dict:
     record = volumes.get(txn, volume)
     inodes = inodes_of(txn, record)
     name = name or _default_name(txn, volume)
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidArgument(f"invalid snapshot name {name!r}: use letters, digits and _.:-")
     if txn.get("snapshots", _key(volume, name)) is not None:
         raise AlreadyExists(f"snapshot {volume}@{name} already exists")

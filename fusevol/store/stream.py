@@ -346,7 +346,7 @@ def receive(store: Store, volume: str, src, *, force: bool = False, mounted: boo
         size = spool.tell()
         spool.seek(0)
         name = sent.get("name", "")
-        if not snapshots.NAME_RE.match(str(name)):
+        if not snapshots.NAME_RE.fullmatch(str(name)):
             raise StreamDamaged(f"stream names an invalid snapshot {name!r}")
         with store.write() as txn:
             txn.check_space(size)

@@ -1,0 +1,263 @@
+"""VolumeOperations called directly, as pyfuse3 would call them (no kernel):
+names, data, the errno each failure answers, and read-only volumes."""
+
+import errno
+import os
+import stat
+from types import SimpleNamespace
+
+import pyfuse3
+import pytest
+
+from fusevol.fs.operations import VolumeOperations
+from fusevol.store import chunks
+from fusevol.store.schema import ROOT_INO
+
+from .conftest import BS
+
+CTX = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
+USER = SimpleNamespace(uid=1000, gid=1000, pid=1, umask=0o022)
+
+
+def fields(**set_):
+    """The kernel's list of attributes a setattr changes."""
+    names = ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")
+    return SimpleNamespace(**{f"update_{n}": n in set_ for n in names})
+
+
+def attrs(**values) -> pyfuse3.EntryAttributes:
+    a = pyfuse3.EntryAttributes()
+    for k, v in values.items():
+        setattr(a, k, v)
+    return a
+
+
+async def fuse_errno(coro) -> int:
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await coro
+    return info.value.errno
+
+
+@pytest.fixture
+def ops(runner, inodes, space) -> VolumeOperations:
+    return VolumeOperations(runner, inodes, space)
+
+
+async def _create(ops, name: bytes, data: bytes = b"", parent=ROOT_INO):
+    info, entry = await ops.create(parent, name, 0o644, os.O_WRONLY, CTX)
+    if data:
+        assert await ops.write(info.fh, 0, data) == len(data)
+    await ops.flush(info.fh)
+    await ops.release(info.fh)
+    return entry.st_ino
+
+
+async def _read_all(ops, ino: int) -> bytes:
+    info = await ops.open(ino, os.O_RDONLY, CTX)
+    size = (await ops.getattr(ino)).st_size
+    try:
+        return await ops.read(info.fh, 0, size + 10)
+    finally:
+        await ops.release(info.fh)
+
+
+async def test_create_write_read_and_lookup(ops, store, inodes):
+    data = os.urandom(BS + 1000)
+    info, entry = await ops.create(ROOT_INO, b"f", 0o640, os.O_RDWR, USER)
+    assert stat.S_ISREG(entry.st_mode) and stat.S_IMODE(entry.st_mode) == 0o640
+    assert (entry.st_uid, entry.st_gid, entry.st_size) == (1000, 1000, 0)
+    await ops.write(info.fh, 0, data)
+    assert (await ops.getattr(entry.st_ino)).st_size == len(data)  # buffered, not stored
+    assert await ops.read(info.fh, 100, 50) == data[100:150]
+    await ops.fsync(info.fh, False)
+    await ops.release(info.fh)
+    assert ops.files == {}
+    found = await ops.lookup(ROOT_INO, b"f")
+    assert found.st_ino == entry.st_ino and found.st_size == len(data)
+    assert found.st_blocks == -(-len(data) // 512)
+    assert await _read_all(ops, entry.st_ino) == data
+    with store.read() as txn:  # fsync'ed: in the store
+        assert inodes.get(txn, entry.st_ino).size == len(data)
+
+
+async def test_lookup_of_a_missing_name_is_a_negative_entry(ops):
+    entry = await ops.lookup(ROOT_INO, b"nope")
+    assert entry.st_ino == 0 and entry.entry_timeout > 0
+
+
+async def test_directories(ops, monkeypatch):
+    d = (await ops.mkdir(ROOT_INO, b"d", 0o755, CTX)).st_ino
+    await _create(ops, b"x", b"1", parent=d)
+    await ops.symlink(d, b"s", b"x", CTX)
+    fh = await ops.opendir(d, CTX)
+    listed = []
+
+    def reply(token, name, entry, offset):
+        listed.append((name, offset))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)  # the kernel's buffer, as a list
+    await ops.readdir(fh, 0, None)
+    await ops.releasedir(fh)
+    assert listed == [(b".", 1), (b"..", 2), (b"s", 3), (b"x", 4)]
+    s = (await ops.lookup(d, b"s")).st_ino
+    assert await ops.readlink(s) == b"x"
+    assert await fuse_errno(ops.rmdir(ROOT_INO, b"d", CTX)) == errno.ENOTEMPTY
+    await ops.unlink(d, b"x", CTX)
+    await ops.unlink(d, b"s", CTX)
+    await ops.rmdir(ROOT_INO, b"d", CTX)
+    assert (await ops.lookup(ROOT_INO, b"d")).st_ino == 0
+
+
+async def test_rename_through_the_handler(ops):
+    a = await _create(ops, b"a", b"A")
+    b = await _create(ops, b"b", b"B")
+    no, ex = pyfuse3.RENAME_NOREPLACE, pyfuse3.RENAME_EXCHANGE
+    assert await fuse_errno(ops.rename(ROOT_INO, b"a", ROOT_INO, b"b", no, CTX)) == errno.EEXIST
+    assert await fuse_errno(ops.rename(ROOT_INO, b"a", ROOT_INO, b"b", no | ex, CTX)) == errno.EINVAL
+    assert await fuse_errno(ops.rename(ROOT_INO, b"a", ROOT_INO, b"c", 1 << 7, CTX)) == errno.EINVAL
+    await ops.rename(ROOT_INO, b"a", ROOT_INO, b"b", ex, CTX)
+    assert (await ops.lookup(ROOT_INO, b"b")).st_ino == a
+    assert (await ops.lookup(ROOT_INO, b"a")).st_ino == b
+    await ops.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0, CTX)  # b's inode lost its last name
+    assert (await ops.lookup(ROOT_INO, b"b")).st_ino == b
+    assert await _read_all(ops, b) == b"B"
+    assert (await ops.getattr(a)).st_nlink == 0  # the kernel still knows the number
+    await ops.forget([(a, ops.lookups[a])])
+    await ops.runner.sync()
+    assert await fuse_errno(ops.getattr(a)) == errno.ENOENT
+
+
+async def test_unlinked_open_file_keeps_its_data_until_released(ops, store):
+    data = os.urandom(1000)
+    info, entry = await ops.create(ROOT_INO, b"tmp", 0o644, os.O_RDWR, CTX)
+    await ops.write(info.fh, 0, data)
+    await ops.flush(info.fh)
+    await ops.unlink(ROOT_INO, b"tmp", CTX)
+    assert await ops.read(info.fh, 0, 1000) == data
+    assert (await ops.getattr(entry.st_ino)).st_nlink == 0
+    await ops.release(info.fh)
+    await ops.runner.sync()
+    with store.read() as txn:
+        assert chunks.totals(txn)["chunks"] == 0  # given back once closed
+    await ops.forget([(entry.st_ino, 1)])
+    await ops.runner.sync()
+    assert await fuse_errno(ops.getattr(entry.st_ino)) == errno.ENOENT
+
+
+async def test_setattr_truncates_buffers_and_store(ops, store, inodes):
+    data = os.urandom(3 * BS)
+    info, entry = await ops.create(ROOT_INO, b"f", 0o644, os.O_RDWR, CTX)
+    await ops.write(info.fh, 0, data)
+    new = await ops.setattr(entry.st_ino, attrs(st_size=BS + 3, st_mode=0o600),
+                            fields(size=1, mode=1), info.fh, CTX)
+    assert new.st_size == BS + 3 and stat.S_IMODE(new.st_mode) == 0o600
+    assert await ops.read(info.fh, 0, 3 * BS) == data[:BS + 3]
+    await ops.release(info.fh)
+    await ops.runner.sync()
+    with store.read() as txn:
+        assert inodes.get(txn, entry.st_ino).size == BS + 3
+    info = await ops.open(entry.st_ino, os.O_RDWR | os.O_TRUNC, CTX)
+    assert (await ops.getattr(entry.st_ino)).st_size == 0
+    await ops.release(info.fh)
+
+
+@pytest.mark.parametrize("call, err", [
+    (lambda ops: ops.getattr(999), errno.ENOENT),
+    (lambda ops: ops.mkdir(ROOT_INO, b"f", 0o755, CTX), errno.EEXIST),
+    (lambda ops: ops.mkdir(ROOT_INO, b"n" * 256, 0o755, CTX), errno.ENAMETOOLONG),
+    (lambda ops: ops.unlink(ROOT_INO, b"nope", CTX), errno.ENOENT),
+    (lambda ops: ops.rmdir(ROOT_INO, b"f", CTX), errno.ENOTDIR),
+    (lambda ops: ops.open(ROOT_INO, os.O_RDONLY, CTX), errno.EISDIR),
+    (lambda ops: ops.opendir(2, CTX), errno.ENOTDIR),
+    (lambda ops: ops.readlink(2), errno.EINVAL),
+    (lambda ops: ops.link(ROOT_INO, ROOT_INO, b"l", CTX), errno.EPERM),
+    (lambda ops: ops.getxattr(2, b"user.none", CTX), errno.ENODATA),
+    (lambda ops: ops.getxattr(2, b"other.x", CTX), errno.EOPNOTSUPP),
+    (lambda ops: ops.setxattr(2, b"user.", b"v", CTX), errno.EINVAL),
+    (lambda ops: ops.setxattr(2, b"system.posix_acl_default", b"v", CTX), errno.EOPNOTSUPP),
+    (lambda ops: ops.removexattr(2, b"user.none", CTX), errno.ENODATA),
+    (lambda ops: ops.setattr(ROOT_INO, attrs(st_size=0), fields(size=1), None, CTX), errno.EISDIR),
+])
+async def test_errors_answer_their_errno(ops, call, err):
+    assert await _create(ops, b"f", b"x") == 2
+    assert await fuse_errno(call(ops)) == err
+
+
+async def test_xattrs_and_trusted_names_hidden_from_users(ops):
+    f = await _create(ops, b"f")
+    await ops.setxattr(f, b"user.a", b"1", CTX)
+    await ops.setxattr(f, b"trusted.b", b"2", CTX)
+    assert await ops.getxattr(f, b"user.a", CTX) == b"1"
+    assert sorted(await ops.listxattr(f, CTX)) == [b"trusted.b", b"user.a"]
+    assert await ops.listxattr(f, USER) == [b"user.a"]
+    await ops.removexattr(f, b"user.a", CTX)
+    await ops.removexattr(f, b"system.posix_acl_access", CTX)  # no ACL is kept: removing one succeeds
+
+
+async def test_damaged_data_answers_eio(ops, store):
+    data = os.urandom(5000)
+    ino = await _create(ops, b"f", data)
+    await ops.runner.sync()
+    cid = chunks.chunk_id(data)
+    with store.write() as txn:
+        payload = bytearray(txn.get("chunks", cid))
+        payload[-1] ^= 0xFF
+        txn.put("chunks", cid, bytes(payload))
+    ops.files.clear()
+    info = await ops.open(ino, os.O_RDONLY, CTX)
+    assert await fuse_errno(ops.read(info.fh, 0, 100)) == errno.EIO
+
+
+async def test_a_bug_in_a_handler_is_eio_not_a_crash(ops, monkeypatch, caplog):
+    def broken(txn, ino):
+        raise KeyError("a bug")
+    monkeypatch.setattr(ops.inodes, "get", broken)
+    assert await fuse_errno(ops.getattr(ROOT_INO)) == errno.EIO
+    assert "getattr failed" in caplog.text
+
+
+async def test_a_read_only_volume_answers_erofs(runner, inodes, space):
+    rw = VolumeOperations(runner, inodes, space)
+    f = await _create(rw, b"f", b"data")
+    await rw.mkdir(ROOT_INO, b"d", 0o755, CTX)
+    ro = VolumeOperations(runner, inodes, space, readonly=True)
+    for call in (ro.create(ROOT_INO, b"g", 0o644, os.O_WRONLY, CTX),
+                 ro.mkdir(ROOT_INO, b"e", 0o755, CTX),
+                 ro.mknod(ROOT_INO, b"n", stat.S_IFIFO | 0o644, 0, CTX),
+                 ro.symlink(ROOT_INO, b"s", b"f", CTX),
+                 ro.link(f, ROOT_INO, b"l", CTX),
+                 ro.unlink(ROOT_INO, b"f", CTX),
+                 ro.rmdir(ROOT_INO, b"d", CTX),
+                 ro.rename(ROOT_INO, b"f", ROOT_INO, b"g", 0, CTX),
+                 ro.setattr(f, attrs(st_mode=0o600), fields(mode=1), None, CTX),
+                 ro.setxattr(f, b"user.a", b"1", CTX),
+                 ro.removexattr(f, b"user.a", CTX),
+                 ro.open(f, os.O_WRONLY, CTX),
+                 ro.open(f, os.O_RDWR, CTX)):
+        assert await fuse_errno(call) == errno.EROFS
+    assert await _read_all(ro, f) == b"data"
+    assert (await ro.lookup(ROOT_INO, b"d")).st_ino != 0
+
+
+async def test_a_view_serves_a_folder_as_its_root(runner, inodes, space):
+    rw = VolumeOperations(runner, inodes, space)
+    d = (await rw.mkdir(ROOT_INO, b"public", 0o755, CTX)).st_ino
+    await _create(rw, b"secret", b"s")
+    await _create(rw, b"index", b"i", parent=d)
+    view = VolumeOperations(runner, inodes, space, root_ino=d)
+    assert (await view.lookup(ROOT_INO, b"index")).st_ino != 0
+    assert (await view.lookup(ROOT_INO, b"secret")).st_ino == 0
+    up = await view.lookup(ROOT_INO, b"..")
+    assert up.st_ino == ROOT_INO  # `..` of the view's root is that root
+    assert (await view.getattr(ROOT_INO)).st_ino == ROOT_INO
+
+
+async def test_statfs_counts_the_volume(ops, space):
+    await _create(ops, b"f", b"x" * 5000)
+    await ops.runner.sync()
+    st = await ops.statfs(CTX)
+    assert st.f_files - st.f_ffree == 2 and st.f_namemax == 255
+    space.quota = 1 << 20
+    st = await ops.statfs(CTX)
+    assert st.f_blocks == 256 and st.f_bfree == ((1 << 20) - 5000) // 4096

@@ -1,0 +1,289 @@
+"""TxnRunner under trio with a real store: order, batching, durable and group
+commits, changes answered ahead and replayed, and the error mode."""
+
+import errno
+
+import pytest
+import trio
+import trio.testing
+
+from fusevol.errors import FsError, FusevolError
+from fusevol.fs.runner import TxnRunner
+from fusevol.store.schema import ROOT_INO
+
+from .conftest import FILE
+from .gate import Gate
+
+
+class Commits:
+    """Counts the runner's commits (durable or not) and can make the next one fail."""
+
+    def __init__(self, store, monkeypatch):
+        self.log: list[bool] = []
+        self.fail_next: Exception | None = None
+        real = store.commit
+
+        def commit(txn, durable=True):
+            if self.fail_next is not None:
+                err, self.fail_next = self.fail_next, None
+                txn.txn.abort()
+                raise err
+            real(txn, durable=durable)
+            self.log.append(durable)
+
+        monkeypatch.setattr(store, "commit", commit)
+
+    @property
+    def durable(self) -> int:
+        return sum(self.log)
+
+
+@pytest.fixture
+def commits(store, monkeypatch):
+    return Commits(store, monkeypatch)
+
+
+async def _runner(store, **kw) -> TxnRunner:
+    runner = TxnRunner(store, **kw)
+    runner.start()
+    return runner
+
+
+def _committed(store, inodes, name: bytes) -> bool:
+    """Whether a name exists in what is committed (another reader's view)."""
+    with store.read() as txn:
+        try:
+            inodes.lookup(txn, ROOT_INO, name)
+            return True
+        except FsError:
+            return False
+
+
+def _create(name: bytes, inodes):
+    return lambda txn: inodes.create(txn, ROOT_INO, name, FILE, 0, 0)[0]
+
+
+async def test_operations_run_in_the_order_they_were_queued(store, inodes):
+    runner = await _runner(store)
+    try:
+        seen = []
+        gate = Gate()
+        await gate.hold(runner)
+        for i in range(20):
+            runner.submit(lambda txn, i=i: seen.append(i))
+        waited = runner.run(lambda txn: seen.append("run") or len(seen))
+        gate.open()
+        assert await waited == 21
+        assert seen == list(range(20)) + ["run"]
+        assert runner.applied == runner._seq
+    finally:
+        runner.stop()
+
+
+async def test_results_and_errors_come_back(store, inodes):
+    runner = await _runner(store)
+    try:
+        ino = await runner.run(_create(b"f", inodes))
+        assert await runner.read(inodes.lookup, ROOT_INO, b"f") == ino
+        with pytest.raises(FsError) as info:
+            await runner.run(_create(b"f", inodes))
+        assert info.value.errno == errno.EEXIST
+        # An operation that failed left nothing behind: its nested transaction went.
+        with pytest.raises(FsError):
+            await runner.run(lambda txn: (inodes.create(txn, ROOT_INO, b"half", FILE, 0, 0),
+                                          inodes.lookup(txn, ROOT_INO, b"nope")))
+        with pytest.raises(FsError):
+            await runner.read(inodes.lookup, ROOT_INO, b"half")
+        # A bug in an operation is EIO, and the runner keeps serving.
+        with pytest.raises(FsError) as info:
+            await runner.run(lambda txn: 1 / 0)
+        assert info.value.errno == errno.EIO
+        assert await runner.run(lambda txn: "still here") == "still here"
+        assert runner.broken is None
+    finally:
+        runner.stop()
+
+
+async def test_operations_are_batched_into_few_commits(store, inodes, commits):
+    runner = await _runner(store, linger=0.2, max_age=5.0)
+    try:
+        for i in range(30):
+            await runner.run(_create(b"f%d" % i, inodes))
+        assert commits.log == []  # answered before any commit
+        assert not _committed(store, inodes, b"f0")
+        await trio.sleep(0.5)  # past `linger` without work: committed
+        assert commits.log == [False]
+        assert _committed(store, inodes, b"f29")
+    finally:
+        runner.stop()
+
+
+async def test_a_batch_is_committed_once_max_age_passed(store, inodes, commits):
+    runner = await _runner(store, linger=10.0, max_age=0.05)
+    try:
+        await runner.run(_create(b"a", inodes))
+        await trio.sleep(0.3)  # linger is long; the batch's age ends it
+        assert commits.log == [False] and _committed(store, inodes, b"a")
+        # Work that never pauses is committed at least every max_age too.
+        i, until = 0, trio.current_time() + 0.3
+        while trio.current_time() < until:
+            i += 1
+            await runner.run(_create(b"b%d" % i, inodes))
+        assert len(commits.log) >= 3
+    finally:
+        runner.stop()
+
+
+async def test_a_durable_operation_returns_committed(store, inodes, commits):
+    runner = await _runner(store, linger=10.0, max_age=10.0)
+    try:
+        await runner.run(_create(b"a", inodes))
+        await runner.run(_create(b"b", inodes), durable=True)
+        assert commits.log == [True]
+        assert _committed(store, inodes, b"a") and _committed(store, inodes, b"b")
+        await runner.run(_create(b"c", inodes))
+        await runner.sync()
+        assert commits.log == [True, True] and _committed(store, inodes, b"c")
+    finally:
+        runner.stop()
+
+
+async def test_durable_operations_queued_together_share_one_commit(store, inodes, commits):
+    runner = await _runner(store, linger=10.0, max_age=10.0)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        answered = []
+
+        async def fsync(i):
+            await runner.run(_create(b"f%d" % i, inodes), durable=True)
+            answered.append((i, _committed(store, inodes, b"f%d" % i)))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(fsync, i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert runner._seq == 9  # the gate and eight durable operations, all queued
+            gate.open()
+        assert sorted(answered) == [(i, True) for i in range(8)]
+        assert commits.log == [True]
+    finally:
+        runner.stop()
+
+
+async def test_stop_commits_what_is_pending(store, inodes):
+    runner = await _runner(store, linger=10.0, max_age=10.0)
+    await runner.run(_create(b"a", inodes))
+    runner.stop()
+    assert _committed(store, inodes, b"a")
+
+
+async def test_a_change_is_answered_ahead_and_applied_later(store, inodes, commits):
+    runner = await _runner(store, linger=10.0, max_age=10.0)
+    try:
+        gate = Gate()
+        await gate.hold(runner)  # the store thread is busy: nothing can run there
+        ino, node = await runner.change(inodes.create, ROOT_INO, b"f", FILE, 0, 0)
+        assert runner.counts["ahead"] == 1 and runner.applied < runner._seq
+        assert await runner.read(inodes.lookup, ROOT_INO, b"f") == ino  # from the worker's rows
+        assert (await runner.read(inodes.get, ino)) == node
+        gate.open()
+        await runner.sync()
+        assert runner.counts["again"] == 0 and runner.broken is None
+        with store.read() as txn:
+            assert inodes.lookup(txn, ROOT_INO, b"f") == ino
+            assert inodes.get(txn, ino) == node  # the same times: worked out once
+    finally:
+        runner.stop()
+
+
+async def test_a_change_waits_while_a_name_change_is_queued(store, inodes):
+    runner = await _runner(store)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run, _create(b"a", inodes))  # not foreseen
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(runner.change, inodes.create, ROOT_INO, b"b", FILE, 0, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert runner.counts["waited"] == 1 and runner.counts["ahead"] == 0
+            gate.open()
+        assert await runner.read(inodes.lookup, ROOT_INO, b"b")
+    finally:
+        runner.stop()
+
+
+async def test_a_change_whose_rows_changed_meanwhile_runs_again(store, inodes):
+    with store.write() as txn:
+        ino = _create(b"f", inodes)(txn)
+    runner = await _runner(store)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        # Queued before the change, run after the change was answered: it
+        # rewrites the row the change reads (as a flush rewrites an inode).
+        runner.submit(lambda txn: inodes.setattr(txn, ino, uid=7))
+        node = await runner.change(lambda txn: inodes.setattr(txn, ino, gid=8))
+        assert runner.counts["ahead"] == 1 and node.uid == 0
+        gate.open()
+        await runner.sync()
+        assert runner.counts["again"] == 1 and runner.broken is None
+        node = await runner.read(inodes.get, ino)  # the worker's rows follow the second run
+        assert (node.uid, node.gid) == (7, 8)
+        with store.read() as txn:
+            assert (inodes.get(txn, ino).uid, inodes.get(txn, ino).gid) == (7, 8)
+    finally:
+        runner.stop()
+
+
+async def test_a_failed_replay_puts_the_runner_in_error_mode(store, inodes, caplog):
+    runner = await _runner(store)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        # A queued operation takes the name first; the runner believed it
+        # could not (submit is for work that changes no names).
+        runner.submit(_create(b"x", inodes))
+        await runner.change(inodes.create, ROOT_INO, b"x", FILE, 0, 0)  # answered ahead
+        gate.open()
+        with pytest.raises(FsError) as info:
+            await runner.sync()
+        assert info.value.errno == errno.EIO
+        assert isinstance(runner.broken, FsError) and runner.broken.errno == errno.EEXIST
+        assert "failed in the store" in caplog.text
+        for call in (runner.change(inodes.create, ROOT_INO, b"y", FILE, 0, 0),
+                     runner.run(_create(b"z", inodes))):
+            with pytest.raises(FsError, match="error mode") as info:
+                await call
+            assert info.value.errno == errno.EIO
+        # Reads still come from what is committed and what the worker holds.
+        assert await runner.read(inodes.lookup, ROOT_INO, b"x")
+    finally:
+        runner.stop()
+
+
+async def test_a_failed_commit_fails_what_waits_and_everything_after(store, inodes, commits):
+    runner = await _runner(store, linger=10.0, max_age=10.0)
+    try:
+        await runner.run(_create(b"a", inodes))
+        commits.fail_next = FusevolError("store commit failed: Input/output error")
+        with pytest.raises(FusevolError, match="Input/output error"):
+            await runner.run(_create(b"b", inodes), durable=True)
+        assert runner.broken is not None
+        with pytest.raises(FsError, match="error mode"):
+            await runner.run(_create(b"c", inodes))
+        with pytest.raises(FsError, match="error mode"):
+            await runner.change(inodes.create, ROOT_INO, b"d", FILE, 0, 0)
+        assert not _committed(store, inodes, b"a")  # the batch went as a whole
+    finally:
+        runner.stop()
+
+
+async def test_run_sync_from_another_thread(store, inodes):
+    runner = await _runner(store)
+    try:
+        ino = await trio.to_thread.run_sync(runner.run_sync, _create(b"t", inodes))
+        assert await runner.read(inodes.lookup, ROOT_INO, b"t") == ino
+    finally:
+        runner.stop()

@@ -67,8 +67,10 @@ KNOWN_SCHEMA_USERS = {
 }
 # Each layer and the layers it must not import (lazily or not).
 ABOVE = {
-    "fusevol.store": ("fusevol.fs", "fusevol.plugin", "fusevol.cli"),
-    "fusevol.fs": ("fusevol.plugin", "fusevol.cli"),
+    "fusevol.store": ("fusevol.fs", "fusevol.remote", "fusevol.plugin", "fusevol.cli"),
+    "fusevol.fs": ("fusevol.remote", "fusevol.plugin", "fusevol.cli"),
+    # remotes sit on the store beside the FUSE side, below the plugin and the CLI
+    "fusevol.remote": ("fusevol.fs", "fusevol.plugin", "fusevol.cli"),
     "fusevol.plugin": ("fusevol.cli",),
 }
 

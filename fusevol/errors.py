@@ -73,3 +73,18 @@ class StreamDamaged(FusevolError):
 
     errno = errno.EIO
     exit_code = 9
+
+
+class RemoteError(FusevolError):
+    """A remote (S3-compatible object storage) that cannot be reached, refuses
+    the credentials, lacks its bucket or fails a request."""
+
+    errno = errno.EIO
+    exit_code = 10
+
+
+class RemoteDamaged(FusevolError):
+    """An object in a remote's bucket that does not match its hash, or is missing."""
+
+    errno = errno.EIO
+    exit_code = 8

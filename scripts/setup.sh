@@ -3,7 +3,8 @@
 #   scripts/setup.sh          the driver: system packages, /opt/fusevol venv, /usr/local/bin/fusevol
 #   scripts/setup.sh --test   the same plus what the tests use (docker.io, busybox, git, sqlite3, fio,
 #                             rclone: the peer FUSE driver of the bench's quick mode, restic and
-#                             borgbackup: the evolving-tree bench's peers, ...)
+#                             borgbackup: the evolving-tree bench's peers, Ceph's monitor, OSD and
+#                             radosgw: the S3 server the remote tests start, ...)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${FUSEVOL_VENV:-/opt/fusevol}
@@ -11,7 +12,8 @@ venv=${FUSEVOL_VENV:-/opt/fusevol}
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv)
 extras=()
 if [ "${1:-}" = "--test" ]; then
-    packages+=(docker.io docker-compose busybox-static git sqlite3 fio attr tar rclone e2fsprogs restic borgbackup)
+    packages+=(docker.io docker-compose busybox-static git sqlite3 fio attr tar rclone e2fsprogs
+               restic borgbackup ceph-mon ceph-osd radosgw ceph-common)
     extras=("[test]")
 fi
 

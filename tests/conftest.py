@@ -91,3 +91,23 @@ def mounts(store_path, tmp_path):
 def vol(mounts):
     """A fresh volume mounted read-write; the path of its root."""
     return mounts.mount("vol")
+
+
+@pytest.fixture(scope="session")
+def ceph():
+    """A one-node Ceph cluster with radosgw on 127.0.0.1 for the whole session
+    (tests/ceph_cluster.py), with a user whose keys it gives. Skipped only
+    where Ceph's packages are not installed, and never in CI (scripts/setup.sh
+    --test installs them there)."""
+    from ceph_cluster import CephCluster, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"Ceph is not installed ({', '.join(missing)}): run scripts/setup.sh --test")
+        pytest.skip(f"Ceph is not installed ({', '.join(missing)}): scripts/setup.sh --test installs it")
+    if not ROOT:
+        pytest.skip("the Ceph test cluster runs as root")
+    cluster = CephCluster().start()
+    yield cluster
+    cluster.stop()

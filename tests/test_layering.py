@@ -18,7 +18,8 @@ import fusevol
 import fusevol.store
 
 STORE_MODULES = sorted(f"fusevol.store.{m.name}" for m in pkgutil.iter_modules(fusevol.store.__path__))
-ABOVE_THE_STORE = ("fusevol.fs", "fusevol.plugin", "fusevol.cli", "pyfuse3", "trio")
+ABOVE_THE_STORE = ("fusevol.fs", "fusevol.plugin", "fusevol.cli", "fusevol.remote", "pyfuse3",
+                   "trio", "boto3", "botocore")
 
 
 def _imported_by(module: str) -> set[str]:
@@ -40,7 +41,12 @@ def test_the_store_imports_nothing_above_it(module):
 
 def test_the_cli_loads_the_store_and_fuse_only_when_a_command_runs():
     assert _offending("fusevol.cli.app", ("lmdb", "pyfuse3", "trio", "blake3", "zstandard",
-                                          "fusevol.store.env", "fusevol.fs.operations")) == []
+                                          "fusevol.store.env", "fusevol.fs.operations",
+                                          "fusevol.remote", "boto3", "botocore")) == []
+
+
+def test_the_plugin_loads_the_s3_client_only_when_a_remote_is_used():
+    assert _offending("fusevol.plugin.daemon", ("fusevol.remote", "boto3", "botocore")) == []
 
 
 @pytest.mark.parametrize("module", ["fusevol.fs.registry", "fusevol.fs.forkserver",
@@ -59,8 +65,10 @@ SCHEMA = "fusevol.store.schema"
 KNOWN_SCHEMA_USERS: dict[str, str] = {}
 # Each layer and the layers it must not import (lazily or not).
 ABOVE = {
-    "fusevol.store": ("fusevol.fs", "fusevol.plugin", "fusevol.cli"),
-    "fusevol.fs": ("fusevol.plugin", "fusevol.cli"),
+    "fusevol.store": ("fusevol.fs", "fusevol.remote", "fusevol.plugin", "fusevol.cli"),
+    "fusevol.fs": ("fusevol.remote", "fusevol.plugin", "fusevol.cli"),
+    # remotes sit on the store beside the FUSE side, below the plugin and the CLI
+    "fusevol.remote": ("fusevol.fs", "fusevol.plugin", "fusevol.cli"),
     "fusevol.plugin": ("fusevol.cli",),
 }
 

@@ -1,7 +1,7 @@
 """The root of the `fusevol` command line: global options and the command families.
 
 Each family lives in its own module (volumes, mounting, docker, space,
-snapshots, replication, upkeep, archives); group.py holds what they share.
+snapshots, replication, remotes, upkeep, archives); group.py holds what they share.
 A command's module is imported only when that command runs (or --help lists
 them all): `fusevol volume ls` need not load tar, stream or FUSE code.
 """
@@ -26,6 +26,9 @@ COMMANDS = {
     "diff": ("snapshots", "diff"),
     "send": ("replication", "send"),
     "receive": ("replication", "receive"),
+    "remote": ("remotes", "remote"),
+    "push": ("remotes", "push"),
+    "pull": ("remotes", "pull"),
     "gc": ("upkeep", "gc"),
     "verify": ("upkeep", "verify"),
     "export": ("archives", "export"),

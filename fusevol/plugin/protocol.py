@@ -90,6 +90,17 @@ class Driver:
     def create(self, req: dict) -> dict:
         name = _name(req)
         opts = req.get("Opts")
+        if isinstance(opts, dict) and ("from-remote" in opts or "remote" in opts):
+            if self.sup.record(name, missing_ok=True) is None:
+                try:
+                    if self._pull(name, opts):
+                        return {}
+                except AlreadyExists:
+                    self._check_same_options(name, opts)  # a Create beside this one made it
+                    return {}
+            else:
+                self._check_same_options(name, opts)
+                return {}
         try:
             with self.store.write() as txn:
                 snapshots.create_volume(txn, name, opts)
@@ -98,6 +109,22 @@ class Driver:
                 raise  # a removed source kept for its views: the error says so
             self._check_same_options(name, opts)
         return {}
+
+    def _pull(self, name: str, opts: dict) -> bool:
+        """A new volume from a remote's snapshot (dockerd waits up to 2 minutes);
+        False for remote=NAME when the remote has none of it yet."""
+        from ..remote import follow, pull
+        from ..store import remotes
+
+        volumes.parse_options(opts)  # every problem named before any download
+        if "from-remote" not in opts:
+            return follow.create(self.store, name, opts)
+        remote_name, _, ref = opts["from-remote"].partition(":")
+        volume, snap = snapshots.parse_ref(ref)
+        with self.store.read() as txn:
+            remote = remotes.get(txn, remote_name)
+        pull.pull(self.store, remote, volume, snap, new_volume=name, opts=opts)
+        return True
 
     def _check_same_options(self, name: str, opts: dict | None) -> None:
         wanted = volumes.parse_options(opts)

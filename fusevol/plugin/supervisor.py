@@ -70,6 +70,20 @@ class Supervisor:
         self.store_path = self.store.path
         self.mnt_dir = registry.mount_dir(self.store_path)
         self.worker_starts: Counter[str] = Counter()  # per volume, for the metrics
+        self._follower = None
+
+    @property
+    def follower(self):
+        """Volumes with -o remote=NAME (fusevol/remote/follow.py), loaded on first use."""
+        if self._follower is None:
+            from ..remote.follow import Follower
+
+            self._follower = Follower(self.store)
+        return self._follower
+
+    @staticmethod
+    def _follows(record: dict) -> bool:
+        return bool((record.get("options") or {}).get("remote"))
 
     def mountpoint(self, name: str) -> str:
         return os.path.join(self.mnt_dir, name)
@@ -99,7 +113,14 @@ class Supervisor:
     def mount(self, name: str, mount_id: str) -> str:
         """Serve the volume (starting its worker on first use) and count this mount."""
         record = self.record(name)
-        path = self._serve(record)
+        if self._follows(record) and self.family_count(name) == 0:
+            self.follower.before_first_mount(record)  # the lease; newer data first
+        try:
+            path = self._serve(record)
+        except BaseException:
+            if self._follows(record) and self.family_count(name) == 0:
+                self.follower.after_last_unmount(record)
+            raise
         self._count(name, mount_id, +1)
         log.info("mounted %s for %s at %s", name, mount_id[:12], path)
         return path
@@ -114,7 +135,9 @@ class Supervisor:
         if record is None or mount_count(record) > 0:
             return
         log.info("last mount of %s gone", name)
-        self._release(record)
+        self._release(record)  # a worker still busy keeps the lease held (and the data here)
+        if self._follows(record) and self.family_count(name) == 0:
+            self.follower.after_last_unmount(record)  # snapshot, push, release the lease
 
     def _count(self, name: str, mount_id: str, delta: int) -> dict | None:
         with self.store.write() as txn:

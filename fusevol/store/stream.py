@@ -58,7 +58,9 @@ class NoProgress:
 
 # -- sending ---------------------------------------------------------------------
 
-class _Writer:
+class StreamWriter:
+    """Writes the stream format to a binary file (send, and a pull from a remote)."""
+
     def __init__(self, out, progress):
         self.out = out
         self.hash = blake3.blake3()
@@ -123,7 +125,7 @@ def send(store: Store, volume: str, name: str, out, base: tuple[str, str] | None
         record = {k: snap[k] for k in SENT_FIELDS}
         record["sent_from"] = f"{volume}@{name}"
         progress.start(f"sending {volume}@{name}", snap["logical_bytes"] if not base else None)
-        writer = _Writer(out, progress)
+        writer = StreamWriter(out, progress)
         writer.header(base_root)
         writer.record(SNAPSHOT, json.dumps(record).encode())
         stats = _send_tree(reader, writer, bytes.fromhex(snap["root"]), base_root)
@@ -135,7 +137,7 @@ def send(store: Store, volume: str, name: str, out, base: tuple[str, str] | None
             "bytes": writer.bytes, "records": writer.records, **stats}
 
 
-def _send_tree(reader: _Reader, writer: _Writer, root: bytes, base_root: bytes | None) -> dict:
+def _send_tree(reader: _Reader, writer: StreamWriter, root: bytes, base_root: bytes | None) -> dict:
     """Post-order walk of the tree, paired by path with the base tree (as
     diff does): an object equal to the base's at its place is left out with
     everything below it, and so is every chunk of the base's version of a
@@ -193,7 +195,7 @@ def _send_tree(reader: _Reader, writer: _Writer, root: bytes, base_root: bytes |
     return stats
 
 
-def _send_object(reader: _Reader, writer: _Writer, oid: bytes) -> int:
+def _send_object(reader: _Reader, writer: StreamWriter, oid: bytes) -> int:
     payload = reader.get("objects", oid)
     writer.record(OBJECT, oid, payload)
     return len(payload)

@@ -37,11 +37,14 @@ OPTIONS = {
     "atime": "noatime (the default), relatime or strictatime: when reads renew atime",
     "suid": "true or false (the default): setuid and setgid bits take effect",
     "dev": "true or false (the default): device nodes on the volume can be opened",
+    "from-remote": "REMOTE:VOLUME@SNAPSHOT to start from",
+    "remote": "a remote the volume follows",
 }
 ATIME_MODES = ("noatime", "relatime", "strictatime")
 # Every setting a volume has, as an old record without it is taken to have.
 DEFAULTS = {"readonly": False, "source": None, "subpath": None, "quota": None,
             "compression": "zstd", "atime": None, "suid": False, "dev": False}
+_REMOTE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 _SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)i?B?$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -155,16 +158,26 @@ def parse_options(opts: dict | None) -> dict:
             settings["atime"] = value
         elif key in ("suid", "dev"):
             settings[key] = _parse_bool(key, value)
+        elif key == "remote":
+            if not _REMOTE_NAME_RE.match(value):
+                raise InvalidArgument(f"option remote={shown(value)}: name a remote (fusevol remote ls)")
+        elif key == "from-remote":
+            remote, colon, ref = value.partition(":")
+            if not remote or not colon or "@" not in ref:
+                raise InvalidArgument(f"option from-remote={shown(value)}: use REMOTE:VOLUME@SNAPSHOT")
         elif key == "compression":
             if value not in schema.CODECS:
                 raise InvalidArgument(f"option compression={shown(value)}: use zstd or none")
             settings["compression"] = value
     if settings["subpath"] and not settings["source"]:
         raise InvalidArgument("option subpath needs source=VOLUME (the volume to show a folder of)")
+    if "from-snapshot" in opts and "from-remote" in opts:
+        raise InvalidArgument("options from-snapshot and from-remote exclude each other")
     if settings["source"] and not settings["subpath"]:
         raise InvalidArgument("option source needs subpath=DIR (the folder of it to show)")
     if settings["source"] and any(k in opts for k in ("size", "compression", "from-snapshot",
-                                                       "atime", "suid", "dev")):
+                                                       "atime", "suid", "dev", "from-remote",
+                                                       "remote")):
         raise InvalidArgument("a view (source=...) takes only subpath and readonly; it has its "
                               "source's atime, suid and dev")
     return settings

@@ -1,0 +1,37 @@
+"""Remote records: where a remote's bucket is, kept in the store's `meta` table.
+
+A record holds the remote's name, URL (s3://BUCKET/PREFIX), endpoint and
+region, never credentials: those come from the standard AWS chain each time.
+"""
+
+import json
+
+from ..errors import AlreadyExists, NotFound
+from .env import Txn
+
+_PREFIX = b"remote/"
+
+
+def _key(name: str) -> bytes:
+    return _PREFIX + name.encode()
+
+
+def add(txn: Txn, record: dict) -> None:
+    if not txn.put("meta", _key(record["name"]), json.dumps(record).encode(), overwrite=False):
+        raise AlreadyExists(f"remote {record['name']} already exists (remote rm it first)")
+
+
+def get(txn: Txn, name: str) -> dict:
+    raw = txn.get("meta", _key(name))
+    if raw is None:
+        raise NotFound(f"no remote named {name!r} (fusevol remote ls lists them)")
+    return json.loads(bytes(raw))
+
+
+def list_all(txn: Txn) -> list[dict]:
+    return [json.loads(bytes(value)) for _, value in txn.scan("meta", _PREFIX)]
+
+
+def remove(txn: Txn, name: str) -> None:
+    if not txn.delete("meta", _key(name)):
+        raise NotFound(f"no remote named {name!r}")

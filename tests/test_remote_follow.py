@@ -1,0 +1,93 @@
+"""Volumes created with -o remote=NAME follow their service between hosts:
+the Docker handlers of two stores (two hosts) with real mounts and a real S3
+server. One host at a time holds the volume's lease; each first mount gets
+the newest data, each last unmount pushes it."""
+
+import hashlib
+import os
+
+import pytest
+
+from conftest import needs_fuse
+from fusevol.errors import Busy, FusevolError
+from fusevol.fs import mount
+from fusevol.plugin.protocol import Driver
+from fusevol.plugin.supervisor import Supervisor
+from fusevol.store import Store
+from plugin_daemon import unmount_under
+from remote_helpers import Host, keys
+
+MiB = 1 << 20
+
+
+def _driver(host: Host) -> Driver:
+    return Driver(Supervisor(host.store))
+
+
+def _cleanup(driver: Driver) -> None:
+    driver.sup.follower.close()
+    for info in mount.workers(driver.store.path):
+        if mount.is_mountpoint(info["mountpoint"]):
+            try:
+                mount.unmount(driver.store.path, info["mountpoint"], timeout=30)
+            except FusevolError:
+                pass
+    unmount_under(driver.sup.mnt_dir)
+    Store._instances.pop(driver.store.path).close()
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@needs_fuse
+def test_a_volume_follows_its_service_from_host_to_host(ceph, tmp_path, monkeypatch):
+    from remote_helpers import new_bucket
+
+    bucket = new_bucket()
+    a, b = Host(ceph, str(tmp_path / "a")), Host(ceph, str(tmp_path / "b"))
+    a.add_remote(bucket)
+    b.add_remote(bucket, create=False)
+    for key, value in a.env.items():
+        monkeypatch.setenv(key, value)
+    one, two = _driver(a), _driver(b)
+    try:
+        opts = {"remote": "r"}
+        one.create({"Name": "app", "Opts": opts})
+        path = one.mount({"Name": "app", "ID": "c1"})["Mountpoint"]
+        with open(os.path.join(path, "data"), "wb") as f:
+            f.write(os.urandom(2 * MiB))
+        first = _digest(os.path.join(path, "data"))
+        assert list(keys(ceph, bucket, "fv/leases/")) == ["fv/leases/app"]
+
+        # Host b makes the volume while a still has it mounted: it gets what
+        # the remote has (nothing yet), and cannot mount it (a holds the lease).
+        two.create({"Name": "app", "Opts": opts})
+        with pytest.raises(Busy, match="volume app is in use on .* lease on remote r"):
+            two.mount({"Name": "app", "ID": "c2"})
+
+        one.unmount({"Name": "app", "ID": "c1"})
+        one.sup.follower.wait("app")  # the snapshot and push after the last unmount
+        assert [s["volume"] for s in a.json("remote", "snapshots", "r", "app")] == ["app"]
+
+        # Now b's first mount takes the lease and pulls a's data first.
+        path = two.mount({"Name": "app", "ID": "c2"})["Mountpoint"]
+        assert _digest(os.path.join(path, "data")) == first
+        with pytest.raises(Busy):
+            one.mount({"Name": "app", "ID": "c3"})
+        with open(os.path.join(path, "data"), "r+b") as f:
+            f.write(b"changed on b")
+        second = _digest(os.path.join(path, "data"))
+        two.unmount({"Name": "app", "ID": "c2"})
+        two.sup.follower.wait("app")
+
+        # Back on a: it catches up with b's change before mounting.
+        path = one.mount({"Name": "app", "ID": "c4"})["Mountpoint"]
+        assert _digest(os.path.join(path, "data")) == second
+        one.unmount({"Name": "app", "ID": "c4"})
+        one.sup.follower.wait("app")
+        assert len(a.json("remote", "snapshots", "r", "app")) == 2  # nothing new: no third
+    finally:
+        _cleanup(one)
+        _cleanup(two)

@@ -558,9 +558,11 @@ class CrashHarness:
             ns.files[path] = by_ino[ino]
         self.ns, self.content = ns, content
         with self.store.write() as txn:
+            # The replica's snapshot of that name, not any with the same root: a
+            # killed receive of a snapshot equal to the base left no such name.
+            held = {s["name"]: bytes.fromhex(s["root"]) for s in snapshots.list_all(txn, REPLICA)}
             for rc in receives:
-                if rc.incremental and rc.source_root in {bytes.fromhex(s["root"])
-                                                         for s in snapshots.list_all(txn, REPLICA)}:
+                if rc.incremental and held.get(rc.source) == rc.source_root:
                     self.replica_base = rc.source
             keep = {self.replica_base}
             for s in snapshots.list_all(txn, WORK):

@@ -25,6 +25,7 @@ out meanwhile fail, only run again (speculate.py).
 """
 
 import collections
+import contextlib
 import errno
 import functools
 import logging
@@ -105,6 +106,7 @@ class TxnRunner:
         # follows the work queued behind them: fsyncs that come together
         # cost one sync (group commit).
         self._held: list = []
+        self._running = None  # the item the store thread is running, until answered
         # Whether the store's last commit is known durable: not at start (a
         # worker killed before this one may have left commits not synced).
         self._synced = False
@@ -321,6 +323,40 @@ class TxnRunner:
     def _loop(self) -> None:
         if self._nudge_reads:  # the timer's signal is for the FUSE thread
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            self._serve()
+        except BaseException as e:  # a bug: every caller would wait forever
+            log.critical("the store thread failed, volume is now read-only until remounted",
+                         exc_info=True)
+            if self.broken is None:
+                self.broken = FsError(errno.EIO, f"store thread failed: {e!r}")
+            self._answer_failed()
+
+    def _answer_failed(self) -> None:
+        """After the thread failed: drop the open batch and answer what waits and
+        whatever comes with the error, until stopped."""
+        if self._txn is not None:
+            txn, self._txn = self._txn, None
+            with contextlib.suppress(Exception):
+                txn.txn.abort()
+        if self._nudge_reads:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        failed = (False, _error_mode(self.broken), None)
+        waiting = [reply for reply, _ in self._held]
+        if self._running is not None:
+            waiting.append(self._running[-1])
+        self._held, self._running = [], None
+        for reply in waiting:
+            reply(failed)
+        while True:
+            while self._work:
+                item = self._work.popleft()
+                if item is _STOP:
+                    return
+                item[-1](failed)
+            self._wakeups.get()
+
+    def _serve(self) -> None:
         work = self._work
         while True:
             while work:
@@ -328,8 +364,9 @@ class TxnRunner:
                 if item is _STOP:
                     self._commit(durable=True)
                     return
+                self._running = item
                 self._run_item(*item)
-                item = None  # a flush's buffers go now, not when the next item comes
+                item = self._running = None  # a flush's buffers go now, not with the next item
             if self._held:  # durable operations that waited for the queue to empty
                 self._commit(durable=True)
             timeout = self._wait_time()
@@ -353,6 +390,7 @@ class TxnRunner:
         self._batch_last = self.applied = seq
         if durable:
             self._held.append((reply, outcome))
+            self._running = None  # answered with the held ones
             if not self._work or len(self._held) >= GROUP_COMMIT_MAX:
                 self._commit(durable=True)
             return  # else answered by the commit once the queued work ran
@@ -360,6 +398,7 @@ class TxnRunner:
             err = self._commit()
             if err is not None and outcome[0]:
                 outcome = (False, err, None)
+        self._running = None
         reply(outcome)
 
     def _wait_time(self) -> float | None:
@@ -398,7 +437,11 @@ class TxnRunner:
         """Commit the open batch (durably if an operation waits for that) and
         answer the operations that waited for a durable commit."""
         held, self._held = self._held, []
-        err = self._commit_batch(durable or bool(held))
+        try:
+            err = self._commit_batch(durable or bool(held))
+        except BaseException:
+            self._held = held + self._held  # still to answer (see _answer_failed)
+            raise
         for reply, outcome in held:
             if err is not None and outcome[0]:
                 outcome = (False, err, None)

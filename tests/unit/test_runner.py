@@ -301,6 +301,29 @@ async def test_a_failed_commit_fails_what_waits_and_everything_after(store, inod
         runner.stop()
 
 
+async def test_a_failed_store_thread_answers_every_caller(store, inodes, monkeypatch, caplog):
+    runner = await _runner(store, linger=10.0, max_age=10.0)
+    try:
+        await runner.run(_create(b"a", inodes))
+
+        def broken_commit(durable):
+            raise AttributeError("a bug in the commit")
+
+        monkeypatch.setattr(runner, "_commit_batch", broken_commit)
+        with trio.fail_after(10):  # not a caller left waiting forever
+            with pytest.raises(FsError) as failed:
+                await runner.run(_create(b"b", inodes), durable=True)
+            assert failed.value.errno == errno.EIO
+            with pytest.raises(FsError, match="error mode"):
+                await runner.run(_create(b"c", inodes))
+            with pytest.raises(FsError, match="error mode"):
+                await runner.sync()
+        assert "store thread failed" in caplog.text
+    finally:
+        runner.stop()
+    assert not _committed(store, inodes, b"a")  # the batch it held was dropped, not half stored
+
+
 async def test_run_sync_from_another_thread(store, inodes):
     runner = await _runner(store)
     try:

@@ -8,13 +8,25 @@ threads; uploads and downloads run in a thread pool over one client.
 """
 
 import email.utils
+import http.client
 import logging
 
 import boto3
 import botocore.config
 import botocore.exceptions
+import urllib3.exceptions
 
 from ..errors import RemoteError
+
+# The server cannot be reached, or went away in the middle of a request or its body.
+_CONNECTION_LOST = (botocore.exceptions.EndpointConnectionError,
+                    botocore.exceptions.ConnectionClosedError,
+                    botocore.exceptions.ConnectTimeoutError,
+                    botocore.exceptions.ReadTimeoutError,
+                    botocore.exceptions.ResponseStreamingError,
+                    botocore.exceptions.IncompleteReadError,
+                    urllib3.exceptions.ProtocolError,
+                    http.client.IncompleteRead)
 
 log = logging.getLogger(__name__)
 # boto3 tells at INFO where it found credentials: not a user's business, and
@@ -68,10 +80,7 @@ class Bucket:
             return RemoteError("no AWS credentials found: set AWS_ACCESS_KEY_ID and "
                                "AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials "
                                "(AWS_PROFILE)")
-        if isinstance(e, (botocore.exceptions.EndpointConnectionError,
-                          botocore.exceptions.ConnectionClosedError,
-                          botocore.exceptions.ConnectTimeoutError,
-                          botocore.exceptions.ReadTimeoutError)):
+        if isinstance(e, _CONNECTION_LOST):
             return RemoteError(f"remote {self.name}: cannot reach {self.where} while {what} "
                                f"({type(e).__name__})")
         if isinstance(e, botocore.exceptions.ClientError):

@@ -87,3 +87,12 @@ class Host:
 
     def import_files(self, volume: str, files: dict[str, bytes]) -> None:
         run_cli(self.store, "import", volume, input=make_tar(files))
+
+
+def two_hosts(cluster, base) -> tuple[Host, Host, str]:
+    """Two stores standing for two hosts, each with remote `r` on one new bucket."""
+    bucket = new_bucket()
+    a, b = Host(cluster, str(base / "a")), Host(cluster, str(base / "b"))
+    a.add_remote(bucket)
+    b.add_remote(bucket, create=False)
+    return a, b, bucket

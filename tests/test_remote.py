@@ -7,18 +7,14 @@ import os
 import pytest
 
 from conftest import Mounts, needs_fuse
-from remote_helpers import Host, aws_env, keys, new_bucket, volume_digests
+from remote_helpers import Host, aws_env, keys, new_bucket, two_hosts, volume_digests
 
 MiB = 1 << 20
 
 
 @pytest.fixture
 def hosts(ceph, tmp_path):
-    bucket = new_bucket()
-    a, b = Host(ceph, str(tmp_path / "a")), Host(ceph, str(tmp_path / "b"))
-    a.add_remote(bucket)
-    b.add_remote(bucket, create=False)
-    return a, b, bucket
+    return two_hosts(ceph, tmp_path)
 
 
 def test_remote_records_keep_no_credentials(ceph, tmp_path):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from remote_helpers import Host, keys, new_bucket, s3_client, volume_digests
+from remote_helpers import Host, keys, s3_client, two_hosts, volume_digests
 
 MiB = 1 << 20
 SMALL_PACKS = {"FUSEVOL_PACK_SIZE": str(256 << 10)}  # many packs (and requests) from little data
@@ -17,11 +17,7 @@ SMALL_PACKS = {"FUSEVOL_PACK_SIZE": str(256 << 10)}  # many packs (and requests)
 
 @pytest.fixture
 def hosts(ceph, tmp_path):
-    bucket = new_bucket()
-    a, b = Host(ceph, str(tmp_path / "a")), Host(ceph, str(tmp_path / "b"))
-    a.add_remote(bucket)
-    b.add_remote(bucket, create=False)
-    yield a, b, bucket
+    yield two_hosts(ceph, tmp_path)
     if "rgw" not in ceph.procs:
         ceph.start_rgw()  # a failed test must not leave the next without a server
 

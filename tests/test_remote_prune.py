@@ -7,18 +7,14 @@ import pytest
 
 from fusevol.remote.locks import PruneLock, PushLock
 from fusevol.remote.s3 import Bucket
-from remote_helpers import Host, keys, new_bucket, volume_digests
+from remote_helpers import Host, keys, two_hosts, volume_digests
 
 MiB = 1 << 20
 
 
 @pytest.fixture
 def hosts(ceph, tmp_path):
-    bucket = new_bucket()
-    a, b = Host(ceph, str(tmp_path / "a")), Host(ceph, str(tmp_path / "b"))
-    a.add_remote(bucket)
-    b.add_remote(bucket, create=False)
-    return a, b, bucket
+    return two_hosts(ceph, tmp_path)
 
 
 def _bucket(host: Host, monkeypatch) -> Bucket:

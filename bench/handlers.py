@@ -1,0 +1,132 @@
+"""fusevol's own cost per request, without the kernel: the handlers called in-process.
+
+The small-files workload sends 13 FUSE requests per file (counted with the
+kernel's fuse tracepoints): a negative LOOKUP, CREATE, GETXATTR
+(security.capability, before the write), WRITE, FLUSH, two SETATTRs (the
+times the writeback cache keeps), RELEASE, three GETATTRs, UNLINK and a
+FORGET. This bench calls the same handlers in the same order on a fusevol
+volume (a real store in a temporary folder, its store thread running) and on
+the in-memory ceiling (memfs.py), in one process, and prints the CPU time of
+each per file and per request type: what the stack (pyfuse3, trio, the
+kernel) costs is left out, so what remains is each filesystem's own work.
+CPU time is per thread (the trio thread's, and the whole process's, which
+includes the store thread), so it moves little with other load on the machine.
+
+    python bench/handlers.py [FILES]
+"""
+
+import collections
+import os
+import stat
+import sys
+import tempfile
+import time
+
+import pyfuse3
+import trio
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fusevol.fs.operations import VolumeOperations  # noqa: E402
+from fusevol.fs.runner import TxnRunner, share_gil_quickly  # noqa: E402
+from fusevol.fs.space import SpaceBudget  # noqa: E402
+from fusevol.store import Inodes, Store, volumes  # noqa: E402
+from memfs import MemoryOperations  # noqa: E402
+
+ROOT = pyfuse3.ROOT_INODE
+CAPABILITY = b"security.capability"
+
+
+class Ctx:
+    uid = gid = pid = 0
+    umask = 0o022
+
+
+class TimesFields:
+    """What the kernel's SETATTR of a file's times carries (pyfuse3's is read-only)."""
+    update_mode = update_uid = update_gid = update_size = update_atime = False
+    update_mtime = update_ctime = True
+
+
+async def small_files(ops, n: int, costs: collections.Counter) -> None:
+    """The kernel's requests for `n` x (create, write 4 KiB, close, stat, unlink)."""
+    ctx, data = Ctx(), b"x" * 4096
+    fields = TimesFields()
+    clock = time.thread_time_ns
+
+    async def timed(kind, coro):
+        t = clock()
+        try:
+            return await coro
+        finally:
+            costs[kind] += clock() - t
+
+    for i in range(n):
+        name = b"f%d" % i
+        await timed("lookup", ops.lookup(ROOT, name, ctx))
+        info, entry = await timed("create", ops.create(ROOT, name, 0o100644, os.O_WRONLY, ctx))
+        ino, fh = entry.st_ino, info.fh
+        try:
+            await timed("getxattr", ops.getxattr(ino, CAPABILITY, ctx))
+        except pyfuse3.FUSEError:
+            pass
+        await timed("write", ops.write(fh, 0, data))
+        await timed("flush", ops.flush(fh))
+        attr = await ops.getattr(ino, ctx)
+        attr.st_mtime_ns = attr.st_ctime_ns = time.time_ns()
+        for _ in range(2):
+            await timed("setattr", ops.setattr(ino, attr, fields, fh, ctx))
+        await timed("release", ops.release(fh))
+        for _ in range(3):
+            await timed("getattr", ops.getattr(ino, ctx))
+        await timed("unlink", ops.unlink(ROOT, name, ctx))
+        await timed("forget", ops.forget([(ino, 1)]))
+
+
+def _fusevol(folder: str):
+    store = Store.open(os.path.join(folder, "store"))
+    with store.write() as txn:
+        record = volumes.create(txn, "bench", {})
+    inodes = Inodes(record["vid"], store.block_size, record["compression"])
+    runner = TxnRunner(store)
+    runner.start()
+    space = SpaceBudget(store, None, 0, pending=lambda: runner.unstored_bytes)
+    return VolumeOperations(runner, inodes, space), runner
+
+
+async def _measure(ops, n: int) -> tuple[collections.Counter, float, float]:
+    costs: collections.Counter = collections.Counter()
+    await small_files(ops, 200, collections.Counter())  # warm up
+    t, p = time.thread_time(), time.process_time()
+    await small_files(ops, n, costs)
+    if isinstance(ops, VolumeOperations):  # what the store thread still has to do
+        await ops.runner.sync()
+    return costs, time.thread_time() - t, time.process_time() - p
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    share_gil_quickly()  # as a worker does
+    with tempfile.TemporaryDirectory(dir=os.environ.get("FUSEVOL_BENCH_DIR", "/var/tmp")) as d:
+        ops, runner = _fusevol(d)
+        try:
+            fv = trio.run(_measure, ops, n)
+        finally:
+            runner.stop()
+    mem = trio.run(_measure, MemoryOperations(), n)
+    print(f"{n} small files, handlers called in-process (CPU us per file)")
+    print("| request | per file | memfs us | fusevol us | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    per_file = {"getattr": 3, "setattr": 2}
+    for kind in sorted(fv[0], key=lambda k: -fv[0][k]):
+        m, f = mem[0][kind] / n / 1000, fv[0][kind] / n / 1000
+        print(f"| {kind} | {per_file.get(kind, 1)} | {m:.1f} | {f:.1f} | {f / m if m else 0:.1f}x |")
+    print(f"| trio thread, all | 13 | {mem[1] / n * 1e6:.1f} | {fv[1] / n * 1e6:.1f} | "
+          f"{fv[1] / mem[1]:.1f}x |")
+    print(f"| process (+ store thread) | | {mem[2] / n * 1e6:.1f} | {fv[2] / n * 1e6:.1f} | "
+          f"{fv[2] / mem[2]:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,8 @@ from a read (a lazily cloned folder reached for the first time) raises
 NeedsStore and runs on the store thread instead.
 """
 
+import collections
+
 from ..store import Store
 
 # The tables whose rows of this volume only this worker writes ("meta": the
@@ -37,6 +39,30 @@ class RowCache:
         # operation that wrote it; 0 for a row read from what is committed)
         self.rows: dict[tuple[str, bytes], tuple[bytes | None, int]] = {}
         self.committed = 0  # operations up to this number are on disk
+        # Rows of operations nobody waited for, handed over by the store
+        # thread; applied before the next read (sequence numbers order them).
+        self._later: collections.deque = collections.deque()
+        # Inodes numbered from `_first_fresh` on were made by this worker: all
+        # their rows are here (none evicted since), so a row of theirs missing
+        # here does not exist, and the store is not asked (see know_fresh).
+        self._first_fresh: int | None = None
+        self._owner = self._next_ino = None
+
+    def know_fresh(self, owner, next_ino) -> None:
+        """owner(table, key): the inode a row belongs to, or None; next_ino(txn):
+        the number the next new inode gets. Call before serving requests."""
+        self._owner, self._next_ino = owner, next_ino
+        with self.reader() as txn:
+            self._first_fresh = next_ino(txn)
+
+    def apply_later(self, writes, seq: int) -> None:
+        """From the store thread: rows for `apply`, applied before the next read."""
+        self._later.append((writes, seq))
+
+    def _catch_up(self) -> None:
+        later = self._later
+        while later:
+            self.apply(*later.popleft())
 
     def apply(self, writes, seq: int) -> None:
         """Rows operation `seq` wrote, as (table, key, value or None). A row a
@@ -52,11 +78,21 @@ class RowCache:
     def _evict(self) -> None:
         committed = self.committed
         self.rows = {k: v for k, v in self.rows.items() if v[1] > committed}
+        if self._first_fresh is not None:  # rows of inodes made so far may be gone now
+            with self.reader() as txn:
+                self._first_fresh = self._next_ino(txn)
 
     def get(self, table: str, key: bytes, reader: "CachedTxn"):
+        if self._later:
+            self._catch_up()
         entry = self.rows.get((table, key))
         if entry is not None:
             return entry[0]
+        first_fresh = self._first_fresh
+        if first_fresh is not None and table != "meta":
+            owner = self._owner(table, key)
+            if owner is not None and owner >= first_fresh:
+                return None
         value = reader.committed(table, key)
         if table in CACHED_TABLES:
             self.rows[table, key] = (value, 0)

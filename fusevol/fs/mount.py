@@ -26,7 +26,7 @@ from .operations import VolumeOperations
 from .registry import (  # noqa: F401  (the outside view, re-exported)
     clear_dead_mount, flush_worker, is_mountpoint, mount_dir, pid_alive, register, start_worker,
     unmount, worker_of, workers)
-from .runner import TxnRunner
+from .runner import TxnRunner, share_gil_quickly
 from .space import SpaceBudget
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,7 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         raise Busy(f"volume {data_volume['name']} is already served at {other['mountpoint']} "
                    f"(pid {other['pid']}); bind-mount that instead")
 
-    # The FUSE loop and the store thread share the GIL; hand it over quickly
-    # so a request never waits out the default 5 ms behind a busy flush.
-    sys.setswitchinterval(float(os.environ.get("FUSEVOL_SWITCH_INTERVAL", "0.0005")))
+    share_gil_quickly()
     inodes = Inodes(data_volume["vid"], store.block_size, data_volume["compression"])
     # Interrupts system calls (no SA_RESTART): see TxnRunner's nudge_reads.
     signal.signal(signal.SIGALRM, lambda *_: None)

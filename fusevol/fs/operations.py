@@ -115,6 +115,7 @@ class VolumeOperations(pyfuse3.Operations):
         self.metrics = metrics.WorkerMetrics()
         self.runner = runner
         self.inodes = inodes
+        runner.cache.know_fresh(inodes.row_owner, inodes.next_ino)
         self.readonly = readonly
         self.root_ino = root_ino  # a subpath view serves this directory as its root
         self.space = space

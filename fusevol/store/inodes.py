@@ -148,6 +148,17 @@ class Inodes:
         txn.put("meta", key, u64(ino + 1))
         return ino
 
+    def next_ino(self, txn: Txn) -> int:
+        """The number the next new inode of this volume gets."""
+        return read_u64(txn.get("meta", b"next_ino" + u64(self.vid)))
+
+    def row_owner(self, table: str, key: bytes) -> int | None:
+        """The inode a row of this volume belongs to (a folder's entries and
+        change notes belong to the folder); None for store-wide rows."""
+        if table == "meta" or len(key) < 16 or read_u64(key) != self.vid:
+            return None
+        return read_u64(key, 8)
+
     def _dir(self, txn: Txn, ino: int) -> Inode:
         inode = self.get(txn, ino)
         if not stat.S_ISDIR(inode.mode):

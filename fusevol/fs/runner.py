@@ -175,6 +175,7 @@ class TxnRunner:
         work nobody waits for, such as giving back a deleted file's data (a
         foreseen operation, see run); an error is logged."""
         cache = self.cache
+        seq = self._seq + 1  # what _enqueue numbers it: the store thread may answer first
 
         def reply(outcome):
             # No trio wakeup: nobody waits, and the rows join the cache before
@@ -187,7 +188,7 @@ class TxnRunner:
                 log.warning("background store operation %s failed: %s",
                             getattr(fn, "__name__", fn), value)
 
-        seq = self._enqueue(fn, args, False, reply, True, wake=False)
+        self._enqueue(fn, args, False, reply, True, wake=False)
 
     @property
     def unstored_bytes(self) -> int:

@@ -3,6 +3,7 @@ the store, until an eviction drops rows of them; rows handed over later by
 the store thread are applied before the next read."""
 
 import errno
+import time
 
 import pytest
 
@@ -66,6 +67,30 @@ async def test_rows_of_background_operations_are_seen_by_the_next_read(runner, i
     await runner.change(inodes.unlink, ROOT_INO, b"f")
     runner.submit(inodes.purge, ino)
     await runner.sync()  # the purge ran, its rows were handed over without a wakeup
+    with pytest.raises(FsError) as e:
+        await runner.read(inodes.get, ino)
+    assert e.value.errno == errno.ENOENT
+
+
+async def test_a_background_operation_answered_before_submit_returns(runner, inodes, monkeypatch):
+    """The store thread may run a submitted operation and hand its rows over
+    before submit has returned: the rows still carry the operation's number."""
+    ino, _ = await runner.change(inodes.create, ROOT_INO, b"f", FILE, 0, 0)
+    await runner.change(inodes.unlink, ROOT_INO, b"f")
+    real_put = runner._put
+
+    def put_and_let_it_run(item, wake=True):
+        real_put(item, True)
+        deadline = time.monotonic() + 5
+        while runner._work and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.05)  # its reply runs meanwhile
+
+    monkeypatch.setattr(runner, "_put", put_and_let_it_run)
+    runner.submit(inodes.purge, ino)
+    monkeypatch.setattr(runner, "_put", real_put)
+    await runner.sync()
+    assert runner.broken is None
     with pytest.raises(FsError) as e:
         await runner.read(inodes.get, ino)
     assert e.value.errno == errno.ENOENT

@@ -1,10 +1,12 @@
 """fusevol's own cost per request, without the kernel: the handlers called in-process.
 
-The small-files workload sends 13 FUSE requests per file (counted with the
-kernel's fuse tracepoints): a negative LOOKUP, CREATE, GETXATTR
-(security.capability, before the write), WRITE, FLUSH, two SETATTRs (the
-times the writeback cache keeps), RELEASE, three GETATTRs, UNLINK and a
-FORGET. This bench calls the same handlers in the same order on a fusevol
+The small-files workload (bench/workloads.py: in a new folder, create, write
+4 KiB, close and stat each file, then unlink them all) sends 13 FUSE requests
+per file, in this order (the kernel's fuse tracepoints show it): a negative
+LOOKUP, CREATE, GETXATTR (security.capability, before the write), WRITE,
+SETATTR (the times the writeback cache keeps), FLUSH, RELEASE, two GETATTRs;
+then UNLINK, SETATTR (the times of the deleted file), GETATTR and a FORGET.
+This bench calls the same handlers in the same order on a fusevol
 volume (a real store in a temporary folder, its store thread running) and on
 the in-memory ceiling (memfs.py), in one process, and prints the CPU time of
 each per file and per request type: what the stack (pyfuse3, trio, the
@@ -49,9 +51,10 @@ class TimesFields:
     update_mtime = update_ctime = True
 
 
-async def small_files(ops, n: int, costs: collections.Counter) -> None:
-    """The kernel's requests for `n` x (create, write 4 KiB, close, stat, unlink)."""
-    ctx, data = Ctx(), b"x" * 4096
+async def small_files(ops, n: int, costs: collections.Counter, folder: bytes) -> None:
+    """The kernel's requests for bench/workloads.py's small files: in a new
+    folder, `n` x (create, write 4 KiB, close, stat), then `n` unlinks."""
+    ctx, data = Ctx(), os.urandom(4096)
     fields = TimesFields()
     clock = time.thread_time_ns
 
@@ -62,25 +65,31 @@ async def small_files(ops, n: int, costs: collections.Counter) -> None:
         finally:
             costs[kind] += clock() - t
 
+    parent = (await ops.mkdir(ROOT, folder, stat.S_IFDIR | 0o755, ctx)).st_ino
+    inos = []
     for i in range(n):
-        name = b"f%d" % i
-        await timed("lookup", ops.lookup(ROOT, name, ctx))
-        info, entry = await timed("create", ops.create(ROOT, name, 0o100644, os.O_WRONLY, ctx))
+        name = b"f%06d" % i
+        await timed("lookup", ops.lookup(parent, name, ctx))
+        info, entry = await timed("create", ops.create(parent, name, 0o100644, os.O_WRONLY, ctx))
         ino, fh = entry.st_ino, info.fh
         try:
             await timed("getxattr", ops.getxattr(ino, CAPABILITY, ctx))
         except pyfuse3.FUSEError:
             pass
         await timed("write", ops.write(fh, 0, data))
-        await timed("flush", ops.flush(fh))
         attr = await ops.getattr(ino, ctx)
         attr.st_mtime_ns = attr.st_ctime_ns = time.time_ns()
-        for _ in range(2):
-            await timed("setattr", ops.setattr(ino, attr, fields, fh, ctx))
+        await timed("setattr", ops.setattr(ino, attr, fields, fh, ctx))
+        await timed("flush", ops.flush(fh))
         await timed("release", ops.release(fh))
-        for _ in range(3):
+        for _ in range(2):
             await timed("getattr", ops.getattr(ino, ctx))
-        await timed("unlink", ops.unlink(ROOT, name, ctx))
+        inos.append(ino)
+    for i, ino in enumerate(inos):
+        await timed("unlink", ops.unlink(parent, b"f%06d" % i, ctx))
+        attr.st_ctime_ns = time.time_ns()
+        await timed("setattr", ops.setattr(ino, attr, fields, None, ctx))
+        await timed("getattr", ops.getattr(ino, ctx))
         await timed("forget", ops.forget([(ino, 1)]))
 
 
@@ -97,9 +106,9 @@ def _fusevol(folder: str):
 
 async def _measure(ops, n: int) -> tuple[collections.Counter, float, float]:
     costs: collections.Counter = collections.Counter()
-    await small_files(ops, 200, collections.Counter())  # warm up
+    await small_files(ops, 200, collections.Counter(), b"warm-up")
     t, p = time.thread_time(), time.process_time()
-    await small_files(ops, n, costs)
+    await small_files(ops, n, costs, b"small")
     if isinstance(ops, VolumeOperations):  # what the store thread still has to do
         await ops.runner.sync()
     return costs, time.thread_time() - t, time.process_time() - p

@@ -210,6 +210,9 @@ class FileData:
         `then(txn)`, a store function, runs in the same store call once the
         data is stored; its result is returned.
         """
+        if not (self.dirty or self.times_pending or durable or then is not None
+                or self.flush_lock.locked()):
+            return None  # nothing to store and no flush to wait for (close after a flush)
         async with self.flush_lock:
             if not self.dirty and not self.times_pending:
                 if then is not None:

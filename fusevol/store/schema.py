@@ -61,6 +61,7 @@ def vkey(vid: int, *parts) -> bytes:
 
 
 _INODE = struct.Struct(">IIIIQqqqQQQI32s")
+_INODE_SIZE = _INODE.size
 _FLAGS = struct.Struct(">I")
 _FLAGS_AT = struct.calcsize(">IIIIQqqqQQQ")
 
@@ -97,7 +98,8 @@ def time_in_range(ns: int) -> bool:
 def pack_times(times: tuple[int, int, int]) -> tuple[tuple[int, int, int], bytes]:
     """The three times as int64 fields, and the extension holding their
     seconds when one of them does not fit int64 nanoseconds (else b"")."""
-    if all(_I64_MIN <= t <= _I64_MAX for t in times):
+    a, m, c = times
+    if _I64_MIN <= a <= _I64_MAX and _I64_MIN <= m <= _I64_MAX and _I64_MIN <= c <= _I64_MAX:
         return times, b""
     return tuple(t % NS for t in times), _SECONDS.pack(*(t // NS for t in times))
 
@@ -149,14 +151,13 @@ class Inode:
 
     @classmethod
     def unpack(cls, raw) -> "Inode":
-        raw = bytes(raw)
-        fields = list(_INODE.unpack_from(raw))
-        rest = _INODE.size
-        if fields[11] & WIDE_TIMES:
-            fields[5:8] = unpack_times(fields[5:8], raw, rest)
-            fields[11] &= ~WIDE_TIMES
-            rest += WIDE_TIMES_SIZE
-        return cls(*fields, target=raw[rest:])
+        fields = _INODE.unpack_from(raw)
+        if not fields[11] & WIDE_TIMES:
+            return cls(*fields, target=bytes(raw[_INODE_SIZE:]))
+        fields = list(fields)
+        fields[5:8] = unpack_times(fields[5:8], raw, _INODE_SIZE)
+        fields[11] &= ~WIDE_TIMES
+        return cls(*fields, target=bytes(raw[_INODE_SIZE + WIDE_TIMES_SIZE:]))
 
 
 _REF = struct.Struct(">QII")

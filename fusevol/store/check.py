@@ -120,7 +120,8 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
     damaged = c.missing_objects | c.bad_objects
     if damaged:
         raise StoreDamaged(f"{len(damaged)} reachable tree object(s) are missing or damaged "
-                           f"(first {short(next(iter(damaged)))}); gc deletes nothing: run fusevol verify")
+                           f"(first {short(next(iter(damaged)))}); gc deletes nothing",
+                           reason="damaged")
     progress.start("sweeping", entries(txn, "refs") + entries(txn, "orefs"))
     _sweep_chunks(txn, c, report, progress)
     _sweep_objects(txn, c, report, progress)

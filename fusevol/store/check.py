@@ -21,7 +21,7 @@ from .env import Txn
 from .inodes import Inodes
 from .schema import (LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, pack_ref, read_u64, u64, unpack_ref,
                      vkey)
-from .stream import NoProgress
+from ..progress import NoProgress
 
 
 def entries(txn: Txn, table: str) -> int:

@@ -31,13 +31,11 @@ def snapshot_create(ctx, ref, as_json):
 @click.pass_context
 def snapshot_ls(ctx, volume, as_json):
     """List snapshots (of VOLUME, or of all volumes)."""
-    from ..store import snapshots
-
-    with open_store(ctx).read() as txn:
-        snaps = snapshots.list_all(txn, volume)
-        for snap in snaps:
-            snap.pop("hardlinks")
-            snap["unique_bytes"], snap["unique_disk_bytes"] = snapshots.held_alone(txn, snap)
+    snaps = []
+    for snap, unique, on_disk in open_service(ctx).snapshots(volume):
+        row = snap.to_dict()
+        row.pop("hardlinks")
+        snaps.append({**row, "unique_bytes": unique, "unique_disk_bytes": on_disk})
     # UNIQUE: stored bytes only this snapshot holds; ON DISK: what deleting it frees in the store file.
     lines = [f"{'SNAPSHOT':<45} {'CREATED':<21} {'SIZE':>10} {'UNIQUE':>10} {'ON DISK':>10}"]
     for s in snaps:
@@ -72,9 +70,8 @@ def clone(ctx, ref, new_volume, opts, as_json):
     from ..store import snapshots
 
     volume, name = snapshots.parse_ref(ref)
-    with open_store(ctx).write() as txn:
-        record = snapshots.clone(txn, volume, name, new_volume, parse_opts(opts))
-    emit(record, as_json, new_volume)
+    record = open_service(ctx).clone(volume, name, new_volume, parse_opts(opts))
+    emit(record.to_dict(), as_json, new_volume)
 
 
 @command()

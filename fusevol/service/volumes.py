@@ -125,6 +125,22 @@ class VolumeService:
         with self.store.write() as txn:
             return Snapshot.from_dict(snapshots.create(txn, volume, name))
 
+    def snapshots(self, volume: str | None = None) -> list[tuple[Snapshot, int, int]]:
+        """Snapshots (of `volume`, or all), each with what deleting it alone
+        frees: stored bytes, and bytes of the store's file (snapshots.held_alone)."""
+        from ..store import snapshots
+
+        with self.store.read() as txn:
+            return [(Snapshot.from_dict(s), *snapshots.held_alone(txn, s))
+                    for s in snapshots.list_all(txn, volume)]
+
+    def clone(self, volume: str, name: str, new_volume: str, opts: dict | None = None) -> Volume:
+        """A new volume starting as snapshot `volume`@`name` (nothing copied)."""
+        from ..store import snapshots
+
+        with self.store.write() as txn:
+            return Volume.from_dict(snapshots.clone(txn, volume, name, new_volume, opts))
+
     def rollback(self, volume: str, name: str, force: bool = False) -> None:
         """Return `volume` to snapshot `name`. Refused while containers use it
         or a worker serves it; with `force`, that worker stores what it holds,

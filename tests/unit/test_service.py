@@ -154,10 +154,14 @@ def test_receive_target_served(store, service):
     assert service.receive_target_served("vol") and not service.receive_target_served("other")
 
 
-def test_a_snapshot_through_the_service_is_typed(store, service):
+def test_snapshots_and_clones_through_the_service_are_typed(store, service):
     make(store, "vol")
     snap = service.snapshot("vol", "s1")  # no worker: nothing to flush
     assert (snap.ref, snap.logical_bytes) == ("vol@s1", 0)
+    [(listed, alone, on_disk)] = service.snapshots("vol")
+    assert (listed, alone, on_disk) == (snap, 0, 0)  # the live volume holds the same tree
+    copy = service.clone("vol", "s1", "copy")
+    assert (copy.name, copy.options["from-snapshot"], copy.is_view) == ("copy", "vol@s1", False)
 
 
 # -- errors carry data; the edges word them ----------------------------------------------

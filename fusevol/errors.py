@@ -2,7 +2,13 @@
 
 Each error knows the errno the filesystem answers with and the exit code the
 CLI ends with; every edge maps it once (FUSE -> FUSEError(errno), plugin ->
-{"Err": str(error)}, CLI -> one line on stderr and the exit code).
+{"Err": message}, CLI -> one line on stderr and the exit code).
+
+An error says what is wrong, never what to type about it: the layers below
+the edges do not know which edge a user stands at. What a user can do is
+carried as data (`reason` and `details`), and each edge words its own advice
+(cli/advice.py adds commands and flags, plugin/protocol.py what a Docker user
+can do).
 """
 
 import errno
@@ -12,8 +18,10 @@ class FusevolError(Exception):
     errno = errno.EIO
     exit_code = 1
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, reason: str | None = None, **details):
         super().__init__(message)
+        self.reason = reason  # a short name an edge may advise on, e.g. "has_snapshots"
+        self.details = details  # what the advice needs: the volume's name, ...
 
 
 class NotFound(FusevolError):
@@ -34,6 +42,18 @@ class InvalidArgument(FusevolError):
 class Busy(FusevolError):
     errno = errno.EBUSY
     exit_code = 5
+
+
+class InUse(Busy):
+    """A volume held by something that a change must not pull the data from
+    under: containers counted on it, a worker serving it, a mount at its
+    place. `holder` says which ("containers", "worker", "mount"), `action`
+    what was refused ("remove", "rollback", "receive", ...)."""
+
+    def __init__(self, message: str, *, volume: str, holder: str, action: str, **details):
+        super().__init__(message, reason="in_use", volume=volume, holder=holder, action=action,
+                         **details)
+        self.volume, self.holder, self.action = volume, holder, action
 
 
 class NoSpace(FusevolError):

@@ -250,7 +250,7 @@ class CrashHarness:
         workload.start()
         if plugin:
             plugin.start()
-        worker_pid = registry.worker_of(self.store_path, volume=WORK)["pid"]
+        worker_pid = registry.worker_of(self.store_path, volume=WORK).pid
         problems: list[str] = []
         crashed = victim == "worker"
         try:
@@ -413,7 +413,7 @@ class CrashHarness:
             problems.append(f"fusevol verify exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
         if victim == "daemon":
             info = registry.worker_of(self.store_path, volume=WORK)
-            if info is None or info["pid"] != worker_pid:
+            if info is None or info.pid != worker_pid:
                 problems.append(f"the worker of work changed after a daemon kill: {info}")
         self.observed = observe_mount(self.mp)
         self._check_volume(crashed, hist, problems)

@@ -88,7 +88,7 @@ class PluginDaemon:
         unmount_under(os.path.join(self.store, "mnt"))
         deadline = time.monotonic() + 60
         for info in mount.workers(self.store):
-            while mount.pid_alive(info["pid"]) and time.monotonic() < deadline:
+            while mount.pid_alive(info.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
 
 

@@ -35,7 +35,7 @@ def damaged(mounts):
 
 def test_reading_a_damaged_block_fails_with_eio(mounts, damaged):
     mp = mounts.mount("vol", create=False)
-    pid = registry.worker_of(mounts.store_path, volume="vol")["pid"]
+    pid = registry.worker_of(mounts.store_path, volume="vol").pid
     fd = os.open(os.path.join(mp, "victim"), os.O_RDONLY)
     try:
         with pytest.raises(OSError) as failed:
@@ -61,7 +61,7 @@ def test_reading_a_damaged_block_fails_with_eio(mounts, damaged):
         except OSError:
             pass
     # The worker keeps serving, and the rest of the volume reads right.
-    assert registry.worker_of(mounts.store_path, volume="vol")["pid"] == pid
+    assert registry.worker_of(mounts.store_path, volume="vol").pid == pid
     with open(os.path.join(mp, "intact"), "rb") as f:
         assert f.read() == damaged["intact"]
 

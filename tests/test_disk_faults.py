@@ -32,7 +32,7 @@ class Scene:
         self.mp = mounts.mount("vol")
         for i in range(4):
             self.write(f"kept{i}", random.Random(f"kept{i}").randbytes(3 * MiB + 100))
-        self.pid = registry.worker_of(self.store, volume="vol")["pid"]
+        self.pid = registry.worker_of(self.store, volume="vol").pid
 
     def path(self, name: str) -> str:
         return os.path.join(self.mp, name)

@@ -45,14 +45,14 @@ def test_sigkill_keeps_every_fsynced_byte(mounts, store_path):
         assert line, "writer died before the crash"
         synced = int(line)
     worker = worker_of(store_path, volume="crash")
-    os.kill(worker["pid"], signal.SIGKILL)  # mid-stream: the writer never stops on its own
+    os.kill(worker.pid, signal.SIGKILL)  # mid-stream: the writer never stops on its own
     writer.kill()
     writer.wait()
     for line in writer.stdout:  # fsyncs that returned before the kill count too
         synced = max(synced, int(line))
 
     deadline = time.time() + 10
-    while os.path.exists(f"/proc/{worker['pid']}") and time.time() < deadline:
+    while os.path.exists(f"/proc/{worker.pid}") and time.time() < deadline:
         time.sleep(0.05)
     mounts.umount(mp)  # detaches the dead mount
     mp = mounts.mount("crash", create=False)

@@ -41,7 +41,7 @@ def test_forked_worker_serves_and_its_data_stays(store_path, tmp_path, forkserve
     pid = registry.start_worker(store_path, "vol", mp, forkserver=forkserver)
     try:
         assert _parent(pid) == forkserver.pid
-        assert registry.worker_of(store_path, volume="vol")["pid"] == pid
+        assert registry.worker_of(store_path, volume="vol").pid == pid
         with open(os.path.join(mp, "f"), "wb") as f:
             f.write(b"forked" * 1000)
             os.fsync(f.fileno())

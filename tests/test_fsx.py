@@ -95,7 +95,7 @@ def _mount(mounts, name: str, env: dict) -> str:
     mountpoint = mounts.mount(name, env=env)
     # The knob is read by the worker at mount time: make sure it got there.
     info = worker_of(mounts.store_path, mountpoint=mountpoint)
-    with open(f"/proc/{info['pid']}/environ", "rb") as f:
+    with open(f"/proc/{info.pid}/environ", "rb") as f:
         seen = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
     for key, value in env.items():
         assert seen.get(key.encode()) == value.encode(), f"{key} did not reach the worker"

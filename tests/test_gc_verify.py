@@ -189,9 +189,9 @@ def test_gc_purges_orphans_only_of_volumes_no_worker_serves(mounts, store_path):
         os.unlink(os.path.join(mp, "open-then-deleted"))
         held.append(f)
     worker = worker_of(store_path, volume="dead")
-    os.kill(worker["pid"], signal.SIGKILL)  # its open, unlinked file stays behind as an orphan
+    os.kill(worker.pid, signal.SIGKILL)  # its open, unlinked file stays behind as an orphan
     deadline = time.time() + 10
-    while os.path.exists(f"/proc/{worker['pid']}") and time.time() < deadline:
+    while os.path.exists(f"/proc/{worker.pid}") and time.time() < deadline:
         time.sleep(0.05)
     try:
         held[0].close()

@@ -65,10 +65,17 @@ SCHEMA = "fusevol.store.schema"
 KNOWN_SCHEMA_USERS: dict[str, str] = {}
 # Each layer and the layers it must not import (lazily or not).
 ABOVE = {
-    "fusevol.store": ("fusevol.fs", "fusevol.remote", "fusevol.plugin", "fusevol.cli"),
-    "fusevol.fs": ("fusevol.remote", "fusevol.plugin", "fusevol.cli"),
+    # the vocabulary every layer shares: it names nothing of the project
+    "fusevol.errors": ("fusevol.",),
+    "fusevol.records": ("fusevol.",),
+    "fusevol.progress": ("fusevol.",),
+    "fusevol.store": ("fusevol.fs", "fusevol.remote", "fusevol.service", "fusevol.plugin",
+                      "fusevol.cli"),
+    "fusevol.fs": ("fusevol.remote", "fusevol.service", "fusevol.plugin", "fusevol.cli"),
     # remotes sit on the store beside the FUSE side, below the plugin and the CLI
-    "fusevol.remote": ("fusevol.fs", "fusevol.plugin", "fusevol.cli"),
+    "fusevol.remote": ("fusevol.fs", "fusevol.service", "fusevol.plugin", "fusevol.cli"),
+    # the volume service: on the store and the workers, below the plugin and the CLI
+    "fusevol.service": ("fusevol.remote", "fusevol.plugin", "fusevol.cli"),
     "fusevol.plugin": ("fusevol.cli",),
 }
 
@@ -100,6 +107,8 @@ def _imports(module: str, path: pathlib.Path) -> set[str]:
 
 
 def _under(name: str, package: str) -> bool:
+    if package.endswith("."):  # anything in the package
+        return name.startswith(package)
     return name == package or name.startswith(package + ".")
 
 

@@ -13,7 +13,7 @@ def test_clear_dead_mount_despite_cached_attributes(mounts, store_path):
     mp = mounts.mount("vol")
     os.stat(mp)  # the root's attributes are now cached by the kernel
     assert mount.clear_dead_mount(mp) is False  # alive: left alone
-    pid = mount.worker_of(store_path, mountpoint=mp)["pid"]
+    pid = mount.worker_of(store_path, mountpoint=mp).pid
     os.kill(pid, signal.SIGKILL)
     while mount.pid_alive(pid):
         time.sleep(0.01)

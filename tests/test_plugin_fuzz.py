@@ -75,7 +75,7 @@ def driver(tmp_path_factory):
     yield d
     for info in mount.workers(store_path):
         try:
-            mount.unmount(store_path, info["mountpoint"], timeout=30)
+            mount.unmount(store_path, info.mountpoint, timeout=30)
         except FusevolError:
             pass
     unmount_under(d.sup.mnt_dir)

@@ -23,16 +23,16 @@ def driver(store_path):
     yield d
     if os.path.isdir(d.sup.mnt_dir):
         for info in mount.workers(store_path):
-            if mount.is_mountpoint(info["mountpoint"]):
+            if mount.is_mountpoint(info.mountpoint):
                 try:
-                    mount.unmount(store_path, info["mountpoint"], timeout=30)
+                    mount.unmount(store_path, info.mountpoint, timeout=30)
                 except FusevolError:
                     pass
         unmount_under(d.sup.mnt_dir)
 
 
-def workers_of(store_path: str, name: str) -> list[dict]:
-    return [w for w in mount.workers(store_path) if w["volume"] == name]
+def workers_of(store_path: str, name: str) -> list:
+    return [w for w in mount.workers(store_path) if w.volume == name]
 
 
 # -- without mounts -------------------------------------------------------------------
@@ -277,11 +277,11 @@ def test_mount_counts_per_id(driver, store_path):
 def test_counts_survive_a_new_daemon(driver, store_path):
     driver.create({"Name": "vol"})
     path = driver.mount({"Name": "vol", "ID": "c1"})["Mountpoint"]
-    pid = workers_of(store_path, "vol")[0]["pid"]
+    pid = workers_of(store_path, "vol")[0].pid
     fresh = Driver(Supervisor(store_path))  # what a restarted daemon sees
     assert fresh.get({"Name": "vol"})["Volume"]["Mountpoint"] == path
     fresh.sup.reconcile("vol")  # adopts: no second worker
-    assert [w["pid"] for w in workers_of(store_path, "vol")] == [pid]
+    assert [w.pid for w in workers_of(store_path, "vol")] == [pid]
     fresh.unmount({"Name": "vol", "ID": "c1"})
     assert not mount.pid_alive(pid) and not mount.is_mountpoint(path)
 
@@ -351,7 +351,7 @@ def test_dead_worker_is_replaced(driver, store_path):
         f.flush()
         os.fsync(f.fileno())
     view = driver.mount({"Name": "view", "ID": "c2"})["Mountpoint"]
-    pid = workers_of(store_path, "src")[0]["pid"]
+    pid = workers_of(store_path, "src")[0].pid
     os.kill(pid, signal.SIGKILL)
     while mount.pid_alive(pid):
         time.sleep(0.01)

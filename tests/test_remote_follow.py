@@ -27,9 +27,9 @@ def _driver(host: Host) -> Driver:
 def _cleanup(driver: Driver) -> None:
     driver.sup.follower.close()
     for info in mount.workers(driver.store.path):
-        if mount.is_mountpoint(info["mountpoint"]):
+        if mount.is_mountpoint(info.mountpoint):
             try:
-                mount.unmount(driver.store.path, info["mountpoint"], timeout=30)
+                mount.unmount(driver.store.path, info.mountpoint, timeout=30)
             except FusevolError:
                 pass
     unmount_under(driver.sup.mnt_dir)

@@ -69,7 +69,7 @@ def _push(path: str, total_mib: int, seed: int, then_tries: int = 20):
 
 
 def _worker_pid(store: str, volume: str) -> int:
-    return registry.worker_of(store, volume=volume)["pid"]
+    return registry.worker_of(store, volume=volume).pid
 
 
 @pytest.fixture

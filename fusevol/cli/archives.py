@@ -7,9 +7,9 @@ import sys
 import click
 
 from .. import errors
-from .common import flushed, open_store, parse_opts, quiet_option
+from .common import open_service, open_store, parse_opts, quiet_option
 from .group import command
-from .progress import ByteReport
+from .progress import phases
 
 
 @contextlib.contextmanager
@@ -48,18 +48,16 @@ def export(ctx, ref, output, quiet):
 
     Extract it with: tar --xattrs --xattrs-include='*' -xpf FILE
     """
-    from ..store import snapshots, tar_export, volumes
+    from ..store import snapshots, tar_export
 
-    store = open_store(ctx)
+    service = open_service(ctx)
+    store = service.store
     volume, name = snapshots.parse_ref(ref, need_snapshot=False)
     if name is None:
-        with store.read() as txn:
-            record = volumes.get(txn, volume)
-        flushed(ctx, record.get("source") or volume)
-    with _output(output) as out, ByteReport("export", quiet) as report:
+        service.flush_for_read(volume, missing_ok=False)
+    with _output(output) as out, phases(quiet) as progress:
         try:
-            tar_export.export(store, ref, out, on_total=report.total, on_bytes=report.advance,
-                              warn=report.warn)
+            tar_export.export(store, ref, out, progress=progress)
         except BrokenPipeError:
             # The reader went away (export | head): nothing more to say on a pipe that is gone.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -88,9 +86,7 @@ def import_(ctx, volume, file, opts, strip, quiet):
         else:
             source = stack.enter_context(open(file, "rb"))
             size = os.fstat(source.fileno()).st_size or None
-        report = stack.enter_context(ByteReport("import", quiet))
-        if size:
-            report.total(size)
+        progress = stack.enter_context(phases(quiet))
         tar_import.import_tar(store, volume, source, opts=parse_opts(opts), strip=strip,
-                              on_bytes=report.advance, warn=report.warn)
+                              size=size, progress=progress)
     click.echo(volume)

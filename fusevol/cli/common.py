@@ -17,11 +17,11 @@ def open_store(ctx: click.Context):
     return Store.open(store_path(ctx))
 
 
-def flushed(ctx: click.Context, volume: str) -> None:
-    """Data written before the command started must be in what it reads."""
-    from ..fs.registry import flush_worker
+def open_service(ctx: click.Context):
+    """The volume service (fusevol/service/) on the command's store."""
+    from ..service import VolumeService
 
-    flush_worker(store_path(ctx), volume)
+    return VolumeService(open_store(ctx))
 
 
 def emit(data, as_json: bool, text: str) -> None:

@@ -78,7 +78,9 @@ class Group(_SharedOptions, click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # usage errors and deliberate exits: click's own way
         except errors.FusevolError as e:
-            fail(str(e), e.exit_code)
+            from .advice import worded
+
+            fail(worded(e), e.exit_code)
         except OSError as e:
             if isinstance(e, BrokenPipeError):
                 _silence_stdout()

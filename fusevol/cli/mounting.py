@@ -27,10 +27,10 @@ def mount(ctx, name, mountpoint, readonly, subpath, background, options, ready_f
     readonly = readonly or parsed.readonly
     subpath = subpath or parsed.subpath
     if background:
-        from ..fs.registry import start_worker
+        from ..service import VolumeService
 
-        start_worker(store_path(ctx), name, mountpoint, readonly=readonly, subpath=subpath,
-                     options=options, fsname=fsname)
+        VolumeService.open(store_path(ctx)).start_worker(
+            name, mountpoint, readonly=readonly, subpath=subpath, options=options, fsname=fsname)
         return
     from ..fs.worker import serve_reporting  # pyfuse3 and trio: only the worker needs them
 
@@ -44,6 +44,6 @@ def mount(ctx, name, mountpoint, readonly, subpath, background, options, ready_f
 @click.pass_context
 def umount(ctx, mountpoint, lazy):
     """Unmount MOUNTPOINT once its data is stored."""
-    from ..fs.registry import unmount
+    from ..service import VolumeService
 
-    unmount(store_path(ctx), mountpoint, lazy=lazy)
+    VolumeService.open(store_path(ctx)).stop_worker(mountpoint, lazy=lazy)

@@ -3,8 +3,8 @@ S3-compatible object storage. Credentials come from the AWS chain (boto3)."""
 
 import click
 
-from .common import emit, human, json_option, open_store, quiet_option
-from .group import command, group, store_path
+from .common import emit, human, json_option, open_service, open_store, quiet_option
+from .group import command, group
 from .progress import phases
 
 
@@ -185,16 +185,15 @@ def pull(ctx, name, ref, new_volume, force, as_json, quiet):
     Into NEWVOLUME (a new volume), or into VOLUME: a new volume if there is
     none here, else the local VOLUME is rolled to the snapshot (as receive does
     with an incremental stream: unmounted, unchanged since a snapshot)."""
-    from ..fs.registry import worker_of
     from ..remote import pull as pulling
     from ..store import snapshots
 
     volume, snap = snapshots.parse_ref(ref)
     record = _remote(ctx, name)
-    target = new_volume or volume
-    mounted = worker_of(store_path(ctx), volume=target) is not None
+    service = open_service(ctx)
+    mounted = service.receive_target_served(new_volume or volume)
     with phases(quiet or as_json) as progress:
-        report = pulling.pull(open_store(ctx), record, volume, snap, new_volume, force=force,
+        report = pulling.pull(service.store, record, volume, snap, new_volume, force=force,
                               mounted=mounted, progress=progress)
     emit(report, as_json, f"{name}:{ref} -> {report['snapshot']}: "
          f"{human(report['downloaded_bytes'])} downloaded in {report['seconds']:.1f} s")

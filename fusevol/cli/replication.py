@@ -7,7 +7,7 @@ import sys
 import click
 
 from .. import errors
-from .common import emit, human, json_option, open_store, parse_opts, quiet_option
+from .common import emit, human, json_option, open_service, open_store, parse_opts, quiet_option
 from .group import command
 from .progress import phases
 
@@ -74,11 +74,11 @@ def receive(ctx, volume, file, force, opts, as_json, quiet):
     A full stream makes a new volume; an incremental one (send -i) goes into
     the existing VOLUME, which must hold the base snapshot, and rolls it to
     the snapshot received."""
-    from ..fs.registry import worker_of
     from ..store import stream
 
-    store = open_store(ctx)
-    mounted = worker_of(store.path, volume=volume) is not None
+    service = open_service(ctx)
+    store = service.store
+    mounted = service.receive_target_served(volume)
     with contextlib.ExitStack() as stack:
         if file is None:
             if sys.stdin.isatty():

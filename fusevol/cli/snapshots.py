@@ -2,9 +2,8 @@
 
 import click
 
-from .. import errors
-from .common import emit, flushed, human, json_option, open_store, parse_opts
-from .group import command, group, store_path
+from .common import emit, human, json_option, open_service, open_store, parse_opts
+from .group import command, group
 
 
 @group()
@@ -21,9 +20,7 @@ def snapshot_create(ctx, ref, as_json):
     from ..store import snapshots
 
     volume, name = snapshots.parse_ref(ref, need_snapshot=False)
-    flushed(ctx, volume)
-    with open_store(ctx).write() as txn:
-        snap = snapshots.create(txn, volume, name)
+    snap = open_service(ctx).snapshot(volume, name).to_dict()
     snap.pop("hardlinks")
     emit(snap, as_json, f"{volume}@{snap['name']}")
 
@@ -34,13 +31,11 @@ def snapshot_create(ctx, ref, as_json):
 @click.pass_context
 def snapshot_ls(ctx, volume, as_json):
     """List snapshots (of VOLUME, or of all volumes)."""
-    from ..store import snapshots
-
-    with open_store(ctx).read() as txn:
-        snaps = snapshots.list_all(txn, volume)
-        for snap in snaps:
-            snap.pop("hardlinks")
-            snap["unique_bytes"], snap["unique_disk_bytes"] = snapshots.held_alone(txn, snap)
+    snaps = []
+    for snap, unique, on_disk in open_service(ctx).snapshots(volume):
+        row = snap.to_dict()
+        row.pop("hardlinks")
+        snaps.append({**row, "unique_bytes": unique, "unique_disk_bytes": on_disk})
     # UNIQUE: stored bytes only this snapshot holds; ON DISK: what deleting it frees in the store file.
     lines = [f"{'SNAPSHOT':<45} {'CREATED':<21} {'SIZE':>10} {'UNIQUE':>10} {'ON DISK':>10}"]
     for s in snaps:
@@ -75,9 +70,8 @@ def clone(ctx, ref, new_volume, opts, as_json):
     from ..store import snapshots
 
     volume, name = snapshots.parse_ref(ref)
-    with open_store(ctx).write() as txn:
-        record = snapshots.clone(txn, volume, name, new_volume, parse_opts(opts))
-    emit(record, as_json, new_volume)
+    record = open_service(ctx).clone(volume, name, new_volume, parse_opts(opts))
+    emit(record.to_dict(), as_json, new_volume)
 
 
 @command()
@@ -87,30 +81,10 @@ def clone(ctx, ref, new_volume, opts, as_json):
 @click.pass_context
 def rollback(ctx, ref, force):
     """Return VOLUME to snapshot NAME (refused while mounted, unless --force)."""
-    from ..fs.registry import flush_worker, start_worker, unmount, worker_of
-    from ..store import snapshots, volumes
+    from ..store import snapshots
 
-    path = store_path(ctx)
     volume, name = snapshots.parse_ref(ref)
-    with open_store(ctx).read() as txn:
-        snapshots.get(txn, volume, name)
-        users = [r["name"] for r in volumes.list_all(txn)
-                 if r.get("mounts") and volume in (r["name"], r.get("source"))]
-    worker = worker_of(path, volume=volume)
-    if users:
-        raise errors.Busy(f"volume {volume} is in use by containers (through {', '.join(users)}); "
-                          "stop them before rolling back")
-    if worker is not None and not force:
-        raise errors.Busy(f"volume {volume} is mounted at {worker['mountpoint']}; unmount it, "
-                          "or use --force to unmount, roll back and mount it again")
-    if worker is not None:
-        flush_worker(path, volume)
-        unmount(path, worker["mountpoint"])  # refused while files are open there
-    with open_store(ctx).write() as txn:
-        snapshots.rollback(txn, volume, name)
-    if worker is not None:
-        start_worker(path, volume, worker["mountpoint"], readonly=worker["readonly"],
-                     subpath=worker["subpath"])
+    open_service(ctx).rollback(volume, name, force=force)
     click.echo(f"{volume} is now {ref}")
 
 
@@ -128,7 +102,7 @@ def diff(ctx, old, new, as_json):
     new = new or old.partition("@")[0]
     volume, name = snapshots.parse_ref(new, need_snapshot=False)
     if name is None:
-        flushed(ctx, volume)
+        open_service(ctx).flush_for_read(volume)
     with open_store(ctx).write() as txn:  # the live side may need its changes written as objects
         changes = tree_diff(txn, snapshots.resolve_tree(txn, old), snapshots.resolve_tree(txn, new))
     rows = [{"status": c.status, "path": c.path.decode(errors="surrogateescape"),

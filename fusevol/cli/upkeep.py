@@ -3,7 +3,7 @@
 import click
 
 from .. import errors
-from .common import emit, human, json_option, open_store, quiet_option
+from .common import emit, human, json_option, open_service, open_store, quiet_option
 from .group import command
 from .progress import phases
 
@@ -18,14 +18,8 @@ def gc(ctx, as_json, quiet):
     Reference counts free space at once already; gc is the safety net after
     a crash, a bug or a manual edit. Orphan files of mounted volumes are left
     to their workers."""
-    from ..fs.registry import workers
-    from ..store import check, volumes
-
-    store = open_store(ctx)
-    served = {w["volume"] for w in workers(store.path)}
-    with phases(quiet or as_json, in_bytes=False) as progress, store.write() as txn:
-        busy = {r["vid"] for r in volumes.list_all(txn, removed=True) if r["name"] in served}
-        report = check.gc(txn, busy, progress)
+    with phases(quiet or as_json, in_bytes=False) as progress:
+        report = open_service(ctx).gc(progress)
     lines = [
         f"freed     {human(report['stored_bytes_freed']):>12}  stored "
         f"({report['chunks_freed']} chunks, {report['objects_freed']} tree objects)",

@@ -8,8 +8,7 @@ import json
 
 import click
 
-from .. import errors
-from .common import emit, human, json_option, open_store, parse_opts
+from .common import emit, human, json_option, open_service, parse_opts
 from .group import group
 
 
@@ -36,23 +35,19 @@ def volume():
 @click.pass_context
 def volume_create(ctx, name, opts, as_json):
     """Create volume NAME."""
-    from ..store import snapshots
-
-    with open_store(ctx).write() as txn:
-        record = snapshots.create_volume(txn, name, parse_opts(opts))
-    emit(record, as_json, name)
+    record = open_service(ctx).create(name, parse_opts(opts))
+    emit(record.to_dict(), as_json, name)
 
 
-def _describe(txn, store_path: str, record: dict) -> dict:
-    from ..fs.registry import remove_worker_log, worker_of
+def _describe(txn, service, volume) -> dict:
     from ..store import volumes
 
-    st = volumes.stats(txn, record)
-    out = dict(record)
+    st = volumes.stats(txn, volume)
+    out = volume.to_dict()
     out["logical_bytes"] = st.logical_bytes
     out["inodes"] = st.inodes
-    worker = worker_of(store_path, volume=record.get("source") or record["name"])
-    out["served_at"] = worker["mountpoint"] if worker else None
+    worker = service.serving_worker(volume.family)
+    out["served_at"] = worker.mountpoint if worker else None
     return out
 
 
@@ -63,9 +58,9 @@ def volume_ls(ctx, as_json):
     """List volumes."""
     from ..store import volumes
 
-    store = open_store(ctx)
-    with store.read() as txn:
-        rows = [_describe(txn, store.path, r) for r in volumes.list_all(txn)]
+    service = open_service(ctx)
+    with service.store.read() as txn:
+        rows = [_describe(txn, service, v) for v in volumes.load_all(txn)]
     lines = [f"{'NAME':<30} {'SIZE':>10} {'CREATED':<21} OPTIONS"]
     for r in rows:
         opts = ",".join(f"{k}={v}" for k, v in sorted(r["options"].items()))
@@ -80,9 +75,9 @@ def volume_inspect(ctx, name):
     """Show volume NAME as JSON."""
     from ..store import volumes
 
-    store = open_store(ctx)
-    with store.read() as txn:
-        out = _describe(txn, store.path, volumes.get(txn, name))
+    service = open_service(ctx)
+    with service.store.read() as txn:
+        out = _describe(txn, service, volumes.load(txn, name))
     click.echo(json.dumps(out, indent=2))
 
 
@@ -91,20 +86,9 @@ def volume_inspect(ctx, name):
 @click.pass_context
 def volume_rm(ctx, names):
     """Remove volumes and free the data only they held."""
-    from ..fs.registry import remove_worker_log, worker_of
-    from ..store import volumes
-
-    store = open_store(ctx)
+    service = open_service(ctx)
     for name in names:
-        with store.read() as txn:
-            volumes.get(txn, name)
-        worker = worker_of(store.path, volume=name)
-        if worker is not None:
-            raise errors.Busy(f"volume {name} is mounted at {worker['mountpoint']}; unmount it first")
-        with store.write() as txn:
-            deleted = volumes.remove(txn, name)
-        for gone in deleted:
-            remove_worker_log(store.path, gone)
+        deleted = service.remove(name)
         click.echo(name)
         if name not in deleted:
             click.echo(f"fusevol: {name} has views: its data stays until they are removed", err=True)

@@ -12,12 +12,12 @@ import errno
 import logging
 import os
 import signal
-import sys
 
 import pyfuse3
 import trio
 
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
+from ..records import Worker
 from ..store import Inodes, Store
 from ..store import volumes
 from . import metrics
@@ -46,45 +46,40 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
     # still served, for them (store/volumes.py); by name, it is gone.
     for_views = mountpoint == os.path.join(mount_dir(store.path), name)
     with store.read() as txn:
-        record = volumes.get(txn, name, removed_ok=for_views)
-        data_volume = record
-        if record.get("source"):
-            data_volume = volumes.source_of(txn, record)
-            subpath = "/".join(p for p in (record["subpath"], subpath) if p)
-    if subpath is not None:
-        subpath = volumes.normalize_subpath(subpath)
-    readonly = readonly or record["readonly"] or data_volume["readonly"]
+        spec = volumes.mount_spec(txn, name, subpath=subpath, readonly=readonly,
+                                  removed_ok=for_views)
+    data_volume, subpath, readonly = spec.data, spec.subpath, spec.readonly
     # Settings the volume was created with, unless the mount asks otherwise.
     options = dataclasses.replace(
         options, readonly=readonly,
-        atime=options.atime or data_volume.get("atime") or DEFAULT_ATIME,
-        dev=bool(data_volume.get("dev")) if options.dev is None else options.dev,
-        suid=bool(data_volume.get("suid")) if options.suid is None else options.suid)
+        atime=options.atime or data_volume.atime or DEFAULT_ATIME,
+        dev=bool(data_volume.dev) if options.dev is None else options.dev,
+        suid=bool(data_volume.suid) if options.suid is None else options.suid)
     if (options.dev or options.suid) and os.geteuid() != 0:
         raise InvalidArgument("dev and suid are for mounts by root only")
-    other = worker_of(store.path, volume=data_volume["name"])
+    other = worker_of(store.path, volume=data_volume.name)
     clear_dead_mount(mountpoint)
     if not os.path.isdir(mountpoint):
         raise NotFound(f"mountpoint {mountpoint} is not a directory")
     if is_mountpoint(mountpoint):
         raise Busy(f"{mountpoint} is already a mountpoint")
     if other is not None:
-        raise Busy(f"volume {data_volume['name']} is already served at {other['mountpoint']} "
-                   f"(pid {other['pid']}); bind-mount that instead")
+        raise Busy(f"volume {data_volume.name} is already served at {other.mountpoint} "
+                   f"(pid {other.pid}); bind-mount that instead")
 
     share_gil_quickly()
-    inodes = Inodes(data_volume["vid"], store.block_size, data_volume["compression"])
+    inodes = Inodes(data_volume.vid, store.block_size, data_volume.compression)
     # Interrupts system calls (no SA_RESTART): see TxnRunner's nudge_reads.
     signal.signal(signal.SIGALRM, lambda *_: None)
     runner = TxnRunner(store, nudge_reads=True)
     runner.start()
     registration = None
     try:
-        root_ino = _view_root(runner, inodes, data_volume["name"], subpath) if subpath else 1
+        root_ino = _view_root(runner, inodes, data_volume.name, subpath) if subpath else 1
         if not readonly:
             runner.run_sync(_purge_orphans, inodes)
         used = runner.run_sync(inodes.usage).logical_bytes
-        space = SpaceBudget(store, data_volume.get("quota"), used,
+        space = SpaceBudget(store, data_volume.quota, used,
                             pending=lambda: runner.unstored_bytes)
         ops = VolumeOperations(runner, inodes, space, readonly=readonly, root_ino=root_ino,
                                atime=options.atime)
@@ -92,12 +87,10 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
                         f"fsname={fsname or 'fusevol:' + name}"}
         ops.metrics.time_commits(store)
         pyfuse3.init(ops, mountpoint, fuse_options | kernel_options(options))
-        registration = register(store.path, {
-            "pid": os.getpid(), "volume": data_volume["name"], "mounted_as": name,
-            "mountpoint": mountpoint, "readonly": readonly, "subpath": subpath,
-            "options": options.to_text(),
-        })
-        published = metrics.metrics_path(store.path, data_volume["name"])
+        registration = register(store.path, Worker(
+            pid=os.getpid(), volume=data_volume.name, mounted_as=name, mountpoint=mountpoint,
+            readonly=readonly, subpath=subpath, options=options.to_text()))
+        published = metrics.metrics_path(store.path, data_volume.name)
         try:
             trio.run(_main, ops, mountpoint, on_ready, published)
         finally:

@@ -17,6 +17,7 @@ import time
 
 from .. import errors
 from ..errors import Busy, FusevolError, InvalidArgument
+from ..records import Worker
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def workers(store_path: str) -> list[dict]:
+def workers(store_path: str) -> list[Worker]:
     """Live workers of this store (entries of dead ones are removed)."""
     found = []
     wdir = _workers_dir(store_path)
@@ -57,10 +58,10 @@ def workers(store_path: str) -> list[dict]:
         path = os.path.join(wdir, entry)
         try:
             with open(path) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
+                info = Worker.from_dict(json.load(f))
+        except (OSError, ValueError, TypeError):
             continue
-        if pid_alive(info.get("pid", -1)):
+        if pid_alive(info.pid):
             found.append(info)
         else:
             try:
@@ -70,22 +71,23 @@ def workers(store_path: str) -> list[dict]:
     return found
 
 
-def worker_of(store_path: str, *, volume: str | None = None, mountpoint: str | None = None) -> dict | None:
+def worker_of(store_path: str, *, volume: str | None = None,
+              mountpoint: str | None = None) -> Worker | None:
     for info in workers(store_path):
-        if volume is not None and info["volume"] == volume:
+        if volume is not None and info.volume == volume:
             return info
-        if mountpoint is not None and info["mountpoint"] == os.path.abspath(mountpoint):
+        if mountpoint is not None and info.mountpoint == os.path.abspath(mountpoint):
             return info
     return None
 
 
-def register(store_path: str, info: dict) -> str:
+def register(store_path: str, info: Worker) -> str:
     wdir = _workers_dir(store_path)
     os.makedirs(wdir, mode=0o700, exist_ok=True)
-    path = os.path.join(wdir, f"{info['pid']}.json")
+    path = os.path.join(wdir, f"{info.pid}.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(info, f)
+        json.dump(info.to_dict(), f)
     os.replace(tmp, path)
     return path
 
@@ -193,7 +195,11 @@ def _error_of(report: dict, otherwise: str) -> FusevolError:
     cls = getattr(errors, str(report.get("error")), None)
     if not (isinstance(cls, type) and issubclass(cls, FusevolError)) or cls is errors.FsError:
         cls = FusevolError
-    return cls(str(report.get("message") or otherwise))
+    message = str(report.get("message") or otherwise)
+    try:
+        return cls(message)
+    except TypeError:  # a class that carries data the report does not: its base
+        return cls.__mro__[1](message)
 
 
 def _popen_worker(store_path, name, mountpoint, readonly, subpath, options, fsname, log_path,
@@ -271,14 +277,14 @@ def flush_worker(store_path: str, volume: str) -> bool:
     import ctypes  # for syncfs: only here (the CLI's other commands start quicker)
 
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(info["mountpoint"], os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(info.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), info["mountpoint"])
+            raise OSError(err, os.strerror(err), info.mountpoint)
     finally:
         os.close(fd)
-    os.getxattr(info["mountpoint"], FLUSH_XATTR.decode())
+    os.getxattr(info.mountpoint, FLUSH_XATTR.decode())
     return True
 
 
@@ -295,5 +301,5 @@ def unmount(store_path: str, mountpoint: str, timeout: float = 60.0, lazy: bool 
         if res.returncode != 0:
             msg = res.stderr.strip().replace("fusermount3: ", "")
             raise Busy(f"cannot unmount {mountpoint}: {msg}")
-    if info is not None and not wait_exit(info["pid"], timeout):
-        raise Busy(f"worker {info['pid']} of {mountpoint} did not exit in {timeout:.0f}s")
+    if info is not None and not wait_exit(info.pid, timeout):
+        raise Busy(f"worker {info.pid} of {mountpoint} did not exit in {timeout:.0f}s")

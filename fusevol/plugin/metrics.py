@@ -87,9 +87,9 @@ class StoreCollector:
 
         with self.sup.store.read() as txn:
             totals = chunks.totals(txn)
-            records = volumes.list_all(txn, removed=True)
-            sizes = {r["name"]: volumes.stats(txn, r) for r in records}
-        logical = sum(sizes[r["name"]].logical_bytes for r in records if r["vid"] is not None)
+            records = volumes.load_all(txn, removed=True)
+            sizes = {v.name: volumes.stats(txn, v) for v in records}
+        logical = sum(sizes[v.name].logical_bytes for v in records if v.vid is not None)
 
         store = {
             "logical_bytes": ("What all volumes hold (bytes).", logical),
@@ -110,12 +110,12 @@ class StoreCollector:
         volume_bytes = gauge("volume_logical_bytes", "What a volume holds (bytes).", ["volume"])
         volume_inodes = gauge("volume_inodes", "Files, folders and links of a volume.", ["volume"])
         volume_mounts = gauge("volume_mounts", "Docker mounts of a volume.", ["volume"])
-        for r in records:
-            if r.get("removed"):
+        for v in records:
+            if v.removed:
                 continue
-            volume_bytes.add_metric([r["name"]], sizes[r["name"]].logical_bytes)
-            volume_inodes.add_metric([r["name"]], sizes[r["name"]].inodes)
-            volume_mounts.add_metric([r["name"]], sum((r.get("mounts") or {}).values()))
+            volume_bytes.add_metric([v.name], sizes[v.name].logical_bytes)
+            volume_inodes.add_metric([v.name], sizes[v.name].inodes)
+            volume_mounts.add_metric([v.name], v.mount_count)
         yield from (volume_bytes, volume_inodes, volume_mounts)
 
         starts = CounterMetricFamily("fusevol_worker_starts", "Workers this daemon started, "

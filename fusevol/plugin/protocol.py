@@ -11,8 +11,9 @@ import json
 import logging
 
 from ..errors import AlreadyExists, FusevolError, InvalidArgument
+from ..records import Volume
 from ..store import chunks, snapshots, volumes
-from .supervisor import Supervisor, check_mount_id, family_of, mount_count
+from .supervisor import Supervisor, check_mount_id
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,30 @@ def decode_request(raw: bytes) -> dict:
 
 def error_reply(error: Exception) -> dict:
     if isinstance(error, FusevolError):
-        return {"Err": str(error)}
+        return {"Err": worded(error)}
     log.exception("unexpected error", exc_info=error)
     return {"Err": f"internal error: {type(error).__name__}: {error}"}
+
+
+def worded(error: FusevolError) -> str:
+    """An error as a Docker user reads it: what they can do about it added
+    (the layers below say what is wrong, never what to type; errors.py)."""
+    text, details = str(error), error.details
+    if error.reason == "in_use":
+        if details["holder"] == "containers":
+            return f"{text}; stop the containers using it first"
+        if details["action"] == "mount":
+            return f"{text}; unmount it there first"
+        return f"{text}; unmount it first"
+    if error.reason == "has_snapshots":
+        return f"{text} (fusevol snapshot rm {details['volume']}@NAME on the host)"
+    if error.reason == "changed_since_snapshot":
+        return f"{text} (snapshot it on the host first, or discard the change there)"
+    if error.reason in ("no_remote", "remote_name"):
+        return f"{text} (fusevol remote ls on the host lists the remotes)"
+    if error.reason == "damaged":
+        return f"{text}; fusevol verify on the host names the files it reaches"
+    return text
 
 
 def _name(req: dict) -> str:
@@ -77,7 +99,7 @@ class Driver:
             record = self.sup.record(_name(req), missing_ok=True)
         except FusevolError:
             return None  # the call itself will fail on the name
-        return family_of(record) if record else req["Name"]
+        return record.family if record else req["Name"]
 
     # -- endpoints ----------------------------------------------------------------
 
@@ -102,8 +124,7 @@ class Driver:
                 self._check_same_options(name, opts)
                 return {}
         try:
-            with self.store.write() as txn:
-                snapshots.create_volume(txn, name, opts)
+            self.sup.service.create(name, opts)
         except AlreadyExists:
             if self.sup.record(name, missing_ok=True) is None:
                 raise  # a removed source kept for its views: the error says so
@@ -129,9 +150,9 @@ class Driver:
     def _check_same_options(self, name: str, opts: dict | None) -> None:
         wanted = volumes.parse_options(opts)
         record = self.sup.record(name)
-        if any(wanted[k] != record.get(k, default) for k, default in _SETTINGS.items()):
+        if any(wanted[k] != getattr(record, k) for k in _SETTINGS):
             given = ", ".join(f"{k}={v}" for k, v in sorted((opts or {}).items())) or "none"
-            had = ", ".join(f"{k}={v}" for k, v in sorted(record["options"].items())) or "none"
+            had = ", ".join(f"{k}={v}" for k, v in sorted(record.options.items())) or "none"
             raise AlreadyExists(
                 f"volume {name} already exists with options ({had}); options cannot be "
                 f"changed after create (asked for: {given}); remove it and create it again")
@@ -155,45 +176,45 @@ class Driver:
     def get(self, req: dict) -> dict:
         name = _name(req)
         with self.store.read() as txn:
-            record = volumes.get(txn, name)
-            status = self._status(txn, record)
-        return {"Volume": self._describe(record, status)}
+            volume = volumes.load(txn, name)
+            status = self._status(txn, volume)
+        return {"Volume": self._describe(volume, status)}
 
     def list(self, req: dict) -> dict:
         with self.store.read() as txn:
-            records = volumes.list_all(txn)
-        return {"Volumes": [self._describe(r) for r in records]}
+            found = volumes.load_all(txn)
+        return {"Volumes": [self._describe(v) for v in found]}
 
     # -- descriptions -----------------------------------------------------------------
 
-    def _describe(self, record: dict, status: dict | None = None) -> dict:
-        out = {"Name": record["name"]}
-        if record.get("created_at"):
-            out["CreatedAt"] = record["created_at"]  # RFC 3339; never an empty string
-        path = self.sup.served_path(record)
+    def _describe(self, volume: Volume, status: dict | None = None) -> dict:
+        out = {"Name": volume.name}
+        if volume.created_at:
+            out["CreatedAt"] = volume.created_at  # RFC 3339; never an empty string
+        path = self.sup.served_path(volume)
         if path:
             out["Mountpoint"] = path
         if status is not None:
             out["Status"] = status
         return out
 
-    def _status(self, txn, record: dict) -> dict:
+    def _status(self, txn, volume: Volume) -> dict:
         """What `docker volume inspect` shows under Status."""
-        st = volumes.stats(txn, record)
+        st = volumes.stats(txn, volume)
         status = {
             "logical_bytes": st.logical_bytes,
             "inodes": st.inodes,
             "store_dedup_ratio": _store_dedup_ratio(txn),
-            "mounts": mount_count(record),
-            "readonly": bool(record["readonly"]),
+            "mounts": volume.mount_count,
+            "readonly": bool(volume.readonly),
         }
-        if record.get("source"):
-            status["source"] = record["source"]
-            status["subpath"] = record["subpath"]
+        if volume.is_view:
+            status["source"] = volume.source
+            status["subpath"] = volume.subpath
         else:
-            status["compression"] = record["compression"]
-        if record.get("quota"):
-            status["quota_bytes"] = record["quota"]
+            status["compression"] = volume.compression
+        if volume.quota:
+            status["quota_bytes"] = volume.quota
         return status
 
 

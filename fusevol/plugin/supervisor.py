@@ -11,6 +11,10 @@ Workers run in their own sessions and outlive the daemon; a new daemon finds
 them in the worker registry, so the store and the registry are all the state
 there is.
 
+The rules (what holds a volume, when it may go, which worker the driver may
+adopt, what a view serves and whether read-only) are the volume service's
+(fusevol/service/); this class adds what only Docker has.
+
 Every method blocks (store writes, starting and stopping workers): call them
 from threads, at most one at a time per family (a data volume and its views).
 """
@@ -23,6 +27,8 @@ from collections import Counter
 
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
 from ..fs import registry
+from ..records import Volume
+from ..service import VolumeService, rules
 from ..store import Store, volumes
 from . import bind
 
@@ -33,15 +39,6 @@ WORKER_EXIT_WAIT = 10.0
 # How long a new worker may take to serve before the Mount fails (a stuck store or disk).
 WORKER_START_TIMEOUT = 60.0
 MOUNT_ID_MAX = 256
-
-
-def mount_count(record: dict) -> int:
-    return sum((record.get("mounts") or {}).values())
-
-
-def family_of(record: dict) -> str:
-    """The data volume whose worker serves this volume."""
-    return record.get("source") or record["name"]
 
 
 def _serves(path: str) -> bool:
@@ -68,7 +65,8 @@ class Supervisor:
         self.forkserver = forkserver  # starts workers fast (fs/forkserver.py); None: as processes
         self.store = Store.open(store_path)
         self.store_path = self.store.path
-        self.mnt_dir = registry.mount_dir(self.store_path)
+        self.service = VolumeService(self.store)  # the rules; this class adds Docker's side
+        self.mnt_dir = self.service.mnt_dir
         self.worker_starts: Counter[str] = Counter()  # per volume, for the metrics
         self._follower = None
 
@@ -82,44 +80,40 @@ class Supervisor:
         return self._follower
 
     @staticmethod
-    def _follows(record: dict) -> bool:
-        return bool((record.get("options") or {}).get("remote"))
+    def _follows(volume: Volume) -> bool:
+        return bool(volume.options.get("remote"))
 
     def mountpoint(self, name: str) -> str:
-        return os.path.join(self.mnt_dir, name)
+        return self.service.driver_path(name)
 
     # -- reading state --------------------------------------------------------
 
-    def record(self, name: str, missing_ok: bool = False) -> dict | None:
-        with self.store.read() as txn:
-            return volumes.get(txn, volumes.check_name(name), missing_ok=missing_ok)
+    def record(self, name: str, missing_ok: bool = False) -> Volume | None:
+        return self.service.volume(volumes.check_name(name), missing_ok=missing_ok)
 
     def family_count(self, data_name: str) -> int:
         """Mounts of a data volume and of all its views."""
-        with self.store.read() as txn:
-            return sum(mount_count(r) for r in volumes.list_all(txn, removed=True)
-                       if family_of(r) == data_name)
+        return self.service.family_count(data_name)
 
     def families(self) -> list[str]:
-        with self.store.read() as txn:
-            return sorted({family_of(r) for r in volumes.list_all(txn, removed=True)})
+        return sorted({v.family for v in self.service.all_volumes(removed=True)})
 
-    def served_path(self, record: dict) -> str | None:
+    def served_path(self, volume: Volume) -> str | None:
         """Where a mounted volume is, or None while no one mounts it."""
-        return self.mountpoint(record["name"]) if mount_count(record) > 0 else None
+        return self.mountpoint(volume.name) if volume.mount_count > 0 else None
 
     # -- mount and unmount ----------------------------------------------------
 
     def mount(self, name: str, mount_id: str) -> str:
         """Serve the volume (starting its worker on first use) and count this mount."""
-        record = self.record(name)
-        if self._follows(record) and self.family_count(name) == 0:
-            self.follower.before_first_mount(record)  # the lease; newer data first
+        volume = self.record(name)
+        if self._follows(volume) and self.family_count(name) == 0:
+            self.follower.before_first_mount(volume.to_dict())  # the lease; newer data first
         try:
-            path = self._serve(record)
+            path = self._serve(volume)
         except BaseException:
-            if self._follows(record) and self.family_count(name) == 0:
-                self.follower.after_last_unmount(record)
+            if self._follows(volume) and self.family_count(name) == 0:
+                self.follower.after_last_unmount(volume.to_dict())
             raise
         self._count(name, mount_id, +1)
         log.info("mounted %s for %s at %s", name, mount_id[:12], path)
@@ -131,62 +125,50 @@ class Supervisor:
         The count drops even if unmounting fails, so it never drifts above
         Docker's own view. An unknown volume or ID is no error.
         """
-        record = self._count(name, mount_id, -1)
-        if record is None or mount_count(record) > 0:
+        volume = self._count(name, mount_id, -1)
+        if volume is None or volume.mount_count > 0:
             return
         log.info("last mount of %s gone", name)
-        self._release(record)  # a worker still busy keeps the lease held (and the data here)
-        if self._follows(record) and self.family_count(name) == 0:
-            self.follower.after_last_unmount(record)  # snapshot, push, release the lease
+        self._release(volume)  # a worker still busy keeps the lease held (and the data here)
+        if self._follows(volume) and self.family_count(name) == 0:
+            self.follower.after_last_unmount(volume.to_dict())  # snapshot, push, release the lease
 
-    def _count(self, name: str, mount_id: str, delta: int) -> dict | None:
+    def _count(self, name: str, mount_id: str, delta: int) -> Volume | None:
         with self.store.write() as txn:
-            record = volumes.get(txn, name, missing_ok=True)
-            if record is None:
-                return None
-            mounts = dict(record.get("mounts") or {})
-            n = mounts.get(mount_id, 0) + delta
-            if n > 0:
-                mounts[mount_id] = n
-            else:
-                mounts.pop(mount_id, None)
-            record["mounts"] = mounts
-            volumes.put(txn, record)
-            return record
+            return volumes.count_mount(txn, name, mount_id, delta)
 
-    def _serve(self, record: dict) -> str:
-        if record.get("source"):
+    def _serve(self, volume: Volume) -> str:
+        if volume.is_view:
             with self.store.read() as txn:
-                source = volumes.source_of(txn, record)
-            base = self._serve_data(source)
+                spec = volumes.mount_spec(txn, volume.name)
+            base = self._serve_data(spec.data)
             try:
-                return self._bind_view(record, source, base)
+                return self._bind_view(volume, spec, base)
             except FusevolError:
-                if self.family_count(source["name"]) == 0:  # started for this view alone
-                    self._stop(source["name"])
+                if self.family_count(spec.data.name) == 0:  # started for this view alone
+                    self._stop(spec.data.name)
                 raise
-        return self._serve_data(record)
+        return self._serve_data(volume)
 
-    def _serve_data(self, record: dict) -> str:
+    def _serve_data(self, volume: Volume) -> str:
         """Make sure the data volume's worker serves at its mountpoint (adopt or start one)."""
-        name = record["name"]
+        name = volume.name
         path = self.mountpoint(name)
-        info = registry.worker_of(self.store_path, volume=name)
+        info = self.service.serving_worker(name)
         if info is not None:
-            if info["mountpoint"] != path or info.get("subpath"):
-                raise Busy(f"volume {name} is mounted at {info['mountpoint']} outside Docker "
-                           f"(pid {info['pid']}); unmount it there first")
+            rules.check_adoptable(name, info, path)
             if _serves(path):
                 return path
             # Its mount is gone or dead: the worker is ending; let it go.
             registry.clear_dead_mount(path)
-            self._wait_exit(info["pid"], name)
+            self._wait_exit(info.pid, name)
         registry.clear_dead_mount(path)
         if registry.is_mountpoint(path):
             raise Busy(f"{path} is mounted by something else; unmount it first")
         os.makedirs(path, mode=0o755, exist_ok=True)
-        pid = registry.start_worker(self.store_path, name, path, readonly=bool(record["readonly"]),
-                                    timeout=self.worker_start_timeout, forkserver=self.forkserver)
+        pid = self.service.start_worker(name, path, readonly=volume.readonly,
+                                         timeout=self.worker_start_timeout,
+                                         forkserver=self.forkserver)
         self.worker_starts[name] += 1
         log.info("worker %d serves %s at %s", pid, name, path)
         return path
@@ -196,41 +178,43 @@ class Supervisor:
             raise Busy(f"the worker of volume {name} (pid {pid}) lost its mount but does "
                        "not exit (files still open?); try again later")
 
-    def _bind_view(self, view: dict, source: dict, base: str) -> str:
-        """Bind-mount the view's folder of the source mount at the view's mountpoint."""
-        target = self.mountpoint(view["name"])
+    def _bind_view(self, view: Volume, spec, base: str) -> str:
+        """Bind-mount the view's folder of the source mount at the view's mountpoint
+        (`spec`: what the view serves, volumes.mount_spec)."""
+        target = self.mountpoint(view.name)
         if _serves(target):
             return target
         if registry.is_mountpoint(target):  # bound to a worker that died
             subprocess.run(["umount", "-i", "-l", target], capture_output=True)
-        missing = NotFound(f"folder {view['subpath']} does not exist in volume "
-                           f"{source['name']}; create it there first")
+        source = spec.data.name
+        missing = NotFound(f"folder {spec.subpath} does not exist in volume "
+                           f"{source}; create it there first")
         try:
-            fd = bind.open_folder(base, view["subpath"])
+            fd = bind.open_folder(base, spec.subpath)
         except OSError as e:
             if e.errno == errno.ENOENT:
                 raise missing from None
             # A symlink could point anywhere on the host: a view shows real folders only.
-            raise NotFound(f"folder {view['subpath']} of volume {source['name']} is not a plain "
+            raise NotFound(f"folder {spec.subpath} of volume {source} is not a plain "
                            "folder (a symlink or a mount on the way?); a view shows real "
                            "folders of its source only") from None
         try:
             os.makedirs(target, mode=0o755, exist_ok=True)
-            bind.bind_fd(fd, target, readonly=bool(view["readonly"] or source["readonly"]))
+            bind.bind_fd(fd, target, readonly=spec.readonly)
         except OSError as e:
             if e.errno == errno.ENOENT:  # removed since it was opened
                 raise missing from None
-            raise FusevolError(f"cannot mount view {view['name']} at {target}: "
+            raise FusevolError(f"cannot mount view {view.name} at {target}: "
                                f"{e.strerror or e}") from None
         finally:
             os.close(fd)
         return target
 
-    def _release(self, record: dict) -> None:
+    def _release(self, volume: Volume) -> None:
         """Unmount a volume no one mounts; stop its family's worker when all are released."""
-        if record.get("source"):
-            self._unbind(self.mountpoint(record["name"]))
-        data_name = family_of(record)
+        if volume.is_view:
+            self._unbind(self.mountpoint(volume.name))
+        data_name = volume.family
         if self.family_count(data_name) == 0:
             self._stop(data_name)
 
@@ -247,7 +231,7 @@ class Supervisor:
         if info is None and not registry.is_mountpoint(path):
             return
         try:
-            registry.unmount(self.store_path, path)
+            self.service.stop_worker(path)
             log.info("stopped the worker of %s", data_name)
         except Busy:
             # Someone on the host still uses it: detach now, the worker ends when they close.
@@ -258,46 +242,26 @@ class Supervisor:
     # -- removal and recovery ---------------------------------------------------
 
     def remove(self, name: str) -> None:
-        """Delete a volume that no one mounts; never touches a live mount."""
-        record = self.record(name)
-        n = mount_count(record)
-        if n:
-            raise Busy(f"volume {name} is mounted ({n} mount(s)); stop the containers using it first")
-        target = self.mountpoint(name)
-        if not record.get("source"):
-            info = registry.worker_of(self.store_path, volume=name)
-            if info is not None and info["mountpoint"] == target and self.family_count(name) == 0:
+        """Delete a volume that no one mounts (the service's rule); never touches a live mount."""
+        volume = self.record(name)
+        if not volume.is_view and volume.mount_count == 0 and self.family_count(name) == 0:
+            info = self.service.serving_worker(name)
+            if info is not None and info.mountpoint == self.mountpoint(name):
                 self._stop(name)  # ours, and no one counts on it: it was on its way out
-                info = None
-            if info is not None:
-                raise Busy(f"volume {name} is still served at {info['mountpoint']} "
-                           f"(pid {info['pid']}); unmount it first")
-        if registry.is_mountpoint(target):
-            raise Busy(f"volume {name} is still mounted at {target}; unmount it first")
-        with self.store.write() as txn:
-            deleted = volumes.remove(txn, name)
-        for gone in deleted:
-            registry.remove_worker_log(self.store_path, gone)
-            try:
-                os.rmdir(self.mountpoint(gone))  # an empty directory only: never a recursive delete
-            except OSError:
-                pass
+        self.service.remove(name)
 
     def reconcile(self, data_name: str) -> None:
         """Bring a family's mounts in line with its counts: restart a worker that died,
         re-bind its views, stop a worker no one counts on."""
-        with self.store.read() as txn:
-            family = [r for r in volumes.list_all(txn, removed=True) if family_of(r) == data_name]
-        if not family:
-            return
-        data = next((r for r in family if r["name"] == data_name), None)
-        mounted = [r for r in family if mount_count(r) > 0]
+        family = self.service.family(data_name)
+        data = next((v for v in family if v.name == data_name), None)
         if data is None:
             return
+        mounted = [v for v in family if v.mount_count > 0]
         if not mounted:
             for view in family:
                 if view is not data:
-                    self._unbind(self.mountpoint(view["name"]))
+                    self._unbind(self.mountpoint(view.name))
             path = self.mountpoint(data_name)
             info = registry.worker_of(self.store_path, mountpoint=path)
             if info is not None or registry.is_mountpoint(path):
@@ -307,7 +271,9 @@ class Supervisor:
         base = self._serve_data(data)
         for view in mounted:
             if view is not data:
-                self._bind_view(view, data, base)
+                with self.store.read() as txn:
+                    spec = volumes.mount_spec(txn, view.name, removed_ok=True)
+                self._bind_view(view, spec, base)
 
 
 def check_mount_id(mount_id) -> str:

@@ -16,9 +16,9 @@ import threading
 import time
 
 from ..errors import InvalidArgument, StreamDamaged
+from ..progress import NoProgress
 from ..store import blobs, chunks, snapshots, stream, trees, volumes
 from ..store.env import Store
-from ..store.stream import NoProgress
 from . import catalog, manifests
 from .fetch import Fetcher
 from .s3 import Bucket

@@ -17,9 +17,10 @@ import socket
 import time
 
 from ..errors import AlreadyExists, RemoteDamaged
+from ..progress import NoProgress
 from ..store import blobs, chunks, snapshots, trees
 from ..store.env import Store
-from ..store.stream import SENT_FIELDS, NoProgress
+from ..store.stream import SENT_FIELDS
 from . import catalog, layout
 from .locks import PushLock
 from .s3 import Bucket

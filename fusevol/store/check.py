@@ -21,7 +21,7 @@ from .env import Txn
 from .inodes import Inodes
 from .schema import (LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, pack_ref, read_u64, u64, unpack_ref,
                      vkey)
-from .stream import NoProgress
+from ..progress import NoProgress
 
 
 def entries(txn: Txn, table: str) -> int:
@@ -120,7 +120,8 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
     damaged = c.missing_objects | c.bad_objects
     if damaged:
         raise StoreDamaged(f"{len(damaged)} reachable tree object(s) are missing or damaged "
-                           f"(first {short(next(iter(damaged)))}); gc deletes nothing: run fusevol verify")
+                           f"(first {short(next(iter(damaged)))}); gc deletes nothing",
+                           reason="damaged")
     progress.start("sweeping", entries(txn, "refs") + entries(txn, "orefs"))
     _sweep_chunks(txn, c, report, progress)
     _sweep_objects(txn, c, report, progress)

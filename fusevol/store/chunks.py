@@ -97,8 +97,8 @@ def decode_checked(payload, cid: bytes) -> bytes:
     except zstandard.ZstdError:
         data = None
     if data is None or chunk_id(data) != cid:
-        raise StoreDamaged(f"chunk {cid.hex()} is damaged (its content does not match its id); "
-                            "fusevol verify names the files it reaches")
+        raise StoreDamaged(f"chunk {cid.hex()} is damaged (its content does not match its id)",
+                           reason="damaged")
     return data
 
 

@@ -24,7 +24,7 @@ def add(txn: Txn, record: dict) -> None:
 def get(txn: Txn, name: str) -> dict:
     raw = txn.get("meta", _key(name))
     if raw is None:
-        raise NotFound(f"no remote named {name!r} (fusevol remote ls lists them)")
+        raise NotFound(f"no remote named {name!r}", reason="no_remote")
     return json.loads(bytes(raw))
 
 

@@ -25,7 +25,9 @@ import tempfile
 
 import blake3
 
-from ..errors import AlreadyExists, Busy, FusevolError, InvalidArgument, NotFound, StreamDamaged
+from ..errors import (AlreadyExists, Busy, FusevolError, InUse, InvalidArgument, NotFound,
+                      StreamDamaged)
+from ..progress import NoProgress
 from . import chunks, pieces, snapshots, trees, volumes
 from .env import Store, Txn
 from .schema import pack_ref
@@ -44,16 +46,6 @@ RENEW_READ_EVERY = 64 << 20  # a sender re-opens its read transaction this often
 # Fields of a snapshot record that travel; the rest (volume, local stats) is the sender's own.
 SENT_FIELDS = ("name", "root", "created_at", "created_ns", "logical_bytes", "inodes",
                "next_ino", "hardlinks")
-
-
-class NoProgress:
-    """What a long operation tells about itself; the CLI may draw it."""
-
-    def start(self, what: str, total: int | None = None) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
 
 
 # -- sending ---------------------------------------------------------------------
@@ -402,9 +394,9 @@ def _check_incremental_target(txn: Txn, volume: str, record: dict | None, base_r
                             "hold its base snapshot (receive the full stream first)")
     if not any(bytes.fromhex(s["root"]) == base_root for s in snapshots.list_all(txn, volume)):
         raise InvalidArgument(f"volume {volume} holds no snapshot equal to the stream's base "
-                            f"{base_root.hex()[:16]}...: send -i from a snapshot it has")
+                              f"{base_root.hex()[:16]}...", reason="no_base", volume=volume)
     if mounted:
-        raise Busy(f"volume {volume} is mounted; unmount it before receiving into it")
+        raise InUse(f"volume {volume} is mounted", volume=volume, holder="worker", action="receive")
     if not force and not _unchanged_since_snapshot(txn, record):
         raise Busy(f"volume {volume} changed since its latest snapshot; receiving would discard "
-                   "that (snapshot it first, or use --force)")
+                   "that", reason="changed_since_snapshot", volume=volume)

@@ -27,6 +27,7 @@ import tarfile
 from collections.abc import Callable
 
 from ..errors import FsError, NotFound
+from ..progress import NoProgress, Progress
 from . import chunks, snapshots, trees, volumes
 from .env import Store
 
@@ -142,10 +143,10 @@ def _tarinfo(path: bytes, obj: trees.TreeObject) -> tarfile.TarInfo | None:
     return info
 
 
-def write_tree(store: Store, root: bytes, fileobj, *, on_bytes: Callable[[int], None] | None = None,
-               warn: Callable[[str], None] = log.warning) -> int:
-    """Write the tree whose root object is `root` to fileobj as a tar stream.
-    Return the number of members written."""
+def write_tree(store: Store, root: bytes, fileobj, *, progress: Progress | None = None) -> int:
+    """Write the tree whose root object is `root` to fileobj as a tar stream,
+    advancing `progress` by the file data written. Return the number of members."""
+    progress = progress or NoProgress()
     first_name: dict[int, str] = {}  # ino -> first path, for files with several names
     members = 0
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,
@@ -160,7 +161,7 @@ def write_tree(store: Store, root: bytes, fileobj, *, on_bytes: Callable[[int], 
                          for name, child in reversed(entries))
             info = _tarinfo(path, obj)
             if info is None:
-                warn(f"{_text(path)}: socket ignored")
+                progress.warn(f"{_text(path)}: socket ignored")
                 continue
             if obj.kind == trees.FILE and obj.inode.nlink > 1:
                 if obj.ino in first_name:
@@ -178,7 +179,7 @@ def write_tree(store: Store, root: bytes, fileobj, *, on_bytes: Callable[[int], 
                 info.size = len(sparse.map) + sparse.data_bytes
             if info.type == tarfile.REGTYPE:
                 # A buffered reader hands tarfile exactly the lengths it asks for.
-                tar.addfile(info, io.BufferedReader(_Content(store, obj, on_bytes, sparse), 1 << 20))
+                tar.addfile(info, io.BufferedReader(_Content(store, obj, progress.advance, sparse), 1 << 20))
             else:
                 tar.addfile(info)
             members += 1
@@ -200,15 +201,13 @@ def _descend(store: Store, root: bytes, subpath: str) -> bytes:
     return oid
 
 
-def export(store: Store, ref: str, fileobj, *, on_total: Callable[[int], None] | None = None,
-           on_bytes: Callable[[int], None] | None = None,
-           warn: Callable[[str], None] = log.warning) -> int:
+def export(store: Store, ref: str, fileobj, *, progress: Progress | None = None) -> int:
     """Write VOLUME@SNAPSHOT, or VOLUME as it is now, to fileobj as a tar stream.
 
     The caller makes sure a mounted volume's worker has stored what it holds.
-    on_total gets the bytes of file data to expect (without holes), on_bytes
-    each piece of file data as it goes out.
+    `progress` has one phase, "export", in bytes of file data (without holes).
     """
+    progress = progress or NoProgress()
     volume, name = snapshots.parse_ref(ref, need_snapshot=False)
     temporary = None
     with store.write() as txn:
@@ -226,9 +225,8 @@ def export(store: Store, ref: str, fileobj, *, on_total: Callable[[int], None] |
         root = bytes.fromhex(snap["root"])
         if subpath:
             root = _descend(store, root, subpath)
-        if on_total:
-            on_total(snap["logical_bytes"])
-        return write_tree(store, root, fileobj, on_bytes=on_bytes, warn=warn)
+        progress.start("export", snap["logical_bytes"])
+        return write_tree(store, root, fileobj, progress=progress)
     finally:
         if temporary is not None:
             with store.write() as txn:

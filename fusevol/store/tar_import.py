@@ -25,6 +25,7 @@ from collections.abc import Callable
 import zstandard
 
 from ..errors import BadArchive, FsError, InvalidArgument, NoSpace
+from ..progress import NoProgress, Progress
 from . import volumes
 from .env import Store, Txn
 from .inodes import Inodes
@@ -317,17 +318,20 @@ class _Importer:
 
 
 def import_tar(store: Store, volume: str, fileobj, *, opts: dict | None = None, strip: int = 0,
-               on_bytes: Callable[[int], None] | None = None,
-               warn: Callable[[str], None] = log.warning) -> dict:
+               size: int | None = None, progress: Progress | None = None) -> dict:
     """Make volume from the tar archive read from fileobj; return its record.
-    On any failure the volume is removed again and the store is as before."""
+    On any failure the volume is removed again and the store is as before.
+    `progress` has one phase, "import", in bytes of the archive (`size` of
+    them, if known)."""
+    progress = progress or NoProgress()
     if volumes.parse_options(opts)["source"]:
         raise InvalidArgument("an archive is imported into a volume of its own, not a view (source=...)")
     with store.write() as txn:
         record = volumes.create(txn, volume, opts)
-    importer = _Importer(store, record, strip, warn)
+    importer = _Importer(store, record, strip, progress.warn)
+    progress.start("import", size)
     try:
-        tar = _open_stream(fileobj, on_bytes)
+        tar = _open_stream(fileobj, progress.advance)
         try:
             while (info := tar.next()) is not None:
                 importer.add(tar, info)

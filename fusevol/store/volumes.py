@@ -19,7 +19,8 @@ import json
 import re
 import time
 
-from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound
+from ..errors import AlreadyExists, Busy, InUse, InvalidArgument, NotFound
+from ..records import MountSpec, Volume
 from . import schema
 from .env import Txn
 from .schema import ROOT_INO, Inode, u64, vkey
@@ -160,7 +161,8 @@ def parse_options(opts: dict | None) -> dict:
             settings[key] = _parse_bool(key, value)
         elif key == "remote":
             if not _REMOTE_NAME_RE.match(value):
-                raise InvalidArgument(f"option remote={shown(value)}: name a remote (fusevol remote ls)")
+                raise InvalidArgument(f"option remote={shown(value)}: name a remote",
+                                      reason="remote_name")
         elif key == "from-remote":
             remote, colon, ref = value.partition(":")
             if not remote or not colon or "@" not in ref:
@@ -256,7 +258,10 @@ def views_of(txn: Txn, name: str) -> list[str]:
     return [v["name"] for v in list_all(txn) if v.get("source") == name]
 
 
-def stats(txn: Txn, record: dict) -> schema.VolumeStats:
+def stats(txn: Txn, record: dict | Volume) -> schema.VolumeStats:
+    """What a volume holds (a view: what its source holds)."""
+    if isinstance(record, Volume):
+        record = {"vid": record.vid, "source": record.source}
     if record["vid"] is None:
         source = get(txn, record["source"], missing_ok=True, removed_ok=True)
         if source is None or source["vid"] is None:  # not created yet
@@ -277,17 +282,66 @@ def source_of(txn: Txn, view: dict) -> dict:
     return source
 
 
+def load(txn: Txn, name: str, missing_ok: bool = False, removed_ok: bool = False) -> Volume | None:
+    """A volume's record, typed (as `get`)."""
+    record = get(txn, name, missing_ok=missing_ok, removed_ok=removed_ok)
+    return None if record is None else Volume.from_dict(record)
+
+
+def load_all(txn: Txn, removed: bool = False) -> list[Volume]:
+    """Every volume's record, typed (as `list_all`)."""
+    return [Volume.from_dict(r) for r in list_all(txn, removed)]
+
+
+def count_mount(txn: Txn, name: str, mount_id: str, delta: int) -> Volume | None:
+    """Count `delta` more mounts of Docker's mount `mount_id` on volume `name`
+    (a count that reaches 0 goes); None for a volume that does not exist."""
+    record = get(txn, name, missing_ok=True)
+    if record is None:
+        return None
+    mounts = dict(record.get("mounts") or {})
+    n = mounts.get(mount_id, 0) + delta
+    if n > 0:
+        mounts[mount_id] = n
+    else:
+        mounts.pop(mount_id, None)
+    record["mounts"] = mounts
+    put(txn, record)
+    return Volume.from_dict(record)
+
+
+def mount_spec(txn: Txn, name: str, *, subpath: str | None = None, readonly: bool = False,
+               removed_ok: bool = False) -> MountSpec:
+    """What mounting volume `name` serves, the one place views and read-only
+    mounts are resolved (the worker and the plugin's view binding ask here).
+
+    A view serves its source's rows, from its own folder (and `subpath` below
+    it); a mount is read-only if it asks to be, or the volume or its source
+    is. `removed_ok`: a source removed while it has views is still served for
+    them (at the driver's own mountpoint)."""
+    record = get(txn, name, removed_ok=removed_ok)
+    data = record
+    if record.get("source"):
+        data = source_of(txn, record)
+        subpath = "/".join(p for p in (record["subpath"], subpath) if p)
+    if subpath is not None:
+        subpath = normalize_subpath(subpath)
+    return MountSpec(name=name, data=Volume.from_dict(data), subpath=subpath,
+                     readonly=bool(readonly or record["readonly"] or data["readonly"]))
+
+
 def remove(txn: Txn, name: str) -> list[str]:
     """Delete a volume and drop its references to chunks (freeing those no one else
     holds); a source with views is only marked removed (see above). Returns the
     volumes deleted: this one, and its source if it was the source's last view."""
     record = get(txn, name)
-    if record.get("mounts"):
-        raise Busy(f"volume {name} is mounted ({len(record['mounts'])} mount(s)); unmount it first")
+    if record.get("mounts"):  # the service checked; this holds it within the transaction
+        raise InUse(f"volume {name} is mounted ({len(record['mounts'])} mount(s))",
+                    volume=name, holder="containers", action="remove")
     snaps = sum(1 for _ in txn.scan("snapshots", name.encode() + b"\0"))
     if snaps:
-        raise Busy(f"volume {name} has {snaps} snapshot(s); delete them first "
-                   f"(fusevol snapshot ls {name}; fusevol snapshot rm {name}@NAME)")
+        raise Busy(f"volume {name} has {snaps} snapshot(s); delete them first",
+                   reason="has_snapshots", volume=name)
     if views_of(txn, name):
         record["removed"] = True
         put(txn, record)

@@ -1,0 +1,31 @@
+"""What a user of the command line can do about an error: the commands and
+flags the layers below must not name (errors.py), added to its message."""
+
+from .. import errors
+
+
+def worded(error: errors.FusevolError) -> str:
+    text, details = str(error), error.details
+    if error.reason == "in_use":
+        holder, action = details["holder"], details["action"]
+        if holder == "containers":
+            if action == "rollback":
+                return f"{text}; stop them before rolling back"
+            return f"{text}; stop the containers using it first"
+        if action == "rollback" and details.get("force_helps"):
+            return f"{text}; unmount it, or use --force to unmount, roll back and mount it again"
+        if action == "receive":
+            return f"{text}; unmount it before receiving into it"
+        return f"{text}; unmount it first"
+    if error.reason == "has_snapshots":
+        volume = details["volume"]
+        return f"{text} (fusevol snapshot ls {volume}; fusevol snapshot rm {volume}@NAME)"
+    if error.reason == "changed_since_snapshot":
+        return f"{text} (snapshot it first, or use --force)"
+    if error.reason in ("no_remote", "remote_name"):
+        return f"{text} (fusevol remote ls lists them)"
+    if error.reason == "no_base":
+        return f"{text}: send -i from a snapshot it has"
+    if error.reason == "damaged":
+        return f"{text}; fusevol verify names the files it reaches"
+    return text

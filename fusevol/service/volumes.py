@@ -1,0 +1,185 @@
+"""The life of volumes, for the CLI and the plugin alike.
+
+`VolumeService` gathers what holds a volume (the store's records, the worker
+registry, the mount table) and applies the rules of `rules.py`: removal,
+rollback (with force), receiving into a volume, flushing a worker before its
+volume is read, starting and stopping workers. The plugin's supervisor adds
+what only Docker has (mount IDs and their counts, views as bind mounts) on
+top; the CLI adds its words.
+
+Every method blocks (store transactions, workers starting and stopping).
+"""
+
+import logging
+import os
+
+from ..fs import registry
+from ..records import Snapshot, Volume, Worker
+from ..store import volumes
+from . import rules
+
+log = logging.getLogger(__name__)
+
+
+class VolumeService:
+    def __init__(self, store):
+        """On an open Store, or on a store's path: opened when first needed
+        (`fusevol umount` needs only the registry)."""
+        self._store = None if isinstance(store, str) else store
+        self.store_path = store if isinstance(store, str) else store.path
+        self.mnt_dir = registry.mount_dir(self.store_path)
+
+    @classmethod
+    def open(cls, store_path: str) -> "VolumeService":
+        """A service on the store at `store_path` (an absolute, resolved path)."""
+        return cls(store_path)
+
+    @property
+    def store(self):
+        if self._store is None:
+            from ..store import Store
+
+            self._store = Store.open(self.store_path)
+        return self._store
+
+    def driver_path(self, name: str) -> str:
+        """Where the driver mounts volume `name` (STORE/mnt/NAME or --mount-dir)."""
+        return os.path.join(self.mnt_dir, name)
+
+    # -- records ----------------------------------------------------------------
+
+    def volume(self, name: str, missing_ok: bool = False) -> Volume | None:
+        with self.store.read() as txn:
+            return volumes.load(txn, name, missing_ok=missing_ok)
+
+    def all_volumes(self, removed: bool = False) -> list[Volume]:
+        with self.store.read() as txn:
+            return volumes.load_all(txn, removed=removed)
+
+    def family(self, data_name: str) -> list[Volume]:
+        """A data volume and its views (a source removed for its views included)."""
+        return [v for v in self.all_volumes(removed=True) if v.family == data_name]
+
+    def family_count(self, data_name: str) -> int:
+        """Mounts Docker counts on a data volume and all its views."""
+        return sum(v.mount_count for v in self.family(data_name))
+
+    def create(self, name: str, opts: dict | None = None) -> Volume:
+        """A new volume (a clone when the options say from-snapshot=VOLUME@SNAPSHOT)."""
+        from ..store import snapshots
+
+        with self.store.write() as txn:
+            return Volume.from_dict(snapshots.create_volume(txn, name, opts))
+
+    # -- what holds a volume ------------------------------------------------------
+
+    def serving_worker(self, name: str) -> Worker | None:
+        """The worker serving data volume `name`, wherever it is mounted."""
+        return registry.worker_of(self.store_path, volume=name)
+
+    def holders(self, name: str, volume: Volume | None = None) -> rules.Holders:
+        volume = volume or self.volume(name)
+        family = self.family(volume.family)
+        place = self.driver_path(volume.name)
+        return rules.Holders(
+            volume=volume,
+            family_mounts={v.name: v.mount_count for v in family if v.mount_count},
+            worker=self.serving_worker(volume.family),
+            mounted_at_driver=place if registry.is_mountpoint(place) else None)
+
+    def receive_target_served(self, name: str) -> bool:
+        """Whether receiving a stream (or a pull) into `name` must be refused
+        for a worker serving it (the store refuses; rules.receive_blocked)."""
+        return rules.receive_blocked(self.serving_worker(name))
+
+    # -- changes ----------------------------------------------------------------
+
+    def remove(self, name: str) -> list[str]:
+        """Delete a volume nothing holds (rules.check_remove); returns the
+        volumes deleted (a source removed for its views goes with its last
+        view; one with views stays, marked removed)."""
+        rules.check_remove(self.holders(name))
+        with self.store.write() as txn:
+            deleted = volumes.remove(txn, name)
+        for gone in deleted:
+            registry.remove_worker_log(self.store_path, gone)
+            try:
+                os.rmdir(self.driver_path(gone))  # an empty directory only: never a recursive delete
+            except OSError:
+                pass
+        return deleted
+
+    def flush_for_read(self, name: str, missing_ok: bool = True) -> None:
+        """Data written before a read of volume `name` began (a snapshot, an
+        export, a diff against the live volume) must be in what it reads: the
+        worker serving it stores what it holds first. A volume that does not
+        exist is left to the read to report, unless not `missing_ok`."""
+        with self.store.read() as txn:
+            volume = volumes.load(txn, name, missing_ok=missing_ok)
+        registry.flush_worker(self.store_path, rules.flush_target(volume, name))
+
+    def snapshot(self, volume: str, name: str | None = None) -> Snapshot:
+        from ..store import snapshots
+
+        self.flush_for_read(volume)
+        with self.store.write() as txn:
+            return Snapshot.from_dict(snapshots.create(txn, volume, name))
+
+    def snapshots(self, volume: str | None = None) -> list[tuple[Snapshot, int, int]]:
+        """Snapshots (of `volume`, or all), each with what deleting it alone
+        frees: stored bytes, and bytes of the store's file (snapshots.held_alone)."""
+        from ..store import snapshots
+
+        with self.store.read() as txn:
+            return [(Snapshot.from_dict(s), *snapshots.held_alone(txn, s))
+                    for s in snapshots.list_all(txn, volume)]
+
+    def clone(self, volume: str, name: str, new_volume: str, opts: dict | None = None) -> Volume:
+        """A new volume starting as snapshot `volume`@`name` (nothing copied)."""
+        from ..store import snapshots
+
+        with self.store.write() as txn:
+            return Volume.from_dict(snapshots.clone(txn, volume, name, new_volume, opts))
+
+    def rollback(self, volume: str, name: str, force: bool = False) -> None:
+        """Return `volume` to snapshot `name`. Refused while containers use it
+        or a worker serves it; with `force`, that worker stores what it holds,
+        is stopped (refused while files are open on it), and is started again
+        on the rolled-back volume at the same place."""
+        from ..store import snapshots
+
+        with self.store.read() as txn:
+            snapshots.get(txn, volume, name)
+        worker = rules.check_rollback(self.holders(volume), force)
+        if worker is not None:
+            registry.flush_worker(self.store_path, volume)
+            self.stop_worker(worker.mountpoint)
+        with self.store.write() as txn:
+            snapshots.rollback(txn, volume, name)
+        if worker is not None:
+            self.start_worker(volume, worker.mountpoint, readonly=worker.readonly,
+                              subpath=worker.subpath)
+
+    def gc(self, progress=None) -> dict:
+        """The store's gc; volumes a worker serves keep their orphan files."""
+        from ..store import check
+
+        workers = registry.workers(self.store_path)
+        with self.store.write() as txn:
+            busy = rules.served_vids(volumes.load_all(txn, removed=True), workers)
+            return check.gc(txn, busy, progress)
+
+    # -- workers ------------------------------------------------------------------
+
+    def start_worker(self, name: str, mountpoint: str, *, readonly: bool = False,
+                     subpath: str | None = None, options: str | None = None,
+                     fsname: str | None = None, timeout: float = 60.0, forkserver=None) -> int:
+        """Start a worker serving volume `name` at `mountpoint`; its pid once it serves.
+        The worker resolves what it serves (views, read-only) by volumes.mount_spec."""
+        return registry.start_worker(self.store_path, name, mountpoint, readonly=readonly,
+                                     subpath=subpath, options=options, fsname=fsname,
+                                     timeout=timeout, forkserver=forkserver)
+
+    def stop_worker(self, mountpoint: str, lazy: bool = False, timeout: float = 60.0) -> None:
+        """Unmount and wait until the worker has stored everything and exited."""
+        registry.unmount(self.store_path, mountpoint, timeout=timeout, lazy=lazy)

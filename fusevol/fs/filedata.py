@@ -22,7 +22,7 @@ import functools
 
 import trio
 
-from ..errors import FsError, FusevolError
+from ..errors import FsError, FusevolError, StoreDamaged
 from ..store import Inodes, chunks
 from .runner import TxnRunner
 from .space import SpaceBudget
@@ -100,23 +100,35 @@ class FileData:
 
     async def _load(self, indexes: list[int]) -> dict[int, bytes | None]:
         """Stored content of blocks (None for holes). The block map comes from
-        the store thread (it sees uncommitted changes); the chunks, immutable,
-        are read and decompressed by other threads, several requests at once,
-        unless there is only one."""
-        ids = await self.runner.read(self.inodes.block_ids, self.ino, indexes)
-        wanted = {i: cid for i, cid in ids.items() if cid is not None}
-        if len(wanted) <= INLINE_READS_UP_TO:
-            # A thread round trip cost more than the read itself: 4 KiB random
-            # reads, cold, 2,400 -> 3,600-6,400 IOPS on this project's machine.
-            # The loop waits for the disk meanwhile, as a C FUSE server would.
-            found = _read_chunks(self.runner.store, wanted)
-        else:
-            found = await trio.to_thread.run_sync(_read_chunks, self.runner.store, wanted,
-                                                  limiter=self.runner.read_limiter)
-        missing = {i: cid for i, cid in wanted.items() if i not in found}
-        if missing:  # written by the open batch, not committed yet
-            found.update(await self.runner.run(_read_chunks_in, missing, foreseen=True))
-        return {i: found.get(i) for i in indexes}
+        the worker's rows; the chunks, immutable, are read and decompressed by
+        other threads, several requests at once, unless there is only one.
+
+        A flush that completes while the chunks are read may replace a block
+        and let go of the chunk it held: such a block is read again from the
+        map as it is then. A chunk missing while the map still points to it
+        is damage."""
+        while True:
+            ids = await self.runner.read(self.inodes.block_ids, self.ino, indexes)
+            wanted = {i: cid for i, cid in ids.items() if cid is not None}
+            if len(wanted) <= INLINE_READS_UP_TO:
+                # A thread round trip cost more than the read itself: 4 KiB random
+                # reads, cold, 2,400 -> 3,600-6,400 IOPS on this project's machine.
+                # The loop waits for the disk meanwhile, as a C FUSE server would.
+                found = _read_chunks(self.runner.store, wanted)
+            else:
+                found = await trio.to_thread.run_sync(_read_chunks, self.runner.store, wanted,
+                                                      limiter=self.runner.read_limiter)
+            missing = {i: cid for i, cid in wanted.items() if i not in found}
+            if missing:  # written by the open batch, not committed yet (or let go of)
+                found.update(await self.runner.run(chunks.read_present, missing,
+                                                   foreseen=True))
+            gone = [i for i in wanted if i not in found]
+            if not gone:
+                return {i: found.get(i) for i in indexes}
+            now = await self.runner.read(self.inodes.block_ids, self.ino, gone)
+            for i in gone:
+                if now[i] == wanted[i]:
+                    raise StoreDamaged(f"missing chunk {wanted[i].hex()}")
 
     async def write(self, offset: int, data: bytes) -> int:
         bs = self.bs
@@ -286,10 +298,6 @@ async def _prepare(blocks, compression: str) -> dict:
             if part:
                 nursery.start_soon(one, part)
     return out
-
-
-def _read_chunks_in(txn, wanted: dict[int, bytes]) -> dict[int, bytes]:
-    return {i: chunks.read(txn, cid) for i, cid in wanted.items()}
 
 
 def _read_chunks(store, wanted: dict[int, bytes]) -> dict[int, bytes]:

@@ -181,6 +181,17 @@ def read(txn: Txn, cid: bytes) -> bytes:
     return decode_checked(payload, cid)
 
 
+def read_present(txn: Txn, wanted: dict) -> dict:
+    """key -> bytes of the chunks in `wanted` (key -> chunk id) that exist, each
+    checked against its id; those that do not exist are left out."""
+    out = {}
+    for key, cid in wanted.items():
+        payload = txn.get("chunks", cid)
+        if payload is not None:
+            out[key] = decode_checked(payload, cid)
+    return out
+
+
 def totals(txn: Txn) -> dict:
     raw = txn.get("meta", b"chunk_totals")
     chunks, raw_bytes, stored = (schema.read_u64(raw, i * 8) for i in range(3)) if raw else (0, 0, 0)

@@ -4,6 +4,7 @@ which flushes are answered ahead."""
 
 import errno
 import os
+import threading
 
 import pytest
 import trio
@@ -216,3 +217,37 @@ async def test_a_flush_that_fails_keeps_the_data_and_refuses_on_no_space(store, 
     assert fd.error is None
     await fd.flush(durable=True)
     assert _stored(store, inodes, fd.ino) == b"keep me"
+
+
+async def test_a_load_that_meets_a_flush_letting_go_of_its_chunk_reads_the_new_one(
+        store, inodes, runner, new_file, monkeypatch):
+    """A read loads two blocks in a thread; meanwhile a write and a durable flush
+    replace the second block, and the chunk it held is deleted and committed.
+    The load finds that chunk gone: it reads the block map again and loads what
+    it points to now (it failed with 'missing chunk', EIO, when the kernel's
+    writeback met a flush this way)."""
+    fd = await new_file()
+    old = os.urandom(2 * BS)
+    await fd.write(0, old)
+    await fd.flush(durable=True)
+    fd = FileData(fd.ino, fd.size, inodes, runner, fd.space)  # nothing buffered: reads load
+    reading, go_on = trio.Event(), threading.Event()
+    real = filedata._read_chunks
+    token = trio.lowlevel.current_trio_token()
+
+    def held_read(store_, wanted):  # in the read thread: wait until the flush is done
+        token.run_sync_soon(reading.set)
+        assert go_on.wait(10)
+        return real(store_, wanted)
+
+    monkeypatch.setattr(filedata, "_read_chunks", held_read)
+    got = []
+    new = os.urandom(BS)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_append, got, fd.read(BS - 10, 20))
+        await reading.wait()
+        monkeypatch.setattr(filedata, "_read_chunks", real)
+        await fd.write(BS, new)  # the whole second block
+        await fd.flush(durable=True)  # its old chunk is let go of, committed
+        go_on.set()
+    assert got == [old[BS - 10:BS] + new[:10]]

@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 # stay true for long; they are dropped explicitly when the store changes under us.
 ENTRY_TIMEOUT = 60.0
 ATTR_TIMEOUT = 60.0
-FLUSH_AT = 8 << 20         # a file's dirty bytes that start a background flush
+# A file's dirty bytes that start a background flush (FUSEVOL_FLUSH_AT: tests make
+# it small so that flushes meet the writes they race with more often)...
+FLUSH_AT = int(os.environ.get("FUSEVOL_FLUSH_AT", 8 << 20))
 BLOCK_WRITES_AT = 3 * FLUSH_AT  # ...and that make writers wait (bounds memory)
 FLUSH_INTERVAL = 5.0       # seconds dirty data may stay in memory
 POSIX_ACL_PREFIX = b"system.posix_acl_"

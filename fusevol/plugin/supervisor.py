@@ -294,6 +294,14 @@ class Supervisor:
         mounted = [r for r in family if mount_count(r) > 0]
         if data is None:
             return
+        try:
+            self._restore(data, family, mounted)
+        finally:
+            if self._follows(data) and not data.get("removed"):  # a lease to hold, a push owed
+                self.follower.resume(data, mounted=bool(mounted))
+
+    def _restore(self, data: dict, family: list[dict], mounted: list[dict]) -> None:
+        data_name = data["name"]
         if not mounted:
             for view in family:
                 if view is not data:

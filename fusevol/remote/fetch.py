@@ -32,6 +32,11 @@ def check_blob(kind: bytes, bid: bytes, stored) -> bytes | memoryview | None:
         return None
 
 
+class PackMissing(RemoteDamaged):
+    """A pack an index lists is not there (damage, or rewritten by a prune
+    since the indexes were read)."""
+
+
 def _what(kind: bytes) -> str:
     return "chunk" if kind == layout.CHUNK else "tree object"
 
@@ -77,7 +82,7 @@ class Fetcher:
         name = layout.pack_name(pid)
         data = self.bucket.get(name, start, length)
         if data is None:
-            raise RemoteDamaged(f"remote {self.bucket.name}: pack {name} is missing "
+            raise PackMissing(f"remote {self.bucket.name}: pack {name} is missing "
                                 f"(it holds {_what(group[0][0])} {group[0][1].hex()})")
         if len(data) != length:
             raise RemoteDamaged(f"remote {self.bucket.name}: pack {name} is damaged (shorter than "

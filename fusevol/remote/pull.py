@@ -12,6 +12,7 @@ fails at any point leaves the store as it was.
 
 import concurrent.futures
 import json
+import logging
 import os
 import re
 import threading
@@ -22,10 +23,11 @@ from ..store import blobs, chunks, snapshots, stream, trees, volumes
 from ..store.env import Store
 from ..store.stream import NoProgress
 from . import catalog, manifests
-from .fetch import Fetcher
+from .fetch import Fetcher, PackMissing
 from .s3 import Bucket
 from .staging import Staging
 
+log = logging.getLogger(__name__)
 THREADS = 8
 PIPE_SIZE = 1 << 20
 # How receive names a chunk the store lost meanwhile (store/stream.py).
@@ -41,26 +43,37 @@ def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | N
     started = time.monotonic()
     target = volumes.check_name(new_volume or volume)
     bucket = Bucket(remote, max_pool=THREADS)
-    with concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="pull") as pool:
+    downloaded = 0
+    with concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="pull") as pool, \
+            Staging(store) as staging:
         manifest = manifests.read(bucket, volume, name)
         base_root = _base_of(store, target)
-        cat = catalog.load(bucket, pool)
-        fetcher = Fetcher(bucket, cat, pool)
         root = bytes.fromhex(manifest["root"])
-        objects, order, missing_chunks = _plan(store, fetcher, root)
         record = {k: manifest[k] for k in stream.SENT_FIELDS}
         record["sent_from"] = f"{remote['name']}:{volume}@{name}"
         _refuse_early(store, target, base_root, record, mounted=mounted)
-        with Staging(store) as staging:
-            progress.start(f"pulling {volume}@{name}",
-                           sum(fetcher.cat.where(cid)[3] for cid in missing_chunks))
-            staging.store_batches(fetcher.stream(missing_chunks), progress)
-            staged = set(staging.held)
-            report = _receive(store, target, base_root, record, objects, order, staged,
-                              force=force, mounted=mounted, opts=opts)
-            report["new_chunks"] = staging.new_chunks
-    report.update(remote=remote["name"], downloaded_bytes=fetcher.downloaded_bytes,
-                  objects=len(order), chunks=len(missing_chunks),
+        for attempt in range(2):
+            fetcher = Fetcher(bucket, catalog.load(bucket, pool), pool)
+            try:
+                objects, order, missing_chunks = _plan(store, fetcher, root)
+                progress.start(f"pulling {volume}@{name}",
+                               sum(fetcher.cat.where(cid)[3] for cid in missing_chunks))
+                staging.store_batches(fetcher.stream(missing_chunks), progress)
+                break
+            except PackMissing:
+                if attempt:
+                    raise
+                # A prune may have rewritten it since the indexes were read:
+                # read them again; what is stored already is not fetched again.
+                log.info("a pack is gone since the indexes were read: reading them again")
+            finally:
+                downloaded += fetcher.downloaded_bytes
+        report = _receive(store, target, base_root, record, objects, order, set(staging.held),
+                          force=force, mounted=mounted, opts=opts)
+        report["new_chunks"] = staging.new_chunks
+        chunk_count = len(staging.held)
+    report.update(remote=remote["name"], downloaded_bytes=downloaded,
+                  objects=len(order), chunks=chunk_count,
                   seconds=round(time.monotonic() - started, 3))
     return report
 

@@ -58,6 +58,11 @@ def prune(remote: dict, *, break_locks: bool = False, dry_run: bool = False) -> 
         packs.update(cat.unindexed)
         packs = {pid: entries for pid, entries in packs.items() if pid in cat.packs}
         live = _homes(packs, reachable)
+        homeless = reachable.difference(*live.values())
+        if homeless:
+            raise RemoteDamaged(f"remote {bucket.name}: blob {next(iter(homeless)).hex()} that a "
+                                "snapshot reaches is only in packs that are missing; prune "
+                                "changes nothing (fusevol remote verify names what is wrong)")
         keep = {pid: entries for pid, entries in packs.items() if live.get(pid)}
         repack = {pid: entries for pid, entries in keep.items()
                   if _dead_bytes(entries, live[pid]) > REPACK_DEAD * _bytes(entries)}

@@ -98,3 +98,68 @@ def test_prune_deletes_nothing_while_a_snapshot_lacks_readable_data(hosts):
     proc = a.run("remote", "prune", "r", check=False)
     assert proc.returncode == 8 and b"prune changes nothing" in proc.stderr, proc.stderr
     assert keys(a.cluster, bucket, "fv/data/") == packs
+
+
+def _a_pack_mostly_forgotten(a: Host) -> None:
+    kept, gone = os.urandom(MiB), os.urandom(3 * MiB)
+    a.import_files("one", {"kept": kept, "gone": gone})
+    a.import_files("two", {"kept": kept})
+    a.run("snapshot", "create", "one@s")
+    a.run("snapshot", "create", "two@s")
+    a.run("push", "one@s", "r")  # one pack of chunks: kept and gone together
+    a.run("push", "two@s", "r")  # sends no chunk: the remote has kept's
+    a.run("remote", "forget", "r", "one@s")
+
+
+def test_prune_rewrites_packs_mostly_unreachable(hosts):
+    a, b, bucket = hosts
+    _a_pack_mostly_forgotten(a)
+    before = keys(a.cluster, bucket, "fv/data/")
+
+    dry = a.json("remote", "prune", "r", "--dry-run")
+    assert dry["packs_repacked"] >= 1 and MiB <= dry["bytes_rewritten"] < 1.1 * MiB, dry
+    assert keys(a.cluster, bucket, "fv/data/") == before
+    done = a.json("remote", "prune", "r")
+    assert done["packs_repacked"] == dry["packs_repacked"] and done["packs_made"] >= 1, done
+    after = keys(a.cluster, bucket, "fv/data/")
+    assert not set(after) & {k for k, n in before.items() if n > 2 * MiB}  # the big pack went
+    assert sum(after.values()) < 1.2 * MiB <= sum(before.values()) / 3
+    assert len(keys(a.cluster, bucket, "fv/index/")) == 1
+    assert b": ok" in a.run("remote", "verify", "r", "--read-data").stdout
+    b.run("pull", "r", "two@s")
+    assert volume_digests(b.store, "two") == volume_digests(a.store, "two@s")
+    again = a.json("remote", "prune", "r")  # nothing left to free or rewrite
+    assert again["packs_deleted"] == again["packs_repacked"] == 0, again
+
+
+def test_a_pull_that_read_the_indexes_before_a_repack_reads_them_again(hosts, monkeypatch):
+    import concurrent.futures
+
+    from fusevol.remote import catalog
+    from fusevol.remote import pull as pulling
+    from fusevol.store import Store, remotes
+
+    a, b, _ = hosts
+    _a_pack_mostly_forgotten(a)
+    for k, v in b.env.items():
+        monkeypatch.setenv(k, v)
+    store = Store.open(b.store)
+    try:
+        with store.read() as txn:
+            remote = remotes.get(txn, "r")
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            stale = catalog.load(Bucket(remote), pool)
+        assert a.json("remote", "prune", "r")["packs_repacked"] >= 1
+        loads = []
+        real_load = catalog.load
+
+        def load(*args, **kwargs):  # the first pull reads the indexes before the prune ran
+            loads.append(1)
+            return stale if len(loads) == 1 else real_load(*args, **kwargs)
+
+        monkeypatch.setattr(pulling.catalog, "load", load)
+        pulling.pull(store, remote, "two", "s")
+        assert len(loads) == 2
+    finally:
+        Store._instances.pop(store.path).close()
+    assert volume_digests(b.store, "two") == volume_digests(a.store, "two@s")

@@ -258,6 +258,14 @@ class Supervisor:
         if data is None:
             return
         mounted = [v for v in family if v.mount_count > 0]
+        try:
+            self._restore(data, family, mounted)
+        finally:
+            if self._follows(data) and not data.removed:  # a lease to hold, a push owed
+                self.follower.resume(data.to_dict(), mounted=bool(mounted))
+
+    def _restore(self, data: Volume, family: list[Volume], mounted: list[Volume]) -> None:
+        data_name = data.name
         if not mounted:
             for view in family:
                 if view is not data:

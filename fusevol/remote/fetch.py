@@ -1,5 +1,6 @@
 """Blobs downloaded from packs by ranged GETs in threads, each checked against
-its id before anything uses it: damage is named by pack and blob."""
+its id (in the downloading thread) before anything uses it: damage is named by
+pack and blob."""
 
 import collections
 import concurrent.futures
@@ -16,15 +17,24 @@ MAX_RANGE = 16 << 20  # and no GET reads more than this (measured: 16 MiB x 8 be
 IN_FLIGHT = 8
 
 
-def check_blob(kind: bytes, bid: bytes, stored: bytes) -> bool:
-    """Whether stored bytes decode to content whose id is bid."""
+def check_blob(kind: bytes, bid: bytes, stored) -> bytes | memoryview | None:
+    """The content stored bytes decode to, if its id is bid; else None. A raw
+    chunk is hashed where it lies (a view of it is returned, not a copy)."""
     try:
+        if kind == layout.CHUNK and stored[0] == chunks.RAW:
+            data = memoryview(stored)[1:]
+            return data if chunks.chunk_id(data) == bid else None
         data = chunks.decode(stored)
         if kind == layout.CHUNK:
-            return chunks.chunk_id(data) == bid
-        return trees.object_id(data) == bid
+            return data if chunks.chunk_id(data) == bid else None
+        return data if trees.object_id(data) == bid else None
     except Exception:  # a flipped byte can break zstd or the object layout in many ways
-        return False
+        return None
+
+
+class PackMissing(RemoteDamaged):
+    """A pack an index lists is not there (damage, or rewritten by a prune
+    since the indexes were read)."""
 
 
 def _what(kind: bytes) -> str:
@@ -68,46 +78,40 @@ class Fetcher:
         start = group[0][2]
         return pid, start, group[-1][2] + group[-1][3] - start, group
 
-    def _get(self, pid: bytes, start: int, length: int, group: list,
-             check: bool = True) -> list[tuple[bytes, bytes]]:
+    def _get(self, pid: bytes, start: int, length: int, group: list) -> list[tuple]:
         name = layout.pack_name(pid)
         data = self.bucket.get(name, start, length)
         if data is None:
-            raise RemoteDamaged(f"remote {self.bucket.name}: pack {name} is missing "
+            raise PackMissing(f"remote {self.bucket.name}: pack {name} is missing "
                                 f"(it holds {_what(group[0][0])} {group[0][1].hex()})")
         if len(data) != length:
             raise RemoteDamaged(f"remote {self.bucket.name}: pack {name} is damaged (shorter than "
                                 "its index says)")
-        out = []
+        view, out = memoryview(data), []
         for kind, bid, offset, blen in group:
-            stored = data[offset - start: offset - start + blen]
-            if check and not check_blob(kind, bid, stored):
+            stored = view[offset - start: offset - start + blen]  # no copy of the range
+            content = check_blob(kind, bid, stored)
+            if content is None:
                 raise RemoteDamaged(f"remote {self.bucket.name}: pack {name} is damaged: {_what(kind)} "
                                     f"{bid.hex()} does not match its content")
-            out.append((bid, stored))
+            out.append((bid, stored, content))
         with self._lock:
             self.downloaded_bytes += length
         return out
 
-    def damaged(self, bid: bytes) -> RemoteDamaged:
-        """The error that names the pack of a blob found damaged elsewhere."""
-        kind, pid, _, _ = self.cat.where(bid)
-        return RemoteDamaged(f"remote {self.bucket.name}: pack {layout.pack_name(pid)} is damaged: "
-                             f"{_what(kind)} {bid.hex()} does not match its content")
-
     def fetch(self, ids) -> dict[bytes, bytes]:
         """{id: stored bytes} of every id, all checked."""
-        return dict(pair for batch in self.stream(ids) for pair in batch)
+        return {bid: bytes(stored) for batch in self.stream(ids) for bid, stored, _ in batch}
 
-    def stream(self, ids, check: bool = True):
-        """Batches of (id, stored bytes) as they arrive, in order, with a few
-        ranges downloading ahead. check=False: the caller checks every blob
-        itself (and names its pack with `damaged`)."""
+    def stream(self, ids):
+        """Batches of (id, stored bytes, content), each checked against its id
+        in the downloading thread, in order as they arrive, with a few ranges
+        downloading ahead. Stored bytes and content may be views of a range."""
         ranges = self._ranges(ids)
         pending = collections.deque()
         try:
             for r in ranges:
-                pending.append(self.pool.submit(self._get, *r, check))
+                pending.append(self.pool.submit(self._get, *r))
                 if len(pending) >= IN_FLIGHT:
                     yield pending.popleft().result()
             while pending:

@@ -9,6 +9,12 @@ diverged). While mounted: renew the lease. After the last unmount: snapshot
 (unless nothing changed) and push in a thread, then release the lease; a push
 that fails keeps the lease and is tried again, so no other host mounts an
 older copy meanwhile.
+
+From its first mount until that push has landed, the store notes that this
+host owes the remote the volume's data (store/remotes.owe). A daemon killed
+meanwhile (mounted, or in the middle of the push) finds the note when it
+starts again (`resume`, from the supervisor's reconcile): a volume still
+mounted gets its lease back and renewed, one no longer mounted is pushed.
 """
 
 import concurrent.futures
@@ -17,7 +23,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from ..errors import Busy
+from ..errors import Busy, FusevolError
 from ..store import remotes, snapshots, volumes
 from ..store.env import Store
 from . import manifests, pull, push
@@ -101,15 +107,50 @@ class Follower:
         lease.take()
         try:
             self._catch_up(remote, bucket, volume)
+            with self.store.write() as txn:
+                remotes.owe(txn, volume)  # from now on the remote may lack what is written
         except BaseException:
             lease.release()
             raise
-        held = _Held(lease)
+        self._hold(volume, lease, mounted=True)
+
+    def _hold(self, volume: str, lease: Lease, mounted: bool) -> _Held:
+        held = _Held(lease, mounted=mounted)
         held.renewer = threading.Thread(target=self._renew, args=(volume, held), daemon=True,
                                         name=f"lease-{volume}")
         held.renewer.start()
         with self.lock:
             self.held[volume] = held
+        return held
+
+    def resume(self, record: dict, mounted: bool) -> None:
+        """After a daemon restart: hold the lease of a volume still mounted,
+        and push one this host still owes the remote (its push was cut short)."""
+        volume = record["name"]
+        with self.lock:
+            if volume in self.held:
+                return
+        with self.store.read() as txn:
+            owed = remotes.owes(txn, volume)
+        if not owed and not mounted:
+            return
+        remote = _remote_of(self.store, record)
+        if remote is None:
+            return
+        lease = Lease(Bucket(remote), volume, store_id(self.store))
+        try:
+            lease.take()
+        except Busy as e:
+            raise Busy(f"{volume}: this host has data that remote {remote['name']} may lack "
+                       f"(its push after the last unmount did not finish), but {e}") from None
+        if mounted and not owed:
+            with self.store.write() as txn:
+                remotes.owe(txn, volume)
+        if owed and not mounted:
+            log.info("%s: pushing what the last unmount did not finish pushing", volume)
+        held = self._hold(volume, lease, mounted=mounted)
+        if not mounted:
+            self.after_last_unmount(record, held)
 
     def _catch_up(self, remote: dict, bucket: Bucket, volume: str) -> None:
         newest = newest_on_remote(bucket, volume)
@@ -152,12 +193,21 @@ class Follower:
             except Exception as e:  # the server away for a while: try again
                 log.warning("%s: renewing its lease: %s", volume, e)
 
-    def after_last_unmount(self, record: dict) -> None:
+    def after_last_unmount(self, record: dict, held: _Held | None = None) -> None:
         volume = record["name"]
-        with self.lock:
-            held = self.held.get(volume)
+        if held is None:
+            with self.lock:
+                held = self.held.get(volume)
             if held is None:
+                # Not held by this daemon: mounted before it started. A push
+                # owed still goes out (resume takes the lease first); if it
+                # cannot now, the next reconcile tries again.
+                try:
+                    self.resume(record, mounted=False)
+                except FusevolError as e:
+                    log.error("%s: %s", volume, e)
                 return
+        with self.lock:
             held.mounted = False
             held.unmounts += 1
             if held.pusher is not None and held.pusher.is_alive():
@@ -187,6 +237,8 @@ class Follower:
                     if held.mounted:
                         return  # mounted again meanwhile: keep holding; its unmount pushes
                     if held.unmounts == round_of:
+                        with self.store.write() as txn:
+                            remotes.settle(txn, volume)  # the remote has it all
                         del self.held[volume]
                         break
                 continue  # unmounted again while this push ran: push that too

@@ -2,12 +2,19 @@
 `fusevol remote forget`: delete a snapshot's manifest (prune frees its data).
 
 Under a prune lock (locks.py: never beside a push), prune reads every
-manifest and walks every tree (tree objects only, checked by hash), then:
-writes one new index for the packs it keeps, deletes the old indexes, and
-only then the packs that hold nothing reachable. A pack that holds some
-reachable blob is kept whole (no repacking: its unreachable part is counted
-in the report). A reader that loaded the old indexes finds every pack of a
-snapshot that still has its manifest.
+manifest and walks every tree (tree objects only, checked by hash). Each
+reachable blob gets one home pack (the pack with the most reachable bytes
+first, so a blob in two packs, left by an interrupted prune or push, keeps
+one). A pack that is home to nothing goes. A kept pack more than REPACK_DEAD
+unreachable is rewritten: its reachable blobs are downloaded (checked) and
+uploaded in new packs. Then one new index for the packs kept and made, the
+old indexes deleted, and only then the packs that go. A prune that stops
+half way leaves packs no index lists; the next push or prune reads them by
+their headers, and the next prune deletes whichever copy it does not need.
+
+A reader that loaded the old indexes finds every pack of a snapshot that
+still has its manifest, except a pack rewritten meanwhile: a pull that meets
+such a missing pack reads the indexes again and goes on (pull.py).
 """
 
 import concurrent.futures
@@ -18,8 +25,10 @@ from . import catalog, layout, manifests
 from .fetch import Fetcher
 from .locks import PruneLock
 from .s3 import Bucket
+from .upload import Uploader
 
 THREADS = 8
+REPACK_DEAD = 0.5  # a kept pack more than this unreachable (by bytes) is rewritten
 
 
 def forget(remote: dict, volume: str, name: str) -> None:
@@ -47,24 +56,85 @@ def prune(remote: dict, *, break_locks: bool = False, dry_run: bool = False) -> 
         for packs_of_index in cat.indexes.values():
             packs.update(packs_of_index)
         packs.update(cat.unindexed)
-        keep = {pid: entries for pid, entries in packs.items()
-                if any(e[1] in reachable for e in entries)}
+        packs = {pid: entries for pid, entries in packs.items() if pid in cat.packs}
+        live = _homes(packs, reachable)
+        homeless = reachable.difference(*live.values())
+        if homeless:
+            raise RemoteDamaged(f"remote {bucket.name}: blob {next(iter(homeless)).hex()} that a "
+                                "snapshot reaches is only in packs that are missing; prune "
+                                "changes nothing (fusevol remote verify names what is wrong)")
+        keep = {pid: entries for pid, entries in packs.items() if live.get(pid)}
+        repack = {pid: entries for pid, entries in keep.items()
+                  if _dead_bytes(entries, live[pid]) > REPACK_DEAD * _bytes(entries)}
         drop = [pid for pid in cat.packs if pid not in keep]
-        unused = sum(e[3] for entries in keep.values() for e in entries if e[1] not in reachable)
-        report = {"snapshots": len(snaps), "packs_kept": len(keep), "packs_deleted": len(drop),
-                  "bytes_deleted": sum(cat.packs[p] for p in drop),
-                  "indexes_replaced": len(cat.indexes) + len(cat.damaged), "unused_bytes_kept": unused,
-                  "dry_run": dry_run}
+        moved = [(e[0], e[1]) for pid in repack for e in keep[pid] if e[1] in live[pid]]
+        unused = sum(_dead_bytes(entries, live[pid]) for pid, entries in keep.items()
+                     if pid not in repack)
+        report = {"snapshots": len(snaps), "packs_kept": len(keep) - len(repack),
+                  "packs_deleted": len(drop) + len(repack),
+                  "bytes_deleted": sum(cat.packs[p] for p in [*drop, *repack]),
+                  "packs_repacked": len(repack),
+                  "bytes_rewritten": sum(e[3] for p in repack for e in keep[p] if e[1] in live[p]),
+                  "indexes_replaced": len(cat.indexes) + len(cat.damaged),
+                  "unused_bytes_kept": unused, "dry_run": dry_run}
         if dry_run:
             return report
+        final = {pid: entries for pid, entries in keep.items() if pid not in repack}
+        if moved:
+            final.update(_rewrite(bucket, cat, pool, moved))
         new_index = None
-        if keep:
-            index_id, data = layout.encode_index(keep)
+        if final:
+            index_id, data = layout.encode_index(final)
             new_index = layout.index_name(index_id)
             bucket.put(new_index, data)
         bucket.delete([name for name in [*cat.indexes, *cat.damaged] if name != new_index])
-        bucket.delete([layout.pack_name(pid) for pid in drop])
+        bucket.delete([layout.pack_name(pid) for pid in [*drop, *repack]])
+        report["packs_made"] = len(final) - report["packs_kept"]
     return report
+
+
+def _bytes(entries: list) -> int:
+    return sum(e[3] for e in entries)
+
+
+def _dead_bytes(entries: list, homed: set[bytes]) -> int:
+    return sum(e[3] for e in entries if e[1] not in homed)
+
+
+def _homes(packs: dict[bytes, list], reachable: set[bytes]) -> dict[bytes, set[bytes]]:
+    """pack id -> the reachable blobs it is home to: each blob one home, the
+    packs with the most reachable bytes chosen first."""
+    def reachable_bytes(pid):
+        return sum(e[3] for e in packs[pid] if e[1] in reachable)
+
+    homed: set[bytes] = set()
+    out: dict[bytes, set[bytes]] = {}
+    for pid in sorted(packs, key=lambda p: (-reachable_bytes(p), p)):
+        mine = {e[1] for e in packs[pid] if e[1] in reachable and e[1] not in homed}
+        if mine:
+            out[pid] = mine
+            homed |= mine
+    return out
+
+
+def _rewrite(bucket: Bucket, cat: catalog.Catalog, pool, moved: list) -> dict[bytes, list]:
+    """Download (checked) and upload again, in new packs, the blobs (kind, id)
+    of packs being rewritten; {new pack id: entries}. Every blob is on the
+    remote already, so the order of the new packs does not matter."""
+    uploader = Uploader(bucket, pool, None)
+    fetcher = Fetcher(bucket, cat, pool)
+    kinds = {bid: kind for kind, bid in moved}
+    try:
+        for batch in fetcher.stream([bid for _, bid in moved]):
+            for bid, stored, _ in batch:
+                uploader.add(kinds[bid], bid, bytes(stored))
+        uploader.finish()
+    finally:
+        try:
+            uploader.wait()
+        except BaseException:
+            pass
+    return uploader.packs
 
 
 def _reachable(fetcher: Fetcher, cat: catalog.Catalog, roots: list[bytes]) -> set[bytes]:

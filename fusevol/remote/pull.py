@@ -2,31 +2,36 @@
 
 The manifest names the root; the tree is read level by level from tree packs,
 stopping at every object the local store holds already (it holds all below
-it). The chunks missing here are then downloaded and, with the new objects,
-written as a send stream (children first) into `receive`, which checks every
-id again, spools, and installs the snapshot in one write transaction: a pull
-that fails at any point leaves the store as it was.
+it). The chunks missing here are then downloaded, checked and stored as they
+arrive, each with a reference of the pull's own (staging.py). The new tree
+objects, children first, are then written as a send stream into `receive`,
+which checks every id again and installs the snapshot in one write
+transaction; the pull's own references are dropped at the end, so a pull that
+fails at any point leaves the store as it was.
 """
 
 import concurrent.futures
 import json
+import logging
 import os
 import re
 import threading
 import time
 
-from ..errors import InvalidArgument, StreamDamaged
+from ..errors import AlreadyExists, Busy, FusevolError, InvalidArgument, StreamDamaged
 from ..progress import NoProgress
 from ..store import blobs, chunks, snapshots, stream, trees, volumes
 from ..store.env import Store
 from . import catalog, manifests
-from .fetch import Fetcher
+from .fetch import Fetcher, PackMissing
 from .s3 import Bucket
+from .staging import Staging
 
+log = logging.getLogger(__name__)
 THREADS = 8
 PIPE_SIZE = 1 << 20
-# How receive names a chunk that does not match its id (store/stream.py).
-_DAMAGED_CHUNK = re.compile(r"chunk ([0-9a-f]{64}) does not match its content")
+# How receive names a chunk the store lost meanwhile (store/stream.py).
+_LOST_CHUNK = re.compile(r"refers to chunk ([0-9a-f]{64}), which neither")
 
 
 def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | None = None, *,
@@ -38,20 +43,37 @@ def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | N
     started = time.monotonic()
     target = volumes.check_name(new_volume or volume)
     bucket = Bucket(remote, max_pool=THREADS)
-    with concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="pull") as pool:
+    downloaded = 0
+    with concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="pull") as pool, \
+            Staging(store) as staging:
         manifest = manifests.read(bucket, volume, name)
         base_root = _base_of(store, target)
-        cat = catalog.load(bucket, pool)
-        fetcher = Fetcher(bucket, cat, pool)
         root = bytes.fromhex(manifest["root"])
-        objects, order, missing_chunks = _plan(store, fetcher, root)
         record = {k: manifest[k] for k in stream.SENT_FIELDS}
         record["sent_from"] = f"{remote['name']}:{volume}@{name}"
-        report = _receive(store, target, fetcher, base_root, record, objects, order,
-                          missing_chunks, force=force, mounted=mounted, opts=opts,
-                          progress=progress)
-    report.update(remote=remote["name"], downloaded_bytes=fetcher.downloaded_bytes,
-                  objects=len(order), chunks=len(missing_chunks),
+        _refuse_early(store, target, base_root, record, mounted=mounted)
+        for attempt in range(2):
+            fetcher = Fetcher(bucket, catalog.load(bucket, pool), pool)
+            try:
+                objects, order, missing_chunks = _plan(store, fetcher, root)
+                progress.start(f"pulling {volume}@{name}",
+                               sum(fetcher.cat.where(cid)[3] for cid in missing_chunks))
+                staging.store_batches(fetcher.stream(missing_chunks), progress)
+                break
+            except PackMissing:
+                if attempt:
+                    raise
+                # A prune may have rewritten it since the indexes were read:
+                # read them again; what is stored already is not fetched again.
+                log.info("a pack is gone since the indexes were read: reading them again")
+            finally:
+                downloaded += fetcher.downloaded_bytes
+        report = _receive(store, target, base_root, record, objects, order, set(staging.held),
+                          force=force, mounted=mounted, opts=opts)
+        report["new_chunks"] = staging.new_chunks
+        chunk_count = len(staging.held)
+    report.update(remote=remote["name"], downloaded_bytes=downloaded,
+                  objects=len(order), chunks=chunk_count,
                   seconds=round(time.monotonic() - started, 3))
     return report
 
@@ -111,10 +133,23 @@ def _children_first(root: bytes, objects: dict, children: dict) -> list[bytes]:
     return order
 
 
-def _receive(store: Store, target: str, fetcher: Fetcher, base_root: bytes | None, record: dict,
-             objects: dict, order: list, missing_chunks: list, *, force: bool, mounted: bool,
-             opts: dict | None, progress) -> dict:
-    """Write the stream in a thread, into a pipe that receive reads."""
+def _refuse_early(store: Store, target: str, base_root: bytes | None, record: dict, *,
+                  mounted: bool) -> None:
+    """Refusals of receive that need no data, said before downloading any
+    (receive checks everything again in its transaction)."""
+    if base_root is None:
+        return  # a new volume
+    with store.read() as txn:
+        if any(s["name"] == record["name"] for s in snapshots.list_all(txn, target)):
+            raise AlreadyExists(f"snapshot {target}@{record['name']} already exists")
+    if mounted:
+        raise Busy(f"volume {target} is mounted; unmount it before pulling into it")
+
+
+def _receive(store: Store, target: str, base_root: bytes | None, record: dict, objects: dict,
+             order: list, staged: set, *, force: bool, mounted: bool, opts: dict | None) -> dict:
+    """The new tree objects as a stream, written in a thread into a pipe
+    that receive reads (its chunks are in the store already)."""
     read_fd, write_fd = os.pipe()
     try:
         import fcntl
@@ -130,10 +165,6 @@ def _receive(store: Store, target: str, fetcher: Fetcher, base_root: bytes | Non
                 writer = stream.StreamWriter(out, NoProgress())
                 writer.header(base_root)
                 writer.record(stream.SNAPSHOT, json.dumps(record).encode())
-                # receive checks every chunk (one hash per chunk, not two)
-                for batch in fetcher.stream(missing_chunks, check=False):
-                    for cid, stored in batch:
-                        writer.record(stream.CHUNK, cid, stored)
                 for oid in order:
                     writer.record(stream.OBJECT, oid, objects[oid])
                 writer.trailer()
@@ -144,15 +175,15 @@ def _receive(store: Store, target: str, fetcher: Fetcher, base_root: bytes | Non
     producer.start()
     try:
         with open(read_fd, "rb") as src:
-            return stream.receive(store, target, src, force=force, mounted=mounted, opts=opts,
-                                  progress=progress)
+            return stream.receive(store, target, src, force=force, mounted=mounted, opts=opts)
     except StreamDamaged as e:
         producer.join()
         if failure and not isinstance(failure[0], BrokenPipeError):
-            raise failure[0] from None  # the cause (the server went away), not its effect
-        named = _DAMAGED_CHUNK.search(str(e))
-        if named and fetcher.cat.where(bytes.fromhex(named.group(1))) is not None:
-            raise fetcher.damaged(bytes.fromhex(named.group(1))) from None
+            raise failure[0] from None
+        lost = _LOST_CHUNK.search(str(e))
+        if lost and bytes.fromhex(lost.group(1)) in staged:
+            raise FusevolError(f"chunks this pull had stored were freed meanwhile (did a gc run?); "
+                               "pull again") from None
         raise
     finally:
         producer.join()

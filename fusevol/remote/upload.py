@@ -10,6 +10,7 @@ import concurrent.futures
 import os
 import threading
 
+from ..store.stream import NoProgress
 from . import layout
 from .s3 import Bucket
 
@@ -26,7 +27,7 @@ class Uploader:
     def __init__(self, bucket: Bucket, pool: concurrent.futures.Executor, progress):
         self.bucket = bucket
         self.pool = pool
-        self.progress = progress
+        self.progress = progress or NoProgress()
         self.limit = pack_size()
         self.open: dict[bytes, list] = {layout.CHUNK: [], layout.OBJECT: []}
         self.open_bytes = {layout.CHUNK: 0, layout.OBJECT: 0}

@@ -119,15 +119,21 @@ def add_ref(txn: Txn, data: bytes, compression: str = "zstd", cid: bytes | None 
     """Store data (if new) and take one reference to it; return its chunk id.
     `payload` is data already encoded (see prepare_blocks)."""
     cid = cid or chunk_id(data)
-    ref = txn.get("refs", cid)
-    if ref is not None:
-        count, raw_len, stored_len = schema.unpack_ref(ref)
-        txn.put("refs", cid, schema.pack_ref(count + 1, raw_len, stored_len))
-        return cid
     if payload is None:
+        ref = txn.get("refs", cid)
+        if ref is not None:
+            count, raw_len, stored_len = schema.unpack_ref(ref)
+            txn.put("refs", cid, schema.pack_ref(count + 1, raw_len, stored_len))
+            return cid
         payload = encode(data, compression)
+        txn.put("refs", cid, schema.pack_ref(1, len(data), len(payload)))
+    elif not txn.put("refs", cid, schema.pack_ref(1, len(data), len(payload)), overwrite=False):
+        # Encoded already: a put that keeps an existing row tells whether the
+        # chunk is new without a get (py-lmdb lets other threads run during a
+        # get, not a put, and taking the GIL back cost more than the lookup).
+        incref(txn, cid)
+        return cid
     txn.put("chunks", cid, payload)
-    txn.put("refs", cid, schema.pack_ref(1, len(data), len(payload)))
     txn.chunk_delta[0] += 1
     txn.chunk_delta[1] += len(data)
     txn.chunk_delta[2] += len(payload)

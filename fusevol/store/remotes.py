@@ -35,3 +35,22 @@ def list_all(txn: Txn) -> list[dict]:
 def remove(txn: Txn, name: str) -> None:
     if not txn.delete("meta", _key(name)):
         raise NotFound(f"no remote named {name!r}")
+
+
+# Volumes that follow a remote (-o remote=NAME) and whose data the remote may
+# lack: set at their first mount on this host, cleared once the push after
+# their last unmount has landed. It outlives the daemon, so a push cut short
+# (the daemon killed) is done when the daemon starts again.
+_OWED = b"remote-owed/"
+
+
+def owe(txn: Txn, volume: str) -> None:
+    txn.put("meta", _OWED + volume.encode(), b"")
+
+
+def settle(txn: Txn, volume: str) -> None:
+    txn.delete("meta", _OWED + volume.encode())
+
+
+def owes(txn: Txn, volume: str) -> bool:
+    return txn.get("meta", _OWED + volume.encode()) is not None

@@ -7,6 +7,7 @@ plugin gets a random name (fv-XXXXXXXX) and tests of other stores on this host
 never meet it.
 """
 
+import contextlib
 import io
 import os
 import shutil
@@ -92,12 +93,11 @@ def _image_tar() -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="session")
-def docker(tmp_path_factory):
-    reason = _why_no_docker()
-    if reason:
-        pytest.skip(f"Docker end-to-end tests: {reason}")
-    base = tmp_path_factory.mktemp("dockerd")
+@contextlib.contextmanager
+def dockerd(base):
+    """A private dockerd with its data under `base`, the test image imported.
+    Two of them stand for two hosts (they share /run/docker/plugins, so each
+    host's plugin is told apart by its driver name)."""
     # The exec root holds unix sockets: keep its path short (108 bytes at most).
     exec_root = tempfile.mkdtemp(prefix="fvd-", dir="/tmp")
     host = f"unix://{exec_root}/docker.sock"
@@ -128,6 +128,19 @@ def docker(tmp_path_factory):
             unmount_under(root)
         if not mounts_under(exec_root):
             shutil.rmtree(exec_root, ignore_errors=True)
+
+
+def skip_without_docker() -> None:
+    reason = _why_no_docker()
+    if reason:
+        pytest.skip(f"Docker end-to-end tests: {reason}")
+
+
+@pytest.fixture(scope="session")
+def docker(tmp_path_factory):
+    skip_without_docker()
+    with dockerd(tmp_path_factory.mktemp("dockerd")) as dk:
+        yield dk
 
 
 @pytest.fixture(scope="session")

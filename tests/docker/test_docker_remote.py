@@ -1,23 +1,69 @@
-"""Docker end to end with a remote: a volume made on a second host (another
-store behind another plugin of the same dockerd) from a snapshot that the first
-pushed to a real S3 server, read by a container byte for byte."""
+"""Docker end to end with a remote and two hosts: two dockerds, each with its
+own fusevol daemon and store, and a real S3 server between them.
 
+Host A is the session's dockerd; host B is a second dockerd started here. A
+volume made on B from a snapshot A pushed holds every byte of it, and a
+volume that follows its service (-o remote=NAME) is written on A, pushed when
+A's container stops, and pulled before its first mount on B; while A holds
+it, B's container does not start and says why.
+"""
+
+import json
+import time
 import uuid
 
+import pytest
+
 from conftest import run_cli
-from docker_env import IMAGE, docker, plugin, volume_name  # noqa: F401 (fixtures)
+from docker_env import IMAGE, docker, dockerd, plugin, volume_name  # noqa: F401 (fixtures)
 from plugin_daemon import PluginDaemon
-from remote_helpers import aws_env, new_bucket
+from remote_helpers import aws_env, keys, new_bucket, s3_client
 
 RUN = ("run", "--rm", "--network", "none")
 HASH_ALL = "cd /data && find . -type f | sort | xargs sha256sum"
 
 
-def test_volume_from_remote_on_a_second_host(docker, plugin, ceph, tmp_path, monkeypatch,
-                                             volume_name):
+@pytest.fixture(scope="module")
+def second_docker(docker, tmp_path_factory):
+    """Host B's dockerd (after host A's: the fixture skips where Docker cannot run)."""
+    with dockerd(tmp_path_factory.mktemp("dockerd-b")) as dk:
+        yield dk
+
+
+class Daemon:
+    """A fusevol daemon with its own store (one host's), remote `r` on `bucket`."""
+
+    def __init__(self, base, ceph, bucket: str, create_bucket: bool = False):
+        self.driver = f"fv-{uuid.uuid4().hex[:8]}"
+        self.daemon = PluginDaemon(str(base / f"store-{self.driver}"),
+                                   f"/run/docker/plugins/{self.driver}.sock",
+                                   str(base / f"serve-{self.driver}.log"))
+        self.store = self.daemon.store
+        self.env = aws_env(ceph)
+        run_cli(self.store, "remote", "add", "r", f"s3://{bucket}/fv", "--endpoint", ceph.endpoint,
+                *(["--create-bucket"] if create_bucket else []), env=self.env)
+
+    def __enter__(self) -> "Daemon":
+        self.daemon.start()  # with the AWS settings the test put in the environment
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.daemon.cleanup()
+
+
+def _wait_for(what: str, check, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_volume_from_remote_on_a_second_host(docker, second_docker, plugin, ceph, tmp_path,
+                                             monkeypatch, volume_name):
     env = aws_env(ceph)
     for key, value in env.items():
-        monkeypatch.setenv(key, value)  # the second plugin daemon inherits them
+        monkeypatch.setenv(key, value)  # host B's daemon inherits them
     bucket = new_bucket()
     src = volume_name("src")
     docker("volume", "create", "-d", plugin.driver_name, src)
@@ -30,23 +76,57 @@ def test_volume_from_remote_on_a_second_host(docker, plugin, ceph, tmp_path, mon
     run_cli(plugin.store, "snapshot", "create", f"{src}@s1")
     run_cli(plugin.store, "push", f"{src}@s1", "r", env=env)
 
-    driver = f"fv-{uuid.uuid4().hex[:8]}"
-    second = PluginDaemon(str(tmp_path / "store-b"), f"/run/docker/plugins/{driver}.sock",
-                          str(tmp_path / "serve-b.log"))
-    run_cli(second.store, "remote", "add", "r", f"s3://{bucket}/fv", "--endpoint", ceph.endpoint)
-    second.start()
-    try:
+    with Daemon(tmp_path, ceph, bucket) as b:
         copy = volume_name("copy")
-        docker("volume", "create", "-d", driver, "-o", f"from-remote=r:{src}@s1", copy)
-        second_host = docker.out(*RUN, "-v", f"{copy}:/data", IMAGE, "sh", "-c", HASH_ALL)
+        second_docker("volume", "create", "-d", b.driver, "-o", f"from-remote=r:{src}@s1", copy)
+        second_host = second_docker.out(*RUN, "-v", f"{copy}:/data", IMAGE, "sh", "-c", HASH_ALL)
         assert second_host == first_host and "./big" in second_host and "./seed/a.txt" in second_host
-        bad = docker("volume", "create", "-d", driver, "-o", f"from-remote=r:{src}@nope",
-                     volume_name("bad"), check=False)
+        bad = second_docker("volume", "create", "-d", b.driver, "-o",
+                            f"from-remote=r:{src}@nope", volume_name("bad"), check=False)
         assert bad.returncode != 0 and f"has no snapshot {src}@nope".encode() in bad.stderr
         # A pulled volume holds the snapshot it came from, as a received one does.
-        run_cli(second.store, "snapshot", "rm", f"{copy}@s1")
-        docker("volume", "rm", copy)
-    finally:
-        second.cleanup()
+        run_cli(b.store, "snapshot", "rm", f"{copy}@s1")
+        second_docker("volume", "rm", copy)
     run_cli(plugin.store, "snapshot", "rm", f"{src}@s1")
     docker("volume", "rm", src)
+
+
+def test_a_volume_follows_its_service_to_a_second_host(docker, second_docker, ceph, tmp_path,
+                                                       monkeypatch, volume_name):
+    for key, value in aws_env(ceph).items():
+        monkeypatch.setenv(key, value)  # both daemons inherit them
+    bucket = new_bucket()
+    app = volume_name("app")
+    with Daemon(tmp_path, ceph, bucket, create_bucket=True) as a, Daemon(tmp_path, ceph, bucket) as b:
+        docker("volume", "create", "-d", a.driver, "-o", "remote=r", app)
+        docker(*RUN, "-v", f"{app}:/data", IMAGE, "sh", "-c",
+               "head -c 5000000 /dev/urandom > /data/big && cp -a /seed /data/")
+        on_a = docker.out(*RUN, "-v", f"{app}:/data", IMAGE, "sh", "-c", HASH_ALL)
+        # A container on host A holds the volume (its lease) while host B tries.
+        holder = docker.out("run", "-d", "--network", "none", "-v", f"{app}:/data", IMAGE,
+                            "sleep", "600")
+        second_docker("volume", "create", "-d", b.driver, "-o", "remote=r", app)
+        refused = second_docker(*RUN, "-v", f"{app}:/data", IMAGE, "true", check=False)
+        err = refused.stderr.decode()
+        assert refused.returncode != 0
+        assert f"volume {app} is in use on " in err and "its lease on remote r is held" in err, err
+        assert "Traceback" not in err
+
+        docker("rm", "-f", holder)  # its last unmount: snapshot, push, lease released
+        s3 = s3_client(ceph)
+
+        def released() -> bool:
+            lease = json.loads(s3.get_object(Bucket=bucket, Key=f"fv/leases/{app}")["Body"].read())
+            return lease["state"] == "released"
+
+        _wait_for("host A's push and its lease released", released)
+        assert any(k.startswith(f"fv/snapshots/{app}/") for k in keys(ceph, bucket, "fv/"))
+
+        # Host B's first mount pulls what A pushed before the container starts.
+        on_b = second_docker.out(*RUN, "-v", f"{app}:/data", IMAGE, "sh", "-c", HASH_ALL)
+        assert on_b == on_a and "./big" in on_b and "./seed/sub/b.bin" in on_b
+        _wait_for("host B's push and its lease released", released)
+        for host, dk in ((a, docker), (b, second_docker)):
+            for snap in json.loads(run_cli(host.store, "snapshot", "ls", app, "--json").stdout):
+                run_cli(host.store, "snapshot", "rm", f"{app}@{snap['name']}")
+            dk("volume", "rm", app)

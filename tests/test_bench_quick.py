@@ -130,3 +130,21 @@ def test_evolving_tree_bench_runs_and_keeps_every_version(tmp_path, capsys):
         assert row["fusevol_file"] > row["fusevol_chunks"] > 0
         for peer in ("restic", "borg"):
             assert (peer in row) == (shutil.which(peer) is not None)
+
+
+def test_handlers_bench_prints_a_row_for_every_request():
+    """bench/handlers.py (no FUSE: the handlers are called in-process) runs and
+    times every request type of the small-files workload, for both filesystems."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "handlers.py"), "300"],
+        capture_output=True, text=True, timeout=300)
+    print(proc.stdout + proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in proc.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| request")}
+    kinds = {"lookup", "create", "getxattr", "write", "setattr", "flush", "release", "getattr",
+             "unlink", "forget"}
+    assert kinds <= set(rows)
+    for kind in kinds:
+        memfs, fusevol = float(rows[kind][1]), float(rows[kind][2])
+        assert memfs > 0 and fusevol > 0, (kind, rows[kind])

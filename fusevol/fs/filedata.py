@@ -294,7 +294,7 @@ def _read_chunks(store, wanted: dict[int, bytes]) -> dict[int, bytes]:
     out = {}
     with store.read(buffers=True) as txn:
         for i, cid in wanted.items():
-            payload = txn.get("chunks", cid)
-            if payload is not None:
-                out[i] = chunks.decode_checked(payload, cid)
+            data = chunks.read_if_stored(txn, cid)
+            if data is not None:
+                out[i] = data
     return out

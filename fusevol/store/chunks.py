@@ -14,7 +14,7 @@ import zstandard
 from .. import native
 from ..errors import StoreDamaged
 from . import schema
-from .env import Txn
+from .env import Txn, row_disk_bytes
 
 RAW, ZSTD = schema.CODECS["none"], schema.CODECS["zstd"]
 CODECS = schema.CODECS
@@ -179,6 +179,84 @@ def read(txn: Txn, cid: bytes) -> bytes:
     if payload is None:
         raise StoreDamaged(f"missing chunk {cid.hex()}")
     return decode_checked(payload, cid)
+
+
+def read_if_stored(txn: Txn, cid: bytes) -> bytes | None:
+    """A chunk's bytes, checked, or None while the store does not hold it
+    (a block a writer has not committed yet)."""
+    payload = txn.get("chunks", cid)
+    return None if payload is None else decode_checked(payload, cid)
+
+
+def has(txn: Txn, cid: bytes) -> bool:
+    return txn.get("refs", cid) is not None
+
+
+def stored(txn: Txn, cid: bytes) -> bytes | None:
+    """A chunk as stored (codec byte + data), unchecked; None if absent."""
+    payload = txn.get("chunks", cid)
+    return None if payload is None else bytes(payload)
+
+
+def put_stored(txn: Txn, cid: bytes, payload: bytes, raw_len: int) -> None:
+    """Store a chunk received as stored (its id checked by the caller), held by
+    no one yet: the object that lists it takes the first reference."""
+    txn.put("chunks", cid, payload)
+    txn.put("refs", cid, schema.pack_ref(0, raw_len, len(payload)))
+    txn.chunk_delta[0] += 1
+    txn.chunk_delta[1] += raw_len
+    txn.chunk_delta[2] += len(payload)
+
+
+def set_count(txn: Txn, cid: bytes, count: int) -> None:
+    """Set a chunk's reference count (gc's repair)."""
+    _, raw_len, stored_len = ref_info(txn, cid)
+    txn.put("refs", cid, schema.pack_ref(count, raw_len, stored_len))
+
+
+def recount(txn: Txn, cid: bytes, count: int, raw_len: int, payload) -> None:
+    """Give a chunk held with no count row its count back (gc's repair)."""
+    txn.put("refs", cid, schema.pack_ref(count, raw_len, len(payload)))
+
+
+def counted(txn: Txn) -> int:
+    """How many chunks have a count row."""
+    return txn.txn.stat(txn.store.dbs["refs"])["entries"]
+
+
+def forget(txn: Txn, cid: bytes) -> None:
+    """Delete a chunk and its count row, whatever it counts (gc's sweep; the
+    totals are recounted after)."""
+    txn.delete("refs", cid)
+    txn.delete("chunks", cid)
+
+
+def count_rows(txn: Txn):
+    """(chunk id, count, raw length, stored length) of every counted chunk."""
+    for cid, raw in txn.scan("refs", b""):
+        yield (bytes(cid), *schema.unpack_ref(raw))
+
+
+def stored_rows(txn: Txn):
+    """(chunk id, stored form) of every chunk the store holds data for,
+    counted or not (what verify re-hashes)."""
+    for cid, payload in txn.scan("chunks", b""):
+        yield bytes(cid), payload
+
+
+def uncounted(txn: Txn):
+    """(chunk id, stored form) of chunks held with no count row (leaked)."""
+    for cid, payload in stored_rows(txn):
+        if txn.get("refs", cid) is None:
+            yield cid, bytes(payload)
+
+
+def disk_bytes(txn: Txn, cid: bytes) -> int:
+    """What a chunk takes in the store's file, its count row included."""
+    psize = txn.store.env.stat()["psize"]
+    ref = txn.get("refs", cid)
+    stored_len = schema.unpack_ref(ref)[2] if ref is not None else 0
+    return row_disk_bytes(psize, len(cid), stored_len) + row_disk_bytes(psize, len(cid), 16)
 
 
 def totals(txn: Txn) -> dict:

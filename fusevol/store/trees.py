@@ -24,7 +24,7 @@ import blake3
 
 from ..errors import StoreDamaged
 from . import chunks
-from .env import Txn
+from .env import Txn, row_disk_bytes
 from .schema import WIDE_TIMES_SIZE, Inode, pack_times, unpack_times
 
 FILE, DIR = b"F", b"D"  # in lower case when the times' seconds follow the attributes
@@ -165,15 +165,81 @@ def get(txn: Txn, oid: bytes) -> TreeObject:
 
 
 def get_raw(txn: Txn, oid: bytes) -> bytes:
-    payload = txn.get("objects", oid)
+    payload = stored(txn, oid)
     if payload is None:
         raise StoreDamaged(f"missing tree object {oid.hex()}")
     return chunks.decode(payload)
 
 
+def has(txn: Txn, oid: bytes) -> bool:
+    return txn.get("orefs", oid) is not None
+
+
+def stored(txn: Txn, oid: bytes) -> bytes | None:
+    """An object as stored (codec byte + encoding), unchecked; None if absent."""
+    payload = txn.get("objects", oid)
+    return None if payload is None else bytes(payload)
+
+
+def put_stored(txn: Txn, oid: bytes, payload: bytes) -> None:
+    """Store an object received as stored (checked by the caller, its children
+    held by it already), held by no one yet."""
+    txn.put("objects", oid, payload)
+    txn.put("orefs", oid, _U64.pack(0))
+
+
+def set_count(txn: Txn, oid: bytes, count: int) -> None:
+    """Set an object's reference count (gc's repair)."""
+    txn.put("orefs", oid, _U64.pack(count))
+
+
+def recount(txn: Txn, oid: bytes, count: int) -> None:
+    """Give an object held with no count row its count back (gc's repair)."""
+    txn.put("orefs", oid, _U64.pack(count))
+
+
+def counted(txn: Txn) -> int:
+    """How many objects have a count row."""
+    return txn.txn.stat(txn.store.dbs["orefs"])["entries"]
+
+
+def forget(txn: Txn, oid: bytes) -> None:
+    """Delete an object and its count row, leaving its children's counts
+    alone (gc's sweep, which sets every count after)."""
+    txn.delete("orefs", oid)
+    txn.delete("objects", oid)
+
+
+def count_rows(txn: Txn):
+    """(object id, count) of every counted object."""
+    for oid, raw in txn.scan("orefs", b""):
+        yield bytes(oid), _U64.unpack_from(raw)[0]
+
+
+def stored_rows(txn: Txn):
+    """(object id, stored form) of every object the store holds, counted or not."""
+    for oid, payload in txn.scan("objects", b""):
+        yield bytes(oid), payload
+
+
+def uncounted(txn: Txn):
+    """Ids of objects held with no count row (leaked)."""
+    for oid, _ in stored_rows(txn):
+        if txn.get("orefs", oid) is None:
+            yield oid
+
+
+def disk_bytes(txn: Txn, oid: bytes) -> int:
+    """What an object takes in the store's file, its count row included."""
+    psize = txn.store.env.stat()["psize"]
+    payload = txn.get("objects", oid)
+    size = len(payload) if payload is not None else 0
+    return row_disk_bytes(psize, len(oid), size) + row_disk_bytes(psize, len(oid), 8)
+
+
 def _count(txn: Txn, oid: bytes) -> int:
     raw = txn.get("orefs", oid)
-    return _U64.unpack(raw)[0] if raw is not None else 0
+    return _U64.unpack_from(raw)[0] if raw is not None else 0
 
 
 def incref(txn: Txn, oid: bytes) -> None:

@@ -419,6 +419,9 @@ def verify(txn: Txn, progress: NoProgress | None = None) -> dict:
     v = _Verifier(txn, progress)
     n_chunks = v.hash_chunks()
     n_objects = v.hash_objects()
+    for number, counted, found in packs.miscounted(txn):
+        v.problem("store", None, f"pack {number} counts {counted} dead byte(s), {found} found "
+                  "(fusevol gc repairs this)", pack=number)
     c = census(txn, progress)
     records = [r for r in volumes.list_all(txn, removed=True) if r["vid"] is not None]
     v.counts(c, {r["vid"] for r in records})

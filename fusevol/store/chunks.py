@@ -1,9 +1,11 @@
 """Content-addressed chunks with reference counts.
 
 A chunk is stored once under the BLAKE3-256 hash of its raw content, however
-many block maps (and, later, snapshot trees) refer to it. Each reference holds
-one count; the chunk is deleted in the transaction that drops the last one, so
-space comes back as soon as nothing reaches the data.
+many block maps and snapshot trees refer to it. Each reference holds one
+count; the chunk is let go of in the transaction that drops the last one, so
+space comes back as soon as nothing reaches the data. A small chunk is kept in
+a pack (packs.py), a large one as a value of its own; its count row says which.
+This module is the only reader and writer of `chunks` and `refs`.
 """
 
 import struct

@@ -284,10 +284,7 @@ def compact(txn: Txn) -> dict:
     dead bytes, and pack what an older store kept as values of their own."""
     from . import chunks, trees
     report = {"packs_deleted": 0, "packs_rewritten": 0, "dead_bytes_freed": 0, "blobs_packed": 0}
-    live: dict[int, int] = {}
-    for owner in (chunks, trees):
-        for _, loc in owner.locations(txn):
-            live[loc.pack] = live.get(loc.pack, 0) + HEAD.size + loc.length
+    live = live_bytes(txn)
     for number in numbers(txn):
         if _writer_has(txn, number):
             continue  # the open pack (written to by this gc already)
@@ -312,6 +309,29 @@ def compact(txn: Txn) -> dict:
         for bid in list(owner.alone(txn)):
             report["blobs_packed"] += owner.pack_alone(txn, bid)
     return report
+
+
+def live_bytes(txn: Txn) -> dict[int, int]:
+    """pack number -> the bytes of the entries rows point to."""
+    from . import chunks, trees
+    live: dict[int, int] = {}
+    for owner in (chunks, trees):
+        for _, loc in owner.locations(txn):
+            live[loc.pack] = live.get(loc.pack, 0) + HEAD.size + loc.length
+    return live
+
+
+def miscounted(txn: Txn) -> list[tuple[int, int, int]]:
+    """(pack, dead bytes counted, dead bytes found) of every pack whose count
+    is wrong, or that nothing points to (for verify; gc repairs them)."""
+    live, counted = live_bytes(txn), dead_bytes(txn)
+    out = []
+    for key, value in txn.scan("packs", b""):
+        number = schema.read_u64(key)
+        found = len(value) - live.get(number, 0)
+        if counted.get(number, 0) != found or number not in live:
+            out.append((number, counted.get(number, 0), found))
+    return out
 
 
 def dead_bytes(txn: Txn) -> dict[int, int]:

@@ -325,10 +325,11 @@ def miscounted(txn: Txn) -> list[tuple[int, int, int]]:
     """(pack, dead bytes counted, dead bytes found) of every pack whose count
     is wrong, or that nothing points to (for verify; gc repairs them)."""
     live, counted = live_bytes(txn), dead_bytes(txn)
+    root = txn.root()
+    pending = set(root.packs.open) if root.packs is not None else set()
     out = []
-    for key, value in txn.scan("packs", b""):
-        number = schema.read_u64(key)
-        found = len(value) - live.get(number, 0)
+    for number in sorted(set(numbers(txn)) | pending):
+        found = len(_pack(txn, number)) - live.get(number, 0)
         if counted.get(number, 0) != found or number not in live:
             out.append((number, counted.get(number, 0), found))
     return out

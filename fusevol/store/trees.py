@@ -190,6 +190,11 @@ def _set(txn: Txn, oid: bytes, count: int, raw=None) -> None:
 
 def _store(txn: Txn, oid: bytes, payload, count: int) -> None:
     """Keep an object's stored form (packed when small, else a value of its own)."""
+    old = txn.get("orefs", oid)  # stored again over a count of 0: its old copy is dead
+    if old is not None and _loc(old) is not None:
+        packs.release(txn, _loc(old))
+    elif old is not None:
+        txn.delete("objects", oid)
     if len(payload) <= packs.ENTRY_MAX:
         loc = packs.add(txn, packs.OBJECT, payload)
         txn.put("orefs", oid, _PACKED.pack(count, *loc))

@@ -67,9 +67,9 @@ def df(ctx, as_json):
         "unique_bytes": unique,
         "stored_bytes": stored,
         "store_file_bytes": file_bytes,
-        "overhead_bytes": overhead,
-        "overhead_ratio": round(overhead / stored, 4) if stored else None,
-        "overhead": parts,
+        # The file beyond the stored chunks, and where it goes.
+        "overhead": {"bytes": overhead, "ratio": round(overhead / stored, 4) if stored else None,
+                     **parts},
         "chunks": totals["chunks"],
         "dedup_ratio": round(logical / unique, 3) if unique else 1.0,
         "compression_ratio": round(unique / stored, 3) if stored else 1.0,

@@ -8,7 +8,8 @@ each system (seeded). After each version:
 
 - fusevol: the edits are made in a mounted volume, then `snapshot create`;
   the store file's size on disk (`df`: store_file_bytes), the compressed
-  chunk bytes (stored_bytes) and the store's overhead beyond them;
+  chunk bytes (stored_bytes) and the store's overhead beyond them, with
+  where it goes after the last version (df's `overhead`);
 - restic (`restic backup`, its default compression) and borg
   (`borg create --compression zstd,3`) back up a plain copy; their
   repository sizes (`du -sb`).
@@ -115,6 +116,7 @@ def measure(source: str, versions: int, base: str) -> dict:
             df = vol.df()
             row["fusevol_file"] = df["store_file_bytes"]
             row["fusevol_chunks"] = df["stored_bytes"]
+            row["fusevol_overhead"] = df.get("overhead")  # where the rest goes (df --json)
             if "restic" in peers:
                 start = time.monotonic()
                 run(["restic", "backup", "--repo", peers["restic"], "."], env=env, cwd=plain)
@@ -150,6 +152,15 @@ def table(result: dict) -> str:
                  f"{(r['fusevol_file'] - r['fusevol_chunks']) / r['fusevol_chunks']:.0%}"]
         cells += [f"{r[p] / MiB:.1f} MiB" for p in peers]
         lines.append("| " + " | ".join(cells) + " |")
+    last = result["rows"][-1]
+    if last.get("fusevol_overhead"):
+        parts = last["fusevol_overhead"]
+        names = {"object_bytes": "tree objects", "free_bytes": "pages LMDB keeps free for reuse",
+                 "dead_bytes": "dead entries in packs", "other_bytes": "count rows, volume rows, page slack"}
+        lines += ["", f"| the store file beyond its chunks, version {last['version']} | bytes | of the chunks |",
+                  "|---|---:|---:|"]
+        for key, name in names.items():
+            lines.append(f"| {name} | {parts[key] / MiB:.2f} MiB | {parts[key] / last['fusevol_chunks']:.1%} |")
     times = ["fusevol"] + peers
     lines += ["", "| seconds per version (fusevol: snapshot create; the others: backup) | "
               + " | ".join(times) + " |", "|---|" + "---:|" * len(times)]

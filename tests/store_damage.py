@@ -32,3 +32,24 @@ def flip_byte(db_file: str, block: bytes, at: int = 1000) -> int:
 
 def data_file(store: str) -> str:
     return os.path.join(store, "db", "data.mdb")
+
+
+def rewrite_stored(txn, owner, bid: bytes, fn) -> None:
+    """Change a chunk's or an object's stored form in place, wherever the store
+    keeps it (owner: fusevol.store.chunks or .trees): fn(bytearray) edits it,
+    keeping its length. For damage a test makes through a write transaction."""
+    from fusevol.store import chunks
+    loc = owner.location(txn, bid)
+    if loc is None:  # a value of its own
+        table = "chunks" if owner is chunks else "objects"
+        payload = bytearray(txn.get(table, bid))
+        fn(payload)
+        txn.put(table, bid, bytes(payload))
+        return
+    key = loc.pack.to_bytes(8, "big")
+    pack = bytearray(txn.get("packs", key))
+    payload = pack[loc.offset: loc.offset + loc.length]
+    fn(payload)
+    assert len(payload) == loc.length
+    pack[loc.offset: loc.offset + loc.length] = payload
+    txn.put("packs", key, bytes(pack))

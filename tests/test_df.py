@@ -38,3 +38,21 @@ def test_df_ratios_read_as_x_smaller(store_path):
     assert "after dedup: 2.00x smaller" in lines["unique"]
     assert "after compression: " in lines["stored"] and "x smaller" in lines["stored"]
     assert "ratio" not in out
+
+
+def test_df_shows_the_store_file_beside_its_chunks_and_where_the_rest_goes(store_path):
+    run_cli(store_path, "volume", "create", "seed")
+    files = {f"f{i}": (b"line %d of a small file\n" % i) * (50 + i) for i in range(200)}
+    run_cli(store_path, "import", "small", input=_tar(files))
+    run_cli(store_path, "snapshot", "create", "small@s")
+    figures = json.loads(run_cli(store_path, "df", "--json").stdout)
+    stored, file_bytes = figures["stored_bytes"], figures["store_file_bytes"]
+    parts = figures["overhead"]
+    assert parts.pop("bytes") == file_bytes - stored
+    assert parts.pop("ratio") == round((file_bytes - stored) / stored, 4)
+    assert parts["object_bytes"] > 0 and parts["dead_bytes"] == 0
+    assert stored + sum(parts.values()) == file_bytes
+    # 200 chunks of 1-3 KB each in a page of its own would take 800 KiB.
+    assert stored < 200 * 4096 / 4 and file_bytes - parts["free_bytes"] < 200 * 4096
+    out = run_cli(store_path, "df").stdout.decode()
+    assert "over the stored chunks" in out and "tree objects" in out

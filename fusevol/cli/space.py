@@ -26,6 +26,12 @@ def _compression_note(unique: int, stored: int, chunks: int) -> str:
             f"of {chunks} chunk(s), too small to compress")
 
 
+def _overhead_note(overhead: int, stored: int) -> str:
+    if not stored:
+        return "no chunks yet"
+    return f"{human(overhead)}, {overhead / stored:.1%}, over the stored chunks"
+
+
 def _file_bytes(path: str) -> int:
     try:
         return os.stat(path).st_blocks * 512
@@ -38,21 +44,32 @@ def _file_bytes(path: str) -> int:
 @click.pass_context
 def df(ctx, as_json):
     """Show logical and stored bytes, with dedup and compression ratios."""
-    from ..store import chunks, volumes
+    from ..store import chunks, packs, volumes
 
     store = open_store(ctx)
     with store.read() as txn:
         totals = chunks.totals(txn)
         per_volume = {r["name"]: volumes.stats(txn, r).logical_bytes
                       for r in volumes.list_all(txn, removed=True) if r["vid"] is not None}
+    with store.read(buffers=True) as txn:  # packs are sized, not read
+        use = packs.file_use(txn)
     logical = sum(per_volume.values())
     unique = totals["unique_bytes"]
     stored = totals["stored_bytes"]
+    file_bytes = _file_bytes(os.path.join(store.path, "db", "data.mdb"))
+    overhead = file_bytes - stored
+    parts = {"object_bytes": use["object_bytes"], "free_bytes": use["free_bytes"],
+             "dead_bytes": use["dead_bytes"],
+             "other_bytes": max(0, use["file_bytes"] - stored - use["object_bytes"]
+                                - use["free_bytes"] - use["dead_bytes"])}
     out = {
         "logical_bytes": logical,
         "unique_bytes": unique,
         "stored_bytes": stored,
-        "store_file_bytes": _file_bytes(os.path.join(store.path, "db", "data.mdb")),
+        "store_file_bytes": file_bytes,
+        # The file beyond the stored chunks, and where it goes.
+        "overhead": {"bytes": overhead, "ratio": round(overhead / stored, 4) if stored else None,
+                     **parts},
         "chunks": totals["chunks"],
         "dedup_ratio": round(logical / unique, 3) if unique else 1.0,
         "compression_ratio": round(unique / stored, 3) if stored else 1.0,
@@ -62,7 +79,10 @@ def df(ctx, as_json):
         f"logical   {human(logical):>12}  (what the volumes hold)",
         f"unique    {human(unique):>12}  ({_dedup_note(logical, unique)})",
         f"stored    {human(stored):>12}  ({_compression_note(unique, stored, totals['chunks'])})",
-        f"on disk   {human(out['store_file_bytes']):>12}  (store file)",
+        f"on disk   {human(file_bytes):>12}  (store file; {_overhead_note(overhead, stored)})",
+        f"          {'':>12}  (tree objects {human(parts['object_bytes'])}, pages free for reuse "
+        f"{human(parts['free_bytes'])}, dead in packs {human(parts['dead_bytes'])}, "
+        f"rows and page slack {human(parts['other_bytes'])})",
         f"chunks    {totals['chunks']:>12}",
     ])
     emit(out, as_json, text)

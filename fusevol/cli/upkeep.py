@@ -25,7 +25,12 @@ def gc(ctx, as_json, quiet):
         f"({report['chunks_freed']} chunks, {report['objects_freed']} tree objects)",
         f"orphans   {report['orphans_purged']:>12}  purged",
         f"fixed     {len(report['counts_fixed']):>12}  reference counts",
+        f"packs     {human(report['packs']['dead_bytes_freed']):>12}  dead space freed "
+        f"({report['packs']['packs_rewritten']} rewritten, {report['packs']['packs_deleted']} deleted)",
     ]
+    if report["packs"]["blobs_packed"]:
+        lines.append(f"packed    {report['packs']['blobs_packed']:>12}  chunks and objects an older "
+                     "fusevol kept alone")
     for fix in report["counts_fixed"]:
         kind = "chunk" if "chunk" in fix else "tree object"
         lines.append(f"  {kind} {fix.get('chunk') or fix.get('object')}: {fix['was']} -> {fix['now']}")

@@ -107,10 +107,16 @@ class CachedTxn:
 
     write = False
     now_ns = None
+    buffers = False
+    packs = None  # what packs.py asks of a transaction: it adds to none
 
     def __init__(self, cache: RowCache):
         self.cache = cache
         self._txn = None
+        self.pack_cache = None  # packs read in the current read transaction
+
+    def root(self) -> "CachedTxn":
+        return self
 
     def get(self, table: str, key: bytes):
         return self.cache.get(table, key, self)
@@ -125,6 +131,7 @@ class CachedTxn:
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
+        self.pack_cache = None
 
     def __enter__(self):
         return self

@@ -302,10 +302,5 @@ async def _prepare(blocks, compression: str) -> dict:
 
 def _read_chunks(store, wanted: dict[int, bytes]) -> dict[int, bytes]:
     """The chunks that are committed, each read once, in a read transaction."""
-    out = {}
     with store.read(buffers=True) as txn:
-        for i, cid in wanted.items():
-            payload = txn.get("chunks", cid)
-            if payload is not None:
-                out[i] = chunks.decode_checked(payload, cid)
-    return out
+        return chunks.read_present(txn, wanted)

@@ -182,7 +182,7 @@ def _receive(store: Store, target: str, base_root: bytes | None, record: dict, o
             raise failure[0] from None
         lost = _LOST_CHUNK.search(str(e))
         if lost and bytes.fromhex(lost.group(1)) in staged:
-            raise FusevolError(f"chunks this pull had stored were freed meanwhile (did a gc run?); "
+            raise FusevolError("chunks this pull had stored were freed meanwhile (did a gc run?); "
                                "pull again") from None
         raise
     finally:

@@ -2,17 +2,18 @@
 travel between stores: what a store holds, and a reader for long walks."""
 
 from ..errors import StoreDamaged
+from . import chunks, trees
 from .env import Store, Txn
 
 CHUNK, OBJECT = b"C", b"O"
-_TABLES = {CHUNK: ("chunks", "refs"), OBJECT: ("objects", "orefs")}
+_KINDS = {CHUNK: chunks, OBJECT: trees}  # the module that keeps each kind
 RENEW_READ_EVERY = 64 << 20  # bytes read under one read transaction before a fresh one
 
 
 def has(txn: Txn, kind: bytes, bid: bytes) -> bool:
     """Whether the store holds the chunk or object (an object it holds comes
     with everything below it)."""
-    return txn.get(_TABLES[kind][1], bid) is not None
+    return _KINDS[kind].has(txn, bid)
 
 
 class BlobReader:
@@ -46,9 +47,9 @@ class BlobReader:
     def get(self, kind: bytes, bid: bytes) -> bytes:
         if self._read > RENEW_READ_EVERY:
             self.renew()
-        raw = self.txn.get(_TABLES[kind][0], bid)
+        raw = _KINDS[kind].stored(self.txn, bid)
         if raw is None:
             what = "tree object" if kind == OBJECT else "chunk"
             raise StoreDamaged(f"{what} {bid.hex()} is gone (was the snapshot deleted meanwhile?)")
         self._read += len(raw)
-        return bytes(raw)
+        return raw

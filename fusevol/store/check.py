@@ -16,11 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import StoreDamaged
-from . import chunks, trees, volumes
+from . import chunks, packs, trees, volumes
 from .env import Txn
 from .inodes import Inodes
-from .schema import (LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, pack_ref, read_u64, u64, unpack_ref,
-                     vkey)
+from .schema import LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
 from ..progress import NoProgress
 
 
@@ -67,14 +66,14 @@ def census(txn: Txn, progress: NoProgress) -> Census:
     for _, cid in txn.scan("blocks", b""):
         c.chunk_refs[bytes(cid)] += 1
         progress.advance(1)
-    progress.start("walking tree objects", entries(txn, "objects"))
+    progress.start("walking tree objects", trees.counted(txn))
     while work:
         oid = work.pop()
         if oid in c.reachable_objects:
             continue
         c.reachable_objects.add(oid)
         progress.advance(1)
-        raw = txn.get("objects", oid)
+        raw = trees.stored(txn, oid)
         if raw is None:
             c.missing_objects.add(oid)
             continue
@@ -122,9 +121,10 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
         raise StoreDamaged(f"{len(damaged)} reachable tree object(s) are missing or damaged "
                            f"(first {short(next(iter(damaged)))}); gc deletes nothing",
                            reason="damaged")
-    progress.start("sweeping", entries(txn, "refs") + entries(txn, "orefs"))
+    progress.start("sweeping", chunks.counted(txn) + trees.counted(txn))
     _sweep_chunks(txn, c, report, progress)
     _sweep_objects(txn, c, report, progress)
+    report["packs"] = packs.compact(txn)
     report["totals_fixed"] = _fix_totals(txn)
     for record in volumes.list_all(txn, removed=True):
         if record["vid"] is not None and record["vid"] not in busy_vids:
@@ -173,28 +173,22 @@ def _fix_usage(txn: Txn, record: dict) -> dict | None:
 
 
 def _sweep_chunks(txn: Txn, c: Census, report: dict, progress: NoProgress) -> None:
-    for cid, raw in list(txn.scan("refs", b"")):
-        cid = bytes(cid)
-        count, raw_len, stored_len = unpack_ref(raw)
+    for cid, count, raw_len, stored_len in list(chunks.count_rows(txn)):
         expected = c.chunk_refs.pop(cid, 0)
         progress.advance(1)
         if expected == 0:
-            txn.delete("refs", cid)
-            txn.delete("chunks", cid)
+            chunks.forget(txn, cid)
             report["chunks_freed"] += 1
             report["stored_bytes_freed"] += stored_len
             report["unique_bytes_freed"] += raw_len
         elif count != expected:
-            txn.put("refs", cid, pack_ref(expected, raw_len, stored_len))
+            chunks.set_count(txn, cid, expected)
             report["counts_fixed"].append({"chunk": cid.hex(), "was": count, "now": expected})
-    # Chunk rows with no count row: leaked, or reachable and needing one back.
-    for cid, payload in list(txn.scan("chunks", b"")):
-        cid = bytes(cid)
-        if txn.get("refs", cid) is not None:
-            continue
+    # Chunks held with no count row: leaked, or reachable and needing one back.
+    for cid, payload in list(chunks.uncounted(txn)):
         expected = c.chunk_refs.pop(cid, 0)
         if expected == 0:
-            txn.delete("chunks", cid)
+            chunks.forget(txn, cid)
             report["chunks_freed"] += 1
             report["stored_bytes_freed"] += len(payload)
             continue
@@ -203,43 +197,36 @@ def _sweep_chunks(txn: Txn, c: Census, report: dict, progress: NoProgress) -> No
         except Exception:
             report["missing"].append({"chunk": cid.hex(), "state": "damaged, no count"})
             continue
-        txn.put("refs", cid, pack_ref(expected, raw_len, len(payload)))
+        chunks.recount(txn, cid, expected, raw_len, payload)
         report["counts_fixed"].append({"chunk": cid.hex(), "was": 0, "now": expected})
     for cid in c.chunk_refs:  # referenced, but in neither table: gc cannot bring data back
         report["missing"].append({"chunk": cid.hex(), "state": "missing"})
 
 
 def _sweep_objects(txn: Txn, c: Census, report: dict, progress: NoProgress) -> None:
-    for oid, raw in list(txn.scan("orefs", b"")):
-        oid = bytes(oid)
-        count = read_u64(raw)
+    for oid, count in list(trees.count_rows(txn)):
         expected = c.object_refs.get(oid, 0)
         progress.advance(1)
         if expected == 0:
-            txn.delete("orefs", oid)
-            txn.delete("objects", oid)
+            trees.forget(txn, oid)
             report["objects_freed"] += 1
         elif count != expected:
-            txn.put("orefs", oid, u64(expected))
+            trees.set_count(txn, oid, expected)
             report["counts_fixed"].append({"object": oid.hex(), "was": count, "now": expected})
-    for oid, _ in list(txn.scan("objects", b"")):
-        oid = bytes(oid)
-        if txn.get("orefs", oid) is not None:
-            continue
+    for oid in list(trees.uncounted(txn)):
         expected = c.object_refs.get(oid, 0)
         if expected == 0:
-            txn.delete("objects", oid)
+            trees.forget(txn, oid)
             report["objects_freed"] += 1
         else:
-            txn.put("orefs", oid, u64(expected))
+            trees.recount(txn, oid, expected)
             report["counts_fixed"].append({"object": oid.hex(), "was": 0, "now": expected})
 
 
 def _fix_totals(txn: Txn) -> dict | None:
     """Store-wide chunk totals (what df shows), recounted from the count rows."""
     actual = [0, 0, 0]
-    for _, raw in txn.scan("refs", b""):
-        _, raw_len, stored_len = unpack_ref(raw)
+    for _, _, raw_len, stored_len in chunks.count_rows(txn):
         actual[0] += 1
         actual[1] += raw_len
         actual[2] += stored_len
@@ -277,10 +264,9 @@ class _Verifier:
 
     def hash_chunks(self) -> int:
         txn = self.txn
-        self.progress.start("re-hashing chunks", entries(txn, "chunks"))
+        self.progress.start("re-hashing chunks", chunks.counted(txn))
         n = 0
-        for cid, payload in txn.scan("chunks", b""):
-            cid = bytes(cid)
+        for cid, payload in chunks.stored_rows(txn):
             n += 1
             self.progress.advance(1)
             try:
@@ -290,23 +276,21 @@ class _Verifier:
                 data, ok = None, False
             if not ok:
                 self.bad_chunks[cid] = "damaged"
-            ref = txn.get("refs", cid)
-            if ref is None:
+            if not chunks.has(txn, cid):
                 self.problem("store", None, f"chunk {short(cid)} has no reference count", chunk=cid.hex())
-            elif data is not None and unpack_ref(ref)[1] != len(data):
+            elif data is not None and chunks.raw_length(txn, cid) != len(data):
                 self.problem("store", None, f"chunk {short(cid)} is recorded with a wrong length",
                              chunk=cid.hex())
-        for cid, _ in txn.scan("refs", b""):
-            if txn.get("chunks", cid) is None:
-                self.bad_chunks[bytes(cid)] = "missing"
+        for cid, *_ in chunks.count_rows(txn):
+            if chunks.stored(txn, cid) is None:
+                self.bad_chunks[cid] = "missing"
         return n
 
     def hash_objects(self) -> int:
         txn = self.txn
-        self.progress.start("re-hashing tree objects", entries(txn, "objects"))
+        self.progress.start("re-hashing tree objects", trees.counted(txn))
         n = 0
-        for oid, payload in txn.scan("objects", b""):
-            oid = bytes(oid)
+        for oid, payload in trees.stored_rows(txn):
             n += 1
             self.progress.advance(1)
             try:
@@ -317,12 +301,12 @@ class _Verifier:
                 ok = False
             if not ok:
                 self.bad_objects[oid] = "damaged"
-            if txn.get("orefs", oid) is None:
+            if not trees.has(txn, oid):
                 self.problem("store", None, f"tree object {short(oid)} has no reference count",
                              object=oid.hex())
-        for oid, _ in txn.scan("orefs", b""):
-            if txn.get("objects", oid) is None:
-                self.bad_objects[bytes(oid)] = "missing"
+        for oid, _ in trees.count_rows(txn):
+            if trees.stored(txn, oid) is None:
+                self.bad_objects[oid] = "missing"
         return n
 
     def counts(self, c: Census, vids: set[int]) -> None:
@@ -330,17 +314,15 @@ class _Verifier:
         for oid in c.missing_objects:
             self.bad_objects[oid] = "missing"
         for cid in c.chunk_refs:
-            if txn.get("chunks", cid) is None:
+            if chunks.stored(txn, cid) is None:
                 self.bad_chunks[cid] = "missing"
-        for cid, raw in txn.scan("refs", b""):
-            cid = bytes(cid)
-            count, expected = unpack_ref(raw)[0], c.chunk_refs.get(cid, 0)
+        for cid, count, *_ in chunks.count_rows(txn):
+            expected = c.chunk_refs.get(cid, 0)
             if count != expected:
                 self.problem("store", None, f"chunk {short(cid)} counts {count} reference(s), "
                              f"{expected} found (fusevol gc repairs this)", chunk=cid.hex())
-        for oid, raw in txn.scan("orefs", b""):
-            oid = bytes(oid)
-            count, expected = read_u64(raw), c.object_refs.get(oid, 0)
+        for oid, count in trees.count_rows(txn):
+            expected = c.object_refs.get(oid, 0)
             if count != expected:
                 self.problem("store", None, f"tree object {short(oid)} counts {count} reference(s), "
                              f"{expected} found (fusevol gc repairs this)", object=oid.hex())
@@ -438,6 +420,9 @@ def verify(txn: Txn, progress: NoProgress | None = None) -> dict:
     v = _Verifier(txn, progress)
     n_chunks = v.hash_chunks()
     n_objects = v.hash_objects()
+    for number, counted, found in packs.miscounted(txn):
+        v.problem("store", None, f"pack {number} counts {counted} dead byte(s), {found} found "
+                  "(fusevol gc repairs this)", pack=number)
     c = census(txn, progress)
     records = [r for r in volumes.list_all(txn, removed=True) if r["vid"] is not None]
     v.counts(c, {r["vid"] for r in records})

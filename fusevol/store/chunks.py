@@ -1,20 +1,24 @@
 """Content-addressed chunks with reference counts.
 
 A chunk is stored once under the BLAKE3-256 hash of its raw content, however
-many block maps (and, later, snapshot trees) refer to it. Each reference holds
-one count; the chunk is deleted in the transaction that drops the last one, so
-space comes back as soon as nothing reaches the data.
+many block maps and snapshot trees refer to it. Each reference holds one
+count; the chunk is let go of in the transaction that drops the last one, so
+space comes back as soon as nothing reaches the data. A small chunk is kept in
+a pack (packs.py), a large one as a value of its own; its count row says which.
+This module is the only reader and writer of `chunks` and `refs`.
 """
 
+import struct
 import threading
+from typing import NamedTuple
 
 import blake3
 import zstandard
 
 from .. import native
 from ..errors import StoreDamaged
-from . import schema
-from .env import Txn
+from . import packs, schema
+from .env import Txn, row_disk_bytes
 
 RAW, ZSTD = schema.CODECS["none"], schema.CODECS["zstd"]
 CODECS = schema.CODECS
@@ -24,6 +28,17 @@ CODECS = schema.CODECS
 # saves ~11% and cost half of a sequential write's speed).
 MIN_SAVING = 1 / 8
 PROBE = 8192
+# zstd's level, by measurement. On Python's standard library in 128 KiB blocks
+# (bench/evolve.py's data) level 3 stores 4% less than level 1 (17.8 against
+# 18.5 MB) for 30% more CPU (210 against 300 MB/s on one core of the bench
+# machine); on a 384 MiB file of source text written through a mount it
+# stored 5.5% less but wrote at 65-70 MiB/s instead of 83-88. Decompression
+# runs at the same speed. So: level 3 where compressing is a small part of the
+# work (a block shorter than a whole one: a small file, a file's tail, a tree
+# object), level 1 for whole blocks, which big sequential writes bring (half
+# of the standard library's bytes; the rule stores 18.1 MB of it).
+LEVEL_WHOLE_BLOCK = 1
+LEVEL_SHORT = 3
 
 _local = threading.local()
 
@@ -32,10 +47,15 @@ def chunk_id(data) -> bytes:
     return blake3.blake3(data).digest()
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    c = getattr(_local, "zc", None)
+def _compressor(size: int) -> zstandard.ZstdCompressor:
+    if size >= schema.BLOCK_SIZE:
+        c = getattr(_local, "zc", None)
+        if c is None:
+            c = _local.zc = zstandard.ZstdCompressor(level=LEVEL_WHOLE_BLOCK)
+        return c
+    c = getattr(_local, "zs", None)
     if c is None:
-        c = _local.zc = zstandard.ZstdCompressor(level=1)
+        c = _local.zs = zstandard.ZstdCompressor(level=LEVEL_SHORT)
     return c
 
 
@@ -55,7 +75,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def encode(data: bytes, compression: str) -> bytes:
     if CODECS[compression] == ZSTD and _worth_compressing(data):
-        packed = _compressor().compress(data)
+        packed = _compressor(len(data)).compress(data)
         if len(packed) <= len(data) * (1 - MIN_SAVING):
             return bytes((ZSTD,)) + packed
     return bytes((RAW,)) + data
@@ -114,88 +134,283 @@ def prepare_blocks(blocks, compression: str) -> dict[int, tuple[bytes, bytes] | 
     return out
 
 
+# A chunk's count row: alone (the chunk a value of its own in `chunks`, as
+# every chunk was in format 1), or packed (in a pack, see packs.py).
+_ALONE = struct.Struct(">QII")     # count, raw length, stored length
+_PACKED = struct.Struct(">QIIQI")  # ... pack number, offset of the chunk in it
+_COUNT = struct.Struct(">Q")
+
+
+class Row(NamedTuple):
+    count: int
+    raw_len: int
+    stored_len: int
+    loc: packs.Location | None  # None: alone
+
+
+def _row(raw) -> Row:
+    if len(raw) == _PACKED.size:
+        count, raw_len, stored_len, pack, offset = _PACKED.unpack(raw)
+        return Row(count, raw_len, stored_len, packs.Location(pack, offset, stored_len))
+    return Row(*_ALONE.unpack(raw), None)
+
+
+def _encode_row(count: int, raw_len: int, stored_len: int, loc: packs.Location | None) -> bytes:
+    if loc is None:
+        return _ALONE.pack(count, raw_len, stored_len)
+    return _PACKED.pack(count, raw_len, stored_len, loc.pack, loc.offset)
+
+
+def _get_row(txn: Txn, cid: bytes) -> Row:
+    raw = txn.get("refs", cid)
+    if raw is None:
+        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
+    return _row(raw)
+
+
+def _count_by(txn: Txn, cid: bytes, delta: int) -> int:
+    """Add delta to a chunk's count, leaving the rest of its row as it is."""
+    raw = txn.get("refs", cid)
+    if raw is None:
+        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
+    count = _COUNT.unpack_from(raw)[0] + delta
+    txn.put("refs", cid, _COUNT.pack(count) + bytes(raw)[_COUNT.size:])
+    return count
+
+
+def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int) -> None:
+    """Keep a chunk's stored form: packed when small, else a value of its own."""
+    if len(payload) <= packs.ENTRY_MAX:
+        loc = packs.add(txn, packs.CHUNK, payload)
+    else:
+        txn.put("chunks", cid, payload)
+        loc = None
+    txn.put("refs", cid, _encode_row(count, raw_len, len(payload), loc))
+    txn.chunk_delta[0] += 1
+    txn.chunk_delta[1] += raw_len
+    txn.chunk_delta[2] += len(payload)
+
+
+def _unstore(txn: Txn, cid: bytes, row: Row) -> None:
+    txn.delete("refs", cid)
+    if row.loc is None:
+        txn.delete("chunks", cid)
+    else:
+        packs.release(txn, row.loc)
+
+
 def add_ref(txn: Txn, data: bytes, compression: str = "zstd", cid: bytes | None = None,
             payload: bytes | None = None) -> bytes:
     """Store data (if new) and take one reference to it; return its chunk id.
     `payload` is data already encoded (see prepare_blocks)."""
     cid = cid or chunk_id(data)
-    if payload is None:
-        ref = txn.get("refs", cid)
-        if ref is not None:
-            count, raw_len, stored_len = schema.unpack_ref(ref)
-            txn.put("refs", cid, schema.pack_ref(count + 1, raw_len, stored_len))
-            return cid
-        payload = encode(data, compression)
-        txn.put("refs", cid, schema.pack_ref(1, len(data), len(payload)))
-    elif not txn.put("refs", cid, schema.pack_ref(1, len(data), len(payload)), overwrite=False):
-        # Encoded already: a put that keeps an existing row tells whether the
-        # chunk is new without a get (py-lmdb lets other threads run during a
-        # get, not a put, and taking the GIL back cost more than the lookup).
-        incref(txn, cid)
+    if txn.get("refs", cid) is not None:
+        _count_by(txn, cid, 1)
         return cid
-    txn.put("chunks", cid, payload)
-    txn.chunk_delta[0] += 1
-    txn.chunk_delta[1] += len(data)
-    txn.chunk_delta[2] += len(payload)
+    if payload is None:
+        payload = encode(data, compression)
+    _store(txn, cid, payload, len(data), 1)
     return cid
 
 
 def incref(txn: Txn, cid: bytes) -> None:
-    ref = txn.get("refs", cid)
-    if ref is None:
-        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
-    count, raw_len, stored_len = schema.unpack_ref(ref)
-    txn.put("refs", cid, schema.pack_ref(count + 1, raw_len, stored_len))
+    _count_by(txn, cid, 1)
 
 
 def decref(txn: Txn, cid: bytes) -> None:
     """Drop one reference; delete the chunk when it was the last."""
-    ref = txn.get("refs", cid)
-    if ref is None:
-        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
-    count, raw_len, stored_len = schema.unpack_ref(ref)
-    if count > 1:
-        txn.put("refs", cid, schema.pack_ref(count - 1, raw_len, stored_len))
+    row = _get_row(txn, cid)
+    if row.count > 1:
+        _count_by(txn, cid, -1)
         return
-    txn.delete("refs", cid)
-    txn.delete("chunks", cid)
+    _unstore(txn, cid, row)
     txn.chunk_delta[0] -= 1
-    txn.chunk_delta[1] -= raw_len
-    txn.chunk_delta[2] -= stored_len
+    txn.chunk_delta[1] -= row.raw_len
+    txn.chunk_delta[2] -= row.stored_len
 
 
 def ref_info(txn: Txn, cid: bytes) -> tuple[int, int, int]:
     """(reference count, raw length, stored length) of a chunk."""
-    ref = txn.get("refs", cid)
-    if ref is None:
-        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
-    return schema.unpack_ref(ref)
+    return _get_row(txn, cid)[:3]
 
 
 def raw_length(txn: Txn, cid: bytes) -> int:
-    ref = txn.get("refs", cid)
-    if ref is None:
-        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
-    return schema.unpack_ref(ref)[1]
+    return _get_row(txn, cid).raw_len
+
+
+def _payload(txn: Txn, cid: bytes, row: Row):
+    """A chunk's stored form where it is (a view, valid until the transaction
+    ends, or bytes); None if its data is gone."""
+    if row.loc is None:
+        return txn.get("chunks", cid)
+    return packs.view(txn, row.loc)
 
 
 def read(txn: Txn, cid: bytes) -> bytes:
     """A chunk's bytes, checked against its id (see decode_checked)."""
-    payload = txn.get("chunks", cid)
+    raw = txn.get("refs", cid)
+    payload = _payload(txn, cid, _row(raw)) if raw is not None else None
     if payload is None:
         raise StoreDamaged(f"missing chunk {cid.hex()}")
     return decode_checked(payload, cid)
 
 
 def read_present(txn: Txn, wanted: dict) -> dict:
-    """key -> bytes of the chunks in `wanted` (key -> chunk id) that exist, each
-    checked against its id; those that do not exist are left out."""
+    """key -> bytes of the chunks in `wanted` (key -> chunk id) that the store
+    holds, each checked against its id; those it does not hold are left out."""
     out = {}
     for key, cid in wanted.items():
-        payload = txn.get("chunks", cid)
-        if payload is not None:
-            out[key] = decode_checked(payload, cid)
+        data = read_if_stored(txn, cid)
+        if data is not None:
+            out[key] = data
     return out
+
+
+def read_if_stored(txn: Txn, cid: bytes) -> bytes | None:
+    """A chunk's bytes, checked, or None while the store does not hold it
+    (a block a writer has not committed yet)."""
+    raw = txn.get("refs", cid)
+    if raw is None:
+        return None
+    return read(txn, cid)
+
+
+def has(txn: Txn, cid: bytes) -> bool:
+    return txn.get("refs", cid) is not None
+
+
+def stored(txn: Txn, cid: bytes) -> bytes | None:
+    """A chunk as stored (codec byte + data), unchecked; None if absent."""
+    raw = txn.get("refs", cid)
+    payload = _payload(txn, cid, _row(raw)) if raw is not None else txn.get("chunks", cid)
+    return None if payload is None else bytes(payload)
+
+
+def location(txn: Txn, cid: bytes) -> packs.Location | None:
+    """Where a packed chunk is (None: not packed, or not held)."""
+    raw = txn.get("refs", cid)
+    return _row(raw).loc if raw is not None else None
+
+
+def identify(payload) -> bytes | None:
+    """The id of a chunk's stored form (None if it does not decode)."""
+    try:
+        return chunk_id(decode(payload))
+    except (zstandard.ZstdError, StoreDamaged):
+        return None
+
+
+def relocate(txn: Txn, cid: bytes, loc: packs.Location) -> None:
+    """Point a chunk's row at a new copy of it (a pack rewritten)."""
+    row = _get_row(txn, cid)
+    txn.put("refs", cid, _encode_row(row.count, row.raw_len, row.stored_len, loc))
+
+
+def pack_alone(txn: Txn, cid: bytes) -> bool:
+    """Move a chunk kept as a value of its own (an older store's) into a
+    pack if it is small enough; whether it moved."""
+    row = _get_row(txn, cid)
+    if row.loc is not None or row.stored_len > packs.ENTRY_MAX:
+        return False
+    payload = txn.get("chunks", cid)
+    if payload is None:
+        return False
+    loc = packs.add(txn, packs.CHUNK, bytes(payload))
+    txn.delete("chunks", cid)
+    txn.put("refs", cid, _encode_row(row.count, row.raw_len, row.stored_len, loc))
+    return True
+
+
+def put_stored(txn: Txn, cid: bytes, payload: bytes, raw_len: int) -> None:
+    """Store a chunk received as stored (its id checked by the caller), held by
+    no one yet: the object that lists it takes the first reference."""
+    _store(txn, cid, payload, raw_len, 0)
+
+
+def set_count(txn: Txn, cid: bytes, count: int) -> None:
+    """Set a chunk's reference count (gc's repair)."""
+    _count_by(txn, cid, count - _get_row(txn, cid).count)
+
+
+def recount(txn: Txn, cid: bytes, count: int, raw_len: int, payload) -> None:
+    """Give a chunk held alone with no count row its count back (gc's repair)."""
+    txn.put("refs", cid, _encode_row(count, raw_len, len(payload), None))
+
+
+def counted(txn: Txn) -> int:
+    """How many chunks have a count row."""
+    return txn.txn.stat(txn.store.dbs["refs"])["entries"]
+
+
+def forget(txn: Txn, cid: bytes) -> None:
+    """Delete a chunk and its count row, whatever it counts (gc's sweep; the
+    totals are recounted after)."""
+    raw = txn.get("refs", cid)
+    if raw is None:
+        txn.delete("chunks", cid)
+    else:
+        _unstore(txn, cid, _row(raw))
+
+
+def count_rows(txn: Txn):
+    """(chunk id, count, raw length, stored length) of every counted chunk."""
+    for cid, raw in txn.scan("refs", b""):
+        yield (bytes(cid), *_row(raw)[:3])
+
+
+def stored_rows(txn: Txn):
+    """(chunk id, stored form) of every chunk the store holds data for: the
+    ones alone, counted or not, then the packed ones pack by pack (each pack
+    read once). A packed chunk whose data is gone is not listed."""
+    for cid, payload in txn.scan("chunks", b""):
+        yield bytes(cid), payload
+    by_pack: dict[int, list] = {}
+    for cid, raw in txn.scan("refs", b""):
+        loc = _row(raw).loc
+        if loc is not None:
+            by_pack.setdefault(loc.pack, []).append((bytes(cid), loc))
+    for number in sorted(by_pack):
+        for cid, loc in by_pack.pop(number):
+            payload = packs.view(txn, loc)
+            if payload is not None:
+                yield cid, payload
+
+
+def locations(txn: Txn):
+    """(chunk id, location) of every packed chunk."""
+    for cid, raw in txn.scan("refs", b""):
+        loc = _row(raw).loc
+        if loc is not None:
+            yield bytes(cid), loc
+
+
+def alone(txn: Txn):
+    """Ids of counted chunks small enough for a pack but kept as values of
+    their own (an older store's)."""
+    for cid, raw in txn.scan("refs", b""):
+        row = _row(raw)
+        if row.loc is None and row.stored_len <= packs.ENTRY_MAX:
+            yield bytes(cid)
+
+
+def uncounted(txn: Txn):
+    """(chunk id, stored form) of chunks held alone with no count row (leaked;
+    a packed chunk with no row is dead space of its pack)."""
+    for cid, payload in txn.scan("chunks", b""):
+        if txn.get("refs", cid) is None:
+            yield bytes(cid), bytes(payload)
+
+
+def disk_bytes(txn: Txn, cid: bytes) -> int:
+    """What a chunk takes in the store's file, its count row included."""
+    psize = txn.store.env.stat()["psize"]
+    raw = txn.get("refs", cid)
+    if raw is None:
+        return 0
+    row = _row(raw)
+    if row.loc is not None:
+        return packs.HEAD.size + row.stored_len + row_disk_bytes(psize, len(cid), len(raw))
+    return row_disk_bytes(psize, len(cid), row.stored_len) + row_disk_bytes(psize, len(cid), len(raw))
 
 
 def totals(txn: Txn) -> dict:

@@ -38,11 +38,14 @@ class Txn:
     """
 
     def __init__(self, store: "Store", txn: lmdb.Transaction, write: bool,
-                 parent: "Txn | None" = None):
+                 parent: "Txn | None" = None, buffers: bool = False):
         self.store = store
         self.txn = txn
         self.write = write
         self.parent = parent
+        self.buffers = buffers  # values are views into the map (read transactions only)
+        self.packs = None       # on a root write transaction: the packs it adds to (packs.py)
+        self.pack_cache = None  # packs read without buffers, kept for the next reads
         self.chunk_delta = [0, 0, 0]  # chunks, raw bytes, stored bytes
         self.vstat_delta: dict[int, list[int]] = {}
         # When a list: every (table, key, value or None) this transaction
@@ -54,6 +57,12 @@ class Txn:
 
     def get(self, table: str, key: bytes):
         return self.txn.get(key, db=self.store.dbs[table])
+
+    def root(self) -> "Txn":
+        txn = self
+        while txn.parent is not None:
+            txn = txn.parent
+        return txn
 
     def defer(self, fn, *args) -> None:
         """fn(self, *args), for a change whose outcome the caller does not read
@@ -80,8 +89,9 @@ class Txn:
         cur = self.cursor(table)
         if not cur.set_range(start if start is not None else prefix):
             return
+        n = len(prefix)
         for key, value in cur:
-            if not key.startswith(prefix):
+            if key[:n] != prefix:  # (keys may be views: no startswith)
                 return
             yield key, value
 
@@ -222,6 +232,10 @@ class Store:
             if version is None:
                 txn.put("meta", b"format", schema.u64(schema.FORMAT_VERSION))
                 txn.put("meta", b"block_size", schema.u64(schema.BLOCK_SIZE))
+            elif schema.read_u64(version) in schema.UPGRADES:
+                # Every row of an older format reads as it is: only newer
+                # fusevols may open the store from now on.
+                txn.put("meta", b"format", schema.u64(schema.FORMAT_VERSION))
             elif schema.read_u64(version) != schema.FORMAT_VERSION:
                 raise FusevolError(
                     f"store at {path} has format {schema.read_u64(version)}, "
@@ -270,7 +284,7 @@ class Store:
         valid only until the block ends (no copy of a 128 KiB chunk)."""
         txn = self._begin(write=False, buffers=buffers)
         try:
-            yield Txn(self, txn, write=False)
+            yield Txn(self, txn, write=False, buffers=buffers)
         finally:
             txn.abort()
 
@@ -292,6 +306,9 @@ class Store:
     def commit(self, txn: Txn, durable: bool = True) -> None:
         """Commit; with durable, return only once it survives a system crash."""
         try:
+            if txn.packs is not None:
+                txn.packs.finish(txn)
+                txn.packs = None
             txn.fold_counters()
             txn.txn.commit()
         except lmdb.Error as e:
@@ -309,10 +326,18 @@ class Store:
     def nested(self, parent: Txn):
         """A child of a write transaction: all of it, or none of it, joins the parent."""
         child = Txn(self, self._begin(write=True, parent=parent.txn), write=True, parent=parent)
+        root = parent.root()
+        packs_mark = root.packs.mark() if root.packs is not None else None
         try:
             yield child
         except BaseException:
             child.txn.abort()
+            # The packs it added to go back to what they held before it.
+            if packs_mark is None:
+                root.packs = None
+            else:
+                root.packs.rollback(packs_mark)
+            root.pack_cache = None
             raise
         child.txn.commit()
         child.merge_into(parent)

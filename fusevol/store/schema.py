@@ -8,7 +8,10 @@ Integers in keys are big-endian so that LMDB's byte order is numeric order.
 import struct
 from dataclasses import dataclass
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Formats whose rows this one reads as they are (opening one marks it FORMAT_VERSION):
+# 1 kept every chunk and tree object as a value of its own; 2 packs the small ones.
+UPGRADES = (1,)
 BLOCK_SIZE = 128 * 1024
 ROOT_INO = 1
 
@@ -24,11 +27,13 @@ TABLES = {
     "xattrs": "vid|ino|name -> value",
     "orphans": "vid|ino -> b'' (unlinked while open; purged when closed or at mount)",
     "multilinks": "vid|ino -> b'' (files with several names: their parents go into snapshots)",
-    "chunks": "chunk id -> codec byte + payload",
-    "refs": "chunk id -> refcount, raw length, stored length",
-    "objects": "tree object id -> codec byte + encoded object (snapshots)",
-    "orefs": "tree object id -> refcount",
+    "chunks": "chunk id -> codec byte + payload (a chunk too large for a pack)",
+    "refs": "chunk id -> refcount, raw length, stored length[, pack number, offset]",
+    "objects": "tree object id -> codec byte + encoded object (one too large for a pack)",
+    "orefs": "tree object id -> refcount[, pack number, offset, stored length]",
     "snapshots": "volume name|0|snapshot name -> JSON record",
+    "packs": "pack number -> small chunks and objects as stored, back to back (packs.py)",
+    "packdead": "pack number -> bytes of its entries that nothing points to any more",
     "dirchanges": "vid|dir_ino -> the object a folder in pieces was last written as; "
                   "vid|dir_ino|name -> b'' (its entries changed since)",
 }

@@ -12,9 +12,9 @@ import re
 import stat
 import time
 
-from ..errors import AlreadyExists, InvalidArgument, NotFound, StoreDamaged
+from ..errors import AlreadyExists, InvalidArgument, NotFound
 from . import chunks, trees, volumes
-from .env import Txn, row_disk_bytes
+from .env import Txn
 from .folders import FolderPlan
 from .inodes import Inodes
 from .schema import IN_PIECES, LAZY, NO_TREE, ROOT_INO, read_u64, u64, vkey
@@ -152,18 +152,14 @@ def held_alone(txn: Txn, snap: dict) -> tuple[int, int]:
     """What deleting this snapshot alone would free: the stored (compressed)
     bytes of its chunks, and the bytes its chunks, objects and their count
     rows take in the store's file (overflow pages whole)."""
-    psize = txn.store.env.stat()["psize"]
     root = bytes.fromhex(snap["root"])
     work = [root] if trees._count(txn, root) == 1 else []
     tally: dict[bytes, int] = {}
     disk = 0
     while work:
         oid = work.pop()
-        payload = txn.get("objects", oid)
-        if payload is None:
-            raise StoreDamaged(f"missing tree object {oid.hex()}")
-        disk += row_disk_bytes(psize, len(oid), len(payload)) + row_disk_bytes(psize, len(oid), 8)
-        obj = trees.decode(chunks.decode(payload))
+        obj = trees.get(txn, oid)
+        disk += trees.disk_bytes(txn, oid)
         objects, chunk_ids = obj.children()
         work.extend(oid for oid in objects if trees._count(txn, oid) == 1)
         for cid in chunk_ids:
@@ -173,7 +169,7 @@ def held_alone(txn: Txn, snap: dict) -> tuple[int, int]:
         count, _, stored = chunks.ref_info(txn, cid)
         if count == n:
             total += stored
-            disk += row_disk_bytes(psize, len(cid), stored) + row_disk_bytes(psize, len(cid), 16)
+            disk += chunks.disk_bytes(txn, cid)
     return total, disk
 
 

@@ -30,7 +30,6 @@ from ..errors import (AlreadyExists, Busy, FusevolError, InUse, InvalidArgument,
 from ..progress import NoProgress
 from . import chunks, pieces, snapshots, trees, volumes
 from .env import Store, Txn
-from .schema import pack_ref
 
 MAGIC = b"FUSEVOL-SEND\r\n\x1a\n"
 VERSION = 2        # 2: tree objects may be folders in pieces (pieces.py)
@@ -96,12 +95,17 @@ class _Reader:
             self._cm.__exit__(None, None, None)
             self._cm = self.txn = None
 
-    def get(self, table: str, key: bytes) -> bytes:
-        raw = self.txn.get(table, key)
-        if raw is None:
-            what = "tree object" if table == "objects" else "chunk"
+    def get_object(self, oid: bytes) -> bytes:
+        return self._got(trees.stored(self.txn, oid), "tree object", oid)
+
+    def get_chunk(self, cid: bytes) -> bytes:
+        return self._got(chunks.stored(self.txn, cid), "chunk", cid)
+
+    @staticmethod
+    def _got(payload: bytes | None, what: str, key: bytes) -> bytes:
+        if payload is None:
             raise FusevolError(f"{what} {key.hex()} is gone (was the snapshot deleted while sending?)")
-        return bytes(raw)
+        return payload
 
 
 def send(store: Store, volume: str, name: str, out, base: tuple[str, str] | None = None,
@@ -154,10 +158,10 @@ def _send_tree(reader: _Reader, writer: StreamWriter, root: bytes, base_root: by
         if oid in seen:
             continue  # a file with several names
         seen.add(oid)
-        obj = trees.decode(chunks.decode(reader.get("objects", oid)))
+        obj = trees.decode(chunks.decode(reader.get_object(oid)))
         base_obj = None
         if base_id is not None:
-            base_obj = trees.decode(chunks.decode(reader.get("objects", base_id)))
+            base_obj = trees.decode(chunks.decode(reader.get_object(base_id)))
             if base_obj.kind != obj.kind:
                 base_obj = None
         if obj.kind == trees.DIR:
@@ -176,7 +180,7 @@ def _send_tree(reader: _Reader, writer: StreamWriter, root: bytes, base_root: by
                 stats["skipped_chunks"] += 1
             elif cid not in sent_chunks:
                 sent_chunks.add(cid)
-                payload = reader.get("chunks", cid)
+                payload = reader.get_chunk(cid)
                 chunks.decode_checked(payload, cid)  # pass no damage on
                 writer.record(CHUNK, cid, payload)
                 since_renew += len(payload)
@@ -188,7 +192,7 @@ def _send_tree(reader: _Reader, writer: StreamWriter, root: bytes, base_root: by
 
 
 def _send_object(reader: _Reader, writer: StreamWriter, oid: bytes) -> int:
-    payload = reader.get("objects", oid)
+    payload = reader.get_object(oid)
     writer.record(OBJECT, oid, payload)
     return len(payload)
 
@@ -290,38 +294,26 @@ def _link(txn: Txn, spool, progress: NoProgress) -> tuple[set[bytes], set[bytes]
         progress.advance(FRAME.size + length)
         rid, stored = payload[:ID_LEN], payload[ID_LEN:]
         if kind == CHUNK:
-            if txn.get("refs", rid) is None:
-                raw_len = len(chunks.decode(stored))
-                txn.put("chunks", rid, stored)
-                txn.put("refs", rid, pack_ref(0, raw_len, len(stored)))
-                txn.chunk_delta[0] += 1
-                txn.chunk_delta[1] += raw_len
-                txn.chunk_delta[2] += len(stored)
+            if not chunks.has(txn, rid):
+                chunks.put_stored(txn, rid, stored, len(chunks.decode(stored)))
                 new_chunks.add(rid)
             continue
-        if txn.get("orefs", rid) is not None:
+        if trees.has(txn, rid):
             continue  # held already, and so is everything below it
         obj = trees.decode(chunks.decode(stored))
         children, chunk_ids = obj.children()
         for child in children:
-            if txn.get("orefs", child) is None:
+            if not trees.has(txn, child):
                 raise StreamDamaged(f"stream refers to tree object {child.hex()}, which neither "
                                     "it nor this store holds")
-            _take_object(txn, child)
+            trees.incref(txn, child)
         for cid in chunk_ids:
-            if txn.get("refs", cid) is None:
+            if not chunks.has(txn, cid):
                 raise StreamDamaged(f"stream refers to chunk {cid.hex()}, which neither it nor "
                                     "this store holds")
-            count, raw_len, stored_len = chunks.ref_info(txn, cid)
-            txn.put("refs", cid, pack_ref(count + 1, raw_len, stored_len))
-        txn.put("objects", rid, stored)
-        txn.put("orefs", rid, trees._U64.pack(0))  # its holders take their references below
+            chunks.incref(txn, cid)
+        trees.put_stored(txn, rid, stored)  # its holders take their references below
         new_objects.add(rid)
-
-
-def _take_object(txn: Txn, oid: bytes) -> None:
-    """One more reference on an object that exists (new ones start at zero)."""
-    txn.put("orefs", oid, trees._U64.pack(trees._count(txn, oid) + 1))
 
 
 def _unchanged_since_snapshot(txn: Txn, record: dict) -> bool:
@@ -361,7 +353,7 @@ def receive(store: Store, volume: str, src, *, force: bool = False, mounted: boo
             progress.start("storing", size)
             new_objects, new_chunks = _link(txn, spool, progress)
             root = bytes.fromhex(sent["root"])
-            if txn.get("orefs", root) is None:
+            if not trees.has(txn, root):
                 raise StreamDamaged(f"stream lacks its root object {root.hex()}")
             snap = {k: sent[k] for k in SENT_FIELDS}
             snap["volume"] = volume
@@ -372,7 +364,7 @@ def receive(store: Store, volume: str, src, *, force: bool = False, mounted: boo
                 record["received_from"] = sent.get("sent_from")
                 volumes.put(txn, record)
             txn.put("snapshots", snapshots._key(volume, name), json.dumps(snap).encode())
-            _take_object(txn, root)  # the snapshot record's reference
+            trees.incref(txn, root)  # the snapshot record's reference
             if base_root is None:
                 snapshots._install_tree(txn, record, snap)
             else:

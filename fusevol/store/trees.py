@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import blake3
 
 from ..errors import StoreDamaged
-from . import chunks
-from .env import Txn
+from . import chunks, packs
+from .env import Txn, row_disk_bytes
 from .schema import WIDE_TIMES_SIZE, Inode, pack_times, unpack_times
 
 FILE, DIR = b"F", b"D"  # in lower case when the times' seconds follow the attributes
@@ -165,22 +165,210 @@ def get(txn: Txn, oid: bytes) -> TreeObject:
 
 
 def get_raw(txn: Txn, oid: bytes) -> bytes:
-    payload = txn.get("objects", oid)
+    payload = stored(txn, oid)
     if payload is None:
         raise StoreDamaged(f"missing tree object {oid.hex()}")
     return chunks.decode(payload)
 
 
+# An object's count row: the count alone (the object a value of its own in
+# `objects`, as every object was in format 1), or with where it is packed.
+_PACKED = struct.Struct(">QQII")  # count, pack number, offset, stored length
+
+
+def _loc(raw) -> packs.Location | None:
+    if len(raw) == _PACKED.size:
+        return packs.Location(*_PACKED.unpack(raw)[1:])
+    return None
+
+
+def _set(txn: Txn, oid: bytes, count: int, raw=None) -> None:
+    """Set an object's count, leaving where it is as it is."""
+    raw = raw if raw is not None else txn.get("orefs", oid)
+    txn.put("orefs", oid, _U64.pack(count) + bytes(raw)[_U64.size:])
+
+
+def _store(txn: Txn, oid: bytes, payload, count: int) -> None:
+    """Keep an object's stored form (packed when small, else a value of its own)."""
+    old = txn.get("orefs", oid)  # stored again over a count of 0: its old copy is dead
+    if old is not None and _loc(old) is not None:
+        packs.release(txn, _loc(old))
+    elif old is not None:
+        txn.delete("objects", oid)
+    if len(payload) <= packs.ENTRY_MAX:
+        loc = packs.add(txn, packs.OBJECT, payload)
+        txn.put("orefs", oid, _PACKED.pack(count, *loc))
+    else:
+        txn.put("objects", oid, payload)
+        txn.put("orefs", oid, _U64.pack(count))
+
+
+def _unstore(txn: Txn, oid: bytes) -> None:
+    raw = txn.get("orefs", oid)
+    loc = _loc(raw) if raw is not None else None
+    txn.delete("orefs", oid)
+    if loc is None:
+        txn.delete("objects", oid)
+    else:
+        packs.release(txn, loc)
+
+
+def has(txn: Txn, oid: bytes) -> bool:
+    return txn.get("orefs", oid) is not None
+
+
+def stored(txn: Txn, oid: bytes) -> bytes | None:
+    """An object as stored (codec byte + encoding), unchecked; None if absent."""
+    raw = txn.get("orefs", oid)
+    loc = _loc(raw) if raw is not None else None
+    payload = txn.get("objects", oid) if loc is None else packs.view(txn, loc)
+    return None if payload is None else bytes(payload)
+
+
+def location(txn: Txn, oid: bytes) -> packs.Location | None:
+    """Where a packed object is (None: not packed, or not held)."""
+    raw = txn.get("orefs", oid)
+    return _loc(raw) if raw is not None else None
+
+
+def identify(payload) -> bytes | None:
+    """The id of an object's stored form (None if it does not decode)."""
+    try:
+        return object_id(chunks.decode(payload))
+    except Exception:  # zstd's errors, or an unknown codec
+        return None
+
+
+def relocate(txn: Txn, oid: bytes, loc: packs.Location) -> None:
+    """Point an object's row at a new copy of it (a pack rewritten)."""
+    txn.put("orefs", oid, _PACKED.pack(_count(txn, oid), *loc))
+
+
+def pack_alone(txn: Txn, oid: bytes) -> bool:
+    """Move an object kept as a value of its own (an older store's) into a
+    pack if it is small enough; whether it moved."""
+    raw = txn.get("orefs", oid)
+    if raw is None or _loc(raw) is not None:
+        return False
+    payload = txn.get("objects", oid)
+    if payload is None or len(payload) > packs.ENTRY_MAX:
+        return False
+    loc = packs.add(txn, packs.OBJECT, bytes(payload))
+    txn.delete("objects", oid)
+    txn.put("orefs", oid, _PACKED.pack(_count(txn, oid), *loc))
+    return True
+
+
+def put_stored(txn: Txn, oid: bytes, payload: bytes) -> None:
+    """Store an object received as stored (checked by the caller, its children
+    held by it already), held by no one yet."""
+    _store(txn, oid, payload, 0)
+
+
+def set_count(txn: Txn, oid: bytes, count: int) -> None:
+    """Set an object's reference count (gc's repair)."""
+    _set(txn, oid, count)
+
+
+def recount(txn: Txn, oid: bytes, count: int) -> None:
+    """Give an object held alone with no count row its count back (gc's repair)."""
+    txn.put("orefs", oid, _U64.pack(count))
+
+
+def counted(txn: Txn) -> int:
+    """How many objects have a count row."""
+    return txn.txn.stat(txn.store.dbs["orefs"])["entries"]
+
+
+def forget(txn: Txn, oid: bytes) -> None:
+    """Delete an object and its count row, leaving its children's counts
+    alone (gc's sweep, which sets every count after)."""
+    _unstore(txn, oid)
+
+
+def count_rows(txn: Txn):
+    """(object id, count) of every counted object."""
+    for oid, raw in txn.scan("orefs", b""):
+        yield bytes(oid), _U64.unpack_from(raw)[0]
+
+
+def stored_rows(txn: Txn):
+    """(object id, stored form) of every object the store holds: the ones
+    alone, counted or not, then the packed ones pack by pack."""
+    for oid, payload in txn.scan("objects", b""):
+        yield bytes(oid), payload
+    by_pack: dict[int, list] = {}
+    for oid, raw in txn.scan("orefs", b""):
+        loc = _loc(raw)
+        if loc is not None:
+            by_pack.setdefault(loc.pack, []).append((bytes(oid), loc))
+    for number in sorted(by_pack):
+        for oid, loc in by_pack.pop(number):
+            payload = packs.view(txn, loc)
+            if payload is not None:
+                yield oid, payload
+
+
+def locations(txn: Txn):
+    """(object id, location) of every packed object."""
+    for oid, raw in txn.scan("orefs", b""):
+        loc = _loc(raw)
+        if loc is not None:
+            yield bytes(oid), loc
+
+
+def alone(txn: Txn):
+    """Ids of counted objects kept as values of their own (pack_alone packs
+    those that are small enough)."""
+    for oid, raw in txn.scan("orefs", b""):
+        if _loc(raw) is None:
+            yield bytes(oid)
+
+
+def uncounted(txn: Txn):
+    """Ids of objects held alone with no count row (leaked)."""
+    for oid, _ in txn.scan("objects", b""):
+        if txn.get("orefs", oid) is None:
+            yield bytes(oid)
+
+
+def stored_total(txn: Txn) -> int:
+    """The stored bytes of every counted object."""
+    total = 0
+    for oid, raw in txn.scan("orefs", b""):
+        loc = _loc(raw)
+        if loc is not None:
+            total += loc.length
+        else:
+            payload = txn.get("objects", oid)
+            total += len(payload) if payload is not None else 0
+    return total
+
+
+def disk_bytes(txn: Txn, oid: bytes) -> int:
+    """What an object takes in the store's file, its count row included."""
+    psize = txn.store.env.stat()["psize"]
+    raw = txn.get("orefs", oid)
+    if raw is None:
+        return 0
+    loc = _loc(raw)
+    if loc is not None:
+        return packs.HEAD.size + loc.length + row_disk_bytes(psize, len(oid), len(raw))
+    payload = txn.get("objects", oid)
+    size = len(payload) if payload is not None else 0
+    return row_disk_bytes(psize, len(oid), size) + row_disk_bytes(psize, len(oid), len(raw))
+
+
 def _count(txn: Txn, oid: bytes) -> int:
     raw = txn.get("orefs", oid)
-    return _U64.unpack(raw)[0] if raw is not None else 0
+    return _U64.unpack_from(raw)[0] if raw is not None else 0
 
 
 def incref(txn: Txn, oid: bytes) -> None:
     raw = txn.get("orefs", oid)  # a piece just stored has a count row of 0
     if raw is None:
         raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
-    txn.put("orefs", oid, _U64.pack(_U64.unpack(raw)[0] + 1))
+    _set(txn, oid, _U64.unpack_from(raw)[0] + 1, raw)
 
 
 def put(txn: Txn, obj: TreeObject) -> bytes:
@@ -193,7 +381,7 @@ def put_encoded(txn: Txn, data: bytes, obj: TreeObject | None = None) -> bytes:
     oid = object_id(data)
     count = _count(txn, oid)
     if count:
-        txn.put("orefs", oid, _U64.pack(count + 1))
+        _set(txn, oid, count + 1)
         return oid
     obj = obj or decode(data)
     objects, chunk_ids = obj.children()
@@ -201,8 +389,7 @@ def put_encoded(txn: Txn, data: bytes, obj: TreeObject | None = None) -> bytes:
         incref(txn, child)
     for cid in chunk_ids:
         chunks.incref(txn, cid)
-    txn.put("objects", oid, chunks.encode(data, "zstd"))
-    txn.put("orefs", oid, _U64.pack(1))
+    _store(txn, oid, chunks.encode(data, "zstd"), 1)
     return oid
 
 
@@ -239,8 +426,7 @@ class RefBatch:
                 self.delta[oid] = self.delta.get(oid, 0) - 1
                 continue
             obj = get(self.txn, oid)
-            self.txn.delete("orefs", oid)
-            self.txn.delete("objects", oid)
+            _unstore(self.txn, oid)
             self.delta.pop(oid, None)
             objects, chunk_ids = obj.children()
             work.extend(objects)
@@ -250,7 +436,7 @@ class RefBatch:
     def flush(self) -> None:
         for oid, delta in self.delta.items():
             if delta:
-                self.txn.put("orefs", oid, _U64.pack(_count(self.txn, oid) + delta))
+                _set(self.txn, oid, _count(self.txn, oid) + delta)
         self.delta.clear()
 
 
@@ -264,8 +450,7 @@ def put_unheld(txn: Txn, data: bytes, refs: RefBatch | None = None) -> bytes:
             refs.incref(child) if refs is not None else incref(txn, child)
         for cid in chunk_ids:
             chunks.incref(txn, cid)
-        txn.put("objects", oid, chunks.encode(data, "zstd"))
-        txn.put("orefs", oid, _U64.pack(0))
+        _store(txn, oid, chunks.encode(data, "zstd"), 0)
     return oid
 
 
@@ -278,11 +463,10 @@ def decref(txn: Txn, oid: bytes) -> None:
         if count == 0:
             raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
         if count > 1:
-            txn.put("orefs", oid, _U64.pack(count - 1))
+            _set(txn, oid, count - 1)
             continue
         obj = get(txn, oid)
-        txn.delete("orefs", oid)
-        txn.delete("objects", oid)
+        _unstore(txn, oid)
         objects, chunk_ids = obj.children()
         work.extend(objects)
         for cid in chunk_ids:

@@ -12,6 +12,7 @@ import pytest
 from fusevol.fs.operations import VolumeOperations
 from fusevol.store import chunks
 from fusevol.store.schema import ROOT_INO
+from store_damage import rewrite_stored
 
 from .conftest import BS
 
@@ -201,9 +202,7 @@ async def test_damaged_data_answers_eio(ops, store):
     await ops.runner.sync()
     cid = chunks.chunk_id(data)
     with store.write() as txn:
-        payload = bytearray(txn.get("chunks", cid))
-        payload[-1] ^= 0xFF
-        txn.put("chunks", cid, bytes(payload))
+        rewrite_stored(txn, chunks, cid, lambda payload: payload.__setitem__(-1, payload[-1] ^ 0xFF))
     ops.files.clear()
     info = await ops.open(ino, os.O_RDONLY, CTX)
     assert await fuse_errno(ops.read(info.fh, 0, 100)) == errno.EIO

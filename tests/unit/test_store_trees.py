@@ -152,7 +152,7 @@ def test_removing_snapshots_frees_what_only_they_held(store, inodes, filled):
         snapshots.remove(txn, "vol", "s1")
     with store.read() as txn:
         assert chunks.totals(txn)["stored_bytes"] == stored - only_s1
-        assert txn.get("objects", bytes.fromhex(snap["root"])) is None
+        assert trees.stored(txn, bytes.fromhex(snap["root"])) is None
     assert_verified(store)
 
 

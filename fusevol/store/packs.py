@@ -1,0 +1,378 @@
+"""Small stored blobs (chunks, tree objects) several to an LMDB value.
+
+LMDB gives a value larger than about 2 KB whole 4 KiB overflow pages of its
+own, so a compressed chunk of 5 KB took 8 KB and one of 9 KB took 12 KB; small
+values sit in B-tree leaves that random keys leave a third empty. A pack is a
+value of up to PACK_MAX bytes holding entries back to back: only its last page
+is partly empty. Pack numbers grow (meta `next_pack`), so new packs go to the
+end of the table and its pages stay full.
+
+An entry is a kind byte (b"C" chunk, b"O" tree object), the u32 length of the
+blob as stored, and the blob (codec byte + data). A blob's count row (refs,
+orefs) says where it is: pack number, offset of the blob in the pack, length.
+Reference counts stay per blob.
+
+Writing: a write transaction collects what it adds (PackWriter) and appends
+it to the table's last pack if that is still small (JOIN_MAX: its committed
+bytes are read once), starting new packs past PACK_MAX; each pack is written once,
+at commit, or as soon as it is full when the root transaction adds (a receive
+or gc then holds one pack in memory, not all it adds). Entries added in a
+nested transaction go with it when it aborts (env.Store.nested).
+
+Dead space: `packdead` counts the bytes of a pack's entries that no row
+points to any more. A pack all dead is deleted in the transaction that drops
+its last entry; one more than half dead is rewritten then (its live entries
+appended to the open pack, their rows pointed there), so a pack never holds
+more dead bytes than live ones for long. gc rewrites every pack with any dead
+space (`compact`). An entry is told live by hashing it and asking its row
+whether it points there: the pack needs no list of ids.
+"""
+
+import struct
+from typing import NamedTuple
+
+from ..errors import StoreDamaged
+from . import schema
+from .env import Txn
+
+PACK_MAX = 128 * 1024
+# Blobs larger than this stay values of their own (in chunks / objects): their
+# last page is a small part of them, and a read of one copies nothing else.
+ENTRY_MAX = 64 * 1024
+# A transaction appends to the last pack only while that holds less than this:
+# it rewrites (copies and writes again) what the pack held, and a commit per
+# fsync of one small write would otherwise write up to PACK_MAX for a few KB
+# (measured: 8 KiB writes each fsynced, 400 against 500 a second). Packs fill
+# to PACK_MAX within a transaction (a batch of a worker, a snapshot, a receive).
+JOIN_MAX = 32 * 1024
+HEAD = struct.Struct(">cI")
+CHUNK, OBJECT = b"C", b"O"
+DEAD_SHARE = 0.5  # a pack more dead than this is rewritten when it gets there
+
+
+class Location(NamedTuple):
+    """Where a packed blob is: its pack, its offset there, its stored length."""
+    pack: int
+    offset: int
+    length: int
+
+
+class PackWriter:
+    """What one write transaction does to packs (kept on its root Txn): the
+    packs it adds to, and the packs whose entries it let go of."""
+
+    def __init__(self):
+        self.open: dict[int, bytearray] = {}   # pack number -> its whole content
+        self.committed: dict[int, int] = {}    # bytes each had before this transaction
+        self.current: int | None = None        # the pack the next blob goes to
+        self.released: set[int] = set()        # packs with entries that died
+
+    def _start(self, txn: Txn) -> None:
+        """Append to the table's last pack while it is small, else start one."""
+        last = txn.cursor("packs")
+        if last.last() and len(last.value()) < JOIN_MAX:
+            number = schema.read_u64(last.key())
+            if number not in self.open:
+                self.open[number] = bytearray(last.value())
+                self.committed[number] = len(self.open[number])
+            self.current = number
+        else:
+            self.current = self._new_number(txn)
+
+    def _new_number(self, txn: Txn) -> int:
+        raw = txn.get("meta", b"next_pack")
+        number = schema.read_u64(raw) if raw else 1
+        txn.put("meta", b"next_pack", schema.u64(number + 1))
+        self.open[number] = bytearray()
+        self.committed[number] = 0
+        return number
+
+    def add(self, txn: Txn, kind: bytes, payload) -> Location:
+        if self.current is None:
+            self._start(txn)
+        buf = self.open[self.current]
+        if len(buf) + HEAD.size + len(payload) > PACK_MAX and len(buf):
+            if txn.parent is None:  # nothing to roll back into: write it now
+                self._write(txn, self.current)
+            self.current = self._new_number(txn)
+            buf = self.open[self.current]
+        buf += HEAD.pack(kind, len(payload))
+        offset = len(buf)
+        buf += payload
+        return Location(self.current, offset, len(payload))
+
+    def get(self, number: int):
+        return self.open.get(number)
+
+    def leave(self, txn: Txn, number: int) -> None:
+        """Add no more to pack `number` (it is being rewritten)."""
+        if self.current is None:
+            self._start(txn)
+        if self.current == number:
+            self.current = self._new_number(txn)
+
+    def _write(self, txn: Txn, number: int) -> None:
+        cache = txn.root().pack_cache
+        if cache is not None:
+            cache.pop(number, None)  # a copy read before this transaction added to it
+        buf = self.open.pop(number)
+        if len(buf) > self.committed.pop(number):
+            txn.put("packs", schema.u64(number), bytes(buf))
+
+    def finish(self, txn: Txn) -> None:
+        """At commit: reclaim the packs that entries died in (now, so that an
+        entry dying later in the transaction is not moved first), then write
+        every pack this transaction added to."""
+        for number in sorted(self.released):
+            _reclaim(txn, number)
+        self.current = None
+        for number in list(self.open):
+            self._write(txn, number)
+
+    # Nested transactions (see env.Store.nested); `released` may keep packs
+    # of an aborted child: finish looks at their dead counts again.
+    def mark(self):
+        length = len(self.open[self.current]) if self.current is not None else 0
+        return self.current, length, set(self.open)
+
+    def rollback(self, mark) -> None:
+        current, length, numbers = mark
+        for number in set(self.open) - numbers:
+            del self.open[number]
+            del self.committed[number]
+        if current is not None:
+            del self.open[current][length:]
+        self.current = current
+
+
+def _writer(txn: Txn) -> PackWriter:
+    root = txn.root()
+    if root.packs is None:
+        root.packs = PackWriter()
+    return root.packs
+
+
+def add(txn: Txn, kind: bytes, payload) -> Location:
+    """Pack a blob (its stored form); where it is."""
+    return _writer(txn).add(txn, kind, payload)
+
+
+CACHED_PACKS = 4
+
+
+def _pack(txn: Txn, number: int):
+    """A pack's content: this transaction's own, or a view into the map, or
+    (in a transaction without buffers, where LMDB copies a value whole) a copy
+    kept for the next reads: blobs written together are read together."""
+    root = txn.root()
+    if root.packs is not None:
+        buf = root.packs.get(number)
+        if buf is not None:
+            return buf
+    if root.buffers:
+        return txn.get("packs", schema.u64(number))
+    cache = root.pack_cache
+    if cache is None:
+        cache = root.pack_cache = {}
+    value = cache.get(number)
+    if value is None:
+        value = txn.get("packs", schema.u64(number))
+        if value is not None:
+            if len(cache) >= CACHED_PACKS:
+                del cache[next(iter(cache))]
+            cache[number] = value
+    return value
+
+
+def view(txn: Txn, loc: Location):
+    """The stored blob at loc, or None when its pack is gone: a view into the
+    map or a cached copy (valid while the transaction lasts), or a copy of
+    what this transaction added (its buffer still grows)."""
+    pack = _pack(txn, loc.pack)
+    if pack is None or loc.offset + loc.length > len(pack):
+        return None
+    if isinstance(pack, bytearray):
+        return bytes(pack[loc.offset: loc.offset + loc.length])
+    return memoryview(pack)[loc.offset: loc.offset + loc.length]
+
+
+def release(txn: Txn, loc: Location) -> None:
+    """The entry at loc is dead (its row is gone or points elsewhere); its
+    pack is looked at when the transaction commits (PackWriter.finish)."""
+    key = schema.u64(loc.pack)
+    raw = txn.get("packdead", key)
+    dead = (schema.read_u64(raw) if raw else 0) + HEAD.size + loc.length
+    txn.put("packdead", key, schema.u64(dead))
+    _writer(txn).released.add(loc.pack)
+
+
+def _reclaim(txn: Txn, number: int) -> None:
+    """Delete a pack all dead, rewrite one mostly dead."""
+    raw = txn.get("packdead", schema.u64(number))
+    pack = _pack(txn, number)
+    if raw is None or pack is None:
+        return
+    dead, size = schema.read_u64(raw), len(pack)
+    if dead >= size:
+        _drop(txn, number)
+    elif dead > size * DEAD_SHARE and not _writer_has(txn, number):
+        rewrite(txn, number)
+
+
+def _writer_has(txn: Txn, number: int) -> bool:
+    root = txn.root()
+    return root.packs is not None and root.packs.get(number) is not None
+
+
+def _drop(txn: Txn, number: int) -> None:
+    root = txn.root()
+    if root.pack_cache is not None:
+        root.pack_cache.pop(number, None)
+    if root.packs is not None and root.packs.get(number) is not None:
+        root.packs.open.pop(number)  # an open pack all dead: not written
+        root.packs.committed.pop(number)
+        if root.packs.current == number:
+            root.packs.current = None
+    txn.delete("packs", schema.u64(number))
+    txn.delete("packdead", schema.u64(number))
+
+
+def entries(pack) -> list[tuple[bytes, int, int]]:
+    """(kind, offset, length) of every entry of a pack."""
+    out, pos = [], 0
+    while pos < len(pack):
+        if pos + HEAD.size > len(pack):
+            raise StoreDamaged("a pack's entry list is damaged")
+        kind, length = HEAD.unpack_from(pack, pos)
+        pos += HEAD.size
+        if pos + length > len(pack):
+            raise StoreDamaged("a pack's entry list is damaged")
+        out.append((kind, pos, length))
+        pos += length
+    return out
+
+
+def rewrite(txn: Txn, number: int) -> bool:
+    """Move a pack's live entries to the open pack and delete it; False (and
+    nothing moved) when an entry cannot be told live or dead: it may be a
+    damaged live blob, which verify names and which stays where it is."""
+    from . import chunks, trees  # they use this module to keep their blobs
+    owners = {CHUNK: chunks, OBJECT: trees}
+    pack = _pack(txn, number)
+    if pack is None or _writer_has(txn, number):
+        return False
+    pack = bytes(pack)
+    try:
+        found = entries(pack)
+        live = []
+        for kind, offset, length in found:
+            owner = owners.get(kind)
+            if owner is None:
+                return False
+            loc = Location(number, offset, length)
+            bid = owner.identify(pack[offset: offset + length])
+            if bid is None:
+                return False
+            if owner.location(txn, bid) == loc:
+                live.append((owner, kind, bid, loc))
+    except StoreDamaged:
+        return False
+    _writer(txn).leave(txn, number)
+    for owner, kind, bid, loc in live:
+        owner.relocate(txn, bid, add(txn, kind, pack[loc.offset: loc.offset + loc.length]))
+    _drop(txn, number)
+    return True
+
+
+def compact(txn: Txn) -> dict:
+    """gc's part: count each pack's dead bytes again from the rows that point
+    into it, delete the packs nothing points to, rewrite the others that hold
+    dead bytes, and pack what an older store kept as values of their own."""
+    from . import chunks, trees
+    report = {"packs_deleted": 0, "packs_rewritten": 0, "dead_bytes_freed": 0, "blobs_packed": 0}
+    live = live_bytes(txn)
+    for number in numbers(txn):
+        if _writer_has(txn, number):
+            continue  # the open pack (written to by this gc already)
+        key = schema.u64(number)
+        size = len(_pack(txn, number))
+        dead = size - live.get(number, 0)
+        if dead <= 0:
+            txn.delete("packdead", key)
+        elif number not in live:
+            _drop(txn, number)
+            report["packs_deleted"] += 1
+            report["dead_bytes_freed"] += size
+        elif rewrite(txn, number):
+            report["packs_rewritten"] += 1
+            report["dead_bytes_freed"] += dead
+        else:
+            txn.put("packdead", key, schema.u64(dead))
+        root = txn.root()
+        if root.pack_cache is not None:
+            root.pack_cache.pop(number, None)  # read once: keep the memory of one pack
+    for owner in (chunks, trees):
+        for bid in list(owner.alone(txn)):
+            report["blobs_packed"] += owner.pack_alone(txn, bid)
+    return report
+
+
+def live_bytes(txn: Txn) -> dict[int, int]:
+    """pack number -> the bytes of the entries rows point to."""
+    from . import chunks, trees
+    live: dict[int, int] = {}
+    for owner in (chunks, trees):
+        for _, loc in owner.locations(txn):
+            live[loc.pack] = live.get(loc.pack, 0) + HEAD.size + loc.length
+    return live
+
+
+def miscounted(txn: Txn) -> list[tuple[int, int, int]]:
+    """(pack, dead bytes counted, dead bytes found) of every pack whose count
+    is wrong, or that nothing points to (for verify; gc repairs them)."""
+    live, counted = live_bytes(txn), dead_bytes(txn)
+    root = txn.root()
+    pending = set(root.packs.open) if root.packs is not None else set()
+    out = []
+    for number in sorted(set(numbers(txn)) | pending):
+        found = len(_pack(txn, number)) - live.get(number, 0)
+        if counted.get(number, 0) != found or number not in live:
+            out.append((number, counted.get(number, 0), found))
+    return out
+
+
+def dead_bytes(txn: Txn) -> dict[int, int]:
+    """pack number -> the bytes of its entries no row points to, as counted."""
+    return {schema.read_u64(k): schema.read_u64(v) for k, v in txn.scan("packdead", b"")}
+
+
+def numbers(txn: Txn) -> list[int]:
+    """Every pack's number (its content not read)."""
+    return [schema.read_u64(k) for k in txn.cursor("packs").iternext(keys=True, values=False)]
+
+
+def stats(txn: Txn) -> dict:
+    """Packs, their bytes and their dead bytes (for df; in a transaction with
+    buffers, no pack is read)."""
+    count = size = 0
+    for _, value in txn.scan("packs", b""):
+        count += 1
+        size += len(value)
+    dead = sum(dead_bytes(txn).values())
+    return {"packs": count, "pack_bytes": size, "dead_bytes": dead}
+
+
+def file_use(txn: Txn) -> dict:
+    """Where the store file's bytes go, for df (a transaction with buffers):
+    the stored chunks and tree objects, dead entries in packs, pages LMDB
+    holds free for reuse, and the rest (count rows and volumes' rows, the
+    unused part of B-tree and overflow pages)."""
+    from . import chunks, trees
+    env = txn.store.env
+    psize = env.stat()["psize"]
+    file_bytes = (env.info()["last_pgno"] + 1) * psize
+    return {"file_bytes": file_bytes,
+            "chunk_bytes": chunks.totals(txn)["stored_bytes"],
+            "object_bytes": trees.stored_total(txn),
+            "dead_bytes": stats(txn)["dead_bytes"],
+            "free_bytes": txn.free_pages_bytes()}

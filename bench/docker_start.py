@@ -7,10 +7,11 @@ rotates), and load from elsewhere on the machine falls on all of them. Each
 figure is the median of the repetitions, and its ratio to the local volume.
 
     PYTHONPATH=. /opt/fusevol/bin/python bench/docker_start.py --reps 15 \\
-        --tree before=/path/to/old/checkout --tree after=.
+        --tree before=/path/to/old/checkout --tree after=. \\
+        --tree cold=. --serve-args "cold=--idle-worker-time 0"
 
-Also prints Docker's plugin calls of one `docker run` as the daemon saw them
-(--calls), from the serve log of the last tree. Needs root, dockerd, busybox.
+--serve-args gives one tree's `fusevol serve` more options (a tree may be
+given twice under two labels). Needs root, dockerd, busybox.
 """
 
 import argparse
@@ -31,7 +32,7 @@ IMAGE = "fusevol-bench:latest"
 class Plugin:
     """`fusevol serve` of one source tree as a legacy plugin of the private dockerd."""
 
-    def __init__(self, label: str, tree: str, base: str, extra_env: dict):
+    def __init__(self, label: str, tree: str, base: str, extra_env: dict, args: list):
         self.label, self.tree = label, os.path.abspath(tree)
         self.driver = f"fvs-{uuid.uuid4().hex[:8]}"
         self.socket = f"/run/docker/plugins/{self.driver}.sock"
@@ -41,7 +42,7 @@ class Plugin:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "fusevol", "-v", "serve", "--store", self.store,
-                 "--socket", self.socket], cwd=self.tree, env=env,
+                 "--socket", self.socket, *args], cwd=self.tree, env=env,
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
 
     def stop(self) -> None:
@@ -63,6 +64,8 @@ def main() -> None:
                     help="a source tree to serve volumes from (repeatable; default: this one)")
     ap.add_argument("--reps", type=int, default=12, help="repetitions (default 12)")
     ap.add_argument("--base", default="/var/tmp", help="where dockerd's data and the stores go")
+    ap.add_argument("--serve-args", action="append", default=[], metavar="LABEL=ARGS",
+                    help="more options of one tree's `fusevol serve` (repeatable)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment of every `fusevol serve` (repeatable)")
     args = ap.parse_args()
@@ -73,6 +76,7 @@ def main() -> None:
         sys.exit(why)
     trees = [t.split("=", 1) for t in args.tree] or [["fusevol", "."]]
     extra_env = dict(e.split("=", 1) for e in args.env)
+    serve_args = {label: text.split() for label, text in (a.split("=", 1) for a in args.serve_args)}
     base = tempfile.mkdtemp(prefix="fusevol-dstart-", dir=args.base)
     exec_root = tempfile.mkdtemp(prefix="fvs-", dir="/tmp")  # holds sockets: a short path
     data_root = os.path.join(base, "docker-data")
@@ -91,7 +95,8 @@ def main() -> None:
                               check=True, timeout=300)
 
     try:
-        plugins = [Plugin(label, tree, base, extra_env) for label, tree in trees]
+        plugins = [Plugin(label, tree, base, extra_env, serve_args.get(label, []))
+                   for label, tree in trees]
         deadline = time.monotonic() + 90
         while (subprocess.run(["docker", "info"], env=env, capture_output=True).returncode != 0
                or not all(os.path.exists(p.socket) for p in plugins)):

@@ -69,12 +69,17 @@ def test_the_next_mount_adopts_the_idle_worker_which_stops_in_time(daemon):
 def test_what_an_idle_worker_held_is_stored_when_the_unmount_returns(daemon):
     ok(daemon.call("/VolumeDriver.Create", {"Name": "vol"}))
     path = ok(daemon.call("/VolumeDriver.Mount", {"Name": "vol", "ID": "c1"}))["Mountpoint"]
-    with open(os.path.join(path, "f"), "wb") as f:
-        f.write(b"x" * 300_000)  # held by the worker, not stored yet
+    # A file still open on the host (the container is gone): what was written to
+    # it is held by the kernel and the worker, and stored by nothing else.
+    held = open(os.path.join(path, "f"), "wb")
+    held.write(b"x" * 300_000)
+    held.flush()
     ok(daemon.call("/VolumeDriver.Unmount", {"Name": "vol", "ID": "c1"}))
     [pid] = pids(daemon)
     os.kill(pid, signal.SIGKILL)  # it had no chance to store anything more
     registry.wait_exit(pid, 10)
+    with pytest.raises(OSError):
+        held.close()
     path = ok(daemon.call("/VolumeDriver.Mount", {"Name": "vol", "ID": "c2"}))["Mountpoint"]
     with open(os.path.join(path, "f"), "rb") as f:
         assert f.read() == b"x" * 300_000

@@ -107,9 +107,10 @@ class VolumeService:
         if worker is None or worker.mountpoint != self.driver_path(name):
             return worker
         until = registry.idle_until(self.store_path, name)
-        if until is None:
+        left = None if until is None else until + IDLE_STOP_MARGIN - time.time()
+        if left is None or left <= 0:  # none, or left by a daemon that is gone
             return worker
-        registry.wait_exit(worker.pid, max(0.0, until - time.time()) + IDLE_STOP_MARGIN)
+        registry.wait_exit(worker.pid, left)
         return self.serving_worker(name)
 
     # -- changes ----------------------------------------------------------------

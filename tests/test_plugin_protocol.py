@@ -414,3 +414,23 @@ def test_a_volume_that_follows_a_remote_is_never_kept_idle(store_path):
         assert workers_of(store_path, "vol") == []
     finally:
         unmount_under(driver.sup.mnt_dir)
+
+
+@needs_fuse
+def test_removing_the_last_view_of_a_removed_source_stops_its_idle_worker(store_path):
+    driver = Driver(Supervisor(store_path, idle_time=60))
+    try:
+        driver.create({"Name": "src"})
+        driver.create({"Name": "view", "Opts": {"source": "src", "subpath": "d"}})
+        path = driver.mount({"Name": "src", "ID": "c1"})["Mountpoint"]
+        os.mkdir(os.path.join(path, "d"))
+        driver.unmount({"Name": "src", "ID": "c1"})
+        driver.remove({"Name": "src"})  # kept, removed, for its view
+        driver.mount({"Name": "view", "ID": "c2"})
+        driver.unmount({"Name": "view", "ID": "c2"})  # src's worker kept idle
+        driver.remove({"Name": "view"})  # src goes with it: so does its worker
+        assert driver.list({}) == {"Volumes": []}
+        assert mount.workers(store_path) == [] and not mount.is_mountpoint(path)
+        assert not os.path.exists(path)
+    finally:
+        unmount_under(driver.sup.mnt_dir)

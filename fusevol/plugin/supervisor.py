@@ -308,10 +308,12 @@ class Supervisor:
     def remove(self, name: str) -> None:
         """Delete a volume that no one mounts (the service's rule); never touches a live mount."""
         volume = self.record(name)
-        if not volume.is_view and volume.mount_count == 0 and self.family_count(name) == 0:
-            info = self.service.serving_worker(name)
-            if info is not None and info.mountpoint == self.mountpoint(name):
-                self._stop(name)  # ours, and no one counts on it: it was on its way out
+        # A view's removal may delete its source too (removed, kept for its views).
+        data_name = volume.family
+        if volume.mount_count == 0 and self.family_count(data_name) == 0:
+            info = self.service.serving_worker(data_name)
+            if info is not None and info.mountpoint == self.mountpoint(data_name):
+                self._stop(data_name)  # ours, and no one counts on it: idle or on its way out
         self.service.remove(name)
 
     def reconcile(self, data_name: str) -> None:

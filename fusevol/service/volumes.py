@@ -87,7 +87,9 @@ class VolumeService:
         place = self.driver_path(volume.name)
         mounts = {v.name: v.mount_count for v in family if v.mount_count}
         worker = self.serving_worker(volume.family)
-        if not volume.is_view and not mounts:
+        # A view's removal deletes its source when that was removed for its views.
+        goes_with_source = volume.is_view and any(v.removed for v in family)
+        if not mounts and (not volume.is_view or goes_with_source):
             worker = self._after_idle(volume.family, worker)
         return rules.Holders(
             volume=volume,

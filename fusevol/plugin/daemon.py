@@ -20,7 +20,7 @@ import trio
 
 from ..errors import Busy, FusevolError, NotFound
 from . import http
-from .protocol import ENDPOINTS, Driver, decode_request, error_reply
+from .protocol import ENDPOINTS, SERIALISED, Driver, decode_request, error_reply
 from ..fs.forkserver import ForkServer
 from .supervisor import IDLE_WORKER_TIME, WORKER_START_TIMEOUT, Supervisor
 
@@ -63,7 +63,9 @@ class PluginApp(http.App):
 
     async def _call(self, name: str, request: dict) -> dict:
         fn = getattr(self.driver, name)
-        family = await trio.to_thread.run_sync(self.driver.lock_key, name, request)
+        family = None
+        if name in SERIALISED:  # the others need no lock: no thread hop to find one
+            family = await trio.to_thread.run_sync(self.driver.lock_key, name, request)
         if family is None:
             return await trio.to_thread.run_sync(fn, request)
         async with self.lock(family):

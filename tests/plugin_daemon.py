@@ -60,6 +60,15 @@ class PluginDaemon:
     def workers(self) -> list[dict]:
         return mount.workers(self.store)
 
+    def wait_idle_workers_stopped(self, timeout: float = 30) -> None:
+        """Wait until no worker serves and nothing is mounted in the driver's folder:
+        the daemon keeps a worker a few seconds after its last Unmount (--idle-worker-time)."""
+        deadline = time.monotonic() + timeout
+        while self.workers() or mounts_under(os.path.join(self.store, "mnt")):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers still serve after {timeout} s: {self.workers()}")
+            time.sleep(0.05)
+
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()

@@ -109,6 +109,7 @@ def test_metrics_of_a_busy_volume(served):
     assert value(samples, "fusevol_store_file_bytes") > 0
 
     assert daemon.call("/VolumeDriver.Unmount", {"Name": "busy", "ID": "c1"})[0] == 200
+    daemon.wait_idle_workers_stopped()
     samples = scrape(port)
     assert value(samples, "fusevol_worker_up", volume="busy") is None  # its figures went with it
     assert value(samples, "fusevol_volume_mounts", volume="busy") == 0

@@ -369,3 +369,68 @@ def test_dead_worker_is_replaced(driver, store_path):
     for name, mount_id in (("src", "c1"), ("src", "c3"), ("view", "c2")):
         driver.unmount({"Name": name, "ID": mount_id})
     assert mounts_under(driver.sup.mnt_dir) == []
+
+
+@needs_fuse
+def test_an_idle_worker_is_kept_for_the_next_mount_until_its_time(store_path):
+    driver = Driver(Supervisor(store_path, idle_time=60))
+    try:
+        driver.create({"Name": "vol"})
+        driver.create({"Name": "view", "Opts": {"source": "vol", "subpath": "d"}})
+        path = driver.mount({"Name": "vol", "ID": "c1"})["Mountpoint"]
+        os.mkdir(os.path.join(path, "d"))
+        [pid] = [w.pid for w in workers_of(store_path, "vol")]
+        driver.unmount({"Name": "vol", "ID": "c1"})
+        assert driver.path({"Name": "vol"}) == {}
+        driver.sup.reconcile("vol")  # the check for workers no one counts on leaves it
+        assert driver.sup.idle_due() == [] and driver.sup.idle_families() == ["vol"]
+        view = driver.mount({"Name": "view", "ID": "c2"})["Mountpoint"]  # a view adopts it too
+        assert [w.pid for w in workers_of(store_path, "vol")] == [pid]
+        assert driver.sup.idle_families() == []
+        driver.unmount({"Name": "view", "ID": "c2"})
+        assert not mount.is_mountpoint(view) and mount.is_mountpoint(path)
+        driver.sup.stop_idle("vol")  # not yet its time
+        assert [w.pid for w in workers_of(store_path, "vol")] == [pid]
+        assert driver.sup.idle_due(time.monotonic() + 61) == ["vol"]
+        driver.sup.stop_idle("vol", force=True)
+        assert workers_of(store_path, "vol") == [] and not mount.is_mountpoint(path)
+        assert not mount.pid_alive(pid)
+    finally:
+        unmount_under(driver.sup.mnt_dir)
+
+
+@needs_fuse
+def test_a_volume_that_follows_a_remote_is_never_kept_idle(store_path):
+    driver = Driver(Supervisor(store_path, idle_time=60))
+    try:
+        driver.create({"Name": "vol"})
+        driver.mount({"Name": "vol", "ID": "c1"})
+        with driver.store.write() as txn:  # as `-o remote=NAME` records it
+            record = volumes.get(txn, "vol")
+            record["options"] = {**record.get("options", {}), "remote": "r"}
+            volumes.put(txn, record)
+        driver.sup._follower = type("NoRemote", (), {"after_last_unmount": lambda self, v: None})()
+        driver.unmount({"Name": "vol", "ID": "c1"})
+        assert workers_of(store_path, "vol") == []
+    finally:
+        unmount_under(driver.sup.mnt_dir)
+
+
+@needs_fuse
+def test_removing_the_last_view_of_a_removed_source_stops_its_idle_worker(store_path):
+    driver = Driver(Supervisor(store_path, idle_time=60))
+    try:
+        driver.create({"Name": "src"})
+        driver.create({"Name": "view", "Opts": {"source": "src", "subpath": "d"}})
+        path = driver.mount({"Name": "src", "ID": "c1"})["Mountpoint"]
+        os.mkdir(os.path.join(path, "d"))
+        driver.unmount({"Name": "src", "ID": "c1"})
+        driver.remove({"Name": "src"})  # kept, removed, for its view
+        driver.mount({"Name": "view", "ID": "c2"})
+        driver.unmount({"Name": "view", "ID": "c2"})  # src's worker kept idle
+        driver.remove({"Name": "view"})  # src goes with it: so does its worker
+        assert driver.list({}) == {"Volumes": []}
+        assert mount.workers(store_path) == [] and not mount.is_mountpoint(path)
+        assert not os.path.exists(path)
+    finally:
+        unmount_under(driver.sup.mnt_dir)

@@ -81,6 +81,39 @@ def worker_of(store_path: str, *, volume: str | None = None,
     return None
 
 
+# -- idle workers --------------------------------------------------------------
+# The driver keeps a worker a few seconds after the last container using its
+# volume stopped, so that the next one does not wait for a new worker. It
+# leaves a note with the time it will stop it (wall clock), so that a command
+# that needs the volume unmounted waits for that instead of refusing.
+
+def _idle_note(store_path: str, name: str) -> str:
+    return os.path.join(store_path, "run", "idle", name)
+
+
+def note_idle(store_path: str, name: str, until: float) -> None:
+    path = _idle_note(store_path, name)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(repr(until))
+
+
+def clear_idle(store_path: str, name: str) -> None:
+    try:
+        os.unlink(_idle_note(store_path, name))
+    except FileNotFoundError:
+        pass
+
+
+def idle_until(store_path: str, name: str) -> float | None:
+    """When the driver stops the idle worker of volume `name` (wall clock), or None."""
+    try:
+        with open(_idle_note(store_path, name)) as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def register(store_path: str, info: Worker) -> str:
     wdir = _workers_dir(store_path)
     os.makedirs(wdir, mode=0o700, exist_ok=True)

@@ -20,15 +20,16 @@ import trio
 
 from ..errors import Busy, FusevolError, NotFound
 from . import http
-from .protocol import ENDPOINTS, Driver, decode_request, error_reply
+from .protocol import ENDPOINTS, SERIALISED, Driver, decode_request, error_reply
 from ..fs.forkserver import ForkServer
-from .supervisor import WORKER_START_TIMEOUT, Supervisor
+from .supervisor import IDLE_WORKER_TIME, WORKER_START_TIMEOUT, Supervisor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/run/docker/plugins/fusevol.sock"
 MAX_BODY = 1 << 20           # Docker's requests are a few hundred bytes
 RECONCILE_INTERVAL = 10.0    # seconds between checks for workers that died
+IDLE_CHECK_INTERVAL = 0.5    # ...for idle workers whose time is up
 _QUIET = {"get", "list", "path", "capabilities", "activate"}  # called often by dockerd
 
 
@@ -62,7 +63,9 @@ class PluginApp(http.App):
 
     async def _call(self, name: str, request: dict) -> dict:
         fn = getattr(self.driver, name)
-        family = await trio.to_thread.run_sync(self.driver.lock_key, name, request)
+        family = None
+        if name in SERIALISED:  # the others need no lock: no thread hop to find one
+            family = await trio.to_thread.run_sync(self.driver.lock_key, name, request)
         if family is None:
             return await trio.to_thread.run_sync(fn, request)
         async with self.lock(family):
@@ -81,6 +84,16 @@ class PluginApp(http.App):
                     log.warning("restoring the mounts of %s: %s", family, e)
                 except Exception:  # keep serving; try again next round
                     log.exception("restoring the mounts of %s", family)
+
+    async def stop_idle(self, force: bool = False) -> None:
+        """Stop the workers kept idle whose time is up (all of them with `force`)."""
+        sup = self.driver.sup
+        for family in sup.idle_families() if force else sup.idle_due():
+            async with self.lock(family):
+                try:
+                    await trio.to_thread.run_sync(sup.stop_idle, family, force)
+                except Exception:  # keep serving; try again next round
+                    log.exception("stopping the idle worker of %s", family)
 
 
 def _subject(request: dict | None, body: bytes) -> str:
@@ -128,9 +141,10 @@ def bind_socket(path: str) -> socket.socket:
 
 def serve(store_path: str, socket_path: str = DEFAULT_SOCKET,
           worker_start_timeout: float = WORKER_START_TIMEOUT,
-          metrics_address: str | None = None) -> None:
+          metrics_address: str | None = None, idle_worker_time: float = IDLE_WORKER_TIME) -> None:
     """Serve the VolumeDriver protocol on `socket_path` until SIGTERM or SIGINT,
-    and Prometheus metrics on `metrics_address` if given (plugin/metrics.py)."""
+    and Prometheus metrics on `metrics_address` if given (plugin/metrics.py). A worker
+    no container uses any more is kept `idle_worker_time` seconds for the next Mount."""
     metrics_app = None
     if metrics_address:
         from . import metrics
@@ -141,7 +155,7 @@ def serve(store_path: str, socket_path: str = DEFAULT_SOCKET,
         forkserver = ForkServer()
         forkserver.start()  # it imports while the daemon opens the store
     # Opens the store: state is loaded now.
-    driver = Driver(Supervisor(store_path, worker_start_timeout, forkserver))
+    driver = Driver(Supervisor(store_path, worker_start_timeout, forkserver, idle_worker_time))
     if metrics_address:
         metrics_app = metrics.MetricsApp(driver.sup)
     sock = bind_socket(socket_path)
@@ -172,6 +186,10 @@ async def _main(app: PluginApp, sock: socket.socket, metrics_address: str | None
 
             await serve_metrics(metrics_address, metrics_app, nursery, bind_socket)
         nursery.start_soon(_reconcile_forever, app)
+        nursery.start_soon(_stop_idle_forever, app)
+    # Workers no container uses go with the daemon (those in use keep serving).
+    with trio.CancelScope(shield=True):
+        await app.stop_idle(force=True)
 
 
 async def _reconcile_forever(app: PluginApp) -> None:
@@ -179,6 +197,13 @@ async def _reconcile_forever(app: PluginApp) -> None:
     while True:
         await app.reconcile_all()
         await trio.sleep(RECONCILE_INTERVAL)
+
+
+async def _stop_idle_forever(app: PluginApp) -> None:
+    every = min(IDLE_CHECK_INTERVAL, app.driver.sup.idle_time or IDLE_CHECK_INTERVAL)
+    while True:
+        await trio.sleep(every)
+        await app.stop_idle()
 
 
 async def _cancel_on_signal(scope: trio.CancelScope) -> None:

@@ -15,6 +15,13 @@ The rules (what holds a volume, when it may go, which worker the driver may
 adopt, what a view serves and whether read-only) are the volume service's
 (fusevol/service/); this class adds what only Docker has.
 
+When the last container using a family is gone, its worker stores what it
+holds (durably, as before it stopped) and is kept `idle_time` seconds: a Mount
+within that time adopts it, else the daemon stops it (`stop_idle`). A worker
+kept so leaves a note in the registry (registry.note_idle) so that the CLI
+waits for it to go rather than refusing to touch the volume. Volumes that
+follow a remote are never kept: their lease goes with their last mount.
+
 Every method blocks (store writes, starting and stopping workers): call them
 from threads, at most one at a time per family (a data volume and its views).
 """
@@ -23,6 +30,7 @@ import errno
 import logging
 import os
 import subprocess
+import time
 from collections import Counter
 
 from ..errors import Busy, FusevolError, InvalidArgument, NotFound
@@ -39,6 +47,10 @@ WORKER_EXIT_WAIT = 10.0
 # How long a new worker may take to serve before the Mount fails (a stuck store or disk).
 WORKER_START_TIMEOUT = 60.0
 MOUNT_ID_MAX = 256
+# How long the daemon keeps a worker no container uses any more (`serve
+# --idle-worker-time`): `docker run --rm` unmounts at every container's end,
+# and a worker kept a few seconds serves the next container at once.
+IDLE_WORKER_TIME = 3.0
 
 
 def _serves(path: str) -> bool:
@@ -60,8 +72,10 @@ def _run(cmd: list[str]) -> None:
 
 class Supervisor:
     def __init__(self, store_path: str, worker_start_timeout: float = WORKER_START_TIMEOUT,
-                 forkserver=None):
+                 forkserver=None, idle_time: float = 0.0):
         self.worker_start_timeout = worker_start_timeout
+        self.idle_time = idle_time  # seconds a worker no one uses is kept (0: stopped at once)
+        self._idle: dict[str, float] = {}  # family -> when to stop its worker (monotonic)
         self.forkserver = forkserver  # starts workers fast (fs/forkserver.py); None: as processes
         self.store = Store.open(store_path)
         self.store_path = self.store.path
@@ -134,7 +148,9 @@ class Supervisor:
             self.follower.after_last_unmount(volume.to_dict())  # snapshot, push, release the lease
 
     def _count(self, name: str, mount_id: str, delta: int) -> Volume | None:
-        with self.store.write() as txn:
+        # Not synced (one sync less on every Mount and Unmount): a system crash
+        # ends every container, so the counts it would keep are stale anyway.
+        with self.store.write(durable=False) as txn:
             return volumes.count_mount(txn, name, mount_id, delta)
 
     def _serve(self, volume: Volume) -> str:
@@ -158,6 +174,7 @@ class Supervisor:
         if info is not None:
             rules.check_adoptable(name, info, path)
             if _serves(path):
+                self._keep(name)
                 return path
             # Its mount is gone or dead: the worker is ending; let it go.
             registry.clear_dead_mount(path)
@@ -170,6 +187,7 @@ class Supervisor:
                                          timeout=self.worker_start_timeout,
                                          forkserver=self.forkserver)
         self.worker_starts[name] += 1
+        self._keep(name)  # one kept idle here before died
         log.info("worker %d serves %s at %s", pid, name, path)
         return path
 
@@ -215,8 +233,53 @@ class Supervisor:
         if volume.is_view:
             self._unbind(self.mountpoint(volume.name))
         data_name = volume.family
-        if self.family_count(data_name) == 0:
+        if self.family_count(data_name) == 0 and not self._keep_idle(data_name):
             self._stop(data_name)
+
+    def _keep_idle(self, data_name: str) -> bool:
+        """Have the family's worker store everything, and keep it `idle_time`
+        seconds for the next Mount; False where it cannot be kept."""
+        if self.idle_time <= 0 or any(self._follows(v) for v in self.service.family(data_name)):
+            return False
+        path = self.mountpoint(data_name)
+        info = registry.worker_of(self.store_path, mountpoint=path)
+        if info is None or info.volume != data_name:
+            return False
+        try:
+            registry.flush_worker(self.store_path, data_name)  # as durable as its stop
+        except OSError as e:  # its mount is gone or dead: stop it
+            log.info("flushing the worker of %s: %s", data_name, e)
+            return False
+        self._idle[data_name] = time.monotonic() + self.idle_time
+        registry.note_idle(self.store_path, data_name, time.time() + self.idle_time)
+        log.info("worker of %s kept %g s for the next mount", data_name, self.idle_time)
+        return True
+
+    def _keep(self, data_name: str) -> None:
+        """The family's worker serves again: it is no longer idle."""
+        self._idle.pop(data_name, None)
+        registry.clear_idle(self.store_path, data_name)  # also one a killed daemon left
+
+    def idle_due(self, now: float | None = None) -> list[str]:
+        """Families whose idle worker's time is up (for `stop_idle`)."""
+        now = time.monotonic() if now is None else now
+        return [name for name, until in list(self._idle.items()) if until <= now]
+
+    def idle_families(self) -> list[str]:
+        return list(self._idle)
+
+    def stop_idle(self, data_name: str, force: bool = False) -> None:
+        """Stop the idle worker of a family once its time is up (at once with
+        `force`) and if still no one mounts the family."""
+        until = self._idle.get(data_name)
+        if until is None or (not force and until > time.monotonic()):
+            return
+        self._keep(data_name)
+        if self.family_count(data_name) == 0:
+            try:
+                self._stop(data_name)
+            except Busy as e:
+                log.warning("%s", e)
 
     def _unbind(self, target: str) -> None:
         if registry.is_mountpoint(target):
@@ -225,6 +288,7 @@ class Supervisor:
                 _run(["umount", "-i", "-l", target])
 
     def _stop(self, data_name: str) -> None:
+        self._keep(data_name)
         path = self.mountpoint(data_name)
         registry.clear_dead_mount(path)
         info = registry.worker_of(self.store_path, mountpoint=path)
@@ -244,10 +308,12 @@ class Supervisor:
     def remove(self, name: str) -> None:
         """Delete a volume that no one mounts (the service's rule); never touches a live mount."""
         volume = self.record(name)
-        if not volume.is_view and volume.mount_count == 0 and self.family_count(name) == 0:
-            info = self.service.serving_worker(name)
-            if info is not None and info.mountpoint == self.mountpoint(name):
-                self._stop(name)  # ours, and no one counts on it: it was on its way out
+        # A view's removal may delete its source too (removed, kept for its views).
+        data_name = volume.family
+        if volume.mount_count == 0 and self.family_count(data_name) == 0:
+            info = self.service.serving_worker(data_name)
+            if info is not None and info.mountpoint == self.mountpoint(data_name):
+                self._stop(data_name)  # ours, and no one counts on it: idle or on its way out
         self.service.remove(name)
 
     def reconcile(self, data_name: str) -> None:
@@ -270,6 +336,8 @@ class Supervisor:
             for view in family:
                 if view is not data:
                     self._unbind(self.mountpoint(view.name))
+            if data_name in self._idle:
+                return  # kept for the next Mount: stop_idle stops it in time
             path = self.mountpoint(data_name)
             info = registry.worker_of(self.store_path, mountpoint=path)
             if info is not None or registry.is_mountpoint(path):

@@ -12,6 +12,7 @@ Every method blocks (store transactions, workers starting and stopping).
 
 import logging
 import os
+import time
 
 from ..fs import registry
 from ..records import Snapshot, Volume, Worker
@@ -19,6 +20,9 @@ from ..store import volumes
 from . import rules
 
 log = logging.getLogger(__name__)
+
+# How long past its time a worker the driver keeps idle may take to go.
+IDLE_STOP_MARGIN = 10.0
 
 
 class VolumeService:
@@ -81,16 +85,35 @@ class VolumeService:
         volume = volume or self.volume(name)
         family = self.family(volume.family)
         place = self.driver_path(volume.name)
+        mounts = {v.name: v.mount_count for v in family if v.mount_count}
+        worker = self.serving_worker(volume.family)
+        # A view's removal deletes its source when that was removed for its views.
+        goes_with_source = volume.is_view and any(v.removed for v in family)
+        if not mounts and (not volume.is_view or goes_with_source):
+            worker = self._after_idle(volume.family, worker)
         return rules.Holders(
             volume=volume,
-            family_mounts={v.name: v.mount_count for v in family if v.mount_count},
-            worker=self.serving_worker(volume.family),
+            family_mounts=mounts,
+            worker=worker,
             mounted_at_driver=place if registry.is_mountpoint(place) else None)
 
     def receive_target_served(self, name: str) -> bool:
         """Whether receiving a stream (or a pull) into `name` must be refused
         for a worker serving it (the store refuses; rules.receive_blocked)."""
-        return rules.receive_blocked(self.serving_worker(name))
+        return rules.receive_blocked(self._after_idle(name, self.serving_worker(name)))
+
+    def _after_idle(self, name: str, worker: Worker | None) -> Worker | None:
+        """A worker the driver keeps idle after its last container (it left a
+        note: registry.note_idle) is on its way out: wait for it to go rather
+        than refuse; the worker serving `name` after that, if any."""
+        if worker is None or worker.mountpoint != self.driver_path(name):
+            return worker
+        until = registry.idle_until(self.store_path, name)
+        left = None if until is None else until + IDLE_STOP_MARGIN - time.time()
+        if left is None or left <= 0:  # none, or left by a daemon that is gone
+            return worker
+        registry.wait_exit(worker.pid, left)
+        return self.serving_worker(name)
 
     # -- changes ----------------------------------------------------------------
 

@@ -227,18 +227,25 @@ class Store:
             raise FusevolError(f"cannot open store at {path}: {e}") from None
         self.env.reader_check()  # free slots of readers that died
         self.dbs = {name: self.env.open_db(name.encode()) for name in schema.TABLES}
-        with self.write() as txn:
+        # A read suffices for a store made before: every worker opens the store
+        # on its way to serving, and a write would wait for the write lock.
+        with self.read() as txn:
             version = txn.get("meta", b"format")
-            if version is None:
-                txn.put("meta", b"format", schema.u64(schema.FORMAT_VERSION))
-                txn.put("meta", b"block_size", schema.u64(schema.BLOCK_SIZE))
-            elif schema.read_u64(version) in schema.UPGRADES:
-                # Every row of an older format reads as it is: only newer
-                # fusevols may open the store from now on.
-                txn.put("meta", b"format", schema.u64(schema.FORMAT_VERSION))
-            elif schema.read_u64(version) != schema.FORMAT_VERSION:
+        if version is None or schema.read_u64(version) in schema.UPGRADES:
+            with self.write() as txn:
+                found = txn.get("meta", b"format")
+                if found is None:
+                    txn.put("meta", b"format", schema.u64(schema.FORMAT_VERSION))
+                    txn.put("meta", b"block_size", schema.u64(schema.BLOCK_SIZE))
+                elif schema.read_u64(found) in schema.UPGRADES:
+                    # Every row of an older format reads as it is: only newer
+                    # fusevols may open the store from now on.
+                    txn.put("meta", b"format", schema.u64(schema.FORMAT_VERSION))
+        with self.read() as txn:
+            version = schema.read_u64(txn.get("meta", b"format"))
+            if version != schema.FORMAT_VERSION:
                 raise FusevolError(
-                    f"store at {path} has format {schema.read_u64(version)}, "
+                    f"store at {path} has format {version}, "
                     f"this fusevol reads format {schema.FORMAT_VERSION}"
                 )
             self.block_size = schema.read_u64(txn.get("meta", b"block_size"))
@@ -289,15 +296,16 @@ class Store:
             txn.abort()
 
     @contextlib.contextmanager
-    def write(self):
-        """A write transaction committed at the end of the block (durably)."""
+    def write(self, durable: bool = True):
+        """A write transaction committed at the end of the block (durably,
+        unless not `durable`: then a system crash may undo it, never half of it)."""
         txn = self.begin_write()
         try:
             yield txn
         except BaseException:
             txn.txn.abort()
             raise
-        self.commit(txn)
+        self.commit(txn, durable)
 
     def begin_write(self) -> Txn:
         self._grow_if_needed()

@@ -80,4 +80,4 @@ def test_compose_example_up_write_read_down(docker, plugin, tmp_path, order):  #
     status, reply = plugin.call("/VolumeDriver.List")
     assert status == 200 and not [v for v in reply["Volumes"]
                                   if v["Name"].startswith(project) or v["Name"] == uploads]
-    assert plugin.workers() == []
+    plugin.wait_idle_workers_stopped()

@@ -239,7 +239,7 @@ def test_plugin_killed_while_a_container_writes(docker, plugin, vol):
     assert sorted(out.stdout.decode().split()) == sorted(f"line-{i}" for i in range(count))
     [info] = json.loads(docker.out("volume", "inspect", name))
     assert info["Status"]["mounts"] == 0
-    assert plugin.workers() == []
+    plugin.wait_idle_workers_stopped()
 
 
 def test_docker_cp_mounts_the_same_id_twice(docker, plugin, vol, tmp_path):
@@ -255,7 +255,7 @@ def test_docker_cp_mounts_the_same_id_twice(docker, plugin, vol, tmp_path):
     finally:
         docker("rm", "-f", container)
     assert plugin.call("/VolumeDriver.Get", {"Name": name})[1]["Volume"]["Status"]["mounts"] == 0
-    assert plugin.workers() == []
+    plugin.wait_idle_workers_stopped()
 
 
 def test_volume_from_snapshot(docker, plugin, vol):

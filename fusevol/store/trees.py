@@ -211,15 +211,10 @@ def _set(txn: Txn, oid: bytes, count: int, raw=None) -> None:
     txn.put("orefs", oid, _U64.pack(count))
 
 
-def _store(txn: Txn, oid: bytes, payload: bytes, count: int) -> None:
-    """Keep a new object's stored form (codec byte + encoding) and its count."""
-    txn.put("objects", oid, payload)
-    txn.put("orefs", oid, _U64.pack(count))
-
-
 def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
-    """_store() of each (id, stored form, count), given in id order: one call
-    into LMDB per table (a first snapshot stores 100,000 objects at once)."""
+    """Keep new objects, (id, stored form (codec byte + encoding), count) each,
+    given in id order: one call into LMDB per table (a first snapshot stores
+    100,000 objects at once)."""
     txn.cursor("objects").putmulti([(oid, payload) for oid, payload, _ in rows])
     txn.cursor("orefs").putmulti([(oid, _U64.pack(count)) for oid, _, count in rows])
 

@@ -18,7 +18,8 @@ class FolderPlan:
     """What writing one folder needs: the entries to look at (name, ino), and
     the object id of each, filled in as its inode is written."""
 
-    def __init__(self, txn: Txn, inodes: Inodes, ino: int, row):
+    def __init__(self, txn: Txn, inodes: Inodes, ino: int, row, list_dir=None):
+        """list_dir(ino): the folder's entries as Inodes.list_dir gives them."""
         self.ino = ino
         self.base_id = dirchanges.base(txn, inodes.vid, ino) if row_flags(row) & IN_PIECES else None
         self.base = trees.get(txn, self.base_id) if self.base_id is not None else None
@@ -34,7 +35,7 @@ class FolderPlan:
                     self.entries.append((name, read_u64(raw)))
         else:
             self.base = None
-            self.entries = inodes.list_dir(txn, ino)
+            self.entries = list_dir(ino) if list_dir is not None else inodes.list_dir(txn, ino)
             self.gone = []
         self.ids: list[bytes | None] = [None] * len(self.entries)
 

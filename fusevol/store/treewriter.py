@@ -9,13 +9,15 @@ The objects and the reference counts they change are kept in one RefBatch
 and written at the end, once each, in key order.
 """
 
+import functools
 import stat
 
 from . import trees
 from .env import Txn
 from .folders import FolderPlan
 from .inodes import Inodes
-from .schema import IN_PIECES, NO_TREE, ROOT_INO, ROW_TREE_ID, row_mode, row_with_tree, vkey
+from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, ROW_TREE_ID, read_u64, row_flags, row_mode, row_with_tree,
+                     vkey)
 
 
 class TreeWriter:
@@ -26,6 +28,8 @@ class TreeWriter:
         self.refs = trees.RefBatch(txn)
         self._blocks = txn.cursor("blocks")
         self._xattrs = txn.cursor("xattrs")
+        self._dirents = txn.cursor("dirents")
+        self._get_row = functools.partial(txn.txn.get, db=txn.store.dbs["inodes"])
 
     def write(self, top: int = ROOT_INO) -> bytes:
         """Write objects for every changed inode under top; top's object id."""
@@ -37,7 +41,7 @@ class TreeWriter:
         return oid
 
     def _row(self, ino: int):
-        raw = self.txn.get("inodes", vkey(self.vid, ino))
+        raw = self._get_row(vkey(self.vid, ino))
         if raw is None:
             self.inodes.get(self.txn, ino)  # which names what is missing
         return raw
@@ -45,7 +49,7 @@ class TreeWriter:
     def _open(self, ino: int, row) -> tuple[FolderPlan, list[tuple[int, int]]]:
         """A folder's plan with the ids of its entries that are written (files
         written now), and its folders still to write: (position, ino)."""
-        plan = FolderPlan(self.txn, self.inodes, ino, row)
+        plan = FolderPlan(self.txn, self.inodes, ino, row, None if row_flags(row) & LAZY else self._list)
         folders = []
         for i, (_, child) in enumerate(plan.entries):
             crow = self._row(child)
@@ -89,6 +93,10 @@ class TreeWriter:
         oid = self.refs.add(data, [], [cid for _, cid in blocks], held=1)
         self.txn.put("inodes", key, row_with_tree(row, oid))
         return oid
+
+    def _list(self, ino: int) -> list[tuple[bytes, int]]:
+        """Inodes.list_dir of a folder whose rows are its own (not LAZY)."""
+        return [(name, read_u64(child)) for name, child in self._under(self._dirents, vkey(self.vid, ino))]
 
     @staticmethod
     def _under(cursor, prefix: bytes) -> list[tuple[bytes, bytes]]:

@@ -60,32 +60,36 @@ class Built:
     top: bytes
     height: int
     count: int
-    new: dict[bytes, bytes] = field(default_factory=dict)  # id -> encoding, children first
+    new: dict[bytes, tuple[bytes, list[bytes]]] = field(default_factory=dict)  # id -> (encoding, children)
 
     def store(self, txn: Txn, refs: "trees.RefBatch | None" = None) -> None:
-        """Store the new pieces the top reaches (children first), held by their
-        parents; the directory object that is stored next holds the top."""
+        """Store the new pieces the top reaches, held by their parents; the
+        directory object that is stored next holds the top."""
+        batch = refs if refs is not None else trees.RefBatch(txn)
         reach, stack = set(), [self.top]
         while stack:
             oid = stack.pop()
             if oid in self.new and oid not in reach:
                 reach.add(oid)
-                if self.new[oid][:1] == trees.INDEX:
-                    stack.extend(cid for _, cid in trees.decode(self.new[oid]).entries)
-        for oid, data in self.new.items():
+                data, children = self.new[oid]
+                if data[:1] == trees.INDEX:
+                    stack.extend(children)
+        for oid, (data, children) in self.new.items():  # children first
             if oid in reach:
-                trees.put_unheld(txn, data, refs)
+                batch.add(data, children, [], held=0, oid=oid)
+        if refs is None:
+            batch.flush()
 
 
-def _make(level: int, items: Items, new: dict[bytes, bytes]) -> tuple[bytes, bytes]:
+def _make(level: int, items: Items, new: dict) -> tuple[bytes, bytes]:
     """(last key, id) of a piece made of items."""
     data = trees.encode_piece(level, items)
     oid = trees.object_id(data)
-    new[oid] = data
+    new[oid] = (data, [cid for _, cid in items])
     return items[-1][0], oid
 
 
-def _rise(level: int, items: Items, new: dict[bytes, bytes]) -> tuple[bytes, int]:
+def _rise(level: int, items: Items, new: dict) -> tuple[bytes, int]:
     """Levels above a level whose pieces are `items`, up to a single top."""
     while len(items) > 1:
         level += 1
@@ -95,7 +99,7 @@ def _rise(level: int, items: Items, new: dict[bytes, bytes]) -> tuple[bytes, int
 
 def build(entries: Items) -> Built:
     """The tree of pieces of sorted, non-empty entries."""
-    new: dict[bytes, bytes] = {}
+    new: dict = {}
     tops = [_make(0, run, new) for run in chunk(0, entries)]
     top, height = _rise(0, tops, new)
     return Built(top, height, len(entries), new)
@@ -202,7 +206,7 @@ def update(txn: Txn, top: bytes, height: int, count: int,
             obj = cache[oid] = trees.get(txn, oid)
         return obj
 
-    new: dict[bytes, bytes] = {}
+    new: dict = {}
     made: Items = []
     for lv in range(height + 1):
         if not changes:
@@ -216,11 +220,11 @@ def update(txn: Txn, top: bytes, height: int, count: int,
     # a top with a single item is no top (the level below has one piece).
     new_top, new_height = _rise(height, made, new)
     while new_height > 0:
-        data = new.get(new_top)
-        items = trees.decode(data).entries if data is not None else load(new_top).entries
-        if len(items) != 1:
+        made_now = new.get(new_top)
+        children = made_now[1] if made_now is not None else [cid for _, cid in load(new_top).entries]
+        if len(children) != 1:
             break
-        new_top, new_height = items[0][1], new_height - 1
+        new_top, new_height = children[0], new_height - 1
     return Built(new_top, new_height, count, new)
 
 

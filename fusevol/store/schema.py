@@ -76,6 +76,28 @@ def row_flags(raw) -> int:
     return _FLAGS.unpack_from(raw, _FLAGS_AT)[0]
 
 
+# Where the fields a snapshot reads are in a packed inode record (Inode.pack):
+# it copies them into tree objects as bytes, without unpacking the record.
+ROW_MODE = struct.Struct(">I")     # at 0
+ROW_ATTRS_HEAD = slice(0, 56)      # mode, uid, gid, nlink, size, atime, mtime, ctime, rdev
+ROW_DATA_BYTES = slice(64, 72)     # (parent is at 56)
+_TREE_AT = _FLAGS_AT + _FLAGS.size
+ROW_TREE_ID = slice(_TREE_AT, _TREE_AT + 32)
+ROW_FIXED = _INODE_SIZE            # then the wide times' seconds (WIDE_TIMES), then the target
+
+
+def row_mode(raw) -> int:
+    return ROW_MODE.unpack_from(raw)[0]
+
+
+def row_with_tree(raw, tree_id: bytes, set_flags: int = 0, clear_flags: int = 0) -> bytes:
+    """A packed inode record with its tree id (and flags) changed, the rest as it was."""
+    if not (set_flags or clear_flags):
+        return raw[:_TREE_AT] + tree_id + raw[_TREE_AT + 32:]
+    flags = (row_flags(raw) | set_flags) & ~clear_flags
+    return b"".join((raw[:_FLAGS_AT], _FLAGS.pack(flags), tree_id, raw[_TREE_AT + 32:]))
+
+
 NO_TREE = bytes(32)
 # Chunk encodings by name (a volume's `compression`), and the byte that
 # marks each in a stored chunk.

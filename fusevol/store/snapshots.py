@@ -9,15 +9,14 @@ lazily as they are reached: no data and no metadata is copied up front.
 import datetime
 import json
 import re
-import stat
 import time
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from . import chunks, trees, volumes
 from .env import Txn
-from .folders import FolderPlan
 from .inodes import Inodes
-from .schema import IN_PIECES, LAZY, NO_TREE, ROOT_INO, read_u64, u64, vkey
+from .schema import IN_PIECES, LAZY, ROOT_INO, read_u64, u64, vkey
+from .treewriter import write_tree
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # fullmatch: `$` lets a final newline through
 
@@ -42,37 +41,6 @@ def inodes_of(txn: Txn, record: dict) -> Inodes:
         raise InvalidArgument(f"volume {record['name']} is a view of {record['source']}; "
                               "snapshots belong to the source volume")
     return Inodes(record["vid"], txn.store.block_size, record["compression"])
-
-
-def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
-    """Write objects for every changed inode under top; return top's object id."""
-    # Post-order without recursion: a directory is written after its children.
-    stack: list[tuple[int, FolderPlan | None]] = [(top, None)]
-    refs = trees.RefBatch(txn)  # what pieces taken and let go of share is never written
-    while stack:
-        ino, plan = stack.pop()
-        inode = inodes.get(txn, ino)
-        if plan is None and inode.tree_id != NO_TREE:
-            continue  # a file with several names, written already
-        if stat.S_ISDIR(inode.mode):
-            if plan is None:
-                plan = FolderPlan(txn, inodes, ino, inode)
-                stack.append((ino, plan))
-                stack.extend((child, None) for child in plan.unwritten(txn, inodes))
-                continue
-            obj = plan.write(txn, inodes, inode, refs)
-        else:
-            blocks = [(read_u64(k, 16), bytes(v)) for k, v in txn.scan("blocks", vkey(inodes.vid, ino))]
-            obj = trees.TreeObject(trees.FILE, ino, inode, blocks=blocks)
-        prefix = vkey(inodes.vid, ino)
-        obj.xattrs = [(bytes(k[len(prefix):]), bytes(v)) for k, v in txn.scan("xattrs", prefix)]
-        # This reference belongs to the live row, which now says it equals the object.
-        inode.tree_id = trees.put(txn, obj)
-        inodes.put_row(txn, ino, inode)
-        if plan is not None:
-            plan.done(txn, inodes, refs)
-    refs.flush()
-    return inodes.get(txn, top).tree_id
 
 
 def _hardlinks(txn: Txn, vid: int) -> list[list]:

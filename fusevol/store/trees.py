@@ -25,7 +25,8 @@ import blake3
 from ..errors import StoreDamaged
 from . import chunks, packs
 from .env import Txn, row_disk_bytes
-from .schema import WIDE_TIMES_SIZE, Inode, pack_times, unpack_times
+from .schema import (ROW_ATTRS_HEAD, ROW_DATA_BYTES, ROW_FIXED, WIDE_TIMES, WIDE_TIMES_SIZE, Inode,
+                     pack_times, row_flags, unpack_times)
 
 FILE, DIR = b"F", b"D"  # in lower case when the times' seconds follow the attributes
 PIECED = b"P"  # a directory whose entries are in pieces (in memory its kind is DIR)
@@ -97,6 +98,35 @@ def encode(obj: TreeObject) -> bytes:
     else:
         out.append(_U64.pack(len(obj.entries)))
         out.extend(_encode_items(obj.entries))
+    return b"".join(out)
+
+
+def encode_row(ino: int, row, xattrs: list[tuple[bytes, bytes]], blocks: list[tuple[bytes, bytes]] | None = None,
+               entries: list[tuple[bytes, bytes]] | None = None, pieced: tuple[int, int, bytes] | None = None) -> bytes:
+    """What encode() makes of the inode whose packed record (schema.Inode.pack)
+    is `row`, its attributes copied as bytes: the record keeps them in the
+    order and form an object does. A file gives `blocks` as (index as 8
+    big-endian bytes, chunk id), as the block map's keys end; a directory
+    its `entries`, or `pieced` (entries, height, top piece)."""
+    wide = row_flags(row) & WIDE_TIMES
+    rest = ROW_FIXED + WIDE_TIMES_SIZE if wide else ROW_FIXED
+    target = row[rest:]
+    if blocks is not None:
+        kind = FILE
+    else:
+        kind = PIECED if pieced is not None else DIR
+    out = [kind.lower() if wide else kind, _U64.pack(ino), row[ROW_ATTRS_HEAD], row[ROW_DATA_BYTES],
+           row[ROW_FIXED:rest], _LEN32.pack(len(target)), target, _LEN32.pack(len(xattrs))]
+    for name, value in xattrs:
+        out.append(_LEN16.pack(len(name)) + name + _LEN32.pack(len(value)) + value)
+    if blocks is not None:
+        out.append(_U64.pack(len(blocks)))
+        out.extend(index + cid for index, cid in blocks)
+    elif pieced is not None:
+        out.append(_PIECES.pack(*pieced))
+    else:
+        out.append(_U64.pack(len(entries)))
+        out.extend(_encode_items(entries))
     return b"".join(out)
 
 
@@ -364,6 +394,13 @@ def _count(txn: Txn, oid: bytes) -> int:
     return _U64.unpack_from(raw)[0] if raw is not None else 0
 
 
+def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
+    """Keep new objects, (id, stored form (codec byte + encoding), count) each,
+    given in id order (a first snapshot stores 100,000 objects at once)."""
+    for oid, payload, count in rows:
+        _store(txn, oid, payload, count)
+
+
 def incref(txn: Txn, oid: bytes) -> None:
     raw = txn.get("orefs", oid)  # a piece just stored has a count row of 0
     if raw is None:
@@ -378,41 +415,91 @@ def put(txn: Txn, obj: TreeObject) -> bytes:
 
 
 def put_encoded(txn: Txn, data: bytes, obj: TreeObject | None = None) -> bytes:
-    oid = object_id(data)
-    count = _count(txn, oid)
-    if count:
-        _set(txn, oid, count + 1)
-        return oid
-    obj = obj or decode(data)
-    objects, chunk_ids = obj.children()
-    for child in objects:
-        incref(txn, child)
-    for cid in chunk_ids:
-        chunks.incref(txn, cid)
-    _store(txn, oid, chunks.encode(data, "zstd"), 1)
+    refs = RefBatch(txn)
+    objects, chunk_ids = (obj or decode(data)).children()
+    oid = refs.add(data, objects, chunk_ids, held=1)
+    refs.flush()
     return oid
 
 
-class RefBatch:
-    """Object reference counts changed by one operation, written once at its end.
+# A batch keeps the objects it stores in memory until its flush, up to this
+# many (or bytes of them): a first snapshot of 100,000 files in one folder
+# holds them all, so each count row is written once, with its final count.
+HOLD_OBJECTS = 250_000
+HOLD_BYTES = 64 << 20
 
-    A folder in pieces rewrites a piece of ~TARGET entries for one change:
-    the new piece takes a reference on each entry, the old one, freed, lets
-    go of each. Counted here, the entries both hold cost nothing, and the
-    count rows written are those of what changed, not of every neighbour
-    (each on its own page of a large table)."""
+
+class RefBatch:
+    """The objects one operation stores, and the reference counts it changes,
+    written once at its end (flush), in key order.
+
+    A snapshot stores an object for each changed inode, and the folder's
+    object (or pieces) holding it takes a second reference: kept here, its
+    count row is written once. A folder in pieces rewrites a piece of ~TARGET
+    entries for one change: the new piece takes a reference on each entry,
+    the old one, freed, lets go of each. Counted here, the entries both hold
+    cost nothing, and the count rows written are those of what changed, not
+    of every neighbour (each on its own page of a large table)."""
 
     def __init__(self, txn: Txn):
         self.txn = txn
-        self.delta: dict[bytes, int] = {}
+        self.delta: dict[bytes, int] = {}  # stored objects: change of their count
+        self.rows: dict[bytes, bytes] = {}  # ... and their count rows as read
+        # New objects: their stored form and count. (Flat dicts of bytes and
+        # ints: 100,000 lists here made Python's cyclic gc walk them again
+        # and again, a tenth of a first snapshot.)
+        self.new: dict[bytes, bytes] = {}
+        self.new_counts: dict[bytes, int] = {}
+        self.new_bytes = 0
+        self.chunks: dict[bytes, int] = {}  # chunk id -> change of its count
+
+    def _row(self, oid: bytes):
+        raw = self.rows.get(oid)
+        if raw is None:
+            raw = self.txn.get("orefs", oid)
+            if raw is not None:
+                raw = self.rows[oid] = bytes(raw)
+        return raw
 
     def count(self, oid: bytes) -> int:
-        return _count(self.txn, oid) + self.delta.get(oid, 0)
+        count = self.new_counts.get(oid)
+        if count is not None:
+            return count
+        raw = self._row(oid)
+        return (_U64.unpack_from(raw)[0] if raw is not None else 0) + self.delta.get(oid, 0)
 
     def incref(self, oid: bytes) -> None:
-        if self.txn.get("orefs", oid) is None:
+        if oid in self.new_counts:
+            self.new_counts[oid] += 1
+        elif self._row(oid) is None:
             raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
-        self.delta[oid] = self.delta.get(oid, 0) + 1
+        else:
+            self.delta[oid] = self.delta.get(oid, 0) + 1
+
+    def add(self, data: bytes, objects: list[bytes], chunk_ids: list[bytes], held: int,
+            oid: bytes | None = None) -> bytes:
+        """Store an encoded object if new (holding its children: `objects`
+        and `chunk_ids`), with `held` references taken on it; its id. Held by
+        no one (0), the holder stored next takes the reference."""
+        oid = oid or object_id(data)
+        if oid in self.new_counts:
+            self.new_counts[oid] += held
+            return oid
+        if self._row(oid) is not None:  # stored (with a count of 0 too, it holds its children)
+            if held:
+                self.delta[oid] = self.delta.get(oid, 0) + held
+            return oid
+        for child in objects:
+            self.incref(child)
+        for cid in chunk_ids:
+            self.chunks[cid] = self.chunks.get(cid, 0) + 1
+        payload = chunks.encode(data, "zstd")
+        self.new[oid] = payload
+        self.new_counts[oid] = held
+        self.new_bytes += len(payload)
+        if len(self.new) >= HOLD_OBJECTS or self.new_bytes >= HOLD_BYTES:
+            self.flush()
+        return oid
 
     def decref(self, oid: bytes) -> None:
         """As decref(): objects no one holds any more are deleted at once."""
@@ -422,36 +509,49 @@ class RefBatch:
             count = self.count(oid)
             if count <= 0:
                 raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
+            new = self.new.get(oid)
             if count > 1:
-                self.delta[oid] = self.delta.get(oid, 0) - 1
+                if new is not None:
+                    self.new_counts[oid] -= 1
+                else:
+                    self.delta[oid] = self.delta.get(oid, 0) - 1
                 continue
-            obj = get(self.txn, oid)
-            _unstore(self.txn, oid)
-            self.delta.pop(oid, None)
-            objects, chunk_ids = obj.children()
+            if new is not None:  # never stored: it goes as it came
+                del self.new[oid], self.new_counts[oid]
+                self.new_bytes -= len(new)
+                objects, chunk_ids = decode(chunks.decode(new)).children()
+            else:
+                objects, chunk_ids = get(self.txn, oid).children()
+                _unstore(self.txn, oid)
+                self.delta.pop(oid, None)
+                self.rows.pop(oid, None)
             work.extend(objects)
             for cid in chunk_ids:
-                chunks.decref(self.txn, cid)
+                self.chunks[cid] = self.chunks.get(cid, 0) - 1
 
     def flush(self) -> None:
-        for oid, delta in self.delta.items():
+        """Write what the batch holds, each table in key order (neighbouring
+        rows share pages)."""
+        txn = self.txn
+        counts = self.new_counts
+        _store_many(txn, [(oid, payload, counts[oid]) for oid, payload in sorted(self.new.items())])
+        for oid in sorted(self.delta):
+            delta = self.delta[oid]
             if delta:
-                _set(self.txn, oid, _count(self.txn, oid) + delta)
+                raw = self.rows[oid]
+                _set(txn, oid, _U64.unpack_from(raw)[0] + delta, raw)
+        for cid in sorted(self.chunks):
+            delta = self.chunks[cid]
+            for _ in range(delta):
+                chunks.incref(txn, cid)
+            for _ in range(-delta):
+                chunks.decref(txn, cid)
+        self.new.clear()
+        self.new_counts.clear()
+        self.new_bytes = 0
         self.delta.clear()
-
-
-def put_unheld(txn: Txn, data: bytes, refs: RefBatch | None = None) -> bytes:
-    """Store an encoded object if new, holding its children but held by no
-    one yet (count 0): the holder that is stored next takes the reference."""
-    oid = object_id(data)
-    if txn.get("orefs", oid) is None:
-        objects, chunk_ids = decode(data).children()
-        for child in objects:
-            refs.incref(child) if refs is not None else incref(txn, child)
-        for cid in chunk_ids:
-            chunks.incref(txn, cid)
-        _store(txn, oid, chunks.encode(data, "zstd"), 0)
-    return oid
+        self.rows.clear()
+        self.chunks.clear()
 
 
 def decref(txn: Txn, oid: bytes) -> None:

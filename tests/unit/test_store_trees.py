@@ -4,10 +4,12 @@ import os
 import stat
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fusevol.errors import AlreadyExists, InvalidArgument, NotFound, StoreDamaged
-from fusevol.store import Inodes, check, chunks, diff, snapshots, trees, volumes
-from fusevol.store.schema import ROOT_INO
+from fusevol.store import Inodes, Store, check, chunks, diff, snapshots, trees, volumes
+from fusevol.store.schema import IN_PIECES, LAZY, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, row_with_tree, vkey
 
 from .conftest import BS, DIR, FILE
 
@@ -201,3 +203,100 @@ def test_diff_names_each_kind_of_change(store, inodes, filled):
         inodes.create(txn, ROOT_INO, b"later", DIR, 0, 0)
         assert _diff(txn, "vol@s2", "vol") == ["A\tlater/"]
     assert_verified(store)
+
+
+times = st.integers(TIME_MIN_NS, TIME_MAX_NS)  # beyond int64 nanoseconds too (wide rows)
+inode_fields = st.fixed_dictionaries({
+    "mode": st.integers(0, 2**32 - 1), "uid": st.integers(0, 2**32 - 1), "gid": st.integers(0, 2**32 - 1),
+    "nlink": st.integers(0, 2**32 - 1), "size": st.integers(0, 2**64 - 1), "atime_ns": times,
+    "mtime_ns": times, "ctime_ns": times, "rdev": st.integers(0, 2**64 - 1), "parent": st.integers(0, 2**64 - 1),
+    "data_bytes": st.integers(0, 2**64 - 1), "flags": st.sampled_from([0, LAZY, IN_PIECES]),
+    "tree_id": st.binary(min_size=32, max_size=32), "target": st.binary(max_size=40)})
+ids = st.binary(min_size=32, max_size=32)
+names = st.binary(min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=inode_fields, ino=st.integers(0, 2**64 - 1),
+       xattrs=st.lists(st.tuples(names, st.binary(max_size=30)), max_size=3),
+       blocks=st.lists(st.tuples(st.integers(0, 2**64 - 1), ids), max_size=3),
+       entries=st.lists(st.tuples(names, ids), max_size=3),
+       pieced=st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 255), ids), new_id=ids)
+def test_objects_from_row_bytes_equal_objects_from_inodes(fields, ino, xattrs, blocks, entries, pieced, new_id):
+    """A snapshot encodes objects from the bytes of inode rows: the same bytes
+    (so the same ids) as from the rows unpacked, whatever the fields hold."""
+    node = Inode(**fields)
+    row = node.pack()
+    as_rows = [(i.to_bytes(8, "big"), cid) for i, cid in blocks]
+    assert trees.encode_row(ino, row, xattrs, blocks=as_rows) == trees.encode(
+        trees.TreeObject(trees.FILE, ino, node, xattrs=xattrs, blocks=blocks))
+    assert trees.encode_row(ino, row, xattrs, entries=entries) == trees.encode(
+        trees.TreeObject(trees.DIR, ino, node, xattrs=xattrs, entries=entries))
+    count, height, top = pieced
+    assert trees.encode_row(ino, row, xattrs, pieced=pieced) == trees.encode(
+        trees.TreeObject(trees.DIR, ino, node, xattrs=xattrs, pieces=top, count=count, level=height))
+    # A row given a tree id (and IN_PIECES set or cleared) keeps every other field.
+    for flags in ({}, {"set_flags": IN_PIECES}, {"clear_flags": IN_PIECES}):
+        changed = Inode.unpack(row_with_tree(row, new_id, **flags))
+        want = Inode(**{**fields, "tree_id": new_id})
+        want.flags = (want.flags | flags.get("set_flags", 0)) & ~flags.get("clear_flags", 0)
+        assert changed == want
+
+
+def _objects(txn) -> int:
+    return txn.txn.stat(txn.store.dbs["objects"])["entries"]
+
+
+def test_objects_freed_in_the_batch_that_made_them_are_never_stored(store, inodes, filled):
+    with store.write() as txn:
+        snapshots.create(txn, "vol", "s1")
+        objects, chunk = _objects(txn), chunks.ref_info(txn, txn.get("blocks", inodes_key(inodes, filled["a"])))[0]
+        refs = trees.RefBatch(txn)
+        cid = bytes(txn.get("blocks", inodes_key(inodes, filled["a"])))
+        f = trees.TreeObject(trees.FILE, 99, Inode(mode=FILE, uid=0, gid=0), blocks=[(0, cid)])
+        fid = refs.add(trees.encode(f), [], [cid], held=0)
+        d = trees.TreeObject(trees.DIR, 98, Inode(mode=DIR, uid=0, gid=0), entries=[(b"f", fid)])
+        did = refs.add(trees.encode(d), [fid], [], held=1)
+        assert (refs.count(fid), refs.count(did)) == (1, 1)
+        refs.decref(did)
+        refs.flush()
+        assert _objects(txn) == objects
+        assert chunks.ref_info(txn, cid)[0] == chunk
+        assert not txn.get("orefs", fid) and not txn.get("orefs", did)
+    assert_verified(store)
+
+
+def inodes_key(inodes, ino):
+    return vkey(inodes.vid, ino, 0)
+
+
+def test_a_snapshot_written_in_small_batches_equals_one_written_at_once(tmp_path, monkeypatch):
+    """A batch that holds too many objects stores them as it goes: the tree
+    and every count are the same."""
+    roots = []
+    monkeypatch.setattr(volumes.time, "time_ns", lambda: 1_700_000_000 * 10**9)  # the root's times
+    for hold in (trees.HOLD_OBJECTS, 2):
+        monkeypatch.setattr(trees, "HOLD_OBJECTS", hold)
+        store = Store.open(str(tmp_path / f"store{hold}"))
+        try:
+            with store.write() as txn:
+                txn.now_ns = 1_700_000_000 * 10**9
+                record = volumes.create(txn, "vol")
+                vol = Inodes(record["vid"], store.block_size, record["compression"])
+                sub, _ = vol.create(txn, ROOT_INO, b"sub", DIR, 0, 0)
+                for i in range(300):  # a folder in pieces, files of equal content among them
+                    ino, _ = vol.create(txn, ROOT_INO if i % 3 else sub, b"f%03d" % i, FILE, 0, 0)
+                    vol.write_blocks(txn, ino, [(0, b"%d" % (i % 7))], 1)
+                vol.setxattr(txn, ino, b"user.tag", b"v1")
+                vol.link(txn, ino, ROOT_INO, b"hard")
+                vol.create(txn, sub, b"link", stat.S_IFLNK | 0o777, 0, 0, target=b"../f001")
+            with store.write() as txn:
+                roots.append(snapshots.create(txn, "vol", "s1")["root"])
+            with store.write() as txn:
+                vol.unlink(txn, ROOT_INO, b"f007")
+                snapshots.create(txn, "vol", "s2")
+            assert_verified(store)
+        finally:
+            Store._instances.pop(store.path, None)
+            store.close()
+    assert roots[0] == roots[1]

@@ -1,0 +1,116 @@
+"""Writing a volume's changed inodes as tree objects: the work of a snapshot.
+
+Only inodes whose row has no tree id (changed since they were last written)
+are written; every other subtree is reused by the id its row keeps. Folders
+are written after their entries, without recursion. A file is written as its
+folder reaches it, from the bytes of its row (trees.encode_row), its block
+map and its xattrs, each read once through a cursor kept for the whole walk.
+The objects and the reference counts they change are kept in one RefBatch
+and written at the end, once each, in key order.
+"""
+
+import functools
+import stat
+
+from . import trees
+from .env import Txn
+from .folders import FolderPlan
+from .inodes import Inodes
+from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, ROW_TREE_ID, read_u64, row_flags, row_mode, row_with_tree,
+                     vkey)
+
+
+class TreeWriter:
+    def __init__(self, txn: Txn, inodes: Inodes):
+        self.txn = txn
+        self.inodes = inodes
+        self.vid = inodes.vid
+        self.refs = trees.RefBatch(txn)
+        self._blocks = txn.cursor("blocks")
+        self._xattrs = txn.cursor("xattrs")
+        self._dirents = txn.cursor("dirents")
+        self._get_row = functools.partial(txn.txn.get, db=txn.store.dbs["inodes"])
+
+    def write(self, top: int = ROOT_INO) -> bytes:
+        """Write objects for every changed inode under top; top's object id."""
+        row = self._row(top)
+        oid = bytes(row[ROW_TREE_ID])
+        if oid == NO_TREE:
+            oid = self._folders(top, row) if stat.S_ISDIR(row_mode(row)) else self._file(top, row)
+        self.refs.flush()
+        return oid
+
+    def _row(self, ino: int):
+        raw = self._get_row(vkey(self.vid, ino))
+        if raw is None:
+            self.inodes.get(self.txn, ino)  # which names what is missing
+        return raw
+
+    def _open(self, ino: int, row) -> tuple[FolderPlan, list[tuple[int, int]]]:
+        """A folder's plan with the ids of its entries that are written (files
+        written now), and its folders still to write: (position, ino)."""
+        plan = FolderPlan(self.txn, self.inodes, ino, row, None if row_flags(row) & LAZY else self._list)
+        folders = []
+        for i, (_, child) in enumerate(plan.entries):
+            crow = self._row(child)
+            oid = crow[ROW_TREE_ID]
+            if oid != NO_TREE:  # unchanged, or a file with several names written already
+                plan.ids[i] = bytes(oid)
+            elif stat.S_ISDIR(row_mode(crow)):
+                folders.append((i, child))
+            else:
+                plan.ids[i] = self._file(child, crow)
+        return plan, folders
+
+    def _folders(self, top: int, row) -> bytes:
+        stack = [self._open(top, row)]
+        while True:
+            plan, folders = stack[-1]
+            if folders:
+                child = folders[-1][1]
+                stack.append(self._open(child, self._row(child)))
+                continue
+            oid = self._folder(plan)
+            stack.pop()
+            if not stack:
+                return oid
+            parent, waiting = stack[-1]
+            parent.ids[waiting.pop()[0]] = oid
+
+    def _folder(self, plan: FolderPlan) -> bytes:
+        key = vkey(self.vid, plan.ino)
+        row = self._row(plan.ino)  # as it is now that its entries are listed
+        oid, flag = plan.write(self.txn, self.inodes, row, self._under(self._xattrs, key), self.refs)
+        # This reference belongs to the live row, which now says it equals the object.
+        self.txn.put("inodes", key, row_with_tree(row, oid, set_flags=flag, clear_flags=IN_PIECES & ~flag))
+        plan.done(self.txn, self.inodes, self.refs)
+        return oid
+
+    def _file(self, ino: int, row) -> bytes:
+        key = vkey(self.vid, ino)
+        blocks = self._under(self._blocks, key)  # (index as 8 bytes, chunk id), in order
+        data = trees.encode_row(ino, row, self._under(self._xattrs, key), blocks=blocks)
+        oid = self.refs.add(data, [], [cid for _, cid in blocks], held=1)
+        self.txn.put("inodes", key, row_with_tree(row, oid))
+        return oid
+
+    def _list(self, ino: int) -> list[tuple[bytes, int]]:
+        """Inodes.list_dir of a folder whose rows are its own (not LAZY)."""
+        return [(name, read_u64(child)) for name, child in self._under(self._dirents, vkey(self.vid, ino))]
+
+    @staticmethod
+    def _under(cursor, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """(key after prefix, value) of the rows whose key starts with prefix."""
+        out = []
+        if cursor.set_range(prefix):
+            n = len(prefix)
+            for key, value in cursor:
+                if key[:n] != prefix:
+                    break
+                out.append((key[n:], value))
+        return out
+
+
+def write_tree(txn: Txn, inodes: Inodes, top: int = ROOT_INO) -> bytes:
+    """Write objects for every changed inode under top; return top's object id."""
+    return TreeWriter(txn, inodes).write(top)

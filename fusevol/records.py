@@ -22,8 +22,26 @@ def _split(cls, data: dict) -> tuple[dict, dict]:
     return known, {k: v for k, v in data.items() if k not in names}
 
 
+class _Stored:
+    """from_dict and to_dict of a record kept as a JSON object, keys it does
+    not know included (in `extra`); `_OPTIONAL` fields are written only when set."""
+
+    _OPTIONAL: tuple = ()
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known, extra = _split(cls, data)
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "extra" and (f.name not in self._OPTIONAL or getattr(self, f.name))}
+        out.update(self.extra)
+        return out
+
+
 @dataclass
-class Volume:
+class Volume(_Stored):
     """A volume's record. A *view* (`source` + `subpath`) has no rows of its
     own (`vid` None): it shows one folder of its source, a data volume."""
 
@@ -49,16 +67,10 @@ class Volume:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Volume":
-        known, extra = _split(cls, data)
-        known["mounts"] = dict(known.get("mounts") or {})
-        known["options"] = dict(known.get("options") or {})
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "extra" and (f.name not in self._OPTIONAL or getattr(self, f.name))}
-        out.update(self.extra)
-        return out
+        data = dict(data)
+        data["mounts"] = dict(data.get("mounts") or {})
+        data["options"] = dict(data.get("options") or {})
+        return super().from_dict(data)
 
     @property
     def is_view(self) -> bool:
@@ -76,7 +88,7 @@ class Volume:
 
 
 @dataclass
-class Snapshot:
+class Snapshot(_Stored):
     """A snapshot's record: an immutable tree (`root`) of a volume."""
 
     volume: str
@@ -90,23 +102,13 @@ class Snapshot:
     hardlinks: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # received_from, pushed_from, ...
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "Snapshot":
-        known, extra = _split(cls, data)
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        out.update(self.extra)
-        return out
-
     @property
     def ref(self) -> str:
         return f"{self.volume}@{self.name}"
 
 
 @dataclass
-class Worker:
+class Worker(_Stored):
     """A running worker as it registers itself (fs/registry.py)."""
 
     pid: int
@@ -117,16 +119,6 @@ class Worker:
     subpath: str | None = None
     options: str | None = None  # mount(8)-style, as fs/mountopts.py writes them
     extra: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Worker":
-        known, extra = _split(cls, data)
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        out.update(self.extra)
-        return out
 
 
 @dataclass(frozen=True)

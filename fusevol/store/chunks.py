@@ -364,16 +364,7 @@ def stored_rows(txn: Txn):
     read once). A packed chunk whose data is gone is not listed."""
     for cid, payload in txn.scan("chunks", b""):
         yield bytes(cid), payload
-    by_pack: dict[int, list] = {}
-    for cid, raw in txn.scan("refs", b""):
-        loc = _row(raw).loc
-        if loc is not None:
-            by_pack.setdefault(loc.pack, []).append((bytes(cid), loc))
-    for number in sorted(by_pack):
-        for cid, loc in by_pack.pop(number):
-            payload = packs.view(txn, loc)
-            if payload is not None:
-                yield cid, payload
+    yield from packs.read_in_order(txn, locations(txn))
 
 
 def locations(txn: Txn):

@@ -376,3 +376,16 @@ def file_use(txn: Txn) -> dict:
             "object_bytes": trees.stored_total(txn),
             "dead_bytes": stats(txn)["dead_bytes"],
             "free_bytes": txn.free_pages_bytes()}
+
+
+def read_in_order(txn, located):
+    """(id, stored form) of each (id, location) in `located`, pack by pack so
+    that each pack is read once; an entry whose pack is gone is left out."""
+    by_pack: dict[int, list] = {}
+    for key, loc in located:
+        by_pack.setdefault(loc.pack, []).append((key, loc))
+    for number in sorted(by_pack):
+        for key, loc in by_pack.pop(number):
+            payload = view(txn, loc)
+            if payload is not None:
+                yield key, payload

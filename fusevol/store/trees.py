@@ -327,16 +327,7 @@ def stored_rows(txn: Txn):
     alone, counted or not, then the packed ones pack by pack."""
     for oid, payload in txn.scan("objects", b""):
         yield bytes(oid), payload
-    by_pack: dict[int, list] = {}
-    for oid, raw in txn.scan("orefs", b""):
-        loc = _loc(raw)
-        if loc is not None:
-            by_pack.setdefault(loc.pack, []).append((bytes(oid), loc))
-    for number in sorted(by_pack):
-        for oid, loc in by_pack.pop(number):
-            payload = packs.view(txn, loc)
-            if payload is not None:
-                yield oid, payload
+    yield from packs.read_in_order(txn, locations(txn))
 
 
 def locations(txn: Txn):

@@ -99,10 +99,7 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
     finally:
         runner.stop()
         if registration:
-            try:
-                os.unlink(registration)
-            except FileNotFoundError:
-                pass
+            registration.close()
 
 
 def _view_root(runner: TxnRunner, inodes: Inodes, volume: str, subpath: str) -> int:

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 from .. import errors
 from ..errors import Busy, FusevolError, InvalidArgument
@@ -153,7 +152,7 @@ class Registration:
     def __init__(self, store_path: str, info: Worker):
         wdir = _workers_dir(store_path)
         os.makedirs(wdir, mode=0o700, exist_ok=True)
-        name = f"w-{uuid.uuid4().hex}"  # unique across pid namespaces
+        name = f"w-{os.urandom(12).hex()}"  # unique across pid namespaces
         tmp = os.path.join(wdir, name + ".tmp")
         self.path = os.path.join(wdir, name + ".json")
         self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

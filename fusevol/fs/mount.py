@@ -133,10 +133,15 @@ async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str
 
 async def _publish_metrics(ops: VolumeOperations, path: str) -> None:
     """Counters for the daemon's metrics endpoint, every few seconds (see metrics.py)."""
+    published = None
     while True:
         # dirty: written and held in memory; unstored: handed to the store thread, not on disk.
-        metrics.publish(path, ops.metrics, dirty_bytes=ops._buffered(),
-                        unstored_bytes=ops.runner.unstored_bytes, open_files=len(ops.handles))
+        figures = (ops.metrics.snapshot(), ops._buffered(), ops.runner.unstored_bytes,
+                   len(ops.handles))
+        if figures != published:  # an idle worker writes nothing (no disk write, no CPU)
+            metrics.publish(path, figures[0], dirty_bytes=figures[1],
+                            unstored_bytes=figures[2], open_files=figures[3])
+            published = figures
         await trio.sleep(metrics.PUBLISH_INTERVAL)
 
 

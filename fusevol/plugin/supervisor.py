@@ -173,7 +173,10 @@ class Supervisor:
         info = self.service.serving_worker(name)
         if info is not None:
             rules.check_adoptable(name, info, path)
-            if _serves(path):
+            # A registered worker is alive (it holds its entry's lock) and a mount sits at
+            # its mountpoint: it serves, and is not sent a request to prove it (this runs
+            # for every mounted volume at every reconcile; a hung worker would hang it).
+            if registry.is_mountpoint(path):
                 self._keep(name)
                 return path
             # Its mount is gone or dead: the worker is ending; let it go.

@@ -230,7 +230,7 @@ def _place(loc: packs.Location) -> bytes:
 def _count_in(txn: Txn, raw) -> int:
     """The count an orefs row gives (read from ocounts for a format-3 row)."""
     if len(raw) == _PACKED.size:
-        found = txn.get("ocounts", _place(packs.Location(*_PACKED.unpack(raw))))
+        found = txn.get("ocounts", bytes(raw[:_PLACE.size]))  # (the row begins with its place)
         return _U64.unpack(found)[0] if found is not None else 0
     return _U64.unpack_from(raw)[0]
 
@@ -244,7 +244,7 @@ def _set(txn: Txn, oid: bytes, count: int, raw=None) -> None:
     """Set an object's count, leaving where it is as it is."""
     raw = raw if raw is not None else txn.get("orefs", oid)
     if len(raw) == _PACKED.size:
-        txn.put("ocounts", _place(_loc(raw)), _U64.pack(count))
+        txn.put("ocounts", bytes(raw[:_PLACE.size]), _U64.pack(count))
     else:
         txn.put("orefs", oid, _U64.pack(count) + bytes(raw)[_U64.size:])
 

@@ -167,6 +167,28 @@ def test_verify_names_a_pack_whose_dead_count_is_wrong_and_gc_repairs_it(store, 
         assert check.verify(txn)["ok"]
 
 
+def test_verify_names_object_counts_lost_or_left_by_place_and_gc_repairs_them(store, inodes):
+    with store.write() as txn:
+        ino, _ = inodes.create(txn, 1, b"f", FILE, 0, 0)
+        inodes.write_blocks(txn, ino, [(0, b"y" * 3000)], 3000)
+        snapshots.create(txn, "vol", "s")
+    with store.write() as txn:
+        root = _root(txn, "vol", "s")
+        place = bytes(txn.get("orefs", root))[:12]  # a packed object's row begins with its place
+        assert txn.get("ocounts", place) is not None
+        txn.delete("ocounts", place)  # its count lost
+        txn.put("ocounts", schema.u64(999) + bytes(4), schema.u64(1))  # a count of nothing
+    with store.read() as txn:
+        messages = [p["message"] for p in check.verify(txn)["problems"]]
+    assert any("counts 0 reference(s), 2 found" in m for m in messages), messages  # the snapshot, the live row
+    assert any("belongs to no object" in m for m in messages), messages
+    with store.write() as txn:
+        check.gc(txn, set())
+    with store.read() as txn:
+        assert check.verify(txn)["ok"]
+        assert trees._count(txn, root) == 2
+
+
 def test_a_nested_transaction_that_fails_takes_its_blobs_with_it(store):
     with store.write() as txn:
         kept = chunks.add_ref(txn, b"kept" * 100)

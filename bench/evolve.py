@@ -156,10 +156,15 @@ def table(result: dict) -> str:
     if last.get("fusevol_overhead"):
         parts = last["fusevol_overhead"]
         names = {"object_bytes": "tree objects", "free_bytes": "pages LMDB keeps free for reuse",
-                 "dead_bytes": "dead entries in packs", "other_bytes": "count rows, volume rows, page slack"}
+                 "dead_bytes": "dead entries in packs",
+                 "slack_bytes": "entry heads and the unused end of packs' last pages",
+                 "count_bytes": "count rows (refs, orefs, ocounts) with their pages' slack",
+                 "other_bytes": "volume rows (inodes, entries, block maps) and the store's"}
         lines += ["", f"| the store file beyond its chunks, version {last['version']} | bytes | of the chunks |",
                   "|---|---:|---:|"]
         for key, name in names.items():
+            if key not in parts:
+                continue  # df of an older fusevol
             lines.append(f"| {name} | {parts[key] / MiB:.2f} MiB | {parts[key] / last['fusevol_chunks']:.1%} |")
     times = ["fusevol"] + peers
     lines += ["", "| seconds per version (fusevol: snapshot create; the others: backup) | "

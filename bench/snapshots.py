@@ -21,6 +21,12 @@ The first snapshot and a snapshot after one change also show their CPU time
 (this process's): on a shared machine a wall time follows the load, CPU time
 much less, and the commit's wait on the disk is in the wall time alone.
 
+When the smallest and the largest one-folder layouts are both measured (1k and
+100k by default), their snapshots after one change are timed once more,
+alternated (one in one store, then one in the other, PAIRED times): the
+target is their ratio, and on a shared machine the load moves between two
+layouts measured minutes apart more than it moves between neighbours.
+
 Usage: PYTHONPATH=. python bench/snapshots.py [--quick] [--json FILE] [LAYOUT ...]
 LAYOUT is a name above or FOLDERSxFILES (e.g. 10x1000); the default is 1k 100k 1M,
 --quick runs 1k 20k 10x1000 (under a minute, for CI). Prints a Markdown table.
@@ -46,6 +52,7 @@ QUICK = ["1k", "20k", "10x1000"]
 FILES_PER_TXN = 20_000
 REPEAT = 5  # the cheap operations are timed this many times; the median is shown
 REPEAT_ONE = 21  # a snapshot after one change: a few ms, so a commit that waits on a busy disk moves it most
+PAIRED = 41
 FULL_SEND_MAX = 200_000  # files: a full send beyond this is left out
 
 
@@ -89,7 +96,10 @@ def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def measure(folders: int, per_folder: int, base: str | None) -> dict[str, float]:
+def measure(folders: int, per_folder: int, base: str | None, keep: list | None = None) -> dict[str, float]:
+    """The figures of one layout; with `keep`, its store stays open and a
+    function that changes one file and snapshots (its wall and CPU ms) is
+    appended there (the caller closes the store: keep's second item)."""
     path = tempfile.mkdtemp(prefix="fusevol-bench-", dir=base)
     n = folders * per_folder
     try:
@@ -154,11 +164,39 @@ def measure(folders: int, per_folder: int, base: str | None) -> dict[str, float]
                 snapshots.clone(txn, "bench", "s0", f"clone{k}")
 
         results["clone of a snapshot"] = median([timed(lambda k=k: clone(k)) for k in range(REPEAT)])
+        if keep is not None:
+            def one_change(r):
+                change([rng.randrange(n)], f"paired{r}")
+                cpu = []
+                return timed(lambda: snap(f"paired{r}"), cpu), cpu[0]
+
+            def close():
+                store.close()
+                Store._instances.pop(path, None)
+                shutil.rmtree(path, ignore_errors=True)
+            keep.append((one_change, close))
+            path = None  # closed by the caller
+            return results
         store.close()
         Store._instances.pop(path, None)
         return results
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def paired(small, large) -> dict[str, float]:
+    """Snapshots after one change in two stores, alternated: medians and ratios."""
+    times = {"small": ([], []), "large": ([], [])}
+    for r in range(PAIRED):
+        for side, one_change in (("small", small), ("large", large)):
+            wall, cpu = one_change(r)
+            times[side][0].append(wall)
+            times[side][1].append(cpu)
+    out = {side: (median(w), median(c)) for side, (w, c) in times.items()}
+    return {"small_ms": out["small"][0], "large_ms": out["large"][0],
+            "small_cpu_ms": out["small"][1], "large_cpu_ms": out["large"][1],
+            "ratio": out["large"][0] / out["small"][0], "cpu_ratio": out["large"][1] / out["small"][1]}
 
 
 def main(argv: list[str]) -> None:
@@ -170,10 +208,23 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     names = args.layouts or (QUICK if args.quick else DEFAULT)
     table = {}
+    one_folder = sorted((n for n in names if parse_layout(n)[0] == 1), key=lambda n: parse_layout(n)[1])
+    pair = (one_folder[0], one_folder[-1]) if len(one_folder) > 1 else ()
+    kept = {}
     for name in names:
         folders, per = parse_layout(name)
-        table[name] = measure(folders, per, args.base)
+        keep = [] if name in pair else None
+        table[name] = measure(folders, per, args.base, keep)
+        if keep:
+            kept[name] = keep[0]
         print(f"measured {name} ({folders} x {per} files)", file=sys.stderr)
+    pairing = None
+    if pair:
+        try:
+            pairing = paired(kept[pair[0]][0], kept[pair[1]][0])
+        finally:
+            for _, close in kept.values():
+                close()
     rows = list(next(iter(table.values())))
     label = {name: f"{name} ({'one folder' if parse_layout(name)[0] == 1 else f'{parse_layout(name)[0]} folders'})"
              for name in names}
@@ -184,10 +235,17 @@ def main(argv: list[str]) -> None:
                   f"{table[n][row]:,.0f}" if row.startswith("(bytes") else f"{table[n][row]:.1f}")
                  for n in names]
         print(f"| {row} | " + " | ".join(cells) + " |")
+    if pairing:
+        print(f"\nSnapshot after 1 file changed, {pair[0]} and {pair[1]} alternated ({PAIRED} each, medians): "
+              f"{pairing['small_ms']:.1f} and {pairing['large_ms']:.1f} ms, {pair[1]} / {pair[0]} = "
+              f"{pairing['ratio']:.2f} (CPU {pairing['small_cpu_ms']:.1f} and {pairing['large_cpu_ms']:.1f} ms, "
+              f"{pairing['cpu_ratio']:.2f})")
     if args.json:
+        out = {name: {k: (v if v == v else None) for k, v in r.items()} for name, r in table.items()}
+        if pairing:
+            out["paired"] = {"layouts": list(pair), **pairing}
         with open(args.json, "w") as f:
-            json.dump({name: {k: (v if v == v else None) for k, v in r.items()} for name, r in table.items()},
-                      f, indent=1)
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ def test_quick_snapshot_bench_times_every_operation_at_every_size(tmp_path, caps
         print("\n" + proc.stdout + proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
+    paired = figures.pop("paired")  # 1k and 20k after one change, alternated
+    assert paired["layouts"] == ["1k", "20k"] and paired["ratio"] > 0
     assert list(figures) == ["1k", "20k", "10x1000"]
     for layout, rows in figures.items():
         assert rows["snapshot after 1 file changed"] > 0

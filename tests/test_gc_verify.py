@@ -151,9 +151,9 @@ def test_gc_repairs_a_leaked_chunk_and_wrong_counts(mounts, store_path):
         count, raw_len, stored_len = struct.unpack(">QII", raw.get("refs", first))
         assert count == 2  # the volume's block row and the snapshot's file object
         raw.put("refs", first, struct.pack(">QII", 1, raw_len, stored_len))  # too low: would free early
-        root_row = raw.get("orefs", root)  # the count, then where the object is
-        root_count = struct.unpack_from(">Q", root_row)[0]
-        raw.put("orefs", root, struct.pack(">Q", root_count + 3) + root_row[8:])  # too high: would leak
+        place = raw.get("orefs", root)[:12]  # where the object is packed: its count is kept there
+        root_count = struct.unpack(">Q", raw.get("ocounts", place))[0]
+        raw.put("ocounts", place, struct.pack(">Q", root_count + 3))  # too high: would leak
 
     code, report = verify(store_path)
     assert code == 8
@@ -298,7 +298,7 @@ def test_snapshot_ls_shows_what_a_snapshot_alone_holds_on_disk(mounts, store_pat
     mounts.umount(mp)
     (snap,) = json.loads(run_cli(store_path, "snapshot", "ls", "vol", "--json").stdout)
     assert 40 * 5000 <= snap["unique_bytes"] < 40 * 5100  # stored bytes
-    tables = ("chunks", "refs", "objects", "orefs", "packs", "packdead")
+    tables = ("chunks", "refs", "objects", "orefs", "ocounts", "packs", "packdead")
     before = page_bytes(store_path, tables)
     run_cli(store_path, "snapshot", "rm", "vol@s1")
     freed = before - page_bytes(store_path, tables)

@@ -190,7 +190,7 @@ def test_deleting_the_last_holder_frees_the_data(mounts, store_path):
     assert stored_objects(store_path) <= 1  # only the live root's, if any
     run_cli(store_path, "volume", "rm", "space")
     with Store.open(store_path).read() as txn:
-        for table in ("chunks", "refs", "objects", "orefs", "packs"):
+        for table in ("chunks", "refs", "objects", "orefs", "ocounts", "packs"):
             assert txn.txn.stat(txn.store.dbs[table])["entries"] == 0, table
 
 

@@ -58,10 +58,9 @@ def df(ctx, as_json):
     stored = totals["stored_bytes"]
     file_bytes = _file_bytes(os.path.join(store.path, "db", "data.mdb"))
     overhead = file_bytes - stored
-    parts = {"object_bytes": use["object_bytes"], "free_bytes": use["free_bytes"],
-             "dead_bytes": use["dead_bytes"],
-             "other_bytes": max(0, use["file_bytes"] - stored - use["object_bytes"]
-                                - use["free_bytes"] - use["dead_bytes"])}
+    parts = {key: use[key] for key in ("object_bytes", "free_bytes", "dead_bytes", "slack_bytes",
+                                       "count_bytes")}
+    parts["other_bytes"] = max(0, use["file_bytes"] - stored - sum(parts.values()))
     out = {
         "logical_bytes": logical,
         "unique_bytes": unique,
@@ -82,7 +81,8 @@ def df(ctx, as_json):
         f"on disk   {human(file_bytes):>12}  (store file; {_overhead_note(overhead, stored)})",
         f"          {'':>12}  (tree objects {human(parts['object_bytes'])}, pages free for reuse "
         f"{human(parts['free_bytes'])}, dead in packs {human(parts['dead_bytes'])}, "
-        f"rows and page slack {human(parts['other_bytes'])})",
+        f"ends of packs' pages {human(parts['slack_bytes'])}, count rows {human(parts['count_bytes'])}, "
+        f"volume rows {human(parts['other_bytes'])})",
         f"chunks    {totals['chunks']:>12}",
     ])
     emit(out, as_json, text)

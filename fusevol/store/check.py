@@ -221,6 +221,7 @@ def _sweep_objects(txn: Txn, c: Census, report: dict, progress: NoProgress) -> N
         else:
             trees.recount(txn, oid, expected)
             report["counts_fixed"].append({"object": oid.hex(), "was": 0, "now": expected})
+    trees.drop_stray_counts(txn)  # counts by place whose object went without them
 
 
 def _fix_totals(txn: Txn) -> dict | None:
@@ -326,6 +327,9 @@ class _Verifier:
             if count != expected:
                 self.problem("store", None, f"tree object {short(oid)} counts {count} reference(s), "
                              f"{expected} found (fusevol gc repairs this)", object=oid.hex())
+        for key in trees.stray_counts(txn):
+            self.problem("store", None, f"a tree object count at pack place {key.hex()} belongs to "
+                         "no object (fusevol gc repairs this)")
         for vid in c.vids - vids:
             self.problem("store", None, f"inode rows of volume id {vid} belong to no volume")
 

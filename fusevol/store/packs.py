@@ -362,19 +362,37 @@ def stats(txn: Txn) -> dict:
     return {"packs": count, "pack_bytes": size, "dead_bytes": dead}
 
 
+BLOB_TABLES = ("packs", "chunks", "objects")
+COUNT_TABLES = ("refs", "orefs", "ocounts", "packdead")
+
+
 def file_use(txn: Txn) -> dict:
     """Where the store file's bytes go, for df (a transaction with buffers):
-    the stored chunks and tree objects, dead entries in packs, pages LMDB
-    holds free for reuse, and the rest (count rows and volumes' rows, the
-    unused part of B-tree and overflow pages)."""
+    the stored chunks and tree objects, dead entries in packs, the rest of
+    the pages that hold blobs (entry heads, the unused end of each pack's
+    last page), count rows, pages LMDB holds free for reuse; what is left
+    is the volumes' rows (inodes, entries, block maps, ...) and the store's."""
     from . import chunks, trees
     env = txn.store.env
     psize = env.stat()["psize"]
+
+    def pages(tables) -> int:
+        total = 0
+        for name in tables:
+            st = txn.txn.stat(txn.store.dbs[name])
+            total += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return total * psize
+
     file_bytes = (env.info()["last_pgno"] + 1) * psize
+    chunk_bytes = chunks.totals(txn)["stored_bytes"]
+    object_bytes = trees.stored_total(txn)
+    dead = stats(txn)["dead_bytes"]
     return {"file_bytes": file_bytes,
-            "chunk_bytes": chunks.totals(txn)["stored_bytes"],
-            "object_bytes": trees.stored_total(txn),
-            "dead_bytes": stats(txn)["dead_bytes"],
+            "chunk_bytes": chunk_bytes,
+            "object_bytes": object_bytes,
+            "dead_bytes": dead,
+            "slack_bytes": max(0, pages(BLOB_TABLES) - chunk_bytes - object_bytes - dead),
+            "count_bytes": pages(COUNT_TABLES),
             "free_bytes": txn.free_pages_bytes()}
 
 

@@ -8,10 +8,11 @@ Integers in keys are big-endian so that LMDB's byte order is numeric order.
 import struct
 from dataclasses import dataclass
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Formats whose rows this one reads as they are (opening one marks it FORMAT_VERSION):
-# 1 kept every chunk and tree object as a value of its own; 2 packs the small ones.
-UPGRADES = (1,)
+# 1 kept every chunk and tree object as a value of its own; 2 packs the small ones;
+# 3 keeps a packed object's count by its place in `ocounts` (trees.py).
+UPGRADES = (1, 2)
 BLOCK_SIZE = 128 * 1024
 ROOT_INO = 1
 
@@ -30,7 +31,9 @@ TABLES = {
     "chunks": "chunk id -> codec byte + payload (a chunk too large for a pack)",
     "refs": "chunk id -> refcount, raw length, stored length[, pack number, offset]",
     "objects": "tree object id -> codec byte + encoded object (one too large for a pack)",
-    "orefs": "tree object id -> refcount[, pack number, offset, stored length]",
+    "orefs": "tree object id -> refcount (alone) | refcount, pack number, offset, stored length "
+             "(format 2) | pack number, offset, stored length (format 3: the count in ocounts)",
+    "ocounts": "pack number|offset -> refcount of the packed tree object there (format 3)",
     "snapshots": "volume name|0|snapshot name -> JSON record",
     "packs": "pack number -> small chunks and objects as stored, back to back (packs.py)",
     "packdead": "pack number -> bytes of its entries that nothing points to any more",

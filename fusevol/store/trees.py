@@ -201,46 +201,90 @@ def get_raw(txn: Txn, oid: bytes) -> bytes:
     return chunks.decode(payload)
 
 
-# An object's count row: the count alone (the object a value of its own in
-# `objects`, as every object was in format 1), or with where it is packed.
-_PACKED = struct.Struct(">QQII")  # count, pack number, offset, stored length
+# An object's count row (`orefs`) has one of three forms, told by its length:
+# the count alone (the object a value of its own in `objects`, as every object
+# was in format 1); the count and where the object is packed (format 2); or
+# where it is packed alone (format 3), its count then in `ocounts` under its
+# place (pack number, offset). Counts kept by place sit beside the counts of
+# the objects stored with it, and a snapshot stores a folder's objects one
+# after another: the new piece of a folder takes a reference on each of its
+# entries, which then changes one or two pages of counts, not one page per
+# entry (a table keyed by random ids has each on a page of its own).
+_PACKED_V2 = struct.Struct(">QQII")  # count, pack number, offset, stored length
+_PACKED = struct.Struct(">QII")      # pack number, offset, stored length
+_PLACE = struct.Struct(">QI")        # an ocounts key: pack number, offset
 
 
 def _loc(raw) -> packs.Location | None:
     if len(raw) == _PACKED.size:
-        return packs.Location(*_PACKED.unpack(raw)[1:])
+        return packs.Location(*_PACKED.unpack(raw))
+    if len(raw) == _PACKED_V2.size:
+        return packs.Location(*_PACKED_V2.unpack(raw)[1:])
     return None
+
+
+def _place(loc: packs.Location) -> bytes:
+    return _PLACE.pack(loc.pack, loc.offset)
+
+
+def _count_in(txn: Txn, raw) -> int:
+    """The count an orefs row gives (read from ocounts for a format-3 row)."""
+    if len(raw) == _PACKED.size:
+        found = txn.get("ocounts", bytes(raw[:_PLACE.size]))  # (the row begins with its place)
+        return _U64.unpack(found)[0] if found is not None else 0
+    return _U64.unpack_from(raw)[0]
+
+
+def _count_key(oid: bytes, raw) -> bytes:
+    """Where an object's count is kept, for writing counts in key order."""
+    return b"p" + raw[:_PLACE.size] if len(raw) == _PACKED.size else b"o" + oid
 
 
 def _set(txn: Txn, oid: bytes, count: int, raw=None) -> None:
     """Set an object's count, leaving where it is as it is."""
     raw = raw if raw is not None else txn.get("orefs", oid)
-    txn.put("orefs", oid, _U64.pack(count) + bytes(raw)[_U64.size:])
+    if len(raw) == _PACKED.size:
+        txn.put("ocounts", bytes(raw[:_PLACE.size]), _U64.pack(count))
+    else:
+        txn.put("orefs", oid, _U64.pack(count) + bytes(raw)[_U64.size:])
+
+
+def _put_packed(txn: Txn, oid: bytes, loc: packs.Location, count: int) -> None:
+    txn.put("orefs", oid, _PACKED.pack(*loc))
+    txn.put("ocounts", _place(loc), _U64.pack(count))
 
 
 def _store(txn: Txn, oid: bytes, payload, count: int) -> None:
     """Keep an object's stored form (packed when small, else a value of its own)."""
     old = txn.get("orefs", oid)  # stored again over a count of 0: its old copy is dead
-    if old is not None and _loc(old) is not None:
-        packs.release(txn, _loc(old))
-    elif old is not None:
-        txn.delete("objects", oid)
+    if old is not None:
+        _let_go(txn, oid, old)
     if len(payload) <= packs.ENTRY_MAX:
-        loc = packs.add(txn, packs.OBJECT, payload)
-        txn.put("orefs", oid, _PACKED.pack(count, *loc))
+        _put_packed(txn, oid, packs.add(txn, packs.OBJECT, payload), count)
     else:
         txn.put("objects", oid, payload)
         txn.put("orefs", oid, _U64.pack(count))
 
 
-def _unstore(txn: Txn, oid: bytes) -> None:
-    raw = txn.get("orefs", oid)
-    loc = _loc(raw) if raw is not None else None
-    txn.delete("orefs", oid)
+def _let_go(txn: Txn, oid: bytes, raw) -> None:
+    """Free an object's stored form (and its count by place); its row stays."""
+    loc = _loc(raw)
     if loc is None:
         txn.delete("objects", oid)
-    else:
-        packs.release(txn, loc)
+        return
+    if len(raw) == _PACKED.size:
+        txn.delete("ocounts", _place(loc))
+    packs.release(txn, loc)
+
+
+def _unstore(txn: Txn, oid: bytes) -> None:
+    raw = txn.get("orefs", oid)
+    if raw is None:
+        txn.delete("objects", oid)
+        return
+    raw = bytes(raw)
+    txn.delete("orefs", oid)
+    _let_go(txn, oid, raw)
 
 
 def has(txn: Txn, oid: bytes) -> bool:
@@ -270,8 +314,13 @@ def identify(payload) -> bytes | None:
 
 
 def relocate(txn: Txn, oid: bytes, loc: packs.Location) -> None:
-    """Point an object's row at a new copy of it (a pack rewritten)."""
-    txn.put("orefs", oid, _PACKED.pack(_count(txn, oid), *loc))
+    """Point an object's row at a new copy of it (a pack rewritten); its
+    count goes with it (a format-2 row takes the format-3 form)."""
+    raw = bytes(txn.get("orefs", oid))
+    count = _count_in(txn, raw)
+    if len(raw) == _PACKED.size:
+        txn.delete("ocounts", _place(_loc(raw)))
+    _put_packed(txn, oid, loc, count)
 
 
 def pack_alone(txn: Txn, oid: bytes) -> bool:
@@ -285,7 +334,7 @@ def pack_alone(txn: Txn, oid: bytes) -> bool:
         return False
     loc = packs.add(txn, packs.OBJECT, bytes(payload))
     txn.delete("objects", oid)
-    txn.put("orefs", oid, _PACKED.pack(_count(txn, oid), *loc))
+    _put_packed(txn, oid, loc, _count_in(txn, raw))
     return True
 
 
@@ -319,7 +368,7 @@ def forget(txn: Txn, oid: bytes) -> None:
 def count_rows(txn: Txn):
     """(object id, count) of every counted object."""
     for oid, raw in txn.scan("orefs", b""):
-        yield bytes(oid), _U64.unpack_from(raw)[0]
+        yield bytes(oid), _count_in(txn, raw)
 
 
 def stored_rows(txn: Txn):
@@ -374,7 +423,8 @@ def disk_bytes(txn: Txn, oid: bytes) -> int:
         return 0
     loc = _loc(raw)
     if loc is not None:
-        return packs.HEAD.size + loc.length + row_disk_bytes(psize, len(oid), len(raw))
+        by_place = row_disk_bytes(psize, _PLACE.size, _U64.size) if len(raw) == _PACKED.size else 0
+        return packs.HEAD.size + loc.length + row_disk_bytes(psize, len(oid), len(raw)) + by_place
     payload = txn.get("objects", oid)
     size = len(payload) if payload is not None else 0
     return row_disk_bytes(psize, len(oid), size) + row_disk_bytes(psize, len(oid), len(raw))
@@ -382,21 +432,53 @@ def disk_bytes(txn: Txn, oid: bytes) -> int:
 
 def _count(txn: Txn, oid: bytes) -> int:
     raw = txn.get("orefs", oid)
-    return _U64.unpack_from(raw)[0] if raw is not None else 0
+    return _count_in(txn, raw) if raw is not None else 0
+
+
+def stray_counts(txn: Txn) -> list[bytes]:
+    """ocounts keys no count row points to (for verify; gc deletes them)."""
+    found = sum(1 for _, raw in txn.scan("orefs", b"")
+                if len(raw) == _PACKED.size and txn.get("ocounts", bytes(raw[:_PLACE.size])) is not None)
+    if found == txn.txn.stat(txn.store.dbs["ocounts"])["entries"]:
+        return []  # every count by place is one a row points to
+    placed = {bytes(raw[:_PLACE.size]) for _, raw in txn.scan("orefs", b"") if len(raw) == _PACKED.size}
+    return [bytes(key) for key, _ in txn.scan("ocounts", b"") if bytes(key) not in placed]
+
+
+def drop_stray_counts(txn: Txn) -> int:
+    keys = stray_counts(txn)
+    for key in keys:
+        txn.delete("ocounts", key)
+    return len(keys)
 
 
 def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
     """Keep new objects, (id, stored form (codec byte + encoding), count) each,
-    given in id order (a first snapshot stores 100,000 objects at once)."""
+    given in the order they were made: children just before their parent, a
+    folder's entries one after another, so the counts a later change of the
+    folder takes on its entries are neighbours (see _PACKED). Rows are written
+    in id order (a first snapshot stores 100,000 objects at once)."""
+    placed = []
     for oid, payload, count in rows:
-        _store(txn, oid, payload, count)
+        old = txn.get("orefs", oid)  # stored again over a count of 0
+        if old is not None:
+            _let_go(txn, oid, old)
+        if len(payload) <= packs.ENTRY_MAX:
+            placed.append((oid, packs.add(txn, packs.OBJECT, payload), count))
+        else:
+            txn.put("objects", oid, payload)
+            txn.put("orefs", oid, _U64.pack(count))
+    for oid, loc, _ in sorted(placed):
+        txn.put("orefs", oid, _PACKED.pack(*loc))
+    for _, loc, count in placed:  # (places grow)
+        txn.put("ocounts", _place(loc), _U64.pack(count))
 
 
 def incref(txn: Txn, oid: bytes) -> None:
     raw = txn.get("orefs", oid)  # a piece just stored has a count row of 0
     if raw is None:
         raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
-    _set(txn, oid, _U64.unpack_from(raw)[0] + 1, raw)
+    _set(txn, oid, _count_in(txn, raw) + 1, raw)
 
 
 def put(txn: Txn, obj: TreeObject) -> bytes:
@@ -435,7 +517,7 @@ class RefBatch:
     def __init__(self, txn: Txn):
         self.txn = txn
         self.delta: dict[bytes, int] = {}  # stored objects: change of their count
-        self.rows: dict[bytes, bytes] = {}  # ... and their count rows as read
+        self.rows: dict[bytes, tuple[bytes, int]] = {}  # ... their count rows as read, and counts
         # New objects: their stored form and count. (Flat dicts of bytes and
         # ints: 100,000 lists here made Python's cyclic gc walk them again
         # and again, a tenth of a first snapshot.)
@@ -445,19 +527,20 @@ class RefBatch:
         self.chunks: dict[bytes, int] = {}  # chunk id -> change of its count
 
     def _row(self, oid: bytes):
-        raw = self.rows.get(oid)
-        if raw is None:
+        row = self.rows.get(oid)
+        if row is None:
             raw = self.txn.get("orefs", oid)
-            if raw is not None:
-                raw = self.rows[oid] = bytes(raw)
-        return raw
+            if raw is None:
+                return None
+            row = self.rows[oid] = (bytes(raw), _count_in(self.txn, raw))
+        return row
 
     def count(self, oid: bytes) -> int:
         count = self.new_counts.get(oid)
         if count is not None:
             return count
-        raw = self._row(oid)
-        return (_U64.unpack_from(raw)[0] if raw is not None else 0) + self.delta.get(oid, 0)
+        row = self._row(oid)
+        return (row[1] if row is not None else 0) + self.delta.get(oid, 0)
 
     def incref(self, oid: bytes) -> None:
         if oid in self.new_counts:
@@ -521,16 +604,17 @@ class RefBatch:
                 self.chunks[cid] = self.chunks.get(cid, 0) - 1
 
     def flush(self) -> None:
-        """Write what the batch holds, each table in key order (neighbouring
-        rows share pages)."""
+        """Write what the batch holds: new objects in the order they were
+        made (see _store_many), counts in key order (neighbouring rows share
+        pages)."""
         txn = self.txn
         counts = self.new_counts
-        _store_many(txn, [(oid, payload, counts[oid]) for oid, payload in sorted(self.new.items())])
-        for oid in sorted(self.delta):
+        _store_many(txn, [(oid, payload, counts[oid]) for oid, payload in self.new.items()])
+        for oid in sorted(self.delta, key=lambda oid: _count_key(oid, self.rows[oid][0])):
             delta = self.delta[oid]
             if delta:
-                raw = self.rows[oid]
-                _set(txn, oid, _U64.unpack_from(raw)[0] + delta, raw)
+                raw, count = self.rows[oid]
+                _set(txn, oid, count + delta, raw)
         for cid in sorted(self.chunks):
             delta = self.chunks[cid]
             for _ in range(delta):

@@ -6,6 +6,10 @@ Run with an old checkout first on the path (format 1 was main at ec90d67):
     mkdir /tmp/fv1 && git archive ec90d67 fusevol | tar -x -C /tmp/fv1
     PYTHONPATH=/tmp/fv1 python tests/data/make_format1_store.py tests/data/format1-store.tar.zst
 Deterministic content (seeded), so the test knows what every file holds.
+
+The same script wrote tests/data/format2-store.tar.zst (small blobs in packs,
+each packed object's count in its `orefs` row) with format 2, main at a51920c:
+    PYTHONPATH=/tmp/fv2 python tests/data/make_format1_store.py tests/data/format2-store.tar.zst 2
 """
 
 import io
@@ -46,8 +50,8 @@ def fill(txn, inodes: Inodes, rng: random.Random, files: int) -> None:
         inodes.write_blocks(txn, ino, blocks, len(data))
 
 
-def main(out: str) -> None:
-    assert schema.FORMAT_VERSION == 1, "run with a fusevol of store format 1 on the path"
+def main(out: str, version: int = 1) -> None:
+    assert schema.FORMAT_VERSION == version, f"run with a fusevol of store format {version} on the path"
     rng = random.Random(1)
     root = tempfile.mkdtemp()
     store = Store.open(os.path.join(root, "store"))
@@ -77,4 +81,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *(int(a) for a in sys.argv[2:3]))

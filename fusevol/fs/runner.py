@@ -216,13 +216,12 @@ class TxnRunner:
             except NeedsStore:
                 pass
             else:
-                self._seq += 1
+                seq = self._seq = self._seq + 1
                 self._ahead_in += spec.deferred_bytes
                 self.counts["ahead"] += 1
-                self.cache.apply(spec.row_writes(), self._seq)
-                done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(),
-                                         self._seq)
-                self._put((self._seq, _REPLAY, (spec, fn, args), False, done), wake=False)
+                self.cache.apply_keyed(spec.keyed_writes(), seq)
+                done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(), seq)
+                self._put((seq, _REPLAY, (spec, fn, args), False, done), wake=False)
                 return result
             finally:
                 spec.close()

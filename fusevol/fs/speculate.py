@@ -44,15 +44,22 @@ class SpecTxn:
 
     def get(self, table: str, key: bytes):
         k = (table, key)
-        if k in self.writes:
-            return self.writes[k]
+        writes = self.writes
+        if k in writes:
+            return writes[k]
+        reads = self.reads
+        if k in reads:  # what this run saw of it, and what the store thread checks
+            return reads[k]
         if table not in CACHED_TABLES:
             raise NeedsStore
         value = self.cache.get(table, key, self._reader)
-        if value is not None:
+        if value is not None and type(value) is not bytes:
             value = bytes(value)
-        self.reads.setdefault(k, value)
+        reads[k] = value
         return value
+
+    def peek_inode(self, key: bytes):
+        return self.cache.decoded(key, self.get("inodes", key))
 
     def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
         if not overwrite:
@@ -81,6 +88,10 @@ class SpecTxn:
 
     def row_writes(self) -> list:
         return [(table, key, value) for (table, key), value in self.writes.items()]
+
+    def keyed_writes(self) -> dict:
+        """The rows it wrote, (table, key) -> value or None (RowCache.apply_keyed)."""
+        return self.writes
 
     def close(self) -> None:
         self._reader.close()

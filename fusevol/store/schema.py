@@ -50,6 +50,10 @@ def read_u64(b, offset: int = 0) -> int:
 
 
 _PAIR = struct.Struct(">QQ").pack
+# vkey(vid, ino) and vkey(vid, ino, parent), one C call each (the request path's keys)
+ino_key = _PAIR
+ino_pair_key = struct.Struct(">QQQ").pack
+read_ino_key = struct.Struct(">QQ").unpack_from  # (vid, ino) of such a key
 
 
 def vkey(vid: int, *parts) -> bytes:

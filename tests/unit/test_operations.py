@@ -212,6 +212,7 @@ async def test_a_bug_in_a_handler_is_eio_not_a_crash(ops, monkeypatch, caplog):
     def broken(txn, ino):
         raise KeyError("a bug")
     monkeypatch.setattr(ops.inodes, "get", broken)
+    monkeypatch.setattr(ops.inodes, "peek", broken)
     assert await fuse_errno(ops.getattr(ROOT_INO)) == errno.EIO
     assert "getattr failed" in caplog.text
 

@@ -23,10 +23,10 @@ import trio
 
 from ..errors import FusevolError, StoreDamaged
 from ..store import ROOT_INO, Inode, Inodes
+from ..store.inodes import set_attrs
 from . import acl, metrics
 from .filedata import FileData
 from .registry import FLUSH_XATTR
-from .cache import NeedsStore
 from .runner import TxnRunner
 from .space import SpaceBudget
 
@@ -241,14 +241,13 @@ class VolumeOperations(pyfuse3.Operations):
             kw["size"] = attr.st_size
             if fd is not None:
                 fd.truncate(attr.st_size)
+        if fd is None and not fields.update_size:
+            node = self._unnamed(ino)
+            if node is not None:
+                # The kernel writes back the times of a deleted file it still
+                # caches: no one can see them again, so they are not stored.
+                return self._entry(ino, set_attrs(node.copy(), time.time_ns(), **kw))
         change = functools.partial(self.inodes.setattr, ino=ino, **kw)
-        if fd is None and not fields.update_size and self._unnamed(ino):
-            # The kernel writes back the times of a deleted file it still
-            # caches: no one can see them again, so they are not stored.
-            try:
-                return self._entry(ino, self.runner.preview(change))
-            except NeedsStore:
-                pass
         if fd is not None and (fields.update_size or
                                (fields.update_mtime and not fd.kernel_keeps_times)):
             # The store's size must not lag behind a size we now report, nor
@@ -471,15 +470,17 @@ class VolumeOperations(pyfuse3.Operations):
         finally:
             if fd.opens == 0 and not fd.dirty and self.files.get(fd.ino) is fd:
                 del self.files[fd.ino]
-                if self._unnamed(fd.ino):
+                if self._unnamed(fd.ino) is not None:
                     self._purge_if_unused(fd.ino)
 
-    def _unnamed(self, ino: int) -> bool:
+    def _unnamed(self, ino: int) -> Inode | None:
+        """The inode (to read only) if it has no name left, else None."""
         with self.runner.cache.reader() as txn:
             try:
-                return self.inodes.peek(txn, ino).nlink == 0
+                node = self.inodes.peek(txn, ino)
             except FusevolError:
-                return False
+                return None
+        return node if node.nlink == 0 else None
 
     async def _accessed(self, ino: int, node: Inode) -> None:
         """Keep atime as relatime or strictatime asks. The kernel leaves atime of

@@ -97,6 +97,7 @@ class TxnRunner:
         self.read_limiter = trio.CapacityLimiter(4)
         self._started = 0.0
         self.cache = RowCache(store)
+        self._reader = self.cache.reader()
         self._seq = 0  # sequence number of the last operation queued
         self.applied = 0  # ...and of the last one the store thread applied
         self._batch_last = 0  # the last operation of the open batch
@@ -228,15 +229,6 @@ class TxnRunner:
         self.counts["waited"] += 1
         return await self.run(fn, *args, foreseen=foreseen)
 
-    def preview(self, fn, *args):
-        """What fn(txn, *args) returns on the worker's rows, its writes dropped
-        (NeedsStore when it cannot run on this thread)."""
-        spec = SpecTxn(self.cache, time.time_ns())
-        try:
-            return fn(spec, *args)
-        finally:
-            spec.close()
-
     def _replay_done(self, token, seq: int, outcome) -> None:
         """On the store thread, after a change worked out ahead was applied."""
         ok, value, writes = outcome
@@ -295,11 +287,13 @@ class TxnRunner:
         cache when it can, else on the store thread. After a failed commit
         (see _commit) this still answers from what is committed and what the
         worker holds: what the disk can still give is served, only writes fail."""
-        with self.cache.reader() as txn:
-            try:
-                return fn(txn, *args)
-            except NeedsStore:
-                pass
+        txn = self._reader  # one for the trio thread: fn cannot await
+        try:
+            return fn(txn, *args)
+        except NeedsStore:
+            pass
+        finally:
+            txn.close()
         return await self.run(fn, *args)
 
     async def sync(self) -> None:

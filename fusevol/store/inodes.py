@@ -32,6 +32,23 @@ def _clamp_time(ns: int) -> int:
     return min(max(ns, TIME_MIN_NS), TIME_MAX_NS)
 
 
+def set_attrs(inode: Inode, now_ns: int, mode=None, uid=None, gid=None, atime_ns=None,
+              mtime_ns=None, ctime_ns=None) -> Inode:
+    """Apply setattr's fields (all but the size) to inode, its ctime now_ns unless given."""
+    if mode is not None:
+        inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+    if uid is not None:
+        inode.uid = uid
+    if gid is not None:
+        inode.gid = gid
+    if atime_ns is not None:
+        inode.atime_ns = _clamp_time(atime_ns)
+    if mtime_ns is not None:
+        inode.mtime_ns = _clamp_time(mtime_ns)
+    inode.ctime_ns = _clamp_time(ctime_ns) if ctime_ns is not None else now_ns
+    return inode
+
+
 class Inodes:
     """The inode table, directory entries, block maps and xattrs of one volume."""
 
@@ -466,17 +483,7 @@ class Inodes:
             inode.size = size
             if changed and mtime_ns is None:
                 inode.mtime_ns = _now(txn)
-        if mode is not None:
-            inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
-        if uid is not None:
-            inode.uid = uid
-        if gid is not None:
-            inode.gid = gid
-        if atime_ns is not None:
-            inode.atime_ns = _clamp_time(atime_ns)
-        if mtime_ns is not None:
-            inode.mtime_ns = _clamp_time(mtime_ns)
-        inode.ctime_ns = _clamp_time(ctime_ns) if ctime_ns is not None else _now(txn)
+        set_attrs(inode, _now(txn), mode, uid, gid, atime_ns, mtime_ns, ctime_ns)
         self.put(txn, ino, inode)
         return inode
 

@@ -172,6 +172,11 @@ class Inode:
     tree_id: bytes = NO_TREE
     target: bytes = b""
 
+    def copy(self) -> "Inode":
+        return Inode(self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
+                     self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.data_bytes,
+                     self.flags, self.tree_id, self.target)
+
     def pack(self) -> bytes:
         (atime, mtime, ctime), wide = pack_times((self.atime_ns, self.mtime_ns, self.ctime_ns))
         flags = (self.flags | WIDE_TIMES) if wide else (self.flags & ~WIDE_TIMES)

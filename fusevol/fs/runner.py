@@ -211,7 +211,7 @@ class TxnRunner:
         if self.broken is not None:
             raise _error_mode(self.broken)
         if not self._unforeseen and self._seq - self.applied < MAX_AHEAD:
-            spec = SpecTxn(self.cache, time.time_ns(), self._room)
+            spec = SpecTxn(self.cache, time.time_ns(), self._room, self._reader)
             try:
                 result = fn(spec, *args)
             except NeedsStore:

@@ -31,7 +31,7 @@ from .cache import CACHED_TABLES, NeedsStore, RowCache
 class SpecTxn:
     write = True
 
-    def __init__(self, cache: RowCache, now_ns: int, room=None):
+    def __init__(self, cache: RowCache, now_ns: int, room=None, reader=None):
         self.cache = cache
         self.now_ns = now_ns
         self.room = room  # room(incoming) -> True if that many bytes surely fit
@@ -40,7 +40,7 @@ class SpecTxn:
         self.reads: dict[tuple[str, bytes], bytes | None] = {}
         self.writes: dict[tuple[str, bytes], bytes | None] = {}
         self.vstat_delta: dict[int, list[int]] = {}
-        self._reader = cache.reader()
+        self._reader = reader if reader is not None else cache.reader()
 
     def get(self, table: str, key: bytes):
         k = (table, key)

@@ -266,14 +266,14 @@ class TxnRunner:
         txn = self._txn
         self._ahead_out += spec.deferred_bytes
         if speculate.unchanged(txn, spec):
-            txn.writes, txn.recorded = [], CACHED_TABLES
+            # Its rows joined the cache when it was answered: they are not
+            # recorded again.
             try:
                 speculate.apply(txn, spec)
             except BaseException as e:  # part of it is in the batch: drop the batch
                 self._abort_batch(e)
                 raise
-            writes, txn.writes, txn.recorded = txn.writes, None, frozenset()
-            return True, True, writes
+            return True, True, None
         log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
                  getattr(fn, "__name__", fn))
         with self.store.nested(txn) as child:

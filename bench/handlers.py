@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fusevol.fs.operations import VolumeOperations  # noqa: E402
-from fusevol.fs.runner import TxnRunner, share_gil_quickly  # noqa: E402
+from fusevol.fs.runner import TxnRunner, tune_interpreter  # noqa: E402
 from fusevol.fs.space import SpaceBudget  # noqa: E402
 from fusevol.store import Inodes, Store, volumes  # noqa: E402
 from memfs import MemoryOperations  # noqa: E402
@@ -116,7 +116,7 @@ async def _measure(ops, n: int) -> tuple[collections.Counter, float, float]:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    share_gil_quickly()  # as a worker does
+    tune_interpreter()  # as a worker does
     with tempfile.TemporaryDirectory(dir=os.environ.get("FUSEVOL_BENCH_DIR", "/var/tmp")) as d:
         ops, runner = _fusevol(d)
         try:

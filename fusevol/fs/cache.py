@@ -17,7 +17,7 @@ NeedsStore and runs on the store thread instead.
 
 import collections
 
-from ..store import Store
+from ..store import Inode, Store
 
 # The tables whose rows of this volume only this worker writes ("meta": the
 # volume's next inode number; a snapshot only records tree ids in inodes and
@@ -47,6 +47,9 @@ class RowCache:
         # here does not exist, and the store is not asked (see know_fresh).
         self._first_fresh: int | None = None
         self._owner = self._next_ino = None
+        # key -> (inode row, the Inode it decodes to): readers that only look
+        # (getattr, lookup, a flush's checks) share one decoded copy per row.
+        self._decoded: dict[bytes, tuple[bytes, Inode]] = {}
 
     def know_fresh(self, owner, next_ino) -> None:
         """owner(table, key): the inode a row belongs to, or None; next_ino(txn):
@@ -75,9 +78,34 @@ class RowCache:
         if len(rows) > MAX_ROWS:
             self._evict()
 
+    def decoded(self, key: bytes, raw) -> Inode | None:
+        """The Inode of inode row `raw` (under key), shared: not to be changed."""
+        if raw is None:
+            return None
+        seen = self._decoded.get(key)
+        if seen is not None and seen[0] is raw:
+            return seen[1]
+        inode = Inode.unpack(raw)
+        decoded = self._decoded
+        if len(decoded) >= MAX_ROWS:
+            decoded.clear()
+        decoded[key] = (raw, inode)
+        return inode
+
+    def apply_keyed(self, writes: dict, seq: int) -> None:
+        """apply, for rows given as (table, key) -> value or None."""
+        rows = self.rows
+        for k, value in writes.items():
+            old = rows.get(k)
+            if old is None or old[1] <= seq:
+                rows[k] = (value, seq)
+        if len(rows) > MAX_ROWS:
+            self._evict()
+
     def _evict(self) -> None:
         committed = self.committed
         self.rows = {k: v for k, v in self.rows.items() if v[1] > committed}
+        self._decoded.clear()
         if self._first_fresh is not None:  # rows of inodes made so far may be gone now
             with self.reader() as txn:
                 self._first_fresh = self._next_ino(txn)
@@ -120,6 +148,10 @@ class CachedTxn:
 
     def get(self, table: str, key: bytes):
         return self.cache.get(table, key, self)
+
+    def peek_inode(self, key: bytes) -> Inode | None:
+        cache = self.cache
+        return cache.decoded(key, cache.get("inodes", key, self))
 
     def committed(self, table: str, key: bytes):
         store = self.cache.store

@@ -26,7 +26,7 @@ from .operations import VolumeOperations
 from .registry import (  # noqa: F401  (the outside view, re-exported)
     clear_dead_mount, flush_worker, is_mountpoint, mount_dir, pid_alive, register, start_worker,
     unmount, worker_of, workers)
-from .runner import TxnRunner, share_gil_quickly
+from .runner import TxnRunner, tune_interpreter
 from .space import SpaceBudget
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         raise Busy(f"volume {data_volume.name} is already served at {other.mountpoint} "
                    f"(pid {other.pid}); bind-mount that instead")
 
-    share_gil_quickly()
+    tune_interpreter()
     inodes = Inodes(data_volume.vid, store.block_size, data_volume.compression)
     # Interrupts system calls (no SA_RESTART): see TxnRunner's nudge_reads.
     signal.signal(signal.SIGALRM, lambda *_: None)

@@ -23,10 +23,10 @@ import trio
 
 from ..errors import FusevolError, StoreDamaged
 from ..store import ROOT_INO, Inode, Inodes
+from ..store.inodes import set_attrs
 from . import acl, metrics
 from .filedata import FileData
 from .registry import FLUSH_XATTR
-from .cache import NeedsStore
 from .runner import TxnRunner
 from .space import SpaceBudget
 
@@ -45,6 +45,7 @@ POSIX_ACL_PREFIX = b"system.posix_acl_"
 ACL_ACCESS = POSIX_ACL_PREFIX + b"access"
 TRUSTED_PREFIX = b"trusted."
 XATTR_NAMESPACES = (b"user.", TRUSTED_PREFIX, b"security.", POSIX_ACL_PREFIX)
+MAX_ATTRS = 100_000        # attributes answered kept for the next getattr
 READDIR_BATCH = 64         # entries read per store call while answering readdir
 DOTS = (b".", b"..")       # listed first by readdir
 RELATIME_AGE_NS = 24 * 3600 * 10**9  # relatime: an atime older than this is renewed
@@ -125,6 +126,8 @@ class VolumeOperations(pyfuse3.Operations):
         self.files: dict[int, FileData] = {}
         self.handles: dict[int, FileData] = {}
         self.dir_handles: dict[int, list | None] = {}
+        # ino -> (inode, its attributes as last answered), while no file is open
+        self._attrs: dict[int, tuple[Inode, pyfuse3.EntryAttributes]] = {}
         self.nursery: trio.Nursery | None = None
         self._next_fh = 1
         knobs = _cache_knobs()
@@ -153,6 +156,12 @@ class VolumeOperations(pyfuse3.Operations):
 
     def _entry(self, ino: int, inode: Inode) -> pyfuse3.EntryAttributes:
         fd = self.files.get(ino)
+        if fd is None:
+            # The same shared inode (Inodes.peek) gives the same answer: getattr
+            # of an unchanged file builds no new one (pyfuse3 only reads it).
+            seen = self._attrs.get(ino)
+            if seen is not None and seen[0] is inode:
+                return seen[1]
         size = fd.size if fd is not None else inode.size
         data_bytes = inode.data_bytes + (fd.dirty_bytes if fd is not None else 0)
         e = pyfuse3.EntryAttributes()
@@ -171,6 +180,11 @@ class VolumeOperations(pyfuse3.Operations):
         e.st_atime_ns = inode.atime_ns
         e.st_mtime_ns = inode.mtime_ns
         e.st_ctime_ns = inode.ctime_ns
+        if fd is None:
+            attrs = self._attrs
+            if len(attrs) >= MAX_ATTRS:
+                attrs.clear()
+            attrs[ino] = (inode, e)
         return e
 
     def _entry_counted(self, ino: int, inode: Inode) -> pyfuse3.EntryAttributes:
@@ -179,7 +193,8 @@ class VolumeOperations(pyfuse3.Operations):
         return self._entry(ino, inode)
 
     async def _get(self, ino: int) -> Inode:
-        return await self.runner.read(self.inodes.get, ino)
+        """The inode, to read only (see Inodes.peek)."""
+        return await self.runner.read(self.inodes.peek, ino)
 
     @handler
     async def lookup(self, parent_inode, name, ctx=None):
@@ -189,13 +204,8 @@ class VolumeOperations(pyfuse3.Operations):
         inodes = self.inodes
 
         def lookup_attr(txn):
-            try:
-                ino = inodes.lookup(txn, parent, name)
-            except FusevolError as e:
-                if e.errno == errno.ENOENT:
-                    return None, None
-                raise
-            return ino, inodes.get(txn, ino)
+            ino = inodes.find(txn, parent, name)
+            return (ino, inodes.peek(txn, ino)) if ino is not None else (None, None)
 
         ino, inode = await self.runner.read(lookup_attr)
         if ino is None:
@@ -231,14 +241,13 @@ class VolumeOperations(pyfuse3.Operations):
             kw["size"] = attr.st_size
             if fd is not None:
                 fd.truncate(attr.st_size)
+        if fd is None and not fields.update_size:
+            node = self._unnamed(ino)
+            if node is not None:
+                # The kernel writes back the times of a deleted file it still
+                # caches: no one can see them again, so they are not stored.
+                return self._entry(ino, set_attrs(node.copy(), time.time_ns(), **kw))
         change = functools.partial(self.inodes.setattr, ino=ino, **kw)
-        if fd is None and not fields.update_size and self._unnamed(ino):
-            # The kernel writes back the times of a deleted file it still
-            # caches: no one can see them again, so they are not stored.
-            try:
-                return self._entry(ino, self.runner.preview(change))
-            except NeedsStore:
-                pass
         if fd is not None and (fields.update_size or
                                (fields.update_mtime and not fd.kernel_keeps_times)):
             # The store's size must not lag behind a size we now report, nor
@@ -334,6 +343,7 @@ class VolumeOperations(pyfuse3.Operations):
                 self.lookups[ino] = left
             else:
                 self.lookups.pop(ino, None)
+                self._attrs.pop(ino, None)
                 if ino not in self.files:
                     gone.append(ino)
         if gone:
@@ -460,15 +470,17 @@ class VolumeOperations(pyfuse3.Operations):
         finally:
             if fd.opens == 0 and not fd.dirty and self.files.get(fd.ino) is fd:
                 del self.files[fd.ino]
-                if self._unnamed(fd.ino):
+                if self._unnamed(fd.ino) is not None:
                     self._purge_if_unused(fd.ino)
 
-    def _unnamed(self, ino: int) -> bool:
+    def _unnamed(self, ino: int) -> Inode | None:
+        """The inode (to read only) if it has no name left, else None."""
         with self.runner.cache.reader() as txn:
             try:
-                return self.inodes.get(txn, ino).nlink == 0
+                node = self.inodes.peek(txn, ino)
             except FusevolError:
-                return False
+                return None
+        return node if node.nlink == 0 else None
 
     async def _accessed(self, ino: int, node: Inode) -> None:
         """Keep atime as relatime or strictatime asks. The kernel leaves atime of
@@ -593,7 +605,10 @@ class VolumeOperations(pyfuse3.Operations):
             # snapshot (trusted.* names are for root only, the kernel checks).
             await self.flush_all(durable=True)
             return b"ok"
-        return await self.runner.read(self.inodes.getxattr, self._real(inode), name)
+        value = await self.runner.read(self.inodes.find_xattr, self._real(inode), name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
 
     @modifying
     async def setxattr(self, inode, name, value, ctx):

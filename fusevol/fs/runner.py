@@ -28,6 +28,7 @@ import collections
 import contextlib
 import errno
 import functools
+import gc
 import logging
 import os
 import queue
@@ -61,12 +62,23 @@ AHEAD_MARGIN = 32 << 20
 GROUP_COMMIT_MAX = 64
 # Seconds between the signals that end a FUSE read blocked with the GIL.
 NUDGE_EVERY = 0.1
+# The garbage collector's thresholds in a worker (see tune_interpreter).
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
-def share_gil_quickly() -> None:
-    """The FUSE loop and the store thread share the GIL: hand it over quickly,
-    so a request never waits out Python's default 5 ms behind a busy batch."""
+def tune_interpreter() -> None:
+    """The interpreter's settings for a worker.
+
+    The FUSE loop and the store thread share the GIL: hand it over quickly,
+    so a request never waits out Python's default 5 ms behind a busy batch.
+
+    Collect garbage rarely: a worker holds many long-lived objects (the row
+    cache and its decoded inodes) and makes a few short-lived ones per request,
+    rarely in cycles. With Python's default thresholds (700, 10, 10) the collector
+    took 40 us of CPU per small file (every full pass walks the whole cache), with
+    these 10 us (bench/handlers.py); a young pass then takes a few milliseconds."""
     sys.setswitchinterval(float(os.environ.get("FUSEVOL_SWITCH_INTERVAL", "0.0005")))
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class TxnRunner:
@@ -97,6 +109,7 @@ class TxnRunner:
         self.read_limiter = trio.CapacityLimiter(4)
         self._started = 0.0
         self.cache = RowCache(store)
+        self._reader = self.cache.reader()
         self._seq = 0  # sequence number of the last operation queued
         self.applied = 0  # ...and of the last one the store thread applied
         self._batch_last = 0  # the last operation of the open batch
@@ -210,33 +223,23 @@ class TxnRunner:
         if self.broken is not None:
             raise _error_mode(self.broken)
         if not self._unforeseen and self._seq - self.applied < MAX_AHEAD:
-            spec = SpecTxn(self.cache, time.time_ns(), self._room)
+            spec = SpecTxn(self.cache, time.time_ns(), self._room, self._reader)
             try:
                 result = fn(spec, *args)
             except NeedsStore:
                 pass
             else:
-                self._seq += 1
+                seq = self._seq = self._seq + 1
                 self._ahead_in += spec.deferred_bytes
                 self.counts["ahead"] += 1
-                self.cache.apply(spec.row_writes(), self._seq)
-                done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(),
-                                         self._seq)
-                self._put((self._seq, _REPLAY, (spec, fn, args), False, done), wake=False)
+                self.cache.apply_keyed(spec.keyed_writes(), seq)
+                done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(), seq)
+                self._put((seq, _REPLAY, (spec, fn, args), False, done), wake=False)
                 return result
             finally:
                 spec.close()
         self.counts["waited"] += 1
         return await self.run(fn, *args, foreseen=foreseen)
-
-    def preview(self, fn, *args):
-        """What fn(txn, *args) returns on the worker's rows, its writes dropped
-        (NeedsStore when it cannot run on this thread)."""
-        spec = SpecTxn(self.cache, time.time_ns())
-        try:
-            return fn(spec, *args)
-        finally:
-            spec.close()
 
     def _replay_done(self, token, seq: int, outcome) -> None:
         """On the store thread, after a change worked out ahead was applied."""
@@ -263,14 +266,14 @@ class TxnRunner:
         txn = self._txn
         self._ahead_out += spec.deferred_bytes
         if speculate.unchanged(txn, spec):
-            txn.writes, txn.recorded = [], CACHED_TABLES
+            # Its rows joined the cache when it was answered: they are not
+            # recorded again.
             try:
                 speculate.apply(txn, spec)
             except BaseException as e:  # part of it is in the batch: drop the batch
                 self._abort_batch(e)
                 raise
-            writes, txn.writes, txn.recorded = txn.writes, None, frozenset()
-            return True, True, writes
+            return True, True, None
         log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
                  getattr(fn, "__name__", fn))
         with self.store.nested(txn) as child:
@@ -296,11 +299,13 @@ class TxnRunner:
         cache when it can, else on the store thread. After a failed commit
         (see _commit) this still answers from what is committed and what the
         worker holds: what the disk can still give is served, only writes fail."""
-        with self.cache.reader() as txn:
-            try:
-                return fn(txn, *args)
-            except NeedsStore:
-                pass
+        txn = self._reader  # one for the trio thread: fn cannot await
+        try:
+            return fn(txn, *args)
+        except NeedsStore:
+            pass
+        finally:
+            txn.close()
         return await self.run(fn, *args)
 
     async def sync(self) -> None:

@@ -11,14 +11,14 @@ one flag test per change.
 
 from . import trees
 from .env import Txn
-from .schema import IN_PIECES, row_flags, vkey
+from .schema import IN_PIECES, ino_key, row_flags, vkey
 
 TABLE = "dirchanges"
 
 
 def note(txn: Txn, vid: int, parent: int, name: bytes) -> None:
     """Record that parent/name changed, if parent is a tracked folder."""
-    raw = txn.get("inodes", vkey(vid, parent))
+    raw = txn.get("inodes", ino_key(vid, parent))
     if raw is not None and row_flags(raw) & IN_PIECES:
         txn.put(TABLE, vkey(vid, parent, name), b"")
 

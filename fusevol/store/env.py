@@ -58,6 +58,11 @@ class Txn:
     def get(self, table: str, key: bytes):
         return self.txn.get(key, db=self.store.dbs[table])
 
+    def peek_inode(self, key: bytes) -> "schema.Inode | None":
+        """The inode row under key, decoded (Inodes.peek)."""
+        raw = self.txn.get(key, db=self.store.dbs["inodes"])
+        return schema.Inode.unpack(raw) if raw is not None else None
+
     def root(self) -> "Txn":
         txn = self
         while txn.parent is not None:

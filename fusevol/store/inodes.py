@@ -15,7 +15,7 @@ from ..errors import FsError
 from . import chunks, dirchanges, trees
 from .env import Txn
 from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats,
-                     read_u64, u64, vkey)
+                     ino_key, ino_pair_key, read_ino_key, read_u64, u64)
 
 NAME_MAX = 255
 
@@ -30,6 +30,23 @@ def _clamp_time(ns: int) -> int:
     """A time within what the store keeps (the kernel's 64-bit seconds); the
     kernel cannot ask for more, an imported archive might."""
     return min(max(ns, TIME_MIN_NS), TIME_MAX_NS)
+
+
+def set_attrs(inode: Inode, now_ns: int, mode=None, uid=None, gid=None, atime_ns=None,
+              mtime_ns=None, ctime_ns=None) -> Inode:
+    """Apply setattr's fields (all but the size) to inode, its ctime now_ns unless given."""
+    if mode is not None:
+        inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+    if uid is not None:
+        inode.uid = uid
+    if gid is not None:
+        inode.gid = gid
+    if atime_ns is not None:
+        inode.atime_ns = _clamp_time(atime_ns)
+    if mtime_ns is not None:
+        inode.mtime_ns = _clamp_time(mtime_ns)
+    inode.ctime_ns = _clamp_time(ctime_ns) if ctime_ns is not None else now_ns
+    return inode
 
 
 class Inodes:
@@ -55,10 +72,18 @@ class Inodes:
     # -- inodes -------------------------------------------------------------
 
     def get(self, txn: Txn, ino: int) -> Inode:
-        raw = txn.get("inodes", vkey(self.vid, ino))
+        raw = txn.get("inodes", ino_key(self.vid, ino))
         if raw is None:
             raise FsError(errno.ENOENT)
         return Inode.unpack(raw)
+
+    def peek(self, txn: Txn, ino: int) -> Inode:
+        """The inode, to read only: it may be the worker's decoded copy of the
+        row (fs/cache.py), shared by every reader, so it must not be changed."""
+        inode = txn.peek_inode(ino_key(self.vid, ino))
+        if inode is None:
+            raise FsError(errno.ENOENT)
+        return inode
 
     def put(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Store a changed inode. It no longer matches the tree object it was
@@ -70,7 +95,7 @@ class Inodes:
         (a folder dirtied as the parent of what rename or link just changed),
         and must not release it a second time."""
         if inode.tree_id != NO_TREE:
-            raw = txn.get("inodes", vkey(self.vid, ino))
+            raw = txn.get("inodes", ino_key(self.vid, ino))
             stored = Inode.unpack(raw) if raw is not None else inode
             if stored.tree_id == NO_TREE:  # released and materialized already
                 inode.tree_id = NO_TREE
@@ -92,20 +117,20 @@ class Inodes:
 
     def put_row(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Store an inode as it is (its tree id included)."""
-        txn.put("inodes", vkey(self.vid, ino), inode.pack())
+        txn.put("inodes", ino_key(self.vid, ino), inode.pack())
 
     def _materialize(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Give a cloned inode rows of its own (entries or block map, xattrs)
         from its tree object; it stays equal to that object."""
         obj = trees.get(txn, inode.tree_id)
         for name, value in obj.xattrs:
-            txn.put("xattrs", vkey(self.vid, ino, name), value)
+            txn.put("xattrs", ino_key(self.vid, ino) + name, value)
         for index, cid in obj.blocks:
             chunks.incref(txn, cid)
-            txn.put("blocks", vkey(self.vid, ino, index), cid)
+            txn.put("blocks", ino_pair_key(self.vid, ino, index), cid)
         for name, child_id in trees.entries(txn, obj):
             child = trees.get(txn, child_id)
-            if txn.get("inodes", vkey(self.vid, child.ino)) is None:
+            if txn.get("inodes", ino_key(self.vid, child.ino)) is None:
                 node = child.inode
                 node.tree_id = child_id
                 if stat.S_ISDIR(node.mode):
@@ -131,12 +156,12 @@ class Inodes:
         if stat.S_ISDIR(inode.mode):
             parents = [] if ino == ROOT_INO else [inode.parent]
         else:
-            prefix = vkey(self.vid, ino)
+            prefix = ino_key(self.vid, ino)
             parents = {read_u64(k, 16) for k, _ in txn.scan("parents", prefix)}
         for parent in parents:
             pnode = self.get(txn, parent)
             if pnode.flags & IN_PIECES:  # it records which of its names changed
-                prefix = vkey(self.vid, ino, parent)
+                prefix = ino_pair_key(self.vid, ino, parent)
                 for key, _ in txn.scan("parents", prefix):
                     dirchanges.note(txn, self.vid, parent, bytes(key[len(prefix):]))
             if pnode.tree_id != NO_TREE:
@@ -155,15 +180,30 @@ class Inodes:
     def row_owner(self, table: str, key: bytes) -> int | None:
         """The inode a row of this volume belongs to (a folder's entries and
         change notes belong to the folder); None for store-wide rows."""
-        if table == "meta" or len(key) < 16 or read_u64(key) != self.vid:
+        if table == "meta" or len(key) < 16:
             return None
-        return read_u64(key, 8)
+        vid, ino = read_ino_key(key)
+        return ino if vid == self.vid else None
 
     def _dir(self, txn: Txn, ino: int) -> Inode:
         inode = self.get(txn, ino)
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR)
         return self._rows(txn, ino, inode)
+
+    def _check_dir(self, txn: Txn, ino: int) -> Inode:
+        """_dir for a reader: the inode it returns must not be changed."""
+        inode = self.peek(txn, ino)
+        if not stat.S_ISDIR(inode.mode):
+            raise FsError(errno.ENOTDIR)
+        if inode.flags & LAZY:
+            return self._rows(txn, ino)
+        return inode
+
+    def _check_rows(self, txn: Txn, ino: int) -> None:
+        """_rows for a reader: the inode's rows are present after it."""
+        if self.peek(txn, ino).flags & LAZY:
+            self._rows(txn, ino)
 
     def _touch_dir(self, txn: Txn, ino: int, inode: Inode, nlink_delta: int = 0) -> None:
         inode.mtime_ns = inode.ctime_ns = _now(txn)
@@ -180,39 +220,45 @@ class Inodes:
     # -- directory entries --------------------------------------------------
 
     def lookup(self, txn: Txn, parent: int, name: bytes) -> int:
+        ino = self.find(txn, parent, name)
+        if ino is None:
+            raise FsError(errno.ENOENT)
+        return ino
+
+    def find(self, txn: Txn, parent: int, name: bytes) -> int | None:
+        """lookup, with None for a name that is not there (a negative lookup
+        is common: every new file's name is looked up first)."""
         if len(name) > NAME_MAX:
             # Every operation on a name starts here (or in _check_name), so an
             # over-long name is ENAMETOOLONG everywhere, as on other filesystems.
             raise FsError(errno.ENAMETOOLONG)
         if name == b".":
             return parent
-        pdir = self._dir(txn, parent)
+        pdir = self._check_dir(txn, parent)
         if name == b"..":
             return pdir.parent
-        raw = txn.get("dirents", vkey(self.vid, parent, name))
-        if raw is None:
-            raise FsError(errno.ENOENT)
-        return read_u64(raw)
+        raw = txn.get("dirents", ino_key(self.vid, parent) + name)
+        return read_u64(raw) if raw is not None else None
 
     def list_dir(self, txn: Txn, ino: int) -> list[tuple[bytes, int]]:
-        self._dir(txn, ino)
-        prefix = vkey(self.vid, ino)
+        self._check_dir(txn, ino)
+        prefix = ino_key(self.vid, ino)
         n = len(prefix)
         return [(bytes(k[n:]), read_u64(v)) for k, v in txn.scan("dirents", prefix)]
 
     def is_empty_dir(self, txn: Txn, ino: int) -> bool:
-        self._dir(txn, ino)
-        return next(txn.scan("dirents", vkey(self.vid, ino)), None) is None
+        self._check_dir(txn, ino)
+        return next(txn.scan("dirents", ino_key(self.vid, ino)), None) is None
 
     def _link_entry(self, txn: Txn, parent: int, name: bytes, ino: int, note: bool = True) -> None:
-        txn.put("dirents", vkey(self.vid, parent, name), u64(ino))
-        txn.put("parents", vkey(self.vid, ino, parent, name), b"")
+        txn.put("dirents", ino_key(self.vid, parent) + name, u64(ino))
+        txn.put("parents", ino_pair_key(self.vid, ino, parent) + name, b"")
         if note:
             dirchanges.note(txn, self.vid, parent, name)
 
     def _unlink_entry(self, txn: Txn, parent: int, name: bytes, ino: int) -> None:
-        txn.delete("dirents", vkey(self.vid, parent, name))
-        txn.delete("parents", vkey(self.vid, ino, parent, name))
+        txn.delete("dirents", ino_key(self.vid, parent) + name)
+        txn.delete("parents", ino_pair_key(self.vid, ino, parent) + name)
         dirchanges.note(txn, self.vid, parent, name)
 
     def create(self, txn: Txn, parent: int, name: bytes, mode: int, uid: int, gid: int,
@@ -220,7 +266,7 @@ class Inodes:
         """Make a new inode of any kind (mode carries the type) under parent/name."""
         self._check_name(name)
         pdir = self._dir(txn, parent)
-        if txn.get("dirents", vkey(self.vid, parent, name)) is not None:
+        if txn.get("dirents", ino_key(self.vid, parent) + name) is not None:
             raise FsError(errno.EEXIST)
         is_dir = stat.S_ISDIR(mode)
         if pdir.mode & stat.S_ISGID:  # BSD group semantics below a setgid directory
@@ -244,7 +290,7 @@ class Inodes:
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EPERM)
         pdir = self._dir(txn, new_parent)
-        if txn.get("dirents", vkey(self.vid, new_parent, new_name)) is not None:
+        if txn.get("dirents", ino_key(self.vid, new_parent) + new_name) is not None:
             raise FsError(errno.EEXIST)
         if inode.nlink == 0:
             raise FsError(errno.ENOENT)
@@ -252,7 +298,7 @@ class Inodes:
         inode.ctime_ns = _now(txn)
         self._link_entry(txn, new_parent, new_name, ino)
         self.put(txn, ino, inode)
-        txn.put("multilinks", vkey(self.vid, ino), b"")
+        txn.put("multilinks", ino_key(self.vid, ino), b"")
         self._touch_dir(txn, new_parent, pdir)
         return inode
 
@@ -265,11 +311,11 @@ class Inodes:
         else:
             inode.nlink -= 1
         if inode.nlink <= 1:
-            txn.delete("multilinks", vkey(self.vid, ino))
+            txn.delete("multilinks", ino_key(self.vid, ino))
         inode.ctime_ns = _now(txn)
         self.put(txn, ino, inode)
         if inode.nlink == 0:
-            txn.put("orphans", vkey(self.vid, ino), b"")
+            txn.put("orphans", ino_key(self.vid, ino), b"")
             return True
         return False
 
@@ -316,7 +362,7 @@ class Inodes:
         dst_dir = src_dir if new_parent == old_parent else self._dir(txn, new_parent)
         ino = self.lookup(txn, old_parent, old_name)
         inode = self.get(txn, ino)
-        raw = txn.get("dirents", vkey(self.vid, new_parent, new_name))
+        raw = txn.get("dirents", ino_key(self.vid, new_parent) + new_name)
         target = read_u64(raw) if raw is not None else None
         moving_dir = stat.S_ISDIR(inode.mode)
         if noreplace and target is not None:
@@ -389,7 +435,7 @@ class Inodes:
         except FsError:
             return
         if inode.nlink:
-            txn.delete("orphans", vkey(self.vid, ino))
+            txn.delete("orphans", ino_key(self.vid, ino))
             return
         if inode.tree_id != NO_TREE:
             trees.decref(txn, inode.tree_id)
@@ -402,19 +448,19 @@ class Inodes:
             self.put_row(txn, ino, inode)
         if stat.S_ISREG(inode.mode):
             self.truncate_blocks(txn, ino, 0)
-        txn.delete_prefix("xattrs", vkey(self.vid, ino))
+        txn.delete_prefix("xattrs", ino_key(self.vid, ino))
 
     def purge(self, txn: Txn, ino: int) -> None:
         """Delete an inode that has no name left, with its data."""
         self.free_data(txn, ino)
-        if txn.get("orphans", vkey(self.vid, ino)) is not None:
-            txn.delete("inodes", vkey(self.vid, ino))
-            txn.delete("orphans", vkey(self.vid, ino))
+        if txn.get("orphans", ino_key(self.vid, ino)) is not None:
+            txn.delete("inodes", ino_key(self.vid, ino))
+            txn.delete("orphans", ino_key(self.vid, ino))
             txn.add_vstats(self.vid, inodes=-1)
 
     def purge_if_orphan(self, txn: Txn, ino: int) -> None:
         """Purge an inode the kernel forgot, if it has no name left."""
-        if txn.get("orphans", vkey(self.vid, ino)) is not None:
+        if txn.get("orphans", ino_key(self.vid, ino)) is not None:
             self.purge(txn, ino)
 
     def orphans(self, txn: Txn) -> list[int]:
@@ -437,17 +483,7 @@ class Inodes:
             inode.size = size
             if changed and mtime_ns is None:
                 inode.mtime_ns = _now(txn)
-        if mode is not None:
-            inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
-        if uid is not None:
-            inode.uid = uid
-        if gid is not None:
-            inode.gid = gid
-        if atime_ns is not None:
-            inode.atime_ns = _clamp_time(atime_ns)
-        if mtime_ns is not None:
-            inode.mtime_ns = _clamp_time(mtime_ns)
-        inode.ctime_ns = _clamp_time(ctime_ns) if ctime_ns is not None else _now(txn)
+        set_attrs(inode, _now(txn), mode, uid, gid, atime_ns, mtime_ns, ctime_ns)
         self.put(txn, ino, inode)
         return inode
 
@@ -456,18 +492,18 @@ class Inodes:
     def read_block(self, txn: Txn, ino: int, index: int) -> bytes | None:
         """The stored content of one block (None for a hole); it may be
         shorter than a block at the end of the file."""
-        self._rows(txn, ino)
-        cid = txn.get("blocks", vkey(self.vid, ino, index))
+        self._check_rows(txn, ino)
+        cid = txn.get("blocks", ino_pair_key(self.vid, ino, index))
         if cid is None:
             return None
         return chunks.read(txn, bytes(cid))
 
     def block_ids(self, txn: Txn, ino: int, indexes: list[int]) -> dict[int, bytes | None]:
         """The chunk id of each block (None for a hole)."""
-        self._rows(txn, ino)
+        self._check_rows(txn, ino)
         out = {}
         for index in indexes:
-            cid = txn.get("blocks", vkey(self.vid, ino, index))
+            cid = txn.get("blocks", ino_pair_key(self.vid, ino, index))
             out[index] = bytes(cid) if cid is not None else None
         return out
 
@@ -490,7 +526,7 @@ class Inodes:
         # the store thread before it has hashed anything.
         olds = []
         for index, _ in blocks:
-            key = vkey(self.vid, ino, index)
+            key = ino_pair_key(self.vid, ino, index)
             old = txn.get("blocks", key)
             old = bytes(old) if old is not None else None
             olds.append((key, old, chunks.raw_length(txn, old) if old is not None else 0))
@@ -528,9 +564,9 @@ class Inodes:
         self._rows(txn, ino)
         bs = self.block_size
         first_gone = -(-size // bs)
-        prefix = vkey(self.vid, ino)
+        prefix = ino_key(self.vid, ino)
         delta = 0
-        gone = list(txn.scan("blocks", prefix, start=vkey(self.vid, ino, first_gone)))
+        gone = list(txn.scan("blocks", prefix, start=ino_pair_key(self.vid, ino, first_gone)))
         for key, cid in gone:
             cid = bytes(cid)
             delta -= chunks.raw_length(txn, cid)
@@ -550,11 +586,17 @@ class Inodes:
                                   inode.mtime_ns, inode.ctime_ns)
 
     def getxattr(self, txn: Txn, ino: int, name: bytes) -> bytes:
-        self._rows(txn, ino)
-        raw = txn.get("xattrs", vkey(self.vid, ino, name))
-        if raw is None:
+        value = self.find_xattr(txn, ino, name)
+        if value is None:
             raise FsError(errno.ENODATA)
-        return bytes(raw)
+        return value
+
+    def find_xattr(self, txn: Txn, ino: int, name: bytes) -> bytes | None:
+        """getxattr, with None for an attribute that is not there (the kernel
+        asks for security.capability before a file's first write)."""
+        self._check_rows(txn, ino)
+        raw = txn.get("xattrs", ino_key(self.vid, ino) + name)
+        return bytes(raw) if raw is not None else None
 
     def setxattr(self, txn: Txn, ino: int, name: bytes, value: bytes) -> None:
         if len(name) > 255 or not name:
@@ -562,18 +604,18 @@ class Inodes:
         if len(value) > 65536:
             raise FsError(errno.E2BIG)
         inode = self._rows(txn, ino)
-        txn.put("xattrs", vkey(self.vid, ino, name), value)
+        txn.put("xattrs", ino_key(self.vid, ino) + name, value)
         inode.ctime_ns = _now(txn)
         self.put(txn, ino, inode)
 
     def listxattr(self, txn: Txn, ino: int) -> list[bytes]:
-        self._rows(txn, ino)
-        prefix = vkey(self.vid, ino)
+        self._check_rows(txn, ino)
+        prefix = ino_key(self.vid, ino)
         return [bytes(k[len(prefix):]) for k, _ in txn.scan("xattrs", prefix)]
 
     def removexattr(self, txn: Txn, ino: int, name: bytes) -> None:
         inode = self._rows(txn, ino)
-        if not txn.delete("xattrs", vkey(self.vid, ino, name)):
+        if not txn.delete("xattrs", ino_key(self.vid, ino) + name):
             raise FsError(errno.ENODATA)
         inode.ctime_ns = _now(txn)
         self.put(txn, ino, inode)

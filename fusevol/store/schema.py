@@ -53,6 +53,10 @@ def read_u64(b, offset: int = 0) -> int:
 
 
 _PAIR = struct.Struct(">QQ").pack
+# vkey(vid, ino) and vkey(vid, ino, parent), one C call each (the request path's keys)
+ino_key = _PAIR
+ino_pair_key = struct.Struct(">QQQ").pack
+read_ino_key = struct.Struct(">QQ").unpack_from  # (vid, ino) of such a key
 
 
 def vkey(vid: int, *parts) -> bytes:
@@ -170,6 +174,11 @@ class Inode:
     flags: int = 0
     tree_id: bytes = NO_TREE
     target: bytes = b""
+
+    def copy(self) -> "Inode":
+        return Inode(self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
+                     self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.data_bytes,
+                     self.flags, self.tree_id, self.target)
 
     def pack(self) -> bytes:
         (atime, mtime, ctime), wide = pack_times((self.atime_ns, self.mtime_ns, self.ctime_ns))

@@ -212,6 +212,7 @@ async def test_a_bug_in_a_handler_is_eio_not_a_crash(ops, monkeypatch, caplog):
     def broken(txn, ino):
         raise KeyError("a bug")
     monkeypatch.setattr(ops.inodes, "get", broken)
+    monkeypatch.setattr(ops.inodes, "peek", broken)
     assert await fuse_errno(ops.getattr(ROOT_INO)) == errno.EIO
     assert "getattr failed" in caplog.text
 
@@ -260,3 +261,42 @@ async def test_statfs_counts_the_volume(ops, space):
     space.quota = 1 << 20
     st = await ops.statfs(CTX)
     assert st.f_blocks == 256 and st.f_bfree == ((1 << 20) - 5000) // 4096
+
+
+def _same_attrs(a: pyfuse3.EntryAttributes, b: pyfuse3.EntryAttributes) -> bool:
+    names = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
+             "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
+    return all(getattr(a, n) == getattr(b, n) for n in names)
+
+
+async def test_readers_share_decoded_inodes_that_no_change_alters(ops, inodes):
+    """getattr, lookup and the checks of changes read one decoded inode per row
+    (Inodes.peek): no change may alter it in place, and an attribute answered
+    again is the row as it is now."""
+    ino = await _create(ops, b"f", b"data")
+    before = await ops.getattr(ino)
+    assert (await ops.getattr(ino)) is before  # unchanged: the same answer
+    await ops.setattr(ino, attrs(st_mode=0o600), fields(mode=1), None, CTX)
+    after = await ops.getattr(ino)
+    assert stat.S_IMODE(after.st_mode) == 0o600 and stat.S_IMODE(before.st_mode) == 0o644
+    await ops.link(ino, ROOT_INO, b"g", CTX)
+    assert (await ops.lookup(ROOT_INO, b"g")).st_nlink == 2
+    d = (await ops.mkdir(ROOT_INO, b"d", 0o755, CTX)).st_ino
+    await ops.rename(ROOT_INO, b"g", d, b"h", 0, CTX)
+    await ops.unlink(ROOT_INO, b"f", CTX)
+    await ops.setattr(ino, attrs(st_mtime_ns=5, st_ctime_ns=6), fields(mtime=1, ctime=1), None, CTX)
+    assert (await ops.getattr(ino)).st_mtime_ns == 5  # it still has a name (d/h)
+    await ops.unlink(d, b"h", CTX)
+    gone = await ops.setattr(ino, attrs(st_mtime_ns=7, st_ctime_ns=8), fields(mtime=1, ctime=1),
+                             None, CTX)
+    assert gone.st_mtime_ns == 7 and gone.st_ctime_ns == 8 and gone.st_nlink == 0
+    assert (await ops.getattr(ino)).st_mtime_ns == 5  # not stored: nobody sees it again
+    for ino_now in (ROOT_INO, d, ino):
+        with ops.runner.cache.reader() as txn:
+            shared = inodes.peek(txn, ino_now)
+            assert shared == inodes.get(txn, ino_now)  # as the row is: never changed in place
+        assert _same_attrs(await ops.getattr(ino_now), ops._entry(ino_now, shared))
+    await ops.runner.sync()
+    with ops.runner.store.read() as txn:
+        for key, (raw, shared) in ops.runner.cache._decoded.items():
+            assert shared == type(shared).unpack(raw)

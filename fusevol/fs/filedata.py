@@ -130,6 +130,19 @@ class FileData:
                 if now[i] == wanted[i]:
                     raise StoreDamaged(f"missing chunk {wanted[i].hex()}")
 
+    async def _read_stored(self, first: int, last: int, offset: int, end: int) -> bytes | None:
+        """Bytes offset..end of stored blocks first..last, each raw chunk copied
+        once, from LMDB's map into the reply (in the thread that reads them);
+        None if a chunk is not committed yet (or was let go of meanwhile)."""
+        bs = self.bs
+        ids = await self.runner.read(self.inodes.block_ids, self.ino, list(range(first, last + 1)))
+        parts = [(ids[i], max(offset, i * bs) - i * bs, min(end, (i + 1) * bs) - i * bs)
+                 for i in range(first, last + 1)]
+        if sum(cid is not None for cid, _, _ in parts) <= INLINE_READS_UP_TO:
+            return _read_parts(self.runner.store, parts)  # see _load
+        return await trio.to_thread.run_sync(_read_parts, self.runner.store, parts,
+                                             limiter=self.runner.read_limiter)
+
     async def write(self, offset: int, data: bytes) -> int:
         bs = self.bs
         end = offset + len(data)
@@ -173,6 +186,7 @@ class FileData:
 
     async def read(self, offset: int, length: int) -> bytes:
         bs = self.bs
+        direct = True
         while True:
             end = min(offset + length, self.size)
             if offset >= end:
@@ -183,6 +197,14 @@ class FileData:
             seen = {i: self._cached(i) for i in range(first, last + 1)}
             truncations = self.truncations
             missing = [i for i, block in seen.items() if block is None]
+            if len(missing) == len(seen) and direct:
+                # Nothing of it in memory: the reply straight from the store.
+                data = await self._read_stored(first, last, offset, end)
+                if data is not None and self.truncations == truncations and \
+                        all(self._cached(i) is None for i in seen):
+                    return data
+                direct = False  # not all committed, or changed meanwhile: the long way
+                continue
             loaded = await self._load(missing) if missing else {}
             if self.truncations == truncations:
                 break
@@ -322,6 +344,23 @@ async def _prepare(blocks, compression: str) -> dict:
             if part:
                 nursery.start_soon(one, part)
     return out
+
+
+def _read_parts(store, parts) -> bytes | None:
+    """(chunk id or None for a hole, lo, hi) per block: bytes lo..hi of each,
+    joined, or None if a chunk is not in the store. Raw chunks are checked
+    where LMDB maps them and sliced there: the join is their only copy."""
+    with store.read(buffers=True) as txn:
+        pieces = []
+        for cid, lo, hi in parts:
+            block = chunks.view_if_stored(txn, cid) if cid is not None else b""
+            if block is None:
+                return None
+            piece = block[lo:hi]
+            pieces.append(piece)
+            if len(piece) < hi - lo:
+                pieces.append(bytes(hi - lo - len(piece)))  # a hole, or past the stored bytes
+        return b"".join(pieces)
 
 
 def _read_chunks(store, wanted: dict[int, bytes]) -> dict[int, bytes]:

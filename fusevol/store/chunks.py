@@ -106,11 +106,17 @@ def decode_checked(payload, cid: bytes) -> bytes:
     byte flipped on the disk would otherwise be handed out as file content.
     `payload` may be a buffer into LMDB's map: a raw chunk is hashed there
     and copied once."""
+    return bytes(checked_view(payload, cid))
+
+
+def checked_view(payload, cid: bytes):
+    """decode_checked without the copy: a raw chunk's bytes as a view of
+    `payload` (valid as long as it is), a compressed one's as new bytes."""
     try:
         if payload[0] == RAW:
             body = memoryview(payload)[1:]
             if chunk_id(body) == cid:
-                return bytes(body)
+                return body
             data = None
         else:
             data = decode(payload)
@@ -264,6 +270,19 @@ def read_present(txn: Txn, wanted: dict) -> dict:
         if data is not None:
             out[key] = data
     return out
+
+
+def view_if_stored(txn: Txn, cid: bytes):
+    """A chunk's bytes, checked, as checked_view gives them (a raw chunk's a
+    view into the map, valid until the transaction ends), or None while the
+    store does not hold it."""
+    raw = txn.get("refs", cid)
+    payload = _payload(txn, cid, _row(raw)) if raw is not None else None
+    if payload is None:
+        if raw is not None:
+            raise StoreDamaged(f"missing chunk {cid.hex()}")
+        return None
+    return checked_view(payload, cid)
 
 
 def read_if_stored(txn: Txn, cid: bytes) -> bytes | None:

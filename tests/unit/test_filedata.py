@@ -219,35 +219,42 @@ async def test_a_flush_that_fails_keeps_the_data_and_refuses_on_no_space(store, 
     assert _stored(store, inodes, fd.ino) == b"keep me"
 
 
+@pytest.mark.parametrize("loader", ["_read_parts", "_read_chunks"])
 async def test_a_load_that_meets_a_flush_letting_go_of_its_chunk_reads_the_new_one(
-        store, inodes, runner, new_file, monkeypatch):
-    """A read loads two blocks in a thread; meanwhile a write and a durable flush
-    replace the second block, and the chunk it held is deleted and committed.
+        store, inodes, runner, new_file, monkeypatch, loader):
+    """A read loads blocks in a thread; meanwhile a write and a durable flush
+    replace the last block, and the chunk it held is deleted and committed.
     The load finds that chunk gone: it reads the block map again and loads what
     it points to now (it failed with 'missing chunk', EIO, when the kernel's
-    writeback met a flush this way)."""
+    writeback met a flush this way). _read_parts serves a read of stored
+    blocks only; _read_chunks the blocks missing beside a buffered one."""
     fd = await new_file()
-    old = os.urandom(2 * BS)
+    old = os.urandom(3 * BS)
     await fd.write(0, old)
     await fd.flush(durable=True)
     fd = FileData(fd.ino, fd.size, inodes, runner, fd.space)  # nothing buffered: reads load
+    first = 0
+    if loader == "_read_chunks":  # the first block buffered: the others load through _load
+        await fd.write(0, old[:10])
+    else:
+        first = BS  # blocks 1 and 2, both stored
     reading, go_on = trio.Event(), threading.Event()
-    real = filedata._read_chunks
+    real = getattr(filedata, loader)
     token = trio.lowlevel.current_trio_token()
 
-    def held_read(store_, wanted):  # in the read thread: wait until the flush is done
+    def held_read(*args):  # in the read thread: wait until the flush is done
         token.run_sync_soon(reading.set)
         assert go_on.wait(10)
-        return real(store_, wanted)
+        return real(*args)
 
-    monkeypatch.setattr(filedata, "_read_chunks", held_read)
+    monkeypatch.setattr(filedata, loader, held_read)
     got = []
     new = os.urandom(BS)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_append, got, fd.read(BS - 10, 20))
+        nursery.start_soon(_append, got, fd.read(first, 2 * BS + 10 - first))
         await reading.wait()
-        monkeypatch.setattr(filedata, "_read_chunks", real)
-        await fd.write(BS, new)  # the whole second block
+        monkeypatch.setattr(filedata, loader, real)
+        await fd.write(2 * BS, new)  # the whole last block
         await fd.flush(durable=True)  # its old chunk is let go of, committed
         go_on.set()
-    assert got == [old[BS - 10:BS] + new[:10]]
+    assert got == [old[first:2 * BS] + new[:10]]

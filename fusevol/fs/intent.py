@@ -42,6 +42,8 @@ FILE_MAX = 16 << 20
 CHECKPOINT_EVERY = float(os.environ.get("FUSEVOL_INTENT_CHECKPOINT_EVERY", "5"))
 # Ranges kept per file at most; more are folded into one that spans them all.
 RANGES_MAX = 1024
+# How long the store's batches of file data and times alone linger (runner.py).
+LOGGABLE_LINGER = 0.05
 
 
 class _LogFile:
@@ -71,6 +73,7 @@ class IntentLog:
         self._syncing: trio.Event | None = None
         self._checkpointing = trio.Lock()
         self.counts = {"logged": 0, "stored": 0, "checkpoints": 0, "log_syncs": 0}
+        runner.loggable_linger = LOGGABLE_LINGER
 
     @classmethod
     def open(cls, store_path: str, inodes, runner) -> "IntentLog":

@@ -123,6 +123,13 @@ class TxnRunner:
         # last one a durable commit covers (written by the store thread).
         self.last_unloggable = 0
         self.durable_seq = 0
+        # How long a batch of loggable operations alone lingers (None: as any
+        # other). With an intent log no fsync waits for such a batch, and each
+        # commit costs a sync of the store file: under a database's stream of
+        # fsyncs (each brings the kernel's setattr of the times), commits every
+        # few ms competed with the log's own syncs.
+        self.loggable_linger: float | None = None
+        self._batch_first = 0  # the first operation of the open batch
 
     def start(self) -> None:
         self._thread.start()
@@ -429,7 +436,10 @@ class TxnRunner:
     def _wait_time(self) -> float | None:
         if self._txn is None:
             return None
-        return max(0.0, min(self.linger, self._started + self.max_age - time.monotonic()))
+        linger = self.linger
+        if self.loggable_linger is not None and self.last_unloggable < self._batch_first:
+            linger = self.loggable_linger
+        return max(0.0, min(linger, self._started + self.max_age - time.monotonic()))
 
     def _apply(self, fn, args):
         """(ok, result or error, rows written)"""
@@ -441,6 +451,7 @@ class TxnRunner:
             if self._txn is None:
                 self._txn = self.store.begin_write()
                 self._started = time.monotonic()
+                self._batch_first = self.applied + 1
                 if self._nudge_reads:
                     signal.setitimer(signal.ITIMER_REAL, NUDGE_EVERY, NUDGE_EVERY)
             if fn is _REPLAY:

@@ -42,6 +42,9 @@ FILE_MAX = 16 << 20
 CHECKPOINT_EVERY = float(os.environ.get("FUSEVOL_INTENT_CHECKPOINT_EVERY", "5"))
 # Ranges kept per file at most; more are folded into one that spans them all.
 RANGES_MAX = 1024
+# Files with ranges kept, past which the periodic checkpoint runs even with no
+# record to cover (it makes their data durable and forgets their ranges).
+PENDING_FILES_MAX = 4096
 # How long the store's batches of file data and times alone linger (runner.py).
 LOGGABLE_LINGER = 0.05
 
@@ -246,7 +249,7 @@ class IntentLog:
         """Keep the log short and the logged data stored (a task of the mount)."""
         while True:
             await trio.sleep(CHECKPOINT_EVERY)
-            if self.lsn > self.applied:
+            if self.lsn > self.applied or len(self.pending) > PENDING_FILES_MAX:
                 try:
                     await self.checkpoint(files)
                 except Exception as e:  # reported by the next fsync that needs it

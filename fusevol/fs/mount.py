@@ -148,8 +148,7 @@ async def _publish_metrics(ops: VolumeOperations, path: str) -> None:
     while True:
         # dirty: written and held in memory; unstored: handed to the store thread, not on disk.
         metrics.publish(path, ops.metrics, dirty_bytes=ops._buffered(),
-                        unstored_bytes=ops.runner.unstored_bytes, open_files=len(ops.handles),
-                        intent=dict(ops.intent.counts) if ops.intent is not None else {})
+                        unstored_bytes=ops.runner.unstored_bytes, open_files=len(ops.handles))
         await trio.sleep(metrics.PUBLISH_INTERVAL)
 
 

@@ -146,6 +146,11 @@ class IntentLog:
 
     async def fsync(self, fd, files: dict) -> None:
         """Make the file's data and attributes durable."""
+        if self._checkpointing.locked():
+            # It took every file's ranges: they are durable once it ends (or
+            # given back if it fails), not before.
+            async with self._checkpointing:
+                pass
         ino = fd.ino
         ranges = _merged(self.pending.get(ino) or [])
         runner = self.runner

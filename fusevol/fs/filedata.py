@@ -47,8 +47,9 @@ class FileData:
     memoryview of a write request's bytes when that write covered it whole."""
 
     def __init__(self, ino: int, size: int, inodes: Inodes, runner: TxnRunner,
-                 space: SpaceBudget, kernel_keeps_times: bool = True):
+                 space: SpaceBudget, kernel_keeps_times: bool = True, intent=None):
         self.ino = ino
+        self.intent = intent  # told of every write and truncate (fs/intent.py)
         # With the writeback cache the kernel owns mtime and ctime and sends
         # them (setattr) when they change; without it a data flush sets them.
         self.kernel_keeps_times = kernel_keeps_times
@@ -121,7 +122,7 @@ class FileData:
             missing = {i: cid for i, cid in wanted.items() if i not in found}
             if missing:  # written by the open batch, not committed yet (or let go of)
                 found.update(await self.runner.run(chunks.read_present, missing,
-                                                   foreseen=True))
+                                                   foreseen=True, loggable=True))
             gone = [i for i in wanted if i not in found]
             if not gone:
                 return {i: found.get(i) for i in indexes}
@@ -182,6 +183,8 @@ class FileData:
             buf[lo: stop - index * bs] = view[start - offset: stop - offset]
         self.size = max(self.size, end)
         self.times_pending = True
+        if self.intent is not None:
+            self.intent.wrote(self.ino, offset, end)
         return len(data)
 
     async def read(self, offset: int, length: int) -> bytes:
@@ -234,6 +237,8 @@ class FileData:
                 # A new buffer, not a cut in place: a flush may be hashing the old one.
                 table[last] = table[last][: size - last * bs]
         self.size = size
+        if self.intent is not None:
+            self.intent.truncated(self.ino, size)
         self.truncations += 1
         self.error = None  # what is kept is a prefix again
         self.error_unreported = False
@@ -265,15 +270,18 @@ class FileData:
             try:
                 store = functools.partial(_store_blocks, keep_times=self.kernel_keeps_times,
                                           then=then)
+                # A flush with `then` may change a size: not for the intent log.
+                loggable = then is None
                 if written <= AHEAD_UP_TO and not durable:
                     added, result = await self.runner.change(
-                        store, self.inodes, self.ino, blocks, size, None, foreseen=True)
+                        store, self.inodes, self.ino, blocks, size, None, foreseen=True,
+                        loggable=loggable)
                 else:
                     prepared = await _prepare(blocks, self.inodes.compression) \
                         if written >= PREPARE_AT else None
                     added, result = await self.runner.run(
                         store, self.inodes, self.ino, blocks, size, prepared,
-                        durable=durable, foreseen=True)
+                        durable=durable, foreseen=True, loggable=loggable)
             except BaseException as e:
                 # Keep the data for a later try; newer writes win.
                 for index, buf in batch.items():

@@ -22,6 +22,7 @@ from ..store import Inodes, Store
 from ..store import volumes
 from . import metrics
 from .mountopts import DEFAULT_ATIME, MountOptions, kernel_options
+from .intent import IntentLog
 from .operations import VolumeOperations
 from .registry import (  # noqa: F401  (the outside view, re-exported)
     clear_dead_mount, flush_worker, is_mountpoint, mount_dir, pid_alive, register, start_worker,
@@ -74,7 +75,11 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
     runner = TxnRunner(store, nudge_reads=True)
     runner.start()
     registration = None
+    intent = None
     try:
+        # What fsyncs logged before a crash goes into the store before anything reads.
+        if not readonly and os.environ.get("FUSEVOL_INTENT_LOG", "1") != "0":
+            intent = IntentLog.open(store.path, inodes, runner)
         root_ino = _view_root(runner, inodes, data_volume.name, subpath) if subpath else 1
         if not readonly:
             runner.run_sync(_purge_orphans, inodes)
@@ -82,7 +87,7 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         space = SpaceBudget(store, data_volume.quota, used,
                             pending=lambda: runner.unstored_bytes)
         ops = VolumeOperations(runner, inodes, space, readonly=readonly, root_ino=root_ino,
-                               atime=options.atime)
+                               atime=options.atime, intent=intent)
         fuse_options = {"default_permissions", "allow_other", "subtype=fusevol",
                         f"fsname={fsname or 'fusevol:' + name}"}
         ops.metrics.time_commits(store)
@@ -98,6 +103,8 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
             metrics.withdraw(published)
     finally:
         runner.stop()
+        if intent is not None:
+            intent.close()
         if registration:
             registration.close()
 
@@ -123,6 +130,8 @@ async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(ops.run_flusher)
+        if ops.intent is not None:
+            nursery.start_soon(ops.intent.run_checkpoints, ops.files)
         nursery.start_soon(_publish_metrics, ops, published)
         nursery.start_soon(_unmount_on_signal, mountpoint)
         nursery.start_soon(_report_ready, mountpoint, on_ready or (lambda: None))

@@ -112,8 +112,10 @@ class VolumeOperations(pyfuse3.Operations):
     supports_dot_lookup = True
 
     def __init__(self, runner: TxnRunner, inodes: Inodes, space: SpaceBudget, *,
-                 readonly: bool = False, root_ino: int = ROOT_INO, atime: str = "noatime"):
+                 readonly: bool = False, root_ino: int = ROOT_INO, atime: str = "noatime",
+                 intent=None):
         super().__init__()
+        self.intent = intent  # fs/intent.py: fsync of small writes (None: read-only)
         self.atime = None if readonly or atime == "noatime" else atime
         self.metrics = metrics.WorkerMetrics()
         self.runner = runner
@@ -236,6 +238,8 @@ class VolumeOperations(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
+        if fields.update_size and self.intent is not None:
+            await self.intent.before_truncate(ino, self.files)
         fd = self.files.get(ino)
         if fields.update_size:
             kw["size"] = attr.st_size
@@ -255,7 +259,10 @@ class VolumeOperations(pyfuse3.Operations):
             # first, in the same store call.
             new = await fd.flush(then=change)
         else:
-            new = await self.runner.change(change)
+            # Times alone may go ahead of an fsync through the intent log.
+            times_only = not (fields.update_size or fields.update_mode or fields.update_uid
+                              or fields.update_gid)
+            new = await self.runner.change(change, loggable=times_only)
         return self._entry(ino, new)
 
     # -- names ----------------------------------------------------------------
@@ -357,7 +364,8 @@ class VolumeOperations(pyfuse3.Operations):
             if size is None:
                 size = (await self._get(ino)).size
             fd = self.files[ino] = FileData(ino, size, self.inodes, self.runner, self.space,
-                                            kernel_keeps_times=self.enable_writeback_cache)
+                                            kernel_keeps_times=self.enable_writeback_cache,
+                                            intent=self.intent)
         fd.opens += 1
         fh = self._new_fh()
         self.handles[fh] = fd
@@ -381,6 +389,8 @@ class VolumeOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EROFS)
             fd = self.handles[info.fh]
             try:
+                if self.intent is not None:
+                    await self.intent.before_truncate(ino, self.files)
                 fd.truncate(0)
                 await fd.flush(then=functools.partial(self.inodes.setattr, ino=ino, size=0))
             except BaseException:
@@ -451,7 +461,10 @@ class VolumeOperations(pyfuse3.Operations):
     @handler
     async def fsync(self, fh, datasync):
         fd = self.handles[fh]
-        await fd.flush(durable=True)
+        if self.intent is not None:
+            await self.intent.fsync(fd, self.files)
+        else:
+            await fd.flush(durable=True)
         fd.take_error()
 
     @handler
@@ -507,6 +520,9 @@ class VolumeOperations(pyfuse3.Operations):
             pass  # the kernel forgot the inode already
 
     async def flush_all(self, durable: bool = False) -> None:
+        if durable and self.intent is not None:
+            await self.intent.checkpoint(self.files)  # the same, and the log covered
+            return
         for fd in list(self.files.values()):
             await fd.flush()
         if durable:

@@ -131,6 +131,18 @@ class TxnRunner:
         # Whether the store's last commit is known durable: not at start (a
         # worker killed before this one may have left commits not synced).
         self._synced = False
+        # For the intent log (fs/intent.py): the last operation queued that is
+        # not `loggable` (it changes more than a file's data or times), and the
+        # last one a durable commit covers (written by the store thread).
+        self.last_unloggable = 0
+        self.durable_seq = 0
+        # How long a batch of loggable operations alone lingers (None: as any
+        # other). With an intent log no fsync waits for such a batch, and each
+        # commit costs a sync of the store file: under a database's stream of
+        # fsyncs (each brings the kernel's setattr of the times), commits every
+        # few ms competed with the log's own syncs.
+        self.loggable_linger: float | None = None
+        self._batch_first = 0  # the first operation of the open batch
 
     def start(self) -> None:
         self._thread.start()
@@ -141,9 +153,11 @@ class TxnRunner:
             self._put(_STOP)
             self._thread.join()
 
-    def _enqueue(self, fn, args, durable, reply, foreseen, wake=True) -> int:
+    def _enqueue(self, fn, args, durable, reply, foreseen, wake=True, loggable=False) -> int:
         self._seq += 1
         self._unforeseen += not foreseen
+        if not loggable:
+            self.last_unloggable = self._seq
         self._put((self._seq, fn, args, durable, reply), wake)
         return self._seq
 
@@ -152,12 +166,14 @@ class TxnRunner:
         if wake or self._idle:
             self._wakeups.put(None)
 
-    async def run(self, fn, *args, durable: bool = False, foreseen: bool = False):
+    async def run(self, fn, *args, durable: bool = False, foreseen: bool = False,
+                  loggable: bool = False):
         """Run fn(txn, *args) on the store thread and return its result.
 
         `foreseen`: fn changes no names and makes no inode exist (it reads,
         or rewrites data or attributes): changes go on being answered ahead
-        meanwhile."""
+        meanwhile. `loggable`: fn only reads, or stores file data or sets
+        times: an fsync may go to the intent log past it (fs/intent.py)."""
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         box = []
@@ -176,7 +192,7 @@ class TxnRunner:
             self._unforeseen -= not foreseen
             done.set()
 
-        seq = self._enqueue(fn, args, durable, reply, foreseen)
+        seq = self._enqueue(fn, args, durable, reply, foreseen, loggable=loggable)
         await done.wait()
         ok, value, _ = box[0]
         if ok:
@@ -204,6 +220,11 @@ class TxnRunner:
         self._enqueue(fn, args, False, reply, True, wake=False)
 
     @property
+    def queued(self) -> int:
+        """Sequence number of the last operation queued."""
+        return self._seq
+
+    @property
     def unstored_bytes(self) -> int:
         """Chunk bytes taken and not on disk yet (for the space budget)."""
         return self.pending_bytes + self._ahead_in - self._ahead_out
@@ -215,7 +236,7 @@ class TxnRunner:
         return (ours + FAR_FROM_FULL <= self.store.disk_free(max_age=FREE_FRESH_FOR)
                 or ours <= self.store.disk_free())
 
-    async def change(self, fn, *args, foreseen: bool = False):
+    async def change(self, fn, *args, foreseen: bool = False, loggable: bool = False):
         """fn(txn, *args) for an fn that changes the volume: worked out on this
         thread and answered at once when the cache allows (speculate.py), else
         run on the store thread (see run for `foreseen`). fn may run twice: it
@@ -230,6 +251,8 @@ class TxnRunner:
                 pass
             else:
                 seq = self._seq = self._seq + 1
+                if not loggable:
+                    self.last_unloggable = seq
                 self._ahead_in += spec.deferred_bytes
                 self.counts["ahead"] += 1
                 self.cache.apply_keyed(spec.keyed_writes(), seq)
@@ -239,7 +262,7 @@ class TxnRunner:
             finally:
                 spec.close()
         self.counts["waited"] += 1
-        return await self.run(fn, *args, foreseen=foreseen)
+        return await self.run(fn, *args, foreseen=foreseen, loggable=loggable)
 
     def _replay_done(self, token, seq: int, outcome) -> None:
         """On the store thread, after a change worked out ahead was applied."""
@@ -306,11 +329,11 @@ class TxnRunner:
             pass
         finally:
             txn.close()
-        return await self.run(fn, *args)
+        return await self.run(fn, *args, loggable=True)
 
     async def sync(self) -> None:
         """Make every operation run so far durable (one commit, fsync'ed)."""
-        await self.run(_SYNC, durable=True, foreseen=True)
+        await self.run(_SYNC, durable=True, foreseen=True, loggable=True)
 
     def run_sync(self, fn, *args, durable: bool = False):
         """The same from a thread that is not trio's (shutdown paths)."""
@@ -322,6 +345,7 @@ class TxnRunner:
             event.set()
 
         self._seq += 1
+        self.last_unloggable = self._seq
         self._put((self._seq, fn, args, durable, reply))
         event.wait()
         ok, value, writes = box[0]
@@ -417,7 +441,10 @@ class TxnRunner:
     def _wait_time(self) -> float | None:
         if self._txn is None:
             return None
-        return max(0.0, min(self.linger, self._started + self.max_age - time.monotonic()))
+        linger = self.linger
+        if self.loggable_linger is not None and self.last_unloggable < self._batch_first:
+            linger = self.loggable_linger
+        return max(0.0, min(linger, self._started + self.max_age - time.monotonic()))
 
     def _apply(self, fn, args):
         """(ok, result or error, rows written)"""
@@ -429,6 +456,7 @@ class TxnRunner:
             if self._txn is None:
                 self._txn = self.store.begin_write()
                 self._started = time.monotonic()
+                self._batch_first = self.applied + 1
                 if self._nudge_reads:
                     signal.setitimer(signal.ITIMER_REAL, NUDGE_EVERY, NUDGE_EVERY)
             if fn is _REPLAY:
@@ -473,11 +501,15 @@ class TxnRunner:
                     self.broken = FsError(errno.EIO, f"store sync failed: {e}")
                     return self.broken
                 self._synced = True
+            if durable:  # every operation applied is in a commit, now on disk
+                self.durable_seq = self.applied
             return None
         txn, self._txn = self._txn, None
         try:
             self.store.commit(txn, durable=durable)
             self._synced = durable
+            if durable:
+                self.durable_seq = self._batch_last
             self.pending_bytes = 0
             self.cache.committed = self._batch_last
             return None

@@ -139,7 +139,11 @@ class VolumeService:
         exist is left to the read to report, unless not `missing_ok`."""
         with self.store.read() as txn:
             volume = volumes.load(txn, name, missing_ok=missing_ok)
-        registry.flush_worker(self.store_path, rules.flush_target(volume, name))
+        if not registry.flush_worker(self.store_path, rules.flush_target(volume, name)):
+            # No worker serves it: one killed since this process opened the
+            # store may have left an intent log to apply first.
+            from ..store import intentlog
+            intentlog.replay_unserved(self.store)
 
     def snapshot(self, volume: str, name: str | None = None) -> Snapshot:
         from ..store import snapshots

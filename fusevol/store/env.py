@@ -200,6 +200,10 @@ class Store:
             store = cls._instances.get(path)
             if store is None or store.closed:
                 store = cls._instances[path] = cls(path)
+                # What fsyncs put in the intent log of a volume whose worker was
+                # killed goes into the store before this process reads it.
+                from . import intentlog
+                intentlog.replay_unserved(store)
             return store
 
     def __init__(self, path: str):

@@ -1,0 +1,341 @@
+"""fsync of small writes through the volume's intent log (store/intentlog.py).
+
+An fsync whose file holds at most LOG_UP_TO bytes written since they were
+last made durable appends one record (those bytes, the file's size and times)
+to the log and syncs the log: one write and one fdatasync, shared by the
+fsyncs that come meanwhile (group commit). The bytes stay in the file's
+buffers and reach the store like any write, in a later commit.
+
+Such an fsync is taken only while every operation queued since the last
+durable commit stores file data or sets times (the runner's `loggable`): a
+change of names, modes or sizes before it must be durable too, and goes
+through a checkpoint. A checkpoint flushes every open file, records in the same
+commit the last log record it covers, and commits durably; fsyncs that cannot
+be logged, sync and syncfs are checkpoints, and one runs every few seconds
+while records are not covered. Whatever a commit made durable is never undone
+by an older record: a durable commit that a file's fsync relied on is always a
+checkpoint, and a truncate of a file with records waits for one first.
+
+The bytes of a file "written since they were durable" are kept as ranges
+(`pending`), per inode and not per open file: data flushed at close without
+an fsync is not durable either, and a later fsync of the file covers it.
+"""
+
+import errno
+import logging
+import os
+import time
+
+import trio
+
+from ..errors import FsError
+from ..store import intentlog
+from ..store.intentlog import Record
+
+log = logging.getLogger(__name__)
+
+# Bytes of a file an fsync logs at most; a larger fsync stores chunks (writing
+# its bytes twice, to the log and then the store, would cost more).
+LOG_UP_TO = 256 << 10
+# Past this many bytes in the log file being written, fsyncs checkpoint.
+FILE_MAX = 16 << 20
+CHECKPOINT_EVERY = float(os.environ.get("FUSEVOL_INTENT_CHECKPOINT_EVERY", "5"))
+# Ranges kept per file at most; more are folded into one that spans them all.
+RANGES_MAX = 1024
+# Files with ranges kept, past which the periodic checkpoint runs even with no
+# record to cover (it makes their data durable and forgets their ranges).
+PENDING_FILES_MAX = 4096
+# How long the store's batches of file data and times alone linger (runner.py).
+LOGGABLE_LINGER = 0.05
+
+
+class _LogFile:
+    __slots__ = ("path", "fd", "offset", "last_lsn", "unsynced")
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: int | None = None
+        self.offset = 0
+        self.last_lsn = 0  # the last record written to it since it was started again
+        self.unsynced = False
+
+
+class IntentLog:
+    def __init__(self, store_path: str, inodes, runner, lock_fd: int, applied: int):
+        self.store_path = store_path
+        self.inodes = inodes
+        self.vid = inodes.vid
+        self.runner = runner
+        self._lock_fd = lock_fd
+        self.lsn = self.synced = self.applied = applied
+        self.pending: dict[int, list[list[int]]] = {}
+        self.logged: set[int] = set()  # files with records a checkpoint has not covered
+        self.files = [_LogFile(p) for p in intentlog.file_paths(store_path, self.vid)]
+        self.current = 0
+        self.failed: str | None = None
+        self._syncing: trio.Event | None = None
+        self._checkpointing = trio.Lock()
+        self.counts = {"logged": 0, "stored": 0, "checkpoints": 0, "log_syncs": 0}
+        runner.loggable_linger = LOGGABLE_LINGER
+
+    @classmethod
+    def open(cls, store_path: str, inodes, runner) -> "IntentLog":
+        """Take the volume's log (before the worker serves), apply what it
+        holds and start it empty; the runner must be running."""
+        fd = intentlog.lock(store_path, inodes.vid)
+        try:
+            applied = runner.run_sync(intentlog.replay, store_path, inodes, durable=True)
+            for path in intentlog.file_paths(store_path, inodes.vid):
+                try:
+                    os.unlink(path)  # what it held is in the store, durably
+                except FileNotFoundError:
+                    pass
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(store_path, inodes, runner, fd, applied)
+
+    def close(self) -> None:
+        """Let go of the log at the worker's end: deleted if a checkpoint
+        covers it, else left for the next mount (or process) to apply."""
+        for f in self.files:
+            if f.fd is not None:
+                os.close(f.fd)
+                f.fd = None
+        if self.lsn == self.applied and self.failed is None:
+            intentlog.remove(self.store_path, self.vid, self._lock_fd)
+        else:
+            os.close(self._lock_fd)
+
+    # -- what the file data layer tells -------------------------------------------------
+
+    def wrote(self, ino: int, start: int, end: int) -> None:
+        ranges = self.pending.get(ino)
+        if not ranges:
+            self.pending[ino] = [[start, end]]
+            return
+        last = ranges[-1]
+        if last[0] <= start <= last[1]:
+            last[1] = max(last[1], end)
+        elif len(ranges) < RANGES_MAX:
+            ranges.append([start, end])
+        else:
+            self.pending[ino] = [[min(r[0] for r in ranges + [[start, end]]),
+                                  max(r[1] for r in ranges + [[start, end]])]]
+
+    def truncated(self, ino: int, size: int) -> None:
+        ranges = self.pending.get(ino)
+        if ranges:
+            kept = [[a, min(b, size)] for a, b in ranges if a < size]
+            if kept:
+                self.pending[ino] = kept
+            else:
+                del self.pending[ino]
+
+    def _give_back(self, ino: int, ranges) -> None:
+        if ranges:
+            self.pending[ino] = ranges + self.pending.get(ino, [])
+
+    # -- fsync -----------------------------------------------------------------------
+
+    def _quiet(self) -> bool:
+        """Whether nothing but file data and times changed since the last
+        durable commit (see the module's docstring)."""
+        runner = self.runner
+        return runner.broken is None and runner.last_unloggable <= runner.durable_seq
+
+    async def fsync(self, fd, files: dict) -> None:
+        """Make the file's data and attributes durable."""
+        if self._checkpointing.locked():
+            # It took every file's ranges: they are durable once it ends (or
+            # given back if it fails), not before.
+            async with self._checkpointing:
+                pass
+        ino = fd.ino
+        ranges = _merged(self.pending.get(ino) or [])
+        runner = self.runner
+        if not ranges and runner.durable_seq >= runner.applied == runner.queued:
+            return  # nothing of it (nor anything else) changed since the last durable commit
+        if (self.failed is not None or fd.error is not None or not self._quiet()
+                or sum(b - a for a, b in ranges) > LOG_UP_TO
+                or self.files[self.current].offset > FILE_MAX):
+            await self._stored_fsync(fd, files)
+            return
+        captured = self.pending.pop(ino, None)
+        truncations = fd.truncations
+        try:
+            await self._ensure_files()
+        except OSError as e:  # (a full disk): fsyncs store chunks
+            self._fail(f"cannot lay out the intent log: {e}")
+            self._give_back(ino, captured)
+            await self._stored_fsync(fd, files)
+            return
+        try:
+            pieces = [(a, await fd.read(a, b - a)) for a, b in ranges]
+            node = await self.runner.read(self.inodes.get, ino)
+        except BaseException:
+            self._give_back(ino, captured)
+            raise
+        # Every await may have let a change in: check again, with no await
+        # between the check and the append.
+        if (fd.truncations != truncations or fd.error is not None or not self._quiet()
+                or self.failed is not None):
+            self._give_back(ino, captured)
+            await self._stored_fsync(fd, files)
+            return
+        mtime_ns, ctime_ns = node.mtime_ns, node.ctime_ns
+        if not fd.kernel_keeps_times and fd.times_pending:
+            mtime_ns = ctime_ns = time.time_ns()  # what the flush would set
+        rec = Record(self.lsn + 1, ino, fd.size, mtime_ns, ctime_ns,
+                     [(a, data) for a, data in pieces if data])
+        try:
+            self._append(rec)
+        except OSError as e:
+            self._fail(f"cannot write the intent log: {e}")
+            self._give_back(ino, captured)
+            await self._stored_fsync(fd, files)
+            return
+        self.logged.add(ino)
+        self.counts["logged"] += 1
+        await self._durable(rec.lsn)
+
+    async def _stored_fsync(self, fd, files: dict) -> None:
+        """The fsync without the log: the file's blocks stored and committed
+        durably; a checkpoint when records are not covered yet."""
+        self.counts["stored"] += 1
+        if self.lsn > self.applied:
+            await self.checkpoint(files)
+            return
+        captured = self.pending.pop(fd.ino, None)
+        try:
+            await fd.flush(durable=True)
+        except BaseException:
+            self._give_back(fd.ino, captured)
+            raise
+
+    async def before_truncate(self, ino: int, files: dict) -> None:
+        """A truncate stored while a record of the file is not covered could be
+        undone in part by that record after a crash: checkpoint first."""
+        if ino in self.logged:
+            await self.checkpoint(files)
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    async def checkpoint(self, files: dict) -> None:
+        """Store every open file's buffers and commit durably, with the last
+        record the commit covers: the log up to it is free again."""
+        async with self._checkpointing:
+            upto = self.lsn
+            old, other = self.current, 1 - self.current
+            switched = upto > self.applied and self.files[other].last_lsn <= self.applied
+            if switched:  # new records go to the other file, from its start
+                self.current = other
+                self.files[other].offset = 0
+            taken, self.pending = self.pending, {}
+            logged, self.logged = self.logged, set()
+            try:
+                for fd in list(files.values()):
+                    await fd.flush()
+                if upto > self.applied:
+                    await self.runner.run(intentlog.set_applied, self.vid, upto,
+                                          foreseen=True, loggable=True)
+                await self.runner.sync()
+            except BaseException:
+                for ino, ranges in taken.items():
+                    self._give_back(ino, ranges)
+                self.logged |= logged
+                raise
+            self.applied = max(self.applied, upto)
+            self.counts["checkpoints"] += 1
+            if not switched and self.files[old].last_lsn <= upto:
+                self.files[old].offset = 0  # nothing past what is covered: start again
+
+    async def run_checkpoints(self, files: dict) -> None:
+        """Keep the log short and the logged data stored (a task of the mount)."""
+        while True:
+            await trio.sleep(CHECKPOINT_EVERY)
+            if self.lsn > self.applied or len(self.pending) > PENDING_FILES_MAX:
+                try:
+                    await self.checkpoint(files)
+                except Exception as e:  # reported by the next fsync that needs it
+                    log.warning("intent log checkpoint failed: %s", e)
+
+    # -- the files --------------------------------------------------------------------
+
+    async def _ensure_files(self) -> None:
+        if any(f.fd is None for f in self.files):
+            await trio.to_thread.run_sync(self._open_files)
+
+    def _open_files(self) -> None:
+        for f in self.files:
+            if f.fd is None:
+                fd = os.open(f.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    size = os.fstat(fd).st_size
+                    if size < intentlog.PREALLOCATE:
+                        os.pwrite(fd, bytes(intentlog.PREALLOCATE - size), size)
+                        os.fdatasync(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                f.fd = fd
+
+    def _append(self, rec: Record) -> None:
+        data = intentlog.encode(rec)
+        f = self.files[self.current]
+        written = os.pwrite(f.fd, data, f.offset)
+        if written != len(data):
+            raise OSError(errno.EIO, "short write")
+        f.offset += len(data)
+        f.last_lsn = rec.lsn
+        f.unsynced = True
+        self.lsn = rec.lsn
+
+    async def _durable(self, lsn: int) -> None:
+        """Return once record `lsn` is on disk; fsyncs that come while the log
+        is being synced share the next sync."""
+        while self.synced < lsn:
+            if self.failed is not None:
+                raise FsError(errno.EIO, self.failed)
+            if self._syncing is not None:
+                await self._syncing.wait()
+                continue
+            event = self._syncing = trio.Event()
+            upto = self.lsn
+            fds = [f.fd for f in self.files if f.unsynced]
+            for f in self.files:
+                f.unsynced = False
+            try:
+                await trio.to_thread.run_sync(_fdatasync_all, fds)
+                self.counts["log_syncs"] += 1
+            except OSError as e:
+                # Whether the records reached the disk is unknown: from now on
+                # every fsync checkpoints, which covers them.
+                self._fail(f"cannot sync the intent log: {e}")
+                raise FsError(errno.EIO, self.failed) from None
+            finally:
+                self._syncing = None
+                event.set()
+            self.synced = max(self.synced, upto)
+
+    def _fail(self, why: str) -> None:
+        if self.failed is None:
+            log.error("%s; fsyncs store chunks from now on", why)
+            self.failed = why
+
+
+def _fdatasync_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.fdatasync(fd)
+
+
+def _merged(ranges) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if a >= b:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]

@@ -118,6 +118,7 @@ class Worker(_Stored):
     readonly: bool = False
     subpath: str | None = None
     options: str | None = None  # mount(8)-style, as fs/mountopts.py writes them
+    pidns: int | None = None  # the pid namespace `pid` belongs to (its inode number)
     extra: dict = field(default_factory=dict)
 
 

@@ -55,3 +55,15 @@ def test_an_entry_whose_lock_is_free_is_stale_whatever_its_pid(tmp_path):
     assert not os.path.exists(dead.path)
     live.close()
     assert registry.workers(store) == []
+
+
+def test_a_worker_whose_pid_ended_is_gone_though_its_lock_lingers(tmp_path):
+    """A killed worker's pid ends before its last thread lets go of its files (a
+    thread still in a system call): in our own pid namespace the pid decides."""
+    store = str(tmp_path)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    gone_pid = int(ended.stdout)
+    lingering = registry.register(store, Worker(pid=gone_pid, volume="a", mountpoint="/a"))
+    assert registry.workers(store) == []
+    lingering.close()

@@ -9,6 +9,7 @@ which mean nothing (or another process) to the host's CLI. This module
 imports neither pyfuse3 nor trio, so the CLI and the daemon stay quick.
 """
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -67,7 +68,10 @@ def workers(store_path: str) -> list[Worker]:
                 if entry.endswith(".json"):
                     info = Worker.from_dict(json.load(f))
                 if entry.startswith("w-"):
-                    alive = _locked(f)
+                    # In our pid namespace, a process whose pid is gone may still hold
+                    # the lock for a moment (its other threads are still ending).
+                    alive = _locked(f) and (info is None or info.pidns != _pidns()
+                                            or pid_alive(info.pid))
                 else:  # an entry of a worker from before the locks, named PID.json
                     alive = info is not None and pid_alive(info.pid)
         except (OSError, ValueError, TypeError):
@@ -90,6 +94,13 @@ def _age(path: str) -> float:
         return time.time() - os.stat(path).st_mtime
     except OSError:
         return 0.0
+
+
+def _pidns() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def _locked(f) -> bool:
@@ -157,6 +168,7 @@ class Registration:
         self.path = os.path.join(wdir, name + ".json")
         self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # before the name is seen: never stale when listed
+        info = dataclasses.replace(info, pidns=_pidns())
         os.write(self._fd, json.dumps(info.to_dict()).encode())
         os.replace(tmp, self.path)
 

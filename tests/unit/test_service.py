@@ -38,7 +38,8 @@ _registrations = {}
 
 def serve_fake(store, volume: str, mountpoint: str = "/nowhere/vol") -> Worker:
     """Register a worker for `volume` as a real one does, under this process's pid."""
-    worker = Worker(pid=os.getpid(), volume=volume, mounted_as=volume, mountpoint=mountpoint)
+    worker = Worker(pid=os.getpid(), volume=volume, mounted_as=volume, mountpoint=mountpoint,
+                    pidns=os.stat("/proc/self/ns/pid").st_ino)
     _registrations[volume] = registry.register(store.path, worker)
     return worker
 

@@ -15,9 +15,10 @@ import os
 import time
 
 from ..fs import registry
-from ..records import Snapshot, Volume, Worker
+from ..records import MountSpec, Snapshot, Volume, Worker
 from ..store import volumes
 from . import rules
+from .mounts import Mounts
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 IDLE_STOP_MARGIN = 10.0
 
 
-class VolumeService:
+class VolumeService(Mounts):
     def __init__(self, store):
         """On an open Store, or on a store's path: opened when first needed
         (`fusevol umount` needs only the registry)."""
@@ -180,8 +181,8 @@ class VolumeService:
         with self.store.write() as txn:
             snapshots.rollback(txn, volume, name)
         if worker is not None:
-            self.start_worker(volume, worker.mountpoint, readonly=worker.readonly,
-                              subpath=worker.subpath)
+            self.start_worker(self.mount_spec(volume, readonly=worker.readonly),
+                              worker.mountpoint, options=worker.options)
 
     def gc(self, progress=None) -> dict:
         """The store's gc; volumes a worker serves keep their orphan files."""
@@ -194,15 +195,29 @@ class VolumeService:
 
     # -- workers ------------------------------------------------------------------
 
-    def start_worker(self, name: str, mountpoint: str, *, readonly: bool = False,
-                     subpath: str | None = None, options: str | None = None,
-                     fsname: str | None = None, timeout: float = 60.0, forkserver=None) -> int:
-        """Start a worker serving volume `name` at `mountpoint`; its pid once it serves.
-        The worker resolves what it serves (views, read-only) by volumes.mount_spec."""
-        return registry.start_worker(self.store_path, name, mountpoint, readonly=readonly,
-                                     subpath=subpath, options=options, fsname=fsname,
-                                     timeout=timeout, forkserver=forkserver)
+    def mount_spec(self, name: str, *, subpath: str | None = None, readonly: bool = False,
+                   removed_ok: bool = False) -> MountSpec:
+        """What mounting volume `name` serves (store/volumes.mount_spec): the
+        data volume, the folder of it shown, read-only or not."""
+        with self.store.read() as txn:
+            return volumes.mount_spec(txn, name, subpath=subpath, readonly=readonly,
+                                      removed_ok=removed_ok)
+
+    def start_worker(self, spec: MountSpec, mountpoint: str, *, options: str | None = None,
+                     fsname: str | None = None, timeout: float = 60.0,
+                     forkserver=None) -> int:
+        """Start a worker serving the data volume of `spec` at `mountpoint`; its
+        pid once it serves, or the error it met (the one it would raise in the
+        foreground). A worker serves a volume's root: a folder is shown by
+        `mount_view`."""
+        return registry.start_worker(self.store_path, spec, mountpoint, options=options,
+                                     fsname=fsname, timeout=timeout, forkserver=forkserver)
 
     def stop_worker(self, mountpoint: str, lazy: bool = False, timeout: float = 60.0) -> None:
-        """Unmount and wait until the worker has stored everything and exited."""
+        """Unmount and wait until the worker has stored everything and exited
+        (a view mounted by `mount_view`: unbound, its worker stopped when
+        nothing else counts on it)."""
+        if registry.worker_of(self.store_path, mountpoint=mountpoint) is None \
+                and self.unmount_view(mountpoint, lazy=lazy):
+            return
         registry.unmount(self.store_path, mountpoint, timeout=timeout, lazy=lazy)

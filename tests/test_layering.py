@@ -50,7 +50,8 @@ def test_the_plugin_loads_the_s3_client_only_when_a_remote_is_used():
 
 
 @pytest.mark.parametrize("module", ["fusevol.fs.registry", "fusevol.fs.forkserver",
-                                    "fusevol.plugin.protocol"])
+                                    "fusevol.fs.startup", "fusevol.service.mounts",
+                                    "fusevol.service.keeper", "fusevol.plugin.protocol"])
 def test_outside_views_of_workers_stay_free_of_fuse_and_trio(module):
     assert _offending(module, ("pyfuse3", "trio", "fusevol.fs.operations", "fusevol.fs.mount")) == []
 
@@ -127,6 +128,21 @@ def test_only_the_store_imports_its_schema():
     assert users - set(KNOWN_SCHEMA_USERS) == set(), "import from fusevol.store, not its schema"
     assert set(KNOWN_SCHEMA_USERS) - users == set(), \
         "no longer imports the schema: remove it from KNOWN_SCHEMA_USERS"
+
+
+# The worker serves the MountSpec it is handed; it resolves nothing by name.
+WORKER_MODULES = ("fusevol.fs.worker", "fusevol.fs.mount", "fusevol.fs.forkserver",
+                  "fusevol.fs.startup")
+
+
+def test_the_worker_never_looks_a_volume_up():
+    wrong = sorted(f"{module} imports {name}" for module, path in _modules()
+                   if module in WORKER_MODULES
+                   for name in _imports(module, path)
+                   if _under(name, "fusevol.store.volumes") or _under(name, "fusevol.service")
+                   or name == "fusevol.store.volumes")
+    assert wrong == []
+    assert not any(_under(m, "fusevol.cli") for m in _imported_by("fusevol.fs.worker"))
 
 
 def test_no_layer_imports_a_layer_above_it():

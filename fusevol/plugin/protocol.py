@@ -76,6 +76,12 @@ def worded(error: FusevolError) -> str:
         return f"{text} (fusevol remote ls on the host lists the remotes)"
     if error.reason == "damaged":
         return f"{text}; fusevol verify on the host names the files it reaches"
+    if error.reason == "diverged":
+        return f"{text}; keep one by hand on the host (fusevol push or fusevol pull)"
+    if error.reason == "no_remote_snapshot":
+        return f"{text} (fusevol remote snapshots {details['remote']} on the host lists them)"
+    if error.reason == "remote_damaged":
+        return f"{text} (fusevol remote verify {details['remote']} on the host names what is wrong)"
     return text
 
 

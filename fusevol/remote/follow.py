@@ -173,7 +173,8 @@ class Follower:
                 if usage.logical_bytes or usage.inodes > 1:
                     raise Busy(f"volume {volume} holds data here that was never pushed, and "
                                f"remote {remote['name']} has {volume}@{newest['name']}: the "
-                               "copies diverged; keep one by hand (fusevol push or pull)")
+                               "copies diverged", reason="diverged", volume=volume,
+                               remote=remote["name"], snapshot=newest["name"])
                 placeholder = snapshots.create(txn, volume)["name"]
         try:
             pull.pull(self.store, remote, volume, newest["name"])

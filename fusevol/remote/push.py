@@ -41,7 +41,8 @@ def ensure_config(bucket: Bucket) -> None:
         raise RemoteDamaged(f"remote {bucket.name}: its config object is unreadable") from None
     if config.get("format") != "fusevol-remote" or config.get("version") != 1:
         raise RemoteDamaged(f"remote {bucket.name}: {bucket.bucket}/{bucket.prefix} holds "
-                            f"something else than a fusevol remote of version 1 ({config!r})")
+                            f"something other than a remote in fusevol's format, version 1 "
+                            f"({config!r})")
 
 
 def push(store: Store, remote: dict, volume: str, name: str,

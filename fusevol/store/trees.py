@@ -385,6 +385,11 @@ def _count(txn: Txn, oid: bytes) -> int:
     return _U64.unpack_from(raw)[0] if raw is not None else 0
 
 
+def count(txn: Txn, oid: bytes) -> int:
+    """How many holders object `oid` has (0: none, or no such object)."""
+    return _count(txn, oid)
+
+
 def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
     """Keep new objects, (id, stored form (codec byte + encoding), count) each,
     given in id order (a first snapshot stores 100,000 objects at once)."""

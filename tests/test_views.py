@@ -55,7 +55,7 @@ def _host_place(tmp_path, name: str) -> str:
 
 def _counts(store_path: str, name: str) -> dict:
     with Store.open(store_path).read() as txn:
-        return volumes.load(txn, name).mounts
+        return volumes.get(txn, name).mounts
 
 
 def _wait(condition, what: str, timeout: float = 20.0) -> None:

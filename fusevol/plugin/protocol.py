@@ -182,13 +182,13 @@ class Driver:
     def get(self, req: dict) -> dict:
         name = _name(req)
         with self.store.read() as txn:
-            volume = volumes.load(txn, name)
+            volume = volumes.get(txn, name)
             status = self._status(txn, volume)
         return {"Volume": self._describe(volume, status)}
 
     def list(self, req: dict) -> dict:
         with self.store.read() as txn:
-            found = volumes.load_all(txn)
+            found = volumes.list_all(txn)
         return {"Volumes": [self._describe(v) for v in found]}
 
     # -- descriptions -----------------------------------------------------------------
@@ -228,5 +228,5 @@ def _store_dedup_ratio(txn) -> float:
     """Bytes all volumes hold over the bytes stored once: how much deduplication saves."""
     unique = chunks.totals(txn)["unique_bytes"]
     logical = sum(volumes.stats(txn, r).logical_bytes
-                  for r in volumes.list_all(txn, removed=True) if r["vid"] is not None)
+                  for r in volumes.list_all(txn, removed=True) if r.vid is not None)
     return round(logical / unique, 3) if unique else 1.0

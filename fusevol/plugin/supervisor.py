@@ -28,14 +28,13 @@ from threads, at most one at a time per family (a data volume and its views).
 """
 
 import logging
-import os
 import time
 from collections import Counter
 
 from ..errors import Busy, FusevolError, InvalidArgument
 from ..fs import registry
 from ..records import Volume
-from ..service import VolumeService, rules
+from ..service import VolumeService
 from ..store import Store, volumes
 
 log = logging.getLogger(__name__)
@@ -101,12 +100,12 @@ class Supervisor:
         """Serve the volume (starting its worker on first use) and count this mount."""
         volume = self.record(name)
         if self._follows(volume) and self.family_count(name) == 0:
-            self.follower.before_first_mount(volume.to_dict())  # the lease; newer data first
+            self.follower.before_first_mount(volume)  # the lease; newer data first
         try:
             path = self._serve(volume)
         except BaseException:
             if self._follows(volume) and self.family_count(name) == 0:
-                self.follower.after_last_unmount(volume.to_dict())
+                self.follower.after_last_unmount(volume)
             raise
         self._count(name, mount_id, +1)
         log.info("mounted %s for %s at %s", name, mount_id[:12], path)
@@ -124,7 +123,7 @@ class Supervisor:
         log.info("last mount of %s gone", name)
         self._release(volume)  # a worker still busy keeps the lease held (and the data here)
         if self._follows(volume) and self.family_count(name) == 0:
-            self.follower.after_last_unmount(volume.to_dict())  # snapshot, push, release the lease
+            self.follower.after_last_unmount(volume)  # snapshot, push, release the lease
 
     def _count(self, name: str, mount_id: str, delta: int) -> Volume | None:
         # Not synced (one sync less on every Mount and Unmount): a system crash
@@ -237,7 +236,7 @@ class Supervisor:
             self._restore(data, family, mounted)
         finally:
             if self._follows(data) and not data.removed:  # a lease to hold, a push owed
-                self.follower.resume(data.to_dict(), mounted=bool(mounted))
+                self.follower.resume(data, mounted=bool(mounted))
 
     def _restore(self, data: Volume, family: list[Volume], mounted: list[Volume]) -> None:
         data_name = data.name

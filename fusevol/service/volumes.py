@@ -55,11 +55,11 @@ class VolumeService(Mounts):
 
     def volume(self, name: str, missing_ok: bool = False) -> Volume | None:
         with self.store.read() as txn:
-            return volumes.load(txn, name, missing_ok=missing_ok)
+            return volumes.get(txn, name, missing_ok=missing_ok)
 
     def all_volumes(self, removed: bool = False) -> list[Volume]:
         with self.store.read() as txn:
-            return volumes.load_all(txn, removed=removed)
+            return volumes.list_all(txn, removed=removed)
 
     def family(self, data_name: str) -> list[Volume]:
         """A data volume and its views (a source removed for its views included)."""
@@ -74,7 +74,7 @@ class VolumeService(Mounts):
         from ..store import snapshots
 
         with self.store.write() as txn:
-            return Volume.from_dict(snapshots.create_volume(txn, name, opts))
+            return snapshots.create_volume(txn, name, opts)
 
     # -- what holds a volume ------------------------------------------------------
 
@@ -139,7 +139,7 @@ class VolumeService(Mounts):
         worker serving it stores what it holds first. A volume that does not
         exist is left to the read to report, unless not `missing_ok`."""
         with self.store.read() as txn:
-            volume = volumes.load(txn, name, missing_ok=missing_ok)
+            volume = volumes.get(txn, name, missing_ok=missing_ok)
         registry.flush_worker(self.store_path, rules.flush_target(volume, name))
 
     def snapshot(self, volume: str, name: str | None = None) -> Snapshot:
@@ -147,7 +147,7 @@ class VolumeService(Mounts):
 
         self.flush_for_read(volume)
         with self.store.write() as txn:
-            return Snapshot.from_dict(snapshots.create(txn, volume, name))
+            return snapshots.create(txn, volume, name)
 
     def snapshots(self, volume: str | None = None) -> list[tuple[Snapshot, int, int]]:
         """Snapshots (of `volume`, or all), each with what deleting it alone
@@ -155,7 +155,7 @@ class VolumeService(Mounts):
         from ..store import snapshots
 
         with self.store.read() as txn:
-            return [(Snapshot.from_dict(s), *snapshots.held_alone(txn, s))
+            return [(s, *snapshots.held_alone(txn, s))
                     for s in snapshots.list_all(txn, volume)]
 
     def clone(self, volume: str, name: str, new_volume: str, opts: dict | None = None) -> Volume:
@@ -163,7 +163,7 @@ class VolumeService(Mounts):
         from ..store import snapshots
 
         with self.store.write() as txn:
-            return Volume.from_dict(snapshots.clone(txn, volume, name, new_volume, opts))
+            return snapshots.clone(txn, volume, name, new_volume, opts)
 
     def rollback(self, volume: str, name: str, force: bool = False) -> None:
         """Return `volume` to snapshot `name`. Refused while containers use it
@@ -190,7 +190,7 @@ class VolumeService(Mounts):
 
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:
-            busy = rules.served_vids(volumes.load_all(txn, removed=True), workers)
+            busy = rules.served_vids(volumes.list_all(txn, removed=True), workers)
             return check.gc(txn, busy, progress)
 
     # -- workers ------------------------------------------------------------------

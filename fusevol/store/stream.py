@@ -28,6 +28,7 @@ import blake3
 from ..errors import (AlreadyExists, Busy, FusevolError, InUse, InvalidArgument, NotFound,
                       StreamDamaged)
 from ..progress import NoProgress
+from ..records import Snapshot, Volume
 from . import chunks, pieces, snapshots, trees, volumes
 from .env import Store, Txn
 
@@ -117,14 +118,14 @@ def send(store: Store, volume: str, name: str, out, base: tuple[str, str] | None
     reader.renew()
     try:
         snap = snapshots.get(reader.txn, volume, name)
-        base_root = bytes.fromhex(snapshots.get(reader.txn, *base)["root"]) if base else None
-        record = {k: snap[k] for k in SENT_FIELDS}
+        base_root = bytes.fromhex(snapshots.get(reader.txn, *base).root) if base else None
+        record = {k: v for k, v in snap.to_dict().items() if k in SENT_FIELDS}
         record["sent_from"] = f"{volume}@{name}"
-        progress.start(f"sending {volume}@{name}", snap["logical_bytes"] if not base else None)
+        progress.start(f"sending {volume}@{name}", snap.logical_bytes if not base else None)
         writer = StreamWriter(out, progress)
         writer.header(base_root)
         writer.record(SNAPSHOT, json.dumps(record).encode())
-        stats = _send_tree(reader, writer, bytes.fromhex(snap["root"]), base_root)
+        stats = _send_tree(reader, writer, bytes.fromhex(snap.root), base_root)
         writer.trailer()
         out.flush()
     finally:
@@ -316,11 +317,11 @@ def _link(txn: Txn, spool, progress: NoProgress) -> tuple[set[bytes], set[bytes]
         new_objects.add(rid)
 
 
-def _unchanged_since_snapshot(txn: Txn, record: dict) -> bool:
+def _unchanged_since_snapshot(txn: Txn, target: Volume) -> bool:
     """Whether the volume is exactly one of its snapshots (so rolling it
     loses nothing that no snapshot keeps)."""
-    root = snapshots.inodes_of(txn, record).get(txn, 1).tree_id
-    return any(bytes.fromhex(s["root"]) == root for s in snapshots.list_all(txn, record["name"]))
+    root = snapshots.inodes_of(txn, target).get(txn, 1).tree_id
+    return any(bytes.fromhex(s.root) == root for s in snapshots.list_all(txn, target.name))
 
 
 def receive(store: Store, volume: str, src, *, force: bool = False, mounted: bool = False,
@@ -341,36 +342,34 @@ def receive(store: Store, volume: str, src, *, force: bool = False, mounted: boo
             raise StreamDamaged(f"stream names an invalid snapshot {name!r}")
         with store.write() as txn:
             txn.check_space(size)
-            record = volumes.get(txn, volume, missing_ok=True)
+            target = volumes.get(txn, volume, missing_ok=True)
             if base_root is None:
-                if record is not None:
+                if target is not None:
                     raise AlreadyExists(f"volume {volume} already exists; a full stream makes "
                                         "a new volume (give another name)")
             else:
-                _check_incremental_target(txn, volume, record, base_root, force, mounted)
-                if txn.get("snapshots", snapshots._key(volume, name)) is not None:
+                _check_incremental_target(txn, volume, target, base_root, force, mounted)
+                if snapshots.exists(txn, volume, name):
                     raise AlreadyExists(f"snapshot {volume}@{name} already exists")
             progress.start("storing", size)
             new_objects, new_chunks = _link(txn, spool, progress)
             root = bytes.fromhex(sent["root"])
             if not trees.has(txn, root):
                 raise StreamDamaged(f"stream lacks its root object {root.hex()}")
-            snap = {k: sent[k] for k in SENT_FIELDS}
-            snap["volume"] = volume
-            snap["received_from"] = sent.get("sent_from")
-            if record is None:
-                record = volumes.create(txn, volume, opts)
-                volumes.drop_rows(txn, record["vid"])
-                record["received_from"] = sent.get("sent_from")
-                volumes.put(txn, record)
-            txn.put("snapshots", snapshots._key(volume, name), json.dumps(snap).encode())
+            snap = _received_snapshot(sent, volume)
+            if target is None:
+                target = volumes.create(txn, volume, opts)
+                volumes.drop_rows(txn, target.vid)
+                target.received_from = sent.get("sent_from")
+                volumes.put(txn, target)
+            snapshots.put(txn, snap)
             trees.incref(txn, root)  # the snapshot record's reference
             if base_root is None:
-                snapshots._install_tree(txn, record, snap)
+                snapshots.install_tree(txn, target, snap)
             else:
                 snapshots.rollback(txn, volume, name)
             for oid in new_objects:
-                if trees._count(txn, oid) == 0:
+                if trees.count(txn, oid) == 0:
                     raise StreamDamaged(f"stream carries tree object {oid.hex()} that nothing uses")
             for cid in new_chunks:
                 if chunks.ref_info(txn, cid)[0] == 0:
@@ -379,16 +378,26 @@ def receive(store: Store, volume: str, src, *, force: bool = False, mounted: boo
             "bytes": size, "new_objects": len(new_objects), "new_chunks": len(new_chunks)}
 
 
-def _check_incremental_target(txn: Txn, volume: str, record: dict | None, base_root: bytes,
+def _received_snapshot(sent: dict, volume: str) -> Snapshot:
+    """The snapshot record a stream carries, as this store keeps it."""
+    try:
+        snap = Snapshot.from_dict({**{k: sent[k] for k in SENT_FIELDS}, "volume": volume})
+    except (KeyError, TypeError):
+        raise StreamDamaged("stream is damaged: its snapshot record lacks a field") from None
+    snap.extra["received_from"] = sent.get("sent_from")
+    return snap
+
+
+def _check_incremental_target(txn: Txn, volume: str, target: Volume | None, base_root: bytes,
                               force: bool, mounted: bool) -> None:
-    if record is None:
+    if target is None:
         raise NotFound(f"this is an incremental stream: volume {volume} must exist and "
                             "hold its base snapshot (receive the full stream first)")
-    if not any(bytes.fromhex(s["root"]) == base_root for s in snapshots.list_all(txn, volume)):
+    if not any(bytes.fromhex(s.root) == base_root for s in snapshots.list_all(txn, volume)):
         raise InvalidArgument(f"volume {volume} holds no snapshot equal to the stream's base "
                               f"{base_root.hex()[:16]}...", reason="no_base", volume=volume)
     if mounted:
         raise InUse(f"volume {volume} is mounted", volume=volume, holder="worker", action="receive")
-    if not force and not _unchanged_since_snapshot(txn, record):
+    if not force and not _unchanged_since_snapshot(txn, target):
         raise Busy(f"volume {volume} changed since its latest snapshot; receiving would discard "
                    "that", reason="changed_since_snapshot", volume=volume)

@@ -205,7 +205,7 @@ def test_receive_into_a_changed_volume_words_force_on_the_cli_only(tmp_path):
         stream.receive(b, "vol", io.BytesIO(full.getvalue()))
         with b.write() as txn:  # a change on the receiving side since its snapshot
             record = volumes.get(txn, "vol")
-            Inodes(record["vid"], b.block_size).create(txn, ROOT_INO, b"new", FILE, 0, 0)
+            Inodes(record.vid, b.block_size).create(txn, ROOT_INO, b"new", FILE, 0, 0)
         with pytest.raises(InUse) as served:
             stream.receive(b, "vol", io.BytesIO(incr.getvalue()), mounted=True)
         assert served.value.action == "receive"
@@ -275,7 +275,7 @@ class Recorder:
 def test_export_and_import_report_through_the_protocol(store, tmp_path):
     record = make(store, "vol")
     with store.write() as txn:
-        inodes = Inodes(record["vid"], store.block_size)
+        inodes = Inodes(record.vid, store.block_size)
         ino, _ = inodes.create(txn, ROOT_INO, b"f", FILE, 0, 0)
         inodes.write_blocks(txn, ino, [(0, b"x" * 5000)], 5000)
     out, seen = io.BytesIO(), Recorder()

@@ -131,7 +131,9 @@ def test_mount_exits_alike_with_and_without_background(store_path, tmp_path):
             for extra in ([], ["--background"]):
                 proc = run_cli(store_path, "mount", name, mountpoint, *extra, check=False,
                                timeout=120)
-                # In the foreground the command is the worker: its log is the terminal.
+                # In the foreground the command is the worker: it logs to the terminal
+                # too, never a traceback (that goes to the volume's log).
+                assert "Traceback" not in proc.stderr.decode(), (name, extra, proc.stderr)
                 last = proc.stderr.decode().strip().splitlines()[-1]
                 seen.append((proc.returncode, last if code != 70 else None))
                 assert not os.path.ismount(free)

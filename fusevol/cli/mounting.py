@@ -43,8 +43,10 @@ def mount(ctx, name, mountpoint, readonly, subpath, background, options, fsname)
     if background:
         service.start_worker(spec, mountpoint, options=options, fsname=fsname)
         return
-    from ..fs.worker import WorkerRequest, serve_reporting  # pyfuse3 and trio: the worker's
+    from ..fs import registry
+    from ..fs.worker import WorkerRequest, log_in_foreground, serve_reporting  # pyfuse3, trio
 
+    log_in_foreground(registry.worker_log(service.store_path, spec.data.name))
     serve_reporting(WorkerRequest(store=service.store_path, spec=spec, mountpoint=mountpoint,
                                   options=options, fsname=fsname))
 

@@ -33,6 +33,37 @@ LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 INTERNAL_ERROR = 70
 
 
+class _FirstLines(logging.Formatter):
+    """A record as a terminal shows it: no traceback, only where it went."""
+
+    def __init__(self, where: str):
+        super().__init__(LOG_FORMAT)
+        self.where = where
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info = record.exc_text = None
+        try:
+            text = super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+        return f"{text} (traceback in {self.where})" if saved[0] else text
+
+
+def log_in_foreground(log_path: str) -> None:
+    """A worker serving in the foreground (`fusevol mount`) logs to the terminal
+    as it runs, without a traceback (never one on a user's terminal), and to
+    the volume's log in full, as a worker in the background does."""
+    os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(_FirstLines(log_path))
+    in_full = logging.FileHandler(log_path)
+    in_full.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(in_full)
+
+
 def serve_reporting(request: WorkerRequest, ready_fd: int | None = None) -> None:
     """Serve until unmounted. The outcome before serving goes to `ready_fd`
     (if any); a failure is then raised as the error the report names."""

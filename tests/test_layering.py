@@ -152,3 +152,61 @@ def test_no_layer_imports_a_layer_above_it():
                    for name in _imports(module, path)
                    if any(_under(name, a) for a in above))
     assert wrong == []
+
+
+# -- the sealed store: each table written by one module ---------------------------
+
+STORE_DIR = PACKAGE / "store"
+WRITES = ("put", "delete", "delete_prefix")
+# Tables written by more than one module, and why. `meta` holds store-wide
+# settings and counters, one key family per owner (see META_KEYS).
+SHARED_TABLES = {
+    "meta": "one key family per owner (META_KEYS)",
+    # A snapshot's walk stores the object an inode row was written as in that row.
+    "inodes": "treewriter.py sets tree_id, the snapshot's bookkeeping",
+}
+META_KEYS = {b"format": "env", b"block_size": "env", b"chunk_totals": "env",
+             b"next_ino": "inodes", b"next_pack": "packs", b"next_vid": "volumes",
+             b"store_id": "remotes"}
+
+
+def _table_writes(path: pathlib.Path):
+    """(table, first key part if a literal, line) of every txn.put/delete/delete_prefix
+    whose table is named by a literal or a module constant."""
+    tree = ast.parse(path.read_text())
+    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+              and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+              for t in n.targets if isinstance(t, ast.Name)}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in WRITES and len(node.args) >= 2):
+            continue
+        first = node.args[0]
+        table = first.value if isinstance(first, ast.Constant) else \
+            consts.get(first.id) if isinstance(first, ast.Name) else None
+        if not isinstance(table, str):
+            continue
+        key = node.args[1]
+        while isinstance(key, ast.BinOp):
+            key = key.left
+        yield table, key.value if isinstance(key, ast.Constant) else None, node.lineno
+
+
+def test_each_table_is_written_by_one_module():
+    writers: dict[str, set[str]] = {}
+    meta = []
+    for path in sorted(STORE_DIR.glob("*.py")):
+        for table, key, line in _table_writes(path):
+            writers.setdefault(table, set()).add(path.stem)
+            if table == "meta" and isinstance(key, bytes):
+                owner = next((o for k, o in META_KEYS.items() if key.startswith(k)), None)
+                if owner != path.stem:
+                    meta.append(f"{path.stem}:{line} writes meta key {key!r}")
+    shared = {t: sorted(w) for t, w in writers.items() if len(w) > 1 and t not in SHARED_TABLES}
+    assert shared == {}, "a table written from several modules"
+    assert sorted(writers["inodes"]) == ["inodes", "treewriter"]
+    assert meta == []
+    outside = sorted(f"{module}:{line} writes {table}" for module, path in _modules()
+                     if not _under(module, "fusevol.store")
+                     for table, _, line in _table_writes(path) if table in writers)
+    assert outside == [], "only the store writes its tables"

@@ -22,6 +22,8 @@ def worded(error: errors.FusevolError) -> str:
         return f"{text} (fusevol snapshot ls {volume}; fusevol snapshot rm {volume}@NAME)"
     if error.reason == "changed_since_snapshot":
         return f"{text} (snapshot it first, or use --force)"
+    if error.reason == "remote_exists":
+        return f"{text} (fusevol remote rm {details['remote']} first)"
     if error.reason in ("no_remote", "remote_name"):
         return f"{text} (fusevol remote ls lists them)"
     if error.reason == "no_base":

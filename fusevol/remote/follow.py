@@ -20,7 +20,6 @@ mounted gets its lease back and renewed, one no longer mounted is pushed.
 import concurrent.futures
 import logging
 import threading
-import uuid
 from dataclasses import dataclass, field
 
 from ..errors import Busy, FusevolError
@@ -38,15 +37,11 @@ RETRY_PUSH = 60.0
 def store_id(store: Store) -> str:
     """This store's lasting id: a lease taken by it is its own after a restart."""
     with store.read() as txn:
-        raw = txn.get("meta", b"store_id")
-    if raw is not None:
-        return bytes(raw).decode()
+        known = remotes.known_store_id(txn)
+    if known is not None:
+        return known
     with store.write() as txn:
-        raw = txn.get("meta", b"store_id")
-        if raw is None:
-            raw = uuid.uuid4().hex.encode()
-            txn.put("meta", b"store_id", raw)
-    return bytes(raw).decode()
+        return remotes.store_id(txn)
 
 
 def _remote_of(store: Store, record: Volume) -> dict | None:

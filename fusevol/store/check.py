@@ -230,10 +230,8 @@ def _fix_totals(txn: Txn) -> dict | None:
         actual[0] += 1
         actual[1] += raw_len
         actual[2] += stored_len
-    raw = txn.get("meta", b"chunk_totals")
-    kept = [read_u64(raw, i * 8) if raw else 0 for i in range(3)]
-    txn.chunk_delta = [0, 0, 0]  # written whole here, not as a delta
-    txn.put("meta", b"chunk_totals", b"".join(u64(n) for n in actual))
+    kept = txn.chunk_totals()
+    txn.set_chunk_totals(actual)  # written whole here, not as a delta
     if kept == actual:
         return None
     names = ("chunks", "unique_bytes", "stored_bytes")

@@ -83,7 +83,7 @@ def create(txn: Txn, volume: str, name: str | None = None) -> Snapshot:
         created_ns=time.time_ns(),
         logical_bytes=usage.logical_bytes,
         inodes=usage.inodes,
-        next_ino=read_u64(txn.get("meta", b"next_ino" + u64(inodes.vid))),
+        next_ino=inodes.next_ino(txn),
         hardlinks=_hardlinks(txn, inodes.vid),
     )
     put(txn, snap)
@@ -160,13 +160,7 @@ def install_tree(txn: Txn, volume: Volume, snap: Snapshot) -> None:
     root.flags |= LAZY | (IN_PIECES if obj.pieces is not None else 0)
     root.tree_id = root_id
     trees.incref(txn, root_id)
-    txn.put("inodes", vkey(vid, ROOT_INO), root.pack())
-    for ino, parent, name_hex in snap.hardlinks:
-        txn.put("multilinks", vkey(vid, ino), b"")
-        txn.put("parents", vkey(vid, ino, parent, bytes.fromhex(name_hex)), b"")
-    current = txn.get("meta", b"next_ino" + u64(vid))
-    next_ino = max(snap.next_ino, read_u64(current) if current else 0)
-    txn.put("meta", b"next_ino" + u64(vid), u64(next_ino))
+    inodes_of(txn, volume).adopt_tree(txn, root, snap.hardlinks, snap.next_ino)
     usage = txn.vstats(vid)
     txn.add_vstats(vid, snap.logical_bytes - usage.logical_bytes, snap.inodes - usage.inodes)
 

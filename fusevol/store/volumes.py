@@ -17,13 +17,12 @@ removed in any order, and data never goes while a view still shows it.
 import datetime
 import json
 import re
-import time
 
 from ..errors import AlreadyExists, Busy, InUse, InvalidArgument, NotFound
 from ..records import MountSpec, Volume
 from . import schema
 from .env import Txn
-from .schema import ROOT_INO, Inode, u64, vkey
+from .schema import u64
 
 # Docker's own rule for volume names.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
@@ -54,9 +53,6 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_SIZE = (1 << 63) - 1
 NAME_MAX = 255
 SUBPATH_MAX = 4000  # below PATH_MAX (4096), leaving room for the mountpoint
-_TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks",
-                  "dirchanges")
-
 
 def shown(value, limit: int = 80) -> str:
     """A value as an error message quotes it: its repr, cut short if long."""
@@ -213,12 +209,9 @@ def create(txn: Txn, name: str, opts: dict | None = None) -> Volume:
     volume = Volume(name=name, vid=None if settings["source"] else _next_vid(txn),
                     created_at=_now_rfc3339(), options=dict(opts or {}), **settings)
     if volume.vid is not None:
-        now = time.time_ns()
-        root = Inode(mode=0o040755, uid=0, gid=0, nlink=2, atime_ns=now, mtime_ns=now,
-                     ctime_ns=now, parent=ROOT_INO)
-        txn.put("inodes", vkey(volume.vid, ROOT_INO), root.pack())
-        txn.put("meta", b"next_ino" + u64(volume.vid), u64(ROOT_INO + 1))
-        txn.add_vstats(volume.vid, inodes=1)
+        from .inodes import Inodes
+
+        Inodes(volume.vid, txn.store.block_size).make_root(txn)
     put(txn, volume)
     return volume
 
@@ -342,23 +335,8 @@ def _delete(txn: Txn, volume: Volume) -> None:
 
 
 def drop_rows(txn: Txn, vid: int, keep_counter: bool = False) -> None:
-    """Delete every row of a volume, letting go of the chunks and tree objects
-    they reference. The inode counter may stay, so numbers are never reused."""
-    from . import chunks, trees  # hashing and compression: not for `volume ls`
+    """Delete every row of a volume (Inodes.drop_all); the inode counter may
+    stay, so numbers are never reused."""
+    from .inodes import Inodes  # hashing and compression: not for `volume ls`
 
-    prefix = u64(vid)
-    for _, cid in txn.scan("blocks", prefix):
-        chunks.decref(txn, bytes(cid))
-    for _, raw in txn.scan("inodes", prefix):
-        tree_id = Inode.unpack(raw).tree_id
-        if tree_id != schema.NO_TREE:
-            trees.decref(txn, tree_id)
-    for key, base in txn.scan("dirchanges", prefix):
-        if len(key) == 16:  # a folder's base object (other rows are names)
-            trees.decref(txn, bytes(base))
-    for table in _TABLES_BY_VID:
-        txn.delete_prefix(table, prefix)
-    usage = txn.vstats(vid)
-    txn.add_vstats(vid, -usage.logical_bytes, -usage.inodes)
-    if not keep_counter:
-        txn.delete("meta", b"next_ino" + prefix)
+    Inodes(vid, txn.store.block_size).drop_all(txn, keep_counter=keep_counter)

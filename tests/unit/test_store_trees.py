@@ -274,7 +274,6 @@ def test_a_snapshot_written_in_small_batches_equals_one_written_at_once(tmp_path
     """A batch that holds too many objects stores them as it goes: the tree
     and every count are the same."""
     roots = []
-    monkeypatch.setattr(volumes.time, "time_ns", lambda: 1_700_000_000 * 10**9)  # the root's times
     for hold in (trees.HOLD_OBJECTS, 2):
         monkeypatch.setattr(trees, "HOLD_OBJECTS", hold)
         store = Store.open(str(tmp_path / f"store{hold}"))

@@ -29,7 +29,7 @@ from ..errors import (AlreadyExists, Busy, FusevolError, InUse, InvalidArgument,
                       StreamDamaged)
 from ..progress import NoProgress
 from ..records import Snapshot, Volume
-from . import chunks, pieces, snapshots, trees, volumes
+from . import chunks, snapshots, treepairs, trees, volumes
 from .env import Store, Txn
 
 MAGIC = b"FUSEVOL-SEND\r\n\x1a\n"
@@ -135,60 +135,54 @@ def send(store: Store, volume: str, name: str, out, base: tuple[str, str] | None
 
 
 def _send_tree(reader: _Reader, writer: StreamWriter, root: bytes, base_root: bytes | None) -> dict:
-    """Post-order walk of the tree, paired by path with the base tree (as
-    diff does): an object equal to the base's at its place is left out with
-    everything below it, and so is every chunk of the base's version of a
-    changed file (what an append or an in-place edit keeps)."""
+    """The tree walked paired by path with the base tree (treepairs.py, the walk
+    diff shares), objects written on the way up, children before parents: an
+    object equal to the base's at its place is left out with everything below
+    it, and so is every chunk of the base's version of a changed file (what an
+    append or an in-place edit keeps)."""
     stats = {"objects": 0, "chunks": 0, "skipped_objects": 0, "skipped_chunks": 0}
     seen: set[bytes] = set()
     sent_chunks: set[bytes] = set()
-    stack: list[tuple[bytes, bytes | None, bool]] = [(root, base_root, False)]
     since_renew = 0
-    while stack:
-        oid, base_id, expanded = stack.pop()
-        if since_renew > RENEW_READ_EVERY:
+
+    def get(oid: bytes) -> trees.TreeObject:
+        return trees.decode(chunks.decode(reader.get_object(oid)))
+
+    def go_below(pair: treepairs.Pair) -> bool:
+        if pair.new_id in seen:
+            return False  # a file with several names: sent once
+        seen.add(pair.new_id)
+        return True
+
+    for event, pair in treepairs.walk(lambda: reader.txn, get, base_root, root, old_alone=False,
+                                      go_below=go_below):
+        if since_renew > RENEW_READ_EVERY:  # objects read are copies: the walk goes on
             reader.renew()
             since_renew = 0
-        if expanded:
-            since_renew += _send_object(reader, writer, oid)
-            stats["objects"] += 1
-            continue
-        if oid == base_id:
+        if event == treepairs.SAME:
             stats["skipped_objects"] += 1
+        if event != treepairs.LEAVE:
             continue
-        if oid in seen:
-            continue  # a file with several names
-        seen.add(oid)
-        obj = trees.decode(chunks.decode(reader.get_object(oid)))
-        base_obj = None
-        if base_id is not None:
-            base_obj = trees.decode(chunks.decode(reader.get_object(base_id)))
-            if base_obj.kind != obj.kind:
-                base_obj = None
+        obj, base_obj = pair.new, pair.old if pair.same_kind else None
         if obj.kind == trees.DIR:
-            # Children first, then the pieces of a big folder that the base lacks
-            # (leaves before index pieces), then the folder: pushed in reverse.
-            opened: list[bytes] = []
-            changed = list(pieces.changed_entries(reader.txn, base_obj, obj, opened))
-            stack.append((oid, None, True))
-            stack.extend((piece, None, True) for piece in reversed(opened))
-            stack.extend((child, base_child, False) for _, base_child, child in changed
-                         if child is not None)
-            continue
-        known = {cid for _, cid in base_obj.blocks} if base_obj else set()
-        for _, cid in obj.blocks:
-            if cid in known:
-                stats["skipped_chunks"] += 1
-            elif cid not in sent_chunks:
-                sent_chunks.add(cid)
-                payload = reader.get_chunk(cid)
-                chunks.decode_checked(payload, cid)  # pass no damage on
-                writer.record(CHUNK, cid, payload)
-                since_renew += len(payload)
-                stats["chunks"] += 1
-        since_renew += _send_object(reader, writer, oid)
+            for piece in pair.opened:  # the pieces of a big folder that the base lacks
+                since_renew += _send_object(reader, writer, piece)
+                stats["objects"] += 1
+        else:
+            known = {cid for _, cid in base_obj.blocks} if base_obj else set()
+            for _, cid in obj.blocks:
+                if cid in known:
+                    stats["skipped_chunks"] += 1
+                elif cid not in sent_chunks:
+                    sent_chunks.add(cid)
+                    payload = reader.get_chunk(cid)
+                    chunks.decode_checked(payload, cid)  # pass no damage on
+                    writer.record(CHUNK, cid, payload)
+                    since_renew += len(payload)
+                    stats["chunks"] += 1
+            writer.progress.advance(obj.inode.data_bytes)  # file bytes, as the snapshot counts them
+        since_renew += _send_object(reader, writer, pair.new_id)
         stats["objects"] += 1
-        writer.progress.advance(obj.inode.data_bytes)  # file bytes, as the snapshot counts them
     return stats
 
 

@@ -210,3 +210,20 @@ def test_each_table_is_written_by_one_module():
                      if not _under(module, "fusevol.store")
                      for table, _, line in _table_writes(path) if table in writers)
     assert outside == [], "only the store writes its tables"
+
+
+# The store's core (rows and objects) stands apart from the operations over it.
+STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", "dirchanges",
+              "inodes", "volumes", "remotes", "blobs")
+STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
+                    "tar_import", "check")
+
+
+def test_the_store_core_imports_none_of_its_operations():
+    wrong = sorted(f"{module} imports {name}" for module, path in _modules()
+                   if module.rpartition(".")[2] in STORE_CORE and _under(module, "fusevol.store")
+                   for name in _imports(module, path)
+                   if any(_under(name, f"fusevol.store.{op}") for op in STORE_OPERATIONS))
+    assert wrong == []
+    every = {p.stem for p in STORE_DIR.glob("*.py")} - {"__init__"}
+    assert every == set(STORE_CORE) | set(STORE_OPERATIONS), "place a new store module"

@@ -31,13 +31,12 @@ from ..errors import Busy, FusevolError, NotFound
 from ..fs import bind, registry
 from ..records import MountSpec, Volume
 from ..store import volumes
+from .rules import HOST_MOUNT
 
 log = logging.getLogger(__name__)
 
 # How long a worker whose mount vanished may take to exit before we give up on it.
 WORKER_EXIT_WAIT = 10.0
-# Mount IDs of views mounted on the host (the CLI, mount(8)), counted beside Docker's.
-HOST_MOUNT = "host:"
 
 
 def serves(path: str) -> bool:

@@ -3,9 +3,10 @@
 `VolumeService` gathers what holds a volume (the store's records, the worker
 registry, the mount table) and applies the rules of `rules.py`: removal,
 rollback (with force), receiving into a volume, flushing a worker before its
-volume is read, starting and stopping workers. The plugin's supervisor adds
-what only Docker has (mount IDs and their counts, views as bind mounts) on
-top; the CLI adds its words.
+volume is read, starting and stopping workers; where volumes are shown (the
+data volume's one worker, views bound from it) is `mounts.py`'s part of it.
+The plugin's supervisor adds what only Docker has (mount IDs, idle workers,
+remotes) on top; the CLI adds its words.
 
 Every method blocks (store transactions, workers starting and stopping).
 """

@@ -53,7 +53,7 @@ def mount(ctx, name, mountpoint, readonly, subpath, background, options, fsname)
 
 def _serve_view_until_unmounted(service, mountpoint: str) -> None:
     """A view in the foreground: until it is unmounted (by `fusevol umount`,
-    umount(8), or this command's Ctrl-C or SIGTERM, which unmount it)."""
+    umount(8), or this command's Ctrl-C, SIGTERM or SIGHUP, which unmount it)."""
     import signal
 
     from ..service.keeper import wait_unmounted
@@ -61,7 +61,8 @@ def _serve_view_until_unmounted(service, mountpoint: str) -> None:
     def interrupt(*_):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal too: no count left behind
+        signal.signal(signum, interrupt)
     try:
         wait_unmounted(mountpoint)
     except KeyboardInterrupt:

@@ -25,8 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served(tmp_path, monkeypatch):
+def _serve_with_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSEVOL_METRICS_INTERVAL", "0.2")  # workers publish often
     port = _free_port()
     daemon = PluginDaemon(str(tmp_path / "store"), str(tmp_path / f"fv-{uuid.uuid4().hex[:6]}.sock"),
@@ -34,6 +33,11 @@ def served(tmp_path, monkeypatch):
     daemon.start()
     yield daemon, port
     daemon.cleanup()
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    yield from _serve_with_metrics(tmp_path, monkeypatch)
 
 
 def scrape(port: int) -> dict:
@@ -114,6 +118,39 @@ def test_metrics_of_a_busy_volume(served):
     assert value(samples, "fusevol_worker_up", volume="busy") is None  # its figures went with it
     assert value(samples, "fusevol_volume_mounts", volume="busy") == 0
     assert value(samples, "fusevol_worker_starts_total", volume="busy") == 1
+
+
+@pytest.fixture
+def often_reconciled(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSEVOL_RECONCILE_INTERVAL", "0.2")  # the daemon checks its workers often
+    yield from _serve_with_metrics(tmp_path, monkeypatch)
+
+
+def test_an_idle_worker_is_sent_nothing_and_writes_nothing(often_reconciled):
+    """A mounted volume no one uses costs no CPU: the daemon's checks for dead workers
+    send it no request, and it does not rewrite figures that did not change."""
+    daemon, port = often_reconciled
+    assert daemon.call("/VolumeDriver.Create", {"Name": "calm"})[0] == 200
+    status, reply = daemon.call("/VolumeDriver.Mount", {"Name": "calm", "ID": "c1"})
+    assert status == 200
+    with open(os.path.join(reply["Mountpoint"], "f"), "wb") as f:
+        f.write(b"x" * 4096)
+    record = os.path.join(daemon.store, "run", "metrics", "calm.json")
+
+    def requests():
+        samples = scrape(port)
+        return {dict(labels)["operation"]: v for (name, labels), v in samples.items()
+                if name == "fusevol_fuse_requests_total"}
+
+    deadline = time.monotonic() + 10
+    while not requests().get("release") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the close reached the worker and its figures
+    time.sleep(1.0)  # the flush after close, its figures published
+    before, written_at = requests(), os.stat(record).st_mtime_ns
+    time.sleep(2.0)  # ten reconcile rounds, ten publishing intervals
+    assert requests() == before
+    assert os.stat(record).st_mtime_ns == written_at
+    assert daemon.call("/VolumeDriver.Unmount", {"Name": "calm", "ID": "c1"})[0] == 200
 
 
 def test_metrics_on_a_unix_socket_and_bad_addresses(tmp_path):

@@ -264,7 +264,9 @@ def test_space_freed_by_gc_on_a_full_ext4_disk_is_usable(ext4_store):
     mp = m.mount("busy")
     acked, failure, _ = _push(os.path.join(mp, "fill"), 400, seed=31, then_tries=1)
     assert failure == errno.ENOSPC
-    _, failure, _ = _push(os.path.join(mp, "more"), 1, seed=32, then_tries=0)
+    # Space the store gets back after the refusal (its last commits, pages it frees)
+    # may take a MiB more; 16 MiB more (refused at write or at close) may not fit.
+    _, failure, _ = _push(os.path.join(mp, "more"), 16, seed=32, then_tries=0)
     assert failure == errno.ENOSPC, "the disk was not full"
     os.unlink(os.path.join(mp, "more"))
 

@@ -80,9 +80,10 @@ def metrics_path(store_path: str, name: str) -> str:
     return os.path.join(store_path, "run", "metrics", f"{name}.json")
 
 
-def publish(path: str, metrics: WorkerMetrics, **gauges) -> None:
-    """Write the counters and `gauges` for the daemon (atomically: it may read any time)."""
-    record = {"pid": os.getpid(), "time": time.time(), **metrics.snapshot(), **gauges}
+def publish(path: str, counters: dict, **gauges) -> None:
+    """Write the counters (WorkerMetrics.snapshot) and `gauges` for the daemon
+    (atomically: it may read any time)."""
+    record = {"pid": os.getpid(), "time": time.time(), **counters, **gauges}
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)

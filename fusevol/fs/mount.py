@@ -71,8 +71,8 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
     # Interrupts system calls (no SA_RESTART): see TxnRunner's nudge_reads.
     signal.signal(signal.SIGALRM, lambda *_: None)
     with contextlib.ExitStack() as stack:
-        registered: list[str] = []
-        stack.callback(_unlink, registered)  # last: gone from the registry once all is stored
+        registered: list = []
+        stack.callback(_close, registered)  # last: gone from the registry once all is stored
         runner = TxnRunner(store, nudge_reads=True)
         runner.start()
         stack.callback(runner.stop)  # after the session: everything handed to it is stored
@@ -95,12 +95,9 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
         trio.run(_main, ops, mountpoint, on_ready or (lambda: None), published)
 
 
-def _unlink(paths: list[str]) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+def _close(registrations: list) -> None:
+    for registration in registrations:
+        registration.close()  # its lock goes with it: the worker is gone from the registry
 
 
 def _purge_orphans(txn, inodes: Inodes) -> None:
@@ -128,10 +125,15 @@ async def _serve_fuse(ops: VolumeOperations, everything: trio.CancelScope) -> No
 
 async def _publish_metrics(ops: VolumeOperations, path: str) -> None:
     """Counters for the daemon's metrics endpoint, every few seconds (see metrics.py)."""
+    published = None
     while True:
         # dirty: written and held in memory; unstored: handed to the store thread, not on disk.
-        metrics.publish(path, ops.metrics, dirty_bytes=ops._buffered(),
-                        unstored_bytes=ops.runner.unstored_bytes, open_files=len(ops.handles))
+        figures = (ops.metrics.snapshot(), ops._buffered(), ops.runner.unstored_bytes,
+                   len(ops.handles))
+        if figures != published:  # an idle worker writes nothing (no disk write, no CPU)
+            metrics.publish(path, figures[0], dirty_bytes=figures[1],
+                            unstored_bytes=figures[2], open_files=figures[3])
+            published = figures
         await trio.sleep(metrics.PUBLISH_INTERVAL)
 
 

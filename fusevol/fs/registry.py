@@ -1,11 +1,16 @@
 """Running workers, found without talking to them: the registry, mount checks,
 starting, flushing and stopping workers from outside.
 
-Workers register themselves in ``STORE/run/workers/PID.json``. This module
+Workers register themselves in ``STORE/run/workers/*.json`` and hold a lock
+on their entry while they live: an entry whose lock is free is stale. The lock
+is what every process sharing the store folder sees alike, whatever its pid
+namespace: a managed plugin's workers have pids of the plugin's namespace,
+which mean nothing (or another process) to the host's CLI. This module
 imports neither pyfuse3 nor trio, so the CLI and the daemon stay quick.
 """
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -56,19 +61,45 @@ def workers(store_path: str) -> list[Worker]:
     wdir = _workers_dir(store_path)
     for entry in sorted(os.listdir(wdir)) if os.path.isdir(wdir) else []:
         path = os.path.join(wdir, entry)
+        info = None
         try:
             with open(path) as f:
-                info = Worker.from_dict(json.load(f))
+                if entry.endswith(".json"):
+                    info = Worker.from_dict(json.load(f))
+                if entry.startswith("w-"):
+                    alive = _locked(f)
+                else:  # an entry of a worker from before the locks, named PID.json
+                    alive = info is not None and pid_alive(info.pid)
         except (OSError, ValueError, TypeError):
             continue
-        if pid_alive(info.pid):
-            found.append(info)
-        else:
-            try:
+        if not alive and (info is not None or _age(path) > STALE_TMP_AGE):
+            try:  # stale, or the unnamed entry of a worker that died registering
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        elif info is not None:
+            found.append(info)
     return found
+
+
+STALE_TMP_AGE = 60.0  # seconds: an entry not named yet may be one being locked right now
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _locked(f) -> bool:
+    """Whether a live worker holds the lock on its entry (open as `f`)."""
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False
 
 
 def worker_of(store_path: str, *, volume: str | None = None,
@@ -114,15 +145,45 @@ def idle_until(store_path: str, name: str) -> float | None:
         return None
 
 
-def register(store_path: str, info: Worker) -> str:
-    wdir = _workers_dir(store_path)
-    os.makedirs(wdir, mode=0o700, exist_ok=True)
-    path = os.path.join(wdir, f"{info.pid}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info.to_dict(), f)
-    os.replace(tmp, path)
-    return path
+class Registration:
+    """A worker's entry in the registry, locked for as long as the worker lives
+    (the kernel lets go of the lock when the process ends, however it ends)."""
+
+    def __init__(self, store_path: str, info: Worker):
+        wdir = _workers_dir(store_path)
+        os.makedirs(wdir, mode=0o700, exist_ok=True)
+        name = f"w-{os.urandom(12).hex()}"  # unique across pid namespaces
+        tmp = os.path.join(wdir, name + ".tmp")
+        self.path = os.path.join(wdir, name + ".json")
+        self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # before the name is seen: never stale when listed
+        os.write(self._fd, json.dumps(info.to_dict()).encode())
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+
+
+def register(store_path: str, info: Worker) -> Registration:
+    return Registration(store_path, info)
+
+
+def wait_unregistered(store_path: str, worker: Worker, timeout: float) -> bool:
+    """Wait until `worker` (as the registry listed it) has ended; False after
+    `timeout` seconds. Unlike wait_exit, this holds for a worker of another pid
+    namespace (a managed plugin's, seen from the host)."""
+    deadline = time.monotonic() + timeout
+    while any(w == worker for w in workers(store_path)):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def is_mountpoint(path: str) -> bool:

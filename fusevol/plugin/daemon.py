@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/run/docker/plugins/fusevol.sock"
 MAX_BODY = 1 << 20           # Docker's requests are a few hundred bytes
-RECONCILE_INTERVAL = 10.0    # seconds between checks for workers that died
+# seconds between checks for workers that died
+RECONCILE_INTERVAL = float(os.environ.get("FUSEVOL_RECONCILE_INTERVAL", "10"))
 IDLE_CHECK_INTERVAL = 0.5    # ...for idle workers whose time is up
 _QUIET = {"get", "list", "path", "capabilities", "activate"}  # called often by dockerd
 

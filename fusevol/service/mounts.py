@@ -67,7 +67,10 @@ class Mounts:
         info = self.serving_worker(name)
         if info is not None:
             rules.check_adoptable(name, info, path)
-            if serves(path):
+            # A registered worker is alive (it holds its entry's lock) and a mount sits at
+            # its mountpoint: it serves, and is not sent a request to prove it (this runs
+            # for every mounted volume at every reconcile; a hung worker would hang it).
+            if registry.is_mountpoint(path):
                 return path, False
             # Its mount is gone or dead: the worker is ending; let it go.
             registry.clear_dead_mount(path)

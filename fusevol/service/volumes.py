@@ -114,7 +114,7 @@ class VolumeService(Mounts):
         left = None if until is None else until + IDLE_STOP_MARGIN - time.time()
         if left is None or left <= 0:  # none, or left by a daemon that is gone
             return worker
-        registry.wait_exit(worker.pid, left)
+        registry.wait_unregistered(self.store_path, worker, left)
         return self.serving_worker(name)
 
     # -- changes ----------------------------------------------------------------

@@ -33,10 +33,13 @@ def service(store) -> VolumeService:
     return VolumeService(store)
 
 
+_registrations = {}
+
+
 def serve_fake(store, volume: str, mountpoint: str = "/nowhere/vol") -> Worker:
     """Register a worker for `volume` as a real one does, under this process's pid."""
     worker = Worker(pid=os.getpid(), volume=volume, mounted_as=volume, mountpoint=mountpoint)
-    registry.register(store.path, worker)
+    _registrations[volume] = registry.register(store.path, worker)
     return worker
 
 
@@ -124,7 +127,7 @@ def test_remove_refused_while_held_and_done_when_free(store, service, tmp_path):
     with pytest.raises(InUse) as e:
         service.remove("vol")
     assert e.value.holder == "worker"
-    os.unlink(os.path.join(store.path, "run", "workers", f"{os.getpid()}.json"))
+    _registrations.pop("vol").close()
     assert service.remove("vol") == ["vol"]
     assert service.volume("vol", missing_ok=True) is None
 

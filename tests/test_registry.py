@@ -1,0 +1,57 @@
+"""The worker registry judges a worker alive by the lock it holds on its entry,
+not by its pid: a managed plugin's workers run in the plugin's pid namespace,
+where their pids name other processes (or none) of the host's."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fusevol.fs import registry
+from fusevol.records import Worker
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+REGISTER = """
+import sys
+from fusevol.fs import registry
+from fusevol.records import Worker
+import os
+registry.register(sys.argv[1], Worker(pid=os.getpid(), volume="vol", mountpoint="/mnt/volumes/vol"))
+print(os.getpid(), flush=True)
+sys.stdin.read()  # serve until told to end
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="a new pid namespace needs root and unshare(1)")
+def test_a_worker_of_another_pid_namespace_is_seen_while_it_lives_and_gone_after(tmp_path):
+    store = str(tmp_path)
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-c", REGISTER, store],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": ROOT_DIR})
+    try:
+        ns_pid = int(proc.stdout.readline())
+        assert ns_pid == 1  # its own namespace: the host's pid 1 is another process
+        assert [w.volume for w in registry.workers(store)] == ["vol"]
+        seen = registry.workers(store)[0]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert registry.wait_unregistered(store, seen, timeout=5)
+    assert registry.workers(store) == []
+    assert os.listdir(os.path.join(store, "run", "workers")) == []  # its stale entry removed
+
+
+def test_an_entry_whose_lock_is_free_is_stale_whatever_its_pid(tmp_path):
+    store = str(tmp_path)
+    live = registry.register(store, Worker(pid=os.getpid(), volume="a", mountpoint="/a"))
+    dead = registry.register(store, Worker(pid=os.getpid(), volume="b", mountpoint="/b"))
+    os.close(dead._fd)  # the process "ended" without removing its entry: the lock goes
+    dead._fd = None
+    assert [w.volume for w in registry.workers(store)] == ["a"]
+    assert not os.path.exists(dead.path)
+    live.close()
+    assert registry.workers(store) == []

@@ -97,7 +97,7 @@ def _fusevol(folder: str):
     store = Store.open(os.path.join(folder, "store"))
     with store.write() as txn:
         record = volumes.create(txn, "bench", {})
-    inodes = Inodes(record["vid"], store.block_size, record["compression"])
+    inodes = Inodes(record.vid, store.block_size, record.compression)
     runner = TxnRunner(store)
     runner.start()
     space = SpaceBudget(store, None, 0, pending=lambda: runner.unstored_bytes)

@@ -66,7 +66,7 @@ def parse_layout(text: str) -> tuple[int, int]:
 def build(store: Store, folders: int, per_folder: int) -> tuple[Inodes, list[int]]:
     with store.write() as txn:
         record = volumes.create(txn, "bench")
-    inodes = Inodes(record["vid"], store.block_size, record["compression"])
+    inodes = Inodes(record.vid, store.block_size, record.compression)
     files: list[int] = []
     n, i = folders * per_folder, 0
     while i < n:
@@ -137,8 +137,8 @@ def measure(folders: int, per_folder: int, base: str | None, keep: list | None =
 
         def compare(a, b, count):
             with store.read() as txn:
-                old = bytes.fromhex(snapshots.get(txn, "bench", a)["root"])
-                new = bytes.fromhex(snapshots.get(txn, "bench", b)["root"])
+                old = bytes.fromhex(snapshots.get(txn, "bench", a).root)
+                new = bytes.fromhex(snapshots.get(txn, "bench", b).root)
                 changes = diff(txn, old, new)
             assert len(changes) == count, changes
 

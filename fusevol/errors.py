@@ -24,6 +24,13 @@ class FusevolError(Exception):
         self.details = details  # what the advice needs: the volume's name, ...
 
 
+class InternalError(FusevolError):
+    """A bug met by another process of fusevol (a worker), reported to the
+    one that started it: its traceback is in that process's log."""
+
+    exit_code = 70  # EX_SOFTWARE, as the CLI's own bugs
+
+
 class NotFound(FusevolError):
     errno = errno.ENOENT
     exit_code = 2

@@ -132,3 +132,13 @@ class MountSpec:
     data: Volume
     subpath: str | None
     readonly: bool
+
+    def to_dict(self) -> dict:
+        """As JSON, for a worker's start request (fs/worker.py)."""
+        return {"name": self.name, "data": self.data.to_dict(), "subpath": self.subpath,
+                "readonly": self.readonly}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MountSpec":
+        return cls(name=data["name"], data=Volume.from_dict(data["data"]),
+                   subpath=data.get("subpath"), readonly=bool(data.get("readonly")))

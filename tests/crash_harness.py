@@ -359,8 +359,8 @@ class CrashHarness:
         incremental = rng.random() < 0.5
         target = REPLICA if incremental else f"rcv{r}"
         with self.store.read() as txn:
-            source_root = bytes.fromhex(snapshots.get(txn, WORK, source)["root"])
-            base_root = bytes.fromhex(snapshots.get(txn, REPLICA, self.replica_base)["root"]) \
+            source_root = bytes.fromhex(snapshots.get(txn, WORK, source).root)
+            base_root = bytes.fromhex(snapshots.get(txn, REPLICA, self.replica_base).root) \
                 if incremental else None
         send = ["send"] + (["-i", f"{WORK}@{self.replica_base}"] if incremental else []) + [f"{WORK}@{source}"]
         pipe = self._pipeline(send, ["receive", target])
@@ -481,11 +481,11 @@ class CrashHarness:
 
     def _check_receive(self, txn, rc: ReceiveCheck, problems: list) -> None:
         record = volumes.get(txn, rc.target, missing_ok=True)
-        snaps = {s["name"]: bytes.fromhex(s["root"]) for s in snapshots.list_all(txn, rc.target)} \
+        snaps = {s.name: bytes.fromhex(s.root) for s in snapshots.list_all(txn, rc.target)} \
             if record else {}
         live = None
         if record:
-            raw = txn.get("inodes", vkey(record["vid"], 1))
+            raw = txn.get("inodes", vkey(record.vid, 1))
             live = Inode.unpack(raw).tree_id if raw is not None else None
         received = rc.source_root in snaps.values()
         if rc.exited_ok and not received:
@@ -510,7 +510,7 @@ class CrashHarness:
         with self.store.read() as txn:
             records = {name: volumes.get(txn, name, missing_ok=True) for name in PLUGIN_VOLUMES}
         counts = {(name, mid): n for name, rec in records.items() if rec
-                  for mid, n in (rec.get("mounts") or {}).items()}
+                  for mid, n in rec.mounts.items()}
         for name, rec in records.items():
             want = model.exists.get(name)
             if want is not None and want != (rec is not None):
@@ -560,21 +560,21 @@ class CrashHarness:
         with self.store.write() as txn:
             # The replica's snapshot of that name, not any with the same root: a
             # killed receive of a snapshot equal to the base left no such name.
-            held = {s["name"]: bytes.fromhex(s["root"]) for s in snapshots.list_all(txn, REPLICA)}
+            held = {s.name: bytes.fromhex(s.root) for s in snapshots.list_all(txn, REPLICA)}
             for rc in receives:
                 if rc.incremental and held.get(rc.source) == rc.source_root:
                     self.replica_base = rc.source
             keep = {self.replica_base}
             for s in snapshots.list_all(txn, WORK):
-                if s["name"] not in keep:
-                    snapshots.remove(txn, WORK, s["name"])
+                if s.name not in keep:
+                    snapshots.remove(txn, WORK, s.name)
             for s in snapshots.list_all(txn, REPLICA):
-                if s["name"] not in keep:
-                    snapshots.remove(txn, REPLICA, s["name"])
+                if s.name not in keep:
+                    snapshots.remove(txn, REPLICA, s.name)
             for rc in receives:
                 if not rc.incremental and volumes.get(txn, rc.target, missing_ok=True):
                     for s in snapshots.list_all(txn, rc.target):
-                        snapshots.remove(txn, rc.target, s["name"])
+                        snapshots.remove(txn, rc.target, s.name)
                     volumes.remove(txn, rc.target)
 
     # -- reporting ------------------------------------------------------------------------------

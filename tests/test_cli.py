@@ -2,6 +2,7 @@
 (a message and an exit code, never a traceback), takes --store before or after
 its name, and starts without importing what only mounting needs."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import click
 import lmdb
 import pytest
 
-from conftest import run_cli
+from conftest import needs_fuse, run_cli
 from fusevol import errors
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,6 +84,64 @@ def test_a_bug_is_one_line_and_a_traceback_in_the_log(store_path):
     assert "internal error in: fusevol --store" in logged and "volume ls" in logged
     assert "Traceback (most recent call last)" in logged and "json.decoder.JSONDecodeError" in logged
     assert proc.stdout == b""
+
+
+def _vid(store_path: str, name: str) -> int:
+    env = lmdb.open(os.path.join(store_path, "db"), max_dbs=32, map_size=1 << 40, readonly=True)
+    try:
+        with env.begin(db=env.open_db(b"volumes", create=False)) as txn:
+            return json.loads(txn.get(name.encode()))["vid"]
+    finally:
+        env.close()
+
+
+def _damage(store_path: str, table: bytes, key: bytes, value: bytes) -> None:
+    env = lmdb.open(os.path.join(store_path, "db"), max_dbs=32, map_size=1 << 40)
+    try:
+        with env.begin(write=True, db=env.open_db(table)) as txn:
+            txn.put(key, value)
+    finally:
+        env.close()
+
+
+@needs_fuse
+def test_mount_exits_alike_with_and_without_background(store_path, tmp_path):
+    """The worker's error reaches the CLI as the error it is (class, errno, data):
+    the same exit code whether the command serves in the foreground or a worker
+    was started for it (--background). Each case is one the worker meets itself,
+    or one met before it starts."""
+    for name in ("vol", "other", "bug", "broken"):
+        run_cli(store_path, "volume", "create", name)
+    taken = str(tmp_path / "taken")
+    os.makedirs(taken)
+    run_cli(store_path, "mount", "vol", taken, "--background")
+    # A bug in the worker: a volume's counters damaged (the worker reads them to serve).
+    bug_vid = _vid(store_path, "bug")
+    _damage(store_path, b"vstats", bug_vid.to_bytes(8, "big"), b"bad")
+    # A bug before the worker starts: a volume record that is not JSON.
+    _damage(store_path, b"volumes", b"broken", b"{damaged")
+    free = str(tmp_path / "free")
+    os.makedirs(free)
+    try:
+        cases = {("nosuch", free): errors.NotFound.exit_code,
+                 ("other", taken): errors.Busy.exit_code,
+                 ("bug", free): None, ("broken", free): 70}
+        for (name, mountpoint), code in cases.items():
+            seen = []
+            for extra in ([], ["--background"]):
+                proc = run_cli(store_path, "mount", name, mountpoint, *extra, check=False,
+                               timeout=120)
+                # In the foreground the command is the worker: it logs to the terminal
+                # too, never a traceback (that goes to the volume's log).
+                assert "Traceback" not in proc.stderr.decode(), (name, extra, proc.stderr)
+                last = proc.stderr.decode().strip().splitlines()[-1]
+                seen.append((proc.returncode, last if code != 70 else None))
+                assert not os.path.ismount(free)
+            assert seen[0] == seen[1], (name, seen)
+            assert code is None or seen[0][0] == code, (name, seen)
+            assert seen[0][0] != 0
+    finally:
+        run_cli(store_path, "umount", taken)
 
 
 def _blocked_reading_stdin(pid: int) -> bool:

@@ -105,7 +105,7 @@ def test_small_folders_keep_the_bytes_they_always_had():
 def make_volume(store: Store, name: str) -> Inodes:
     with store.write() as txn:
         record = volumes.create(txn, name)
-    return Inodes(record["vid"], store.block_size, record["compression"])
+    return Inodes(record.vid, store.block_size, record.compression)
 
 
 def fill(store: Store, inodes: Inodes, n: int, per_txn: int = 20_000) -> tuple[int, list[int]]:
@@ -135,8 +135,8 @@ def test_one_change_in_a_folder_of_100000_writes_a_bounded_number_of_objects(sto
         snapshots.create(txn, "big", "s1")
         new = [len(v) for oid, v in trees.stored_rows(txn) if oid not in before]
         written = len(new)
-        old = bytes.fromhex(snapshots.get(txn, "big", "s0")["root"])
-        new = bytes.fromhex(snapshots.get(txn, "big", "s1")["root"])
+        old = bytes.fromhex(snapshots.get(txn, "big", "s0").root)
+        new = bytes.fromhex(snapshots.get(txn, "big", "s1").root)
         changes = diff(txn, old, new)
     # The file, a leaf or two, one index piece per level, the folder, the root.
     assert written <= 12, written
@@ -222,7 +222,7 @@ def test_a_folder_written_step_by_step_equals_one_written_at_once(store):
     with store.write() as txn:
         txn.now_ns = FIXED_NS
         snapshots.create(txn, "once", "end")
-        folders = [dict(trees.get(txn, bytes.fromhex(snapshots.get(txn, v, s)["root"])).entries)[b"d"]
+        folders = [dict(trees.get(txn, bytes.fromhex(snapshots.get(txn, v, s).root)).entries)[b"d"]
                    for v, s in (("steps", f"s{n}"), ("once", "end"))]
         assert folders[0] == folders[1]  # (the roots differ: made at each volume's own time)
         report = check.verify(txn)
@@ -244,7 +244,7 @@ def test_a_store_of_flat_folders_opens_snapshots_diffs_sends_and_verifies(store_
     folder, files = fill(store, inodes, 2000)
     with store.write() as txn:
         snapshots.create(txn, "old", "flat")
-        flat_root = bytes.fromhex(snapshots.get(txn, "old", "flat")["root"])
+        flat_root = bytes.fromhex(snapshots.get(txn, "old", "flat").root)
         assert all(obj.pieces is None for _, _, obj in trees.walk(txn, flat_root))
     Store._instances.pop(store_path).close()
     monkeypatch.setattr(pieces, "FLAT_MAX", 256)
@@ -257,7 +257,7 @@ def test_a_store_of_flat_folders_opens_snapshots_diffs_sends_and_verifies(store_
         inodes.create(txn, folder, b"g-new", stat.S_IFREG | 0o644, 0, 0)
     with store.write() as txn:
         snapshots.create(txn, "old", "pieced")
-        new_root = bytes.fromhex(snapshots.get(txn, "old", "pieced")["root"])
+        new_root = bytes.fromhex(snapshots.get(txn, "old", "pieced").root)
         assert trees.get(txn, dict(trees.get(txn, new_root).entries)[b"big"]).pieces is not None
         lines = [c.line() for c in diff(txn, flat_root, new_root)]
     assert lines == ["M\tbig/f0000010", "D\tbig/f0000020", "A\tbig/g-new"]
@@ -277,9 +277,9 @@ def test_a_store_of_flat_folders_opens_snapshots_diffs_sends_and_verifies(store_
     stream.receive(other, "copy", full)
     stream.receive(other, "copy", inc)
     with other.read() as txn:
-        root = bytes.fromhex(snapshots.get(txn, "copy", "third")["root"])
+        root = bytes.fromhex(snapshots.get(txn, "copy", "third").root)
     with store.read() as txn:
-        mine = bytes.fromhex(snapshots.get(txn, "old", "third")["root"])
+        mine = bytes.fromhex(snapshots.get(txn, "old", "third").root)
     assert root == mine and listing(other, root) == listing(store, mine)
     for s in (store, other):
         with s.write() as txn:
@@ -408,7 +408,7 @@ def test_random_changes_between_snapshots_keep_every_folder_equal_to_its_rows(st
                 except FsError:
                     pass  # EPERM on a folder's hard link, ENOENT after a rename away: fine
             snapshots.create(txn, "rand", f"s{step}")
-            root = bytes.fromhex(snapshots.get(txn, "rand", f"s{step}")["root"])
+            root = bytes.fromhex(snapshots.get(txn, "rand", f"s{step}").root)
             for path, folder in folders.items():
                 obj = folder_object(txn, inodes, root, [path])
                 live = [(n, inodes.get(txn, child).tree_id) for n, child in inodes.list_dir(txn, folder)]

@@ -9,9 +9,10 @@ import time
 import pytest
 
 from conftest import needs_fuse, run_cli
-from fusevol.errors import NotFound
+from fusevol.errors import Busy
 from fusevol.fs import registry
 from fusevol.fs.forkserver import ForkServer
+from fusevol.store import Store, volumes
 
 pytestmark = needs_fuse
 
@@ -29,6 +30,12 @@ def _parent(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
+def _spec(store_path: str, name: str):
+    """What a mount of `name` serves, as the volume service resolves it for a worker."""
+    with Store.open(store_path).read() as txn:
+        return volumes.mount_spec(txn, name)
+
+
 def _mountpoint(tmp_path, name: str) -> str:
     path = str(tmp_path / name)
     os.makedirs(path, exist_ok=True)
@@ -38,7 +45,7 @@ def _mountpoint(tmp_path, name: str) -> str:
 def test_forked_worker_serves_and_its_data_stays(store_path, tmp_path, forkserver):
     run_cli(store_path, "volume", "create", "vol")
     mp = _mountpoint(tmp_path, "mp")
-    pid = registry.start_worker(store_path, "vol", mp, forkserver=forkserver)
+    pid = registry.start_worker(store_path, _spec(store_path, "vol"), mp, forkserver=forkserver)
     try:
         assert _parent(pid) == forkserver.pid
         assert registry.worker_of(store_path, volume="vol").pid == pid
@@ -48,7 +55,7 @@ def test_forked_worker_serves_and_its_data_stays(store_path, tmp_path, forkserve
     finally:
         registry.unmount(store_path, mp)
     # Served again by a worker started as a process: the same bytes.
-    pid = registry.start_worker(store_path, "vol", mp)
+    pid = registry.start_worker(store_path, _spec(store_path, "vol"), mp)
     try:
         assert _parent(pid) != forkserver.pid
         with open(os.path.join(mp, "f"), "rb") as f:
@@ -60,18 +67,25 @@ def test_forked_worker_serves_and_its_data_stays(store_path, tmp_path, forkserve
 
 
 def test_error_of_a_forked_worker_reaches_the_caller(store_path, tmp_path, forkserver):
-    run_cli(store_path, "volume", "ls")  # the store exists, the volume does not
-    with pytest.raises(NotFound, match="no such volume: nosuch"):
-        registry.start_worker(store_path, "nosuch", _mountpoint(tmp_path, "mp"),
-                              forkserver=forkserver)
-    assert registry.workers(store_path) == []
+    run_cli(store_path, "volume", "create", "vol")
+    run_cli(store_path, "volume", "create", "other")
+    mp = _mountpoint(tmp_path, "mp")
+    pid = registry.start_worker(store_path, _spec(store_path, "vol"), mp, forkserver=forkserver)
+    try:  # the mountpoint is taken: the worker's Busy, as the class it had
+        with pytest.raises(Busy, match="already a mountpoint") as e:
+            registry.start_worker(store_path, _spec(store_path, "other"), mp,
+                                  forkserver=forkserver)
+        assert e.value.errno == Busy.errno
+        assert [w.pid for w in registry.workers(store_path)] == [pid]
+    finally:
+        registry.unmount(store_path, mp)
 
 
 def test_workers_outlive_the_forkserver_which_comes_back(store_path, tmp_path, forkserver):
     for name in ("va", "vb"):
         run_cli(store_path, "volume", "create", name)
     mp_a, mp_b = _mountpoint(tmp_path, "a"), _mountpoint(tmp_path, "b")
-    pid_a = registry.start_worker(store_path, "va", mp_a, forkserver=forkserver)
+    pid_a = registry.start_worker(store_path, _spec(store_path, "va"), mp_a, forkserver=forkserver)
     try:
         first = forkserver.pid
         os.kill(first, signal.SIGKILL)
@@ -80,7 +94,8 @@ def test_workers_outlive_the_forkserver_which_comes_back(store_path, tmp_path, f
             time.sleep(0.05)
         with open(os.path.join(mp_a, "still"), "w") as f:  # a's worker kept serving
             f.write("here")
-        pid_b = registry.start_worker(store_path, "vb", mp_b, forkserver=forkserver)
+        pid_b = registry.start_worker(store_path, _spec(store_path, "vb"), mp_b,
+                                          forkserver=forkserver)
         try:
             assert forkserver.pid != first and _parent(pid_b) == forkserver.pid
             assert os.listdir(mp_b) == []

@@ -50,7 +50,8 @@ def test_the_plugin_loads_the_s3_client_only_when_a_remote_is_used():
 
 
 @pytest.mark.parametrize("module", ["fusevol.fs.registry", "fusevol.fs.forkserver",
-                                    "fusevol.plugin.protocol"])
+                                    "fusevol.fs.startup", "fusevol.service.mounts",
+                                    "fusevol.service.keeper", "fusevol.plugin.protocol"])
 def test_outside_views_of_workers_stay_free_of_fuse_and_trio(module):
     assert _offending(module, ("pyfuse3", "trio", "fusevol.fs.operations", "fusevol.fs.mount")) == []
 
@@ -129,6 +130,21 @@ def test_only_the_store_imports_its_schema():
         "no longer imports the schema: remove it from KNOWN_SCHEMA_USERS"
 
 
+# The worker serves the MountSpec it is handed; it resolves nothing by name.
+WORKER_MODULES = ("fusevol.fs.worker", "fusevol.fs.mount", "fusevol.fs.forkserver",
+                  "fusevol.fs.startup")
+
+
+def test_the_worker_never_looks_a_volume_up():
+    wrong = sorted(f"{module} imports {name}" for module, path in _modules()
+                   if module in WORKER_MODULES
+                   for name in _imports(module, path)
+                   if _under(name, "fusevol.store.volumes") or _under(name, "fusevol.service")
+                   or name == "fusevol.store.volumes")
+    assert wrong == []
+    assert not any(_under(m, "fusevol.cli") for m in _imported_by("fusevol.fs.worker"))
+
+
 def test_no_layer_imports_a_layer_above_it():
     wrong = sorted(f"{module} imports {name}"
                    for module, path in _modules()
@@ -136,3 +152,78 @@ def test_no_layer_imports_a_layer_above_it():
                    for name in _imports(module, path)
                    if any(_under(name, a) for a in above))
     assert wrong == []
+
+
+# -- the sealed store: each table written by one module ---------------------------
+
+STORE_DIR = PACKAGE / "store"
+WRITES = ("put", "delete", "delete_prefix")
+# Tables written by more than one module, and why. `meta` holds store-wide
+# settings and counters, one key family per owner (see META_KEYS).
+SHARED_TABLES = {
+    "meta": "one key family per owner (META_KEYS)",
+    # A snapshot's walk stores the object an inode row was written as in that row.
+    "inodes": "treewriter.py sets tree_id, the snapshot's bookkeeping",
+}
+META_KEYS = {b"format": "env", b"block_size": "env", b"chunk_totals": "env",
+             b"next_ino": "inodes", b"next_pack": "packs", b"next_vid": "volumes",
+             b"store_id": "remotes"}
+
+
+def _table_writes(path: pathlib.Path):
+    """(table, first key part if a literal, line) of every txn.put/delete/delete_prefix
+    whose table is named by a literal or a module constant."""
+    tree = ast.parse(path.read_text())
+    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+              and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+              for t in n.targets if isinstance(t, ast.Name)}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in WRITES and len(node.args) >= 2):
+            continue
+        first = node.args[0]
+        table = first.value if isinstance(first, ast.Constant) else \
+            consts.get(first.id) if isinstance(first, ast.Name) else None
+        if not isinstance(table, str):
+            continue
+        key = node.args[1]
+        while isinstance(key, ast.BinOp):
+            key = key.left
+        yield table, key.value if isinstance(key, ast.Constant) else None, node.lineno
+
+
+def test_each_table_is_written_by_one_module():
+    writers: dict[str, set[str]] = {}
+    meta = []
+    for path in sorted(STORE_DIR.glob("*.py")):
+        for table, key, line in _table_writes(path):
+            writers.setdefault(table, set()).add(path.stem)
+            if table == "meta" and isinstance(key, bytes):
+                owner = next((o for k, o in META_KEYS.items() if key.startswith(k)), None)
+                if owner != path.stem:
+                    meta.append(f"{path.stem}:{line} writes meta key {key!r}")
+    shared = {t: sorted(w) for t, w in writers.items() if len(w) > 1 and t not in SHARED_TABLES}
+    assert shared == {}, "a table written from several modules"
+    assert sorted(writers["inodes"]) == ["inodes", "treewriter"]
+    assert meta == []
+    outside = sorted(f"{module}:{line} writes {table}" for module, path in _modules()
+                     if not _under(module, "fusevol.store")
+                     for table, _, line in _table_writes(path) if table in writers)
+    assert outside == [], "only the store writes its tables"
+
+
+# The store's core (rows and objects) stands apart from the operations over it.
+STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", "dirchanges",
+              "inodes", "volumes", "remotes", "blobs")
+STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
+                    "tar_import", "check")
+
+
+def test_the_store_core_imports_none_of_its_operations():
+    wrong = sorted(f"{module} imports {name}" for module, path in _modules()
+                   if module.rpartition(".")[2] in STORE_CORE and _under(module, "fusevol.store")
+                   for name in _imports(module, path)
+                   if any(_under(name, f"fusevol.store.{op}") for op in STORE_OPERATIONS))
+    assert wrong == []
+    every = {p.stem for p in STORE_DIR.glob("*.py")} - {"__init__"}
+    assert every == set(STORE_CORE) | set(STORE_OPERATIONS), "place a new store module"

@@ -127,10 +127,10 @@ def test_a_source_removed_before_its_views_goes_with_its_last_view(driver, store
     # ...but its data stays for its views, until the last one goes.
     store = driver.store
     with store.read() as txn:
-        vid = volumes.get(txn, "src", removed_ok=True)["vid"]
+        vid = volumes.get(txn, "src", removed_ok=True).vid
     assert driver.remove({"Name": "v1"}) == {}
     with store.read() as txn:
-        assert volumes.get(txn, "src", removed_ok=True)["removed"] is True
+        assert volumes.get(txn, "src", removed_ok=True).removed is True
     assert driver.remove({"Name": "v2"}) == {}
     with store.read() as txn:
         assert volumes.get(txn, "src", missing_ok=True, removed_ok=True) is None
@@ -407,7 +407,7 @@ def test_a_volume_that_follows_a_remote_is_never_kept_idle(store_path):
         driver.mount({"Name": "vol", "ID": "c1"})
         with driver.store.write() as txn:  # as `-o remote=NAME` records it
             record = volumes.get(txn, "vol")
-            record["options"] = {**record.get("options", {}), "remote": "r"}
+            record.options = {**record.options, "remote": "r"}
             volumes.put(txn, record)
         driver.sup._follower = type("NoRemote", (), {"after_last_unmount": lambda self, v: None})()
         driver.unmount({"Name": "vol", "ID": "c1"})

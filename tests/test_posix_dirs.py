@@ -19,7 +19,7 @@ def _fill_directory(store_path: str, volume: str, dirname: bytes, names) -> None
     (about 1 ms), which would make 100k entries take minutes."""
     store = Store.open(store_path)
     with store.read() as txn:
-        vid = volumes.get(txn, volume)["vid"]
+        vid = volumes.get(txn, volume).vid
     inodes = Inodes(vid, store.block_size)
     with store.write() as txn:
         d, _ = inodes.create(txn, ROOT_INO, dirname, stat.S_IFDIR | 0o755, 0, 0)
@@ -198,10 +198,14 @@ def test_readdir_lists_dot_and_dotdot_first(mounts):
     mp = mounts.mount("vol")
     check()  # from the store, not from the kernel's caches
 
+    ino_in_volume = ino("app")
     mounts.umount(mp)
     view = mounts.mount("vol", "--subpath", "app/data")
     root = os.stat(view).st_ino
-    assert _dots(view) == [(b".", root), (b"..", root)]  # the view's root is its own parent
+    # A view is a bind of the folder: its listing is the folder's, `..` naming its
+    # parent in the volume, as for any bind mount; as a path, `..` is the kernel's.
+    assert _dots(view) == [(b".", root), (b"..", ino_in_volume)]
+    assert os.path.samestat(os.stat(os.path.join(view, "..")), os.stat(os.path.dirname(view)))
     assert _dots(os.path.join(view, "deep")) == [(b".", os.stat(os.path.join(view, "deep")).st_ino),
                                                  (b"..", root)]
 

@@ -15,7 +15,7 @@ DIR = stat.S_IFDIR | 0o755
 def build(txn) -> tuple[Inodes, dict[str, int]]:
     """root/a/{x, h, h2 (hardlink of h), e/ (empty), b/{y}}"""
     record = volumes.create(txn, "vol")
-    inodes = Inodes(record["vid"], txn.store.block_size)
+    inodes = Inodes(record.vid, txn.store.block_size)
     ino = {}
     ino["a"], _ = inodes.create(txn, 1, b"a", DIR, 0, 0)
     ino["b"], _ = inodes.create(txn, ino["a"], b"b", DIR, 0, 0)
@@ -47,7 +47,7 @@ def test_change_after_snapshot_keeps_the_snapshot_whole(tmp_path, change):
         with store.write() as txn:
             inodes, ino = build(txn)
         with store.write() as txn:
-            root = bytes.fromhex(snapshots.create(txn, "vol", "before")["root"])
+            root = bytes.fromhex(snapshots.create(txn, "vol", "before").root)
         with store.write() as txn:
             CHANGES[change](txn, inodes, ino)
         with store.write() as txn:

@@ -33,7 +33,7 @@ def _open_runner(store) -> TxnRunner:
     return runner
 
 
-async def _snapshot(store, name: str) -> dict:
+async def _snapshot(store, name: str):
     """As the CLI does it: another writer, while the worker runs."""
     def take():
         with store.write() as txn:
@@ -82,7 +82,7 @@ async def test_change_after_a_snapshot_runs_again_and_keeps_it_whole(store, chan
         for parent, name in ((1, b"a"), (ino["a"], b"x"), (ino["a"], b"h"), (ino["a"], b"h2"),
                              (ino["a"], b"b"), (ino["a"], b"e"), (ino["b"], b"y")):
             await runner.read(inodes.lookup, parent, name)
-        root = bytes.fromhex((await _snapshot(store, "before"))["root"])
+        root = bytes.fromhex((await _snapshot(store, "before")).root)
         await runner.change(lambda txn: CHANGES[change](txn, inodes, ino))
         await runner.sync()
         assert runner.broken is None
@@ -130,7 +130,7 @@ def _random_change(rnd, inodes, names: dict):
 async def test_random_changes_ahead_equal_the_store(store, seed):
     rnd = random.Random(seed)
     with store.write() as txn:
-        vid = volumes.create(txn, "vol")["vid"]
+        vid = volumes.create(txn, "vol").vid
     inodes = Inodes(vid, store.block_size)
     runner = _open_runner(store)
     names: dict[int, tuple[bool, bytes]] = {}
@@ -172,7 +172,7 @@ async def test_small_writes_ahead_are_readable_at_once_and_counted_right(store):
     from fusevol.store import chunks
 
     with store.write() as txn:
-        vid = volumes.create(txn, "vol")["vid"]
+        vid = volumes.create(txn, "vol").vid
     inodes = Inodes(vid, store.block_size)
     runner = _open_runner(store)
     try:

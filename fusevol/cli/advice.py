@@ -22,10 +22,22 @@ def worded(error: errors.FusevolError) -> str:
         return f"{text} (fusevol snapshot ls {volume}; fusevol snapshot rm {volume}@NAME)"
     if error.reason == "changed_since_snapshot":
         return f"{text} (snapshot it first, or use --force)"
+    if error.reason == "remote_exists":
+        return f"{text} (fusevol remote rm {details['remote']} first)"
     if error.reason in ("no_remote", "remote_name"):
         return f"{text} (fusevol remote ls lists them)"
     if error.reason == "no_base":
         return f"{text}: send -i from a snapshot it has"
     if error.reason == "damaged":
         return f"{text}; fusevol verify names the files it reaches"
+    if error.reason == "diverged":
+        return (f"{text}; keep one by hand (fusevol push {details['volume']}@SNAPSHOT "
+                f"{details['remote']}, or fusevol pull {details['remote']} "
+                f"{details['volume']}@{details['snapshot']} NEWVOLUME)")
+    if error.reason == "push_running":
+        return f"{text}; prune when it is done, or with --break-locks if that push is known to be dead"
+    if error.reason == "no_remote_snapshot":
+        return f"{text} (fusevol remote snapshots {details['remote']} lists them)"
+    if error.reason == "remote_damaged":
+        return f"{text} (fusevol remote verify {details['remote']} names what is wrong)"
     return text

@@ -2,6 +2,7 @@
 
 import click
 
+from ..errors import InvalidArgument
 from .group import STORE_KEY, command, store_path
 
 
@@ -14,28 +15,59 @@ from .group import STORE_KEY, command, store_path
 @click.option("-o", "options", metavar="OPTS", default=None,
               help="mount(8)-style options: ro, rw, noatime, relatime, strictatime, "
                    "dev[=true], suid[=true] (root only), noexec, subpath=DIR, store=DIR.")
-@click.option("--ready-fd", type=int, default=None, hidden=True)
 @click.option("--fsname", default=None, hidden=True)
 @click.pass_context
-def mount(ctx, name, mountpoint, readonly, subpath, background, options, ready_fd, fsname):
-    """Mount volume NAME at MOUNTPOINT (in the foreground unless --background)."""
+def mount(ctx, name, mountpoint, readonly, subpath, background, options, fsname):
+    """Mount volume NAME at MOUNTPOINT (in the foreground unless --background).
+
+    A view (or --subpath) is a folder of its data volume's one worker, bound at
+    MOUNTPOINT, as the Docker driver shows views; in the foreground the command
+    returns once it is unmounted."""
     from ..fs import mountopts
+    from ..service import VolumeService
 
     parsed = mountopts.parse(options)  # errors now, not in the worker
     if parsed.store:
         ctx.meta[STORE_KEY] = parsed.store
-    readonly = readonly or parsed.readonly
-    subpath = subpath or parsed.subpath
-    if background:
-        from ..service import VolumeService
-
-        VolumeService.open(store_path(ctx)).start_worker(
-            name, mountpoint, readonly=readonly, subpath=subpath, options=options, fsname=fsname)
+    service = VolumeService.open(store_path(ctx))
+    spec = service.mount_spec(name, subpath=subpath or parsed.subpath,
+                              readonly=readonly or parsed.readonly)
+    if spec.subpath:
+        if parsed.atime or parsed.dev is not None or parsed.suid is not None:
+            raise InvalidArgument(f"{name}: a view (or a subpath) has its volume's atime, dev "
+                                  "and suid; only ro, rw and noexec apply to it")
+        service.mount_view(spec, mountpoint, noexec=parsed.noexec, keeper=background)
+        if not background:
+            _serve_view_until_unmounted(service, mountpoint)
         return
-    from ..fs.worker import serve_reporting  # pyfuse3 and trio: only the worker needs them
+    if background:
+        service.start_worker(spec, mountpoint, options=options, fsname=fsname)
+        return
+    from ..fs import registry
+    from ..fs.worker import WorkerRequest, log_in_foreground, serve_reporting  # pyfuse3, trio
 
-    serve_reporting(store_path(ctx), name, mountpoint, readonly=readonly, subpath=subpath,
-                    options=options, fsname=fsname, ready_fd=ready_fd)
+    log_in_foreground(registry.worker_log(service.store_path, spec.data.name))
+    serve_reporting(WorkerRequest(store=service.store_path, spec=spec, mountpoint=mountpoint,
+                                  options=options, fsname=fsname))
+
+
+def _serve_view_until_unmounted(service, mountpoint: str) -> None:
+    """A view in the foreground: until it is unmounted (by `fusevol umount`,
+    umount(8), or this command's Ctrl-C, SIGTERM or SIGHUP, which unmount it)."""
+    import signal
+
+    from ..service.keeper import wait_unmounted
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal too: no count left behind
+        signal.signal(signum, interrupt)
+    try:
+        wait_unmounted(mountpoint)
+    except KeyboardInterrupt:
+        pass
+    service.unmount_view(mountpoint, lazy=True)
 
 
 @command()

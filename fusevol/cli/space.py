@@ -49,8 +49,8 @@ def df(ctx, as_json):
     store = open_store(ctx)
     with store.read() as txn:
         totals = chunks.totals(txn)
-        per_volume = {r["name"]: volumes.stats(txn, r).logical_bytes
-                      for r in volumes.list_all(txn, removed=True) if r["vid"] is not None}
+        per_volume = {r.name: volumes.stats(txn, r).logical_bytes
+                      for r in volumes.list_all(txn, removed=True) if r.vid is not None}
     with store.read(buffers=True) as txn:  # packs are sized, not read
         use = packs.file_use(txn)
     logical = sum(per_volume.values())

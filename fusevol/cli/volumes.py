@@ -60,7 +60,7 @@ def volume_ls(ctx, as_json):
 
     service = open_service(ctx)
     with service.store.read() as txn:
-        rows = [_describe(txn, service, v) for v in volumes.load_all(txn)]
+        rows = [_describe(txn, service, v) for v in volumes.list_all(txn)]
     lines = [f"{'NAME':<30} {'SIZE':>10} {'CREATED':<21} OPTIONS"]
     for r in rows:
         opts = ",".join(f"{k}={v}" for k, v in sorted(r["options"].items()))
@@ -77,7 +77,7 @@ def volume_inspect(ctx, name):
 
     service = open_service(ctx)
     with service.store.read() as txn:
-        out = _describe(txn, service, volumes.load(txn, name))
+        out = _describe(txn, service, volumes.get(txn, name))
     click.echo(json.dumps(out, indent=2))
 
 

@@ -11,8 +11,8 @@ little memory of its own.
 The forkserver holds no store, no threads and no FUSE session when it forks:
 each worker opens the store itself (LMDB environments must not cross a
 fork). It leaves a worker its own session, its log as stdout and stderr, and
-the ready pipe the daemon handed over; the worker reports on that pipe as a
-worker started with `fusevol mount --ready-fd` does (worker.py). Workers
+the ready pipe the daemon handed over; the worker reports on that pipe as
+every worker does (worker.py, startup.py). Workers
 outlive the forkserver and the daemon, as before.
 
 Protocol, over a socketpair: the daemon sends one JSON request with the
@@ -55,7 +55,7 @@ class ForkServer:
         self._sock = ours
 
     def spawn(self, request: dict, ready_fd: int) -> int:
-        """Fork a worker for `request` (see _run_worker); return its pid."""
+        """Fork a worker for `request` (a WorkerRequest as a dict); return its pid."""
         with self._lock:
             for attempt in (1, 2):  # a forkserver that died is started again once
                 if self._sock is None:
@@ -121,11 +121,10 @@ def main(fd: int) -> None:
 
 
 def _run_worker(request: dict, ready_fd: int) -> int:
-    """In the forked child: become a worker as `fusevol mount` would."""
+    """In the forked child: a process of its own, then the worker's entry point."""
     import gc
     import signal
 
-    from .. import errors
     from . import worker
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -140,20 +139,7 @@ def _run_worker(request: dict, ready_fd: int) -> int:
     os.dup2(logf, 2)
     os.close(logf)
     logging.basicConfig(level=logging.INFO, format=worker.LOG_FORMAT, force=True)
-    try:
-        worker.serve_reporting(request["store"], request["name"], request["mountpoint"],
-                               readonly=request["readonly"], subpath=request["subpath"],
-                               options=request.get("options"), fsname=request.get("fsname"),
-                               ready_fd=ready_fd)
-        return 0
-    except errors.FusevolError as e:
-        log.error("%s", e)
-        return e.exit_code
-    except BaseException:
-        log.exception("worker failed")
-        return 70
-    finally:
-        logging.shutdown()
+    return worker.run(worker.WorkerRequest.from_dict(request), ready_fd)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ them; one volume is served by at most one worker, which keeps the kernel's
 caches the only copy of its state.
 """
 
+import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import signal
@@ -16,10 +16,9 @@ import signal
 import pyfuse3
 import trio
 
-from ..errors import Busy, FusevolError, InvalidArgument, NotFound
-from ..records import Worker
+from ..errors import Busy, InvalidArgument, NotFound
+from ..records import MountSpec, Worker
 from ..store import Inodes, Store
-from ..store import volumes
 from . import metrics
 from .mountopts import DEFAULT_ATIME, MountOptions, kernel_options
 from .intent import IntentLog
@@ -35,22 +34,18 @@ log = logging.getLogger(__name__)
 
 # -- serving a volume (inside the worker) -------------------------------------
 
-def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
-          subpath: str | None = None, options: MountOptions | None = None,
-          fsname: str | None = None, on_ready=None) -> None:
-    """Mount volume `name` at `mountpoint` and serve it until it is unmounted.
-    `options` adds atime, dev, suid and noexec choices to the volume's own."""
-    options = options or MountOptions()
-    store = Store.open(store_path)
+def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
+          options: MountOptions | None = None, fsname: str | None = None,
+          on_ready=None) -> None:
+    """Mount what `spec` says (resolved by the caller: store/volumes.mount_spec)
+    at `mountpoint` and serve it until it is unmounted. `options` adds atime,
+    dev, suid and noexec choices to the volume's own. `on_ready()` is called
+    once the mount answers; an error before that is raised, and nothing is
+    left behind (one ExitStack holds every resource, undone in reverse)."""
+    data_volume, readonly = spec.data, spec.readonly
     mountpoint = os.path.abspath(mountpoint)
-    # At the driver's own mountpoint, a source removed while it has views is
-    # still served, for them (store/volumes.py); by name, it is gone.
-    for_views = mountpoint == os.path.join(mount_dir(store.path), name)
-    with store.read() as txn:
-        spec = volumes.mount_spec(txn, name, subpath=subpath, readonly=readonly,
-                                  removed_ok=for_views)
-    data_volume, subpath, readonly = spec.data, spec.subpath, spec.readonly
     # Settings the volume was created with, unless the mount asks otherwise.
+    options = options or MountOptions()
     options = dataclasses.replace(
         options, readonly=readonly,
         atime=options.atime or data_volume.atime or DEFAULT_ATIME,
@@ -58,6 +53,10 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
         suid=bool(data_volume.suid) if options.suid is None else options.suid)
     if (options.dev or options.suid) and os.geteuid() != 0:
         raise InvalidArgument("dev and suid are for mounts by root only")
+    if spec.subpath:
+        raise InvalidArgument(f"a worker serves a volume's root; {spec.name} shows folder "
+                              f"{spec.subpath} of {data_volume.name} through a bind mount")
+    store = Store.open(store_path)
     other = worker_of(store.path, volume=data_volume.name)
     clear_dead_mount(mountpoint)
     if not os.path.isdir(mountpoint):
@@ -72,53 +71,44 @@ def serve(store_path: str, name: str, mountpoint: str, *, readonly: bool = False
     inodes = Inodes(data_volume.vid, store.block_size, data_volume.compression)
     # Interrupts system calls (no SA_RESTART): see TxnRunner's nudge_reads.
     signal.signal(signal.SIGALRM, lambda *_: None)
-    runner = TxnRunner(store, nudge_reads=True)
-    runner.start()
-    registration = None
-    intent = None
-    try:
+    with contextlib.ExitStack() as stack:
+        registered: list = []
+        stack.callback(_close, registered)  # last: gone from the registry once all is stored
+        intents: list = []
+        stack.callback(_close, intents)  # after the store thread stopped: all it covers is in
+        runner = TxnRunner(store, nudge_reads=True)
+        runner.start()
+        stack.callback(runner.stop)  # after the session: everything handed to it is stored
         # What fsyncs logged before a crash goes into the store before anything reads.
+        intent = None
         if not readonly and os.environ.get("FUSEVOL_INTENT_LOG", "1") != "0":
             intent = IntentLog.open(store.path, inodes, runner)
-        root_ino = _view_root(runner, inodes, data_volume.name, subpath) if subpath else 1
+            intents.append(intent)
         if not readonly:
             runner.run_sync(_purge_orphans, inodes)
         used = runner.run_sync(inodes.usage).logical_bytes
         space = SpaceBudget(store, data_volume.quota, used,
                             pending=lambda: runner.unstored_bytes)
-        ops = VolumeOperations(runner, inodes, space, readonly=readonly, root_ino=root_ino,
-                               atime=options.atime, intent=intent)
+        ops = VolumeOperations(runner, inodes, space, readonly=readonly, atime=options.atime,
+                               intent=intent)
         fuse_options = {"default_permissions", "allow_other", "subtype=fusevol",
-                        f"fsname={fsname or 'fusevol:' + name}"}
+                        f"fsname={fsname or 'fusevol:' + spec.name}"}
         ops.metrics.time_commits(store)
         pyfuse3.init(ops, mountpoint, fuse_options | kernel_options(options))
-        registration = register(store.path, Worker(
-            pid=os.getpid(), volume=data_volume.name, mounted_as=name, mountpoint=mountpoint,
-            readonly=readonly, subpath=subpath, options=options.to_text()))
+        stack.callback(pyfuse3.close, unmount=True)
+        registered.append(register(store.path, Worker(
+            pid=os.getpid(), volume=data_volume.name, mounted_as=spec.name,
+            mountpoint=mountpoint, readonly=readonly, options=options.to_text())))
         published = metrics.metrics_path(store.path, data_volume.name)
-        try:
-            trio.run(_main, ops, mountpoint, on_ready, published)
-        finally:
-            pyfuse3.close(unmount=True)
-            metrics.withdraw(published)
-    finally:
-        runner.stop()
-        if intent is not None:
-            intent.close()
-        if registration:
-            registration.close()
+        stack.callback(metrics.withdraw, published)
+        trio.run(_main, ops, mountpoint, on_ready or (lambda: None), published)
 
 
-def _view_root(runner: TxnRunner, inodes: Inodes, volume: str, subpath: str) -> int:
-    """The ino of the folder a subpath view serves, or an error that names it."""
-    try:
-        return runner.run_sync(inodes.resolve, subpath)
-    except FusevolError as e:
-        if e.errno == errno.ENOENT:
-            raise NotFound(f"no folder {subpath} in volume {volume}") from None
-        if e.errno == errno.ENOTDIR:
-            raise InvalidArgument(f"{subpath} in volume {volume} is not a folder") from None
-        raise
+def _close(held: list) -> None:
+    """Let go of the registry entry (its lock goes with it: the worker is gone from
+    the registry) or of the intent log."""
+    for thing in held:
+        thing.close()
 
 
 def _purge_orphans(txn, inodes: Inodes) -> None:
@@ -127,6 +117,7 @@ def _purge_orphans(txn, inodes: Inodes) -> None:
 
 
 async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str) -> None:
+    """The worker's one nursery: every task it runs belongs here and ends with it."""
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(ops.run_flusher)
@@ -134,10 +125,15 @@ async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str
             nursery.start_soon(ops.intent.run_checkpoints, ops.files)
         nursery.start_soon(_publish_metrics, ops, published)
         nursery.start_soon(_unmount_on_signal, mountpoint)
-        nursery.start_soon(_report_ready, mountpoint, on_ready or (lambda: None))
-        await pyfuse3.main()
-        await ops.flush_all(durable=True)
-        nursery.cancel_scope.cancel()
+        nursery.start_soon(_serve_fuse, ops, nursery.cancel_scope)
+        await nursery.start(_answering, mountpoint)
+        on_ready()
+
+
+async def _serve_fuse(ops: VolumeOperations, everything: trio.CancelScope) -> None:
+    await pyfuse3.main()  # returns once the kernel ends the session (unmounted)
+    await ops.flush_all(durable=True)
+    everything.cancel()
 
 
 async def _publish_metrics(ops: VolumeOperations, path: str) -> None:
@@ -154,11 +150,12 @@ async def _publish_metrics(ops: VolumeOperations, path: str) -> None:
         await trio.sleep(metrics.PUBLISH_INTERVAL)
 
 
-async def _report_ready(mountpoint: str, on_ready) -> None:
-    # The stat goes through the kernel to this very loop: once it answers, the mount serves.
+async def _answering(mountpoint: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Started once the mount answers: the stat goes through the kernel to this
+    very loop, so its answer means the mount serves."""
     st = await trio.to_thread.run_sync(os.stat, mountpoint)
     _set_read_ahead(st.st_dev)
-    on_ready()
+    task_status.started()
 
 
 def _set_read_ahead(dev: int) -> None:

@@ -21,9 +21,9 @@ import subprocess
 import sys
 import time
 
-from .. import errors
 from ..errors import Busy, FusevolError, InvalidArgument
-from ..records import Worker
+from ..records import MountSpec, Worker
+from .startup import WorkerRequest, decode as decode_report
 
 log = logging.getLogger(__name__)
 
@@ -240,34 +240,33 @@ def remove_worker_log(store_path: str, name: str) -> None:
     except FileNotFoundError:
         pass
 
-def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool = False,
-                 subpath: str | None = None, options: str | None = None,
-                 fsname: str | None = None, log_path: str | None = None,
-                 timeout: float = 60.0, forkserver=None) -> int:
-    """Start a worker in the background; return its pid once the mount serves.
+def start_worker(store_path: str, spec: MountSpec, mountpoint: str, *,
+                 options: str | None = None, fsname: str | None = None,
+                 log_path: str | None = None, timeout: float = 60.0, forkserver=None) -> int:
+    """Start a worker serving `spec` (resolved by the caller) at `mountpoint`
+    in the background; return its pid once the mount serves, or raise the
+    error the worker reported (startup.py).
 
     The worker is forked by `forkserver` (forkserver.py) when one is given,
-    else started as `fusevol mount --ready-fd`. A worker not ready within
+    else started as `python -m fusevol.fs.worker`. A worker not ready within
     `timeout` seconds (stuck on a store lock, a hung disk, ...) is killed and
     its mount detached, so the caller gets an error instead of waiting for ever.
-    `options` are mount(8)-style options (mountopts.py) beyond readonly and subpath."""
+    `options` are mount(8)-style options (mountopts.py) beyond read-only."""
     if log_path is None:
-        log_path = worker_log(store_path, name)
+        log_path = worker_log(store_path, spec.data.name)
         os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
+    request = WorkerRequest(store=store_path, spec=spec, mountpoint=os.path.abspath(mountpoint),
+                            options=options, fsname=fsname, log_path=log_path).to_dict()
     read_fd, write_fd = os.pipe()
     try:
         pid = None
         if forkserver is not None:
             try:
-                pid = forkserver.spawn({"store": store_path, "name": name,
-                                        "mountpoint": mountpoint, "readonly": readonly,
-                                        "subpath": subpath, "options": options,
-                                        "fsname": fsname, "log_path": log_path}, write_fd)
+                pid = forkserver.spawn(request, write_fd)
             except OSError as e:
                 log.warning("forkserver failed (%s); starting the worker as a process", e)
         if pid is None:
-            pid = _popen_worker(store_path, name, mountpoint, readonly, subpath, options,
-                                fsname, log_path, write_fd)
+            pid = _popen_worker(request, log_path, write_fd)
     except BaseException:
         os.close(read_fd)
         raise
@@ -279,51 +278,25 @@ def start_worker(store_path: str, name: str, mountpoint: str, *, readonly: bool 
         os.close(read_fd)
     if message is None:
         _give_up(pid, mountpoint)
-        raise FusevolError(f"the worker for volume {name} was not ready after {timeout:g} s "
+        raise FusevolError(f"the worker for volume {spec.name} was not ready after {timeout:g} s "
                            f"and was stopped (a stuck store or disk?); see {log_path}")
-    report = _parse_report(message)
-    if report.get("ready"):
+    error = decode_report(message, log_path)
+    if error is None:
         return pid
     wait_exit(pid, timeout)
-    raise _error_of(report, f"the mount worker exited without serving; see {log_path}")
+    raise error
 
 
-def _parse_report(message: bytes) -> dict:
-    try:
-        report = json.loads(message)
-    except ValueError:
-        report = None
-    return report if isinstance(report, dict) else {}
-
-
-def _error_of(report: dict, otherwise: str) -> FusevolError:
-    """The worker's error as the class it had (worker.py writes its name)."""
-    cls = getattr(errors, str(report.get("error")), None)
-    if not (isinstance(cls, type) and issubclass(cls, FusevolError)) or cls is errors.FsError:
-        cls = FusevolError
-    message = str(report.get("message") or otherwise)
-    try:
-        return cls(message)
-    except TypeError:  # a class that carries data the report does not: its base
-        return cls.__mro__[1](message)
-
-
-def _popen_worker(store_path, name, mountpoint, readonly, subpath, options, fsname, log_path,
-                  write_fd) -> int:
-    cmd = [sys.executable, "-m", "fusevol", "--store", store_path, "mount", name, mountpoint,
-           "--ready-fd", str(write_fd)]
-    if readonly:
-        cmd.append("--read-only")
-    if subpath:
-        cmd += ["--subpath", subpath]
-    if options:
-        cmd += ["-o", options]
-    if fsname:
-        cmd += ["--fsname", fsname]
+def _popen_worker(request: dict, log_path: str, write_fd: int) -> int:
+    cmd = [sys.executable, "-m", "fusevol.fs.worker", str(write_fd)]
     with open(log_path, "ab") as logf:
-        # Once unreferenced, subprocess reaps it when it ends.
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                pass_fds=(write_fd,), start_new_session=True).pid
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=logf,
+                                pass_fds=(write_fd,), start_new_session=True)
+    try:  # a few hundred bytes: the pipe takes them before the worker reads
+        proc.stdin.write(json.dumps(request).encode())
+    finally:
+        proc.stdin.close()
+    return proc.pid  # once unreferenced, subprocess reaps it when it ends
 
 
 def wait_exit(pid: int, timeout: float) -> bool:

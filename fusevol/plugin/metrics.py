@@ -87,7 +87,7 @@ class StoreCollector:
 
         with self.sup.store.read() as txn:
             totals = chunks.totals(txn)
-            records = volumes.load_all(txn, removed=True)
+            records = volumes.list_all(txn, removed=True)
             sizes = {v.name: volumes.stats(txn, v) for v in records}
         logical = sum(sizes[v.name].logical_bytes for v in records if v.vid is not None)
 

@@ -76,6 +76,12 @@ def worded(error: FusevolError) -> str:
         return f"{text} (fusevol remote ls on the host lists the remotes)"
     if error.reason == "damaged":
         return f"{text}; fusevol verify on the host names the files it reaches"
+    if error.reason == "diverged":
+        return f"{text}; keep one by hand on the host (fusevol push or fusevol pull)"
+    if error.reason == "no_remote_snapshot":
+        return f"{text} (fusevol remote snapshots {details['remote']} on the host lists them)"
+    if error.reason == "remote_damaged":
+        return f"{text} (fusevol remote verify {details['remote']} on the host names what is wrong)"
     return text
 
 
@@ -176,13 +182,13 @@ class Driver:
     def get(self, req: dict) -> dict:
         name = _name(req)
         with self.store.read() as txn:
-            volume = volumes.load(txn, name)
+            volume = volumes.get(txn, name)
             status = self._status(txn, volume)
         return {"Volume": self._describe(volume, status)}
 
     def list(self, req: dict) -> dict:
         with self.store.read() as txn:
-            found = volumes.load_all(txn)
+            found = volumes.list_all(txn)
         return {"Volumes": [self._describe(v) for v in found]}
 
     # -- descriptions -----------------------------------------------------------------
@@ -222,5 +228,5 @@ def _store_dedup_ratio(txn) -> float:
     """Bytes all volumes hold over the bytes stored once: how much deduplication saves."""
     unique = chunks.totals(txn)["unique_bytes"]
     logical = sum(volumes.stats(txn, r).logical_bytes
-                  for r in volumes.list_all(txn, removed=True) if r["vid"] is not None)
+                  for r in volumes.list_all(txn, removed=True) if r.vid is not None)
     return round(logical / unique, 3) if unique else 1.0

@@ -2,8 +2,9 @@
 
 A data volume is served by one worker at ``STORE/mnt/NAME``. A view volume
 (source + subpath) is a bind mount at ``STORE/mnt/VIEW`` of a folder of its
-source's mountpoint, so one worker (one kernel cache) serves the source and all
-its views; it runs while the source or any of its views is mounted.
+source's mountpoint (the service's `bind_view`, as for a view the CLI mounts),
+so one worker (one kernel cache) serves the source and all its views; it runs
+while the source or any of its views is mounted.
 
 Mount counts live in the store, in each volume record's ``mounts`` map (mount ID
 -> count; Docker may mount one ID twice), written in one transaction per change.
@@ -26,24 +27,18 @@ Every method blocks (store writes, starting and stopping workers): call them
 from threads, at most one at a time per family (a data volume and its views).
 """
 
-import errno
 import logging
-import os
-import subprocess
 import time
 from collections import Counter
 
-from ..errors import Busy, FusevolError, InvalidArgument, NotFound
+from ..errors import Busy, FusevolError, InvalidArgument
 from ..fs import registry
 from ..records import Volume
-from ..service import VolumeService, rules
+from ..service import VolumeService
 from ..store import Store, volumes
-from . import bind
 
 log = logging.getLogger(__name__)
 
-# How long a worker whose mount vanished may take to exit before we give up on it.
-WORKER_EXIT_WAIT = 10.0
 # How long a new worker may take to serve before the Mount fails (a stuck store or disk).
 WORKER_START_TIMEOUT = 60.0
 MOUNT_ID_MAX = 256
@@ -51,23 +46,6 @@ MOUNT_ID_MAX = 256
 # --idle-worker-time`): `docker run --rm` unmounts at every container's end,
 # and a worker kept a few seconds serves the next container at once.
 IDLE_WORKER_TIME = 3.0
-
-
-def _serves(path: str) -> bool:
-    """Whether a mount sits at `path` and answers (a dead FUSE mount raises ENOTCONN)."""
-    if not registry.is_mountpoint(path):
-        return False
-    try:
-        os.statvfs(path)  # never answered from the kernel's caches
-    except OSError:
-        return False
-    return True
-
-
-def _run(cmd: list[str]) -> None:
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise FusevolError(f"{' '.join(cmd)} failed: {res.stderr.strip() or res.returncode}")
 
 
 class Supervisor:
@@ -122,12 +100,12 @@ class Supervisor:
         """Serve the volume (starting its worker on first use) and count this mount."""
         volume = self.record(name)
         if self._follows(volume) and self.family_count(name) == 0:
-            self.follower.before_first_mount(volume.to_dict())  # the lease; newer data first
+            self.follower.before_first_mount(volume)  # the lease; newer data first
         try:
             path = self._serve(volume)
         except BaseException:
             if self._follows(volume) and self.family_count(name) == 0:
-                self.follower.after_last_unmount(volume.to_dict())
+                self.follower.after_last_unmount(volume)
             raise
         self._count(name, mount_id, +1)
         log.info("mounted %s for %s at %s", name, mount_id[:12], path)
@@ -145,7 +123,7 @@ class Supervisor:
         log.info("last mount of %s gone", name)
         self._release(volume)  # a worker still busy keeps the lease held (and the data here)
         if self._follows(volume) and self.family_count(name) == 0:
-            self.follower.after_last_unmount(volume.to_dict())  # snapshot, push, release the lease
+            self.follower.after_last_unmount(volume)  # snapshot, push, release the lease
 
     def _count(self, name: str, mount_id: str, delta: int) -> Volume | None:
         # Not synced (one sync less on every Mount and Unmount): a system crash
@@ -155,11 +133,10 @@ class Supervisor:
 
     def _serve(self, volume: Volume) -> str:
         if volume.is_view:
-            with self.store.read() as txn:
-                spec = volumes.mount_spec(txn, volume.name)
+            spec = self.service.mount_spec(volume.name)
             base = self._serve_data(spec.data)
             try:
-                return self._bind_view(volume, spec, base)
+                return self.service.bind_view(spec, base, self.mountpoint(volume.name))
             except FusevolError:
                 if self.family_count(spec.data.name) == 0:  # started for this view alone
                     self._stop(spec.data.name)
@@ -168,73 +145,18 @@ class Supervisor:
 
     def _serve_data(self, volume: Volume) -> str:
         """Make sure the data volume's worker serves at its mountpoint (adopt or start one)."""
-        name = volume.name
-        path = self.mountpoint(name)
-        info = self.service.serving_worker(name)
-        if info is not None:
-            rules.check_adoptable(name, info, path)
-            # A registered worker is alive (it holds its entry's lock) and a mount sits at
-            # its mountpoint: it serves, and is not sent a request to prove it (this runs
-            # for every mounted volume at every reconcile; a hung worker would hang it).
-            if registry.is_mountpoint(path):
-                self._keep(name)
-                return path
-            # Its mount is gone or dead: the worker is ending; let it go.
-            registry.clear_dead_mount(path)
-            self._wait_exit(info.pid, name)
-        registry.clear_dead_mount(path)
-        if registry.is_mountpoint(path):
-            raise Busy(f"{path} is mounted by something else; unmount it first")
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        pid = self.service.start_worker(name, path, readonly=volume.readonly,
-                                         timeout=self.worker_start_timeout,
-                                         forkserver=self.forkserver)
-        self.worker_starts[name] += 1
-        self._keep(name)  # one kept idle here before died
-        log.info("worker %d serves %s at %s", pid, name, path)
+        path, started = self.service.serve_data(volume, timeout=self.worker_start_timeout,
+                                                forkserver=self.forkserver)
+        self._keep(volume.name)  # no longer idle (one kept idle here before died)
+        if started:
+            self.worker_starts[volume.name] += 1
+            log.info("worker serves %s at %s", volume.name, path)
         return path
-
-    def _wait_exit(self, pid: int, name: str) -> None:
-        if not registry.wait_exit(pid, WORKER_EXIT_WAIT):
-            raise Busy(f"the worker of volume {name} (pid {pid}) lost its mount but does "
-                       "not exit (files still open?); try again later")
-
-    def _bind_view(self, view: Volume, spec, base: str) -> str:
-        """Bind-mount the view's folder of the source mount at the view's mountpoint
-        (`spec`: what the view serves, volumes.mount_spec)."""
-        target = self.mountpoint(view.name)
-        if _serves(target):
-            return target
-        if registry.is_mountpoint(target):  # bound to a worker that died
-            subprocess.run(["umount", "-i", "-l", target], capture_output=True)
-        source = spec.data.name
-        missing = NotFound(f"folder {spec.subpath} does not exist in volume "
-                           f"{source}; create it there first")
-        try:
-            fd = bind.open_folder(base, spec.subpath)
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                raise missing from None
-            # A symlink could point anywhere on the host: a view shows real folders only.
-            raise NotFound(f"folder {spec.subpath} of volume {source} is not a plain "
-                           "folder (a symlink or a mount on the way?); a view shows real "
-                           "folders of its source only") from None
-        try:
-            os.makedirs(target, mode=0o755, exist_ok=True)
-            bind.bind_fd(fd, target, readonly=spec.readonly)
-        except OSError as e:
-            if e.errno == errno.ENOENT:  # removed since it was opened
-                raise missing from None
-            raise FusevolError(f"cannot mount view {view.name} at {target}: "
-                               f"{e.strerror or e}") from None
-        finally:
-            os.close(fd)
-        return target
 
     def _release(self, volume: Volume) -> None:
         """Unmount a volume no one mounts; stop its family's worker when all are released."""
         if volume.is_view:
-            self._unbind(self.mountpoint(volume.name))
+            self.service.unbind(self.mountpoint(volume.name))
         data_name = volume.family
         if self.family_count(data_name) == 0 and not self._keep_idle(data_name):
             self._stop(data_name)
@@ -284,27 +206,10 @@ class Supervisor:
             except Busy as e:
                 log.warning("%s", e)
 
-    def _unbind(self, target: str) -> None:
-        if registry.is_mountpoint(target):
-            if subprocess.run(["umount", "-i", target], capture_output=True).returncode != 0:
-                log.warning("%s busy: detaching it lazily", target)
-                _run(["umount", "-i", "-l", target])
-
     def _stop(self, data_name: str) -> None:
         self._keep(data_name)
-        path = self.mountpoint(data_name)
-        registry.clear_dead_mount(path)
-        info = registry.worker_of(self.store_path, mountpoint=path)
-        if info is None and not registry.is_mountpoint(path):
-            return
-        try:
-            self.service.stop_worker(path)
+        if self.service.stop_data(data_name):
             log.info("stopped the worker of %s", data_name)
-        except Busy:
-            # Someone on the host still uses it: detach now, the worker ends when they close.
-            subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
-            raise Busy(f"volume {data_name} was busy: detached lazily; its worker stops "
-                       "once the last open file closes") from None
 
     # -- removal and recovery ---------------------------------------------------
 
@@ -331,14 +236,14 @@ class Supervisor:
             self._restore(data, family, mounted)
         finally:
             if self._follows(data) and not data.removed:  # a lease to hold, a push owed
-                self.follower.resume(data.to_dict(), mounted=bool(mounted))
+                self.follower.resume(data, mounted=bool(mounted))
 
     def _restore(self, data: Volume, family: list[Volume], mounted: list[Volume]) -> None:
         data_name = data.name
         if not mounted:
             for view in family:
                 if view is not data:
-                    self._unbind(self.mountpoint(view.name))
+                    self.service.unbind(self.mountpoint(view.name))
             if data_name in self._idle:
                 return  # kept for the next Mount: stop_idle stops it in time
             path = self.mountpoint(data_name)
@@ -350,9 +255,8 @@ class Supervisor:
         base = self._serve_data(data)
         for view in mounted:
             if view is not data:
-                with self.store.read() as txn:
-                    spec = volumes.mount_spec(txn, view.name, removed_ok=True)
-                self._bind_view(view, spec, base)
+                spec = self.service.mount_spec(view.name, removed_ok=True)
+                self.service.bind_view(spec, base, self.mountpoint(view.name))
 
 
 def check_mount_id(mount_id) -> str:

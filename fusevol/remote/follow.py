@@ -20,10 +20,10 @@ mounted gets its lease back and renewed, one no longer mounted is pushed.
 import concurrent.futures
 import logging
 import threading
-import uuid
 from dataclasses import dataclass, field
 
 from ..errors import Busy, FusevolError
+from ..records import Volume
 from ..store import remotes, snapshots, volumes
 from ..store.env import Store
 from . import manifests, pull, push
@@ -37,19 +37,15 @@ RETRY_PUSH = 60.0
 def store_id(store: Store) -> str:
     """This store's lasting id: a lease taken by it is its own after a restart."""
     with store.read() as txn:
-        raw = txn.get("meta", b"store_id")
-    if raw is not None:
-        return bytes(raw).decode()
+        known = remotes.known_store_id(txn)
+    if known is not None:
+        return known
     with store.write() as txn:
-        raw = txn.get("meta", b"store_id")
-        if raw is None:
-            raw = uuid.uuid4().hex.encode()
-            txn.put("meta", b"store_id", raw)
-    return bytes(raw).decode()
+        return remotes.store_id(txn)
 
 
-def _remote_of(store: Store, record: dict) -> dict | None:
-    name = (record.get("options") or {}).get("remote")
+def _remote_of(store: Store, record: Volume) -> dict | None:
+    name = record.options.get("remote")
     if not name:
         return None
     with store.read() as txn:
@@ -92,11 +88,11 @@ class Follower:
         self.held: dict[str, _Held] = {}
         self.lock = threading.Lock()
 
-    def before_first_mount(self, record: dict) -> None:
+    def before_first_mount(self, record: Volume) -> None:
         remote = _remote_of(self.store, record)
         if remote is None:
             return
-        volume = record["name"]
+        volume = record.name
         with self.lock:
             held = self.held.get(volume)
             if held is not None:  # still held from the last mount (its push may run)
@@ -123,10 +119,10 @@ class Follower:
             self.held[volume] = held
         return held
 
-    def resume(self, record: dict, mounted: bool) -> None:
+    def resume(self, record: Volume, mounted: bool) -> None:
         """After a daemon restart: hold the lease of a volume still mounted,
         and push one this host still owes the remote (its push was cut short)."""
-        volume = record["name"]
+        volume = record.name
         with self.lock:
             if volume in self.held:
                 return
@@ -158,9 +154,9 @@ class Follower:
             return
         with self.store.read() as txn:
             local = snapshots.list_all(txn, volume)
-        if any(s["root"] == newest["root"] for s in local):
+        if any(s.root == newest["root"] for s in local):
             return  # this host has it (and maybe newer, pushed after the last unmount)
-        if local and local[-1]["created_ns"] >= newest.get("created_ns", 0):
+        if local and local[-1].created_ns >= newest.get("created_ns", 0):
             return
         log.info("%s: pulling %s@%s from %s before mounting", volume, volume, newest["name"],
                  remote["name"])
@@ -173,8 +169,9 @@ class Follower:
                 if usage.logical_bytes or usage.inodes > 1:
                     raise Busy(f"volume {volume} holds data here that was never pushed, and "
                                f"remote {remote['name']} has {volume}@{newest['name']}: the "
-                               "copies diverged; keep one by hand (fusevol push or pull)")
-                placeholder = snapshots.create(txn, volume)["name"]
+                               "copies diverged", reason="diverged", volume=volume,
+                               remote=remote["name"], snapshot=newest["name"])
+                placeholder = snapshots.create(txn, volume).name
         try:
             pull.pull(self.store, remote, volume, newest["name"])
         finally:
@@ -193,8 +190,8 @@ class Follower:
             except Exception as e:  # the server away for a while: try again
                 log.warning("%s: renewing its lease: %s", volume, e)
 
-    def after_last_unmount(self, record: dict, held: _Held | None = None) -> None:
-        volume = record["name"]
+    def after_last_unmount(self, record: Volume, held: _Held | None = None) -> None:
+        volume = record.name
         if held is None:
             with self.lock:
                 held = self.held.get(volume)
@@ -216,8 +213,8 @@ class Follower:
                                            name=f"push-{volume}")
             held.pusher.start()
 
-    def _push(self, record: dict, held: _Held) -> None:
-        volume = record["name"]
+    def _push(self, record: Volume, held: _Held) -> None:
+        volume = record.name
         while True:
             with self.lock:
                 round_of = held.unmounts
@@ -227,12 +224,12 @@ class Follower:
                     vrecord = volumes.get(txn, volume)
                     root = snapshots.write_tree(txn, snapshots.inodes_of(txn, vrecord))
                     local = snapshots.list_all(txn, volume)
-                    if local and bytes.fromhex(local[-1]["root"]) == root:
+                    if local and bytes.fromhex(local[-1].root) == root:
                         snap = local[-1]
                     else:
                         snap = snapshots.create(txn, volume)
-                push.push(self.store, remote, volume, snap["name"])
-                log.info("%s: pushed %s@%s to %s", volume, volume, snap["name"], remote["name"])
+                push.push(self.store, remote, volume, snap.name)
+                log.info("%s: pushed %s@%s to %s", volume, volume, snap.name, remote["name"])
                 with self.lock:
                     if held.mounted:
                         return  # mounted again meanwhile: keep holding; its unmount pushes

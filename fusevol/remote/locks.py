@@ -121,8 +121,8 @@ class PruneLock:
                       and (now is None or (now - m).total_seconds() < STALE)]
             if pushes and not self.break_locks:
                 raise Busy(f"remote {self.bucket.name} has a push running (by "
-                           f"{_holder(self.bucket, pushes[0])}); prune when it is done, or "
-                           "--break-locks if that push is known to be dead")
+                           f"{_holder(self.bucket, pushes[0])})", reason="push_running",
+                           remote=self.bucket.name)
             stale = [n for n, m in locks.items() if n.startswith(f"{LOCKS}push-") and n not in pushes]
             if self.break_locks:
                 stale = [n for n in locks if n.startswith(f"{LOCKS}push-")]

@@ -11,8 +11,8 @@ def read(bucket: Bucket, volume: str, name: str) -> dict:
     manifest_name = layout.manifest_name(volume, name)
     data = bucket.get(manifest_name)
     if data is None:
-        raise NotFound(f"remote {bucket.name} has no snapshot {volume}@{name} "
-                       "(fusevol remote snapshots lists them)")
+        raise NotFound(f"remote {bucket.name} has no snapshot {volume}@{name}",
+                       reason="no_remote_snapshot", remote=bucket.name, volume=volume)
     return layout.decode_manifest(manifest_name, data)
 
 

@@ -51,7 +51,7 @@ def prune(remote: dict, *, break_locks: bool = False, dry_run: bool = False) -> 
             # now could delete it for good.
             raise RemoteDamaged(f"remote {bucket.name}: chunk {lost.hex()} that a snapshot "
                                 "reaches is in no pack this prune can read; prune changes "
-                                "nothing (fusevol remote verify names what is wrong)")
+                                "nothing", reason="remote_damaged", remote=bucket.name)
         packs: dict[bytes, list] = {}
         for packs_of_index in cat.indexes.values():
             packs.update(packs_of_index)
@@ -62,7 +62,7 @@ def prune(remote: dict, *, break_locks: bool = False, dry_run: bool = False) -> 
         if homeless:
             raise RemoteDamaged(f"remote {bucket.name}: blob {next(iter(homeless)).hex()} that a "
                                 "snapshot reaches is only in packs that are missing; prune "
-                                "changes nothing (fusevol remote verify names what is wrong)")
+                                "changes nothing", reason="remote_damaged", remote=bucket.name)
         keep = {pid: entries for pid, entries in packs.items() if live.get(pid)}
         repack = {pid: entries for pid, entries in keep.items()
                   if _dead_bytes(entries, live[pid]) > REPACK_DEAD * _bytes(entries)}

@@ -88,7 +88,7 @@ def _base_of(store: Store, target: str) -> bytes | None:
     if not snaps:
         raise InvalidArgument(f"volume {target} exists here and has no snapshot: pull into a "
                               "new volume (give NEWVOLUME), or snapshot it first")
-    return bytes.fromhex(snaps[-1]["root"])
+    return bytes.fromhex(snaps[-1].root)
 
 
 def _plan(store: Store, fetcher: Fetcher, root: bytes):
@@ -140,7 +140,7 @@ def _refuse_early(store: Store, target: str, base_root: bytes | None, record: di
     if base_root is None:
         return  # a new volume
     with store.read() as txn:
-        if any(s["name"] == record["name"] for s in snapshots.list_all(txn, target)):
+        if any(s.name == record["name"] for s in snapshots.list_all(txn, target)):
             raise AlreadyExists(f"snapshot {target}@{record['name']} already exists")
     if mounted:
         raise Busy(f"volume {target} is mounted; unmount it before pulling into it")

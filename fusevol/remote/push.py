@@ -18,6 +18,7 @@ import time
 
 from ..errors import AlreadyExists, RemoteDamaged
 from ..progress import NoProgress
+from ..records import Snapshot
 from ..store import blobs, chunks, snapshots, trees
 from ..store.env import Store
 from ..store.stream import SENT_FIELDS
@@ -41,7 +42,8 @@ def ensure_config(bucket: Bucket) -> None:
         raise RemoteDamaged(f"remote {bucket.name}: its config object is unreadable") from None
     if config.get("format") != "fusevol-remote" or config.get("version") != 1:
         raise RemoteDamaged(f"remote {bucket.name}: {bucket.bucket}/{bucket.prefix} holds "
-                            f"something else than a fusevol remote of version 1 ({config!r})")
+                            f"something other than a remote in fusevol's format, version 1 "
+                            f"({config!r})")
 
 
 def push(store: Store, remote: dict, volume: str, name: str,
@@ -50,7 +52,7 @@ def push(store: Store, remote: dict, volume: str, name: str,
     started = time.monotonic()
     with store.read() as txn:
         snap = snapshots.get(txn, volume, name)
-    root = bytes.fromhex(snap["root"])
+    root = bytes.fromhex(snap.root)
     bucket = Bucket(remote, max_pool=THREADS)
     manifest_name = layout.manifest_name(volume, name)
     report = {"snapshot": f"{volume}@{name}", "remote": remote["name"], "uploaded_bytes": 0,
@@ -81,7 +83,7 @@ def push(store: Store, remote: dict, volume: str, name: str,
                 index_id, index = layout.encode_index(packs)
                 bucket.put(layout.index_name(index_id), index)
                 sent += len(index)
-            record = {k: snap[k] for k in SENT_FIELDS}
+            record = {k: v for k, v in snap.to_dict().items() if k in SENT_FIELDS}
             record.update(pushed_from=f"{socket.gethostname()}:{volume}@{name}",
                           pushed_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
             manifest = layout.encode_manifest(record)
@@ -93,9 +95,9 @@ def push(store: Store, remote: dict, volume: str, name: str,
     return report
 
 
-def _same_or_refuse(remote: dict, manifest_name: str, data: bytes, snap: dict) -> None:
+def _same_or_refuse(remote: dict, manifest_name: str, data: bytes, snap: Snapshot) -> None:
     theirs = layout.decode_manifest(manifest_name, data)
-    if theirs["root"] != snap["root"]:
+    if theirs["root"] != snap.root:
         raise AlreadyExists(f"remote {remote['name']} already holds a different snapshot "
                             f"{manifest_name.split('/', 1)[1].replace('/', '@')} (pushed from "
                             f"{theirs.get('pushed_from', '?')}); snapshot under another name")

@@ -13,6 +13,15 @@ from ..errors import InUse
 from ..records import Volume, Worker
 
 
+# Mount IDs of views mounted on the host (the CLI, mount(8)), counted beside Docker's.
+HOST_MOUNT = "host:"
+
+
+def host_places(volume: Volume) -> list[str]:
+    """Where views of `volume` mounted on the host are (their counts' IDs)."""
+    return sorted(mid[len(HOST_MOUNT):] for mid in volume.mounts if mid.startswith(HOST_MOUNT))
+
+
 @dataclass(frozen=True)
 class Holders:
     """What holds a volume now.
@@ -41,6 +50,10 @@ def check_remove(h: Holders) -> None:
     mount of it, no worker serves its data (a view's source may: the view has
     no data of its own), nothing is mounted at its place."""
     v = h.volume
+    places = host_places(v)
+    if places and len(places) == len(v.mounts):
+        raise InUse(f"volume {v.name} is mounted at {', '.join(places)}", volume=v.name,
+                    holder="mount", action="remove", mountpoint=places[0])
     if v.mount_count:
         raise InUse(f"volume {v.name} is mounted ({v.mount_count} mount(s))",
                     volume=v.name, holder="containers", action="remove", count=v.mount_count)

@@ -3,9 +3,10 @@
 `VolumeService` gathers what holds a volume (the store's records, the worker
 registry, the mount table) and applies the rules of `rules.py`: removal,
 rollback (with force), receiving into a volume, flushing a worker before its
-volume is read, starting and stopping workers. The plugin's supervisor adds
-what only Docker has (mount IDs and their counts, views as bind mounts) on
-top; the CLI adds its words.
+volume is read, starting and stopping workers; where volumes are shown (the
+data volume's one worker, views bound from it) is `mounts.py`'s part of it.
+The plugin's supervisor adds what only Docker has (mount IDs, idle workers,
+remotes) on top; the CLI adds its words.
 
 Every method blocks (store transactions, workers starting and stopping).
 """
@@ -15,9 +16,10 @@ import os
 import time
 
 from ..fs import registry
-from ..records import Snapshot, Volume, Worker
+from ..records import MountSpec, Snapshot, Volume, Worker
 from ..store import volumes
 from . import rules
+from .mounts import Mounts
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 IDLE_STOP_MARGIN = 10.0
 
 
-class VolumeService:
+class VolumeService(Mounts):
     def __init__(self, store):
         """On an open Store, or on a store's path: opened when first needed
         (`fusevol umount` needs only the registry)."""
@@ -54,11 +56,11 @@ class VolumeService:
 
     def volume(self, name: str, missing_ok: bool = False) -> Volume | None:
         with self.store.read() as txn:
-            return volumes.load(txn, name, missing_ok=missing_ok)
+            return volumes.get(txn, name, missing_ok=missing_ok)
 
     def all_volumes(self, removed: bool = False) -> list[Volume]:
         with self.store.read() as txn:
-            return volumes.load_all(txn, removed=removed)
+            return volumes.list_all(txn, removed=removed)
 
     def family(self, data_name: str) -> list[Volume]:
         """A data volume and its views (a source removed for its views included)."""
@@ -73,7 +75,7 @@ class VolumeService:
         from ..store import snapshots
 
         with self.store.write() as txn:
-            return Volume.from_dict(snapshots.create_volume(txn, name, opts))
+            return snapshots.create_volume(txn, name, opts)
 
     # -- what holds a volume ------------------------------------------------------
 
@@ -138,7 +140,7 @@ class VolumeService:
         worker serving it stores what it holds first. A volume that does not
         exist is left to the read to report, unless not `missing_ok`."""
         with self.store.read() as txn:
-            volume = volumes.load(txn, name, missing_ok=missing_ok)
+            volume = volumes.get(txn, name, missing_ok=missing_ok)
         if not registry.flush_worker(self.store_path, rules.flush_target(volume, name)):
             # No worker serves it: one killed since this process opened the
             # store may have left an intent log to apply first.
@@ -150,7 +152,7 @@ class VolumeService:
 
         self.flush_for_read(volume)
         with self.store.write() as txn:
-            return Snapshot.from_dict(snapshots.create(txn, volume, name))
+            return snapshots.create(txn, volume, name)
 
     def snapshots(self, volume: str | None = None) -> list[tuple[Snapshot, int, int]]:
         """Snapshots (of `volume`, or all), each with what deleting it alone
@@ -158,7 +160,7 @@ class VolumeService:
         from ..store import snapshots
 
         with self.store.read() as txn:
-            return [(Snapshot.from_dict(s), *snapshots.held_alone(txn, s))
+            return [(s, *snapshots.held_alone(txn, s))
                     for s in snapshots.list_all(txn, volume)]
 
     def clone(self, volume: str, name: str, new_volume: str, opts: dict | None = None) -> Volume:
@@ -166,7 +168,7 @@ class VolumeService:
         from ..store import snapshots
 
         with self.store.write() as txn:
-            return Volume.from_dict(snapshots.clone(txn, volume, name, new_volume, opts))
+            return snapshots.clone(txn, volume, name, new_volume, opts)
 
     def rollback(self, volume: str, name: str, force: bool = False) -> None:
         """Return `volume` to snapshot `name`. Refused while containers use it
@@ -184,8 +186,8 @@ class VolumeService:
         with self.store.write() as txn:
             snapshots.rollback(txn, volume, name)
         if worker is not None:
-            self.start_worker(volume, worker.mountpoint, readonly=worker.readonly,
-                              subpath=worker.subpath)
+            self.start_worker(self.mount_spec(volume, readonly=worker.readonly),
+                              worker.mountpoint, options=worker.options)
 
     def gc(self, progress=None) -> dict:
         """The store's gc; volumes a worker serves keep their orphan files."""
@@ -193,20 +195,34 @@ class VolumeService:
 
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:
-            busy = rules.served_vids(volumes.load_all(txn, removed=True), workers)
+            busy = rules.served_vids(volumes.list_all(txn, removed=True), workers)
             return check.gc(txn, busy, progress)
 
     # -- workers ------------------------------------------------------------------
 
-    def start_worker(self, name: str, mountpoint: str, *, readonly: bool = False,
-                     subpath: str | None = None, options: str | None = None,
-                     fsname: str | None = None, timeout: float = 60.0, forkserver=None) -> int:
-        """Start a worker serving volume `name` at `mountpoint`; its pid once it serves.
-        The worker resolves what it serves (views, read-only) by volumes.mount_spec."""
-        return registry.start_worker(self.store_path, name, mountpoint, readonly=readonly,
-                                     subpath=subpath, options=options, fsname=fsname,
-                                     timeout=timeout, forkserver=forkserver)
+    def mount_spec(self, name: str, *, subpath: str | None = None, readonly: bool = False,
+                   removed_ok: bool = False) -> MountSpec:
+        """What mounting volume `name` serves (store/volumes.mount_spec): the
+        data volume, the folder of it shown, read-only or not."""
+        with self.store.read() as txn:
+            return volumes.mount_spec(txn, name, subpath=subpath, readonly=readonly,
+                                      removed_ok=removed_ok)
+
+    def start_worker(self, spec: MountSpec, mountpoint: str, *, options: str | None = None,
+                     fsname: str | None = None, timeout: float = 60.0,
+                     forkserver=None) -> int:
+        """Start a worker serving the data volume of `spec` at `mountpoint`; its
+        pid once it serves, or the error it met (the one it would raise in the
+        foreground). A worker serves a volume's root: a folder is shown by
+        `mount_view`."""
+        return registry.start_worker(self.store_path, spec, mountpoint, options=options,
+                                     fsname=fsname, timeout=timeout, forkserver=forkserver)
 
     def stop_worker(self, mountpoint: str, lazy: bool = False, timeout: float = 60.0) -> None:
-        """Unmount and wait until the worker has stored everything and exited."""
+        """Unmount and wait until the worker has stored everything and exited
+        (a view mounted by `mount_view`: unbound, its worker stopped when
+        nothing else counts on it)."""
+        if registry.worker_of(self.store_path, mountpoint=mountpoint) is None \
+                and self.unmount_view(mountpoint, lazy=lazy):
+            return
         registry.unmount(self.store_path, mountpoint, timeout=timeout, lazy=lazy)

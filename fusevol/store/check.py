@@ -10,13 +10,13 @@ Holders of references, as the rest of the store counts them:
   directory its entries, a folder in pieces its top piece, a piece its items).
 """
 
-import json
 import stat
 from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import StoreDamaged
-from . import chunks, packs, trees, volumes
+from ..records import Volume
+from . import chunks, packs, snapshots, trees, volumes
 from .env import Txn
 from .inodes import Inodes
 from .schema import LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
@@ -48,8 +48,8 @@ def census(txn: Txn, progress: NoProgress) -> Census:
     c = Census()
     work = []
     progress.start("counting references", entries(txn, "inodes") + entries(txn, "blocks"))
-    for _, raw in txn.scan("snapshots", b""):
-        root = bytes.fromhex(json.loads(bytes(raw))["root"])
+    for snap in snapshots.list_all(txn):
+        root = bytes.fromhex(snap.root)
         c.object_refs[root] += 1
         work.append(root)
     for key, raw in txn.scan("dirchanges", b""):
@@ -105,9 +105,9 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
               "unique_bytes_freed": 0, "counts_fixed": [], "totals_fixed": None, "usage_fixed": [],
               "missing": []}
     for record in volumes.list_all(txn, removed=True):
-        if record["vid"] is None or record["vid"] in busy_vids:
+        if record.vid is None or record.vid in busy_vids:
             continue
-        inodes = Inodes(record["vid"], txn.store.block_size, record["compression"])
+        inodes = Inodes(record.vid, txn.store.block_size, record.compression)
         for ino in inodes.orphans(txn):
             inodes.purge(txn, ino)
             report["orphans_purged"] += 1
@@ -127,7 +127,7 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
     report["packs"] = packs.compact(txn)
     report["totals_fixed"] = _fix_totals(txn)
     for record in volumes.list_all(txn, removed=True):
-        if record["vid"] is not None and record["vid"] not in busy_vids:
+        if record.vid is not None and record.vid not in busy_vids:
             fixed = _fix_usage(txn, record)
             if fixed:
                 report["usage_fixed"].append(fixed)
@@ -160,15 +160,15 @@ def volume_usage(txn: Txn, vid: int) -> VolumeStats:
     return usage
 
 
-def _fix_usage(txn: Txn, record: dict) -> dict | None:
+def _fix_usage(txn: Txn, record: Volume) -> dict | None:
     """Set a volume's counters (df, quota) to what its rows make them."""
-    vid = record["vid"]
+    vid = record.vid
     kept, actual = txn.vstats(vid), volume_usage(txn, vid)
     if kept == actual:
         return None
     txn.add_vstats(vid, actual.logical_bytes - kept.logical_bytes, actual.inodes - kept.inodes)
     names = ("logical_bytes", "inodes")
-    return {"volume": record["name"], "was": dict(zip(names, (kept.logical_bytes, kept.inodes))),
+    return {"volume": record.name, "was": dict(zip(names, (kept.logical_bytes, kept.inodes))),
             "now": dict(zip(names, (actual.logical_bytes, actual.inodes)))}
 
 
@@ -231,10 +231,8 @@ def _fix_totals(txn: Txn) -> dict | None:
         actual[0] += 1
         actual[1] += raw_len
         actual[2] += stored_len
-    raw = txn.get("meta", b"chunk_totals")
-    kept = [read_u64(raw, i * 8) if raw else 0 for i in range(3)]
-    txn.chunk_delta = [0, 0, 0]  # written whole here, not as a delta
-    txn.put("meta", b"chunk_totals", b"".join(u64(n) for n in actual))
+    kept = txn.chunk_totals()
+    txn.set_chunk_totals(actual)  # written whole here, not as a delta
     if kept == actual:
         return None
     names = ("chunks", "unique_bytes", "stored_bytes")
@@ -372,9 +370,9 @@ class _Verifier:
             if state:
                 self.problem(where, path, f"chunk {short(cid)} {state}", chunk=cid.hex())
 
-    def walk_volume(self, record: dict) -> None:
+    def walk_volume(self, record: Volume) -> None:
         """Walk a volume's live rows (and the trees of its lazy parts)."""
-        txn, vid, where = self.txn, record["vid"], f"volume {record['name']}"
+        txn, vid, where = self.txn, record.vid, f"volume {record.name}"
         damage = bool(self.bad_chunks or self.bad_objects)
         stack = [(b"", ROOT_INO)]
         seen: set[int] = set()
@@ -428,16 +426,16 @@ def verify(txn: Txn, progress: NoProgress | None = None) -> dict:
         v.problem("store", None, f"pack {number} counts {counted} dead byte(s), {found} found "
                   "(fusevol gc repairs this)", pack=number)
     c = census(txn, progress)
-    records = [r for r in volumes.list_all(txn, removed=True) if r["vid"] is not None]
-    v.counts(c, {r["vid"] for r in records})
-    snaps = [json.loads(bytes(raw)) for _, raw in txn.scan("snapshots", b"")]
+    records = [r for r in volumes.list_all(txn, removed=True) if r.vid is not None]
+    v.counts(c, {r.vid for r in records})
+    snaps = snapshots.list_all(txn)
     progress.start("walking volumes and snapshots", len(records) + len(snaps))
     for record in records:
         v.walk_volume(record)
         progress.advance(1)
     for snap in snaps:
         if v.bad_chunks or v.bad_objects:
-            v.walk_tree(f"snapshot {snap['volume']}@{snap['name']}", b"", bytes.fromhex(snap["root"]))
+            v.walk_tree(f"snapshot {snap.ref}", b"", bytes.fromhex(snap.root))
         progress.advance(1)
     # Damage no path leads to (unreferenced, or only in a store-level count) is still damage.
     by_path = [p for p in v.problems if p["path"] is not None]

@@ -424,6 +424,5 @@ def disk_bytes(txn: Txn, cid: bytes) -> int:
 
 
 def totals(txn: Txn) -> dict:
-    raw = txn.get("meta", b"chunk_totals")
-    chunks, raw_bytes, stored = (schema.read_u64(raw, i * 8) for i in range(3)) if raw else (0, 0, 0)
+    chunks, raw_bytes, stored = txn.chunk_totals()
     return {"chunks": chunks, "unique_bytes": raw_bytes, "stored_bytes": stored}

@@ -1,11 +1,12 @@
-"""What changed between two trees, walking only where their object ids differ."""
+"""What changed between two trees, walking only where their object ids differ
+(treepairs.py: the walk send shares)."""
 
 import stat
 from dataclasses import dataclass
 
 import blake3
 
-from . import pieces, trees
+from . import treepairs, trees
 from .env import Txn
 
 
@@ -43,33 +44,22 @@ def diff(txn: Txn, old_root: bytes, new_root: bytes) -> list[Change]:
     added: list[tuple[bytes, trees.TreeObject]] = []
     removed: list[tuple[bytes, trees.TreeObject]] = []
     changes: list[Change] = []
-
-    def whole(path: bytes, oid: bytes, into: list) -> None:
-        for sub, _, obj in trees.walk(txn, oid, path):
-            into.append((sub, obj))
-
-    stack = [(b"", old_root, new_root)]
-    while stack:
-        path, a_id, b_id = stack.pop()
-        if a_id == b_id:
-            continue  # equal subtrees: nothing below can differ
-        a, b = trees.get(txn, a_id), trees.get(txn, b_id)
-        a_dir, b_dir = a.kind == trees.DIR, b.kind == trees.DIR
-        if a_dir and b_dir:
+    for event, pair in treepairs.walk(lambda: txn, lambda oid: trees.get(txn, oid),
+                                      old_root, new_root):
+        if event != treepairs.ENTER:
+            continue
+        a, b, path = pair.old, pair.new, pair.path
+        if a is None:
+            added.append((path, b))
+        elif b is None:
+            removed.append((path, a))
+        elif a.kind == trees.DIR and b.kind == trees.DIR:
             if path and _attrs_differ(a, b):
                 changes.append(Change("M", path + b"/"))
-            # Only the entries that differ: equal pieces of big folders are skipped whole.
-            for name, old, new in reversed(list(pieces.changed_entries(txn, a, b))):
-                sub = _join(path, name)
-                if new is None:
-                    whole(sub, old, removed)
-                elif old is None:
-                    whole(sub, new, added)
-                else:
-                    stack.append((sub, old, new))
-        elif a_dir != b_dir or stat.S_IFMT(a.inode.mode) != stat.S_IFMT(b.inode.mode):
-            whole(path, a_id, removed)  # a kind change: the old one went, the new one came
-            whole(path, b_id, added)
+        elif a.kind == trees.DIR or b.kind == trees.DIR \
+                or stat.S_IFMT(a.inode.mode) != stat.S_IFMT(b.inode.mode):
+            removed.append((path, a))  # a kind change: the old one went, the new one came
+            added.append((path, b))
         elif _content_key(a) != _content_key(b) or _attrs_differ(a, b):
             changes.append(Change("M", path))
         # Equal content and attributes, other times or ino only: not a change worth naming.

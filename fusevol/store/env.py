@@ -160,6 +160,16 @@ class Txn:
         for vid, (lb, ino) in self.vstat_delta.items():
             parent.add_vstats(vid, lb, ino)
 
+    def chunk_totals(self) -> list[int]:
+        """The store's chunks, their raw and their stored bytes, as committed."""
+        raw = self.get("meta", b"chunk_totals")
+        return [schema.read_u64(raw, i * 8) for i in range(3)] if raw else [0, 0, 0]
+
+    def set_chunk_totals(self, totals: list[int]) -> None:
+        """Write the totals whole (gc's recount): what this transaction added is in them."""
+        self.chunk_delta = [0, 0, 0]
+        self.put("meta", b"chunk_totals", b"".join(schema.u64(t) for t in totals))
+
     def fold_counters(self) -> None:
         if any(self.chunk_delta):
             raw = self.get("meta", b"chunk_totals")

@@ -18,6 +18,9 @@ from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_N
                      ino_key, ino_pair_key, read_ino_key, read_u64, u64)
 
 NAME_MAX = 255
+# Every table whose rows belong to one volume (keys start with its vid).
+_TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks",
+                  "dirchanges")
 
 
 def _now(txn: Txn) -> int:
@@ -176,6 +179,49 @@ class Inodes:
     def next_ino(self, txn: Txn) -> int:
         """The number the next new inode of this volume gets."""
         return read_u64(txn.get("meta", b"next_ino" + u64(self.vid)))
+
+    # -- a volume's rows as a whole (its life: volumes.py, snapshots.py) ---------
+
+    def make_root(self, txn: Txn) -> None:
+        """A new volume's rows: its root folder, and its inode counter."""
+        now = _now(txn)
+        root = Inode(mode=0o040755, uid=0, gid=0, nlink=2, atime_ns=now, mtime_ns=now,
+                     ctime_ns=now, parent=ROOT_INO)
+        txn.put("inodes", vkey(self.vid, ROOT_INO), root.pack())
+        txn.put("meta", b"next_ino" + u64(self.vid), u64(ROOT_INO + 1))
+        txn.add_vstats(self.vid, inodes=1)
+
+    def adopt_tree(self, txn: Txn, root: Inode, hardlinks: list, next_ino: int) -> None:
+        """Show a tree from a volume with no rows: its root row (LAZY: the rest
+        becomes rows as it is reached), the files with several names, and new
+        numbers above `next_ino` and any this volume ever used."""
+        txn.put("inodes", vkey(self.vid, ROOT_INO), root.pack())
+        for ino, parent, name_hex in hardlinks:
+            txn.put("multilinks", vkey(self.vid, ino), b"")
+            txn.put("parents", vkey(self.vid, ino, parent, bytes.fromhex(name_hex)), b"")
+        current = txn.get("meta", b"next_ino" + u64(self.vid))
+        txn.put("meta", b"next_ino" + u64(self.vid),
+                u64(max(next_ino, read_u64(current) if current else 0)))
+
+    def drop_all(self, txn: Txn, keep_counter: bool = False) -> None:
+        """Delete every row of the volume, letting go of the chunks and tree
+        objects they reference. The inode counter may stay, so numbers are never reused."""
+        prefix = u64(self.vid)
+        for _, cid in txn.scan("blocks", prefix):
+            chunks.decref(txn, bytes(cid))
+        for _, raw in txn.scan("inodes", prefix):
+            tree_id = Inode.unpack(raw).tree_id
+            if tree_id != NO_TREE:
+                trees.decref(txn, tree_id)
+        for key, base in txn.scan("dirchanges", prefix):
+            if len(key) == 16:  # a folder's base object (other rows are names)
+                trees.decref(txn, bytes(base))
+        for table in _TABLES_BY_VID:
+            txn.delete_prefix(table, prefix)
+        usage = txn.vstats(self.vid)
+        txn.add_vstats(self.vid, -usage.logical_bytes, -usage.inodes)
+        if not keep_counter:
+            txn.delete("meta", b"next_ino" + prefix)
 
     def row_owner(self, table: str, key: bytes) -> int | None:
         """The inode a row of this volume belongs to (a folder's entries and

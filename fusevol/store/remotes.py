@@ -5,6 +5,7 @@ region, never credentials: those come from the standard AWS chain each time.
 """
 
 import json
+import uuid
 
 from ..errors import AlreadyExists, NotFound
 from .env import Txn
@@ -18,7 +19,8 @@ def _key(name: str) -> bytes:
 
 def add(txn: Txn, record: dict) -> None:
     if not txn.put("meta", _key(record["name"]), json.dumps(record).encode(), overwrite=False):
-        raise AlreadyExists(f"remote {record['name']} already exists (remote rm it first)")
+        raise AlreadyExists(f"remote {record['name']} already exists", reason="remote_exists",
+                            remote=record["name"])
 
 
 def get(txn: Txn, name: str) -> dict:
@@ -30,6 +32,21 @@ def get(txn: Txn, name: str) -> dict:
 
 def list_all(txn: Txn) -> list[dict]:
     return [json.loads(bytes(value)) for _, value in txn.scan("meta", _PREFIX)]
+
+
+def store_id(txn: Txn) -> str:
+    """This store's lasting id (a lease a store takes is its own after a
+    restart); made at the first ask, in a write transaction."""
+    raw = txn.get("meta", b"store_id")
+    if raw is None:
+        raw = uuid.uuid4().hex.encode()
+        txn.put("meta", b"store_id", raw)
+    return bytes(raw).decode()
+
+
+def known_store_id(txn: Txn) -> str | None:
+    raw = txn.get("meta", b"store_id")
+    return bytes(raw).decode() if raw is not None else None
 
 
 def remove(txn: Txn, name: str) -> None:

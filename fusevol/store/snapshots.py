@@ -12,6 +12,7 @@ import re
 import time
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..records import Snapshot, Volume
 from . import chunks, trees, volumes
 from .env import Txn
 from .inodes import Inodes
@@ -36,11 +37,11 @@ def _key(volume: str, name: str) -> bytes:
     return volume.encode() + b"\0" + name.encode()
 
 
-def inodes_of(txn: Txn, record: dict) -> Inodes:
-    if record.get("source"):
-        raise InvalidArgument(f"volume {record['name']} is a view of {record['source']}; "
+def inodes_of(txn: Txn, volume: Volume) -> Inodes:
+    if volume.is_view:
+        raise InvalidArgument(f"volume {volume.name} is a view of {volume.source}; "
                               "snapshots belong to the source volume")
-    return Inodes(record["vid"], txn.store.block_size, record["compression"])
+    return Inodes(volume.vid, txn.store.block_size, volume.compression)
 
 
 def _hardlinks(txn: Txn, vid: int) -> list[list]:
@@ -63,7 +64,7 @@ def _default_name(txn: Txn, volume: str) -> str:
     return name
 
 
-def create(txn: Txn, volume: str, name: str | None = None) -> dict:
+def create(txn: Txn, volume: str, name: str | None = None) -> Snapshot:
     record = volumes.get(txn, volume)
     inodes = inodes_of(txn, record)
     name = name or _default_name(txn, volume)
@@ -74,54 +75,62 @@ def create(txn: Txn, volume: str, name: str | None = None) -> dict:
     root = write_tree(txn, inodes)
     trees.incref(txn, root)
     usage = inodes.usage(txn)
-    snap = {
-        "volume": volume,
-        "name": name,
-        "root": root.hex(),
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "created_ns": time.time_ns(),
-        "logical_bytes": usage.logical_bytes,
-        "inodes": usage.inodes,
-        "next_ino": read_u64(txn.get("meta", b"next_ino" + u64(inodes.vid))),
-        "hardlinks": _hardlinks(txn, inodes.vid),
-    }
-    txn.put("snapshots", _key(volume, name), json.dumps(snap).encode())
+    snap = Snapshot(
+        volume=volume,
+        name=name,
+        root=root.hex(),
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        created_ns=time.time_ns(),
+        logical_bytes=usage.logical_bytes,
+        inodes=usage.inodes,
+        next_ino=inodes.next_ino(txn),
+        hardlinks=_hardlinks(txn, inodes.vid),
+    )
+    put(txn, snap)
     return snap
 
 
-def get(txn: Txn, volume: str, name: str) -> dict:
+def put(txn: Txn, snap: Snapshot) -> None:
+    txn.put("snapshots", _key(snap.volume, snap.name), json.dumps(snap.to_dict()).encode())
+
+
+def exists(txn: Txn, volume: str, name: str) -> bool:
+    return txn.get("snapshots", _key(volume, name)) is not None
+
+
+def get(txn: Txn, volume: str, name: str) -> Snapshot:
     raw = txn.get("snapshots", _key(volume, name))
     if raw is None:
         volumes.get(txn, volume)
         raise NotFound(f"no such snapshot: {volume}@{name}")
-    return json.loads(bytes(raw))
+    return Snapshot.from_dict(json.loads(bytes(raw)))
 
 
-def list_all(txn: Txn, volume: str | None = None) -> list[dict]:
+def list_all(txn: Txn, volume: str | None = None) -> list[Snapshot]:
     prefix = volume.encode() + b"\0" if volume else b""
     if volume:
         volumes.get(txn, volume)
-    snaps = [json.loads(bytes(v)) for _, v in txn.scan("snapshots", prefix)]
-    return sorted(snaps, key=lambda s: (s["volume"], s["created_ns"]))
+    snaps = [Snapshot.from_dict(json.loads(bytes(v))) for _, v in txn.scan("snapshots", prefix)]
+    return sorted(snaps, key=lambda s: (s.volume, s.created_ns))
 
 
 def remove(txn: Txn, volume: str, name: str) -> None:
     snap = get(txn, volume, name)
     txn.delete("snapshots", _key(volume, name))
-    trees.decref(txn, bytes.fromhex(snap["root"]))
+    trees.decref(txn, bytes.fromhex(snap.root))
 
 
-def unique_bytes(txn: Txn, snap: dict) -> int:
+def unique_bytes(txn: Txn, snap: Snapshot) -> int:
     """Stored bytes that would be freed if this snapshot alone were deleted."""
     return held_alone(txn, snap)[0]
 
 
-def held_alone(txn: Txn, snap: dict) -> tuple[int, int]:
+def held_alone(txn: Txn, snap: Snapshot) -> tuple[int, int]:
     """What deleting this snapshot alone would free: the stored (compressed)
     bytes of its chunks, and the bytes its chunks, objects and their count
     rows take in the store's file (overflow pages whole)."""
-    root = bytes.fromhex(snap["root"])
-    work = [root] if trees._count(txn, root) == 1 else []
+    root = bytes.fromhex(snap.root)
+    work = [root] if trees.count(txn, root) == 1 else []
     tally: dict[bytes, int] = {}
     disk = 0
     while work:
@@ -129,7 +138,7 @@ def held_alone(txn: Txn, snap: dict) -> tuple[int, int]:
         obj = trees.get(txn, oid)
         disk += trees.disk_bytes(txn, oid)
         objects, chunk_ids = obj.children()
-        work.extend(oid for oid in objects if trees._count(txn, oid) == 1)
+        work.extend(oid for oid in objects if trees.count(txn, oid) == 1)
         for cid in chunk_ids:
             tally[cid] = tally.get(cid, 0) + 1
     total = 0
@@ -141,28 +150,22 @@ def held_alone(txn: Txn, snap: dict) -> tuple[int, int]:
     return total, disk
 
 
-def _install_tree(txn: Txn, record: dict, snap: dict) -> None:
+def install_tree(txn: Txn, volume: Volume, snap: Snapshot) -> None:
     """Make a volume (with no rows) show a snapshot's tree, lazily."""
-    vid = record["vid"]
-    root_id = bytes.fromhex(snap["root"])
+    vid = volume.vid
+    root_id = bytes.fromhex(snap.root)
     obj = trees.get(txn, root_id)
     root = obj.inode
     root.parent = ROOT_INO
     root.flags |= LAZY | (IN_PIECES if obj.pieces is not None else 0)
     root.tree_id = root_id
     trees.incref(txn, root_id)
-    txn.put("inodes", vkey(vid, ROOT_INO), root.pack())
-    for ino, parent, name_hex in snap["hardlinks"]:
-        txn.put("multilinks", vkey(vid, ino), b"")
-        txn.put("parents", vkey(vid, ino, parent, bytes.fromhex(name_hex)), b"")
-    current = txn.get("meta", b"next_ino" + u64(vid))
-    next_ino = max(snap["next_ino"], read_u64(current) if current else 0)
-    txn.put("meta", b"next_ino" + u64(vid), u64(next_ino))
+    inodes_of(txn, volume).adopt_tree(txn, root, snap.hardlinks, snap.next_ino)
     usage = txn.vstats(vid)
-    txn.add_vstats(vid, snap["logical_bytes"] - usage.logical_bytes, snap["inodes"] - usage.inodes)
+    txn.add_vstats(vid, snap.logical_bytes - usage.logical_bytes, snap.inodes - usage.inodes)
 
 
-def create_volume(txn: Txn, name: str, opts: dict | None = None) -> dict:
+def create_volume(txn: Txn, name: str, opts: dict | None = None) -> Volume:
     """Create a volume, as a clone when the options say from-snapshot=VOLUME@SNAPSHOT."""
     if not isinstance(opts, dict) or "from-snapshot" not in opts:
         return volumes.create(txn, name, opts)  # which names what is wrong with opts
@@ -173,26 +176,26 @@ def create_volume(txn: Txn, name: str, opts: dict | None = None) -> dict:
     return clone(txn, volume, snap, name, opts)
 
 
-def clone(txn: Txn, volume: str, name: str, new_volume: str, opts: dict | None = None) -> dict:
+def clone(txn: Txn, volume: str, name: str, new_volume: str, opts: dict | None = None) -> Volume:
     snap = get(txn, volume, name)
     source = volumes.get(txn, volume)
-    inherited = {k: v for k, v in source["options"].items() if k in ("compression", "size")}
-    record = volumes.create(txn, new_volume, {**inherited, **(opts or {})})
-    if record["source"]:
+    inherited = {k: v for k, v in source.options.items() if k in ("compression", "size")}
+    clone = volumes.create(txn, new_volume, {**inherited, **(opts or {})})
+    if clone.is_view:
         raise InvalidArgument("a clone cannot be a view (source=...)")
-    volumes.drop_rows(txn, record["vid"])
-    record["options"]["from-snapshot"] = f"{volume}@{name}"
-    volumes.put(txn, record)
-    _install_tree(txn, record, snap)
-    return record
+    volumes.drop_rows(txn, clone.vid)
+    clone.options["from-snapshot"] = f"{volume}@{name}"
+    volumes.put(txn, clone)
+    install_tree(txn, clone, snap)
+    return clone
 
 
 def rollback(txn: Txn, volume: str, name: str) -> None:
     """Return a volume (not mounted: the caller checks) to a snapshot."""
     snap = get(txn, volume, name)
-    record = volumes.get(txn, volume)
-    volumes.drop_rows(txn, record["vid"], keep_counter=True)
-    _install_tree(txn, record, snap)
+    target = volumes.get(txn, volume)
+    volumes.drop_rows(txn, target.vid, keep_counter=True)
+    install_tree(txn, target, snap)
 
 
 def resolve_tree(txn: Txn, ref: str) -> bytes:
@@ -200,6 +203,5 @@ def resolve_tree(txn: Txn, ref: str) -> bytes:
     as objects first: the same work a snapshot would do, and kept for it)."""
     volume, name = parse_ref(ref, need_snapshot=False)
     if name is not None:
-        return bytes.fromhex(get(txn, volume, name)["root"])
-    record = volumes.get(txn, volume)
-    return write_tree(txn, inodes_of(txn, record))
+        return bytes.fromhex(get(txn, volume, name).root)
+    return write_tree(txn, inodes_of(txn, volumes.get(txn, volume)))

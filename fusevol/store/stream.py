@@ -28,7 +28,8 @@ import blake3
 from ..errors import (AlreadyExists, Busy, FusevolError, InUse, InvalidArgument, NotFound,
                       StreamDamaged)
 from ..progress import NoProgress
-from . import chunks, pieces, snapshots, trees, volumes
+from ..records import Snapshot, Volume
+from . import chunks, snapshots, treepairs, trees, volumes
 from .env import Store, Txn
 
 MAGIC = b"FUSEVOL-SEND\r\n\x1a\n"
@@ -117,14 +118,14 @@ def send(store: Store, volume: str, name: str, out, base: tuple[str, str] | None
     reader.renew()
     try:
         snap = snapshots.get(reader.txn, volume, name)
-        base_root = bytes.fromhex(snapshots.get(reader.txn, *base)["root"]) if base else None
-        record = {k: snap[k] for k in SENT_FIELDS}
+        base_root = bytes.fromhex(snapshots.get(reader.txn, *base).root) if base else None
+        record = {k: v for k, v in snap.to_dict().items() if k in SENT_FIELDS}
         record["sent_from"] = f"{volume}@{name}"
-        progress.start(f"sending {volume}@{name}", snap["logical_bytes"] if not base else None)
+        progress.start(f"sending {volume}@{name}", snap.logical_bytes if not base else None)
         writer = StreamWriter(out, progress)
         writer.header(base_root)
         writer.record(SNAPSHOT, json.dumps(record).encode())
-        stats = _send_tree(reader, writer, bytes.fromhex(snap["root"]), base_root)
+        stats = _send_tree(reader, writer, bytes.fromhex(snap.root), base_root)
         writer.trailer()
         out.flush()
     finally:
@@ -134,60 +135,54 @@ def send(store: Store, volume: str, name: str, out, base: tuple[str, str] | None
 
 
 def _send_tree(reader: _Reader, writer: StreamWriter, root: bytes, base_root: bytes | None) -> dict:
-    """Post-order walk of the tree, paired by path with the base tree (as
-    diff does): an object equal to the base's at its place is left out with
-    everything below it, and so is every chunk of the base's version of a
-    changed file (what an append or an in-place edit keeps)."""
+    """The tree walked paired by path with the base tree (treepairs.py, the walk
+    diff shares), objects written on the way up, children before parents: an
+    object equal to the base's at its place is left out with everything below
+    it, and so is every chunk of the base's version of a changed file (what an
+    append or an in-place edit keeps)."""
     stats = {"objects": 0, "chunks": 0, "skipped_objects": 0, "skipped_chunks": 0}
     seen: set[bytes] = set()
     sent_chunks: set[bytes] = set()
-    stack: list[tuple[bytes, bytes | None, bool]] = [(root, base_root, False)]
     since_renew = 0
-    while stack:
-        oid, base_id, expanded = stack.pop()
-        if since_renew > RENEW_READ_EVERY:
+
+    def get(oid: bytes) -> trees.TreeObject:
+        return trees.decode(chunks.decode(reader.get_object(oid)))
+
+    def go_below(pair: treepairs.Pair) -> bool:
+        if pair.new_id in seen:
+            return False  # a file with several names: sent once
+        seen.add(pair.new_id)
+        return True
+
+    for event, pair in treepairs.walk(lambda: reader.txn, get, base_root, root, old_alone=False,
+                                      go_below=go_below):
+        if since_renew > RENEW_READ_EVERY:  # objects read are copies: the walk goes on
             reader.renew()
             since_renew = 0
-        if expanded:
-            since_renew += _send_object(reader, writer, oid)
-            stats["objects"] += 1
-            continue
-        if oid == base_id:
+        if event == treepairs.SAME:
             stats["skipped_objects"] += 1
+        if event != treepairs.LEAVE:
             continue
-        if oid in seen:
-            continue  # a file with several names
-        seen.add(oid)
-        obj = trees.decode(chunks.decode(reader.get_object(oid)))
-        base_obj = None
-        if base_id is not None:
-            base_obj = trees.decode(chunks.decode(reader.get_object(base_id)))
-            if base_obj.kind != obj.kind:
-                base_obj = None
+        obj, base_obj = pair.new, pair.old if pair.same_kind else None
         if obj.kind == trees.DIR:
-            # Children first, then the pieces of a big folder that the base lacks
-            # (leaves before index pieces), then the folder: pushed in reverse.
-            opened: list[bytes] = []
-            changed = list(pieces.changed_entries(reader.txn, base_obj, obj, opened))
-            stack.append((oid, None, True))
-            stack.extend((piece, None, True) for piece in reversed(opened))
-            stack.extend((child, base_child, False) for _, base_child, child in changed
-                         if child is not None)
-            continue
-        known = {cid for _, cid in base_obj.blocks} if base_obj else set()
-        for _, cid in obj.blocks:
-            if cid in known:
-                stats["skipped_chunks"] += 1
-            elif cid not in sent_chunks:
-                sent_chunks.add(cid)
-                payload = reader.get_chunk(cid)
-                chunks.decode_checked(payload, cid)  # pass no damage on
-                writer.record(CHUNK, cid, payload)
-                since_renew += len(payload)
-                stats["chunks"] += 1
-        since_renew += _send_object(reader, writer, oid)
+            for piece in pair.opened:  # the pieces of a big folder that the base lacks
+                since_renew += _send_object(reader, writer, piece)
+                stats["objects"] += 1
+        else:
+            known = {cid for _, cid in base_obj.blocks} if base_obj else set()
+            for _, cid in obj.blocks:
+                if cid in known:
+                    stats["skipped_chunks"] += 1
+                elif cid not in sent_chunks:
+                    sent_chunks.add(cid)
+                    payload = reader.get_chunk(cid)
+                    chunks.decode_checked(payload, cid)  # pass no damage on
+                    writer.record(CHUNK, cid, payload)
+                    since_renew += len(payload)
+                    stats["chunks"] += 1
+            writer.progress.advance(obj.inode.data_bytes)  # file bytes, as the snapshot counts them
+        since_renew += _send_object(reader, writer, pair.new_id)
         stats["objects"] += 1
-        writer.progress.advance(obj.inode.data_bytes)  # file bytes, as the snapshot counts them
     return stats
 
 
@@ -316,11 +311,11 @@ def _link(txn: Txn, spool, progress: NoProgress) -> tuple[set[bytes], set[bytes]
         new_objects.add(rid)
 
 
-def _unchanged_since_snapshot(txn: Txn, record: dict) -> bool:
+def _unchanged_since_snapshot(txn: Txn, target: Volume) -> bool:
     """Whether the volume is exactly one of its snapshots (so rolling it
     loses nothing that no snapshot keeps)."""
-    root = snapshots.inodes_of(txn, record).get(txn, 1).tree_id
-    return any(bytes.fromhex(s["root"]) == root for s in snapshots.list_all(txn, record["name"]))
+    root = snapshots.inodes_of(txn, target).get(txn, 1).tree_id
+    return any(bytes.fromhex(s.root) == root for s in snapshots.list_all(txn, target.name))
 
 
 def receive(store: Store, volume: str, src, *, force: bool = False, mounted: bool = False,
@@ -341,36 +336,34 @@ def receive(store: Store, volume: str, src, *, force: bool = False, mounted: boo
             raise StreamDamaged(f"stream names an invalid snapshot {name!r}")
         with store.write() as txn:
             txn.check_space(size)
-            record = volumes.get(txn, volume, missing_ok=True)
+            target = volumes.get(txn, volume, missing_ok=True)
             if base_root is None:
-                if record is not None:
+                if target is not None:
                     raise AlreadyExists(f"volume {volume} already exists; a full stream makes "
                                         "a new volume (give another name)")
             else:
-                _check_incremental_target(txn, volume, record, base_root, force, mounted)
-                if txn.get("snapshots", snapshots._key(volume, name)) is not None:
+                _check_incremental_target(txn, volume, target, base_root, force, mounted)
+                if snapshots.exists(txn, volume, name):
                     raise AlreadyExists(f"snapshot {volume}@{name} already exists")
             progress.start("storing", size)
             new_objects, new_chunks = _link(txn, spool, progress)
             root = bytes.fromhex(sent["root"])
             if not trees.has(txn, root):
                 raise StreamDamaged(f"stream lacks its root object {root.hex()}")
-            snap = {k: sent[k] for k in SENT_FIELDS}
-            snap["volume"] = volume
-            snap["received_from"] = sent.get("sent_from")
-            if record is None:
-                record = volumes.create(txn, volume, opts)
-                volumes.drop_rows(txn, record["vid"])
-                record["received_from"] = sent.get("sent_from")
-                volumes.put(txn, record)
-            txn.put("snapshots", snapshots._key(volume, name), json.dumps(snap).encode())
+            snap = _received_snapshot(sent, volume)
+            if target is None:
+                target = volumes.create(txn, volume, opts)
+                volumes.drop_rows(txn, target.vid)
+                target.received_from = sent.get("sent_from")
+                volumes.put(txn, target)
+            snapshots.put(txn, snap)
             trees.incref(txn, root)  # the snapshot record's reference
             if base_root is None:
-                snapshots._install_tree(txn, record, snap)
+                snapshots.install_tree(txn, target, snap)
             else:
                 snapshots.rollback(txn, volume, name)
             for oid in new_objects:
-                if trees._count(txn, oid) == 0:
+                if trees.count(txn, oid) == 0:
                     raise StreamDamaged(f"stream carries tree object {oid.hex()} that nothing uses")
             for cid in new_chunks:
                 if chunks.ref_info(txn, cid)[0] == 0:
@@ -379,16 +372,26 @@ def receive(store: Store, volume: str, src, *, force: bool = False, mounted: boo
             "bytes": size, "new_objects": len(new_objects), "new_chunks": len(new_chunks)}
 
 
-def _check_incremental_target(txn: Txn, volume: str, record: dict | None, base_root: bytes,
+def _received_snapshot(sent: dict, volume: str) -> Snapshot:
+    """The snapshot record a stream carries, as this store keeps it."""
+    try:
+        snap = Snapshot.from_dict({**{k: sent[k] for k in SENT_FIELDS}, "volume": volume})
+    except (KeyError, TypeError):
+        raise StreamDamaged("stream is damaged: its snapshot record lacks a field") from None
+    snap.extra["received_from"] = sent.get("sent_from")
+    return snap
+
+
+def _check_incremental_target(txn: Txn, volume: str, target: Volume | None, base_root: bytes,
                               force: bool, mounted: bool) -> None:
-    if record is None:
+    if target is None:
         raise NotFound(f"this is an incremental stream: volume {volume} must exist and "
                             "hold its base snapshot (receive the full stream first)")
-    if not any(bytes.fromhex(s["root"]) == base_root for s in snapshots.list_all(txn, volume)):
+    if not any(bytes.fromhex(s.root) == base_root for s in snapshots.list_all(txn, volume)):
         raise InvalidArgument(f"volume {volume} holds no snapshot equal to the stream's base "
                               f"{base_root.hex()[:16]}...", reason="no_base", volume=volume)
     if mounted:
         raise InUse(f"volume {volume} is mounted", volume=volume, holder="worker", action="receive")
-    if not force and not _unchanged_since_snapshot(txn, record):
+    if not force and not _unchanged_since_snapshot(txn, target):
         raise Busy(f"volume {volume} changed since its latest snapshot; receiving would discard "
                    "that", reason="changed_since_snapshot", volume=volume)

@@ -216,16 +216,16 @@ def export(store: Store, ref: str, fileobj, *, progress: Progress | None = None)
             subpath = None
         else:
             # A snapshot of our own keeps the tree's objects alive while we read them.
-            record = volumes.get(txn, volume)
-            volume, subpath = record.get("source") or volume, record.get("subpath")
+            shown = volumes.get(txn, volume)
+            volume, subpath = shown.source or volume, shown.subpath
             stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
             temporary = f"export-{stamp}-{os.getpid()}"
             snap = snapshots.create(txn, volume, temporary)
     try:
-        root = bytes.fromhex(snap["root"])
+        root = bytes.fromhex(snap.root)
         if subpath:
             root = _descend(store, root, subpath)
-        progress.start("export", snap["logical_bytes"])
+        progress.start("export", snap.logical_bytes)
         return write_tree(store, root, fileobj, progress=progress)
     finally:
         if temporary is not None:

@@ -26,6 +26,7 @@ import zstandard
 
 from ..errors import BadArchive, FsError, InvalidArgument, NoSpace
 from ..progress import NoProgress, Progress
+from ..records import Volume
 from . import volumes
 from .env import Store, Txn
 from .inodes import Inodes
@@ -115,10 +116,10 @@ def xattrs_of(info: tarfile.TarInfo) -> list[tuple[bytes, bytes]]:
 class _Importer:
     """Turns members into queued operations on the new volume and applies them in batches."""
 
-    def __init__(self, store: Store, record: dict, strip: int, warn: Callable[[str], None]):
+    def __init__(self, store: Store, volume: Volume, strip: int, warn: Callable[[str], None]):
         self.store = store
-        self.inodes = Inodes(record["vid"], store.block_size, record["compression"])
-        self.quota = record.get("quota")
+        self.inodes = Inodes(volume.vid, store.block_size, volume.compression)
+        self.quota = volume.quota
         self.strip = strip
         self.warn = warn
         self.ops: list[Callable[[Txn], None]] = []

@@ -452,6 +452,11 @@ def drop_stray_counts(txn: Txn) -> int:
     return len(keys)
 
 
+def count(txn: Txn, oid: bytes) -> int:
+    """How many holders object `oid` has (0: none, or no such object)."""
+    return _count(txn, oid)
+
+
 def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
     """Keep new objects, (id, stored form (codec byte + encoding), count) each,
     given in the order they were made: children just before their parent, a

@@ -17,13 +17,12 @@ removed in any order, and data never goes while a view still shows it.
 import datetime
 import json
 import re
-import time
 
 from ..errors import AlreadyExists, Busy, InUse, InvalidArgument, NotFound
 from ..records import MountSpec, Volume
 from . import schema
 from .env import Txn
-from .schema import ROOT_INO, Inode, u64, vkey
+from .schema import u64
 
 # Docker's own rule for volume names.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
@@ -54,9 +53,6 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_SIZE = (1 << 63) - 1
 NAME_MAX = 255
 SUBPATH_MAX = 4000  # below PATH_MAX (4096), leaving room for the mountpoint
-_TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks",
-                  "dirchanges")
-
 
 def shown(value, limit: int = 80) -> str:
     """A value as an error message quotes it: its repr, cut short if long."""
@@ -196,190 +192,151 @@ def _next_vid(txn: Txn) -> int:
     return vid
 
 
-def create(txn: Txn, name: str, opts: dict | None = None) -> dict:
+def create(txn: Txn, name: str, opts: dict | None = None) -> Volume:
     check_name(name)
     settings = parse_options(opts)
     existing = get(txn, name, missing_ok=True, removed_ok=True)
     if existing is not None:
-        if existing.get("removed"):
+        if existing.removed:
             raise AlreadyExists(f"{_removed_note(txn, name)}; choose another name")
         raise AlreadyExists(f"volume {name} already exists")
     if settings["source"]:
         source = get(txn, settings["source"], missing_ok=True, removed_ok=True)  # None: made later
-        if source is not None and source.get("removed"):
-            raise NotFound(f"no such volume: {source['name']} "
-                           f"({_removed_note(txn, source['name'])})")
-        if source is not None and source.get("source"):
+        if source is not None and source.removed:
+            raise NotFound(f"no such volume: {source.name} ({_removed_note(txn, source.name)})")
+        if source is not None and source.is_view:
             raise InvalidArgument(f"volume {settings['source']} is itself a view; give its source")
-    record = {
-        "name": name,
-        "vid": None if settings["source"] else _next_vid(txn),
-        "created_at": _now_rfc3339(),
-        "options": dict(opts or {}),
-        **settings,
-    }
-    if record["vid"] is not None:
-        now = time.time_ns()
-        root = Inode(mode=0o040755, uid=0, gid=0, nlink=2, atime_ns=now, mtime_ns=now,
-                     ctime_ns=now, parent=ROOT_INO)
-        txn.put("inodes", vkey(record["vid"], ROOT_INO), root.pack())
-        txn.put("meta", b"next_ino" + u64(record["vid"]), u64(ROOT_INO + 1))
-        txn.add_vstats(record["vid"], inodes=1)
-    txn.put("volumes", name.encode(), json.dumps(record).encode())
-    return record
+    volume = Volume(name=name, vid=None if settings["source"] else _next_vid(txn),
+                    created_at=_now_rfc3339(), options=dict(opts or {}), **settings)
+    if volume.vid is not None:
+        from .inodes import Inodes
+
+        Inodes(volume.vid, txn.store.block_size).make_root(txn)
+    put(txn, volume)
+    return volume
 
 
-def get(txn: Txn, name: str, missing_ok: bool = False, removed_ok: bool = False) -> dict | None:
+def get(txn: Txn, name: str, missing_ok: bool = False, removed_ok: bool = False) -> Volume | None:
     """A volume's record; one removed but kept for its views only if `removed_ok`."""
     raw = txn.get("volumes", name.encode())
-    record = json.loads(bytes(raw)) if raw is not None else None
-    if record is not None and record.get("removed") and not removed_ok:
+    volume = Volume.from_dict(json.loads(bytes(raw))) if raw is not None else None
+    if volume is not None and volume.removed and not removed_ok:
         if missing_ok:
             return None
         raise NotFound(f"no such volume: {name} ({_removed_note(txn, name)})")
-    if record is None:
+    if volume is None:
         if missing_ok:
             return None
         raise NotFound(f"no such volume: {name}")
-    return record
+    return volume
 
 
-def put(txn: Txn, record: dict) -> None:
-    txn.put("volumes", record["name"].encode(), json.dumps(record).encode())
+def put(txn: Txn, volume: Volume) -> None:
+    txn.put("volumes", volume.name.encode(), json.dumps(volume.to_dict()).encode())
 
 
-def list_all(txn: Txn, removed: bool = False) -> list[dict]:
+def list_all(txn: Txn, removed: bool = False) -> list[Volume]:
     """Every volume's record; with `removed`, also sources removed but kept for their views."""
-    records = (json.loads(bytes(v)) for _, v in txn.scan("volumes", b""))
-    return [r for r in records if removed or not r.get("removed")]
+    found = (Volume.from_dict(json.loads(bytes(v))) for _, v in txn.scan("volumes", b""))
+    return [v for v in found if removed or not v.removed]
 
 
 def views_of(txn: Txn, name: str) -> list[str]:
-    return [v["name"] for v in list_all(txn) if v.get("source") == name]
+    return [v.name for v in list_all(txn) if v.source == name]
 
 
-def stats(txn: Txn, record: dict | Volume) -> schema.VolumeStats:
+def stats(txn: Txn, volume: Volume) -> schema.VolumeStats:
     """What a volume holds (a view: what its source holds)."""
-    if isinstance(record, Volume):
-        record = {"vid": record.vid, "source": record.source}
-    if record["vid"] is None:
-        source = get(txn, record["source"], missing_ok=True, removed_ok=True)
-        if source is None or source["vid"] is None:  # not created yet
+    if volume.vid is None:
+        source = get(txn, volume.source, missing_ok=True, removed_ok=True)
+        if source is None or source.vid is None:  # not created yet
             return schema.VolumeStats()
-        return txn.vstats(source["vid"])
-    return txn.vstats(record["vid"])
+        return txn.vstats(source.vid)
+    return txn.vstats(volume.vid)
 
 
-def source_of(txn: Txn, view: dict) -> dict:
+def source_of(txn: Txn, view: Volume) -> Volume:
     """The data volume a view shows, as its mount needs it."""
-    source = get(txn, view["source"], missing_ok=True, removed_ok=True)
+    source = get(txn, view.source, missing_ok=True, removed_ok=True)
     if source is None:
-        raise NotFound(f"volume {view['name']} is a view of volume {view['source']}, which "
+        raise NotFound(f"volume {view.name} is a view of volume {view.source}, which "
                        "does not exist (yet); create it first")
-    if source.get("source"):
-        raise InvalidArgument(f"volume {view['name']} is a view of {view['source']}, which is "
+    if source.is_view:
+        raise InvalidArgument(f"volume {view.name} is a view of {view.source}, which is "
                               "itself a view; a view shows a folder of a data volume")
     return source
-
-
-def load(txn: Txn, name: str, missing_ok: bool = False, removed_ok: bool = False) -> Volume | None:
-    """A volume's record, typed (as `get`)."""
-    record = get(txn, name, missing_ok=missing_ok, removed_ok=removed_ok)
-    return None if record is None else Volume.from_dict(record)
-
-
-def load_all(txn: Txn, removed: bool = False) -> list[Volume]:
-    """Every volume's record, typed (as `list_all`)."""
-    return [Volume.from_dict(r) for r in list_all(txn, removed)]
 
 
 def count_mount(txn: Txn, name: str, mount_id: str, delta: int) -> Volume | None:
     """Count `delta` more mounts of Docker's mount `mount_id` on volume `name`
     (a count that reaches 0 goes); None for a volume that does not exist."""
-    record = get(txn, name, missing_ok=True)
-    if record is None:
+    volume = get(txn, name, missing_ok=True)
+    if volume is None:
         return None
-    mounts = dict(record.get("mounts") or {})
-    n = mounts.get(mount_id, 0) + delta
+    n = volume.mounts.get(mount_id, 0) + delta
     if n > 0:
-        mounts[mount_id] = n
+        volume.mounts[mount_id] = n
     else:
-        mounts.pop(mount_id, None)
-    record["mounts"] = mounts
-    put(txn, record)
-    return Volume.from_dict(record)
+        volume.mounts.pop(mount_id, None)
+    put(txn, volume)
+    return volume
 
 
 def mount_spec(txn: Txn, name: str, *, subpath: str | None = None, readonly: bool = False,
                removed_ok: bool = False) -> MountSpec:
     """What mounting volume `name` serves, the one place views and read-only
-    mounts are resolved (the worker and the plugin's view binding ask here).
+    mounts are resolved (the volume service asks here, for the CLI and the
+    plugin, and hands the answer to the worker).
 
     A view serves its source's rows, from its own folder (and `subpath` below
     it); a mount is read-only if it asks to be, or the volume or its source
     is. `removed_ok`: a source removed while it has views is still served for
     them (at the driver's own mountpoint)."""
-    record = get(txn, name, removed_ok=removed_ok)
-    data = record
-    if record.get("source"):
-        data = source_of(txn, record)
-        subpath = "/".join(p for p in (record["subpath"], subpath) if p)
+    volume = get(txn, name, removed_ok=removed_ok)
+    data = volume
+    if volume.is_view:
+        data = source_of(txn, volume)
+        subpath = "/".join(p for p in (volume.subpath, subpath) if p)
     if subpath is not None:
         subpath = normalize_subpath(subpath)
-    return MountSpec(name=name, data=Volume.from_dict(data), subpath=subpath,
-                     readonly=bool(readonly or record["readonly"] or data["readonly"]))
+    return MountSpec(name=name, data=data, subpath=subpath,
+                     readonly=bool(readonly or volume.readonly or data.readonly))
 
 
 def remove(txn: Txn, name: str) -> list[str]:
     """Delete a volume and drop its references to chunks (freeing those no one else
     holds); a source with views is only marked removed (see above). Returns the
     volumes deleted: this one, and its source if it was the source's last view."""
-    record = get(txn, name)
-    if record.get("mounts"):  # the service checked; this holds it within the transaction
-        raise InUse(f"volume {name} is mounted ({len(record['mounts'])} mount(s))",
+    volume = get(txn, name)
+    if volume.mounts:  # the service checked; this holds it within the transaction
+        raise InUse(f"volume {name} is mounted ({len(volume.mounts)} mount(s))",
                     volume=name, holder="containers", action="remove")
     snaps = sum(1 for _ in txn.scan("snapshots", name.encode() + b"\0"))
     if snaps:
         raise Busy(f"volume {name} has {snaps} snapshot(s); delete them first",
                    reason="has_snapshots", volume=name)
     if views_of(txn, name):
-        record["removed"] = True
-        put(txn, record)
+        volume.removed = True
+        put(txn, volume)
         return []
-    _delete(txn, record)
+    _delete(txn, volume)
     deleted = [name]
-    source = get(txn, record["source"], missing_ok=True, removed_ok=True) \
-        if record.get("source") else None
-    if source is not None and source.get("removed") and not views_of(txn, source["name"]):
+    source = get(txn, volume.source, missing_ok=True, removed_ok=True) if volume.is_view else None
+    if source is not None and source.removed and not views_of(txn, source.name):
         _delete(txn, source)
-        deleted.append(source["name"])
+        deleted.append(source.name)
     return deleted
 
 
-def _delete(txn: Txn, record: dict) -> None:
-    if record["vid"] is not None:
-        drop_rows(txn, record["vid"])
-    txn.delete("volumes", record["name"].encode())
+def _delete(txn: Txn, volume: Volume) -> None:
+    if volume.vid is not None:
+        drop_rows(txn, volume.vid)
+    txn.delete("volumes", volume.name.encode())
 
 
 def drop_rows(txn: Txn, vid: int, keep_counter: bool = False) -> None:
-    """Delete every row of a volume, letting go of the chunks and tree objects
-    they reference. The inode counter may stay, so numbers are never reused."""
-    from . import chunks, trees  # hashing and compression: not for `volume ls`
+    """Delete every row of a volume (Inodes.drop_all); the inode counter may
+    stay, so numbers are never reused."""
+    from .inodes import Inodes  # hashing and compression: not for `volume ls`
 
-    prefix = u64(vid)
-    for _, cid in txn.scan("blocks", prefix):
-        chunks.decref(txn, bytes(cid))
-    for _, raw in txn.scan("inodes", prefix):
-        tree_id = Inode.unpack(raw).tree_id
-        if tree_id != schema.NO_TREE:
-            trees.decref(txn, tree_id)
-    for key, base in txn.scan("dirchanges", prefix):
-        if len(key) == 16:  # a folder's base object (other rows are names)
-            trees.decref(txn, bytes(base))
-    for table in _TABLES_BY_VID:
-        txn.delete_prefix(table, prefix)
-    usage = stats(txn, {"vid": vid})
-    txn.add_vstats(vid, -usage.logical_bytes, -usage.inodes)
-    if not keep_counter:
-        txn.delete("meta", b"next_ino" + prefix)
+    Inodes(vid, txn.store.block_size).drop_all(txn, keep_counter=keep_counter)

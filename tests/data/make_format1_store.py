@@ -57,7 +57,7 @@ def main(out: str, version: int = 1) -> None:
     store = Store.open(os.path.join(root, "store"))
     with store.write() as txn:
         record = volumes.create(txn, "old")
-    inodes = Inodes(record["vid"], store.block_size, record["compression"])
+    inodes = Inodes(record.vid, store.block_size, record.compression)
     with store.write() as txn:
         fill(txn, inodes, rng, 200)  # 100 files in each folder
     with store.write() as txn:

@@ -40,7 +40,7 @@ def inodes(store) -> Inodes:
     """The Inodes of a fresh volume `vol` (zstd compression)."""
     with store.write() as txn:
         record = volumes.create(txn, "vol")
-    return Inodes(record["vid"], store.block_size, record["compression"])
+    return Inodes(record.vid, store.block_size, record.compression)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import fusevol.store
 from fusevol.cli.advice import worded as cli_worded
 from fusevol.cli.app import COMMANDS
-from fusevol.errors import Busy, FusevolError, InUse, InvalidArgument, NotFound
+from fusevol.errors import Busy, FusevolError, InUse, InvalidArgument, NotFound, RemoteDamaged
 from fusevol.fs import registry
 from fusevol.plugin.protocol import worded as plugin_worded
 from fusevol.progress import NoProgress
@@ -209,7 +209,7 @@ def test_receive_into_a_changed_volume_words_force_on_the_cli_only(tmp_path):
         stream.receive(b, "vol", io.BytesIO(full.getvalue()))
         with b.write() as txn:  # a change on the receiving side since its snapshot
             record = volumes.get(txn, "vol")
-            Inodes(record["vid"], b.block_size).create(txn, ROOT_INO, b"new", FILE, 0, 0)
+            Inodes(record.vid, b.block_size).create(txn, ROOT_INO, b"new", FILE, 0, 0)
         with pytest.raises(InUse) as served:
             stream.receive(b, "vol", io.BytesIO(incr.getvalue()), mounted=True)
         assert served.value.action == "receive"
@@ -230,9 +230,14 @@ STORE_DIR = pathlib.Path(fusevol.store.__file__).parent
 CLI_WORDS = re.compile(rf"\bfusevol ({'|'.join(COMMANDS)})\b(?! stream)|(^|\s)--?[a-zA-Z]")
 
 
-@pytest.mark.parametrize("path", sorted(STORE_DIR.glob("*.py")), ids=lambda p: p.name)
-def test_no_store_error_names_a_command_or_flag(path):
-    """The store's errors reach Docker users too: advice belongs to each edge."""
+REMOTE_DIR = STORE_DIR.parent / "remote"
+
+
+@pytest.mark.parametrize("path", sorted([*STORE_DIR.glob("*.py"), *REMOTE_DIR.glob("*.py")]),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_store_or_remote_error_names_a_command_or_flag(path):
+    """The store's and the remotes' errors reach Docker users too (a Mount
+    pulls a volume that follows a remote): advice belongs to each edge."""
     wrong = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Raise) and node.exc is not None:
@@ -274,7 +279,7 @@ class Recorder:
 def test_export_and_import_report_through_the_protocol(store, tmp_path):
     record = make(store, "vol")
     with store.write() as txn:
-        inodes = Inodes(record["vid"], store.block_size)
+        inodes = Inodes(record.vid, store.block_size)
         ino, _ = inodes.create(txn, ROOT_INO, b"f", FILE, 0, 0)
         inodes.write_blocks(txn, ino, [(0, b"x" * 5000)], 5000)
     out, seen = io.BytesIO(), Recorder()
@@ -298,6 +303,27 @@ def test_export_and_import_report_through_the_protocol(store, tmp_path):
 def test_the_null_progress_logs_warnings(caplog):
     NoProgress().warn("member skipped")
     assert "member skipped" in caplog.text
+
+
+@pytest.mark.parametrize("error, cli, docker", [
+    (Busy("volume v holds data here that was never pushed, and remote r has v@s: the copies "
+          "diverged", reason="diverged", volume="v", remote="r", snapshot="s"),
+     "(fusevol push v@SNAPSHOT r, or fusevol pull r v@s NEWVOLUME)",
+     "keep one by hand on the host (fusevol push or fusevol pull)"),
+    (Busy("remote r has a push running (by host)", reason="push_running", remote="r"),
+     "or with --break-locks if that push is known to be dead", None),
+    (NotFound("remote r has no snapshot v@s", reason="no_remote_snapshot", remote="r",
+              volume="v"),
+     "(fusevol remote snapshots r lists them)", "(fusevol remote snapshots r on the host"),
+    (RemoteDamaged("remote r: chunk 00 that a snapshot reaches is in no pack this prune can "
+                   "read; prune changes nothing", reason="remote_damaged", remote="r"),
+     "(fusevol remote verify r names what is wrong)", "on the host names what is wrong"),
+])
+def test_remote_errors_are_worded_at_each_edge(error, cli, docker):
+    assert cli_worded(error).startswith(str(error)) and cli_worded(error).endswith(cli)
+    if docker:
+        assert plugin_worded(error).startswith(str(error)) and docker in plugin_worded(error)
+        assert "--" not in plugin_worded(error)
 
 
 def test_errors_without_data_are_worded_as_they_are():

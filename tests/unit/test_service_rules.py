@@ -137,3 +137,14 @@ def test_receive_is_blocked_by_a_serving_worker():
 def test_gc_leaves_orphans_of_served_volumes():
     vols = [data("a"), Volume(name="b", vid=2), view("v", source="a")]
     assert rules.served_vids(vols, [worker("a")]) == {1}
+
+
+def test_a_view_mounted_on_the_host_is_named_by_its_place():
+    held = view(mounts={"host:/mnt/site": 1})
+    with pytest.raises(InUse, match="volume site is mounted at /mnt/site") as e:
+        rules.check_remove(rules.Holders(volume=held))
+    assert (e.value.holder, e.value.details["mountpoint"]) == ("mount", "/mnt/site")
+    both = view(mounts={"host:/mnt/site": 1, "c1": 1})
+    with pytest.raises(InUse, match=r"mounted \(2 mount\(s\)\)") as e:
+        rules.check_remove(rules.Holders(volume=both))
+    assert e.value.holder == "containers"

@@ -305,7 +305,7 @@ def _files(txn, root: bytes) -> dict[bytes, bytes]:
 
 
 def _root(txn, volume: str, name: str) -> bytes:
-    return bytes.fromhex(snapshots.get(txn, volume, name)["root"])
+    return bytes.fromhex(snapshots.get(txn, volume, name).root)
 
 
 def _object_rows(txn) -> dict[int, int]:
@@ -331,7 +331,7 @@ def test_an_older_store_opens_snapshots_diffs_sends_and_verifies(old_store, tmp_
     # Changed and snapshotted by this fusevol: new blobs packed beside the old ones.
     with store.write() as txn:
         record = snapshots.volumes.get(txn, "old")
-        inodes = Inodes(record["vid"], store.block_size, record["compression"])
+        inodes = Inodes(record.vid, store.block_size, record.compression)
         docs = inodes.lookup(txn, schema.ROOT_INO, b"docs")
         ino, _ = inodes.create(txn, docs, b"new", FILE, 0, 0)
         inodes.write_blocks(txn, ino, [(0, b"new in format 2\n" * 50)], 800)

@@ -13,11 +13,11 @@ def test_create_get_list(store):
     with store.write() as txn:
         a = volumes.create(txn, "alpha", {"size": "10M", "compression": "none"})
         b = volumes.create(txn, "beta")
-    assert (a["quota"], a["compression"], a["readonly"]) == (10 << 20, "none", False)
-    assert a["vid"] != b["vid"] and a["created_at"].endswith("Z")
+    assert (a.quota, a.compression, a.readonly) == (10 << 20, "none", False)
+    assert a.vid != b.vid and a.created_at.endswith("Z")
     with store.read() as txn:
         assert volumes.get(txn, "alpha") == a
-        assert [v["name"] for v in volumes.list_all(txn)] == ["alpha", "beta"]
+        assert [v.name for v in volumes.list_all(txn)] == ["alpha", "beta"]
         assert volumes.get(txn, "gamma", missing_ok=True) is None
         with pytest.raises(NotFound, match="no such volume: gamma"):
             volumes.get(txn, "gamma")
@@ -77,13 +77,13 @@ def test_views_have_no_rows_and_hold_their_source(store):
     with store.write() as txn:
         volumes.create(txn, "data")
         view = volumes.create(txn, "site", {"source": "data", "subpath": "public", "readonly": "true"})
-        assert view["vid"] is None and view["readonly"] is True
+        assert view.vid is None and view.readonly is True
         assert volumes.views_of(txn, "data") == ["site"]
         with pytest.raises(InvalidArgument, match="itself a view"):
             volumes.create(txn, "sub", {"source": "site", "subpath": "x"})
         # A view may come before its source (compose creates volumes in any order).
         early = volumes.create(txn, "early", {"source": "later", "subpath": "x"})
-        assert early["source"] == "later" and volumes.views_of(txn, "later") == ["early"]
+        assert early.source == "later" and volumes.views_of(txn, "later") == ["early"]
         volumes.remove(txn, "early")
         # A source removed while it has views is only marked, and goes with its last view.
         assert volumes.remove(txn, "data") == []
@@ -100,7 +100,7 @@ def test_remove_refuses_mounted_volumes_and_volumes_with_snapshots(store):
         with pytest.raises(Busy, match="1 snapshot"):
             volumes.remove(txn, "v1")
         snapshots.remove(txn, "v1", "s")
-        record["mounts"] = {"id1": 1}
+        record.mounts = {"id1": 1}
         volumes.put(txn, record)
         with pytest.raises(Busy, match="mounted"):
             volumes.remove(txn, "v1")
@@ -111,18 +111,18 @@ def test_remove_gives_back_every_row_and_chunk(store):
         keep = volumes.create(txn, "keep")
         gone = volumes.create(txn, "gone")
         for record in (keep, gone):
-            inodes = Inodes(record["vid"], store.block_size)
+            inodes = Inodes(record.vid, store.block_size)
             d, _ = inodes.create(txn, ROOT_INO, b"d", DIR, 0, 0)
             f, _ = inodes.create(txn, d, b"f", FILE, 0, 0)
-            inodes.write_blocks(txn, f, [(0, record["name"].encode() * 1000)], 4000)
+            inodes.write_blocks(txn, f, [(0, record.name.encode() * 1000)], 4000)
         inodes.setxattr(txn, f, b"user.x", b"1")
     with store.write() as txn:
         volumes.remove(txn, "gone")
     with store.read() as txn:
         assert chunks.totals(txn)["chunks"] == 1
-        prefix = gone["vid"].to_bytes(8, "big")
+        prefix = gone.vid.to_bytes(8, "big")
         for table in ("inodes", "dirents", "parents", "blocks", "xattrs"):
             assert next(txn.scan(table, prefix), None) is None, table
-        st = txn.vstats(gone["vid"])
+        st = txn.vstats(gone.vid)
         assert (st.logical_bytes, st.inodes) == (0, 0)
         assert volumes.stats(txn, keep).inodes == 3

@@ -16,6 +16,9 @@ import os
 import stat
 
 _MS_RDONLY = 0x1
+_MS_NOSUID = 0x2
+_MS_NODEV = 0x4
+_MS_NOEXEC = 0x8
 _MS_REMOUNT = 0x20
 _MS_BIND = 0x1000
 _MNT_DETACH = 0x2
@@ -70,10 +73,11 @@ _OPEN_TREE_CLONE = 1
 _AT_EMPTY_PATH = 0x1000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOEXEC = 0x8
 _AT_FDCWD = -100
 
 
-def _bind_readonly(fd: int, target_b: bytes, target: str) -> bool:
+def _bind_readonly(fd: int, target_b: bytes, target: str, noexec: bool) -> bool:
     """Attach a read-only copy of the folder at `target`, read-only before it is
     attached: a mount that lands in a shared subtree (a managed plugin's propagated
     mount) is copied to its peers with the flags it has then, and a later remount
@@ -84,7 +88,7 @@ def _bind_readonly(fd: int, target_b: bytes, target: str) -> bool:
             return False
         _check(-1, "open_tree", target)
     try:
-        attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY)
+        attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY | (_MOUNT_ATTR_NOEXEC if noexec else 0))
         _check(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
                              ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr", target)
         _check(_libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, target_b,
@@ -94,17 +98,25 @@ def _bind_readonly(fd: int, target_b: bytes, target: str) -> bool:
     return True
 
 
-def bind_fd(fd: int, target: str, readonly: bool) -> None:
-    """Bind-mount the directory open as `fd` at `target` (optionally read-only),
-    then check that `target` shows that very directory; undo the mount if not."""
+def bind_fd(fd: int, target: str, readonly: bool, noexec: bool = False) -> None:
+    """Bind-mount the directory open as `fd` at `target` (optionally read-only,
+    or noexec), then check that `target` shows that very directory; undo the
+    mount if not. The bind keeps the nosuid, nodev and noexec of the mount the
+    folder is on: a remount sets every flag anew, and one that named only
+    read-only would give a view of a nosuid, nodev volume setuid and devices."""
     target_b = os.fsencode(target)
-    if not (readonly and _bind_readonly(fd, target_b, target)):
+    # statvfs's ST_NOSUID, ST_NODEV and ST_NOEXEC are mount(2)'s MS_ flags.
+    carried = os.fstatvfs(fd).f_flag & (_MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    if noexec:
+        carried |= _MS_NOEXEC
+    if not (readonly and _bind_readonly(fd, target_b, target, noexec)):
         _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), target_b, None, _MS_BIND, None),
                "bind mount", target)
     try:
-        if readonly:  # again, on the mount itself: also where the calls above are missing
-            _check(_libc.mount(None, target_b, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None),
-                   "read-only remount", target)
+        if readonly or noexec:  # again, on the mount itself: also where the calls above are missing
+            _check(_libc.mount(None, target_b, None,
+                               _MS_REMOUNT | _MS_BIND | carried | (_MS_RDONLY if readonly else 0),
+                               None), "remount", target)
         want, got = os.fstat(fd), os.stat(target)
         if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
             raise OSError(errno.EXDEV, "the mount does not show the folder it was made from",

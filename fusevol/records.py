@@ -111,6 +111,8 @@ class Snapshot(_Stored):
 class Worker(_Stored):
     """A running worker as it registers itself (fs/registry.py)."""
 
+    _OPTIONAL = ("pidns",)
+
     pid: int
     volume: str  # the data volume it serves
     mountpoint: str

@@ -214,7 +214,7 @@ def test_each_table_is_written_by_one_module():
 
 # The store's core (rows and objects) stands apart from the operations over it.
 STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", "dirchanges",
-              "inodes", "volumes", "remotes", "blobs")
+              "inodes", "volumes", "remotes", "blobs", "intentlog")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
                     "tar_import", "check")
 

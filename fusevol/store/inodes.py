@@ -187,7 +187,7 @@ class Inodes:
         now = _now(txn)
         root = Inode(mode=0o040755, uid=0, gid=0, nlink=2, atime_ns=now, mtime_ns=now,
                      ctime_ns=now, parent=ROOT_INO)
-        txn.put("inodes", vkey(self.vid, ROOT_INO), root.pack())
+        txn.put("inodes", ino_key(self.vid, ROOT_INO), root.pack())
         txn.put("meta", b"next_ino" + u64(self.vid), u64(ROOT_INO + 1))
         txn.add_vstats(self.vid, inodes=1)
 
@@ -195,10 +195,10 @@ class Inodes:
         """Show a tree from a volume with no rows: its root row (LAZY: the rest
         becomes rows as it is reached), the files with several names, and new
         numbers above `next_ino` and any this volume ever used."""
-        txn.put("inodes", vkey(self.vid, ROOT_INO), root.pack())
+        txn.put("inodes", ino_key(self.vid, ROOT_INO), root.pack())
         for ino, parent, name_hex in hardlinks:
-            txn.put("multilinks", vkey(self.vid, ino), b"")
-            txn.put("parents", vkey(self.vid, ino, parent, bytes.fromhex(name_hex)), b"")
+            txn.put("multilinks", ino_key(self.vid, ino), b"")
+            txn.put("parents", ino_pair_key(self.vid, ino, parent) + bytes.fromhex(name_hex), b"")
         current = txn.get("meta", b"next_ino" + u64(self.vid))
         txn.put("meta", b"next_ino" + u64(self.vid),
                 u64(max(next_ino, read_u64(current) if current else 0)))

@@ -271,8 +271,8 @@ def _replay_one(store, vid: int) -> None:
     from .inodes import Inodes
 
     with store.write() as txn:  # durable: the log goes once this returns
-        for record in volumes.list_all(txn, removed=True):
-            if record.get("vid") == vid:
-                inodes = Inodes(vid, store.block_size, record.get("compression") or "zstd")
+        for volume in volumes.list_all(txn, removed=True):
+            if volume.vid == vid:
+                inodes = Inodes(vid, store.block_size, volume.compression)
                 replay(txn, store.path, inodes)
                 return

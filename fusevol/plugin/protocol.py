@@ -12,7 +12,8 @@ import logging
 
 from ..errors import AlreadyExists, FusevolError, InvalidArgument
 from ..records import Volume
-from ..store import chunks, snapshots, volumes
+from ..remote.incoming import Incoming
+from ..store import chunks, volumes
 from .supervisor import Supervisor, check_mount_id
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ def worded(error: FusevolError) -> str:
         return f"{text} (snapshot it on the host first, or discard the change there)"
     if error.reason in ("no_remote", "remote_name"):
         return f"{text} (fusevol remote ls on the host lists the remotes)"
+    if error.reason == "pulling":
+        return (f"{text}; start it again once the pull is done (docker volume inspect "
+                f"{details['volume']} shows how far it is)")
+    if error.reason == "pull_failed":
+        return f"{text}; starting a container tries again, docker volume rm drops the volume"
     if error.reason == "damaged":
         return f"{text}; fusevol verify on the host names the files it reaches"
     return text
@@ -90,6 +96,7 @@ class Driver:
     def __init__(self, supervisor: Supervisor):
         self.sup = supervisor
         self.store = supervisor.store
+        self.incoming = Incoming(self.store)  # volumes from a remote, pulled after Create
 
     def lock_key(self, method: str, req: dict) -> str | None:
         """The family a call must hold the lock of, or None if it needs none."""
@@ -113,12 +120,15 @@ class Driver:
         name = _name(req)
         opts = req.get("Opts")
         if isinstance(opts, dict) and ("from-remote" in opts or "remote" in opts):
+            job = self.incoming.pending(name)
+            if job is not None:
+                if job.note["opts"] != opts:
+                    raise AlreadyExists(f"volume {name} is already being pulled from remote "
+                                        f"{job.source} with other options; options cannot be "
+                                        "changed after create")
+                return {}
             if self.sup.record(name, missing_ok=True) is None:
-                try:
-                    if self._pull(name, opts):
-                        return {}
-                except AlreadyExists:
-                    self._check_same_options(name, opts)  # a Create beside this one made it
+                if self.incoming.start(name, opts):  # pulled in the background
                     return {}
             else:
                 self._check_same_options(name, opts)
@@ -131,22 +141,6 @@ class Driver:
             self._check_same_options(name, opts)
         return {}
 
-    def _pull(self, name: str, opts: dict) -> bool:
-        """A new volume from a remote's snapshot (dockerd waits up to 2 minutes);
-        False for remote=NAME when the remote has none of it yet."""
-        from ..remote import follow, pull
-        from ..store import remotes
-
-        volumes.parse_options(opts)  # every problem named before any download
-        if "from-remote" not in opts:
-            return follow.create(self.store, name, opts)
-        remote_name, _, ref = opts["from-remote"].partition(":")
-        volume, snap = snapshots.parse_ref(ref)
-        with self.store.read() as txn:
-            remote = remotes.get(txn, remote_name)
-        pull.pull(self.store, remote, volume, snap, new_volume=name, opts=opts)
-        return True
-
     def _check_same_options(self, name: str, opts: dict | None) -> None:
         wanted = volumes.parse_options(opts)
         record = self.sup.record(name)
@@ -158,11 +152,16 @@ class Driver:
                 f"changed after create (asked for: {given}); remove it and create it again")
 
     def remove(self, req: dict) -> dict:
-        self.sup.remove(_name(req))
+        name = _name(req)
+        if self.incoming.forget(name) and self.sup.record(name, missing_ok=True) is None:
+            return {}  # its pull stopped before installing it
+        self.sup.remove(name)
         return {}
 
     def mount(self, req: dict) -> dict:
-        path = self.sup.mount(_name(req), check_mount_id(req.get("ID")))
+        name, mount_id = _name(req), check_mount_id(req.get("ID"))
+        self.incoming.wait(name)  # a volume still being pulled: its data first
+        path = self.sup.mount(name, mount_id)
         return {"Mountpoint": path}
 
     def unmount(self, req: dict) -> dict:
@@ -170,11 +169,17 @@ class Driver:
         return {}
 
     def path(self, req: dict) -> dict:
-        path = self.sup.served_path(self.sup.record(_name(req)))
+        name = _name(req)
+        if self.incoming.pending(name) is not None:
+            return {}
+        path = self.sup.served_path(self.sup.record(name))
         return {"Mountpoint": path} if path else {}
 
     def get(self, req: dict) -> dict:
         name = _name(req)
+        pulling = self.incoming.describe(name)
+        if pulling is not None:
+            return {"Volume": pulling}
         with self.store.read() as txn:
             volume = volumes.load(txn, name)
             status = self._status(txn, volume)
@@ -183,7 +188,10 @@ class Driver:
     def list(self, req: dict) -> dict:
         with self.store.read() as txn:
             found = volumes.load_all(txn)
-        return {"Volumes": [self._describe(v) for v in found]}
+        out = [self._describe(v) for v in found]
+        known = {v.name for v in found}
+        out += [{"Name": n} for n in self.incoming.names() if n not in known]
+        return {"Volumes": out}
 
     # -- descriptions -----------------------------------------------------------------
 

@@ -168,7 +168,10 @@ def test_a_big_volume_from_remote_is_pulled_after_create_returns(docker, second_
         assert time.monotonic() - started < 4  # the 12 MiB take 6 s at 2 MiB/s
         pull = inspect(second_docker, copy)["Status"]["pull"]
         assert pull["from"] == f"r:{src}@s1" and pull["state"] == "pulling", pull
-        assert pull["bytes_total"] > 12_000_000, pull
+        _wait_for("the pull's total", lambda: "bytes_total" in
+                  inspect(second_docker, copy)["Status"].get("pull", {}), 10)
+        pull = inspect(second_docker, copy)["Status"]["pull"]
+        assert pull["bytes_total"] > 12_000_000 and pull["bytes_done"] < pull["bytes_total"], pull
         assert copy in second_docker.out("volume", "ls", "-q").split()
 
         # A container started now waits 2 s (here), then says why it cannot start.
@@ -183,27 +186,40 @@ def test_a_big_volume_from_remote_is_pulled_after_create_returns(docker, second_
         assert second_host == first_host and "./big" in second_host
         assert f"{copy}: pulling r:{src}@s1: " in b.daemon.log()  # progress in the log
 
+        # New data on host A (what host B holds already is not downloaded again).
+        docker(*RUN, "-v", f"{src}:/data", IMAGE, "sh", "-c",
+               "head -c 12000000 /dev/urandom > /data/big2")
+        second = docker.out(*RUN, "-v", f"{src}:/data", IMAGE, "sh", "-c", HASH_ALL)
+        run_cli(plugin.store, "snapshot", "create", f"{src}@s2")
+        run_cli(plugin.store, "push", f"{src}@s2", "r",
+                env={**env, "FUSEVOL_PACK_SIZE": str(1 << 20)})
+
         # Removed while pulling: the pull stops, nothing of it is left.
         gone = volume_name("gone")
-        second_docker("volume", "create", "-d", b.driver, "-o", f"from-remote=r:{src}@s1", gone)
+        second_docker("volume", "create", "-d", b.driver, "-o", f"from-remote=r:{src}@s2", gone)
+        time.sleep(1.5)
+        assert inspect(second_docker, gone)["Status"]["pull"]["state"] == "pulling"
         second_docker("volume", "rm", gone)
         assert gone not in second_docker.out("volume", "ls", "-q").split()
         assert not any(v["name"] == gone for v in json.loads(
             run_cli(b.store, "volume", "ls", "--json").stdout))
+        assert f"{gone}: pulled" not in b.daemon.log()
 
         # The daemon killed in the middle of a pull: started again, it goes on.
         again = volume_name("again")
-        second_docker("volume", "create", "-d", b.driver, "-o", f"from-remote=r:{src}@s1", again)
+        second_docker("volume", "create", "-d", b.driver, "-o", f"from-remote=r:{src}@s2", again)
         time.sleep(1.5)
         b.daemon.kill()
         b.daemon.start()
         assert inspect(second_docker, again)["Status"]["pull"]["state"] == "pulling"
         _wait_for("the resumed pull", lambda: "pull" not in inspect(second_docker, again)["Status"],
                   60)
+        assert f"{again}: resuming its pull from r" in b.daemon.log()
         assert second_docker.out(*RUN, "-v", f"{again}:/data", IMAGE, "sh", "-c",
-                                 HASH_ALL) == first_host
-        for name in (copy, again):
-            run_cli(b.store, "snapshot", "rm", f"{name}@s1")
+                                 HASH_ALL) == second
+        for name, snap in ((copy, "s1"), (again, "s2")):
+            run_cli(b.store, "snapshot", "rm", f"{name}@{snap}")
             second_docker("volume", "rm", name)
-    run_cli(plugin.store, "snapshot", "rm", f"{src}@s1")
+    for snap in ("s1", "s2"):
+        run_cli(plugin.store, "snapshot", "rm", f"{src}@{snap}")
     docker("volume", "rm", src)

@@ -11,8 +11,6 @@ fails at any point leaves the store as it was.
 """
 
 import concurrent.futures
-import contextlib
-import gc
 import json
 import logging
 import os
@@ -24,7 +22,7 @@ from ..errors import AlreadyExists, Busy, FusevolError, InvalidArgument, StreamD
 from ..progress import NoProgress
 from ..store import blobs, chunks, snapshots, stream, trees, volumes
 from ..store.env import Store
-from . import catalog, manifests
+from . import catalog, collector, manifests
 from .fetch import Fetcher, PackMissing
 from .s3 import Bucket
 from .staging import Staging
@@ -52,7 +50,7 @@ def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | N
     bucket = Bucket(remote, max_pool=THREADS)
     downloaded = 0
     with concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="pull") as pool, \
-            Staging(store) as staging, _collector_spared():
+            Staging(store) as staging, collector.spared():
         manifest = manifests.read(bucket, volume, name)
         base_root = _base_of(store, target)
         root = bytes.fromhex(manifest["root"])
@@ -85,18 +83,6 @@ def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | N
                   objects=len(order), chunks=chunk_count,
                   seconds=round(time.monotonic() - started, 3))
     return report
-
-
-@contextlib.contextmanager
-def _collector_spared():
-    """The objects alive when a pull starts (boto3's models: hundreds of
-    thousands) kept out of the cycle collector's full passes while it runs;
-    one such pass took 0.1-0.25 s of a 1 GiB pull, on the thread that stores."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _until(stop: threading.Event | None, batches):

@@ -12,8 +12,7 @@ import logging
 
 from ..errors import AlreadyExists, FusevolError, InvalidArgument
 from ..records import Volume
-from ..remote.incoming import Incoming
-from ..store import chunks, volumes
+from ..store import chunks, remotes, volumes
 from .supervisor import Supervisor, check_mount_id
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,26 @@ class Driver:
     def __init__(self, supervisor: Supervisor):
         self.sup = supervisor
         self.store = supervisor.store
-        self.incoming = Incoming(self.store)  # volumes from a remote, pulled after Create
+        self._incoming = None  # volumes from a remote, pulled after Create (remote/incoming.py)
+        with self.store.read() as txn:
+            noted = remotes.pulls(txn)
+        if noted:
+            self._load_incoming()  # pulls a daemon stopped in the middle of: resumed now
+
+    @property
+    def incoming(self):
+        """The pulls of this daemon; loads remote/ on first use."""
+        return self._incoming or self._load_incoming()
+
+    def _load_incoming(self):
+        from ..remote.incoming import Incoming
+
+        self._incoming = Incoming(self.store)
+        return self._incoming
+
+    def _pulling(self, name: str):
+        """The pull of volume `name` still running or failed, or None."""
+        return self._incoming.pending(name) if self._incoming is not None else None
 
     def lock_key(self, method: str, req: dict) -> str | None:
         """The family a call must hold the lock of, or None if it needs none."""
@@ -120,7 +138,7 @@ class Driver:
         name = _name(req)
         opts = req.get("Opts")
         if isinstance(opts, dict) and ("from-remote" in opts or "remote" in opts):
-            job = self.incoming.pending(name)
+            job = self._pulling(name)
             if job is not None:
                 if job.note["opts"] != opts:
                     raise AlreadyExists(f"volume {name} is already being pulled from remote "
@@ -153,14 +171,16 @@ class Driver:
 
     def remove(self, req: dict) -> dict:
         name = _name(req)
-        if self.incoming.forget(name) and self.sup.record(name, missing_ok=True) is None:
+        if self._pulling(name) is not None and self.incoming.forget(name) \
+                and self.sup.record(name, missing_ok=True) is None:
             return {}  # its pull stopped before installing it
         self.sup.remove(name)
         return {}
 
     def mount(self, req: dict) -> dict:
         name, mount_id = _name(req), check_mount_id(req.get("ID"))
-        self.incoming.wait(name)  # a volume still being pulled: its data first
+        if self._pulling(name) is not None:
+            self.incoming.wait(name)  # a volume still being pulled: its data first
         path = self.sup.mount(name, mount_id)
         return {"Mountpoint": path}
 
@@ -170,16 +190,17 @@ class Driver:
 
     def path(self, req: dict) -> dict:
         name = _name(req)
-        if self.incoming.pending(name) is not None:
+        if self._pulling(name) is not None:
             return {}
         path = self.sup.served_path(self.sup.record(name))
         return {"Mountpoint": path} if path else {}
 
     def get(self, req: dict) -> dict:
         name = _name(req)
-        pulling = self.incoming.describe(name)
-        if pulling is not None:
-            return {"Volume": pulling}
+        if self._pulling(name) is not None:
+            pulling = self.incoming.describe(name)
+            if pulling is not None:
+                return {"Volume": pulling}
         with self.store.read() as txn:
             volume = volumes.load(txn, name)
             status = self._status(txn, volume)
@@ -190,7 +211,8 @@ class Driver:
             found = volumes.load_all(txn)
         out = [self._describe(v) for v in found]
         known = {v.name for v in found}
-        out += [{"Name": n} for n in self.incoming.names() if n not in known]
+        if self._incoming is not None:
+            out += [{"Name": n} for n in self._incoming.names() if n not in known]
         return {"Volumes": out}
 
     # -- descriptions -----------------------------------------------------------------

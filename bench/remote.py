@@ -1,20 +1,30 @@
 """Remotes: push and pull against an S3 server, beside a plain upload and
 download of one big object with the same client library (boto3) in the same run.
 
-    PYTHONPATH=. /opt/fusevol/bin/python bench/remote.py [--size 1G] [--json FILE]
+    PYTHONPATH=. /opt/fusevol/bin/python bench/remote.py [--size 1G] [--rounds 3] [--json FILE]
 
 By default it starts the tests' one-node Ceph cluster (tests/ceph_cluster.py);
 `--endpoint URL` uses a server of your own (credentials from the AWS chain).
-Steps: a volume of SIZE random bytes (one file, written through a mount);
-the plain upload and download of a file of the same size (and the fsync of
-the downloaded file, which a durable pull pays too); a full push; a full
-pull into a second store (the second host); 1 MiB rewritten in the middle of
-the file, a snapshot, and an incremental push and pull.
+A volume of SIZE random bytes (one file, written through a mount) is made
+once; then each round times a full push (to a fresh prefix) beside a plain
+upload, and a full pull (into a fresh store: the second host) beside a plain
+download, the order alternating from round to round; the table gives the
+median of the rounds and every round's ratio. Last, 1 MiB is rewritten in the
+middle of the file, snapshotted, and pushed and pulled incrementally.
+
+The baseline is what a user would run instead: a command that starts Python,
+imports boto3 and calls upload_file / download_file (multipart, 10 threads)
+on one object of the volume's size, and for the download fsyncs the file
+before it exits, since a pull returns only once its data is durable. It is
+timed as a command, like `fusevol pull`, so both pay an interpreter's start.
+The same download timed inside one process, without the fsync, is shown too.
 """
 
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,9 +82,109 @@ def with_mount(store: str, volume: str, base: str, fn) -> None:
         cli(store, "umount", mnt)
 
 
+# The baseline as a command of its own (see the docstring): argv is
+# endpoint, bucket, key, file, "up" or "down".
+_PLAIN = """
+import os, sys, boto3, botocore.config
+endpoint, bucket, key, path, way = sys.argv[1:]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=botocore.config.Config(
+    s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+    response_checksum_validation="when_required"))
+if way == "up":
+    s3.upload_file(path, bucket, key)
+else:
+    s3.download_file(bucket, key, path)
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+"""
+
+
+def empty_bucket(endpoint: str, bucket: str) -> None:
+    s3 = boto3.resource("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        config=botocore.config.Config(s3={"addressing_style": "path"}))
+    try:
+        s3.Bucket(bucket).objects.all().delete()
+        s3.Bucket(bucket).delete()
+    except Exception as e:  # the figures matter more than the cleanup
+        print(f"could not empty bucket {bucket}: {e}", file=sys.stderr)
+
+
+def child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def command(argv: list[str]) -> tuple[float, float, bytes]:
+    """(seconds, CPU seconds of the command, its stdout)."""
+    cpu, t = child_cpu(), time.monotonic()
+    proc = subprocess.run(argv, capture_output=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(argv[:4])}: {proc.stderr.decode().strip()}")
+    return time.monotonic() - t, child_cpu() - cpu, proc.stdout
+
+
+def plain(endpoint: str, bucket: str, key: str, path: str, way: str) -> tuple[float, float]:
+    seconds, cpu, _ = command([sys.executable, "-c", _PLAIN, endpoint, bucket, key, path, way])
+    return seconds, cpu
+
+
+def fusevol(store: str, *args: str) -> tuple[float, float, dict]:
+    seconds, cpu, out = command([sys.executable, "-m", "fusevol", "--store", store, *args, "--json"])
+    return seconds, cpu, json.loads(out)
+
+
+def one_round(i: int, fig: dict, s3, endpoint: str, bucket: str, work: str, a: str) -> None:
+    """Push to a fresh prefix and pull into a fresh store, each beside its plain
+    transfer; which goes first alternates with the round."""
+    remote, b = f"r{i}", os.path.join(work, f"b{i}")
+    cli(a, "remote", "add", remote, f"s3://{bucket}/fv{i}", "--endpoint", endpoint)
+    cli(b, "remote", "add", remote, f"s3://{bucket}/fv{i}", "--endpoint", endpoint)
+    path = os.path.join(work, "plain")
+    row = {}
+
+    def push():
+        row["push_s"], row["push_cpu_s"], out = fusevol(a, "push", "data@one", remote)
+        row["push_bytes"] = out["uploaded_bytes"]
+
+    def upload():
+        write_random(path, fig["size_bytes"])
+        row["plain_upload_s"], row["plain_upload_cpu_s"] = plain(endpoint, bucket, "plain", path, "up")
+        os.unlink(path)
+
+    def pull():
+        row["pull_s"], row["pull_cpu_s"], out = fusevol(b, "pull", remote, "data@one")
+        row["pull_bytes"] = out["downloaded_bytes"]
+
+    def download():
+        row["plain_download_s"], row["plain_download_cpu_s"] = plain(endpoint, bucket, "plain",
+                                                                     path, "down")
+        os.unlink(path)
+        # The same in this process, without the fsync (what earlier runs compared with).
+        row["plain_download_inproc_s"], _ = timed(lambda: s3.download_file(bucket, "plain", path))
+        os.unlink(path)
+
+    steps = [(upload, push), (download, pull)] if i % 2 == 0 else [(push, upload), (pull, download)]
+    for first, second in steps:
+        subprocess.run(["sync"])
+        first()
+        subprocess.run(["sync"])
+        second()
+    s3.delete_object(Bucket=bucket, Key="plain")
+    subprocess.run(["rm", "-rf", b])
+    row["push_ratio"] = row["plain_upload_s"] / row["push_s"]
+    row["pull_ratio"] = row["plain_download_s"] / row["pull_s"]
+    row["pull_ratio_inproc"] = row["plain_download_inproc_s"] / row["pull_s"]
+    print(f"round {i + 1}: push {row['push_s']:.2f} s / upload {row['plain_upload_s']:.2f} s "
+          f"({row['push_ratio']:.2f}x), pull {row['pull_s']:.2f} s / download "
+          f"{row['plain_download_s']:.2f} s ({row['pull_ratio']:.2f}x)", file=sys.stderr)
+    fig["rounds"].append(row)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1G", help="volume size (K, M, G suffix)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternated rounds of full push and pull")
     ap.add_argument("--endpoint", help="an S3 endpoint of your own (default: start Ceph)")
     ap.add_argument("--bucket", default=f"fv-bench-{uuid.uuid4().hex[:8]}")
     ap.add_argument("--base", default="/var/tmp", help="where stores and files go")
@@ -84,83 +194,85 @@ def main() -> None:
         if args.size[-1].isalpha() else int(args.size)
 
     cluster = None
-    env = {}
     if args.endpoint is None:
         from ceph_cluster import CephCluster
 
         cluster = CephCluster().start()
         endpoint = cluster.endpoint
-        env = {"AWS_ACCESS_KEY_ID": cluster.access_key, "AWS_SECRET_ACCESS_KEY": cluster.secret_key,
-               "AWS_EC2_METADATA_DISABLED": "true"}
-        os.environ.update(env)
+        os.environ.update({"AWS_ACCESS_KEY_ID": cluster.access_key,
+                           "AWS_SECRET_ACCESS_KEY": cluster.secret_key,
+                           "AWS_EC2_METADATA_DISABLED": "true"})
         print(f"ceph: started in {cluster.start_seconds:.1f} s", file=sys.stderr)
     else:
         endpoint = args.endpoint
     work = tempfile.mkdtemp(dir=args.base, prefix="fusevol-bench-remote-")
-    a, b = os.path.join(work, "a"), os.path.join(work, "b")
-    fig = {"size_bytes": size}
+    a = os.path.join(work, "a")
+    fig = {"size_bytes": size, "rounds": []}
     try:
         s3 = boto3.client("s3", endpoint_url=endpoint, config=botocore.config.Config(
             s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
             response_checksum_validation="when_required"), region_name="us-east-1")
         cli(a, "remote", "add", "r", f"s3://{args.bucket}/fv", "--endpoint", endpoint,
             "--create-bucket")
-        cli(b, "remote", "add", "r", f"s3://{args.bucket}/fv", "--endpoint", endpoint)
-
         cli(a, "volume", "create", "data")
         with_mount(a, "data", work, lambda m: write_random(os.path.join(m, "file"), size))
         cli(a, "snapshot", "create", "data@one")
+        for i in range(args.rounds):
+            one_round(i, fig, s3, endpoint, args.bucket, work, a)
 
-        plain = os.path.join(work, "plain")
-        write_random(plain, size)
-        fig["plain_upload_s"], _ = timed(lambda: s3.upload_file(plain, args.bucket, "plain"))
-        os.unlink(plain)
-        subprocess.run(["sync"])
-        fig["plain_download_s"], _ = timed(lambda: s3.download_file(args.bucket, "plain", plain))
-        # download_file leaves the data in the page cache; a pull's commit is durable.
-        fig["plain_fsync_s"], _ = timed(lambda: fsync_file(plain))
-        os.unlink(plain)
-        s3.delete_object(Bucket=args.bucket, Key="plain")
-
-        t, out = timed(lambda: cli(a, "push", "data@one", "r", "--json"))
-        fig["push_s"], fig["push_bytes"] = t, json.loads(out)["uploaded_bytes"]
-        t, out = timed(lambda: cli(b, "pull", "r", "data@one", "--json"))
-        fig["pull_s"], fig["pull_bytes"] = t, json.loads(out)["downloaded_bytes"]
-
+        # Incremental: after round 1's push and pull (its store is made again here).
+        b = os.path.join(work, "b")
+        cli(b, "remote", "add", "r", f"s3://{args.bucket}/fv0", "--endpoint", endpoint)
+        fusevol(b, "pull", "r", "data@one")
         with_mount(a, "data", work, lambda m: write_random(os.path.join(m, "file"), MiB, size // 2))
         cli(a, "snapshot", "create", "data@two")
-        t, out = timed(lambda: cli(a, "push", "data@two", "r", "--json"))
-        fig["incremental_push_s"], fig["incremental_push_bytes"] = t, json.loads(out)["uploaded_bytes"]
-        t, out = timed(lambda: cli(b, "pull", "r", "data@two", "--json"))
-        fig["incremental_pull_s"], fig["incremental_pull_bytes"] = t, json.loads(out)["downloaded_bytes"]
+        fig["incremental_push_s"], _, out = fusevol(a, "push", "data@two", "r0")
+        fig["incremental_push_bytes"] = out["uploaded_bytes"]
+        fig["incremental_pull_s"], _, out = fusevol(b, "pull", "r", "data@two")
+        fig["incremental_pull_bytes"] = out["downloaded_bytes"]
         if cluster:
             fig["ceph_rss_bytes"] = cluster.memory_bytes()
     finally:
         subprocess.run(["rm", "-rf", work])
         if cluster:
             cluster.stop()
-
-    mb = size / 1e6
-    rows = [
-        ("plain upload, one object (boto3 upload_file)", fig["plain_upload_s"], size),
-        ("fusevol push, full", fig["push_s"], fig["push_bytes"]),
-        ("plain download, one object (boto3 download_file)", fig["plain_download_s"], size),
-        ("the same, then fsync of the file", fig["plain_download_s"] + fig["plain_fsync_s"], size),
-        ("fusevol pull, full (into a second store)", fig["pull_s"], fig["pull_bytes"]),
-        ("fusevol push after 1 MiB rewritten", fig["incremental_push_s"], fig["incremental_push_bytes"]),
-        ("fusevol pull of that snapshot", fig["incremental_pull_s"], fig["incremental_pull_bytes"]),
-    ]
-    print(f"| {args.size} volume, one file of random bytes | seconds | bytes moved | MB/s of the volume |")
-    print("|---|---:|---:|---:|")
-    for name, s, n in rows:
-        print(f"| {name} | {s:.2f} | {n / MiB:.1f} MiB | {mb / s:.0f} |")
-    durable = fig["plain_download_s"] + fig["plain_fsync_s"]
-    print(f"\npush / plain upload: {fig['plain_upload_s'] / fig['push_s']:.2f}x, "
-          f"pull / plain download: {fig['plain_download_s'] / fig['pull_s']:.2f}x "
-          f"(with its fsync: {durable / fig['pull_s']:.2f}x) (of the speed)")
+        else:
+            empty_bucket(endpoint, args.bucket)  # a server of one's own keeps no bench data
+    report(fig, args.size)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(fig, f, indent=2)
+
+
+def report(fig: dict, size_name: str) -> None:
+    rounds, mb = fig["rounds"], fig["size_bytes"] / 1e6
+
+    def med(key):
+        return statistics.median(r[key] for r in rounds)
+
+    def each(key, fmt="{:.2f}"):
+        return ", ".join(fmt.format(r[key]) for r in rounds)
+
+    print(f"| {size_name} volume, one file of random bytes, median of {len(rounds)} rounds "
+          "| seconds | client CPU s | MB/s of the volume | each round (s) |")
+    print("|---|---:|---:|---:|---|")
+    for name, key, cpu in [
+        ("plain upload, one object (a command: boto3 upload_file)", "plain_upload_s", "plain_upload_cpu_s"),
+        ("fusevol push, full", "push_s", "push_cpu_s"),
+        ("plain download, one object (a command: boto3 download_file, fsync)", "plain_download_s",
+         "plain_download_cpu_s"),
+        ("the same download in-process, no fsync", "plain_download_inproc_s", None),
+        ("fusevol pull, full (into a fresh store)", "pull_s", "pull_cpu_s"),
+    ]:
+        cpu_text = f"{med(cpu):.2f}" if cpu else ""
+        print(f"| {name} | {med(key):.2f} | {cpu_text} | {mb / med(key):.0f} | {each(key)} |")
+    for name, key in [("fusevol push after 1 MiB rewritten", "incremental_push"),
+                      ("fusevol pull of that snapshot", "incremental_pull")]:
+        print(f"| {name} ({fig[key + '_bytes'] / MiB:.1f} MiB moved) | {fig[key + '_s']:.2f} | | | |")
+    print(f"\npush / plain upload: median {med('push_ratio'):.2f}x ({each('push_ratio')}); "
+          f"pull / plain download: median {med('pull_ratio'):.2f}x ({each('pull_ratio')}); "
+          f"pull / in-process download without fsync: median {med('pull_ratio_inproc'):.2f}x "
+          f"({each('pull_ratio_inproc')}) (ratios of speed, each within its round)")
 
 
 if __name__ == "__main__":

@@ -174,6 +174,7 @@ def test_docker_create_from_remote(hosts, monkeypatch):
         opts = {"from-remote": "r:vol@one", "compression": "none"}
         assert driver.create({"Name": "web", "Opts": opts}) == {}
         assert driver.create({"Name": "web", "Opts": opts}) == {}  # idempotent, nothing pulled
+        driver.incoming.wait("web")  # the pull runs after Create returned, as Mount waits for it
         status = driver.get({"Name": "web"})["Volume"]["Status"]
         assert status["compression"] == "none" and status["logical_bytes"] == MiB + 5
         with pytest.raises(NotFound, match="no remote named 'nope'"):

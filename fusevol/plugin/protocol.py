@@ -12,7 +12,7 @@ import logging
 
 from ..errors import AlreadyExists, FusevolError, InvalidArgument
 from ..records import Volume
-from ..store import chunks, snapshots, volumes
+from ..store import chunks, remotes, volumes
 from .supervisor import Supervisor, check_mount_id
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,11 @@ def worded(error: FusevolError) -> str:
         return f"{text} (snapshot it on the host first, or discard the change there)"
     if error.reason in ("no_remote", "remote_name"):
         return f"{text} (fusevol remote ls on the host lists the remotes)"
+    if error.reason == "pulling":
+        return (f"{text}; start it again once the pull is done (docker volume inspect "
+                f"{details['volume']} shows how far it is)")
+    if error.reason == "pull_failed":
+        return f"{text}; starting a container tries again, docker volume rm drops the volume"
     if error.reason == "damaged":
         return f"{text}; fusevol verify on the host names the files it reaches"
     if error.reason == "diverged":
@@ -96,6 +101,26 @@ class Driver:
     def __init__(self, supervisor: Supervisor):
         self.sup = supervisor
         self.store = supervisor.store
+        self._incoming = None  # volumes from a remote, pulled after Create (remote/incoming.py)
+        with self.store.read() as txn:
+            noted = remotes.pulls(txn)
+        if noted:
+            self._load_incoming()  # pulls a daemon stopped in the middle of: resumed now
+
+    @property
+    def incoming(self):
+        """The pulls of this daemon; loads remote/ on first use."""
+        return self._incoming or self._load_incoming()
+
+    def _load_incoming(self):
+        from ..remote.incoming import Incoming
+
+        self._incoming = Incoming(self.store)
+        return self._incoming
+
+    def _pulling(self, name: str):
+        """The pull of volume `name` still running or failed, or None."""
+        return self._incoming.pending(name) if self._incoming is not None else None
 
     def lock_key(self, method: str, req: dict) -> str | None:
         """The family a call must hold the lock of, or None if it needs none."""
@@ -119,12 +144,15 @@ class Driver:
         name = _name(req)
         opts = req.get("Opts")
         if isinstance(opts, dict) and ("from-remote" in opts or "remote" in opts):
+            job = self._pulling(name)
+            if job is not None:
+                if job.note["opts"] != opts:
+                    raise AlreadyExists(f"volume {name} is already being pulled from remote "
+                                        f"{job.source} with other options; options cannot be "
+                                        "changed after create")
+                return {}
             if self.sup.record(name, missing_ok=True) is None:
-                try:
-                    if self._pull(name, opts):
-                        return {}
-                except AlreadyExists:
-                    self._check_same_options(name, opts)  # a Create beside this one made it
+                if self.incoming.start(name, opts):  # pulled in the background
                     return {}
             else:
                 self._check_same_options(name, opts)
@@ -137,22 +165,6 @@ class Driver:
             self._check_same_options(name, opts)
         return {}
 
-    def _pull(self, name: str, opts: dict) -> bool:
-        """A new volume from a remote's snapshot (dockerd waits up to 2 minutes);
-        False for remote=NAME when the remote has none of it yet."""
-        from ..remote import follow, pull
-        from ..store import remotes
-
-        volumes.parse_options(opts)  # every problem named before any download
-        if "from-remote" not in opts:
-            return follow.create(self.store, name, opts)
-        remote_name, _, ref = opts["from-remote"].partition(":")
-        volume, snap = snapshots.parse_ref(ref)
-        with self.store.read() as txn:
-            remote = remotes.get(txn, remote_name)
-        pull.pull(self.store, remote, volume, snap, new_volume=name, opts=opts)
-        return True
-
     def _check_same_options(self, name: str, opts: dict | None) -> None:
         wanted = volumes.parse_options(opts)
         record = self.sup.record(name)
@@ -164,11 +176,18 @@ class Driver:
                 f"changed after create (asked for: {given}); remove it and create it again")
 
     def remove(self, req: dict) -> dict:
-        self.sup.remove(_name(req))
+        name = _name(req)
+        if self._pulling(name) is not None and self.incoming.forget(name) \
+                and self.sup.record(name, missing_ok=True) is None:
+            return {}  # its pull stopped before installing it
+        self.sup.remove(name)
         return {}
 
     def mount(self, req: dict) -> dict:
-        path = self.sup.mount(_name(req), check_mount_id(req.get("ID")))
+        name, mount_id = _name(req), check_mount_id(req.get("ID"))
+        if self._pulling(name) is not None:
+            self.incoming.wait(name)  # a volume still being pulled: its data first
+        path = self.sup.mount(name, mount_id)
         return {"Mountpoint": path}
 
     def unmount(self, req: dict) -> dict:
@@ -176,11 +195,18 @@ class Driver:
         return {}
 
     def path(self, req: dict) -> dict:
-        path = self.sup.served_path(self.sup.record(_name(req)))
+        name = _name(req)
+        if self._pulling(name) is not None:
+            return {}
+        path = self.sup.served_path(self.sup.record(name))
         return {"Mountpoint": path} if path else {}
 
     def get(self, req: dict) -> dict:
         name = _name(req)
+        if self._pulling(name) is not None:
+            pulling = self.incoming.describe(name)
+            if pulling is not None:
+                return {"Volume": pulling}
         with self.store.read() as txn:
             volume = volumes.get(txn, name)
             status = self._status(txn, volume)
@@ -189,7 +215,11 @@ class Driver:
     def list(self, req: dict) -> dict:
         with self.store.read() as txn:
             found = volumes.list_all(txn)
-        return {"Volumes": [self._describe(v) for v in found]}
+        out = [self._describe(v) for v in found]
+        known = {v.name for v in found}
+        if self._incoming is not None:
+            out += [{"Name": n} for n in self._incoming.names() if n not in known]
+        return {"Volumes": out}
 
     # -- descriptions -----------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Volumes that follow their service between hosts (`-o remote=NAME`).
 
 Create: when the remote holds snapshots of the volume, the new volume starts
-as the newest (pulled). First mount on a host: take the volume's lease on the
+as the newest, pulled in the background (incoming.py). First mount on a host: take the volume's lease on the
 remote (lease.py; held elsewhere, the mount fails naming that host), and pull
 the remote's newest snapshot if it is newer than this host's (receive refuses
 when the local volume changed since its own last snapshot: the copies
@@ -56,19 +56,6 @@ def newest_on_remote(bucket: Bucket, volume: str) -> dict | None:
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         snaps = manifests.list_all(bucket, pool, volume)
     return max(snaps, key=lambda s: s.get("created_ns", 0)) if snaps else None
-
-
-def create(store: Store, name: str, opts: dict) -> bool:
-    """Make volume NAME from the remote's newest snapshot of it; False when
-    the remote has none (the caller makes an empty volume)."""
-    volumes.parse_options(opts)
-    with store.read() as txn:
-        remote = remotes.get(txn, opts["remote"])
-    newest = newest_on_remote(Bucket(remote), name)
-    if newest is None:
-        return False
-    pull.pull(store, remote, name, newest["name"], opts=opts)
-    return True
 
 
 @dataclass

@@ -22,7 +22,7 @@ from ..errors import AlreadyExists, Busy, FusevolError, InvalidArgument, StreamD
 from ..progress import NoProgress
 from ..store import blobs, chunks, snapshots, stream, trees, volumes
 from ..store.env import Store
-from . import catalog, manifests
+from . import catalog, collector, manifests
 from .fetch import Fetcher, PackMissing
 from .s3 import Bucket
 from .staging import Staging
@@ -34,18 +34,23 @@ PIPE_SIZE = 1 << 20
 _LOST_CHUNK = re.compile(r"refers to chunk ([0-9a-f]{64}), which neither")
 
 
+class Stopped(FusevolError):
+    """The pull was asked to stop (its `stop` event was set)."""
+
+
 def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | None = None, *,
          force: bool = False, mounted: bool = False, opts: dict | None = None,
-         progress: NoProgress | None = None) -> dict:
+         progress: NoProgress | None = None, stop: threading.Event | None = None) -> dict:
     """Pull VOLUME@NAME into NEW_VOLUME (or VOLUME); opts: driver options of a
-    new volume."""
+    new volume. Setting `stop` ends the pull (Stopped) before the next range
+    is stored, the store left as it was."""
     progress = progress or NoProgress()
     started = time.monotonic()
     target = volumes.check_name(new_volume or volume)
     bucket = Bucket(remote, max_pool=THREADS)
     downloaded = 0
     with concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="pull") as pool, \
-            Staging(store) as staging:
+            Staging(store) as staging, collector.spared():
         manifest = manifests.read(bucket, volume, name)
         base_root = _base_of(store, target)
         root = bytes.fromhex(manifest["root"])
@@ -58,7 +63,7 @@ def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | N
                 objects, order, missing_chunks = _plan(store, fetcher, root)
                 progress.start(f"pulling {volume}@{name}",
                                sum(fetcher.cat.where(cid)[3] for cid in missing_chunks))
-                staging.store_batches(fetcher.stream(missing_chunks), progress)
+                staging.store_batches(_until(stop, fetcher.stream(missing_chunks)), progress)
                 break
             except PackMissing:
                 if attempt:
@@ -68,6 +73,8 @@ def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | N
                 log.info("a pack is gone since the indexes were read: reading them again")
             finally:
                 downloaded += fetcher.downloaded_bytes
+        if stop is not None and stop.is_set():
+            raise Stopped(f"pull of {volume}@{name} stopped")
         report = _receive(store, target, base_root, record, objects, order, set(staging.held),
                           force=force, mounted=mounted, opts=opts)
         report["new_chunks"] = staging.new_chunks
@@ -76,6 +83,13 @@ def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | N
                   objects=len(order), chunks=chunk_count,
                   seconds=round(time.monotonic() - started, 3))
     return report
+
+
+def _until(stop: threading.Event | None, batches):
+    for batch in batches:
+        if stop is not None and stop.is_set():
+            raise Stopped("pull stopped")
+        yield batch
 
 
 def _base_of(store: Store, target: str) -> bytes | None:

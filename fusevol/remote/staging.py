@@ -90,7 +90,9 @@ class Staging:
     def release(self) -> None:
         held, self.held = self.held, []
         for start in range(0, len(held), RELEASE_BATCH):
-            with self.store.write() as txn:
+            # Not durable: a crash may undo it, leaving counts too high (gc
+            # recounts them), never too low; the next durable commit covers it.
+            with self.store.write(durable=False) as txn:
                 for cid in held[start:start + RELEASE_BATCH]:
                     if blobs.has(txn, blobs.CHUNK, cid):  # a gc meanwhile may have freed it
                         chunks.decref(txn, cid)

@@ -71,3 +71,26 @@ def settle(txn: Txn, volume: str) -> None:
 
 def owes(txn: Txn, volume: str) -> bool:
     return txn.get("meta", _OWED + volume.encode()) is not None
+
+
+# Volumes Docker asked for from a remote whose pull runs in the daemon
+# (remote/incoming.py): JSON of where from and the volume's options, until the
+# pulled volume is installed. It outlives the daemon, so a daemon started
+# again resumes the pull (and Docker, which already lists the volume, keeps it).
+_PULLING = b"remote-pulling/"
+
+
+def note_pull(txn: Txn, volume: str, record: dict) -> None:
+    txn.put("meta", _PULLING + volume.encode(), json.dumps(record).encode())
+
+
+def drop_pull(txn: Txn, volume: str) -> None:
+    txn.delete("meta", _PULLING + volume.encode())
+
+
+def pulls(txn: Txn) -> dict[str, dict]:
+    """{volume: record} of every pull noted."""
+    out = {}
+    for key, value in txn.scan("meta", _PULLING):
+        out[bytes(key[len(_PULLING):]).decode()] = json.loads(bytes(value))
+    return out

@@ -130,3 +130,99 @@ def test_a_volume_follows_its_service_to_a_second_host(docker, second_docker, ce
             for snap in json.loads(run_cli(host.store, "snapshot", "ls", app, "--json").stdout):
                 run_cli(host.store, "snapshot", "rm", f"{app}@{snap['name']}")
             dk("volume", "rm", app)
+
+
+def test_a_big_volume_from_remote_is_pulled_after_create_returns(docker, second_docker, plugin,
+                                                                  ceph, tmp_path, monkeypatch,
+                                                                  volume_name):
+    """dockerd gives Create two minutes: the pull goes on in the daemon after
+    Create returns. Inspect shows how far it is, a container started meanwhile
+    waits for it (up to a bound, then fails saying so), rm stops it, and a
+    daemon started again resumes it. Host B's daemon downloads at 512 KiB/s here,
+    so the 12 MiB take seconds."""
+    env = aws_env(ceph)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("FUSEVOL_PULL_LIMIT", "512K")
+    monkeypatch.setenv("FUSEVOL_PULL_BATCH", str(1 << 20))  # progress every MiB
+    monkeypatch.setenv("FUSEVOL_PULL_MOUNT_WAIT", "2")
+    bucket = new_bucket()
+    src = volume_name("bigsrc")
+    docker("volume", "create", "-d", plugin.driver_name, src)
+    docker(*RUN, "-v", f"{src}:/data", IMAGE, "sh", "-c",
+           "head -c 12000000 /dev/urandom > /data/big && cp -a /seed /data/")
+    first_host = docker.out(*RUN, "-v", f"{src}:/data", IMAGE, "sh", "-c", HASH_ALL)
+    pusher = f"r-{bucket[-8:]}"  # host A's store may have an `r` of an earlier test
+    run_cli(plugin.store, "remote", "add", pusher, f"s3://{bucket}/fv", "--endpoint",
+            ceph.endpoint, "--create-bucket", env=env)
+    run_cli(plugin.store, "snapshot", "create", f"{src}@s1")
+    # Packs of 1 MiB: the pull's ranges are small enough to be paced.
+    run_cli(plugin.store, "push", f"{src}@s1", pusher,
+            env={**env, "FUSEVOL_PACK_SIZE": str(1 << 20)})
+
+    def inspect(dk, name) -> dict:
+        return json.loads(dk.out("volume", "inspect", name))[0]
+
+    with Daemon(tmp_path, ceph, bucket) as b:
+        copy = volume_name("bigcopy")
+        started = time.monotonic()
+        second_docker("volume", "create", "-d", b.driver, "-o", f"from-remote=r:{src}@s1", copy)
+        assert time.monotonic() - started < 6  # the 12 MiB take 24 s at 512 KiB/s
+        # A container started now waits 2 s (here), then says why it cannot start.
+        early = second_docker(*RUN, "-v", f"{copy}:/data", IMAGE, "true", check=False)
+        err = early.stderr.decode()
+        assert early.returncode != 0 and f"volume {copy} is still being pulled from remote r:" \
+            f"{src}@s1 (" in err and "MiB" in err and "docker volume inspect" in err, err
+        assert "Traceback" not in err
+
+        pull = inspect(second_docker, copy)["Status"]["pull"]
+        assert pull["from"] == f"r:{src}@s1" and pull["state"] == "pulling", pull
+        _wait_for("the pull's total", lambda: "bytes_total" in
+                  inspect(second_docker, copy)["Status"].get("pull", {}), 10)
+        pull = inspect(second_docker, copy)["Status"]["pull"]
+        assert pull["bytes_total"] > 12_000_000 and pull["bytes_done"] < pull["bytes_total"], pull
+        assert copy in second_docker.out("volume", "ls", "-q").split()
+
+        _wait_for("the pull", lambda: "pull" not in inspect(second_docker, copy)["Status"], 60)
+        second_host = second_docker.out(*RUN, "-v", f"{copy}:/data", IMAGE, "sh", "-c", HASH_ALL)
+        assert second_host == first_host and "./big" in second_host
+        assert f"{copy}: pulling r:{src}@s1: " in b.daemon.log()  # progress in the log
+
+        # New data on host A (what host B holds already is not downloaded again).
+        docker(*RUN, "-v", f"{src}:/data", IMAGE, "sh", "-c",
+               "head -c 12000000 /dev/urandom > /data/big2")
+        second = docker.out(*RUN, "-v", f"{src}:/data", IMAGE, "sh", "-c", HASH_ALL)
+        run_cli(plugin.store, "snapshot", "create", f"{src}@s2")
+        run_cli(plugin.store, "push", f"{src}@s2", pusher,
+                env={**env, "FUSEVOL_PACK_SIZE": str(1 << 20)})
+
+        # Removed while pulling: the pull stops, nothing of it is left.
+        gone = volume_name("gone")
+        second_docker("volume", "create", "-d", b.driver, "-o", f"from-remote=r:{src}@s2", gone)
+        time.sleep(1.5)
+        assert inspect(second_docker, gone)["Status"]["pull"]["state"] == "pulling"
+        second_docker("volume", "rm", gone)
+        assert gone not in second_docker.out("volume", "ls", "-q").split()
+        assert not any(v["name"] == gone for v in json.loads(
+            run_cli(b.store, "volume", "ls", "--json").stdout))
+        assert f"{gone}: pulled" not in b.daemon.log()
+
+        # The daemon killed in the middle of a pull: started again, it goes on.
+        again = volume_name("again")
+        second_docker("volume", "create", "-d", b.driver, "-o", f"from-remote=r:{src}@s2", again)
+        time.sleep(1.5)
+        b.daemon.kill()
+        b.daemon.start()
+        assert inspect(second_docker, again)["Status"]["pull"]["state"] == "pulling"
+        _wait_for("the resumed pull", lambda: "pull" not in inspect(second_docker, again)["Status"],
+                  60)
+        assert f"{again}: resuming its pull from r" in b.daemon.log()
+        assert second_docker.out(*RUN, "-v", f"{again}:/data", IMAGE, "sh", "-c",
+                                 HASH_ALL) == second
+        for name, snap in ((copy, "s1"), (again, "s2")):
+            run_cli(b.store, "snapshot", "rm", f"{name}@{snap}")
+            second_docker("volume", "rm", name)
+    for snap in ("s1", "s2"):
+        run_cli(plugin.store, "snapshot", "rm", f"{src}@{snap}")
+    docker("volume", "rm", src)
+    run_cli(plugin.store, "remote", "rm", pusher)

@@ -20,10 +20,10 @@ import collections
 import os
 import re
 import sys
-import threading
 import time
 
 from targets import MAKERS, MiB, fio, parse_size
+from workloads import MemorySampler
 
 TRACING = "/sys/kernel/tracing"
 _SEND = re.compile(r"fuse_request_send: connection (\d+) req (\d+) opcode \d+ \((\w+)\) len (\d+)")
@@ -92,36 +92,6 @@ class Threads:
         return {"fuse_thread_s": main, "other_threads_s": others, "minor_faults": faults}
 
 
-class PeakMemory:
-    """Peak RssAnon and RssFile of a process (MiB), sampled every 50 ms."""
-
-    def __init__(self, pid: int):
-        self.pid, self.anon, self.file = pid, 0.0, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                with open(f"/proc/{self.pid}/status") as f:
-                    for line in f:
-                        key, _, value = line.partition(":")
-                        if key == "RssAnon":
-                            self.anon = max(self.anon, int(value.split()[0]) / 1024)
-                        elif key == "RssFile":
-                            self.file = max(self.file, int(value.split()[0]) / 1024)
-            except OSError:
-                return
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def measure(system: str, base: str, size: int, trace: bool) -> dict:
     t = MAKERS[system](base)
     out = {}
@@ -137,12 +107,13 @@ def measure(system: str, base: str, size: int, trace: bool) -> dict:
             os.sync()
         pid = t.worker_pid()
         threads, start = Threads(pid), time.monotonic()
-        with PeakMemory(pid) as memory:
+        with MemorySampler(pid) as memory:
             write()
             os.sync()
         out["write_mib_s"] = size / MiB / (time.monotonic() - start)
         out["write"] = threads.since()
-        out["rss_anon_mib"], out["rss_file_mib"] = memory.anon, memory.file
+        out["rss_anon_mib"] = max((anon for _, anon, _ in memory.samples), default=0.0)
+        out["rss_file_mib"] = max((file for _, _, file in memory.samples), default=0.0)
         t.cold()
         pid = t.worker_pid()  # fusevol's cold() mounts again: a new worker
         threads, start = Threads(pid), time.monotonic()

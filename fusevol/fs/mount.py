@@ -141,7 +141,7 @@ async def _publish_metrics(ops: VolumeOperations, path: str) -> None:
     published = None
     while True:
         # dirty: written and held in memory; unstored: handed to the store thread, not on disk.
-        figures = (ops.metrics.snapshot(), ops._buffered(), ops.runner.unstored_bytes,
+        figures = (ops.metrics.snapshot(), ops.buffered_bytes, ops.runner.unstored_bytes,
                    len(ops.handles))
         if figures != published:  # an idle worker writes nothing (no disk write, no CPU)
             metrics.publish(path, figures[0], dirty_bytes=figures[1],

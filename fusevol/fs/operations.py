@@ -422,7 +422,9 @@ class VolumeOperations(pyfuse3.Operations):
             self.nursery.start_soon(self._flush_quietly, fd)
         return n
 
-    def _buffered(self) -> int:
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes written and held in memory by all open files."""
         return sum(f.buffered_bytes for f in self.files.values())
 
     async def _admit(self, fd: FileData, off: int, length: int) -> None:
@@ -431,7 +433,7 @@ class VolumeOperations(pyfuse3.Operations):
         if fd.error is not None:
             raise pyfuse3.FUSEError(fd.error)
         incoming = fd.new_bytes(off, length)
-        if not incoming or self.space.shortfall(incoming, self._buffered()) is None:
+        if not incoming or self.space.shortfall(incoming, self.buffered_bytes) is None:
             return
         # Short by the quick count: store what is buffered, count exactly, decide.
         # The commit first: LMDB reuses the pages a batch freed (a deleted
@@ -441,7 +443,7 @@ class VolumeOperations(pyfuse3.Operations):
         await self.runner.sync()
         self.space.used, self.space.store_slack = await self.runner.run(
             _usage_and_slack, self.inodes, foreseen=True)
-        err = fd.error or self.space.shortfall(incoming, self._buffered())
+        err = fd.error or self.space.shortfall(incoming, self.buffered_bytes)
         if err is not None:
             fd.refuse(err)
             raise pyfuse3.FUSEError(err)

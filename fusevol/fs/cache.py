@@ -154,10 +154,9 @@ class CachedTxn:
         return cache.decoded(key, cache.get("inodes", key, self))
 
     def committed(self, table: str, key: bytes):
-        store = self.cache.store
         if self._txn is None:
-            self._txn = store._begin(write=False)
-        return self._txn.get(key, db=store.dbs[table])
+            self._txn = self.cache.store.begin_read()
+        return self._txn.get(table, key)
 
     def close(self) -> None:
         if self._txn is not None:

@@ -58,6 +58,10 @@ class Txn:
     def get(self, table: str, key: bytes):
         return self.txn.get(key, db=self.store.dbs[table])
 
+    def abort(self) -> None:
+        """End a read transaction of Store.begin_read."""
+        self.txn.abort()
+
     def peek_inode(self, key: bytes) -> "schema.Inode | None":
         """The inode row under key, decoded (Inodes.peek)."""
         raw = self.txn.get(key, db=self.store.dbs["inodes"])
@@ -303,6 +307,12 @@ class Store:
             free = st.f_bavail * st.f_frsize
             self._free_seen = (now, free)  # one tuple: read by several threads
         return free
+
+    def begin_read(self) -> Txn:
+        """A read transaction the caller ends with Txn.abort(), for a reader that
+        keeps one across calls (the worker's row cache) where read()'s block
+        does not fit."""
+        return Txn(self, self._begin(write=False), write=False)
 
     @contextlib.contextmanager
     def read(self, buffers: bool = False):

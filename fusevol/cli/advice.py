@@ -16,6 +16,8 @@ def worded(error: errors.FusevolError) -> str:
             return f"{text}; unmount it, or use --force to unmount, roll back and mount it again"
         if action == "receive":
             return f"{text}; unmount it before receiving into it"
+        if action == "pull":
+            return f"{text}; unmount it before pulling into it"
         return f"{text}; unmount it first"
     if error.reason == "has_snapshots":
         volume = details["volume"]
@@ -38,6 +40,10 @@ def worded(error: errors.FusevolError) -> str:
         return f"{text}; prune when it is done, or with --break-locks if that push is known to be dead"
     if error.reason == "no_remote_snapshot":
         return f"{text} (fusevol remote snapshots {details['remote']} lists them)"
+    if error.reason == "no_snapshot_to_pull_onto":
+        return f"{text}: pull into a new volume (give NEWVOLUME), or snapshot it first"
+    if error.reason == "pull_raced_gc":
+        return f"{text}; pull again"
     if error.reason == "remote_damaged":
         return f"{text} (fusevol remote verify {details['remote']} names what is wrong)"
     return text

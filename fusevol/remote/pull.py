@@ -100,8 +100,8 @@ def _base_of(store: Store, target: str) -> bytes | None:
             return None
         snaps = snapshots.list_all(txn, target)
     if not snaps:
-        raise InvalidArgument(f"volume {target} exists here and has no snapshot: pull into a "
-                              "new volume (give NEWVOLUME), or snapshot it first")
+        raise InvalidArgument(f"volume {target} exists here and has no snapshot to pull onto",
+                              reason="no_snapshot_to_pull_onto", volume=target)
     return bytes.fromhex(snaps[-1].root)
 
 
@@ -157,7 +157,8 @@ def _refuse_early(store: Store, target: str, base_root: bytes | None, record: di
         if any(s.name == record["name"] for s in snapshots.list_all(txn, target)):
             raise AlreadyExists(f"snapshot {target}@{record['name']} already exists")
     if mounted:
-        raise Busy(f"volume {target} is mounted; unmount it before pulling into it")
+        raise Busy(f"volume {target} is mounted", reason="in_use", volume=target,
+                   holder="mount", action="pull")
 
 
 def _receive(store: Store, target: str, base_root: bytes | None, record: dict, objects: dict,
@@ -196,8 +197,8 @@ def _receive(store: Store, target: str, base_root: bytes | None, record: dict, o
             raise failure[0] from None
         lost = _LOST_CHUNK.search(str(e))
         if lost and bytes.fromhex(lost.group(1)) in staged:
-            raise FusevolError("chunks this pull had stored were freed meanwhile (did a gc run?); "
-                               "pull again") from None
+            raise FusevolError("chunks this pull had stored were freed meanwhile (did a gc run?)",
+                               reason="pull_raced_gc") from None
         raise
     finally:
         producer.join()

@@ -318,6 +318,13 @@ def test_the_null_progress_logs_warnings(caplog):
     (RemoteDamaged("remote r: chunk 00 that a snapshot reaches is in no pack this prune can "
                    "read; prune changes nothing", reason="remote_damaged", remote="r"),
      "(fusevol remote verify r names what is wrong)", "on the host names what is wrong"),
+    (InvalidArgument("volume v exists here and has no snapshot to pull onto",
+                     reason="no_snapshot_to_pull_onto", volume="v"),
+     ": pull into a new volume (give NEWVOLUME), or snapshot it first", None),
+    (Busy("volume v is mounted", reason="in_use", volume="v", holder="mount", action="pull"),
+     "; unmount it before pulling into it", None),
+    (FusevolError("chunks this pull had stored were freed meanwhile (did a gc run?)",
+                  reason="pull_raced_gc"), "; pull again", None),
 ])
 def test_remote_errors_are_worded_at_each_edge(error, cli, docker):
     assert cli_worded(error).startswith(str(error)) and cli_worded(error).endswith(cli)

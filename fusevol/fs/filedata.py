@@ -47,12 +47,12 @@ class FileData:
     memoryview of a write request's bytes when that write covered it whole."""
 
     def __init__(self, ino: int, size: int, inodes: Inodes, runner: TxnRunner,
-                 space: SpaceBudget, kernel_keeps_times: bool = True, intent=None):
+                 space: SpaceBudget, writeback_cache: bool = True, intent=None):
         self.ino = ino
         self.intent = intent  # told of every write and truncate (fs/intent.py)
         # With the writeback cache the kernel owns mtime and ctime and sends
         # them (setattr) when they change; without it a data flush sets them.
-        self.kernel_keeps_times = kernel_keeps_times
+        self.writeback_cache = writeback_cache
         self.size = size
         self.inodes = inodes
         self.runner = runner
@@ -268,7 +268,7 @@ class FileData:
                       for i, buf in sorted(batch.items()) if i * bs < size]
             written = sum(len(buf) for _, buf in blocks)
             try:
-                store = functools.partial(_store_blocks, keep_times=self.kernel_keeps_times,
+                store = functools.partial(_store_blocks, keep_times=self.writeback_cache,
                                           then=then)
                 # A flush with `then` may change a size: not for the intent log.
                 loggable = then is None

@@ -184,7 +184,7 @@ class IntentLog:
             await self._stored_fsync(fd, files)
             return
         mtime_ns, ctime_ns = node.mtime_ns, node.ctime_ns
-        if not fd.kernel_keeps_times and fd.times_pending:
+        if not fd.writeback_cache and fd.times_pending:
             mtime_ns = ctime_ns = time.time_ns()  # what the flush would set
         rec = Record(self.lsn + 1, ino, fd.size, mtime_ns, ctime_ns,
                      [(a, data) for a, data in pieces if data])

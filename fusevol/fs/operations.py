@@ -253,7 +253,7 @@ class VolumeOperations(pyfuse3.Operations):
                 return self._entry(ino, set_attrs(node.copy(), time.time_ns(), **kw))
         change = functools.partial(self.inodes.setattr, ino=ino, **kw)
         if fd is not None and (fields.update_size or
-                               (fields.update_mtime and not fd.kernel_keeps_times)):
+                               (fields.update_mtime and not fd.writeback_cache)):
             # The store's size must not lag behind a size we now report, nor
             # a later flush set the mtime given here: the buffered data goes
             # first, in the same store call.
@@ -364,7 +364,7 @@ class VolumeOperations(pyfuse3.Operations):
             if size is None:
                 size = (await self._get(ino)).size
             fd = self.files[ino] = FileData(ino, size, self.inodes, self.runner, self.space,
-                                            kernel_keeps_times=self.enable_writeback_cache,
+                                            writeback_cache=self.enable_writeback_cache,
                                             intent=self.intent)
         fd.opens += 1
         fh = self._new_fh()

@@ -16,7 +16,8 @@ from plugin_daemon import PluginDaemon
 from remote_helpers import Host, keys, new_bucket, s3_client, volume_digests
 
 MiB = 1 << 20
-SMALL_PACKS = {"FUSEVOL_PACK_SIZE": str(256 << 10)}  # many PUTs: a push long enough to cut
+# Many PUTs, at 16 MiB/s: a push of 64 MiB long enough to cut (about 4 s) on any machine.
+SMALL_PACKS = {"FUSEVOL_PACK_SIZE": str(256 << 10), "FUSEVOL_PUSH_LIMIT": "16M"}
 
 
 def _wait_for(what: str, check, timeout: float = 120) -> None:

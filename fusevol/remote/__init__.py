@@ -12,7 +12,8 @@ Layout of a remote under s3://BUCKET/PREFIX/ (see layout.py for the encodings)::
 Modules, one job each: location (remote URLs and records), s3 (the bucket
 through boto3, errors as one line), layout (pack, index and manifest
 encodings), catalog (what the remote holds), upload (packing and uploading
-in threads), fetch (ranges of packs, verified), push, pull, prune, incoming
+in threads), fetch (ranges of packs, verified), pace (a rate the user sets),
+push, pull, prune, incoming
 (Docker's pulls, after Create answers), collector (the cycle collector during
 a transfer).
 Only this package imports boto3, and only when a remote is used.

@@ -4,14 +4,13 @@ pack and blob."""
 
 import collections
 import concurrent.futures
-import os
 import threading
-import time
 
 from ..errors import RemoteDamaged
 from ..store import chunks, trees
 from . import layout
 from .catalog import Catalog
+from .pace import pace_for
 from .s3 import Bucket
 
 MAX_GAP = 1 << 20     # blobs this close in a pack are read by one GET (the gap is thrown away)
@@ -34,37 +33,6 @@ def check_blob(kind: bytes, bid: bytes, stored) -> bytes | memoryview | None:
         return None
 
 
-def download_limit() -> int | None:
-    """Bytes per second a pull may download, from FUSEVOL_PULL_LIMIT (K, M, G
-    suffixes), to spare a link others use; None: as fast as it goes."""
-    text = os.environ.get("FUSEVOL_PULL_LIMIT", "").strip()
-    if not text:
-        return None
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1].upper(), 1)
-    try:
-        value = int(float(text.rstrip("KkMmGg")) * scale)
-    except ValueError:
-        return None
-    return value if value > 0 else None
-
-
-class _Pace:
-    """Spaces downloads so that they average `rate` bytes a second."""
-
-    def __init__(self, rate: int):
-        self.rate = rate
-        self.next = time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self, n: int) -> None:
-        with self.lock:
-            now = time.monotonic()
-            self.next = max(self.next, now) + n / self.rate
-            delay = self.next - now - n / self.rate
-        if delay > 0:
-            time.sleep(delay)
-
-
 class PackMissing(RemoteDamaged):
     """A pack an index lists is not there (damage, or rewritten by a prune
     since the indexes were read)."""
@@ -81,8 +49,7 @@ class Fetcher:
         self.pool = pool
         self.downloaded_bytes = 0
         self._lock = threading.Lock()
-        rate = download_limit()
-        self._pace = _Pace(rate) if rate else None
+        self._pace = pace_for("FUSEVOL_PULL_LIMIT")
 
     def _ranges(self, ids) -> list[tuple[bytes, int, int, list]]:
         """(pack id, start, length, [(kind, id, offset, length)]) covering ids."""

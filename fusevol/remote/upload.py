@@ -12,6 +12,7 @@ import threading
 
 from ..store.stream import NoProgress
 from . import layout
+from .pace import pace_for
 from .s3 import Bucket
 
 PACK_SIZE = 32 << 20
@@ -36,6 +37,7 @@ class Uploader:
         self.packs: dict[bytes, list] = {}  # uploaded: pack id -> entries
         self.sent_bytes = 0
         self.lock = threading.Lock()
+        self._pace = pace_for("FUSEVOL_PUSH_LIMIT")
 
     def add(self, kind: bytes, bid: bytes, stored: bytes) -> None:
         self.open[kind].append((kind, bid, stored))
@@ -63,6 +65,8 @@ class Uploader:
     def _upload(self, blobs: list) -> None:
         try:
             pid, data, entries = layout.seal_pack(blobs)
+            if self._pace is not None:
+                self._pace.take(len(data))
             self.bucket.put(layout.pack_name(pid), data)
             with self.lock:
                 self.packs[pid] = entries

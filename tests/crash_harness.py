@@ -428,11 +428,15 @@ class CrashHarness:
     def _check_volume(self, crashed: bool, hist: History, problems: list) -> None:
         hi = len(hist.events)
         lo = hist.durable_namespace_index() if crashed else hist.completed()
-        k, why = find_prefix(self.observed, hist, lo, hi)
-        if k is None:
+        fits, why = find_prefixes(self.observed, hist, lo, hi)
+        if not fits:
             problems.append(f"volume work after the round: no namespace of events {lo}..{hi} "
                             f"matches it; against all {hi} events: {why}")
             return
+        k = self._fitting_content(fits, lambda k, found, stats: self._check_files(
+            self.observed, hist, hist.namespace(k), hi, crashed, "volume work", found,
+            counted="durable bytes checked after a worker kill" if crashed
+            else "bytes checked live", stats=stats), problems)
         for ev in hist.events:
             if ev.kind != "rename" or not ev.done:
                 continue
@@ -443,12 +447,30 @@ class CrashHarness:
             else:
                 self.stats["renames not covered, " + ("kept" if ev.index < k else "undone")
                            + " after a worker kill"] += 1
-        self._check_files(self.observed, hist, hist.namespace(k), hi, crashed, "volume work", problems,
-                          counted="durable bytes checked after a worker kill" if crashed
-                          else "bytes checked live")
+
+    def _fitting_content(self, fits: list[int], check, problems: list) -> int:
+        """The largest prefix k (of `fits`, whose namespaces the volume shows) whose
+        files' content fits too: the same names may stand for other files at
+        different k (a name unlinked and made again). Its figures join the stats;
+        if none fits, the largest k's problems are the round's."""
+        first = None
+        for k in fits:
+            found, stats = [], Counter()
+            check(k, found, stats)
+            if first is None:
+                first = (k, found, stats)
+            if not found:
+                self.stats.update(stats)
+                return k
+        k, found, stats = first
+        self.stats.update(stats)
+        problems.extend(found)
+        return k
 
     def _check_files(self, observed: Observed, hist: History, ns: Namespace, hi: int, crashed: bool,
-                     where: str, problems: list, counted: str, lo: int | None = None) -> None:
+                     where: str, problems: list, counted: str, lo: int | None = None,
+                     stats: Counter | None = None) -> None:
+        stats = self.stats if stats is None else stats
         for fid, paths in ns.groups().items():
             ino = observed.files[paths[0]][0]
             if lo is not None:
@@ -456,8 +478,8 @@ class CrashHarness:
             else:
                 start = hist.durable_data_index(fid) if crashed else hi
             report = hist.candidates(fid, start, hi).check(observed.content[ino])
-            self.stats[counted] += report.durable_bytes
-            self.stats["bytes lost"] += report.lost_bytes
+            stats[counted] += report.durable_bytes
+            stats["bytes lost"] += report.lost_bytes
             for p in report.problems:
                 problems.append(f"{where}: {paths[0]} (fid {fid}, durable up to event {start}): {p}")
 
@@ -470,13 +492,14 @@ class CrashHarness:
                 self.stats["snapshots absent after a kill"] += 1
             return
         observed = tree_state(txn, bytes.fromhex(json.loads(bytes(raw))["root"]))
-        k, why = find_prefix(observed, hist, snap.lo, snap.hi)
-        if k is None:
+        fits, why = find_prefixes(observed, hist, snap.lo, snap.hi)
+        if not fits:
             problems.append(f"snapshot {snap.name}: no namespace of events {snap.lo}..{snap.hi} "
                             f"matches it; against event {snap.hi}: {why}")
             return
-        self._check_files(observed, hist, hist.namespace(k), snap.hi, True, f"snapshot {snap.name}",
-                          problems, counted="snapshot bytes checked", lo=snap.lo)
+        self._fitting_content(fits, lambda k, found, stats: self._check_files(
+            observed, hist, hist.namespace(k), snap.hi, True, f"snapshot {snap.name}", found,
+            counted="snapshot bytes checked", lo=snap.lo, stats=stats), problems)
         self.stats["snapshots checked"] += 1
 
     def _check_receive(self, txn, rc: ReceiveCheck, problems: list) -> None:
@@ -637,15 +660,12 @@ def _answers(path: str) -> bool:
         return False
 
 
-def find_prefix(observed: Observed, hist: History, lo: int, hi: int) -> tuple[int | None, str]:
-    """The largest k in [lo, hi] whose namespace the volume shows, and why hi does not fit."""
-    why = match_namespace(observed, hist.namespace(hi))
-    if why is None:
-        return hi, ""
-    for k in range(hi - 1, lo - 1, -1):
-        if match_namespace(observed, hist.namespace(k)) is None:
-            return k, why
-    return None, why
+def find_prefixes(observed: Observed, hist: History, lo: int, hi: int) -> tuple[list[int], str]:
+    """Every k in [lo, hi] whose namespace the volume shows, the largest first, and
+    why hi does not fit."""
+    why = match_namespace(observed, hist.namespace(hi)) or ""
+    fits = [k for k in range(hi, lo - 1, -1) if match_namespace(observed, hist.namespace(k)) is None]
+    return fits, why
 
 
 def observe_mount(mp: str) -> Observed:

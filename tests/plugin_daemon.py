@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from fusevol.errors import FusevolError
 from fusevol.fs import mount
 
 
@@ -112,3 +113,15 @@ def unmount_under(base: str) -> None:
     # Deepest first: views are bind mounts of folders inside their source's mount.
     for point in sorted(set(mounts_under(base)), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def stop_driver_mounts(store_path: str, mnt_dir: str) -> None:
+    """A test's end: stop every worker of the store (each stores what it holds), then
+    detach whatever is left in the driver's folder (views, dead mounts)."""
+    for info in mount.workers(store_path):
+        if mount.is_mountpoint(info.mountpoint):
+            try:
+                mount.unmount(store_path, info.mountpoint, timeout=30)
+            except FusevolError:
+                pass
+    unmount_under(mnt_dir)

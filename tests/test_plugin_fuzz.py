@@ -15,11 +15,10 @@ from hypothesis import strategies as st
 
 from conftest import HAVE_FUSE
 from fusevol.errors import FusevolError
-from fusevol.fs import mount
 from fusevol.plugin.protocol import ENDPOINTS, Driver, decode_request, error_reply
 from fusevol.plugin.supervisor import Supervisor
 from fusevol.store import Store
-from plugin_daemon import unmount_under
+from plugin_daemon import stop_driver_mounts
 
 EXAMPLES = int(os.environ.get("FUSEVOL_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -73,12 +72,7 @@ def driver(tmp_path_factory):
     store_path = str(tmp_path_factory.mktemp("fuzz") / "store")
     d = Driver(Supervisor(store_path))
     yield d
-    for info in mount.workers(store_path):
-        try:
-            mount.unmount(store_path, info.mountpoint, timeout=30)
-        except FusevolError:
-            pass
-    unmount_under(d.sup.mnt_dir)
+    stop_driver_mounts(store_path, d.sup.mnt_dir)
     Store._instances.pop(d.store.path, None)
     d.store.close()
 

@@ -14,7 +14,7 @@ from fusevol.fs import mount
 from fusevol.plugin.protocol import Driver, decode_request, error_reply
 from fusevol.plugin.supervisor import Supervisor
 from fusevol.store import volumes
-from plugin_daemon import mounts_under, unmount_under
+from plugin_daemon import mounts_under, stop_driver_mounts, unmount_under
 
 
 @pytest.fixture
@@ -22,13 +22,7 @@ def driver(store_path):
     d = Driver(Supervisor(store_path))
     yield d
     if os.path.isdir(d.sup.mnt_dir):
-        for info in mount.workers(store_path):
-            if mount.is_mountpoint(info.mountpoint):
-                try:
-                    mount.unmount(store_path, info.mountpoint, timeout=30)
-                except FusevolError:
-                    pass
-        unmount_under(d.sup.mnt_dir)
+        stop_driver_mounts(store_path, d.sup.mnt_dir)
 
 
 def workers_of(store_path: str, name: str) -> list:

@@ -9,12 +9,11 @@ import os
 import pytest
 
 from conftest import needs_fuse
-from fusevol.errors import Busy, FusevolError
-from fusevol.fs import mount
+from fusevol.errors import Busy
 from fusevol.plugin.protocol import Driver
 from fusevol.plugin.supervisor import Supervisor
 from fusevol.store import Store
-from plugin_daemon import unmount_under
+from plugin_daemon import stop_driver_mounts
 from remote_helpers import Host, keys
 
 MiB = 1 << 20
@@ -26,13 +25,7 @@ def _driver(host: Host) -> Driver:
 
 def _cleanup(driver: Driver) -> None:
     driver.sup.follower.close()
-    for info in mount.workers(driver.store.path):
-        if mount.is_mountpoint(info.mountpoint):
-            try:
-                mount.unmount(driver.store.path, info.mountpoint, timeout=30)
-            except FusevolError:
-                pass
-    unmount_under(driver.sup.mnt_dir)
+    stop_driver_mounts(driver.store.path, driver.sup.mnt_dir)
     Store._instances.pop(driver.store.path).close()
 
 

@@ -14,12 +14,11 @@ import time
 import pytest
 
 from conftest import needs_fuse, run_cli
-from fusevol.errors import FusevolError
 from fusevol.fs import registry
 from fusevol.plugin.protocol import Driver
 from fusevol.plugin.supervisor import Supervisor
 from fusevol.store import Store, volumes
-from plugin_daemon import unmount_under
+from plugin_daemon import stop_driver_mounts
 
 pytestmark = needs_fuse
 
@@ -30,12 +29,7 @@ def driver(store_path, tmp_path):
     yield d
     for path in sorted((tmp_path / "host").glob("*"), reverse=True):
         subprocess.run(["umount", "-i", "-l", str(path)], capture_output=True)
-    for info in registry.workers(store_path):
-        try:
-            registry.unmount(store_path, info.mountpoint, timeout=30)
-        except FusevolError:
-            pass
-    unmount_under(d.sup.mnt_dir)
+    stop_driver_mounts(store_path, d.sup.mnt_dir)
 
 
 def _options(path: str) -> set[str]:

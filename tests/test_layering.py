@@ -16,6 +16,7 @@ import pytest
 
 import fusevol
 import fusevol.store
+from fusevol.store.schema import TABLES
 
 STORE_MODULES = sorted(f"fusevol.store.{m.name}" for m in pkgutil.iter_modules(fusevol.store.__path__))
 ABOVE_THE_STORE = ("fusevol.fs", "fusevol.plugin", "fusevol.cli", "fusevol.remote", "pyfuse3",
@@ -130,6 +131,50 @@ def test_only_the_store_imports_its_schema():
         "no longer imports the schema: remove it from KNOWN_SCHEMA_USERS"
 
 
+# How code names a table: the first argument of a transaction's row methods,
+# a set of them, or a comparison with one.
+ROW_METHODS = {"get", "put", "delete", "delete_prefix", "scan", "cursor", "peek", "committed"}
+
+
+def _table_names(path: pathlib.Path, tables) -> list[tuple[int, str]]:
+    """(line, table) of every place the file names one of `tables` as a table."""
+    def is_table(node) -> bool:
+        return isinstance(node, ast.Constant) and node.value in tables
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ROW_METHODS and node.args and is_table(node.args[0]):
+            found.append((node.lineno, node.args[0].value))
+        elif isinstance(node, (ast.Set, ast.Tuple, ast.List)) and node.elts \
+                and all(is_table(e) for e in node.elts):
+            found.extend((node.lineno, e.value) for e in node.elts)
+        elif isinstance(node, ast.Compare):
+            found.extend((node.lineno, n.value) for n in [node.left, *node.comparators]
+                         if is_table(n))
+    return found
+
+
+def test_the_resolver_sees_tables_named_in_rows_sets_and_comparisons(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("T = frozenset({'inodes', 'dirents'})\n"
+                      "def f(txn, table, key):\n"
+                      "    if table != 'meta':\n        return txn.get('blocks', key)\n"
+                      "    return {'chunks': 1}, ('volumes', 'volume'), txn.get('x', key)\n")
+    assert sorted(t for _, t in _table_names(sample, TABLES)) == \
+        ["blocks", "dirents", "inodes", "meta"]
+
+
+def test_no_module_outside_the_store_names_a_table():
+    """The worker's copy of its rows (fs/cache.py, fs/speculate.py) and every
+    other layer go through the store's interface (store/workerrows.py): the
+    store alone knows which table holds what."""
+    wrong = sorted(f"{module}:{line} names the table {table!r}" for module, path in _modules()
+                   if not _under(module, "fusevol.store")
+                   for line, table in _table_names(path, TABLES))
+    assert wrong == []
+
+
 # The worker serves the MountSpec it is handed; it resolves nothing by name.
 WORKER_MODULES = ("fusevol.fs.worker", "fusevol.fs.mount", "fusevol.fs.forkserver",
                   "fusevol.fs.startup")
@@ -214,7 +259,7 @@ def test_each_table_is_written_by_one_module():
 
 # The store's core (rows and objects) stands apart from the operations over it.
 STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", "dirchanges",
-              "inodes", "volumes", "remotes", "blobs", "intentlog")
+              "inodes", "volumes", "remotes", "blobs", "intentlog", "workerrows")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
                     "tar_import", "check")
 

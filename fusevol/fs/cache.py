@@ -17,13 +17,8 @@ NeedsStore and runs on the store thread instead.
 
 import collections
 
-from ..store import Inode, Store
-
-# The tables whose rows of this volume only this worker writes ("meta": the
-# volume's next inode number; a snapshot only records tree ids in inodes and
-# clears what dirchanges noted).
-CACHED_TABLES = frozenset({"inodes", "dirents", "parents", "xattrs", "blocks", "orphans",
-                           "multilinks", "meta", "dirchanges"})
+from ..store import Store
+from ..store.workerrows import WORKER_TABLES
 # Rows kept once on disk; rows of operations not yet committed always stay.
 MAX_ROWS = 200_000
 
@@ -47,9 +42,9 @@ class RowCache:
         # here does not exist, and the store is not asked (see know_fresh).
         self._first_fresh: int | None = None
         self._owner = self._next_ino = None
-        # key -> (inode row, the Inode it decodes to): readers that only look
+        # key -> (row, its decoder, what it decodes to): readers that only look
         # (getattr, lookup, a flush's checks) share one decoded copy per row.
-        self._decoded: dict[bytes, tuple[bytes, Inode]] = {}
+        self._decoded: dict[bytes, tuple] = {}
 
     def know_fresh(self, owner, next_ino) -> None:
         """owner(table, key): the inode a row belongs to, or None; next_ino(txn):
@@ -78,19 +73,19 @@ class RowCache:
         if len(rows) > MAX_ROWS:
             self._evict()
 
-    def decoded(self, key: bytes, raw) -> Inode | None:
-        """The Inode of inode row `raw` (under key), shared: not to be changed."""
+    def decoded(self, key: bytes, raw, decode):
+        """decode(raw) of row `raw` (under key), shared: not to be changed."""
         if raw is None:
             return None
         seen = self._decoded.get(key)
-        if seen is not None and seen[0] is raw:
-            return seen[1]
-        inode = Inode.unpack(raw)
+        if seen is not None and seen[0] is raw and seen[1] is decode:
+            return seen[2]
+        value = decode(raw)
         decoded = self._decoded
         if len(decoded) >= MAX_ROWS:
             decoded.clear()
-        decoded[key] = (raw, inode)
-        return inode
+        decoded[key] = (raw, decode, value)
+        return value
 
     def apply_keyed(self, writes: dict, seq: int) -> None:
         """apply, for rows given as (table, key) -> value or None."""
@@ -117,12 +112,12 @@ class RowCache:
         if entry is not None:
             return entry[0]
         first_fresh = self._first_fresh
-        if first_fresh is not None and table != "meta":
+        if first_fresh is not None:
             owner = self._owner(table, key)
             if owner is not None and owner >= first_fresh:
                 return None
         value = reader.committed(table, key)
-        if table in CACHED_TABLES:
+        if table in WORKER_TABLES:
             self.rows[table, key] = (value, 0)
         return value
 
@@ -149,9 +144,9 @@ class CachedTxn:
     def get(self, table: str, key: bytes):
         return self.cache.get(table, key, self)
 
-    def peek_inode(self, key: bytes) -> Inode | None:
+    def peek(self, table: str, key: bytes, decode):
         cache = self.cache
-        return cache.decoded(key, cache.get("inodes", key, self))
+        return cache.decoded(key, cache.get(table, key, self), decode)
 
     def committed(self, table: str, key: bytes):
         if self._txn is None:

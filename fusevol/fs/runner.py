@@ -42,7 +42,8 @@ import trio
 from ..errors import FsError, FusevolError
 from ..store import Store, Txn
 from ..store.env import SPACE_RESERVE
-from .cache import CACHED_TABLES, NeedsStore, RowCache
+from ..store.workerrows import WORKER_TABLES
+from .cache import NeedsStore, RowCache
 from .space import FAR_FROM_FULL, FREE_FRESH_FOR
 from . import speculate
 from .speculate import SpecTxn
@@ -300,7 +301,7 @@ class TxnRunner:
         log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
                  getattr(fn, "__name__", fn))
         with self.store.nested(txn) as child:
-            child.writes, child.recorded = [], CACHED_TABLES
+            child.writes, child.recorded = [], WORKER_TABLES
             child.now_ns = spec.now_ns
             fn(child, *args)
         return True, False, child.writes
@@ -464,7 +465,7 @@ class TxnRunner:
                 self.pending_bytes = self._txn.pending_bytes()
                 return outcome
             with self.store.nested(self._txn) as child:
-                child.writes, child.recorded = [], CACHED_TABLES
+                child.writes, child.recorded = [], WORKER_TABLES
                 result = fn(child, *args)
             self.pending_bytes = self._txn.pending_bytes()
             return True, result, child.writes

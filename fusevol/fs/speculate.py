@@ -25,7 +25,8 @@ A reference to a chunk is the exception: taking one changes nothing the
 operation reads, so it is deferred (Txn.defer) and taken by the store thread.
 """
 
-from .cache import CACHED_TABLES, NeedsStore, RowCache
+from ..store.workerrows import NAME_TABLES, WORKER_TABLES
+from .cache import NeedsStore, RowCache
 
 
 class SpecTxn:
@@ -50,7 +51,7 @@ class SpecTxn:
         reads = self.reads
         if k in reads:  # what this run saw of it, and what the store thread checks
             return reads[k]
-        if table not in CACHED_TABLES:
+        if table not in WORKER_TABLES:
             raise NeedsStore
         value = self.cache.get(table, key, self._reader)
         if value is not None and type(value) is not bytes:
@@ -58,8 +59,8 @@ class SpecTxn:
         reads[k] = value
         return value
 
-    def peek_inode(self, key: bytes):
-        return self.cache.decoded(key, self.get("inodes", key))
+    def peek(self, table: str, key: bytes, decode):
+        return self.cache.decoded(key, self.get(table, key), decode)
 
     def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
         if not overwrite:
@@ -102,16 +103,12 @@ class SpecTxn:
     scan = cursor = delete_prefix = vstats = needs_store
 
 
-# Rows only name changes write (a folder's entries, the back references, the
-# mark of a file with several names, the next inode number): a change answered
+# Rows only changes of names write (the store's NAME_TABLES): a change answered
 # ahead wrote them to the cache at once, and one run by the store thread holds
 # back every change answered ahead until its rows are in the cache (runner.py:
-# it is not `foreseen`); a snapshot writes none of them. So what a change read
-# of them is what the store holds when it is applied: they are not read again.
-# (A flush or a file's data given back, which may be queued before, never
-# writes them: the entries of a lazily cloned folder are written with the
-# folder's row, which a change must read first, and gets NeedsStore there.)
-NOT_CHECKED = frozenset({"dirents", "parents", "multilinks", "meta"})
+# it is not `foreseen`); nothing else writes them (see the store's note). So
+# what a change read of them is what the store holds when it is applied: they
+# are not read again.
 
 
 def unchanged(txn, spec: SpecTxn) -> bool:
@@ -119,7 +116,7 @@ def unchanged(txn, spec: SpecTxn) -> bool:
     what it saw (then `apply` writes its rows; else the change runs again, at
     spec.now_ns)."""
     for (table, key), seen in spec.reads.items():
-        if table in NOT_CHECKED:
+        if table in NAME_TABLES:
             continue
         now = txn.get(table, key)
         if (bytes(now) if now is not None else None) != seen:

@@ -62,10 +62,11 @@ class Txn:
         """End a read transaction of Store.begin_read."""
         self.txn.abort()
 
-    def peek_inode(self, key: bytes) -> "schema.Inode | None":
-        """The inode row under key, decoded (Inodes.peek)."""
-        raw = self.txn.get(key, db=self.store.dbs["inodes"])
-        return schema.Inode.unpack(raw) if raw is not None else None
+    def peek(self, table: str, key: bytes, decode):
+        """The row under key decoded, or None: to read only (a worker's reader
+        hands out one decoded copy of a row to every reader, fs/cache.py)."""
+        raw = self.txn.get(key, db=self.store.dbs[table])
+        return decode(raw) if raw is not None else None
 
     def root(self) -> "Txn":
         txn = self

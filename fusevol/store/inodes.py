@@ -12,12 +12,13 @@ import time
 
 from .. import native
 from ..errors import FsError
-from . import chunks, dirchanges, trees
+from . import chunks, dirchanges, trees, workerrows
 from .env import Txn
 from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats,
-                     ino_key, ino_pair_key, read_ino_key, read_u64, u64)
+                     ino_key, ino_pair_key, read_u64, u64)
 
 NAME_MAX = 255
+_decode = Inode.unpack  # one object: a reader's copy of a row is kept with its decoder
 # Every table whose rows belong to one volume (keys start with its vid).
 _TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks",
                   "dirchanges")
@@ -59,6 +60,8 @@ class Inodes:
         self.vid = vid
         self.block_size = block_size
         self.compression = compression
+        # row_owner(table, key): the inode a row of this volume belongs to
+        self.row_owner = workerrows.row_owner(vid)
 
     def usage(self, txn: Txn) -> VolumeStats:
         return txn.vstats(self.vid)
@@ -83,7 +86,7 @@ class Inodes:
     def peek(self, txn: Txn, ino: int) -> Inode:
         """The inode, to read only: it may be the worker's decoded copy of the
         row (fs/cache.py), shared by every reader, so it must not be changed."""
-        inode = txn.peek_inode(ino_key(self.vid, ino))
+        inode = txn.peek("inodes", ino_key(self.vid, ino), _decode)
         if inode is None:
             raise FsError(errno.ENOENT)
         return inode
@@ -222,14 +225,6 @@ class Inodes:
         txn.add_vstats(self.vid, -usage.logical_bytes, -usage.inodes)
         if not keep_counter:
             txn.delete("meta", b"next_ino" + prefix)
-
-    def row_owner(self, table: str, key: bytes) -> int | None:
-        """The inode a row of this volume belongs to (a folder's entries and
-        change notes belong to the folder); None for store-wide rows."""
-        if table == "meta" or len(key) < 16:
-            return None
-        vid, ino = read_ino_key(key)
-        return ino if vid == self.vid else None
 
     def _dir(self, txn: Txn, ino: int) -> Inode:
         inode = self.get(txn, ino)

@@ -298,5 +298,5 @@ async def test_readers_share_decoded_inodes_that_no_change_alters(ops, inodes):
         assert _same_attrs(await ops.getattr(ino_now), ops._entry(ino_now, shared))
     await ops.runner.sync()
     with ops.runner.store.read() as txn:
-        for key, (raw, shared) in ops.runner.cache._decoded.items():
-            assert shared == type(shared).unpack(raw)
+        for key, (raw, decode, shared) in ops.runner.cache._decoded.items():
+            assert shared == decode(raw)

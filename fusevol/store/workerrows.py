@@ -1,0 +1,36 @@
+"""A volume's rows as its worker keeps a copy of them (fs/cache.py, fs/speculate.py).
+
+The worker serving a volume is the only writer of that volume's rows in the
+tables below, so it may keep what it wrote and read it back without asking the
+store: the store says here which rows those are, and whose they are. The
+worker's copy treats tables and keys as opaque names; only the store knows
+which table holds what.
+"""
+
+from .schema import read_ino_key
+
+# The tables whose rows of a volume only its worker writes, which it records
+# (Txn.recorded) and keeps. A snapshot only records tree ids in inode rows and
+# clears what dirchanges noted; "meta": the volume's next inode number.
+WORKER_TABLES = frozenset({"inodes", "dirents", "parents", "xattrs", "blocks", "orphans",
+                           "multilinks", "meta", "dirchanges"})
+
+# The rows only changes of names write: a folder's entries, the back
+# references, the mark of a file with several names, the next inode number.
+# A snapshot writes none of them, nor does a flush or a file's data given
+# back (the entries of a lazily cloned folder are written with the folder's
+# row, which a change reads first). So what a change read of them holds when
+# it is applied, as long as the worker applies its changes of names in order
+# (fs/speculate.py): they need not be read again.
+NAME_TABLES = frozenset({"dirents", "parents", "multilinks", "meta"})
+
+
+def row_owner(vid: int):
+    """owner(table, key): the inode a row of volume vid belongs to (a folder's
+    entries and change notes belong to the folder), None for other rows."""
+    def owner(table: str, key: bytes) -> int | None:
+        if table == "meta" or len(key) < 16:
+            return None
+        row_vid, ino = read_ino_key(key)
+        return ino if row_vid == vid else None
+    return owner

@@ -211,7 +211,7 @@ SHARED_TABLES = {
     "inodes": "treewriter.py sets tree_id, the snapshot's bookkeeping",
 }
 META_KEYS = {b"format": "env", b"block_size": "env", b"chunk_totals": "env",
-             b"next_ino": "inodes", b"next_pack": "packs", b"next_vid": "volumes",
+             b"next_ino": "inoderows", b"next_pack": "packs", b"next_vid": "volumes",
              b"store_id": "remotes"}
 
 
@@ -249,7 +249,7 @@ def test_each_table_is_written_by_one_module():
                     meta.append(f"{path.stem}:{line} writes meta key {key!r}")
     shared = {t: sorted(w) for t, w in writers.items() if len(w) > 1 and t not in SHARED_TABLES}
     assert shared == {}, "a table written from several modules"
-    assert sorted(writers["inodes"]) == ["inodes", "treewriter"]
+    assert sorted(writers["inodes"]) == ["inoderows", "treewriter"]
     assert meta == []
     outside = sorted(f"{module}:{line} writes {table}" for module, path in _modules()
                      if not _under(module, "fusevol.store")
@@ -259,7 +259,7 @@ def test_each_table_is_written_by_one_module():
 
 # The store's core (rows and objects) stands apart from the operations over it.
 STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", "dirchanges",
-              "inodes", "volumes", "remotes", "blobs", "intentlog", "workerrows")
+              "inodes", "inoderows", "volumes", "remotes", "blobs", "intentlog", "workerrows")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
                     "tar_import", "check")
 

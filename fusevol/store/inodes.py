@@ -8,26 +8,19 @@ sets the directory's mtime and ctime.
 
 import errno
 import stat
-import time
 
 from .. import native
 from ..errors import FsError
 from . import chunks, dirchanges, trees, workerrows
 from .env import Txn
+from .inoderows import InodeRows, now_ns
 from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats,
                      ino_key, ino_pair_key, read_u64, u64)
 
 NAME_MAX = 255
-_decode = Inode.unpack  # one object: a reader's copy of a row is kept with its decoder
-# Every table whose rows belong to one volume (keys start with its vid).
-_TABLES_BY_VID = ("blocks", "inodes", "dirents", "parents", "xattrs", "orphans", "multilinks",
+# Every table whose rows belong to one volume (keys start with its vid) but inodes.
+_TABLES_BY_VID = ("blocks", "dirents", "parents", "xattrs", "orphans", "multilinks",
                   "dirchanges")
-
-
-def _now(txn: Txn) -> int:
-    """The time of the operation running in txn: fixed for the operation when
-    it is run again (fs/speculate.py), so the second run writes the same times."""
-    return txn.now_ns or time.time_ns()
 
 
 def _clamp_time(ns: int) -> int:
@@ -62,6 +55,9 @@ class Inodes:
         self.compression = compression
         # row_owner(table, key): the inode a row of this volume belongs to
         self.row_owner = workerrows.row_owner(vid)
+        self.rows = rows = InodeRows(vid)
+        self.get, self.peek, self.next_ino = rows.get, rows.peek, rows.next_ino
+        self.put_row = rows.put_row
 
     def usage(self, txn: Txn) -> VolumeStats:
         return txn.vstats(self.vid)
@@ -77,20 +73,6 @@ class Inodes:
 
     # -- inodes -------------------------------------------------------------
 
-    def get(self, txn: Txn, ino: int) -> Inode:
-        raw = txn.get("inodes", ino_key(self.vid, ino))
-        if raw is None:
-            raise FsError(errno.ENOENT)
-        return Inode.unpack(raw)
-
-    def peek(self, txn: Txn, ino: int) -> Inode:
-        """The inode, to read only: it may be the worker's decoded copy of the
-        row (fs/cache.py), shared by every reader, so it must not be changed."""
-        inode = txn.peek("inodes", ino_key(self.vid, ino), _decode)
-        if inode is None:
-            raise FsError(errno.ENOENT)
-        return inode
-
     def put(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Store a changed inode. It no longer matches the tree object it was
         last written as, nor do the directories above it: clear their tree ids
@@ -101,8 +83,9 @@ class Inodes:
         (a folder dirtied as the parent of what rename or link just changed),
         and must not release it a second time."""
         if inode.tree_id != NO_TREE:
-            raw = txn.get("inodes", ino_key(self.vid, ino))
-            stored = Inode.unpack(raw) if raw is not None else inode
+            stored = self.rows.find(txn, ino)
+            if stored is None:  # not stored yet: the copy is all there is
+                stored = inode
             if stored.tree_id == NO_TREE:  # released and materialized already
                 inode.tree_id = NO_TREE
                 inode.flags &= ~LAZY
@@ -121,10 +104,6 @@ class Inodes:
                 self._dirty_parents(txn, ino, inode)
         self.put_row(txn, ino, inode)
 
-    def put_row(self, txn: Txn, ino: int, inode: Inode) -> None:
-        """Store an inode as it is (its tree id included)."""
-        txn.put("inodes", ino_key(self.vid, ino), inode.pack())
-
     def _materialize(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Give a cloned inode rows of its own (entries or block map, xattrs)
         from its tree object; it stays equal to that object."""
@@ -136,7 +115,7 @@ class Inodes:
             txn.put("blocks", ino_pair_key(self.vid, ino, index), cid)
         for name, child_id in trees.entries(txn, obj):
             child = trees.get(txn, child_id)
-            if txn.get("inodes", ino_key(self.vid, child.ino)) is None:
+            if not self.rows.exists(txn, child.ino):
                 node = child.inode
                 node.tree_id = child_id
                 if stat.S_ISDIR(node.mode):
@@ -173,38 +152,24 @@ class Inodes:
             if pnode.tree_id != NO_TREE:
                 self.put(txn, parent, pnode)
 
-    def _alloc_ino(self, txn: Txn) -> int:
-        key = b"next_ino" + u64(self.vid)
-        ino = read_u64(txn.get("meta", key))
-        txn.put("meta", key, u64(ino + 1))
-        return ino
-
-    def next_ino(self, txn: Txn) -> int:
-        """The number the next new inode of this volume gets."""
-        return read_u64(txn.get("meta", b"next_ino" + u64(self.vid)))
-
     # -- a volume's rows as a whole (its life: volumes.py, snapshots.py) ---------
 
     def make_root(self, txn: Txn) -> None:
         """A new volume's rows: its root folder, and its inode counter."""
-        now = _now(txn)
+        now = now_ns(txn)
         root = Inode(mode=0o040755, uid=0, gid=0, nlink=2, atime_ns=now, mtime_ns=now,
                      ctime_ns=now, parent=ROOT_INO)
-        txn.put("inodes", ino_key(self.vid, ROOT_INO), root.pack())
-        txn.put("meta", b"next_ino" + u64(self.vid), u64(ROOT_INO + 1))
+        self.rows.start(txn, root)
         txn.add_vstats(self.vid, inodes=1)
 
     def adopt_tree(self, txn: Txn, root: Inode, hardlinks: list, next_ino: int) -> None:
         """Show a tree from a volume with no rows: its root row (LAZY: the rest
         becomes rows as it is reached), the files with several names, and new
         numbers above `next_ino` and any this volume ever used."""
-        txn.put("inodes", ino_key(self.vid, ROOT_INO), root.pack())
+        self.rows.adopt(txn, root, next_ino)
         for ino, parent, name_hex in hardlinks:
             txn.put("multilinks", ino_key(self.vid, ino), b"")
             txn.put("parents", ino_pair_key(self.vid, ino, parent) + bytes.fromhex(name_hex), b"")
-        current = txn.get("meta", b"next_ino" + u64(self.vid))
-        txn.put("meta", b"next_ino" + u64(self.vid),
-                u64(max(next_ino, read_u64(current) if current else 0)))
 
     def drop_all(self, txn: Txn, keep_counter: bool = False) -> None:
         """Delete every row of the volume, letting go of the chunks and tree
@@ -212,19 +177,16 @@ class Inodes:
         prefix = u64(self.vid)
         for _, cid in txn.scan("blocks", prefix):
             chunks.decref(txn, bytes(cid))
-        for _, raw in txn.scan("inodes", prefix):
-            tree_id = Inode.unpack(raw).tree_id
-            if tree_id != NO_TREE:
-                trees.decref(txn, tree_id)
+        for tree_id in self.rows.tree_ids(txn):
+            trees.decref(txn, tree_id)
         for key, base in txn.scan("dirchanges", prefix):
             if len(key) == 16:  # a folder's base object (other rows are names)
                 trees.decref(txn, bytes(base))
         for table in _TABLES_BY_VID:
             txn.delete_prefix(table, prefix)
+        self.rows.drop(txn, keep_counter)
         usage = txn.vstats(self.vid)
         txn.add_vstats(self.vid, -usage.logical_bytes, -usage.inodes)
-        if not keep_counter:
-            txn.delete("meta", b"next_ino" + prefix)
 
     def _dir(self, txn: Txn, ino: int) -> Inode:
         inode = self.get(txn, ino)
@@ -247,7 +209,7 @@ class Inodes:
             self._rows(txn, ino)
 
     def _touch_dir(self, txn: Txn, ino: int, inode: Inode, nlink_delta: int = 0) -> None:
-        inode.mtime_ns = inode.ctime_ns = _now(txn)
+        inode.mtime_ns = inode.ctime_ns = now_ns(txn)
         inode.nlink += nlink_delta
         self.put(txn, ino, inode)
 
@@ -314,8 +276,8 @@ class Inodes:
             gid = pdir.gid
             if is_dir:
                 mode |= stat.S_ISGID
-        now = _now(txn)
-        ino = self._alloc_ino(txn)
+        now = now_ns(txn)
+        ino = self.rows.alloc(txn)
         inode = Inode(mode=mode, uid=uid, gid=gid, nlink=2 if is_dir else 1,
                       size=len(target), atime_ns=now, mtime_ns=now, ctime_ns=now,
                       rdev=rdev, parent=parent if is_dir else 0, target=target)
@@ -336,7 +298,7 @@ class Inodes:
         if inode.nlink == 0:
             raise FsError(errno.ENOENT)
         inode.nlink += 1
-        inode.ctime_ns = _now(txn)
+        inode.ctime_ns = now_ns(txn)
         self._link_entry(txn, new_parent, new_name, ino)
         self.put(txn, ino, inode)
         txn.put("multilinks", ino_key(self.vid, ino), b"")
@@ -353,7 +315,7 @@ class Inodes:
             inode.nlink -= 1
         if inode.nlink <= 1:
             txn.delete("multilinks", ino_key(self.vid, ino))
-        inode.ctime_ns = _now(txn)
+        inode.ctime_ns = now_ns(txn)
         self.put(txn, ino, inode)
         if inode.nlink == 0:
             txn.put("orphans", ino_key(self.vid, ino), b"")
@@ -433,7 +395,7 @@ class Inodes:
                 dst_dir.nlink -= 1
         self._unlink_entry(txn, old_parent, old_name, ino)
         self._link_entry(txn, new_parent, new_name, ino)
-        inode.ctime_ns = _now(txn)
+        inode.ctime_ns = now_ns(txn)
         if moving_dir and new_parent != old_parent:
             inode.parent = new_parent
             src_dir.nlink -= 1
@@ -453,7 +415,7 @@ class Inodes:
         self._unlink_entry(txn, new_parent, new_name, target)
         self._link_entry(txn, new_parent, new_name, ino)
         self._link_entry(txn, old_parent, old_name, target)
-        now = _now(txn)
+        now = now_ns(txn)
         for node, number, parent_now in ((inode, ino, new_parent), (tnode, target, old_parent)):
             node.ctime_ns = now
             if stat.S_ISDIR(node.mode) and new_parent != old_parent:
@@ -495,7 +457,7 @@ class Inodes:
         """Delete an inode that has no name left, with its data."""
         self.free_data(txn, ino)
         if txn.get("orphans", ino_key(self.vid, ino)) is not None:
-            txn.delete("inodes", ino_key(self.vid, ino))
+            self.rows.delete_row(txn, ino)
             txn.delete("orphans", ino_key(self.vid, ino))
             txn.add_vstats(self.vid, inodes=-1)
 
@@ -523,8 +485,8 @@ class Inodes:
             inode = self.get(txn, ino)  # with the block accounting truncate updated
             inode.size = size
             if changed and mtime_ns is None:
-                inode.mtime_ns = _now(txn)
-        set_attrs(inode, _now(txn), mode, uid, gid, atime_ns, mtime_ns, ctime_ns)
+                inode.mtime_ns = now_ns(txn)
+        set_attrs(inode, now_ns(txn), mode, uid, gid, atime_ns, mtime_ns, ctime_ns)
         self.put(txn, ino, inode)
         return inode
 
@@ -592,7 +554,7 @@ class Inodes:
         inode.size = size
         inode.data_bytes += delta
         if not keep_times:
-            now = _now(txn)
+            now = now_ns(txn)
             inode.mtime_ns = mtime_ns or now
             inode.ctime_ns = ctime_ns or now
         self.put(txn, ino, inode)
@@ -646,7 +608,7 @@ class Inodes:
             raise FsError(errno.E2BIG)
         inode = self._rows(txn, ino)
         txn.put("xattrs", ino_key(self.vid, ino) + name, value)
-        inode.ctime_ns = _now(txn)
+        inode.ctime_ns = now_ns(txn)
         self.put(txn, ino, inode)
 
     def listxattr(self, txn: Txn, ino: int) -> list[bytes]:
@@ -658,5 +620,5 @@ class Inodes:
         inode = self._rows(txn, ino)
         if not txn.delete("xattrs", ino_key(self.vid, ino) + name):
             raise FsError(errno.ENODATA)
-        inode.ctime_ns = _now(txn)
+        inode.ctime_ns = now_ns(txn)
         self.put(txn, ino, inode)

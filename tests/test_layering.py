@@ -259,7 +259,8 @@ def test_each_table_is_written_by_one_module():
 
 # The store's core (rows and objects) stands apart from the operations over it.
 STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", "dirchanges",
-              "inodes", "inoderows", "volumes", "remotes", "blobs", "intentlog", "workerrows")
+              "inodes", "inoderows", "blockmap", "xattrs", "volumes", "remotes", "blobs",
+              "intentlog", "workerrows")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
                     "tar_import", "check")
 

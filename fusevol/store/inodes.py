@@ -9,18 +9,19 @@ sets the directory's mtime and ctime.
 import errno
 import stat
 
-from .. import native
 from ..errors import FsError
-from . import chunks, dirchanges, trees, workerrows
+from . import blockmap, dirchanges, trees, workerrows, xattrs
+from .blockmap import BlockMap
 from .env import Txn
 from .inoderows import InodeRows, now_ns
+from .xattrs import Xattrs
 from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats,
                      ino_key, ino_pair_key, read_u64, u64)
 
 NAME_MAX = 255
-# Every table whose rows belong to one volume (keys start with its vid) but inodes.
-_TABLES_BY_VID = ("blocks", "dirents", "parents", "xattrs", "orphans", "multilinks",
-                  "dirchanges")
+# Every table whose rows belong to one volume (keys start with its vid) that no
+# part of its own empties.
+_TABLES_BY_VID = ("dirents", "parents", "orphans", "multilinks", "dirchanges")
 
 
 def _clamp_time(ns: int) -> int:
@@ -58,6 +59,16 @@ class Inodes:
         self.rows = rows = InodeRows(vid)
         self.get, self.peek, self.next_ino = rows.get, rows.peek, rows.next_ino
         self.put_row = rows.put_row
+        # The parts, which ask this object for an inode's rows (with_rows,
+        # check_rows) and to store a changed inode (put); each part's methods
+        # are handed out as this volume's.
+        self.blocks = blocks = BlockMap(vid, block_size, compression, self)
+        self.xattrs = attrs = Xattrs(vid, self)
+        self.read_block, self.block_ids = blocks.read_block, blocks.block_ids
+        self.write_blocks, self.truncate_blocks = blocks.write_blocks, blocks.truncate_blocks
+        self.getxattr, self.find_xattr = attrs.getxattr, attrs.find_xattr
+        self.setxattr, self.listxattr, self.removexattr = \
+            attrs.setxattr, attrs.listxattr, attrs.removexattr
 
     def usage(self, txn: Txn) -> VolumeStats:
         return txn.vstats(self.vid)
@@ -108,11 +119,8 @@ class Inodes:
         """Give a cloned inode rows of its own (entries or block map, xattrs)
         from its tree object; it stays equal to that object."""
         obj = trees.get(txn, inode.tree_id)
-        for name, value in obj.xattrs:
-            txn.put("xattrs", ino_key(self.vid, ino) + name, value)
-        for index, cid in obj.blocks:
-            chunks.incref(txn, cid)
-            txn.put("blocks", ino_pair_key(self.vid, ino, index), cid)
+        xattrs.adopt_rows(txn, self.vid, ino, obj.xattrs)
+        blockmap.adopt_rows(txn, self.vid, ino, obj.blocks)
         for name, child_id in trees.entries(txn, obj):
             child = trees.get(txn, child_id)
             if not self.rows.exists(txn, child.ino):
@@ -129,7 +137,7 @@ class Inodes:
             self._link_entry(txn, ino, name, child.ino, note=False)  # the object has it
         inode.flags &= ~LAZY
 
-    def _rows(self, txn: Txn, ino: int, inode: Inode | None = None) -> Inode:
+    def with_rows(self, txn: Txn, ino: int, inode: Inode | None = None) -> Inode:
         """The inode, with its entries/blocks/xattrs present as rows."""
         inode = inode or self.get(txn, ino)
         if inode.flags & LAZY:
@@ -175,8 +183,8 @@ class Inodes:
         """Delete every row of the volume, letting go of the chunks and tree
         objects they reference. The inode counter may stay, so numbers are never reused."""
         prefix = u64(self.vid)
-        for _, cid in txn.scan("blocks", prefix):
-            chunks.decref(txn, bytes(cid))
+        blockmap.drop_volume(txn, self.vid)
+        xattrs.drop_volume(txn, self.vid)
         for tree_id in self.rows.tree_ids(txn):
             trees.decref(txn, tree_id)
         for key, base in txn.scan("dirchanges", prefix):
@@ -192,7 +200,7 @@ class Inodes:
         inode = self.get(txn, ino)
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR)
-        return self._rows(txn, ino, inode)
+        return self.with_rows(txn, ino, inode)
 
     def _check_dir(self, txn: Txn, ino: int) -> Inode:
         """_dir for a reader: the inode it returns must not be changed."""
@@ -200,13 +208,13 @@ class Inodes:
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR)
         if inode.flags & LAZY:
-            return self._rows(txn, ino)
+            return self.with_rows(txn, ino)
         return inode
 
-    def _check_rows(self, txn: Txn, ino: int) -> None:
-        """_rows for a reader: the inode's rows are present after it."""
+    def check_rows(self, txn: Txn, ino: int) -> None:
+        """with_rows for a reader: the inode's rows are present after it."""
         if self.peek(txn, ino).flags & LAZY:
-            self._rows(txn, ino)
+            self.with_rows(txn, ino)
 
     def _touch_dir(self, txn: Txn, ino: int, inode: Inode, nlink_delta: int = 0) -> None:
         inode.mtime_ns = inode.ctime_ns = now_ns(txn)
@@ -451,7 +459,7 @@ class Inodes:
             self.put_row(txn, ino, inode)
         if stat.S_ISREG(inode.mode):
             self.truncate_blocks(txn, ino, 0)
-        txn.delete_prefix("xattrs", ino_key(self.vid, ino))
+        self.xattrs.drop(txn, ino)
 
     def purge(self, txn: Txn, ino: int) -> None:
         """Delete an inode that has no name left, with its data."""
@@ -489,136 +497,3 @@ class Inodes:
         set_attrs(inode, now_ns(txn), mode, uid, gid, atime_ns, mtime_ns, ctime_ns)
         self.put(txn, ino, inode)
         return inode
-
-    # -- file content ---------------------------------------------------------
-
-    def read_block(self, txn: Txn, ino: int, index: int) -> bytes | None:
-        """The stored content of one block (None for a hole); it may be
-        shorter than a block at the end of the file."""
-        self._check_rows(txn, ino)
-        cid = txn.get("blocks", ino_pair_key(self.vid, ino, index))
-        if cid is None:
-            return None
-        return chunks.read(txn, bytes(cid))
-
-    def block_ids(self, txn: Txn, ino: int, indexes: list[int]) -> dict[int, bytes | None]:
-        """The chunk id of each block (None for a hole)."""
-        self._check_rows(txn, ino)
-        out = {}
-        for index in indexes:
-            cid = txn.get("blocks", ino_pair_key(self.vid, ino, index))
-            out[index] = bytes(cid) if cid is not None else None
-        return out
-
-    def write_blocks(self, txn: Txn, ino: int, blocks: list[tuple[int, bytes]], size: int,
-                     mtime_ns: int | None = None, ctime_ns: int | None = None,
-                     keep_times: bool = False, prepared: dict | None = None) -> int:
-        """Replace whole blocks of a file and set its size and times (now,
-        unless given; kept as they are with keep_times).
-
-        Each block's data ends at the file's end (or is a full block); an
-        all-zero block becomes a hole and costs no space. `prepared` holds the
-        blocks already hashed and encoded (chunks.prepare_blocks). Returns the
-        change in the volume's stored bytes.
-        """
-        inode = self._rows(txn, ino)
-        txn.check_space(sum(len(data) for _, data in blocks))
-        delta = 0
-        # What each block replaces, read before any hashing: a flush worked out
-        # ahead (fs/speculate.py) cannot read chunk lengths and hands over to
-        # the store thread before it has hashed anything.
-        olds = []
-        for index, _ in blocks:
-            key = ino_pair_key(self.vid, ino, index)
-            old = txn.get("blocks", key)
-            old = bytes(old) if old is not None else None
-            olds.append((key, old, chunks.raw_length(txn, old) if old is not None else 0))
-        for (index, data), (key, old, old_length) in zip(blocks, olds):
-            ready = prepared.get(index, False) if prepared is not None else False
-            if ready is False:  # not prepared: hash here (and encode if new)
-                ready = None if native.is_zero(data) else (chunks.chunk_id(data), None)
-            if ready is None:
-                new = None
-            else:
-                new, payload = ready
-                if new == old:
-                    continue
-                txn.defer(chunks.add_ref, data, self.compression, new, payload)
-                txn.put("blocks", key, new)
-                delta += len(data)
-            if old is not None:
-                delta -= old_length
-                chunks.decref(txn, old)
-                if new is None:
-                    txn.delete("blocks", key)
-        inode.size = size
-        inode.data_bytes += delta
-        if not keep_times:
-            now = now_ns(txn)
-            inode.mtime_ns = mtime_ns or now
-            inode.ctime_ns = ctime_ns or now
-        self.put(txn, ino, inode)
-        if delta:
-            txn.add_vstats(self.vid, logical_bytes=delta)
-        return delta
-
-    def truncate_blocks(self, txn: Txn, ino: int, size: int) -> None:
-        """Drop the data beyond size (the tail of the last block included)."""
-        self._rows(txn, ino)
-        bs = self.block_size
-        first_gone = -(-size // bs)
-        prefix = ino_key(self.vid, ino)
-        delta = 0
-        gone = list(txn.scan("blocks", prefix, start=ino_pair_key(self.vid, ino, first_gone)))
-        for key, cid in gone:
-            cid = bytes(cid)
-            delta -= chunks.raw_length(txn, cid)
-            chunks.decref(txn, cid)
-            txn.delete("blocks", bytes(key))
-        if delta:
-            txn.add_vstats(self.vid, logical_bytes=delta)
-            inode = self._rows(txn, ino)
-            inode.data_bytes += delta
-            self.put(txn, ino, inode)
-        if size % bs:
-            last = size // bs
-            data = self.read_block(txn, ino, last)
-            if data is not None and len(data) > size % bs:
-                inode = self._rows(txn, ino)
-                self.write_blocks(txn, ino, [(last, data[: size % bs])], inode.size,
-                                  inode.mtime_ns, inode.ctime_ns)
-
-    def getxattr(self, txn: Txn, ino: int, name: bytes) -> bytes:
-        value = self.find_xattr(txn, ino, name)
-        if value is None:
-            raise FsError(errno.ENODATA)
-        return value
-
-    def find_xattr(self, txn: Txn, ino: int, name: bytes) -> bytes | None:
-        """getxattr, with None for an attribute that is not there (the kernel
-        asks for security.capability before a file's first write)."""
-        self._check_rows(txn, ino)
-        raw = txn.get("xattrs", ino_key(self.vid, ino) + name)
-        return bytes(raw) if raw is not None else None
-
-    def setxattr(self, txn: Txn, ino: int, name: bytes, value: bytes) -> None:
-        if len(name) > 255 or not name:
-            raise FsError(errno.ERANGE)
-        if len(value) > 65536:
-            raise FsError(errno.E2BIG)
-        inode = self._rows(txn, ino)
-        txn.put("xattrs", ino_key(self.vid, ino) + name, value)
-        inode.ctime_ns = now_ns(txn)
-        self.put(txn, ino, inode)
-
-    def listxattr(self, txn: Txn, ino: int) -> list[bytes]:
-        self._check_rows(txn, ino)
-        prefix = ino_key(self.vid, ino)
-        return [bytes(k[len(prefix):]) for k, _ in txn.scan("xattrs", prefix)]
-
-    def removexattr(self, txn: Txn, ino: int, name: bytes) -> None:
-        inode = self._rows(txn, ino)
-        if not txn.delete("xattrs", ino_key(self.vid, ino) + name):
-            raise FsError(errno.ENODATA)
-        inode.ctime_ns = now_ns(txn)
-        self.put(txn, ino, inode)

@@ -259,7 +259,7 @@ def test_each_table_is_written_by_one_module():
 
 # The store's core (rows and objects) stands apart from the operations over it.
 STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", "dirchanges",
-              "inodes", "inoderows", "blockmap", "xattrs", "volumes", "remotes", "blobs",
+              "inodes", "inoderows", "namespace", "blockmap", "xattrs", "volumes", "remotes", "blobs",
               "intentlog", "workerrows")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
                     "tar_import", "check")

@@ -11,7 +11,7 @@ one flag test per change.
 
 from . import trees
 from .env import Txn
-from .schema import IN_PIECES, ino_key, row_flags, vkey
+from .schema import IN_PIECES, ino_key, row_flags, u64, vkey
 
 TABLE = "dirchanges"
 
@@ -44,3 +44,12 @@ def drop(txn: Txn, vid: int, ino: int, refs: "trees.RefBatch | None" = None) -> 
     txn.delete_prefix(TABLE, vkey(vid, ino))
     if oid is not None:
         refs.decref(oid) if refs is not None else trees.decref(txn, oid)
+
+
+def drop_volume(txn: Txn, vid: int) -> None:
+    """Forget every record of a volume's folders, letting go of their bases."""
+    prefix = u64(vid)
+    for key, oid in txn.scan(TABLE, prefix):
+        if len(key) == 16:  # a folder's base (the other rows are names)
+            trees.decref(txn, bytes(oid))
+    txn.delete_prefix(TABLE, prefix)

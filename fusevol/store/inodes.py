@@ -10,18 +10,13 @@ import errno
 import stat
 
 from ..errors import FsError
-from . import blockmap, dirchanges, trees, workerrows, xattrs
+from . import blockmap, dirchanges, namespace, trees, workerrows, xattrs
 from .blockmap import BlockMap
 from .env import Txn
 from .inoderows import InodeRows, now_ns
+from .namespace import Namespace
+from .schema import IN_PIECES, LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats
 from .xattrs import Xattrs
-from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats,
-                     ino_key, ino_pair_key, read_u64, u64)
-
-NAME_MAX = 255
-# Every table whose rows belong to one volume (keys start with its vid) that no
-# part of its own empties.
-_TABLES_BY_VID = ("dirents", "parents", "orphans", "multilinks", "dirchanges")
 
 
 def _clamp_time(ns: int) -> int:
@@ -59,6 +54,11 @@ class Inodes:
         self.rows = rows = InodeRows(vid)
         self.get, self.peek, self.next_ino = rows.get, rows.peek, rows.next_ino
         self.put_row = rows.put_row
+        self.names = names = Namespace(vid, rows, self)
+        self.resolve, self.lookup, self.find = names.resolve, names.lookup, names.find
+        self.list_dir, self.is_empty_dir = names.list_dir, names.is_empty_dir
+        self.create, self.link, self.unlink = names.create, names.link, names.unlink
+        self.rmdir, self.rename = names.rmdir, names.rename
         # The parts, which ask this object for an inode's rows (with_rows,
         # check_rows) and to store a changed inode (put); each part's methods
         # are handed out as this volume's.
@@ -72,15 +72,6 @@ class Inodes:
 
     def usage(self, txn: Txn) -> VolumeStats:
         return txn.vstats(self.vid)
-
-    def resolve(self, txn: Txn, path: str) -> int:
-        """The ino of a directory given as a path relative to the volume root."""
-        ino = ROOT_INO
-        for part in path.split("/"):
-            if part:
-                ino = self.lookup(txn, ino, part.encode())
-        self._dir(txn, ino)
-        return ino
 
     # -- inodes -------------------------------------------------------------
 
@@ -134,7 +125,7 @@ class Inodes:
                     node.flags |= IN_PIECES
                 trees.incref(txn, child_id)
                 self.put_row(txn, child.ino, node)
-            self._link_entry(txn, ino, name, child.ino, note=False)  # the object has it
+            namespace.link_entry(txn, self.vid, ino, name, child.ino, note=False)  # the object has it
         inode.flags &= ~LAZY
 
     def with_rows(self, txn: Txn, ino: int, inode: Inode | None = None) -> Inode:
@@ -149,14 +140,12 @@ class Inodes:
         if stat.S_ISDIR(inode.mode):
             parents = [] if ino == ROOT_INO else [inode.parent]
         else:
-            prefix = ino_key(self.vid, ino)
-            parents = {read_u64(k, 16) for k, _ in txn.scan("parents", prefix)}
+            parents = namespace.parents_of(txn, self.vid, ino)
         for parent in parents:
             pnode = self.get(txn, parent)
             if pnode.flags & IN_PIECES:  # it records which of its names changed
-                prefix = ino_pair_key(self.vid, ino, parent)
-                for key, _ in txn.scan("parents", prefix):
-                    dirchanges.note(txn, self.vid, parent, bytes(key[len(prefix):]))
+                for name in namespace.names_in(txn, self.vid, parent, ino):
+                    dirchanges.note(txn, self.vid, parent, name)
             if pnode.tree_id != NO_TREE:
                 self.put(txn, parent, pnode)
 
@@ -175,278 +164,35 @@ class Inodes:
         becomes rows as it is reached), the files with several names, and new
         numbers above `next_ino` and any this volume ever used."""
         self.rows.adopt(txn, root, next_ino)
-        for ino, parent, name_hex in hardlinks:
-            txn.put("multilinks", ino_key(self.vid, ino), b"")
-            txn.put("parents", ino_pair_key(self.vid, ino, parent) + bytes.fromhex(name_hex), b"")
+        namespace.adopt_hardlinks(txn, self.vid, hardlinks)
 
     def drop_all(self, txn: Txn, keep_counter: bool = False) -> None:
         """Delete every row of the volume, letting go of the chunks and tree
         objects they reference. The inode counter may stay, so numbers are never reused."""
-        prefix = u64(self.vid)
         blockmap.drop_volume(txn, self.vid)
-        xattrs.drop_volume(txn, self.vid)
         for tree_id in self.rows.tree_ids(txn):
             trees.decref(txn, tree_id)
-        for key, base in txn.scan("dirchanges", prefix):
-            if len(key) == 16:  # a folder's base object (other rows are names)
-                trees.decref(txn, bytes(base))
-        for table in _TABLES_BY_VID:
-            txn.delete_prefix(table, prefix)
+        dirchanges.drop_volume(txn, self.vid)
+        namespace.drop_volume(txn, self.vid)
+        xattrs.drop_volume(txn, self.vid)
         self.rows.drop(txn, keep_counter)
         usage = txn.vstats(self.vid)
         txn.add_vstats(self.vid, -usage.logical_bytes, -usage.inodes)
-
-    def _dir(self, txn: Txn, ino: int) -> Inode:
-        inode = self.get(txn, ino)
-        if not stat.S_ISDIR(inode.mode):
-            raise FsError(errno.ENOTDIR)
-        return self.with_rows(txn, ino, inode)
-
-    def _check_dir(self, txn: Txn, ino: int) -> Inode:
-        """_dir for a reader: the inode it returns must not be changed."""
-        inode = self.peek(txn, ino)
-        if not stat.S_ISDIR(inode.mode):
-            raise FsError(errno.ENOTDIR)
-        if inode.flags & LAZY:
-            return self.with_rows(txn, ino)
-        return inode
 
     def check_rows(self, txn: Txn, ino: int) -> None:
         """with_rows for a reader: the inode's rows are present after it."""
         if self.peek(txn, ino).flags & LAZY:
             self.with_rows(txn, ino)
 
-    def _touch_dir(self, txn: Txn, ino: int, inode: Inode, nlink_delta: int = 0) -> None:
-        inode.mtime_ns = inode.ctime_ns = now_ns(txn)
-        inode.nlink += nlink_delta
-        self.put(txn, ino, inode)
-
-    @staticmethod
-    def _check_name(name: bytes) -> None:
-        if len(name) > NAME_MAX:
-            raise FsError(errno.ENAMETOOLONG)
-        if name in (b".", b"..") or b"/" in name or not name:
-            raise FsError(errno.EINVAL)
-
-    # -- directory entries --------------------------------------------------
-
-    def lookup(self, txn: Txn, parent: int, name: bytes) -> int:
-        ino = self.find(txn, parent, name)
-        if ino is None:
-            raise FsError(errno.ENOENT)
-        return ino
-
-    def find(self, txn: Txn, parent: int, name: bytes) -> int | None:
-        """lookup, with None for a name that is not there (a negative lookup
-        is common: every new file's name is looked up first)."""
-        if len(name) > NAME_MAX:
-            # Every operation on a name starts here (or in _check_name), so an
-            # over-long name is ENAMETOOLONG everywhere, as on other filesystems.
-            raise FsError(errno.ENAMETOOLONG)
-        if name == b".":
-            return parent
-        pdir = self._check_dir(txn, parent)
-        if name == b"..":
-            return pdir.parent
-        raw = txn.get("dirents", ino_key(self.vid, parent) + name)
-        return read_u64(raw) if raw is not None else None
-
-    def list_dir(self, txn: Txn, ino: int) -> list[tuple[bytes, int]]:
-        self._check_dir(txn, ino)
-        prefix = ino_key(self.vid, ino)
-        n = len(prefix)
-        return [(bytes(k[n:]), read_u64(v)) for k, v in txn.scan("dirents", prefix)]
-
-    def is_empty_dir(self, txn: Txn, ino: int) -> bool:
-        self._check_dir(txn, ino)
-        return next(txn.scan("dirents", ino_key(self.vid, ino)), None) is None
-
-    def _link_entry(self, txn: Txn, parent: int, name: bytes, ino: int, note: bool = True) -> None:
-        txn.put("dirents", ino_key(self.vid, parent) + name, u64(ino))
-        txn.put("parents", ino_pair_key(self.vid, ino, parent) + name, b"")
-        if note:
-            dirchanges.note(txn, self.vid, parent, name)
-
-    def _unlink_entry(self, txn: Txn, parent: int, name: bytes, ino: int) -> None:
-        txn.delete("dirents", ino_key(self.vid, parent) + name)
-        txn.delete("parents", ino_pair_key(self.vid, ino, parent) + name)
-        dirchanges.note(txn, self.vid, parent, name)
-
-    def create(self, txn: Txn, parent: int, name: bytes, mode: int, uid: int, gid: int,
-               rdev: int = 0, target: bytes = b"") -> tuple[int, Inode]:
-        """Make a new inode of any kind (mode carries the type) under parent/name."""
-        self._check_name(name)
-        pdir = self._dir(txn, parent)
-        if txn.get("dirents", ino_key(self.vid, parent) + name) is not None:
-            raise FsError(errno.EEXIST)
-        is_dir = stat.S_ISDIR(mode)
-        if pdir.mode & stat.S_ISGID:  # BSD group semantics below a setgid directory
-            gid = pdir.gid
-            if is_dir:
-                mode |= stat.S_ISGID
-        now = now_ns(txn)
-        ino = self.rows.alloc(txn)
-        inode = Inode(mode=mode, uid=uid, gid=gid, nlink=2 if is_dir else 1,
-                      size=len(target), atime_ns=now, mtime_ns=now, ctime_ns=now,
-                      rdev=rdev, parent=parent if is_dir else 0, target=target)
-        self.put(txn, ino, inode)
-        self._link_entry(txn, parent, name, ino)
-        self._touch_dir(txn, parent, pdir, nlink_delta=1 if is_dir else 0)
-        txn.add_vstats(self.vid, inodes=1)
-        return ino, inode
-
-    def link(self, txn: Txn, ino: int, new_parent: int, new_name: bytes) -> Inode:
-        self._check_name(new_name)
-        inode = self.get(txn, ino)
-        if stat.S_ISDIR(inode.mode):
-            raise FsError(errno.EPERM)
-        pdir = self._dir(txn, new_parent)
-        if txn.get("dirents", ino_key(self.vid, new_parent) + new_name) is not None:
-            raise FsError(errno.EEXIST)
-        if inode.nlink == 0:
-            raise FsError(errno.ENOENT)
-        inode.nlink += 1
-        inode.ctime_ns = now_ns(txn)
-        self._link_entry(txn, new_parent, new_name, ino)
-        self.put(txn, ino, inode)
-        txn.put("multilinks", ino_key(self.vid, ino), b"")
-        self._touch_dir(txn, new_parent, pdir)
-        return inode
-
-    def _drop_link(self, txn: Txn, parent: int, name: bytes, ino: int, inode: Inode) -> bool:
-        """Remove one name of ino; return True when no name is left (the caller
-        then purges it now, or once no one has it open)."""
-        self._unlink_entry(txn, parent, name, ino)
-        if stat.S_ISDIR(inode.mode):
-            inode.nlink = 0
-        else:
-            inode.nlink -= 1
-        if inode.nlink <= 1:
-            txn.delete("multilinks", ino_key(self.vid, ino))
-        inode.ctime_ns = now_ns(txn)
-        self.put(txn, ino, inode)
-        if inode.nlink == 0:
-            txn.put("orphans", ino_key(self.vid, ino), b"")
-            return True
-        return False
-
-    def unlink(self, txn: Txn, parent: int, name: bytes) -> tuple[int, bool]:
-        pdir = self._dir(txn, parent)
-        ino = self.lookup(txn, parent, name)
-        inode = self.get(txn, ino)
-        if stat.S_ISDIR(inode.mode):
-            raise FsError(errno.EISDIR)
-        gone = self._drop_link(txn, parent, name, ino, inode)
-        self._touch_dir(txn, parent, pdir)
-        return ino, gone
-
-    def rmdir(self, txn: Txn, parent: int, name: bytes) -> tuple[int, bool]:
-        if name == b".":
-            raise FsError(errno.EINVAL)
-        if name == b"..":
-            raise FsError(errno.ENOTEMPTY)
-        pdir = self._dir(txn, parent)
-        ino = self.lookup(txn, parent, name)
-        inode = self.get(txn, ino)
-        if not stat.S_ISDIR(inode.mode):
-            raise FsError(errno.ENOTDIR)
-        if not self.is_empty_dir(txn, ino):
-            raise FsError(errno.ENOTEMPTY)
-        gone = self._drop_link(txn, parent, name, ino, inode)
-        self._touch_dir(txn, parent, pdir, nlink_delta=-1)
-        return ino, gone
-
-    def _is_ancestor(self, txn: Txn, ancestor: int, ino: int) -> bool:
-        while True:
-            if ino == ancestor:
-                return True
-            if ino == ROOT_INO:
-                return False
-            ino = self.get(txn, ino).parent
-
-    def rename(self, txn: Txn, old_parent: int, old_name: bytes, new_parent: int,
-               new_name: bytes, noreplace: bool = False, exchange: bool = False) -> int | None:
-        """Move old_parent/old_name to new_parent/new_name. Return the ino of a
-        replaced inode that lost its last name (to be purged), else None."""
-        self._check_name(new_name)
-        src_dir = self._dir(txn, old_parent)
-        dst_dir = src_dir if new_parent == old_parent else self._dir(txn, new_parent)
-        ino = self.lookup(txn, old_parent, old_name)
-        inode = self.get(txn, ino)
-        raw = txn.get("dirents", ino_key(self.vid, new_parent) + new_name)
-        target = read_u64(raw) if raw is not None else None
-        moving_dir = stat.S_ISDIR(inode.mode)
-        if noreplace and target is not None:
-            raise FsError(errno.EEXIST)
-        if exchange and target is None:
-            raise FsError(errno.ENOENT)
-        if target == ino:
-            return None  # two names of one inode: POSIX says do nothing
-        if moving_dir and new_parent != old_parent and self._is_ancestor(txn, ino, new_parent):
-            raise FsError(errno.EINVAL)
-        if exchange:
-            return self._exchange(txn, old_parent, old_name, ino, inode, new_parent, new_name,
-                                  target, src_dir, dst_dir)
-        purge = None
-        if target is not None:
-            tnode = self.get(txn, target)
-            t_is_dir = stat.S_ISDIR(tnode.mode)
-            if moving_dir and not t_is_dir:
-                raise FsError(errno.ENOTDIR)
-            if t_is_dir and not moving_dir:
-                raise FsError(errno.EISDIR)
-            if t_is_dir and not self.is_empty_dir(txn, target):
-                raise FsError(errno.ENOTEMPTY)
-            if self._drop_link(txn, new_parent, new_name, target, tnode):
-                purge = target
-            if t_is_dir:
-                dst_dir.nlink -= 1
-        self._unlink_entry(txn, old_parent, old_name, ino)
-        self._link_entry(txn, new_parent, new_name, ino)
-        inode.ctime_ns = now_ns(txn)
-        if moving_dir and new_parent != old_parent:
-            inode.parent = new_parent
-            src_dir.nlink -= 1
-            dst_dir.nlink += 1
-        self.put(txn, ino, inode)
-        self._touch_dir(txn, old_parent, src_dir)
-        if new_parent != old_parent:
-            self._touch_dir(txn, new_parent, dst_dir)
-        return purge
-
-    def _exchange(self, txn, old_parent, old_name, ino, inode, new_parent, new_name,
-                  target, src_dir, dst_dir) -> None:
-        tnode = self.get(txn, target)
-        if new_parent != old_parent and stat.S_ISDIR(tnode.mode) and self._is_ancestor(txn, target, old_parent):
-            raise FsError(errno.EINVAL)
-        self._unlink_entry(txn, old_parent, old_name, ino)
-        self._unlink_entry(txn, new_parent, new_name, target)
-        self._link_entry(txn, new_parent, new_name, ino)
-        self._link_entry(txn, old_parent, old_name, target)
-        now = now_ns(txn)
-        for node, number, parent_now in ((inode, ino, new_parent), (tnode, target, old_parent)):
-            node.ctime_ns = now
-            if stat.S_ISDIR(node.mode) and new_parent != old_parent:
-                node.parent = parent_now
-            self.put(txn, number, node)
-        if new_parent != old_parent:
-            dirs_moved = stat.S_ISDIR(inode.mode) - stat.S_ISDIR(tnode.mode)
-            src_dir.nlink -= dirs_moved
-            dst_dir.nlink += dirs_moved
-            self._touch_dir(txn, new_parent, dst_dir)
-        self._touch_dir(txn, old_parent, src_dir)
-        return None
-
     def free_data(self, txn: Txn, ino: int) -> None:
         """Let go of the data of an inode that has no name left and is not
         open. Its row stays until the kernel forgets the number (it may still
         send a late setattr or getattr for it); see purge."""
-        try:
-            inode = self.get(txn, ino)
-        except FsError:
+        inode = self.rows.find(txn, ino)
+        if inode is None:
             return
         if inode.nlink:
-            txn.delete("orphans", ino_key(self.vid, ino))
+            namespace.clear_orphan(txn, self.vid, ino)
             return
         if inode.tree_id != NO_TREE:
             trees.decref(txn, inode.tree_id)
@@ -464,19 +210,18 @@ class Inodes:
     def purge(self, txn: Txn, ino: int) -> None:
         """Delete an inode that has no name left, with its data."""
         self.free_data(txn, ino)
-        if txn.get("orphans", ino_key(self.vid, ino)) is not None:
+        if namespace.is_orphan(txn, self.vid, ino):
             self.rows.delete_row(txn, ino)
-            txn.delete("orphans", ino_key(self.vid, ino))
+            namespace.clear_orphan(txn, self.vid, ino)
             txn.add_vstats(self.vid, inodes=-1)
 
     def purge_if_orphan(self, txn: Txn, ino: int) -> None:
         """Purge an inode the kernel forgot, if it has no name left."""
-        if txn.get("orphans", ino_key(self.vid, ino)) is not None:
+        if namespace.is_orphan(txn, self.vid, ino):
             self.purge(txn, ino)
 
     def orphans(self, txn: Txn) -> list[int]:
-        prefix = u64(self.vid)
-        return [read_u64(k, 8) for k, _ in txn.scan("orphans", prefix)]
+        return namespace.orphans(txn, self.vid)
 
     # -- attributes ---------------------------------------------------------
 

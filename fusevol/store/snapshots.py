@@ -13,10 +13,10 @@ import time
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..records import Snapshot, Volume
-from . import chunks, trees, volumes
+from . import chunks, namespace, trees, volumes
 from .env import Txn
 from .inodes import Inodes
-from .schema import IN_PIECES, LAZY, ROOT_INO, read_u64, u64, vkey
+from .schema import IN_PIECES, LAZY, ROOT_INO
 from .treewriter import write_tree
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # fullmatch: `$` lets a final newline through
@@ -42,17 +42,6 @@ def inodes_of(txn: Txn, volume: Volume) -> Inodes:
         raise InvalidArgument(f"volume {volume.name} is a view of {volume.source}; "
                               "snapshots belong to the source volume")
     return Inodes(volume.vid, txn.store.block_size, volume.compression)
-
-
-def _hardlinks(txn: Txn, vid: int) -> list[list]:
-    """Every name of every file with several names: clones need them to know
-    which directories a change of such a file touches."""
-    out = []
-    for key, _ in txn.scan("multilinks", u64(vid)):
-        ino = read_u64(key, 8)
-        for pkey, _ in txn.scan("parents", vkey(vid, ino)):
-            out.append([ino, read_u64(pkey, 16), bytes(pkey[24:]).hex()])
-    return out
 
 
 def _default_name(txn: Txn, volume: str) -> str:
@@ -84,7 +73,9 @@ def create(txn: Txn, volume: str, name: str | None = None) -> Snapshot:
         logical_bytes=usage.logical_bytes,
         inodes=usage.inodes,
         next_ino=inodes.next_ino(txn),
-        hardlinks=_hardlinks(txn, inodes.vid),
+        # Every name of every file with several names: clones need them to
+        # know which directories a change of such a file touches.
+        hardlinks=namespace.hardlinks(txn, inodes.vid),
     )
     put(txn, snap)
     return snap

@@ -215,9 +215,16 @@ META_KEYS = {b"format": "env", b"block_size": "env", b"chunk_totals": "env",
              b"store_id": "remotes"}
 
 
-def _table_writes(path: pathlib.Path):
+def _is_txn(node) -> bool:
+    """Whether a call's receiver is a transaction: `txn`, `child`, or `X.txn`."""
+    return isinstance(node, ast.Name) and node.id in ("txn", "child") or \
+        isinstance(node, ast.Attribute) and node.attr == "txn"
+
+
+def _table_writes(path: pathlib.Path, unnamed: list | None = None):
     """(table, first key part if a literal, line) of every txn.put/delete/delete_prefix
-    whose table is named by a literal or a module constant."""
+    whose table is named by a literal or a module constant; a transaction's
+    write whose table is neither (a loop over tables) goes to `unnamed`."""
     tree = ast.parse(path.read_text())
     consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
               and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
@@ -230,6 +237,8 @@ def _table_writes(path: pathlib.Path):
         table = first.value if isinstance(first, ast.Constant) else \
             consts.get(first.id) if isinstance(first, ast.Name) else None
         if not isinstance(table, str):
+            if unnamed is not None and _is_txn(node.func.value):
+                unnamed.append(f"{path.stem}:{node.lineno}")
             continue
         key = node.args[1]
         while isinstance(key, ast.BinOp):
@@ -240,8 +249,9 @@ def _table_writes(path: pathlib.Path):
 def test_each_table_is_written_by_one_module():
     writers: dict[str, set[str]] = {}
     meta = []
+    unnamed: list[str] = []
     for path in sorted(STORE_DIR.glob("*.py")):
-        for table, key, line in _table_writes(path):
+        for table, key, line in _table_writes(path, unnamed if path.stem != "env" else None):
             writers.setdefault(table, set()).add(path.stem)
             if table == "meta" and isinstance(key, bytes):
                 owner = next((o for k, o in META_KEYS.items() if key.startswith(k)), None)
@@ -251,6 +261,7 @@ def test_each_table_is_written_by_one_module():
     assert shared == {}, "a table written from several modules"
     assert sorted(writers["inodes"]) == ["inoderows", "treewriter"]
     assert meta == []
+    assert unnamed == [], "name the table each write goes to, so that its writer is known"
     outside = sorted(f"{module}:{line} writes {table}" for module, path in _modules()
                      if not _under(module, "fusevol.store")
                      for table, _, line in _table_writes(path) if table in writers)
@@ -259,10 +270,21 @@ def test_each_table_is_written_by_one_module():
 
 # The store's core (rows and objects) stands apart from the operations over it.
 STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", "dirchanges",
-              "inodes", "inoderows", "namespace", "blockmap", "xattrs", "volumes", "remotes", "blobs",
-              "intentlog", "workerrows")
+              "inodes", "inoderows", "namespace", "blockmap", "xattrs", "treerows", "volumes",
+              "remotes", "blobs", "intentlog", "workerrows")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
                     "tar_import", "check")
+
+
+def test_the_writers_check_sees_a_write_to_a_table_it_cannot_name(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("TABLE = 'blocks'\n"
+                      "def drop(txn, prefix):\n    txn.delete_prefix(TABLE, prefix)\n"
+                      "    for table in ('dirents', 'parents'):\n"
+                      "        txn.delete_prefix(table, prefix)\n")
+    unnamed: list[str] = []
+    assert [t for t, _, _ in _table_writes(sample, unnamed)] == ["blocks"]
+    assert unnamed == ["sample:5"]
 
 
 def test_the_store_core_imports_none_of_its_operations():

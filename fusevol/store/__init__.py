@@ -1,8 +1,9 @@
 """The store: one LMDB environment per host holding every volume.
 
 Layering: schema (keys, records) <- env (the environment, transactions) <-
-chunks (content-addressed data) <- inodes, volumes (filesystem metadata and
-volume records). Only this package imports lmdb.
+chunks (content-addressed data) <- inoderows, namespace, blockmap, xattrs,
+treerows (a volume's filesystem metadata, one module per job, gathered by
+inodes.Inodes), volumes (volume records). Only this package imports lmdb.
 
 The names below load their module on first use: a command that needs only
 volume records (`fusevol volume ls`) does not pay for the filesystem's.

@@ -1,8 +1,8 @@
 """Snapshots: named, immutable trees of a volume, and clones and rollbacks from them.
 
 Taking a snapshot writes tree objects only for inodes whose ``tree_id`` was
-cleared since the last one (see Inodes.put), so it costs what changed. A clone
-or rollback points a volume's root at a tree and lets Inodes fill in rows
+cleared since the last one (see treerows.py), so it costs what changed. A clone
+or rollback points a volume's root at a tree and lets treerows.py fill in rows
 lazily as they are reached: no data and no metadata is copied up front.
 """
 

@@ -29,7 +29,7 @@ from .blockmap import BlockMap
 from .env import Txn
 from .inoderows import InodeRows, now_ns
 from .namespace import Namespace
-from .schema import ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats
+from .schema import IN_PIECES, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats
 from .treerows import TreeRows
 from .xattrs import Xattrs
 
@@ -117,7 +117,8 @@ class Inodes:
         if inode.nlink:
             namespace.clear_orphan(txn, self.vid, ino)
             return
-        self.tree.release(txn, ino, inode)
+        if inode.tree_id != NO_TREE or inode.flags & IN_PIECES:  # it holds tree objects
+            self.tree.release(txn, ino, inode)
         if stat.S_ISREG(inode.mode):
             self.blocks.truncate_blocks(txn, ino, 0)
         self.xattrs.drop(txn, ino)
@@ -125,9 +126,8 @@ class Inodes:
     def purge(self, txn: Txn, ino: int) -> None:
         """Delete an inode that has no name left, with its data."""
         self.free_data(txn, ino)
-        if namespace.is_orphan(txn, self.vid, ino):
+        if namespace.clear_orphan(txn, self.vid, ino):
             self.rows.delete_row(txn, ino)
-            namespace.clear_orphan(txn, self.vid, ino)
             txn.add_vstats(self.vid, inodes=-1)
 
     def purge_if_orphan(self, txn: Txn, ino: int) -> None:

@@ -83,8 +83,9 @@ def is_orphan(txn: Txn, vid: int, ino: int) -> bool:
     return txn.get("orphans", ino_key(vid, ino)) is not None
 
 
-def clear_orphan(txn: Txn, vid: int, ino: int) -> None:
-    txn.delete("orphans", ino_key(vid, ino))
+def clear_orphan(txn: Txn, vid: int, ino: int) -> bool:
+    """Unmark ino as an orphan; whether it was one."""
+    return txn.delete("orphans", ino_key(vid, ino))
 
 
 def orphans(txn: Txn, vid: int) -> list[int]:

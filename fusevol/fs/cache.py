@@ -40,8 +40,9 @@ class RowCache:
         self.rows: dict[tuple[str, bytes], tuple[bytes | None, int]] = {}
         self.committed = 0  # operations up to this number are on disk
         # Rows of operations nobody waited for, handed over by the store
-        # thread; applied before the next read (sequence numbers order them).
-        self._later: collections.deque = collections.deque()
+        # thread; applied before the next read (sequence numbers order them):
+        # a reader that looks in `rows` itself looks here first.
+        self.later: collections.deque = collections.deque()
         # Inodes numbered from `_first_fresh` on were made by this worker: all
         # their rows are here (none evicted since), so a row of theirs missing
         # here does not exist, and the store is not asked (see know_fresh).
@@ -60,10 +61,10 @@ class RowCache:
 
     def apply_later(self, writes, seq: int) -> None:
         """From the store thread: rows for `apply`, applied before the next read."""
-        self._later.append((writes, seq))
+        self.later.append((writes, seq))
 
     def _catch_up(self) -> None:
-        later = self._later
+        later = self.later
         while later:
             self.apply(*later.popleft())
 
@@ -111,7 +112,7 @@ class RowCache:
                 self._first_fresh = self._next_ino(txn)
 
     def get(self, table: str, key: bytes, reader: "CachedTxn"):
-        if self._later:
+        if self.later:
             self._catch_up()
         entry = self.rows.get((table, key))
         if entry is not None:

@@ -52,7 +52,11 @@ class SpecTxn:
             return reads[k]
         if table not in CACHED_TABLES:
             raise NeedsStore
-        value = self.cache.get(table, key, self._reader)
+        cache = self.cache
+        entry = None if cache.later else cache.rows.get(k)
+        # The cache's row as RowCache.get would answer it (most rows a change
+        # reads are there): one dictionary lookup.
+        value = entry[0] if entry is not None else cache.get(table, key, self._reader)
         if value is not None and type(value) is not bytes:
             value = bytes(value)
         reads[k] = value

@@ -223,6 +223,10 @@ class Inodes:
         if not keep_counter:
             txn.delete("meta", b"next_ino" + prefix)
 
+    def inode_key(self, ino: int) -> bytes:
+        """The key of inode ino's row (for a worker's row cache)."""
+        return ino_key(self.vid, ino)
+
     def row_owner(self, table: str, key: bytes) -> int | None:
         """The inode a row of this volume belongs to (a folder's entries and
         change notes belong to the folder); None for store-wide rows."""

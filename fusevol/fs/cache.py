@@ -93,6 +93,18 @@ class RowCache:
         decoded[key] = (raw, inode)
         return inode
 
+    def decoded_if_held(self, key: bytes) -> Inode | None:
+        """The shared decoded inode of row `key` when the cache holds that row
+        (as `decoded`), else None (then ask a reader): getattr in one step."""
+        if self.later:
+            return None
+        entry = self.rows.get(("inodes", key))
+        if entry is None or entry[0] is None:
+            return None
+        raw = entry[0]
+        seen = self._decoded.get(key)
+        return seen[1] if seen is not None and seen[0] is raw else self.decoded(key, raw)
+
     def apply_keyed(self, writes: dict, seq: int) -> None:
         """apply, for rows given as (table, key) -> value or None."""
         rows = self.rows

@@ -32,6 +32,8 @@ def _now(txn: Txn) -> int:
 def _clamp_time(ns: int) -> int:
     """A time within what the store keeps (the kernel's 64-bit seconds); the
     kernel cannot ask for more, an imported archive might."""
+    if TIME_MIN_NS <= ns <= TIME_MAX_NS:  # always, from the kernel: no min/max calls
+        return ns
     return min(max(ns, TIME_MIN_NS), TIME_MAX_NS)
 
 

@@ -38,6 +38,7 @@ class SpecTxn:
         self.deferred: list = []
         self.deferred_bytes = 0
         self.reads: dict[tuple[str, bytes], bytes | None] = {}
+        # The rows it wrote, (table, key) -> value or None (RowCache.apply_keyed).
         self.writes: dict[tuple[str, bytes], bytes | None] = {}
         self.vstat_delta: dict[int, list[int]] = {}
         self._reader = reader if reader is not None else cache.reader()
@@ -92,10 +93,6 @@ class SpecTxn:
 
     def row_writes(self) -> list:
         return [(table, key, value) for (table, key), value in self.writes.items()]
-
-    def keyed_writes(self) -> dict:
-        """The rows it wrote, (table, key) -> value or None (RowCache.apply_keyed)."""
-        return self.writes
 
     def close(self) -> None:
         self._reader.close()

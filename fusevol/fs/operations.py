@@ -129,7 +129,6 @@ class VolumeOperations(pyfuse3.Operations):
         self.handles: dict[int, FileData] = {}
         self.dir_handles: dict[int, list | None] = {}
         self._data_freed: set[int] = set()  # the store thread's (see _let_go)
-        self._letting_go: dict[int, bool] = {}  # both threads' (see _let_go)
         # ino -> (inode, its attributes as last answered), while no file is open
         self._attrs: dict[int, tuple[Inode, pyfuse3.EntryAttributes]] = {}
         self.nursery: trio.Nursery | None = None
@@ -342,12 +341,7 @@ class VolumeOperations(pyfuse3.Operations):
         open file holds it; its row goes once the kernel forgets the number
         too. In the background: nobody waits for it."""
         if ino not in self.files:
-            forgotten = not self.lookups.get(ino)
-            if not forgotten:
-                if ino in self._letting_go:
-                    return  # a let-go is queued already, and nothing was added since
-                self._letting_go[ino] = True
-            self.runner.submit(_let_go, self.inodes, ino, forgotten, self._letting_go,
+            self.runner.submit(_let_go, self.inodes, ino, not self.lookups.get(ino),
                                self._data_freed)
 
     @handler
@@ -361,9 +355,7 @@ class VolumeOperations(pyfuse3.Operations):
             else:
                 self.lookups.pop(ino, None)
                 self._attrs.pop(ino, None)
-                # An inode whose let-go is still queued is purged by it whole:
-                # whichever thread takes it out of _letting_go first decides.
-                if ino not in self.files and self._letting_go.pop(ino, None) is None:
+                if ino not in self.files:
                     gone.append(ino)
         if gone:
             self.runner.submit(_purge_forgotten, self.inodes, gone, self._data_freed)
@@ -677,18 +669,13 @@ class VolumeOperations(pyfuse3.Operations):
 
 
 
-def _let_go(txn, inodes: Inodes, ino: int, forgotten: bool, letting_go: dict,
-            data_freed: set) -> None:
+def _let_go(txn, inodes: Inodes, ino: int, forgotten: bool, data_freed: set) -> None:
     """Give back an unnamed, closed inode's data; its row too once forgotten.
-
-    An inode the kernel still knows is in `letting_go` until this runs: a
-    forget that takes it out first (dict.pop: one step under the GIL) leaves
-    the whole purge to this, and one that comes after purges the row alone.
     `data_freed` (the store thread's alone) notes inodes whose data is gone
     while their row waits for the kernel to forget them: nothing can add data
     to an inode with no name that no file handle holds, so their purge has
     only the row left to delete."""
-    if forgotten or letting_go.pop(ino, None) is None:
+    if forgotten:
         inodes.purge(txn, ino)
     else:
         inodes.free_data(txn, ino)

@@ -128,7 +128,6 @@ class VolumeOperations(pyfuse3.Operations):
         self.files: dict[int, FileData] = {}
         self.handles: dict[int, FileData] = {}
         self.dir_handles: dict[int, list | None] = {}
-        self._data_freed: set[int] = set()  # the store thread's (see _let_go)
         # ino -> (inode, its attributes as last answered), while no file is open
         self._attrs: dict[int, tuple[Inode, pyfuse3.EntryAttributes]] = {}
         self.nursery: trio.Nursery | None = None
@@ -341,8 +340,7 @@ class VolumeOperations(pyfuse3.Operations):
         open file holds it; its row goes once the kernel forgets the number
         too. In the background: nobody waits for it."""
         if ino not in self.files:
-            self.runner.submit(_let_go, self.inodes, ino, not self.lookups.get(ino),
-                               self._data_freed)
+            self.runner.submit(_let_go, self.inodes, ino, not self.lookups.get(ino))
 
     @handler
     async def forget(self, inode_list):
@@ -358,7 +356,7 @@ class VolumeOperations(pyfuse3.Operations):
                 if ino not in self.files:
                     gone.append(ino)
         if gone:
-            self.runner.submit(_purge_forgotten, self.inodes, gone, self._data_freed)
+            self.runner.submit(_purge_forgotten, self.inodes, gone)
 
     # -- files ----------------------------------------------------------------
 
@@ -669,17 +667,12 @@ class VolumeOperations(pyfuse3.Operations):
 
 
 
-def _let_go(txn, inodes: Inodes, ino: int, forgotten: bool, data_freed: set) -> None:
-    """Give back an unnamed, closed inode's data; its row too once forgotten.
-    `data_freed` (the store thread's alone) notes inodes whose data is gone
-    while their row waits for the kernel to forget them: nothing can add data
-    to an inode with no name that no file handle holds, so their purge has
-    only the row left to delete."""
+def _let_go(txn, inodes: Inodes, ino: int, forgotten: bool) -> None:
+    """Give back an unnamed, closed inode's data; its row too once forgotten."""
     if forgotten:
         inodes.purge(txn, ino)
     else:
         inodes.free_data(txn, ino)
-        data_freed.add(ino)
 
 
 def _usage_and_slack(txn, inodes: Inodes) -> tuple[int, int]:
@@ -701,11 +694,10 @@ def _chmod_bits(txn, inodes: Inodes, ino: int, bits: int) -> None:
     inodes.setattr(txn, ino, mode=(mode & ~0o777) | bits)
 
 
-def _purge_forgotten(txn, inodes: Inodes, inos: list[int], data_freed: set) -> None:
+def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:
     """Purge the inodes the kernel forgot that have no name left."""
     for ino in inos:
-        inodes.purge_if_orphan(txn, ino, ino in data_freed)
-        data_freed.discard(ino)
+        inodes.purge_if_orphan(txn, ino)
 
 
 def _dot_entries(txn, inodes: Inodes, ino: int, parent: int | None) -> list:

@@ -502,20 +502,18 @@ class Inodes:
             self.truncate_blocks(txn, ino, 0)
         txn.delete_prefix("xattrs", ino_key(self.vid, ino))
 
-    def purge(self, txn: Txn, ino: int, data_freed: bool = False) -> None:
-        """Delete an inode that has no name left, with its data (`data_freed`:
-        free_data let go of it already, and nothing could add any since)."""
-        if not data_freed:
-            self.free_data(txn, ino)
+    def purge(self, txn: Txn, ino: int) -> None:
+        """Delete an inode that has no name left, with its data."""
+        self.free_data(txn, ino)
         if txn.get("orphans", ino_key(self.vid, ino)) is not None:
             txn.delete("inodes", ino_key(self.vid, ino))
             txn.delete("orphans", ino_key(self.vid, ino))
             txn.add_vstats(self.vid, inodes=-1)
 
-    def purge_if_orphan(self, txn: Txn, ino: int, data_freed: bool = False) -> None:
+    def purge_if_orphan(self, txn: Txn, ino: int) -> None:
         """Purge an inode the kernel forgot, if it has no name left."""
         if txn.get("orphans", ino_key(self.vid, ino)) is not None:
-            self.purge(txn, ino, data_freed)
+            self.purge(txn, ino)
 
     def orphans(self, txn: Txn) -> list[int]:
         prefix = u64(self.vid)

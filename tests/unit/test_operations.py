@@ -171,7 +171,6 @@ async def test_a_deleted_file_gives_back_its_data_at_once_and_its_row_at_forget(
         assert inodes.orphans(txn) == []
         assert inodes.usage(txn) == before
     assert await fuse_errno(ops.getattr(ino)) == errno.ENOENT
-    assert ops._letting_go == {}
 
 
 async def test_setattr_truncates_buffers_and_store(ops, store, inodes):

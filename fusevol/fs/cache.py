@@ -35,8 +35,9 @@ class RowCache:
         self.rows: dict[tuple[str, bytes], tuple[bytes | None, int]] = {}
         self.committed = 0  # operations up to this number are on disk
         # Rows of operations nobody waited for, handed over by the store
-        # thread; applied before the next read (sequence numbers order them).
-        self._later: collections.deque = collections.deque()
+        # thread; applied before the next read (sequence numbers order them):
+        # a reader that looks in `rows` itself looks here first.
+        self.later: collections.deque = collections.deque()
         # Inodes numbered from `_first_fresh` on were made by this worker: all
         # their rows are here (none evicted since), so a row of theirs missing
         # here does not exist, and the store is not asked (see know_fresh).
@@ -55,10 +56,10 @@ class RowCache:
 
     def apply_later(self, writes, seq: int) -> None:
         """From the store thread: rows for `apply`, applied before the next read."""
-        self._later.append((writes, seq))
+        self.later.append((writes, seq))
 
     def _catch_up(self) -> None:
-        later = self._later
+        later = self.later
         while later:
             self.apply(*later.popleft())
 
@@ -87,6 +88,18 @@ class RowCache:
         decoded[key] = (raw, decode, value)
         return value
 
+    def decoded_if_held(self, key: bytes) -> Inode | None:
+        """The shared decoded inode of row `key` when the cache holds that row
+        (as `decoded`), else None (then ask a reader): getattr in one step."""
+        if self.later:
+            return None
+        entry = self.rows.get(("inodes", key))
+        if entry is None or entry[0] is None:
+            return None
+        raw = entry[0]
+        seen = self._decoded.get(key)
+        return seen[1] if seen is not None and seen[0] is raw else self.decoded(key, raw)
+
     def apply_keyed(self, writes: dict, seq: int) -> None:
         """apply, for rows given as (table, key) -> value or None."""
         rows = self.rows
@@ -106,7 +119,7 @@ class RowCache:
                 self._first_fresh = self._next_ino(txn)
 
     def get(self, table: str, key: bytes, reader: "CachedTxn"):
-        if self._later:
+        if self.later:
             self._catch_up()
         entry = self.rows.get((table, key))
         if entry is not None:

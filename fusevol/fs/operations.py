@@ -139,6 +139,10 @@ class VolumeOperations(pyfuse3.Operations):
         # cannot take and report it at close, as EIO.
         self.enable_writeback_cache = knobs["writeback"] and space.quota is None
         self.entry_timeout = knobs["entry_timeout"]
+        # The answer to every lookup of a missing name (pyfuse3 only reads it).
+        self._negative = pyfuse3.EntryAttributes()
+        self._negative.st_ino = 0
+        self._negative.entry_timeout = self.entry_timeout
         self.attr_timeout = knobs["attr_timeout"]
         self.keep_cache = knobs["keep_cache"]
 
@@ -211,16 +215,14 @@ class VolumeOperations(pyfuse3.Operations):
 
         ino, inode = await self.runner.read(lookup_attr)
         if ino is None:
-            e = pyfuse3.EntryAttributes()  # cached as a negative entry
-            e.st_ino = 0
-            e.entry_timeout = self.entry_timeout
-            return e
+            return self._negative  # cached by the kernel as a negative entry
         return self._entry_counted(ino, inode)
 
     @handler
     async def getattr(self, inode, ctx=None):
         ino = self._real(inode)
-        return self._entry(ino, await self._get(ino))
+        node = self.runner.cache.decoded_if_held(self.inodes.inode_key(ino))
+        return self._entry(ino, node if node is not None else await self._get(ino))
 
     @modifying
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -490,11 +492,13 @@ class VolumeOperations(pyfuse3.Operations):
 
     def _unnamed(self, ino: int) -> Inode | None:
         """The inode (to read only) if it has no name left, else None."""
-        with self.runner.cache.reader() as txn:
-            try:
-                node = self.inodes.peek(txn, ino)
-            except FusevolError:
-                return None
+        node = self.runner.cache.decoded_if_held(self.inodes.inode_key(ino))
+        if node is None:
+            with self.runner.cache.reader() as txn:
+                try:
+                    node = self.inodes.peek(txn, ino)
+                except FusevolError:
+                    return None
         return node if node.nlink == 0 else None
 
     async def _accessed(self, ino: int, node: Inode) -> None:

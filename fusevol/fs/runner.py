@@ -256,7 +256,7 @@ class TxnRunner:
                     self.last_unloggable = seq
                 self._ahead_in += spec.deferred_bytes
                 self.counts["ahead"] += 1
-                self.cache.apply_keyed(spec.keyed_writes(), seq)
+                self.cache.apply_keyed(spec.writes, seq)
                 done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(), seq)
                 self._put((seq, _REPLAY, (spec, fn, args), False, done), wake=False)
                 return result

@@ -39,6 +39,7 @@ class SpecTxn:
         self.deferred: list = []
         self.deferred_bytes = 0
         self.reads: dict[tuple[str, bytes], bytes | None] = {}
+        # The rows it wrote, (table, key) -> value or None (RowCache.apply_keyed).
         self.writes: dict[tuple[str, bytes], bytes | None] = {}
         self.vstat_delta: dict[int, list[int]] = {}
         self._reader = reader if reader is not None else cache.reader()
@@ -53,7 +54,11 @@ class SpecTxn:
             return reads[k]
         if table not in WORKER_TABLES:
             raise NeedsStore
-        value = self.cache.get(table, key, self._reader)
+        cache = self.cache
+        entry = None if cache.later else cache.rows.get(k)
+        # The cache's row as RowCache.get would answer it (most rows a change
+        # reads are there): one dictionary lookup.
+        value = entry[0] if entry is not None else cache.get(table, key, self._reader)
         if value is not None and type(value) is not bytes:
             value = bytes(value)
         reads[k] = value
@@ -89,10 +94,6 @@ class SpecTxn:
 
     def row_writes(self) -> list:
         return [(table, key, value) for (table, key), value in self.writes.items()]
-
-    def keyed_writes(self) -> dict:
-        """The rows it wrote, (table, key) -> value or None (RowCache.apply_keyed)."""
-        return self.writes
 
     def close(self) -> None:
         self._reader.close()

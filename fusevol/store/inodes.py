@@ -29,7 +29,7 @@ from .blockmap import BlockMap
 from .env import Txn
 from .inoderows import InodeRows, now_ns
 from .namespace import Namespace
-from .schema import IN_PIECES, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats
+from .schema import IN_PIECES, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats, ino_key
 from .treerows import TreeRows
 from .xattrs import Xattrs
 
@@ -37,6 +37,8 @@ from .xattrs import Xattrs
 def _clamp_time(ns: int) -> int:
     """A time within what the store keeps (the kernel's 64-bit seconds); the
     kernel cannot ask for more, an imported archive might."""
+    if TIME_MIN_NS <= ns <= TIME_MAX_NS:  # always, from the kernel: no min/max calls
+        return ns
     return min(max(ns, TIME_MIN_NS), TIME_MAX_NS)
 
 
@@ -83,6 +85,10 @@ class Inodes:
         self.getxattr, self.find_xattr = attrs.getxattr, attrs.find_xattr
         self.setxattr, self.listxattr, self.removexattr = \
             attrs.setxattr, attrs.listxattr, attrs.removexattr
+
+    def inode_key(self, ino: int) -> bytes:
+        """The key of inode ino's row (for a worker's row cache)."""
+        return ino_key(self.vid, ino)
 
     def usage(self, txn: Txn) -> VolumeStats:
         return txn.vstats(self.vid)

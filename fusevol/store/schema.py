@@ -181,7 +181,15 @@ class Inode:
                      self.flags, self.tree_id, self.target)
 
     def pack(self) -> bytes:
-        (atime, mtime, ctime), wide = pack_times((self.atime_ns, self.mtime_ns, self.ctime_ns))
+        a, m, c = self.atime_ns, self.mtime_ns, self.ctime_ns
+        if _I64_MIN <= a <= _I64_MAX and _I64_MIN <= m <= _I64_MAX and _I64_MIN <= c <= _I64_MAX:
+            # Times in int64 nanoseconds (every time until 2262): pack_times's
+            # answer, without its call and tuples (the request path packs often).
+            return _INODE.pack(
+                self.mode, self.uid, self.gid, self.nlink, self.size, a, m, c, self.rdev,
+                self.parent, self.data_bytes, self.flags & ~WIDE_TIMES, self.tree_id,
+            ) + self.target
+        (atime, mtime, ctime), wide = pack_times((a, m, c))
         flags = (self.flags | WIDE_TIMES) if wide else (self.flags & ~WIDE_TIMES)
         return _INODE.pack(
             self.mode, self.uid, self.gid, self.nlink, self.size, atime, mtime, ctime,
@@ -192,7 +200,11 @@ class Inode:
     def unpack(cls, raw) -> "Inode":
         fields = _INODE.unpack_from(raw)
         if not fields[11] & WIDE_TIMES:
-            return cls(*fields, target=bytes(raw[_INODE_SIZE:]))
+            # Positional only: a keyword beside *fields cost the request path
+            # twice the time of the call itself (every change decodes inodes).
+            if len(raw) == _INODE_SIZE:
+                return cls(*fields)
+            return cls(*fields, bytes(raw[_INODE_SIZE:]))
         fields = list(fields)
         fields[5:8] = unpack_times(fields[5:8], raw, _INODE_SIZE)
         fields[11] &= ~WIDE_TIMES

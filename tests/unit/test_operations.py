@@ -146,6 +146,33 @@ async def test_unlinked_open_file_keeps_its_data_until_released(ops, store):
     assert await fuse_errno(ops.getattr(entry.st_ino)) == errno.ENOENT
 
 
+@pytest.mark.parametrize("forget_first", [True, False])
+async def test_a_deleted_file_gives_back_its_data_at_once_and_its_row_at_forget(
+        ops, store, inodes, forget_first):
+    """The data goes with the last name, the row with the kernel's forget, and
+    each once, whether the forget comes before the store thread let go of
+    the data (the let-go then purges it whole) or after (the purge then has
+    only the row left)."""
+    with store.read() as txn:
+        before = inodes.usage(txn)
+    ino = await _create(ops, b"f", os.urandom(3000))
+    await ops.lookup(ROOT_INO, b"f")  # a second reference the kernel holds
+    await ops.unlink(ROOT_INO, b"f", CTX)
+    if not forget_first:
+        await ops.runner.sync()  # the let-go ran: data back, row kept for the kernel
+        with store.read() as txn:
+            assert chunks.totals(txn)["chunks"] == 0
+            assert inodes.orphans(txn) == [ino]
+        assert (await ops.getattr(ino)).st_nlink == 0
+    await ops.forget([(ino, 2)])
+    await ops.runner.sync()
+    with store.read() as txn:
+        assert chunks.totals(txn)["chunks"] == 0
+        assert inodes.orphans(txn) == []
+        assert inodes.usage(txn) == before
+    assert await fuse_errno(ops.getattr(ino)) == errno.ENOENT
+
+
 async def test_setattr_truncates_buffers_and_store(ops, store, inodes):
     data = os.urandom(3 * BS)
     info, entry = await ops.create(ROOT_INO, b"f", 0o644, os.O_RDWR, CTX)

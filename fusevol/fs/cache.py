@@ -88,17 +88,20 @@ class RowCache:
         decoded[key] = (raw, decode, value)
         return value
 
-    def decoded_if_held(self, key: bytes) -> Inode | None:
-        """The shared decoded inode of row `key` when the cache holds that row
-        (as `decoded`), else None (then ask a reader): getattr in one step."""
+    def decoded_if_held(self, table: str, key: bytes, decode):
+        """decode(row) of the row under (table, key), shared as `decoded` gives
+        it, when the cache holds that row; else None (then ask a reader):
+        getattr in one step."""
         if self.later:
             return None
-        entry = self.rows.get(("inodes", key))
+        entry = self.rows.get((table, key))
         if entry is None or entry[0] is None:
             return None
         raw = entry[0]
         seen = self._decoded.get(key)
-        return seen[1] if seen is not None and seen[0] is raw else self.decoded(key, raw)
+        if seen is not None and seen[0] is raw and seen[1] is decode:
+            return seen[2]
+        return self.decoded(key, raw, decode)
 
     def apply_keyed(self, writes: dict, seq: int) -> None:
         """apply, for rows given as (table, key) -> value or None."""

@@ -221,7 +221,7 @@ class VolumeOperations(pyfuse3.Operations):
     @handler
     async def getattr(self, inode, ctx=None):
         ino = self._real(inode)
-        node = self.runner.cache.decoded_if_held(self.inodes.inode_key(ino))
+        node = self.runner.cache.decoded_if_held(*self.inodes.inode_row(ino))
         return self._entry(ino, node if node is not None else await self._get(ino))
 
     @modifying
@@ -492,7 +492,7 @@ class VolumeOperations(pyfuse3.Operations):
 
     def _unnamed(self, ino: int) -> Inode | None:
         """The inode (to read only) if it has no name left, else None."""
-        node = self.runner.cache.decoded_if_held(self.inodes.inode_key(ino))
+        node = self.runner.cache.decoded_if_held(*self.inodes.inode_row(ino))
         if node is None:
             with self.runner.cache.reader() as txn:
                 try:

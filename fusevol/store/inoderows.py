@@ -42,6 +42,11 @@ class InodeRows:
             raise FsError(errno.ENOENT)
         return inode
 
+    def row(self, ino: int) -> tuple:
+        """The table, key and decoder of inode ino's row, for a worker's row
+        cache to answer `peek` without a reader (fs/cache.py decoded_if_held)."""
+        return "inodes", ino_key(self.vid, ino), _decode
+
     def find(self, txn: Txn, ino: int) -> Inode | None:
         """get, with None for a number that has no row."""
         raw = txn.get("inodes", ino_key(self.vid, ino))

@@ -29,7 +29,7 @@ from .blockmap import BlockMap
 from .env import Txn
 from .inoderows import InodeRows, now_ns
 from .namespace import Namespace
-from .schema import IN_PIECES, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats, ino_key
+from .schema import IN_PIECES, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats
 from .treerows import TreeRows
 from .xattrs import Xattrs
 
@@ -75,6 +75,7 @@ class Inodes:
         self.row_owner = workerrows.row_owner(vid)
         # Each part's operations, as this volume's.
         self.get, self.peek, self.next_ino = rows.get, rows.peek, rows.next_ino
+        self.inode_row = rows.row
         self.put = tree.put
         self.resolve, self.lookup, self.find = names.resolve, names.lookup, names.find
         self.list_dir, self.is_empty_dir = names.list_dir, names.is_empty_dir
@@ -85,10 +86,6 @@ class Inodes:
         self.getxattr, self.find_xattr = attrs.getxattr, attrs.find_xattr
         self.setxattr, self.listxattr, self.removexattr = \
             attrs.setxattr, attrs.listxattr, attrs.removexattr
-
-    def inode_key(self, ino: int) -> bytes:
-        """The key of inode ino's row (for a worker's row cache)."""
-        return ino_key(self.vid, ino)
 
     def usage(self, txn: Txn) -> VolumeStats:
         return txn.vstats(self.vid)

@@ -167,7 +167,7 @@ SHARED_TABLES = {
 }
 META_KEYS = {b"format": "env", b"block_size": "env", b"chunk_totals": "env",
              b"next_ino": "inodes", b"next_pack": "packs", b"next_vid": "volumes",
-             b"store_id": "remotes"}
+             b"store_id": "remotes", b"recompressed_to": "recompress"}
 
 
 def _table_writes(path: pathlib.Path):
@@ -216,7 +216,7 @@ def test_each_table_is_written_by_one_module():
 STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", "dirchanges",
               "inodes", "volumes", "remotes", "blobs", "intentlog")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
-                    "tar_import", "check")
+                    "tar_import", "check", "recompress", "compaction")
 
 
 def test_the_store_core_imports_none_of_its_operations():

@@ -196,7 +196,20 @@ class VolumeService(Mounts):
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:
             busy = rules.served_vids(volumes.list_all(txn, removed=True), workers)
-            return check.gc(txn, busy, progress)
+            report = check.gc(txn, busy, progress)
+        report["file"] = self.rewrite_file()
+        return report
+
+    def rewrite_file(self) -> dict:
+        """The store file written again without its free pages, when no other
+        process has the store open and that frees enough (store/compaction.py);
+        this service's store is closed first and opened again when next needed."""
+        from ..store import compaction
+
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        return compaction.rewrite_file(self.store_path)
 
     # -- workers ------------------------------------------------------------------
 

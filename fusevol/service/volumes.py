@@ -191,12 +191,15 @@ class VolumeService(Mounts):
 
     def gc(self, progress=None) -> dict:
         """The store's gc; volumes a worker serves keep their orphan files."""
-        from ..store import check
+        from ..store import check, recompress
 
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:
             busy = rules.served_vids(volumes.list_all(txn, removed=True), workers)
             report = check.gc(txn, busy, progress)
+        # Then, in transactions of their own: chunks compressed again, the file
+        # written again.
+        report["recompressed"] = recompress.recompress(self.store, progress)
         report["file"] = self.rewrite_file()
         return report
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import StoreDamaged
 from ..records import Volume
-from . import chunks, packs, recompress, snapshots, trees, volumes
+from . import chunks, packs, snapshots, trees, volumes
 from .env import Txn
 from .inodes import Inodes
 from .schema import LAZY, NO_TREE, ROOT_INO, Inode, VolumeStats, read_u64, u64, vkey
@@ -124,9 +124,7 @@ def gc(txn: Txn, busy_vids: set[int], progress: NoProgress | None = None) -> dic
     progress.start("sweeping", chunks.counted(txn) + trees.counted(txn))
     _sweep_chunks(txn, c, report, progress)
     _sweep_objects(txn, c, report, progress)
-    report["recompressed"] = recompress.recompress(txn, progress)
     report["packs"] = packs.compact(txn)
-    recompress.mark_done(txn)
     report["totals_fixed"] = _fix_totals(txn)
     for record in volumes.list_all(txn, removed=True):
         if record.vid is not None and record.vid not in busy_vids:

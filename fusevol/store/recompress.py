@@ -3,8 +3,8 @@
 A worker compresses as it writes, at levels its write rate can afford (zstd
 1 for whole blocks, 3 for shorter ones: chunks.py). gc has no one waiting on
 it, so it compresses each packed chunk once more at LEVEL and keeps the new
-form where it is smaller: the chunk's id (the hash of its bytes) and its
-count stay; a pack whose chunks moved is written again at once (its other
+form where it is smaller (chunks kept raw stay raw): the chunk's id (the
+hash of its bytes) and its count stay; a pack whose chunks moved is written again at once (its other
 entries appended to the open pack, packs.rewrite), so no dead space stays.
 zstd decompresses a higher level as fast as a lower one: reads cost the same.
 
@@ -101,6 +101,10 @@ def _pack(txn: Txn, number: int, compressor: zstandard.ZstdCompressor, report: d
         if kind != packs.CHUNK:
             continue
         payload = pack[offset: offset + length]
+        if payload[:1] != bytes((chunks.ZSTD,)):
+            # Kept raw: incompressible, or of a volume made with compression=none,
+            # whose reads are not to pay for decompressing.
+            continue
         try:
             data = chunks.decode(payload)
         except Exception:
@@ -109,11 +113,7 @@ def _pack(txn: Txn, number: int, compressor: zstandard.ZstdCompressor, report: d
         if chunks.location(txn, cid) != packs.Location(number, offset, length):
             continue  # a dead entry (its chunk elsewhere, or gone)
         denser = bytes((chunks.ZSTD,)) + compressor.compress(data)
-        if payload[0] == chunks.RAW:  # kept raw: compressing must pay for reads' CPU
-            keep = len(denser) <= len(payload) * (1 - chunks.MIN_SAVING)
-        else:
-            keep = len(denser) < len(payload)
-        if keep:
+        if len(denser) < len(payload):
             chunks.replace_stored(txn, cid, denser)
             report["chunks_recompressed"] += 1
             report["stored_bytes_saved"] += len(payload) - len(denser)

@@ -8,7 +8,7 @@ import random
 import subprocess
 import sys
 
-from fusevol.store import Store, check, chunks, compaction, packs, recompress, schema, snapshots, trees
+from fusevol.store import Inodes, Store, check, chunks, compaction, packs, recompress, schema, snapshots, trees, volumes
 
 from .conftest import BS, FILE
 
@@ -182,3 +182,19 @@ def test_compressing_again_grows_the_file_by_a_few_batches_not_by_the_store(stor
     monkeypatch.setattr(recompress, "BATCH_PACKS", 2)
     assert recompress.recompress(store)["packs_rewritten"] >= 30
     assert os.stat(data).st_size - size < pack_bytes / 4
+
+
+def test_chunks_kept_raw_stay_raw(store):
+    """A volume made with compression=none: its reads are not to decompress."""
+    with store.write() as txn:
+        record = volumes.create(txn, "plain", {"compression": "none"})
+    plain = Inodes(record.vid, store.block_size, record.compression)
+    text = _text(random.Random(4), 20_000)
+    with store.write() as txn:
+        ino, _ = plain.create(txn, 1, b"text", FILE, 0, 0)
+        plain.write_blocks(txn, ino, [(0, text)], len(text))
+        cid = chunks.chunk_id(text)
+        assert chunks.stored(txn, cid)[0] == chunks.RAW
+    assert recompress.recompress(store)["chunks_recompressed"] == 0
+    with store.read() as txn:
+        assert chunks.stored(txn, cid) == bytes((chunks.RAW,)) + text

@@ -87,7 +87,7 @@ def du(path: str) -> int:
     return int(run(["du", "-sb", path]).stdout.split()[0])
 
 
-def measure(source: str, versions: int, base: str) -> dict:
+def measure(source: str, versions: int, base: str, gc: bool = True) -> dict:
     work = tempfile.mkdtemp(prefix="evolve-", dir=base)
     env = {**os.environ, **PEER_ENV}
     plain = os.path.join(work, "plain")
@@ -131,29 +131,55 @@ def measure(source: str, versions: int, base: str) -> dict:
             rows.append(row)
             print(f"version {n}: {row}", file=sys.stderr)
         # Every version is still there, byte for byte: the last one against the plain copy.
-        diff = subprocess.run(["diff", "-r", "-q", "--no-dereference", plain, vol.dir],
-                              capture_output=True, text=True)
-        if diff.returncode:
-            raise SystemExit(f"the volume differs from the plain copy:\n{(diff.stdout + diff.stderr)[:2000]}")
+        _same(plain, vol.dir)
+        after_gc = None
+        if gc:
+            # The store at rest: unmounted, then `fusevol gc` (which compresses
+            # again and, with no process holding the store, writes its file
+            # again), verified, and the volume read back after it.
+            vol.umount()
+            start = time.monotonic()
+            report = json.loads(vol.cli("gc", "--json"))
+            seconds = time.monotonic() - start
+            vol.cli("verify")
+            df = vol.df()
+            after_gc = {"version": rows[-1]["version"], "files": rows[-1]["files"],
+                        "logical": rows[-1]["logical"], "fusevol_file": df["store_file_bytes"],
+                        "fusevol_chunks": df["stored_bytes"], "fusevol_overhead": df.get("overhead"),
+                        "gc_seconds": seconds, "gc": {k: report.get(k) for k in ("recompressed", "file")},
+                        **{p: rows[-1][p] for p in peers}}
+            print(f"after gc: {after_gc}", file=sys.stderr)
+            vol.mount()
+            _same(plain, vol.dir)
     finally:
         vol.close()
         shutil.rmtree(work, ignore_errors=True)
-    return {"source": source, "versions": versions, "rows": rows,
+    return {"source": source, "versions": versions, "rows": rows, "after_gc": after_gc,
             "missing": [p for p in ("restic", "borg") if p not in peers]}
+
+
+def _same(plain: str, mounted: str) -> None:
+    diff = subprocess.run(["diff", "-r", "-q", "--no-dereference", plain, mounted],
+                          capture_output=True, text=True)
+    if diff.returncode:
+        raise SystemExit(f"the volume differs from the plain copy:\n{(diff.stdout + diff.stderr)[:2000]}")
 
 
 def table(result: dict) -> str:
     peers = [p for p in ("restic", "borg") if p not in result["missing"]]
     head = ["version", "files", "logical", "fusevol store file", "fusevol chunks", "overhead"] + peers
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-    for r in result["rows"]:
+    rows = result["rows"] + ([dict(result["after_gc"], version=f"{result['after_gc']['version']}, "
+                                   "unmounted, after gc")] if result.get("after_gc") else [])
+    for r in rows:
         cells = [str(r["version"]), str(r["files"]), f"{r['logical'] / MiB:.1f} MiB",
                  f"{r['fusevol_file'] / MiB:.1f} MiB", f"{r['fusevol_chunks'] / MiB:.1f} MiB",
                  f"{(r['fusevol_file'] - r['fusevol_chunks']) / r['fusevol_chunks']:.0%}"]
         cells += [f"{r[p] / MiB:.1f} MiB" for p in peers]
         lines.append("| " + " | ".join(cells) + " |")
-    last = result["rows"][-1]
-    if last.get("fusevol_overhead"):
+    for last in [result["rows"][-1]] + ([rows[-1]] if result.get("after_gc") else []):
+        if not last.get("fusevol_overhead"):
+            continue
         parts = last["fusevol_overhead"]
         names = {"object_bytes": "tree objects", "free_bytes": "pages LMDB keeps free for reuse",
                  "dead_bytes": "dead entries in packs",
@@ -166,6 +192,8 @@ def table(result: dict) -> str:
             if key not in parts:
                 continue  # df of an older fusevol
             lines.append(f"| {name} | {parts[key] / MiB:.2f} MiB | {parts[key] / last['fusevol_chunks']:.1%} |")
+    if result.get("after_gc"):
+        lines.append(f"\n`fusevol gc` (unmounted) took {result['after_gc']['gc_seconds']:.2f} s")
     times = ["fusevol"] + peers
     lines += ["", "| seconds per version (fusevol: snapshot create; the others: backup) | "
               + " | ".join(times) + " |", "|---|" + "---:|" * len(times)]
@@ -182,8 +210,10 @@ def main() -> None:
     ap.add_argument("--versions", type=int, default=5)
     ap.add_argument("--base", default="/var/tmp", help="where the stores and repositories go")
     ap.add_argument("--json", help="write the figures as JSON too")
+    ap.add_argument("--no-gc", action="store_true",
+                    help="leave out the last row: the store unmounted, after `fusevol gc`")
     args = ap.parse_args()
-    result = measure(args.source, args.versions, args.base)
+    result = measure(args.source, args.versions, args.base, gc=not args.no_gc)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -212,7 +212,7 @@ SHARED_TABLES = {
 }
 META_KEYS = {b"format": "env", b"block_size": "env", b"chunk_totals": "env",
              b"next_ino": "inoderows", b"next_pack": "packs", b"next_vid": "volumes",
-             b"store_id": "remotes"}
+             b"store_id": "remotes", b"recompressed_to": "recompress"}
 
 
 def _is_txn(node) -> bool:
@@ -273,7 +273,7 @@ STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", 
               "inodes", "inoderows", "namespace", "blockmap", "xattrs", "treerows", "volumes",
               "remotes", "blobs", "intentlog", "workerrows")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
-                    "tar_import", "check")
+                    "tar_import", "check", "recompress", "compaction")
 
 
 def test_the_writers_check_sees_a_write_to_a_table_it_cannot_name(tmp_path):

@@ -17,7 +17,10 @@ def gc(ctx, as_json, quiet):
 
     Reference counts free space at once already; gc is the safety net after
     a crash, a bug or a manual edit. Orphan files of mounted volumes are left
-    to their workers."""
+    to their workers. gc also compresses what was written since the last gc
+    again, harder, and, when no other process has the store open (no mounted
+    volume, no `fusevol serve`), writes the store file again without the
+    pages LMDB keeps free."""
     with phases(quiet or as_json, in_bytes=False) as progress:
         report = open_service(ctx).gc(progress)
     lines = [
@@ -28,6 +31,15 @@ def gc(ctx, as_json, quiet):
         f"packs     {human(report['packs']['dead_bytes_freed']):>12}  dead space freed "
         f"({report['packs']['packs_rewritten']} rewritten, {report['packs']['packs_deleted']} deleted)",
     ]
+    rec = report["recompressed"]
+    lines.append(f"denser    {human(rec['stored_bytes_saved']):>12}  saved "
+                 f"({rec['chunks_recompressed']} chunks compressed again)")
+    f = report["file"]
+    if f["rewritten"]:
+        lines.append(f"file      {human(f['file_bytes_before'] - f['file_bytes_after']):>12}  smaller "
+                     f"(written again: {human(f['file_bytes_after'])})")
+    else:
+        lines.append(f"file      {human(f['file_bytes_before']):>12}  kept as it is: {f['reason']}")
     if report["packs"]["blobs_packed"]:
         lines.append(f"packed    {report['packs']['blobs_packed']:>12}  chunks and objects an older "
                      "fusevol kept alone")

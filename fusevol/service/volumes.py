@@ -191,12 +191,28 @@ class VolumeService(Mounts):
 
     def gc(self, progress=None) -> dict:
         """The store's gc; volumes a worker serves keep their orphan files."""
-        from ..store import check
+        from ..store import check, recompress
 
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:
             busy = rules.served_vids(volumes.list_all(txn, removed=True), workers)
-            return check.gc(txn, busy, progress)
+            report = check.gc(txn, busy, progress)
+        # Then, in transactions of their own: chunks compressed again, the file
+        # written again.
+        report["recompressed"] = recompress.recompress(self.store, progress)
+        report["file"] = self.rewrite_file()
+        return report
+
+    def rewrite_file(self) -> dict:
+        """The store file written again without its free pages, when no other
+        process has the store open and that frees enough (store/compaction.py);
+        this service's store is closed first and opened again when next needed."""
+        from ..store import compaction
+
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        return compaction.rewrite_file(self.store_path)
 
     # -- workers ------------------------------------------------------------------
 

@@ -231,7 +231,9 @@ def _fix_totals(txn: Txn) -> dict | None:
         actual[0] += 1
         actual[1] += raw_len
         actual[2] += stored_len
-    kept = txn.chunk_totals()
+    # As committed, with what this transaction changed (chunks compressed
+    # again, orphans purged): only a difference beyond that is a repair.
+    kept = [t + d for t, d in zip(txn.chunk_totals(), txn.chunk_delta)]
     txn.set_chunk_totals(actual)  # written whole here, not as a delta
     if kept == actual:
         return None

@@ -340,6 +340,20 @@ def pack_alone(txn: Txn, cid: bytes) -> bool:
     return True
 
 
+def replace_stored(txn: Txn, cid: bytes, payload: bytes) -> None:
+    """Keep a chunk in another stored form of the same bytes (gc's denser
+    compression, recompress.py): its count stays, its old form is let go of."""
+    row = _get_row(txn, cid)
+    if row.loc is None:
+        txn.delete("chunks", cid)
+    else:
+        packs.release(txn, row.loc)
+    _store(txn, cid, payload, row.raw_len, row.count)
+    txn.chunk_delta[0] -= 1
+    txn.chunk_delta[1] -= row.raw_len
+    txn.chunk_delta[2] -= row.stored_len
+
+
 def put_stored(txn: Txn, cid: bytes, payload: bytes, raw_len: int) -> None:
     """Store a chunk received as stored (its id checked by the caller), held by
     no one yet: the object that lists it takes the first reference."""

@@ -184,6 +184,11 @@ def _pack(txn: Txn, number: int):
     return value
 
 
+def content(txn: Txn, number: int):
+    """A pack's whole content (as _pack gives it), or None when it is gone."""
+    return _pack(txn, number)
+
+
 def view(txn: Txn, loc: Location):
     """The stored blob at loc, or None when its pack is gone: a view into the
     map or a cached copy (valid while the transaction lasts), or a copy of

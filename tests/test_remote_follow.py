@@ -84,3 +84,50 @@ def test_a_volume_follows_its_service_from_host_to_host(ceph, tmp_path, monkeypa
     finally:
         _cleanup(one)
         _cleanup(two)
+
+
+@needs_fuse
+def test_a_first_mount_refuses_at_once_when_both_copies_changed(ceph, tmp_path, monkeypatch):
+    """Host b changed its copy by hand (nothing pushed it) while host a pushed
+    a newer snapshot: b's Mount says the copies diverged before downloading
+    anything (it used to download the whole snapshot, then receive refused)."""
+    from remote_helpers import new_bucket
+
+    bucket = new_bucket()
+    a, b = Host(ceph, str(tmp_path / "a")), Host(ceph, str(tmp_path / "b"))
+    a.add_remote(bucket)
+    b.add_remote(bucket, create=False)
+    for key, value in a.env.items():
+        monkeypatch.setenv(key, value)
+    one, two = _driver(a), _driver(b)
+
+    def write_on(driver: Driver, mount_id: str, data: bytes) -> None:
+        path = driver.mount({"Name": "app", "ID": mount_id})["Mountpoint"]
+        with open(os.path.join(path, "data"), "wb") as f:
+            f.write(data)
+        driver.unmount({"Name": "app", "ID": mount_id})
+        driver.sup.follower.wait("app")
+
+    try:
+        opts = {"remote": "r"}
+        one.create({"Name": "app", "Opts": opts})
+        write_on(one, "c1", b"first")
+        two.create({"Name": "app", "Opts": opts})  # starts as a's snapshot
+        two.mount({"Name": "app", "ID": "c2"})
+        two.unmount({"Name": "app", "ID": "c2"})
+        two.sup.follower.wait("app")
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        b.run("mount", "app", str(mnt), "--background")
+        (mnt / "data").write_bytes(b"changed on b by hand")
+        b.run("umount", str(mnt))
+        write_on(one, "c3", os.urandom(4 * MiB))
+
+        with pytest.raises(Busy) as refused:
+            two.mount({"Name": "app", "ID": "c4"})
+        assert refused.value.reason == "diverged", refused.value
+        assert "the copies diverged" in str(refused.value)
+        assert two._pulling("app") is None  # no pull was started
+    finally:
+        _cleanup(one)
+        _cleanup(two)

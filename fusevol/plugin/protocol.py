@@ -145,7 +145,7 @@ class Driver:
         opts = req.get("Opts")
         if isinstance(opts, dict) and ("from-remote" in opts or "remote" in opts):
             job = self._pulling(name)
-            if job is not None:
+            if job is not None and not job.note.get("catch_up"):
                 if job.note["opts"] != opts:
                     raise AlreadyExists(f"volume {name} is already being pulled from remote "
                                         f"{job.source} with other options; options cannot be "
@@ -187,8 +187,12 @@ class Driver:
         name, mount_id = _name(req), check_mount_id(req.get("ID"))
         if self._pulling(name) is not None:
             self.incoming.wait(name)  # a volume still being pulled: its data first
-        path = self.sup.mount(name, mount_id)
+        # A -o remote=NAME volume older here than on its remote is pulled as after a Create.
+        path = self.sup.mount(name, mount_id, pull_newer=self._pull_newer)
         return {"Mountpoint": path}
+
+    def _pull_newer(self, name: str, remote: dict, snapshot: str) -> None:
+        self.incoming.catch_up(name, remote, snapshot)
 
     def unmount(self, req: dict) -> dict:
         self.sup.unmount(_name(req), check_mount_id(req.get("ID")))
@@ -203,13 +207,14 @@ class Driver:
 
     def get(self, req: dict) -> dict:
         name = _name(req)
-        if self._pulling(name) is not None:
-            pulling = self.incoming.describe(name)
-            if pulling is not None:
-                return {"Volume": pulling}
+        pulling = self.incoming.describe(name) if self._pulling(name) is not None else None
         with self.store.read() as txn:
-            volume = volumes.get(txn, name)
+            volume = volumes.get(txn, name, missing_ok=pulling is not None)
+            if volume is None:  # made by the pull, once it is done
+                return {"Volume": pulling}
             status = self._status(txn, volume)
+        if pulling is not None:  # rolled forward to a newer snapshot of its remote
+            status["pull"] = pulling["Status"]["pull"]
         return {"Volume": self._describe(volume, status)}
 
     def list(self, req: dict) -> dict:

@@ -96,11 +96,13 @@ class Supervisor:
 
     # -- mount and unmount ----------------------------------------------------
 
-    def mount(self, name: str, mount_id: str) -> str:
-        """Serve the volume (starting its worker on first use) and count this mount."""
+    def mount(self, name: str, mount_id: str, pull_newer=None) -> str:
+        """Serve the volume (starting its worker on first use) and count this
+        mount. pull_newer: how a volume that follows a remote is brought up to
+        the remote's newest snapshot (remote/follow.py; None: pulled here)."""
         volume = self.record(name)
         if self._follows(volume) and self.family_count(name) == 0:
-            self.follower.before_first_mount(volume)  # the lease; newer data first
+            self.follower.before_first_mount(volume, pull_newer)  # the lease; newer data first
         try:
             path = self._serve(volume)
         except BaseException:

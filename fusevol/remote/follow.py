@@ -1,14 +1,18 @@
 """Volumes that follow their service between hosts (`-o remote=NAME`).
 
 Create: when the remote holds snapshots of the volume, the new volume starts
-as the newest, pulled in the background (incoming.py). First mount on a host: take the volume's lease on the
-remote (lease.py; held elsewhere, the mount fails naming that host), and pull
-the remote's newest snapshot if it is newer than this host's (receive refuses
-when the local volume changed since its own last snapshot: the copies
-diverged). While mounted: renew the lease. After the last unmount: snapshot
-(unless nothing changed) and push in a thread, then release the lease; a push
-that fails keeps the lease and is tried again, so no other host mounts an
-older copy meanwhile.
+as the newest, pulled in the background (incoming.py). First mount on a host:
+take the volume's lease on the remote (lease.py; held elsewhere, the mount
+fails naming that host), and if the remote's newest snapshot is newer than
+this host's copy (and the local volume did not change since its own last
+snapshot: else the copies diverged and the mount says so), let go of the
+lease and pull it in the daemon as after a Create: the Mount waits for it up
+to a bound, then answers how far it is (a pull of many GiB outlasts dockerd's
+two minutes); once pulled, take the lease again and look again. While
+mounted: renew the lease. After the last unmount: snapshot (unless nothing
+changed) and push in a thread, then release the lease; a push that fails
+keeps the lease and is tried again, so no other host mounts an older copy
+meanwhile.
 
 From its first mount until that push has landed, the store notes that this
 host owes the remote the volume's data (store/remotes.owe). A daemon killed
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Busy, FusevolError
 from ..records import Volume
-from ..store import remotes, snapshots, volumes
+from ..store import remotes, snapshots, stream, volumes
 from ..store.env import Store
 from . import manifests, pull, push
 from .lease import Lease, Lost
@@ -32,6 +36,7 @@ from .s3 import Bucket
 
 log = logging.getLogger(__name__)
 RETRY_PUSH = 60.0
+PLACEHOLDER = "pull-base"  # an empty volume's snapshot that a pull rolls forward from
 
 
 def store_id(store: Store) -> str:
@@ -58,6 +63,55 @@ def newest_on_remote(bucket: Bucket, volume: str) -> dict | None:
     return max(snaps, key=lambda s: s.get("created_ns", 0)) if snaps else None
 
 
+def newer_on_remote(store: Store, remote: dict, bucket: Bucket, volume: str) -> str | None:
+    """The name of the remote's newest snapshot of VOLUME if this host's copy
+    is older, else None. Raises Busy (reason "diverged") if both changed: the
+    local volume holds data no snapshot the remote has knows of."""
+    newest = newest_on_remote(bucket, volume)
+    if newest is None:
+        return None
+    with store.read() as txn:
+        local = [s for s in snapshots.list_all(txn, volume) if s.name != PLACEHOLDER]
+        record = volumes.get(txn, volume)
+        if any(s.root == newest["root"] for s in local):
+            return None  # this host has it (and maybe newer, pushed after the last unmount)
+        if local and local[-1].created_ns >= newest.get("created_ns", 0):
+            return None
+        if local:
+            unchanged = stream.unchanged_since_snapshot(txn, record)
+        else:  # made here before the remote had it: fine to roll forward while empty
+            usage = volumes.stats(txn, record)
+            unchanged = not (usage.logical_bytes or usage.inodes > 1)
+    if not unchanged:
+        raise Busy(f"volume {volume} holds data here that was never pushed, and remote "
+                   f"{remote['name']} has {volume}@{newest['name']}: the copies diverged",
+                   reason="diverged", volume=volume, remote=remote["name"],
+                   snapshot=newest["name"])
+    return newest["name"]
+
+
+def catch_up(store: Store, remote: dict, volume: str, snapshot: str, *, progress=None,
+             stop: threading.Event | None = None) -> None:
+    """Roll the existing, unmounted VOLUME forward to SNAPSHOT of the remote
+    (receive refuses if it changed since its last snapshot). A volume with no
+    snapshot yet (made here before the remote had one, and still empty) gets
+    an empty placeholder, PLACEHOLDER, to roll forward from; it goes once the
+    pull is over, or with the next one if a daemon stopped in between."""
+    with store.write() as txn:
+        if snapshots.exists(txn, volume, snapshot):
+            return  # pulled already (a daemon stopped after installing it)
+        if not snapshots.list_all(txn, volume):
+            snapshots.create(txn, volume, PLACEHOLDER)
+    try:
+        pull.pull(store, remote, volume, snapshot, progress=progress, stop=stop)
+    finally:
+        with store.write() as txn:
+            if snapshots.exists(txn, volume, PLACEHOLDER):
+                base = snapshots.get(txn, volume, PLACEHOLDER)
+                if not base.logical_bytes and base.inodes <= 1:
+                    snapshots.remove(txn, volume, PLACEHOLDER)
+
+
 @dataclass
 class _Held:
     lease: Lease
@@ -75,7 +129,12 @@ class Follower:
         self.held: dict[str, _Held] = {}
         self.lock = threading.Lock()
 
-    def before_first_mount(self, record: Volume) -> None:
+    def before_first_mount(self, record: Volume, pull_newer=None) -> None:
+        """Take the volume's lease (Busy naming the host that holds it) and
+        bring the volume up to the remote's newest snapshot. `pull_newer(volume,
+        remote, snapshot)` pulls it and returns once done, or raises (Busy when
+        it runs on past what a Mount may wait); the lease is not held meanwhile,
+        so a pull of any length never outlives it. None: pull here and now."""
         remote = _remote_of(self.store, record)
         if remote is None:
             return
@@ -87,14 +146,22 @@ class Follower:
                 return
         bucket = Bucket(remote)
         lease = Lease(bucket, volume, store_id(self.store))
-        lease.take()
-        try:
-            self._catch_up(remote, bucket, volume)
-            with self.store.write() as txn:
-                remotes.owe(txn, volume)  # from now on the remote may lack what is written
-        except BaseException:
+        while True:
+            lease.take()
+            try:
+                newer = newer_on_remote(self.store, remote, bucket, volume)
+                if newer is not None and pull_newer is None:
+                    catch_up(self.store, remote, volume, newer)  # no other host pushes meanwhile
+                    newer = None
+                if newer is None:
+                    with self.store.write() as txn:
+                        remotes.owe(txn, volume)  # from now on the remote may lack what is written
+                    break
+            except BaseException:
+                lease.release()
+                raise
             lease.release()
-            raise
+            pull_newer(volume, remote, newer)  # then the lease again: it may have moved on
         self._hold(volume, lease, mounted=True)
 
     def _hold(self, volume: str, lease: Lease, mounted: bool) -> _Held:
@@ -134,37 +201,6 @@ class Follower:
         held = self._hold(volume, lease, mounted=mounted)
         if not mounted:
             self.after_last_unmount(record, held)
-
-    def _catch_up(self, remote: dict, bucket: Bucket, volume: str) -> None:
-        newest = newest_on_remote(bucket, volume)
-        if newest is None:
-            return
-        with self.store.read() as txn:
-            local = snapshots.list_all(txn, volume)
-        if any(s.root == newest["root"] for s in local):
-            return  # this host has it (and maybe newer, pushed after the last unmount)
-        if local and local[-1].created_ns >= newest.get("created_ns", 0):
-            return
-        log.info("%s: pulling %s@%s from %s before mounting", volume, volume, newest["name"],
-                 remote["name"])
-        placeholder = None
-        if not local:
-            # Made here before the remote had it: a base to roll forward from,
-            # if nothing was written to it (else the two copies diverged).
-            with self.store.write() as txn:
-                usage = volumes.stats(txn, volumes.get(txn, volume))
-                if usage.logical_bytes or usage.inodes > 1:
-                    raise Busy(f"volume {volume} holds data here that was never pushed, and "
-                               f"remote {remote['name']} has {volume}@{newest['name']}: the "
-                               "copies diverged", reason="diverged", volume=volume,
-                               remote=remote["name"], snapshot=newest["name"])
-                placeholder = snapshots.create(txn, volume).name
-        try:
-            pull.pull(self.store, remote, volume, newest["name"])
-        finally:
-            if placeholder is not None:
-                with self.store.write() as txn:
-                    snapshots.remove(txn, volume, placeholder)
 
     def _renew(self, volume: str, held: _Held) -> None:
         every = self.renew_every or held.lease.ttl / 3

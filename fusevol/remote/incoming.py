@@ -18,6 +18,11 @@ returns; a thread of the daemon pulls. Until the pulled volume is installed:
 
 The note outlives the daemon: a daemon started again resumes every pull
 noted (Docker already lists the volume, so it must still exist for it).
+
+The same goes for a volume that follows a remote (-o remote=NAME, follow.py)
+whose copy here is older than the remote's newest snapshot: its first Mount
+starts a pull that rolls the existing volume forward (`catch_up`) and waits
+for it as above; Get shows the volume with its `pull` entry beside.
 """
 
 import datetime
@@ -131,14 +136,29 @@ class Incoming:
             volume, snap = name, newest["name"]
         note = {"remote": remote["name"], "volume": volume, "snapshot": snap, "opts": opts,
                 "created_at": _now_rfc3339()}
+        self._begin(name, note)
+        return True
+
+    def _begin(self, name: str, note: dict) -> None:
+        """Note the pull and start it, unless one of that volume runs already."""
         with self.lock:
             if name in self.jobs:
-                return True  # a Create beside this one started it
+                return  # a call beside this one started it
             job = self.jobs[name] = _Job(name, note)
         with self.store.write() as txn:
             remotes.note_pull(txn, name, note)
         self._run(job)
-        return True
+
+    # -- a newer snapshot, before the first Mount of a -o remote=NAME volume -------------
+
+    def catch_up(self, name: str, remote: dict, snapshot: str) -> None:
+        """Roll the existing volume forward to the remote's SNAPSHOT of it in
+        the background, and wait for it as a Mount does (`wait`)."""
+        with self.store.read() as txn:
+            created_at = volumes.get(txn, name).created_at or _now_rfc3339()
+        self._begin(name, {"remote": remote["name"], "volume": name, "snapshot": snapshot,
+                           "catch_up": True, "created_at": created_at})
+        self.wait(name)
 
     def _run(self, job: _Job) -> None:
         with self.lock:
@@ -150,12 +170,21 @@ class Incoming:
     def _pull(self, job: _Job) -> None:
         from . import pull
 
+        from . import follow
+
         note = job.note
         try:
             with self.store.read() as txn:
                 remote = remotes.get(txn, note["remote"])
                 exists = volumes.get(txn, job.name, missing_ok=True) is not None
-            if exists:
+            if note.get("catch_up"):
+                if exists:  # not removed while the daemon was down
+                    started = time.monotonic()
+                    follow.catch_up(self.store, remote, job.name, note["snapshot"], progress=job,
+                                    stop=job.stop)
+                    log.info("%s: pulled %s in %.1f s", job.name, job.source,
+                             time.monotonic() - started)
+            elif exists:
                 log.info("%s: installed before the daemon stopped", job.name)
             else:
                 started = time.monotonic()

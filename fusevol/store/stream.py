@@ -311,7 +311,7 @@ def _link(txn: Txn, spool, progress: NoProgress) -> tuple[set[bytes], set[bytes]
         new_objects.add(rid)
 
 
-def _unchanged_since_snapshot(txn: Txn, target: Volume) -> bool:
+def unchanged_since_snapshot(txn: Txn, target: Volume) -> bool:
     """Whether the volume is exactly one of its snapshots (so rolling it
     loses nothing that no snapshot keeps)."""
     root = snapshots.inodes_of(txn, target).get(txn, 1).tree_id
@@ -392,6 +392,6 @@ def _check_incremental_target(txn: Txn, volume: str, target: Volume | None, base
                               f"{base_root.hex()[:16]}...", reason="no_base", volume=volume)
     if mounted:
         raise InUse(f"volume {volume} is mounted", volume=volume, holder="worker", action="receive")
-    if not force and not _unchanged_since_snapshot(txn, target):
+    if not force and not unchanged_since_snapshot(txn, target):
         raise Busy(f"volume {volume} changed since its latest snapshot; receiving would discard "
                    "that", reason="changed_since_snapshot", volume=volume)

@@ -226,3 +226,71 @@ def test_a_big_volume_from_remote_is_pulled_after_create_returns(docker, second_
         run_cli(plugin.store, "snapshot", "rm", f"{src}@{snap}")
     docker("volume", "rm", src)
     run_cli(plugin.store, "remote", "rm", pusher)
+
+
+def test_a_newer_snapshot_is_pulled_after_mount_answers(docker, second_docker, ceph, tmp_path,
+                                                        monkeypatch, volume_name):
+    """A -o remote=NAME volume whose copy on host B is older than the remote's
+    newest snapshot: B's first Mount pulls the newer one in the daemon rather
+    than inside the Mount (dockerd gives a Mount two minutes). The Mount
+    waits for it up to its bound (2 s here), then says how far the pull is;
+    inspect shows it; a daemon killed meanwhile resumes it; once pulled, the
+    container sees host A's data. Downloads go at 512 KiB/s here, so the
+    12 MB take about 24 s."""
+    for key, value in aws_env(ceph).items():
+        monkeypatch.setenv(key, value)  # both daemons inherit them
+    monkeypatch.setenv("FUSEVOL_PULL_LIMIT", "512K")
+    monkeypatch.setenv("FUSEVOL_PULL_BATCH", str(1 << 20))  # progress every MiB
+    monkeypatch.setenv("FUSEVOL_PULL_MOUNT_WAIT", "2")
+    monkeypatch.setenv("FUSEVOL_PACK_SIZE", str(1 << 20))  # ranges small enough to be paced
+    bucket = new_bucket()
+    app = volume_name("app")
+    s3 = s3_client(ceph)
+
+    def released() -> bool:
+        lease = json.loads(s3.get_object(Bucket=bucket, Key=f"fv/leases/{app}")["Body"].read())
+        return lease["state"] == "released"
+
+    def inspect(dk) -> dict:
+        return json.loads(dk.out("volume", "inspect", app))[0]
+
+    with Daemon(tmp_path, ceph, bucket, create_bucket=True) as a, Daemon(tmp_path, ceph, bucket) as b:
+        docker("volume", "create", "-d", a.driver, "-o", "remote=r", app)
+        docker(*RUN, "-v", f"{app}:/data", IMAGE, "sh", "-c", "echo one > /data/small")
+        _wait_for("host A's first push", released)
+        # Host B makes the volume (pulled after Create), uses it and lets go.
+        second_docker("volume", "create", "-d", b.driver, "-o", "remote=r", app)
+        assert second_docker.out(*RUN, "-v", f"{app}:/data", IMAGE, "cat", "/data/small") == "one"
+        _wait_for("host B's lease released", released)
+
+        # Host A writes 12 MB more: B's copy is now older than the remote's newest.
+        docker(*RUN, "-v", f"{app}:/data", IMAGE, "sh", "-c",
+               "head -c 12000000 /dev/urandom > /data/big && echo two > /data/small")
+        on_a = docker.out(*RUN, "-v", f"{app}:/data", IMAGE, "sh", "-c", HASH_ALL)
+        _wait_for("host A's second push", released)
+
+        started = time.monotonic()
+        early = second_docker(*RUN, "-v", f"{app}:/data", IMAGE, "true", check=False)
+        answered = time.monotonic() - started
+        err = early.stderr.decode()
+        assert early.returncode != 0 and f"volume {app} is still being pulled from remote r:" \
+            f"{app}@" in err and "MiB" in err and "docker volume inspect" in err, err
+        assert answered < 15, answered  # the Mount's bound, not the pull's 24 s
+        assert "Traceback" not in err
+        pull = inspect(second_docker)["Status"]["pull"]
+        assert pull["state"] == "pulling" and pull["bytes_done"] < pull.get("bytes_total", 1 << 40)
+        assert released()  # the lease is not held while the pull runs
+
+        # The daemon killed in the middle of that pull: started again, it goes on.
+        b.daemon.kill()
+        b.daemon.start()
+        assert inspect(second_docker)["Status"]["pull"]["state"] == "pulling"
+        _wait_for("the pull", lambda: "pull" not in inspect(second_docker)["Status"], 90)
+        assert f"{app}: resuming its pull from r" in b.daemon.log()
+        on_b = second_docker.out(*RUN, "-v", f"{app}:/data", IMAGE, "sh", "-c", HASH_ALL)
+        assert on_b == on_a and "./big" in on_b
+        _wait_for("host B's lease released", released)
+        for host, dk in ((a, docker), (b, second_docker)):
+            for snap in json.loads(run_cli(host.store, "snapshot", "ls", app, "--json").stdout):
+                run_cli(host.store, "snapshot", "rm", f"{app}@{snap['name']}")
+            dk("volume", "rm", app)

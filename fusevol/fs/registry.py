@@ -349,22 +349,44 @@ def _give_up(pid: int, mountpoint: str) -> None:
 
 def flush_worker(store_path: str, volume: str) -> bool:
     """Make the worker serving `volume` (if any) store everything written so
-    far: the kernel's dirty pages first (syncfs), then the worker's buffers."""
+    far: the kernel's dirty pages first (syncfs), then the worker's buffers.
+    False when no worker serves it, including one that stopped meanwhile (an
+    idle worker's unmount stores everything before it ends)."""
     info = worker_of(store_path, volume=volume)
     if info is None:
         return False
     import ctypes  # for syncfs: only here (the CLI's other commands start quicker)
 
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(info.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        # One descriptor for both calls: it holds the mount while they run, or
+        # names the bare folder when the worker unmounted before the open.
+        fd = os.open(info.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return False
+    try:
+        if not _is_mount_root(fd, info.mountpoint):
+            return False
         if libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), info.mountpoint)
+        try:
+            os.getxattr(fd, FLUSH_XATTR.decode())
+        except OSError as e:
+            # ENOTCONN: the worker ended under a lazy unmount; it stored all
+            # it held at its end only if it is gone from the registry too.
+            if e.errno == errno.ENOTCONN and worker_of(store_path, volume=volume) is None:
+                return False
+            raise
     finally:
         os.close(fd)
-    os.getxattr(info.mountpoint, FLUSH_XATTR.decode())
     return True
+
+
+def _is_mount_root(fd: int, path: str) -> bool:
+    """Whether fd (opened at `path`) is the root of a filesystem mounted there,
+    not the folder left under it."""
+    return os.fstat(fd).st_dev != os.stat(os.path.dirname(path.rstrip("/")) or "/").st_dev
 
 
 def unmount(store_path: str, mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:

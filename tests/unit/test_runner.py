@@ -2,16 +2,18 @@
 commits, changes answered ahead and replayed, and the error mode."""
 
 import errno
+import os
+import threading
 
 import pytest
 import trio
 import trio.testing
 
 from fusevol.errors import FsError, FusevolError
-from fusevol.fs.runner import TxnRunner
+from fusevol.fs.runner import BATCH_BYTES_MAX, TxnRunner
 from fusevol.store.schema import ROOT_INO
 
-from .conftest import FILE
+from .conftest import BS, FILE
 from .gate import Gate
 
 
@@ -132,6 +134,44 @@ async def test_a_batch_is_committed_once_max_age_passed(store, inodes, commits):
         assert len(commits.log) >= 3
     finally:
         runner.stop()
+
+
+async def test_a_batch_is_committed_once_it_holds_enough_chunk_bytes(store, inodes, commits):
+    # LMDB holds a batch's values in memory until its commit: a stream of
+    # flushes must not make one batch of it, however close together they come.
+    runner = await _runner(store, linger=10.0, max_age=10.0)
+    try:
+        blocks = 3 * BATCH_BYTES_MAX // BS
+        ino = await runner.run(_create(b"big", inodes))
+        for index in range(blocks):
+            data = os.urandom(BS)
+            await runner.run(inodes.write_blocks, ino, [(index, data)], (index + 1) * BS)
+        assert len(commits.log) >= 2
+    finally:
+        runner.stop()
+
+
+async def test_the_operation_that_ends_a_batch_is_answered_before_its_commit(
+        store, inodes, monkeypatch):
+    # No fsync waits for it: a sync of the batch would only hold up its caller
+    # (a flush, and the writes behind it).
+    release = threading.Event()
+    real = store.commit
+
+    def slow_commit(txn, durable=True):
+        release.wait(10)
+        real(txn, durable=durable)
+
+    monkeypatch.setattr(store, "commit", slow_commit)
+    runner = await _runner(store, linger=10.0, max_age=0.0)  # each operation ends its batch
+    try:
+        with trio.fail_after(5):
+            await runner.run(_create(b"a", inodes))
+        assert not _committed(store, inodes, b"a")
+    finally:
+        release.set()
+        runner.stop()
+    assert _committed(store, inodes, b"a")
 
 
 async def test_a_durable_operation_returns_committed(store, inodes, commits):

@@ -44,7 +44,7 @@ from ..store import Store, Txn
 from ..store.env import SPACE_RESERVE
 from .cache import CACHED_TABLES, NeedsStore, RowCache
 from .space import FAR_FROM_FULL, FREE_FRESH_FOR
-from . import speculate
+from . import heap, speculate
 from .speculate import SpecTxn
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,11 @@ AHEAD_MARGIN = 32 << 20
 # of flushes lingering 50 ms apart (with the intent log) made batches of up to
 # 88 MiB and a peak RssAnon of 220-260 MiB writing 1 GiB.
 BATCH_BYTES_MAX = int(os.environ.get("FUSEVOL_BATCH_BYTES_MAX", 16 << 20))
+# After this many chunk bytes committed, the store thread gives the heap's free
+# memory back to the system once it has been idle for GIVE_BACK_AFTER seconds
+# (see heap.py): not while writes stream in, which would take it again.
+GIVE_BACK_BYTES = 32 << 20
+GIVE_BACK_AFTER = 1.0
 # Durable operations one commit waits for, at most, while more work is queued.
 GROUP_COMMIT_MAX = 64
 # Seconds between the signals that end a FUSE read blocked with the GIL.
@@ -149,6 +154,7 @@ class TxnRunner:
         # few ms competed with the log's own syncs.
         self.loggable_linger: float | None = None
         self._batch_first = 0  # the first operation of the open batch
+        self._committed_bytes = 0  # chunk bytes committed since the heap was trimmed
 
     def start(self) -> None:
         self._thread.start()
@@ -414,13 +420,21 @@ class TxnRunner:
                 self._commit(durable=True)
             timeout = self._wait_time()
             self._idle = timeout is None
+            give_back = timeout is None and self._committed_bytes >= GIVE_BACK_BYTES
+            if give_back:  # idle (every item wakes it), until the heap is trimmed
+                timeout = GIVE_BACK_AFTER
             if work:  # queued after the check above, perhaps without a wakeup
                 self._idle = False
                 continue
             try:
                 self._wakeups.get(timeout=timeout)
             except queue.Empty:
-                if not work:  # nothing came for `linger`
+                if work:
+                    pass
+                elif give_back:
+                    heap.give_back()
+                    self._committed_bytes = 0
+                else:  # nothing came for `linger`
                     self._commit()
             # Wakeups for items run already: left queued, each would cut a
             # later wait short and hold the batch open past `linger`.
@@ -519,6 +533,7 @@ class TxnRunner:
             self._synced = durable
             if durable:
                 self.durable_seq = self._batch_last
+            self._committed_bytes += self.pending_bytes
             self.pending_bytes = 0
             self.cache.committed = self._batch_last
             return None

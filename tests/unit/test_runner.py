@@ -10,6 +10,8 @@ import trio
 import trio.testing
 
 from fusevol.errors import FsError, FusevolError
+from fusevol.fs import heap
+from fusevol.fs import runner as runner_module
 from fusevol.fs.runner import BATCH_BYTES_MAX, TxnRunner
 from fusevol.store.schema import ROOT_INO
 
@@ -172,6 +174,28 @@ async def test_the_operation_that_ends_a_batch_is_answered_before_its_commit(
         release.set()
         runner.stop()
     assert _committed(store, inodes, b"a")
+
+
+async def test_an_idle_store_thread_gives_the_heap_back_after_a_large_write(
+        store, inodes, monkeypatch):
+    trims = []
+    real = heap.give_back
+    monkeypatch.setattr(heap, "give_back", lambda: trims.append(1) or real())
+    monkeypatch.setattr(runner_module, "GIVE_BACK_AFTER", 0.2)
+    runner = await _runner(store, linger=0.01, max_age=10.0)
+    try:
+        ino = await runner.run(_create(b"big", inodes))
+        blocks = 2 * runner_module.GIVE_BACK_BYTES // BS
+        for index in range(blocks):  # a stream: no trim while it goes on
+            await runner.run(inodes.write_blocks, ino, [(index, os.urandom(BS))], (index + 1) * BS)
+            assert not trims
+        await trio.sleep(0.6)
+        assert len(trims) == 1  # once idle, once
+        await runner.run(_create(b"small", inodes))  # too little to trim again
+        await trio.sleep(0.6)
+        assert len(trims) == 1
+    finally:
+        runner.stop()
 
 
 async def test_a_durable_operation_returns_committed(store, inodes, commits):

@@ -3,9 +3,9 @@
 For each system: the size of the requests the kernel sends (its fuse
 tracepoints, when /sys/kernel/tracing has them), then a sequential write
 (fio, bs 1M, end_fsync, then sync) and a cold sequential read, each with its
-rate, the FUSE server's CPU time (its FUSE thread apart from the others: the
-store thread and the hashing and reading threads), its minor page faults and,
-while writing, its peak RssAnon and RssFile. CPU time per GiB is the figure
+rate, the FUSE server's CPU time by thread (its FUSE thread; trio's worker
+threads, which hash and read chunks; the others: the store thread), its minor
+page faults and, while writing, its peak RssAnon and RssFile. CPU time per GiB is the figure
 to compare between two trees on a shared machine, where wall time moves with
 the load of others.
 
@@ -62,7 +62,8 @@ def traced(fn, mountpoint: str) -> tuple[collections.Counter, collections.Counte
 
 class Threads:
     """CPU seconds and minor faults of a process's threads: its first thread
-    (pyfuse3's loop) and the others together."""
+    (pyfuse3's loop), trio's worker threads (fusevol's hashing and chunk reads,
+    named "Trio thread N") and the others (fusevol's store thread)."""
 
     def __init__(self, pid: int):
         self.pid = pid
@@ -73,23 +74,29 @@ class Threads:
         for tid in os.listdir(f"/proc/{self.pid}/task"):
             try:
                 with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                    head, fields = f.read().rsplit(")", 1)
             except OSError:
                 continue  # a thread that ended meanwhile
-            out[int(tid)] = (int(fields[11]) + int(fields[12]), int(fields[7]))
+            fields = fields.split()
+            name = head.partition("(")[2]
+            out[int(tid)] = (int(fields[11]) + int(fields[12]), int(fields[7]), name)
         return out
 
     def since(self) -> dict:
         now, tick = self._read(), os.sysconf("SC_CLK_TCK")
-        main = others = faults = 0
-        for tid, (ticks, minflt) in now.items():
-            ticks0, minflt0 = self.start.get(tid, (0, 0))
+        main = workers = others = faults = 0
+        for tid, (ticks, minflt, name) in now.items():
+            ticks0, minflt0, _ = self.start.get(tid, (0, 0, name))
             faults += minflt - minflt0
+            seconds = (ticks - ticks0) / tick
             if tid == self.pid:
-                main += (ticks - ticks0) / tick
+                main += seconds
+            elif name.startswith("Trio thread"):
+                workers += seconds
             else:
-                others += (ticks - ticks0) / tick
-        return {"fuse_thread_s": main, "other_threads_s": others, "minor_faults": faults}
+                others += seconds
+        return {"fuse_thread_s": main, "trio_threads_s": workers, "other_threads_s": others,
+                "minor_faults": faults}
 
 
 def measure(system: str, base: str, size: int, trace: bool) -> dict:
@@ -148,7 +155,8 @@ def main() -> None:
         for what in ("write", "read"):
             c = r[what]
             print(f"{system}: {what} {r[what + '_mib_s']:.0f} MiB/s; CPU per GiB: FUSE thread "
-                  f"{c['fuse_thread_s'] / gib:.2f} s, other threads {c['other_threads_s'] / gib:.2f} s; "
+                  f"{c['fuse_thread_s'] / gib:.2f} s, trio's worker threads "
+                  f"{c['trio_threads_s'] / gib:.2f} s, other threads {c['other_threads_s'] / gib:.2f} s; "
                   f"minor faults per GiB {c['minor_faults'] / gib:.0f}"
                   + (f"; peak RssAnon {r['rss_anon_mib']:.0f} MiB, RssFile {r['rss_file_mib']:.0f} MiB"
                      if what == "write" else ""))

@@ -45,7 +45,7 @@ from ..store.env import SPACE_RESERVE
 from ..store.workerrows import WORKER_TABLES
 from .cache import NeedsStore, RowCache
 from .space import FAR_FROM_FULL, FREE_FRESH_FOR
-from . import speculate
+from . import heap, speculate
 from .speculate import SpecTxn
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,17 @@ MAX_AHEAD = 512
 # Free space a flush answered ahead leaves beyond the store's own reserve:
 # the disk may fill from elsewhere before the store thread takes it.
 AHEAD_MARGIN = 32 << 20
+# Chunk bytes a batch holds at most before it is committed. LMDB copies each
+# value of a write transaction into pages it allocates (malloc) until the
+# commit writes them out, so a batch's bytes are the worker's memory: a stream
+# of flushes lingering 50 ms apart (with the intent log) made batches of up to
+# 88 MiB and a peak RssAnon of 220-260 MiB writing 1 GiB.
+BATCH_BYTES_MAX = int(os.environ.get("FUSEVOL_BATCH_BYTES_MAX", 16 << 20))
+# After this many chunk bytes committed, the store thread gives the heap's free
+# memory back to the system once it has been idle for GIVE_BACK_AFTER seconds
+# (see heap.py): not while writes stream in, which would take it again.
+GIVE_BACK_BYTES = 32 << 20
+GIVE_BACK_AFTER = 1.0
 # Durable operations one commit waits for, at most, while more work is queued.
 GROUP_COMMIT_MAX = 64
 # Seconds between the signals that end a FUSE read blocked with the GIL.
@@ -144,6 +155,7 @@ class TxnRunner:
         # few ms competed with the log's own syncs.
         self.loggable_linger: float | None = None
         self._batch_first = 0  # the first operation of the open batch
+        self._committed_bytes = 0  # chunk bytes committed since the heap was trimmed
 
     def start(self) -> None:
         self._thread.start()
@@ -409,13 +421,21 @@ class TxnRunner:
                 self._commit(durable=True)
             timeout = self._wait_time()
             self._idle = timeout is None
+            give_back = timeout is None and self._committed_bytes >= GIVE_BACK_BYTES
+            if give_back:  # idle (every item wakes it), until the heap is trimmed
+                timeout = GIVE_BACK_AFTER
             if work:  # queued after the check above, perhaps without a wakeup
                 self._idle = False
                 continue
             try:
                 self._wakeups.get(timeout=timeout)
             except queue.Empty:
-                if not work:  # nothing came for `linger`
+                if work:
+                    pass
+                elif give_back:
+                    heap.give_back()
+                    self._committed_bytes = 0
+                else:  # nothing came for `linger`
                     self._commit()
             # Wakeups for items run already: left queued, each would cut a
             # later wait short and hold the batch open past `linger`.
@@ -432,12 +452,15 @@ class TxnRunner:
             if not self._work or len(self._held) >= GROUP_COMMIT_MAX:
                 self._commit(durable=True)
             return  # else answered by the commit once the queued work ran
-        if self._txn and time.monotonic() - self._started > self.max_age:
-            err = self._commit()
-            if err is not None and outcome[0]:
-                outcome = (False, err, None)
         self._running = None
         reply(outcome)
+        # The batch's commit after the answer: an operation that is not durable
+        # waits for no commit (a flush of a streaming write waited for a sync
+        # of the whole batch here, 30-250 ms, while the writes behind it
+        # stopped). A commit that fails fails every operation after it.
+        if self._txn and (self.pending_bytes >= BATCH_BYTES_MAX
+                          or time.monotonic() - self._started > self.max_age):
+            self._commit()
 
     def _wait_time(self) -> float | None:
         if self._txn is None:
@@ -511,6 +534,7 @@ class TxnRunner:
             self._synced = durable
             if durable:
                 self.durable_seq = self._batch_last
+            self._committed_bytes += self.pending_bytes
             self.pending_bytes = 0
             self.cache.committed = self._batch_last
             return None

@@ -74,11 +74,17 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def encode(data: bytes, compression: str) -> bytes:
+    return compressed(data, compression) or bytes((RAW,)) + data
+
+
+def compressed(data, compression: str) -> bytes | None:
+    """The zstd form of data (codec byte included) when compressing it
+    saves enough, else None: data kept raw."""
     if CODECS[compression] == ZSTD and _worth_compressing(data):
         packed = _compressor(len(data)).compress(data)
         if len(packed) <= len(data) * (1 - MIN_SAVING):
             return bytes((ZSTD,)) + packed
-    return bytes((RAW,)) + data
+    return None
 
 
 def _worth_compressing(data) -> bool:
@@ -128,15 +134,21 @@ def checked_view(payload, cid: bytes):
     return data
 
 
+# prepare_blocks' payload for a block kept raw: add_ref frames it (codec byte
+# + data) as it stores it, so that a flush waiting for the store thread does
+# not hold a second copy of its raw blocks (a sequential write's, 8-24 MiB).
+KEEP_RAW = b""
+
+
 def prepare_blocks(blocks, compression: str) -> dict[int, tuple[bytes, bytes] | None]:
-    """For (index, data) blocks: index -> (chunk id, encoded payload), or None
-    for an all-zero block (a hole). Safe to run in any thread."""
+    """For (index, data) blocks: index -> (chunk id, encoded payload or
+    KEEP_RAW), or None for an all-zero block (a hole). Safe to run in any thread."""
     out = {}
     for index, data in blocks:
         if native.is_zero(data):
             out[index] = None
         else:
-            out[index] = (chunk_id(data), encode(data, compression))
+            out[index] = (chunk_id(data), compressed(data, compression) or KEEP_RAW)
     return out
 
 
@@ -208,13 +220,15 @@ def _unstore(txn: Txn, cid: bytes, row: Row) -> None:
 def add_ref(txn: Txn, data: bytes, compression: str = "zstd", cid: bytes | None = None,
             payload: bytes | None = None) -> bytes:
     """Store data (if new) and take one reference to it; return its chunk id.
-    `payload` is data already encoded (see prepare_blocks)."""
+    `payload` is data already encoded, or KEEP_RAW (see prepare_blocks)."""
     cid = cid or chunk_id(data)
     if txn.get("refs", cid) is not None:
         _count_by(txn, cid, 1)
         return cid
     if payload is None:
         payload = encode(data, compression)
+    elif payload is KEEP_RAW:
+        payload = bytes((RAW,)) + data
     _store(txn, cid, payload, len(data), 1)
     return cid
 

@@ -2,16 +2,20 @@
 commits, changes answered ahead and replayed, and the error mode."""
 
 import errno
+import os
+import threading
 
 import pytest
 import trio
 import trio.testing
 
 from fusevol.errors import FsError, FusevolError
-from fusevol.fs.runner import TxnRunner
+from fusevol.fs import heap
+from fusevol.fs import runner as runner_module
+from fusevol.fs.runner import BATCH_BYTES_MAX, TxnRunner
 from fusevol.store.schema import ROOT_INO
 
-from .conftest import FILE
+from .conftest import BS, FILE
 from .gate import Gate
 
 
@@ -130,6 +134,66 @@ async def test_a_batch_is_committed_once_max_age_passed(store, inodes, commits):
             i += 1
             await runner.run(_create(b"b%d" % i, inodes))
         assert len(commits.log) >= 3
+    finally:
+        runner.stop()
+
+
+async def test_a_batch_is_committed_once_it_holds_enough_chunk_bytes(store, inodes, commits):
+    # LMDB holds a batch's values in memory until its commit: a stream of
+    # flushes must not make one batch of it, however close together they come.
+    runner = await _runner(store, linger=10.0, max_age=10.0)
+    try:
+        blocks = 3 * BATCH_BYTES_MAX // BS
+        ino = await runner.run(_create(b"big", inodes))
+        for index in range(blocks):
+            data = os.urandom(BS)
+            await runner.run(inodes.write_blocks, ino, [(index, data)], (index + 1) * BS)
+        assert len(commits.log) >= 2
+    finally:
+        runner.stop()
+
+
+async def test_the_operation_that_ends_a_batch_is_answered_before_its_commit(
+        store, inodes, monkeypatch):
+    # No fsync waits for it: a sync of the batch would only hold up its caller
+    # (a flush, and the writes behind it).
+    release = threading.Event()
+    real = store.commit
+
+    def slow_commit(txn, durable=True):
+        release.wait(10)
+        real(txn, durable=durable)
+
+    monkeypatch.setattr(store, "commit", slow_commit)
+    runner = await _runner(store, linger=10.0, max_age=0.0)  # each operation ends its batch
+    try:
+        with trio.fail_after(5):
+            await runner.run(_create(b"a", inodes))
+        assert not _committed(store, inodes, b"a")
+    finally:
+        release.set()
+        runner.stop()
+    assert _committed(store, inodes, b"a")
+
+
+async def test_an_idle_store_thread_gives_the_heap_back_after_a_large_write(
+        store, inodes, monkeypatch):
+    trims = []
+    real = heap.give_back
+    monkeypatch.setattr(heap, "give_back", lambda: trims.append(1) or real())
+    monkeypatch.setattr(runner_module, "GIVE_BACK_AFTER", 0.2)
+    runner = await _runner(store, linger=0.01, max_age=10.0)
+    try:
+        ino = await runner.run(_create(b"big", inodes))
+        blocks = 2 * runner_module.GIVE_BACK_BYTES // BS
+        for index in range(blocks):  # a stream: no trim while it goes on
+            await runner.run(inodes.write_blocks, ino, [(index, os.urandom(BS))], (index + 1) * BS)
+            assert not trims
+        await trio.sleep(0.6)
+        assert len(trims) == 1  # once idle, once
+        await runner.run(_create(b"small", inodes))  # too little to trim again
+        await trio.sleep(0.6)
+        assert len(trims) == 1
     finally:
         runner.stop()
 

@@ -87,6 +87,17 @@ def test_prepared_blocks_match_what_add_ref_would_store(store):
     assert prepared[0] == prepared[2] == (chunks.chunk_id(data), chunks.encode(data, "zstd"))
 
 
+def test_a_prepared_raw_block_is_framed_only_when_stored(store):
+    # A flush waiting for the store thread holds its blocks once, not twice.
+    data = os.urandom(BS)
+    prepared = chunks.prepare_blocks([(0, data), (1, memoryview(data))], "zstd")
+    assert prepared[0] == prepared[1] == (chunks.chunk_id(data), chunks.KEEP_RAW)
+    with store.write() as txn:
+        cid = chunks.add_ref(txn, data, "zstd", *prepared[1])
+        assert chunks.stored(txn, cid) == chunks.encode(data, "zstd")
+        assert chunks.read(txn, cid) == data
+
+
 def _stored(store, data) -> bytes:
     with store.write() as txn:
         return _ref(txn, data)

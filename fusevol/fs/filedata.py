@@ -106,8 +106,8 @@ class FileData:
 
         A flush that completes while the chunks are read may replace a block
         and let go of the chunk it held: such a block is read again from the
-        map as it is then. A chunk missing while the map still points to it
-        is damage."""
+        map as it is then. A chunk missing while the store's own map still
+        points to it is damage."""
         while True:
             ids = await self.runner.read(self.inodes.block_ids, self.ino, indexes)
             wanted = {i: cid for i, cid in ids.items() if cid is not None}
@@ -126,7 +126,11 @@ class FileData:
             gone = [i for i in wanted if i not in found]
             if not gone:
                 return {i: found.get(i) for i in indexes}
-            now = await self.runner.read(self.inodes.block_ids, self.ino, gone)
+            # The map as the store thread has it: an fsync's flush, answered
+            # only at its durable commit, reaches the worker's rows after
+            # operations behind it, though its chunks were let go of already.
+            now = await self.runner.run(self.inodes.block_ids, self.ino, gone,
+                                        foreseen=True, loggable=True)
             for i in gone:
                 if now[i] == wanted[i]:
                     raise StoreDamaged(f"missing chunk {wanted[i].hex()}")

@@ -100,7 +100,10 @@ def main(fd: int) -> None:
     gc.disable()
     from . import worker  # noqa: F401  (everything a worker imports)
 
-    _rehearse()
+    try:
+        _rehearse()
+    except Exception as e:  # only a slower start and more memory: never a reason to fail
+        log.warning("forkserver: rehearsing a worker's start failed: %s", e)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon's Ctrl-C is the daemon's
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel

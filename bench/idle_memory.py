@@ -90,8 +90,9 @@ def main() -> int:
     sock = os.path.join(store, "bench.sock")
     env = {**os.environ, "PYTHONPATH": ROOT_DIR, "FUSEVOL_FORKSERVER": "1"}
     log = open(os.path.join(store, "serve.log"), "ab")
+    # In this tree: `python -m` puts the working directory first on sys.path.
     daemon = subprocess.Popen([sys.executable, "-m", "fusevol", "serve", "--store", store,
-                               "--socket", sock], env=env, stdout=log, stderr=log)
+                               "--socket", sock], env=env, stdout=log, stderr=log, cwd=ROOT_DIR)
     names = [f"idle{i:03d}" for i in range(args.volumes)]
     try:
         wait_socket(daemon, sock)

@@ -106,3 +106,23 @@ def test_workers_outlive_the_forkserver_which_comes_back(store_path, tmp_path, f
         assert registry.pid_alive(pid_a)
     finally:
         registry.unmount(store_path, mp_a)
+
+
+def test_forkserver_forks_with_no_thread_store_or_loop_of_its_own(store_path, tmp_path,
+                                                                    forkserver):
+    """It rehearses a worker's start (a store, its thread, a trio loop) before
+    the first fork: none of it may be left for the workers to inherit."""
+    run_cli(store_path, "volume", "create", "vol")
+    mp = _mountpoint(tmp_path, "mp")
+    pid = registry.start_worker(store_path, _spec(store_path, "vol"), mp, forkserver=forkserver)
+    try:
+        server = forkserver.pid
+        assert os.listdir(f"/proc/{server}/task") == [str(server)]  # one thread: itself
+        held = [os.readlink(f"/proc/{server}/fd/{fd}") for fd in os.listdir(f"/proc/{server}/fd")]
+        assert not [h for h in held if h.endswith(".mdb") or "eventpoll" in h], held
+        with open(f"/proc/{server}/maps") as f:
+            assert ".mdb" not in f.read()  # no LMDB map either
+        with open(os.path.join(mp, "f"), "w") as f:  # and the worker serves
+            f.write("ok")
+    finally:
+        registry.unmount(store_path, mp)

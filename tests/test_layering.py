@@ -46,6 +46,13 @@ def test_the_cli_loads_the_store_and_fuse_only_when_a_command_runs():
                                           "fusevol.remote", "boto3", "botocore")) == []
 
 
+def test_the_volume_service_loads_what_starts_or_binds_workers_only_when_it_does():
+    """`fusevol volume ls` and `snapshot create` open the service and the registry:
+    they pay for no process-spawning, ctypes or worker start-up code."""
+    assert _offending("fusevol.service", ("subprocess", "ctypes", "select", "fusevol.fs.bind",
+                                          "fusevol.fs.startup")) == []
+
+
 def test_the_plugin_loads_the_s3_client_only_when_a_remote_is_used():
     assert _offending("fusevol.plugin.daemon", ("fusevol.remote", "boto3", "botocore")) == []
 

@@ -84,8 +84,14 @@ class IntentLog:
         holds and start it empty; the runner must be running."""
         fd = intentlog.lock(store_path, inodes.vid)
         try:
+            paths = intentlog.file_paths(store_path, inodes.vid)
+            if not any(os.path.exists(path) for path in paths):
+                # Nothing logged (the usual start): a read, not a durable
+                # commit under the store's write lock, on the way to serving.
+                with runner.store.read() as txn:
+                    return cls(store_path, inodes, runner, fd, intentlog.applied(txn, inodes.vid))
             applied = runner.run_sync(intentlog.replay, store_path, inodes, durable=True)
-            for path in intentlog.file_paths(store_path, inodes.vid):
+            for path in paths:
                 try:
                     os.unlink(path)  # what it held is in the store, durably
                 except FileNotFoundError:

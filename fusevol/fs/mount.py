@@ -120,14 +120,17 @@ async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str
     """The worker's one nursery: every task it runs belongs here and ends with it."""
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
+        nursery.start_soon(_unmount_on_signal, mountpoint)
+        nursery.start_soon(_serve_fuse, ops, nursery.cancel_scope)
+        # The Mount waits for this answer: nothing else runs before it (the
+        # periodic tasks below have nothing to do yet; their first rounds took
+        # the loop for several ms ahead of the kernel's first requests).
+        await nursery.start(_answering, mountpoint)
+        on_ready()
         nursery.start_soon(ops.run_flusher)
         if ops.intent is not None:
             nursery.start_soon(ops.intent.run_checkpoints, ops.files)
         nursery.start_soon(_publish_metrics, ops, published)
-        nursery.start_soon(_unmount_on_signal, mountpoint)
-        nursery.start_soon(_serve_fuse, ops, nursery.cancel_scope)
-        await nursery.start(_answering, mountpoint)
-        on_ready()
 
 
 async def _serve_fuse(ops: VolumeOperations, everything: trio.CancelScope) -> None:

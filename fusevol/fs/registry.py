@@ -6,7 +6,10 @@ on their entry while they live: an entry whose lock is free is stale. The lock
 is what every process sharing the store folder sees alike, whatever its pid
 namespace: a managed plugin's workers have pids of the plugin's namespace,
 which mean nothing (or another process) to the host's CLI. This module
-imports neither pyfuse3 nor trio, so the CLI and the daemon stay quick.
+imports neither pyfuse3 nor trio, so the CLI and the daemon stay quick; what
+only starting or stopping a worker needs (subprocess, select, signal, the
+start-up protocol) is imported by the functions that do it, so that commands
+which only list volumes do not load it.
 """
 
 import dataclasses
@@ -15,15 +18,11 @@ import fcntl
 import json
 import logging
 import os
-import select
-import signal
-import subprocess
 import sys
 import time
 
 from ..errors import Busy, FusevolError, InvalidArgument
 from ..records import MountSpec, Worker
-from .startup import WorkerRequest, decode as decode_report
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +217,8 @@ def clear_dead_mount(path: str) -> bool:
         if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
             return False
     log.warning("detaching dead mount at %s", path)
+    import subprocess
+
     subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
     return True
 
@@ -252,6 +253,8 @@ def start_worker(store_path: str, spec: MountSpec, mountpoint: str, *,
     `timeout` seconds (stuck on a store lock, a hung disk, ...) is killed and
     its mount detached, so the caller gets an error instead of waiting for ever.
     `options` are mount(8)-style options (mountopts.py) beyond read-only."""
+    from .startup import WorkerRequest, decode as decode_report
+
     if log_path is None:
         log_path = worker_log(store_path, spec.data.name)
         os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
@@ -288,6 +291,8 @@ def start_worker(store_path: str, spec: MountSpec, mountpoint: str, *,
 
 
 def _popen_worker(request: dict, log_path: str, write_fd: int) -> int:
+    import subprocess
+
     cmd = [sys.executable, "-m", "fusevol.fs.worker", str(write_fd)]
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=logf,
@@ -303,6 +308,8 @@ def wait_exit(pid: int, timeout: float) -> bool:
     """Wait until process pid has ended (a zombie counts as ended); False
     after `timeout` seconds. A pidfd wakes us the moment it ends: a worker's
     exit is on the path of every Docker Unmount."""
+    import select
+
     deadline = time.monotonic() + timeout
     while pid_alive(pid):
         left = deadline - time.monotonic()
@@ -322,6 +329,8 @@ def wait_exit(pid: int, timeout: float) -> bool:
 
 def _read_report(fd: int, timeout: float) -> bytes | None:
     """Everything written to `fd` until its writers close it; None if that takes over `timeout`."""
+    import select
+
     deadline = time.monotonic() + timeout
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -338,6 +347,8 @@ def _read_report(fd: int, timeout: float) -> bytes | None:
 
 def _give_up(pid: int, mountpoint: str) -> None:
     """Kill a worker that never got ready, and whatever it started; detach its mount."""
+    import signal
+
     try:
         os.killpg(pid, signal.SIGKILL)  # its own session: pgid == pid
     except ProcessLookupError:
@@ -397,6 +408,8 @@ def unmount(store_path: str, mountpoint: str, timeout: float = 60.0, lazy: bool 
         if info is None:
             raise InvalidArgument(f"{mountpoint} is not mounted")
     else:
+        import subprocess
+
         cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:

@@ -47,6 +47,7 @@ class PluginApp(http.App):
         if name is None:
             return self.refuse(404, f"unknown endpoint {target}; this is a VolumeDriver plugin")
         request = None
+        started = trio.current_time()
         try:
             request = decode_request(body)
             reply = await self._call(name, request)
@@ -55,11 +56,12 @@ class PluginApp(http.App):
             reply, status = error_reply(e), 500
             # dockerd asks Get before every Create: a volume not found there is no news.
             expected = name == "get" and isinstance(e, NotFound)
-            log.log(logging.DEBUG if expected else logging.WARNING, "%s %s failed: %s",
-                    name, _subject(request, body), reply["Err"])
+            log.log(logging.DEBUG if expected else logging.WARNING, "%s %s failed: %s (%.1f ms)",
+                    name, _subject(request, body), reply["Err"], _ms_since(started))
         else:
             level = logging.DEBUG if name in _QUIET else logging.INFO
-            log.log(level, "%s %s -> %s", name, request.get("Name", ""), reply)
+            log.log(level, "%s %s -> %s (%.1f ms)", name, request.get("Name", ""), reply,
+                    _ms_since(started))
         return http.Reply(status, json.dumps(reply).encode())
 
     async def _call(self, name: str, request: dict) -> dict:
@@ -95,6 +97,11 @@ class PluginApp(http.App):
                     await trio.to_thread.run_sync(sup.stop_idle, family, force)
                 except Exception:  # keep serving; try again next round
                     log.exception("stopping the idle worker of %s", family)
+
+
+def _ms_since(started: float) -> float:
+    """How long a call took, for the log: what dockerd waited for each answer."""
+    return (trio.current_time() - started) * 1000
 
 
 def _subject(request: dict | None, body: bytes) -> str:

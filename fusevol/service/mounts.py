@@ -24,11 +24,10 @@ import errno
 import fcntl
 import logging
 import os
-import subprocess
 import sys
 
 from ..errors import Busy, FusevolError, NotFound
-from ..fs import bind, registry
+from ..fs import registry
 from ..records import MountSpec, Volume
 from ..store import volumes
 from .rules import HOST_MOUNT
@@ -98,6 +97,8 @@ class Mounts:
             return True
         except Busy:
             # Someone on the host still uses it: detach now, the worker ends when they close.
+            import subprocess
+
             subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
             raise Busy(f"volume {name} was busy: detached lazily; its worker stops "
                        "once the last open file closes") from None
@@ -107,6 +108,10 @@ class Mounts:
     def bind_view(self, spec: MountSpec, base: str, target: str, noexec: bool = False) -> str:
         """Bind folder `spec.subpath` of the data volume served at `base` at
         `target` (read-only if `spec` says so); `target` if something serves there."""
+        import subprocess
+
+        from ..fs import bind  # ctypes: not for commands that bind nothing
+
         if serves(target):
             return target
         if registry.is_mountpoint(target):  # bound to a worker that died
@@ -138,6 +143,8 @@ class Mounts:
     def unbind(self, target: str, lazy: bool = True) -> None:
         """Undo a view's bind mount; one still in use is detached lazily (or,
         unless `lazy`, refused)."""
+        import subprocess
+
         if not registry.is_mountpoint(target):
             return
         res = subprocess.run(["umount", "-i", target], capture_output=True, text=True)
@@ -218,6 +225,8 @@ class Mounts:
         return _FileLock(os.path.join(self.store_path, "run", "host-views.lock"))
 
     def _start_keeper(self, mountpoint: str) -> None:
+        import subprocess
+
         log_path = os.path.join(self.store_path, "run", "keeper.log")  # beside no volume's log
         with open(log_path, "ab") as logf:
             subprocess.Popen([sys.executable, "-m", "fusevol.service.keeper", self.store_path,

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""How fast the CLI answers: `fusevol volume ls` and `fusevol snapshot create` on a
+small volume (200 files), as a user runs them (bytecode caches written and warm).
+
+For each source tree given, every command runs N times, the trees taking turns in
+every repetition (an A/B of two versions in one sitting); printed per command: the
+minimum and median wall time, the minimum user+sys CPU (the figure that holds on a
+loaded machine), and, with --instructions, the instructions the interpreter executes
+(valgrind's count: the same on a loaded machine as on a quiet one).
+
+    PYTHONPATH=. /opt/fusevol/bin/python bench/cli_start.py --reps 20 \\
+        --tree before=/path/to/old/checkout --tree after=. [--instructions]
+"""
+
+import argparse
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+# Run as the `fusevol` script runs: the interpreter, then fusevol.cli.main.
+ENTRY = "import sys; from fusevol.cli import main; sys.argv[0] = 'fusevol'; sys.exit(main())"
+
+
+def _env(tree: str, store: str) -> dict:
+    # (with `-c` the working directory comes first on sys.path: each run is started in its tree)
+    env = dict(os.environ, PYTHONPATH=tree, FUSEVOL_STORE=store)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # users' runs write and reuse .pyc files
+    return env
+
+
+def run(tree: str, store: str, args: list[str]) -> tuple[float, float]:
+    """Wall time and user+sys CPU of one command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", ENTRY, *args], env=_env(tree, store),
+                            cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if status != 0:
+        sys.exit(f"fusevol {' '.join(args)} failed in {tree}: {err}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def instructions(tree: str, store: str, args: list[str]) -> float | None:
+    """Millions of instructions one run executes (valgrind), None without valgrind."""
+    if shutil.which("valgrind") is None:
+        return None
+    out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                          "--cachegrind-out-file=/dev/null", sys.executable, "-c", ENTRY, *args],
+                         env=_env(tree, store), cwd=tree, capture_output=True, text=True)
+    for line in out.stderr.splitlines():
+        if "I   refs:" in line or "I refs:" in line:
+            return int(line.split(":")[1].replace(",", "")) / 1e6
+    return None
+
+
+def small_volume(store: str, tree: str) -> None:
+    """A volume of 200 small files, imported from a tar made here."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for i in range(200):
+            body = f"file {i}\n".encode()
+            info = tarfile.TarInfo(f"f{i:03d}")
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    subprocess.run([sys.executable, "-c", ENTRY, "import", "-q", "small"], input=data.getvalue(),
+                   env=_env(tree, store), cwd=tree, stdout=subprocess.DEVNULL, check=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
+                    help="a source tree (repeatable; default: this one)")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--instructions", action="store_true",
+                    help="also count instructions with valgrind (a few seconds a command)")
+    args = ap.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = [t.split("=", 1) for t in args.tree] or [["fusevol", root]]
+    trees = [(label, os.path.abspath(path)) for label, path in trees]
+    store = tempfile.mkdtemp(prefix="fusevol-clistart-")
+    try:
+        small_volume(store, trees[0][1])
+        commands = {"volume ls": ["volume", "ls"], "snapshot create": None}
+        got = {(label, c): [] for label, _ in trees for c in commands}
+        for label, tree in trees:  # once each: .pyc files written, caches warm
+            run(tree, store, ["volume", "ls"])
+        count = 0
+        for rep in range(args.reps):
+            order = trees[rep % len(trees):] + trees[:rep % len(trees)]
+            for label, tree in order:
+                for name, argv in commands.items():
+                    count += 1
+                    argv = argv or ["snapshot", "create", f"small@s{count}"]
+                    got[(label, name)].append(run(tree, store, argv))
+        print(f"{args.reps} runs each, load average {os.getloadavg()[0]:.1f}:")
+        for name in commands:
+            for label, tree in trees:
+                walls = [w for w, _ in got[(label, name)]]
+                cpus = [c for _, c in got[(label, name)]]
+                line = (f"  {name:<16} {label:>10}: wall min {min(walls) * 1000:5.1f} ms, "
+                        f"median {statistics.median(walls) * 1000:5.1f} ms; "
+                        f"CPU min {min(cpus) * 1000:4.0f} ms")
+                if args.instructions:
+                    count += 1
+                    argv = commands[name] or ["snapshot", "create", f"small@s{count}"]
+                    ir = instructions(tree, store, argv)
+                    line += f"; {ir:.0f} M instructions" if ir is not None else ""
+                print(line)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,12 +22,21 @@ pages it is still reading, and waits for the answer of this very loop.
 import pyfuse3
 import trio
 
+# Pushes under way at most (each holds its block): past it a read pushes
+# nothing, as a push is only a hint.
+MAX_UNDER_WAY = 32
+
 # (id of the worker's runner, inode) -> [pushes not over, event set when none is left]
 _started: dict[tuple[int, int], list] = {}
+_under_way = 0
 
 
 def push(runner, ino: int, offset: int, data: bytes) -> None:
     """Store data into the kernel's pages of inode `ino` at offset, from a thread."""
+    global _under_way
+    if _under_way >= MAX_UNDER_WAY:
+        return
+    _under_way += 1
     key = (id(runner), ino)
     entry = _started.get(key)
     if entry is None:
@@ -37,11 +46,13 @@ def push(runner, ino: int, offset: int, data: bytes) -> None:
 
 
 async def _push(key, entry, ino: int, offset: int, data: bytes) -> None:
+    global _under_way
     try:
         await trio.to_thread.run_sync(pyfuse3.notify_store, ino, offset, data)
     except Exception:  # noqa: BLE001 - a hint only (the kernel may lack it, or forgot the inode)
         pass
     finally:
+        _under_way -= 1
         entry[0] -= 1
         if entry[0] == 0:
             entry[1].set()

@@ -227,6 +227,7 @@ KNOB_SETS = [
     ("writeback cache off", {"FUSEVOL_WRITEBACK_CACHE": "0"}),
     ("entry/attr timeout 0", {"FUSEVOL_ENTRY_TIMEOUT": "0", "FUSEVOL_ATTR_TIMEOUT": "0"}),
     ("keep_cache off", {"FUSEVOL_KEEP_CACHE": "0"}),
+    ("page push off", {"FUSEVOL_PUSH_PAGES": "0"}),
 ]
 
 

@@ -66,6 +66,22 @@ def test_reading_a_damaged_block_fails_with_eio(mounts, damaged):
         assert f.read() == damaged["intact"]
 
 
+def test_a_read_of_part_of_a_damaged_block_fails_and_pushes_nothing(mounts, damaged):
+    """A read of part of a block reads the whole block to hand it to the
+    kernel's page cache (fs/pagepush.py): it is checked all the same."""
+    mp = mounts.mount("vol", create=False)
+    path = os.path.join(mp, "victim")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(2):  # nothing of it was pushed: the second read fails too
+            with pytest.raises(OSError) as failed:
+                os.pread(fd, 4096, BS + 8192)
+            assert failed.value.errno == errno.EIO
+        assert os.pread(fd, 4096, 2 * BS + 8192) == damaged["blocks"][2][8192:8192 + 4096]
+    finally:
+        os.close(fd)
+
+
 def test_verify_names_the_damaged_file(mounts, damaged):
     proc = run_cli(mounts.store_path, "verify", "--json", check=False)
     assert proc.returncode == 8, proc.stderr

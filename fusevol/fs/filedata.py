@@ -24,6 +24,7 @@ import trio
 
 from ..errors import FsError, FusevolError, StoreDamaged
 from ..store import Inodes, chunks
+from . import pagepush
 from .runner import TxnRunner
 from .space import SpaceBudget
 
@@ -47,7 +48,8 @@ class FileData:
     memoryview of a write request's bytes when that write covered it whole."""
 
     def __init__(self, ino: int, size: int, inodes: Inodes, runner: TxnRunner,
-                 space: SpaceBudget, writeback_cache: bool = True, intent=None):
+                 space: SpaceBudget, writeback_cache: bool = True, intent=None,
+                 push_pages: bool = False):
         self.ino = ino
         self.intent = intent  # told of every write and truncate (fs/intent.py)
         # With the writeback cache the kernel owns mtime and ctime and sends
@@ -61,12 +63,27 @@ class FileData:
         self.dirty: dict[int, bytearray] = {}
         self.inflight: dict[int, bytearray] = {}
         self.opens = 0
+        self.writers = 0  # open handles that may write (their pages may be dirty)
+        self.writers_opened = 0  # ...and how many were ever opened, to notice one
+        # Read parts of blocks are answered with the whole block handed to the
+        # kernel's page cache (pagepush.py) while no handle may write.
+        self.push_pages = push_pages
         self.times_pending = False  # size or mtime changed and not yet stored
         self.flush_lock = _FlushLock()
         self.flushes = 0  # completed flushes, to notice one during an await
         self.truncations = 0  # likewise for truncates
         self.error: int | None = None  # space ran out: writes are refused
         self.error_unreported = False  # ...and no close or fsync said so yet
+
+    async def open_writer(self) -> None:
+        """A handle that may write opens: no page is pushed from now on, and
+        the pushes already started are over before it is answered."""
+        self.writers += 1
+        self.writers_opened += 1
+        await pagepush.settled(self.runner, self.ino)
+
+    def close_writer(self) -> None:
+        self.writers -= 1
 
     @property
     def dirty_bytes(self) -> int:
@@ -135,18 +152,28 @@ class FileData:
                 if now[i] == wanted[i]:
                     raise StoreDamaged(f"missing chunk {wanted[i].hex()}")
 
-    async def _read_stored(self, first: int, last: int, offset: int, end: int) -> bytes | None:
+    async def _read_stored(self, first: int, last: int, offset: int, end: int
+                           ) -> tuple[bytes | None, bytes | None]:
         """Bytes offset..end of stored blocks first..last, each raw chunk copied
         once, from LMDB's map into the reply (in the thread that reads them);
-        None if a chunk is not committed yet (or was let go of meanwhile)."""
+        None if a chunk is not committed yet (or was let go of meanwhile).
+        With them, for a read of part of one block when pages may be pushed,
+        the whole block (to the file's end) that they were cut from."""
         bs = self.bs
         ids = await self.runner.read(self.inodes.block_ids, self.ino, list(range(first, last + 1)))
+        whole_from, whole_to = first * bs, min(self.size, (first + 1) * bs)
+        whole = (self.push_pages and not self.writers and first == last
+                 and ids[first] is not None and (offset, end) != (whole_from, whole_to))
+        if whole:
+            offset, end = whole_from, whole_to
         parts = [(ids[i], max(offset, i * bs) - i * bs, min(end, (i + 1) * bs) - i * bs)
                  for i in range(first, last + 1)]
         if sum(cid is not None for cid, _, _ in parts) <= INLINE_READS_UP_TO:
-            return _read_parts(self.runner.store, parts)  # see _load
-        return await trio.to_thread.run_sync(_read_parts, self.runner.store, parts,
-                                             limiter=self.runner.read_limiter)
+            data = _read_parts(self.runner.store, parts)  # see _load
+        else:
+            data = await trio.to_thread.run_sync(_read_parts, self.runner.store, parts,
+                                                 limiter=self.runner.read_limiter)
+        return data, (data if whole else None)
 
     async def write(self, offset: int, data: bytes) -> int:
         bs = self.bs
@@ -202,14 +229,20 @@ class FileData:
             # Hold the buffers seen now: a flush that completes during the load
             # takes them out of `inflight`, and they are not in `loaded` either.
             seen = {i: self._cached(i) for i in range(first, last + 1)}
-            truncations = self.truncations
+            truncations, flushes, writers = self.truncations, self.flushes, self.writers_opened
             missing = [i for i, block in seen.items() if block is None]
             if len(missing) == len(seen) and direct:
                 # Nothing of it in memory: the reply straight from the store.
-                data = await self._read_stored(first, last, offset, end)
+                data, block = await self._read_stored(first, last, offset, end)
                 if data is not None and self.truncations == truncations and \
                         all(self._cached(i) is None for i in seen):
-                    return data
+                    if block is None:
+                        return data
+                    if self.writers_opened == writers and self.flushes == flushes:
+                        # No writer came meanwhile, nor a flush: the block is
+                        # the file's as it is now (see pagepush).
+                        pagepush.push(self.runner, self.ino, first * bs, block)
+                    return data[offset - first * bs: end - first * bs]
                 direct = False  # not all committed, or changed meanwhile: the long way
                 continue
             loaded = await self._load(missing) if missing else {}

@@ -24,7 +24,7 @@ import trio
 from ..errors import FusevolError, StoreDamaged
 from ..store import ROOT_INO, Inode, Inodes
 from ..store.inodes import set_attrs
-from . import acl, metrics
+from . import acl, metrics, pagepush
 from .filedata import FileData
 from .registry import FLUSH_XATTR
 from .runner import TxnRunner
@@ -62,6 +62,7 @@ def _cache_knobs() -> dict:
         "entry_timeout": float(env("FUSEVOL_ENTRY_TIMEOUT", ENTRY_TIMEOUT)),
         "attr_timeout": float(env("FUSEVOL_ATTR_TIMEOUT", ATTR_TIMEOUT)),
         "keep_cache": env("FUSEVOL_KEEP_CACHE", "1") != "0",
+        "push_pages": env("FUSEVOL_PUSH_PAGES", "1") != "0",  # filedata.py, pagepush.py
     }
 
 
@@ -129,6 +130,7 @@ class VolumeOperations(pyfuse3.Operations):
         self.lookups: Counter[int] = Counter()  # references the kernel holds, per ino
         self.files: dict[int, FileData] = {}
         self.handles: dict[int, FileData] = {}
+        self._writing: set[int] = set()  # handles that may write
         self.dir_handles: dict[int, list | None] = {}
         # ino -> (inode, its attributes as last answered), while no file is open
         self._attrs: dict[int, tuple[Inode, pyfuse3.EntryAttributes]] = {}
@@ -147,6 +149,7 @@ class VolumeOperations(pyfuse3.Operations):
         self._negative.entry_timeout = self.entry_timeout
         self.attr_timeout = knobs["attr_timeout"]
         self.keep_cache = knobs["keep_cache"]
+        self.push_pages = knobs["push_pages"]
 
     # -- inode numbers: a view's root is the kernel's ROOT_INO --------------
 
@@ -249,6 +252,8 @@ class VolumeOperations(pyfuse3.Operations):
             kw["size"] = attr.st_size
             if fd is not None:
                 fd.truncate(attr.st_size)
+            # The kernel cuts its pages once answered: no push may land after.
+            await pagepush.settled(self.runner, ino)
         if fd is None and not fields.update_size:
             node = self._unnamed(ino)
             if node is not None:
@@ -362,17 +367,21 @@ class VolumeOperations(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------
 
-    async def _open_file(self, ino: int, size: int | None = None) -> pyfuse3.FileInfo:
+    async def _open_file(self, ino: int, size: int | None = None,
+                         writing: bool = True) -> pyfuse3.FileInfo:
         fd = self.files.get(ino)
         if fd is None:
             if size is None:
                 size = (await self._get(ino)).size
             fd = self.files[ino] = FileData(ino, size, self.inodes, self.runner, self.space,
                                             writeback_cache=self.enable_writeback_cache,
-                                            intent=self.intent)
+                                            intent=self.intent, push_pages=self.push_pages)
         fd.opens += 1
         fh = self._new_fh()
         self.handles[fh] = fd
+        if writing:
+            self._writing.add(fh)
+            await fd.open_writer()
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache)
 
     @handler
@@ -383,7 +392,8 @@ class VolumeOperations(pyfuse3.Operations):
         node = await self._get(ino)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        info = await self._open_file(ino, node.size)
+        info = await self._open_file(ino, node.size, writing=(
+            (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)))
         if self.atime and (flags & os.O_ACCMODE) != os.O_WRONLY:
             await self._accessed(ino, node)
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
@@ -477,6 +487,9 @@ class VolumeOperations(pyfuse3.Operations):
     async def release(self, fh):
         fd = self.handles.pop(fh)
         fd.opens -= 1
+        if fh in self._writing:
+            self._writing.discard(fh)
+            fd.close_writer()
         try:
             await fd.flush()
         except Exception as e:

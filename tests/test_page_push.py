@@ -59,13 +59,18 @@ def stored(mounts):
     return mp, os.path.join(mp, "f"), content
 
 
-def test_a_read_of_part_of_a_block_brings_in_the_whole_block(stored):
-    _, path, content = stored
+def read_part(path: str, size: int, offset: int) -> bytes:
+    """pread through a descriptor of its own (closed before the checks)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert os.pread(fd, 4096, BS + 8192) == content[BS + 8192: BS + 8192 + 4096]
+        return os.pread(fd, size, offset)
     finally:
         os.close(fd)
+
+
+def test_a_read_of_part_of_a_block_brings_in_the_whole_block(stored):
+    _, path, content = stored
+    assert read_part(path, 4096, BS + 8192) == content[BS + 8192: BS + 8192 + 4096]
     block = range(BS // PAGE, 2 * BS // PAGE)
     now = wait_resident(path, block)
     assert all(now[p] for p in block), "the block's other pages were not pushed"
@@ -76,11 +81,7 @@ def test_a_read_of_part_of_a_block_brings_in_the_whole_block(stored):
 
 def test_the_tail_block_is_pushed_up_to_the_files_end(stored):
     _, path, content = stored
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        assert os.pread(fd, 100, 3 * BS + 10) == content[3 * BS + 10: 3 * BS + 110]
-    finally:
-        os.close(fd)
+    assert read_part(path, 100, 3 * BS + 10) == content[3 * BS + 10: 3 * BS + 110]
     tail = range(3 * BS // PAGE, (len(content) + PAGE - 1) // PAGE)
     assert all(wait_resident(path, tail)[p] for p in tail)
     assert os.stat(path).st_size == len(content)  # the push did not grow it
@@ -92,11 +93,7 @@ def test_nothing_is_pushed_while_a_writer_has_the_file_open(stored):
     _, path, content = stored
     writer = os.open(path, os.O_RDWR)
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.pread(fd, 4096, BS + 8192)
-        finally:
-            os.close(fd)
+        read_part(path, 4096, BS + 8192)
         time.sleep(0.3)  # a push would have landed by now
         now = resident(path)
         assert sum(now) == 1 and now[(BS + 8192) // PAGE]
@@ -105,11 +102,7 @@ def test_nothing_is_pushed_while_a_writer_has_the_file_open(stored):
     finally:
         os.close(writer)
     expected = content[:BS + 9000] + b"x" * 100 + content[BS + 9100:]
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        assert os.pread(fd, 4096, BS + 4096 * 3) == expected[BS + 4096 * 3: BS + 4096 * 4]
-    finally:
-        os.close(fd)
+    assert read_part(path, 4096, BS + 4096 * 3) == expected[BS + 4096 * 3: BS + 4096 * 4]
     with open(path, "rb") as f:
         assert f.read() == expected
 

@@ -29,13 +29,8 @@ def _cleanup(driver: Driver) -> None:
     Store._instances.pop(driver.store.path).close()
 
 
-def _digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-@needs_fuse
-def test_a_volume_follows_its_service_from_host_to_host(ceph, tmp_path, monkeypatch):
+def _two_hosts(ceph, tmp_path, monkeypatch) -> tuple[str, Host, Host]:
+    """A new bucket, and two stores (hosts a and b) with it as remote "r"."""
     from remote_helpers import new_bucket
 
     bucket = new_bucket()
@@ -44,6 +39,17 @@ def test_a_volume_follows_its_service_from_host_to_host(ceph, tmp_path, monkeypa
     b.add_remote(bucket, create=False)
     for key, value in a.env.items():
         monkeypatch.setenv(key, value)
+    return bucket, a, b
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@needs_fuse
+def test_a_volume_follows_its_service_from_host_to_host(ceph, tmp_path, monkeypatch):
+    bucket, a, b = _two_hosts(ceph, tmp_path, monkeypatch)
     one, two = _driver(a), _driver(b)
     try:
         opts = {"remote": "r"}
@@ -91,14 +97,7 @@ def test_a_first_mount_refuses_at_once_when_both_copies_changed(ceph, tmp_path, 
     """Host b changed its copy by hand (nothing pushed it) while host a pushed
     a newer snapshot: b's Mount says the copies diverged before downloading
     anything (it used to download the whole snapshot, then receive refused)."""
-    from remote_helpers import new_bucket
-
-    bucket = new_bucket()
-    a, b = Host(ceph, str(tmp_path / "a")), Host(ceph, str(tmp_path / "b"))
-    a.add_remote(bucket)
-    b.add_remote(bucket, create=False)
-    for key, value in a.env.items():
-        monkeypatch.setenv(key, value)
+    bucket, a, b = _two_hosts(ceph, tmp_path, monkeypatch)
     one, two = _driver(a), _driver(b)
 
     def write_on(driver: Driver, mount_id: str, data: bytes) -> None:

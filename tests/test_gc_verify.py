@@ -159,6 +159,9 @@ def test_gc_repairs_a_leaked_chunk_and_wrong_counts(mounts, store_path):
     assert code == 8
     messages = " | ".join(p["message"] for p in report["problems"])
     assert "counts 1 reference(s), 2 found" in messages and "counts 1 reference(s), 0 found" in messages
+    assert all(p["repair"] == "gc" for p in report["problems"])
+    said = run_cli(store_path, "verify", check=False).stdout.decode()
+    assert said.count("(fusevol gc repairs this)") == len(report["problems"]), said
 
     report = gc(store_path)
     assert report["chunks_freed"] == 1 and report["objects_freed"] == 0

@@ -69,8 +69,9 @@ def verify(ctx, as_json, quiet):
         report = check.verify(txn, progress)
     lines = []
     for p in report["problems"]:
-        lines.append(f"{p['where']}: {p['path']}: {p['message']}" if p["path"] is not None
-                     else f"{p['where']}: {p['message']}")
+        message = p["message"] + (" (fusevol gc repairs this)" if p.get("repair") == "gc" else "")
+        lines.append(f"{p['where']}: {p['path']}: {message}" if p["path"] is not None
+                     else f"{p['where']}: {message}")
     summary = (f"checked {report['chunks']} chunks, {report['objects']} tree objects, "
                f"{report['volumes']} volumes, {report['snapshots']} snapshots: "
                + ("ok" if report["ok"] else f"{len(report['problems'])} problem(s)"))

@@ -253,6 +253,8 @@ class _Verifier:
         self.seen_problems: set = set()
 
     def problem(self, where: str, path: bytes | None, message: str, **ids) -> None:
+        """Note a problem once; `ids` name what it is about, and `repair="gc"`
+        says gc mends it (the CLI words that)."""
         key = (where, path, message)
         if key in self.seen_problems:
             return
@@ -321,15 +323,15 @@ class _Verifier:
             expected = c.chunk_refs.get(cid, 0)
             if count != expected:
                 self.problem("store", None, f"chunk {short(cid)} counts {count} reference(s), "
-                             f"{expected} found (fusevol gc repairs this)", chunk=cid.hex())
+                             f"{expected} found", chunk=cid.hex(), repair="gc")
         for oid, count in trees.count_rows(txn):
             expected = c.object_refs.get(oid, 0)
             if count != expected:
                 self.problem("store", None, f"tree object {short(oid)} counts {count} reference(s), "
-                             f"{expected} found (fusevol gc repairs this)", object=oid.hex())
+                             f"{expected} found", object=oid.hex(), repair="gc")
         for key in trees.stray_counts(txn):
             self.problem("store", None, f"a tree object count at pack place {key.hex()} belongs to "
-                         "no object (fusevol gc repairs this)")
+                         "no object", repair="gc")
         for vid in c.vids - vids:
             self.problem("store", None, f"inode rows of volume id {vid} belong to no volume")
 
@@ -425,8 +427,8 @@ def verify(txn: Txn, progress: NoProgress | None = None) -> dict:
     n_chunks = v.hash_chunks()
     n_objects = v.hash_objects()
     for number, counted, found in packs.miscounted(txn):
-        v.problem("store", None, f"pack {number} counts {counted} dead byte(s), {found} found "
-                  "(fusevol gc repairs this)", pack=number)
+        v.problem("store", None, f"pack {number} counts {counted} dead byte(s), {found} found",
+                  pack=number, repair="gc")
     c = census(txn, progress)
     records = [r for r in volumes.list_all(txn, removed=True) if r.vid is not None]
     v.counts(c, {r.vid for r in records})

@@ -163,11 +163,16 @@ def test_ctrl_c_exits_130_without_a_traceback(store_path):
             assert time.monotonic() < deadline, "receive never read its stdin"
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        # Its input stays open until it has exited: closed at once, the end of
+        # the stream could reach the read before the signal (a truncated stream).
+        proc.wait(timeout=60)
+        stderr = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            pipe.close()
     assert proc.returncode == 130
     assert one_line(stderr) == "fusevol: interrupted"
 

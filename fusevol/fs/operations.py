@@ -254,6 +254,11 @@ class VolumeOperations(pyfuse3.Operations):
                 fd.truncate(attr.st_size)
             # The kernel cuts its pages once answered: no push may land after.
             await pagepush.settled(self.runner, ino)
+            opened = self.files.get(ino)
+            if opened is not fd and opened is not None:
+                # Opened while the pushes settled: it read the size before the cut.
+                opened.truncate(attr.st_size)
+            fd = opened
         if fd is None and not fields.update_size:
             node = self._unnamed(ino)
             if node is not None:

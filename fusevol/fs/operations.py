@@ -134,6 +134,11 @@ class VolumeOperations(pyfuse3.Operations):
         self.dir_handles: dict[int, list | None] = {}
         # ino -> (inode, its attributes as last answered), while no file is open
         self._attrs: dict[int, tuple[Inode, pyfuse3.EntryAttributes]] = {}
+        # Let-gos of unnamed inodes the kernel still knew (_purge_if_unused):
+        # the last one queued per inode, and those the store thread has not
+        # claimed yet (a forget may take one over: _hand_purge_over).
+        self._letting_go: dict[int, _LetGo] = {}
+        self._unclaimed: set[_LetGo] = set()
         self.nursery: trio.Nursery | None = None
         self._next_fh = 1
         knobs = _cache_knobs()
@@ -351,8 +356,19 @@ class VolumeOperations(pyfuse3.Operations):
         """Give back the space of an inode that lost its last name, once no
         open file holds it; its row goes once the kernel forgets the number
         too. In the background: nobody waits for it."""
-        if ino not in self.files:
-            self.runner.submit(_let_go, self.inodes, ino, not self.lookups.get(ino))
+        if ino in self.files:
+            return
+        if not self.lookups.get(ino):
+            self.runner.submit(_let_go, self.inodes, ino, None, None)
+            return
+        # The kernel's forget usually comes right after: a forget that finds
+        # this let-go still queued, and the last operation queued, leaves the
+        # purge to it (see _hand_purge_over), one store operation for both.
+        token = _LetGo()
+        self._letting_go[ino] = token
+        self._unclaimed.add(token)
+        self.runner.submit(_let_go, self.inodes, ino, token, self._unclaimed)
+        token.seq = self.runner.queued
 
     @handler
     async def forget(self, inode_list):
@@ -365,10 +381,26 @@ class VolumeOperations(pyfuse3.Operations):
             else:
                 self.lookups.pop(ino, None)
                 self._attrs.pop(ino, None)
-                if ino not in self.files:
+                if ino not in self.files and not self._hand_purge_over(ino):
                     gone.append(ino)
         if gone:
             self.runner.submit(_purge_forgotten, self.inodes, gone)
+
+    def _hand_purge_over(self, ino: int) -> bool:
+        """Whether the let-go of ino's data is still queued and now purges
+        its row too (the store thread has not claimed it: see _let_go).
+        Only while nothing was queued after it: the kernel may still change
+        the deleted file it holds (an xattr set through a descriptor's path,
+        an open by number), and the purge must come after such a change, as
+        the forget does, not ahead of it."""
+        token = self._letting_go.pop(ino, None)
+        if token is None or token.seq != self.runner.queued:
+            return False
+        try:
+            self._unclaimed.remove(token)  # one step under the GIL, as the store thread's
+        except KeyError:  # it ran, or runs now: the forget purges as usual
+            return False
+        return True
 
     # -- files ----------------------------------------------------------------
 
@@ -687,12 +719,26 @@ class VolumeOperations(pyfuse3.Operations):
 
 
 
-def _let_go(txn, inodes: Inodes, ino: int, forgotten: bool) -> None:
-    """Give back an unnamed, closed inode's data; its row too once forgotten."""
-    if forgotten:
-        inodes.purge(txn, ino)
-    else:
+class _LetGo:
+    """A queued let-go of an unnamed inode's data, claimed by whichever comes
+    first: the store thread running it, or the kernel's forget of the number.
+    `seq`: its place in the store thread's queue."""
+    __slots__ = ("seq",)
+
+
+def _let_go(txn, inodes: Inodes, ino: int, token: _LetGo | None, unclaimed: set | None) -> None:
+    """Give back an unnamed, closed inode's data; its row too once forgotten:
+    at once (no token: the kernel held no reference), or when the forget
+    claimed the token before this ran."""
+    if token is not None:
+        try:
+            unclaimed.remove(token)  # one step under the GIL, as the trio thread's
+        except KeyError:  # the forget came first and left the purge to this
+            inodes.purge_if_orphan(txn, ino)
+            return
         inodes.free_data(txn, ino)
+        return
+    inodes.purge(txn, ino)
 
 
 def _usage_and_slack(txn, inodes: Inodes) -> tuple[int, int]:

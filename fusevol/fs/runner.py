@@ -117,6 +117,10 @@ class TxnRunner:
         self._idle = False
         self._thread = threading.Thread(target=self._loop, name="fusevol-store", daemon=True)
         self._txn: Txn | None = None
+        # Rows of the open batch's changes answered ahead, not written to it
+        # yet: (table, key) -> value or None (speculate.apply, write_rows).
+        # Written before anything else reads the batch, and before its commit.
+        self._pending: dict = {}
         # Threads that read committed chunks beside the store thread.
         self.read_limiter = trio.CapacityLimiter(4)
         self._started = 0.0
@@ -295,23 +299,25 @@ class TxnRunner:
 
     def _replay(self, spec: SpecTxn, fn, args):
         """On the store thread: apply a change answered ahead; (ok, applied as
-        seen, rows written). Its collected rows go straight into the batch, with
-        no nested transaction: they are puts that cannot fail half way on their
-        own (LMDB failing in between breaks the batch: see _apply). A change
+        seen, rows written). Its collected rows join the batch's pending rows,
+        written once each before anything else reads the batch (_write_pending),
+        with no nested transaction: they are puts that cannot fail half way on
+        their own (LMDB failing in between breaks the batch). A change
         whose rows changed meanwhile runs again, atomically, at its first time."""
         txn = self._txn
         self._ahead_out += spec.deferred_bytes
-        if speculate.unchanged(txn, spec):
+        if speculate.unchanged(txn, spec, self._pending):
             # Its rows joined the cache when it was answered: they are not
             # recorded again.
             try:
-                speculate.apply(txn, spec)
+                speculate.apply(txn, spec, self._pending)
             except BaseException as e:  # part of it is in the batch: drop the batch
                 self._abort_batch(e)
                 raise
             return True, True, None
         log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
                  getattr(fn, "__name__", fn))
+        self._write_pending()
         with self.store.nested(txn) as child:
             child.writes, child.recorded = [], WORKER_TABLES
             child.now_ns = spec.now_ns
@@ -326,9 +332,19 @@ class TxnRunner:
         if self.broken is None:
             self.broken = cause if isinstance(cause, Exception) else FusevolError(str(cause))
         txn, self._txn = self._txn, None
+        self._pending.clear()
         txn.txn.abort()
         if self._nudge_reads:
             signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _write_pending(self) -> None:
+        """Write the rows of changes answered ahead into the open batch."""
+        if self._pending:
+            try:
+                speculate.write_rows(self._txn, self._pending)
+            except BaseException as e:  # part of them is in the batch: drop the batch
+                self._abort_batch(e)
+                raise
 
     async def read(self, fn, *args):
         """fn(txn, *args) for an fn that only reads: on this thread from the
@@ -387,6 +403,7 @@ class TxnRunner:
         whatever comes with the error, until stopped."""
         if self._txn is not None:
             txn, self._txn = self._txn, None
+            self._pending.clear()
             with contextlib.suppress(Exception):
                 txn.txn.abort()
         if self._nudge_reads:
@@ -487,6 +504,7 @@ class TxnRunner:
                 outcome = self._replay(*args)
                 self.pending_bytes = self._txn.pending_bytes()
                 return outcome
+            self._write_pending()
             with self.store.nested(self._txn) as child:
                 child.writes, child.recorded = [], WORKER_TABLES
                 result = fn(child, *args)
@@ -528,6 +546,10 @@ class TxnRunner:
             if durable:  # every operation applied is in a commit, now on disk
                 self.durable_seq = self.applied
             return None
+        try:
+            self._write_pending()
+        except Exception:  # the batch was dropped (error mode)
+            return self.broken
         txn, self._txn = self._txn, None
         try:
             self.store.commit(txn, durable=durable)

@@ -7,11 +7,16 @@ once, the written rows join the cache, and the store thread applies the same
 change later, in order with everything else the worker asked of it.
 
 The store thread checks every row the first run read: when each still holds
-what the first run saw, it writes the collected rows (a few puts, no Python
-logic again); when one differs (a snapshot recorded a tree id meanwhile) it
-runs the function again on the real transaction, at the first run's time.
-Either way the operation is atomic and reaches the disk in order: a crash
-loses only operations no fsync covered, never part of one.
+what the first run saw, it keeps the collected rows (no Python logic again);
+when one differs (a snapshot recorded a tree id meanwhile) it runs the
+function again on the real transaction, at the first run's time. The rows
+kept are written to the batch once each, the last value of each row, in key
+order, before anything else reads the batch and before its commit: a file's
+inode and its folder's row, which every change of a small file rewrites,
+cost one write per batch, and each write to LMDB lets go of the GIL, which
+the trio thread then waits to take back. Either way the operation is atomic
+and reaches the disk in order: a crash loses only operations no fsync
+covered, never part of one (a batch commits whole or not at all).
 
 The check also covers operations queued before that change an inode's data
 or attributes (a flush, an unlinked file's data given back): a change worked
@@ -112,28 +117,60 @@ class SpecTxn:
 # are not read again.
 
 
-def unchanged(txn, spec: SpecTxn) -> bool:
+def unchanged(txn, spec: SpecTxn, pending: dict) -> bool:
     """On the store thread: whether every row the first run read still holds
-    what it saw (then `apply` writes its rows; else the change runs again, at
-    spec.now_ns)."""
-    for (table, key), seen in spec.reads.items():
+    what it saw (then `apply` collects its rows; else the change runs again,
+    at spec.now_ns). `pending`: rows collected and not written yet, which the
+    store is read behind."""
+    for k, seen in spec.reads.items():
+        table, key = k
         if table in NAME_TABLES:
             continue
-        now = txn.get(table, key)
-        if (bytes(now) if now is not None else None) != seen:
+        now = pending.get(k, _ABSENT)
+        if now is _ABSENT:
+            now = txn.get(table, key)
+            if now is not None:
+                now = bytes(now)
+        if now != seen:
             return False
     return True
 
 
-def apply(txn, spec: SpecTxn) -> None:
-    """Write what `spec` collected: puts that cannot fail half way on their own,
-    so no nested transaction is needed for them."""
-    for (table, key), value in spec.writes.items():
-        if value is None:
-            txn.delete(table, key)
-        else:
-            txn.put(table, key, value)
+def apply(txn, spec: SpecTxn, pending: dict) -> None:
+    """Collect what `spec` wrote into `pending`, (table, key) -> value or None,
+    for write_rows: a row several changes of a batch write (a file's inode,
+    its folder's) then costs one write to the store, of its last value. Its
+    counters and chunk references go to the transaction now; they read no
+    row of `pending`'s tables."""
+    pending.update(spec.writes)
     for vid, (logical_bytes, inodes) in spec.vstat_delta.items():
         txn.add_vstats(vid, logical_bytes, inodes)
     for fn, args in spec.deferred:
         fn(txn, *args)
+
+
+def write_rows(txn, pending: dict) -> None:
+    """Write the rows `apply` collected, table by table in key order (B-tree
+    pages touched in sequence, puts in one call per table), and empty it.
+    Puts that cannot fail half way on their own: an error breaks the batch."""
+    if not pending:
+        return
+    rows = sorted(pending.items())
+    pending.clear()
+    puts: list = []
+    table = None
+    for (row_table, key), value in rows:
+        if row_table != table:
+            if puts:
+                txn.cursor(table).putmulti(puts)
+                puts = []
+            table = row_table
+        if value is None:
+            txn.delete(table, key)
+        else:
+            puts.append((key, value))
+    if puts:
+        txn.cursor(table).putmulti(puts)
+
+
+_ABSENT = object()

@@ -11,7 +11,7 @@ from .. import native
 from . import chunks
 from .env import Txn
 from .inoderows import now_ns
-from .schema import ino_key, ino_pair_key, u64
+from .schema import Inode, ino_key, ino_pair_key, u64
 
 
 def adopt_rows(txn: Txn, vid: int, ino: int, blocks) -> None:
@@ -111,10 +111,11 @@ class BlockMap:
             txn.add_vstats(self.vid, logical_bytes=delta)
         return delta
 
-    def truncate_blocks(self, txn: Txn, ino: int, size: int) -> None:
+    def truncate_blocks(self, txn: Txn, ino: int, size: int, inode: Inode | None = None) -> None:
         """Drop the data beyond size (the tail of the last block included);
-        the file's size and times stay as they are."""
-        self.tree.with_rows(txn, ino)
+        the file's size and times stay as they are. `inode`: its row as
+        stored, read already (it is changed and stored here)."""
+        inode = self.tree.with_rows(txn, ino, inode)
         bs = self.block_size
         first_gone = -(-size // bs)
         prefix = ino_key(self.vid, ino)
@@ -125,9 +126,8 @@ class BlockMap:
             delta -= chunks.raw_length(txn, cid)
             chunks.decref(txn, cid)
             txn.delete("blocks", bytes(key))
-        if delta:
+        if delta:  # (letting go of chunks wrote no inode row)
             txn.add_vstats(self.vid, logical_bytes=delta)
-            inode = self.tree.with_rows(txn, ino)
             inode.data_bytes += delta
             self.tree.put(txn, ino, inode)
         if size % bs:

@@ -121,9 +121,9 @@ class Inodes:
             namespace.clear_orphan(txn, self.vid, ino)
             return
         if inode.tree_id != NO_TREE or inode.flags & IN_PIECES:  # it holds tree objects
-            self.tree.release(txn, ino, inode)
+            self.tree.release(txn, ino, inode)  # (stores `inode` as it leaves it)
         if stat.S_ISREG(inode.mode):
-            self.blocks.truncate_blocks(txn, ino, 0)
+            self.blocks.truncate_blocks(txn, ino, 0, inode)
         self.xattrs.drop(txn, ino)
 
     def purge(self, txn: Txn, ino: int) -> None:

@@ -4,6 +4,7 @@ names, data, the errno each failure answers, and read-only volumes."""
 import errno
 import os
 import stat
+import threading
 from types import SimpleNamespace
 
 import pyfuse3
@@ -166,6 +167,58 @@ async def test_a_deleted_file_gives_back_its_data_at_once_and_its_row_at_forget(
         assert (await ops.getattr(ino)).st_nlink == 0
     await ops.forget([(ino, 2)])
     await ops.runner.sync()
+    with store.read() as txn:
+        assert chunks.totals(txn)["chunks"] == 0
+        assert inodes.orphans(txn) == []
+        assert inodes.usage(txn) == before
+    assert await fuse_errno(ops.getattr(ino)) == errno.ENOENT
+
+
+async def test_a_forget_before_the_let_go_ran_leaves_the_purge_to_it(ops, store, inodes):
+    """The kernel forgets a deleted file's number right after the unlink, most
+    often before the store thread let go of its data: that queued let-go then
+    purges the file whole, and the forget queues no store operation of its own."""
+    with store.read() as txn:
+        before = inodes.usage(txn)
+    ino = await _create(ops, b"f", os.urandom(3000))
+    await ops.lookup(ROOT_INO, b"f")
+    held = threading.Event()
+    ops.runner.submit(lambda txn: held.wait(10))  # the store thread is busy meanwhile
+    try:
+        await ops.unlink(ROOT_INO, b"f", CTX)
+        queued = ops.runner.queued
+        await ops.forget([(ino, 2)])  # create's reference and the lookup's
+        assert ops.runner.queued == queued
+    finally:
+        held.set()
+    await ops.runner.sync()
+    with store.read() as txn:
+        assert chunks.totals(txn)["chunks"] == 0
+        assert inodes.orphans(txn) == []
+        assert inodes.usage(txn) == before
+    assert await fuse_errno(ops.getattr(ino)) == errno.ENOENT
+
+
+async def test_a_forget_after_a_change_of_the_deleted_file_purges_after_that_change(
+        ops, store, inodes):
+    """The kernel may still change a deleted file it holds (an xattr set through
+    a descriptor's path) after its let-go was queued: the forget's purge then
+    comes after that change, not ahead of it with the let-go (the change would
+    find no row when the store thread applies it: error mode)."""
+    with store.read() as txn:
+        before = inodes.usage(txn)
+    ino = await _create(ops, b"f", os.urandom(3000))
+    await ops.lookup(ROOT_INO, b"f")
+    held = threading.Event()
+    ops.runner.submit(lambda txn: held.wait(10))
+    try:
+        await ops.unlink(ROOT_INO, b"f", CTX)
+        await ops.setxattr(ino, b"user.late", b"1", CTX)  # answered ahead, queued
+        await ops.forget([(ino, 2)])
+    finally:
+        held.set()
+    await ops.runner.sync()
+    assert ops.runner.broken is None
     with store.read() as txn:
         assert chunks.totals(txn)["chunks"] == 0
         assert inodes.orphans(txn) == []

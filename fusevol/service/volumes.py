@@ -201,6 +201,11 @@ class VolumeService(Mounts):
         # written again.
         report["recompressed"] = recompress.recompress(self.store, progress)
         report["file"] = self.rewrite_file()
+        if not report["file"]["rewritten"]:
+            # Held open elsewhere (or not worth a copy): what the file holds
+            # free goes back to the disk in place.
+            from ..store import freepages
+            report["file"]["holes"] = freepages.punch(self.store)
         return report
 
     def rewrite_file(self) -> dict:

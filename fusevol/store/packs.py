@@ -28,6 +28,7 @@ space (`compact`). An entry is told live by hashing it and asking its row
 whether it points there: the pack needs no list of ids.
 """
 
+import os
 import struct
 from typing import NamedTuple
 
@@ -376,7 +377,8 @@ def file_use(txn: Txn) -> dict:
     the stored chunks and tree objects, dead entries in packs, the rest of
     the pages that hold blobs (entry heads, the unused end of each pack's
     last page), count rows, pages LMDB holds free for reuse; what is left
-    is the volumes' rows (inodes, entries, block maps, ...) and the store's."""
+    is the volumes' rows (inodes, entries, block maps, ...) and the store's.
+    Free pages punched out of the file are `hole_bytes`, not `free_bytes`."""
     from . import chunks, trees
     env = txn.store.env
     psize = env.stat()["psize"]
@@ -389,6 +391,13 @@ def file_use(txn: Txn) -> dict:
         return total * psize
 
     file_bytes = (env.info()["last_pgno"] + 1) * psize
+    try:
+        disk_bytes = os.stat(os.path.join(txn.store.path, "db", "data.mdb")).st_blocks * 512
+    except FileNotFoundError:
+        disk_bytes = file_bytes
+    # Free pages punched out of the file (freepages.py) take no disk: what
+    # the file's size has beyond its blocks on the disk is not paid for.
+    holes = max(0, file_bytes - disk_bytes)
     chunk_bytes = chunks.totals(txn)["stored_bytes"]
     object_bytes = trees.stored_total(txn)
     dead = stats(txn)["dead_bytes"]
@@ -398,7 +407,8 @@ def file_use(txn: Txn) -> dict:
             "dead_bytes": dead,
             "slack_bytes": max(0, pages(BLOB_TABLES) - chunk_bytes - object_bytes - dead),
             "count_bytes": pages(COUNT_TABLES),
-            "free_bytes": txn.free_pages_bytes()}
+            "free_bytes": max(0, txn.free_pages_bytes() - holes),
+            "hole_bytes": holes}
 
 
 def read_in_order(txn, located):

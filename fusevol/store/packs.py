@@ -36,7 +36,7 @@ from ..errors import StoreDamaged
 from . import schema
 from .env import Txn
 
-PACK_MAX = 128 * 1024
+PACK_MAX = 128 * 1024 - 16  # with LMDB's page header, 32 pages exactly
 # Blobs larger than this stay values of their own (in chunks / objects): their
 # last page is a small part of them, and a read of one copies nothing else.
 ENTRY_MAX = 64 * 1024
@@ -46,6 +46,15 @@ ENTRY_MAX = 64 * 1024
 # (measured: 8 KiB writes each fsynced, 400 against 500 a second). Packs fill
 # to PACK_MAX within a transaction (a batch of a worker, a snapshot, a receive).
 JOIN_MAX = 32 * 1024
+# LMDB gives a pack (a value larger than a page) whole pages of its own, the
+# first beginning with a page header: a pack that stops short of its last
+# page's end leaves the rest of that page empty (~2 KB a pack, 2% of a store
+# of small files). So a pack that could not take the next blob stays open for
+# smaller ones that fit before its last page's end (FILLING of them at most,
+# the oldest written when more are).
+PAGE = 4096  # LMDB's page (the store's: env.stat()["psize"])
+PAGE_HEAD = 16
+FILLING = 2
 HEAD = struct.Struct(">cI")
 CHUNK, OBJECT = b"C", b"O"
 DEAD_SHARE = 0.5  # a pack more dead than this is rewritten when it gets there
@@ -67,6 +76,7 @@ class PackWriter:
         self.committed: dict[int, int] = {}    # bytes each had before this transaction
         self.current: int | None = None        # the pack the next blob goes to
         self.released: set[int] = set()        # packs with entries that died
+        self.filling: list[int] = []           # full packs still taking blobs that fit their last page
 
     def _start(self, txn: Txn) -> None:
         """Append to the table's last pack while it is small, else start one."""
@@ -91,16 +101,23 @@ class PackWriter:
     def add(self, txn: Txn, kind: bytes, payload) -> Location:
         if self.current is None:
             self._start(txn)
-        buf = self.open[self.current]
-        if len(buf) + HEAD.size + len(payload) > PACK_MAX and len(buf):
-            if txn.parent is None:  # nothing to roll back into: write it now
-                self._write(txn, self.current)
-            self.current = self._new_number(txn)
-            buf = self.open[self.current]
+        need = HEAD.size + len(payload)
+        number = next((n for n in self.filling if need <= _room(len(self.open[n]))), None)
+        if number is None:
+            number = self.current
+            buf = self.open[number]
+            if len(buf) + need > PACK_MAX and len(buf):
+                self.filling.append(number)
+                if len(self.filling) > FILLING:
+                    oldest = self.filling.pop(0)
+                    if txn.parent is None:  # nothing to roll back into: write it now
+                        self._write(txn, oldest)
+                number = self.current = self._new_number(txn)
+        buf = self.open[number]
         buf += HEAD.pack(kind, len(payload))
         offset = len(buf)
         buf += payload
-        return Location(self.current, offset, len(payload))
+        return Location(number, offset, len(payload))
 
     def get(self, number: int):
         return self.open.get(number)
@@ -111,6 +128,8 @@ class PackWriter:
             self._start(txn)
         if self.current == number:
             self.current = self._new_number(txn)
+        if number in self.filling:
+            self.filling.remove(number)
 
     def _write(self, txn: Txn, number: int) -> None:
         cache = txn.root().pack_cache
@@ -127,23 +146,31 @@ class PackWriter:
         for number in sorted(self.released):
             _reclaim(txn, number)
         self.current = None
+        self.filling = []
         for number in list(self.open):
             self._write(txn, number)
 
     # Nested transactions (see env.Store.nested); `released` may keep packs
     # of an aborted child: finish looks at their dead counts again.
     def mark(self):
-        length = len(self.open[self.current]) if self.current is not None else 0
-        return self.current, length, set(self.open)
+        return self.current, {n: len(buf) for n, buf in self.open.items()}, list(self.filling)
 
     def rollback(self, mark) -> None:
-        current, length, numbers = mark
-        for number in set(self.open) - numbers:
+        current, lengths, filling = mark
+        for number in set(self.open) - set(lengths):
             del self.open[number]
             del self.committed[number]
-        if current is not None:
-            del self.open[current][length:]
+        for number, length in lengths.items():
+            if number in self.open:
+                del self.open[number][length:]
         self.current = current
+        self.filling = [n for n in filling if n in self.open]
+
+
+def _room(size: int) -> int:
+    """Bytes a pack of `size` bytes can still take before its last page's end."""
+    pages = -(-(PAGE_HEAD + size) // PAGE)
+    return min(pages * PAGE - PAGE_HEAD, PACK_MAX) - size
 
 
 def _writer(txn: Txn) -> PackWriter:
@@ -239,6 +266,8 @@ def _drop(txn: Txn, number: int) -> None:
         root.packs.committed.pop(number)
         if root.packs.current == number:
             root.packs.current = None
+        if number in root.packs.filling:
+            root.packs.filling.remove(number)
     txn.delete("packs", schema.u64(number))
     txn.delete("packdead", schema.u64(number))
 

@@ -40,6 +40,11 @@ def gc(ctx, as_json, quiet):
                      f"(written again: {human(f['file_bytes_after'])})")
     else:
         lines.append(f"file      {human(f['file_bytes_before']):>12}  not written again: {f['reason']}")
+        tables = f.get("tables") or {}
+        if tables:
+            fewer = sum(t["leaf_pages_before"] - t["leaf_pages_after"] for t in tables.values())
+            lines.append(f"tables    {fewer:>12}  pages fewer (written again in key order: "
+                         f"{', '.join(sorted(tables))})")
         holes = f.get("holes") or {}
         if holes.get("punched"):
             lines.append(f"disk      {human(holes['disk_bytes_before'] - holes['disk_bytes_after']):>12}  "

@@ -202,9 +202,11 @@ class VolumeService(Mounts):
         report["recompressed"] = recompress.recompress(self.store, progress)
         report["file"] = self.rewrite_file()
         if not report["file"]["rewritten"]:
-            # Held open elsewhere (or not worth a copy): what the file holds
-            # free goes back to the disk in place.
-            from ..store import freepages
+            # Held open elsewhere (or not worth a copy): tables of random keys
+            # written again in key order, and what the file holds free given
+            # back to the disk, in place.
+            from ..store import freepages, repack
+            report["file"]["tables"] = repack.repack(self.store)
             report["file"]["holes"] = freepages.punch(self.store)
         return report
 

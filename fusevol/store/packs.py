@@ -77,6 +77,7 @@ class PackWriter:
         self.current: int | None = None        # the pack the next blob goes to
         self.released: set[int] = set()        # packs with entries that died
         self.filling: list[int] = []           # full packs still taking blobs that fit their last page
+        self.fill_room = 0                     # the most one of them can take
 
     def _start(self, txn: Txn) -> None:
         """Append to the table's last pack while it is small, else start one."""
@@ -102,7 +103,11 @@ class PackWriter:
         if self.current is None:
             self._start(txn)
         need = HEAD.size + len(payload)
-        number = next((n for n in self.filling if need <= _room(len(self.open[n]))), None)
+        number = None
+        if need <= self.fill_room:
+            rooms = [_room(len(self.open[n])) for n in self.filling]
+            number = next(n for n, room in zip(self.filling, rooms) if need <= room)
+            self.fill_room = max(room - need if n == number else room for n, room in zip(self.filling, rooms))
         if number is None:
             number = self.current
             buf = self.open[number]
@@ -112,6 +117,7 @@ class PackWriter:
                     oldest = self.filling.pop(0)
                     if txn.parent is None:  # nothing to roll back into: write it now
                         self._write(txn, oldest)
+                self._fill_room()
                 number = self.current = self._new_number(txn)
         buf = self.open[number]
         buf += HEAD.pack(kind, len(payload))
@@ -130,6 +136,10 @@ class PackWriter:
             self.current = self._new_number(txn)
         if number in self.filling:
             self.filling.remove(number)
+            self._fill_room()
+
+    def _fill_room(self) -> None:
+        self.fill_room = max((_room(len(self.open[n])) for n in self.filling), default=0)
 
     def _write(self, txn: Txn, number: int) -> None:
         cache = txn.root().pack_cache
@@ -147,6 +157,7 @@ class PackWriter:
             _reclaim(txn, number)
         self.current = None
         self.filling = []
+        self.fill_room = 0
         for number in list(self.open):
             self._write(txn, number)
 
@@ -165,6 +176,7 @@ class PackWriter:
                 del self.open[number][length:]
         self.current = current
         self.filling = [n for n in filling if n in self.open]
+        self._fill_room()
 
 
 def _room(size: int) -> int:
@@ -268,6 +280,7 @@ def _drop(txn: Txn, number: int) -> None:
             root.packs.current = None
         if number in root.packs.filling:
             root.packs.filling.remove(number)
+            root.packs._fill_room()
     txn.delete("packs", schema.u64(number))
     txn.delete("packdead", schema.u64(number))
 

@@ -10,6 +10,9 @@ each system (seeded). After each version:
   the store file's size on disk (`df`: store_file_bytes), the compressed
   chunk bytes (stored_bytes) and the store's overhead beyond them, with
   where it goes after the last version (df's `overhead`);
+- after the last version, `fusevol gc` with the volume still mounted (the
+  worker holds the store: its free pages are punched out of the file), then
+  unmounted (gc writes the file again), each verified;
 - restic (`restic backup`, its default compression) and borg
   (`borg create --compression zstd,3`) back up a plain copy; their
   repository sizes (`du -sb`).
@@ -132,8 +135,22 @@ def measure(source: str, versions: int, base: str, gc: bool = True) -> dict:
             print(f"version {n}: {row}", file=sys.stderr)
         # Every version is still there, byte for byte: the last one against the plain copy.
         _same(plain, vol.dir)
-        after_gc = None
+        after_gc = mounted_gc = None
         if gc:
+            # gc with the volume mounted: the worker holds the store, so the
+            # file is not written again; what gc frees is punched out of it.
+            start = time.monotonic()
+            report = json.loads(vol.cli("gc", "--json"))
+            seconds = time.monotonic() - start
+            vol.cli("verify")
+            df = vol.df()
+            mounted_gc = {"version": rows[-1]["version"], "files": rows[-1]["files"],
+                          "logical": rows[-1]["logical"], "fusevol_file": df["store_file_bytes"],
+                          "fusevol_chunks": df["stored_bytes"], "fusevol_overhead": df.get("overhead"),
+                          "gc_seconds": seconds, "gc": {k: report.get(k) for k in ("recompressed", "file")},
+                          **{p: rows[-1][p] for p in peers}}
+            print(f"mounted, after gc: {mounted_gc}", file=sys.stderr)
+            _same(plain, vol.dir)
             # The store at rest: unmounted, then `fusevol gc` (which compresses
             # again and, with no process holding the store, writes its file
             # again), verified, and the volume read back after it.
@@ -155,6 +172,7 @@ def measure(source: str, versions: int, base: str, gc: bool = True) -> dict:
         vol.close()
         shutil.rmtree(work, ignore_errors=True)
     return {"source": source, "versions": versions, "rows": rows, "after_gc": after_gc,
+            "mounted_gc": mounted_gc,
             "missing": [p for p in ("restic", "borg") if p not in peers]}
 
 
@@ -169,15 +187,21 @@ def table(result: dict) -> str:
     peers = [p for p in ("restic", "borg") if p not in result["missing"]]
     head = ["version", "files", "logical", "fusevol store file", "fusevol chunks", "overhead"] + peers
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-    rows = result["rows"] + ([dict(result["after_gc"], version=f"{result['after_gc']['version']}, "
-                                   "unmounted, after gc")] if result.get("after_gc") else [])
+    extra = []
+    if result.get("mounted_gc"):
+        extra.append(dict(result["mounted_gc"], version=f"{result['mounted_gc']['version']}, "
+                          "mounted, after gc"))
+    if result.get("after_gc"):
+        extra.append(dict(result["after_gc"], version=f"{result['after_gc']['version']}, "
+                          "unmounted, after gc"))
+    rows = result["rows"] + extra
     for r in rows:
         cells = [str(r["version"]), str(r["files"]), f"{r['logical'] / MiB:.1f} MiB",
                  f"{r['fusevol_file'] / MiB:.1f} MiB", f"{r['fusevol_chunks'] / MiB:.1f} MiB",
                  f"{(r['fusevol_file'] - r['fusevol_chunks']) / r['fusevol_chunks']:.0%}"]
         cells += [f"{r[p] / MiB:.1f} MiB" for p in peers]
         lines.append("| " + " | ".join(cells) + " |")
-    for last in [result["rows"][-1]] + ([rows[-1]] if result.get("after_gc") else []):
+    for last in [result["rows"][-1]] + extra:
         if not last.get("fusevol_overhead"):
             continue
         parts = last["fusevol_overhead"]
@@ -192,8 +216,9 @@ def table(result: dict) -> str:
             if key not in parts:
                 continue  # df of an older fusevol
             lines.append(f"| {name} | {parts[key] / MiB:.2f} MiB | {parts[key] / last['fusevol_chunks']:.1%} |")
-    if result.get("after_gc"):
-        lines.append(f"\n`fusevol gc` (unmounted) took {result['after_gc']['gc_seconds']:.2f} s")
+    for name, key in (("mounted", "mounted_gc"), ("unmounted", "after_gc")):
+        if result.get(key):
+            lines.append(f"\n`fusevol gc` ({name}) took {result[key]['gc_seconds']:.2f} s")
     times = ["fusevol"] + peers
     lines += ["", "| seconds per version (fusevol: snapshot create; the others: backup) | "
               + " | ".join(times) + " |", "|---|" + "---:|" * len(times)]

@@ -19,7 +19,7 @@ BLOCK = 128 * 1024
 
 def df(store: str) -> dict:
     out = json.loads(run_cli(store, "df", "--json").stdout)
-    for what in ("store_file_bytes", "overhead"):
+    for what in ("store_file_bytes", "store_file_hole_bytes", "overhead"):
         out.pop(what)  # the file's pages: what gc keeps equal is what they hold
     return out
 
@@ -309,3 +309,46 @@ def test_snapshot_ls_shows_what_a_snapshot_alone_holds_on_disk(mounts, store_pat
     # two pages of 4 KiB a value of its own would take.
     assert 40 * 5000 <= freed <= 40 * 6500, freed
     assert freed * 0.9 <= snap["unique_disk_bytes"] <= freed * 1.2, (snap, freed)
+
+
+def disk_bytes(store: str) -> int:
+    return os.stat(os.path.join(store, "db", "data.mdb")).st_blocks * 512
+
+
+@needs_fuse
+def test_gc_on_a_mounted_store_gives_what_it_frees_back_to_the_disk(mounts, store_path):
+    """The worker holds the store, so its file cannot be written again: the
+    pages gc frees are punched out of it, and every byte stays readable."""
+    mp = mounts.mount("vol")
+    keep = {f"keep{i}": (b"def f%d(x):\n    return x + %d\n" % (i, i)) * (300 + 40 * i)
+            for i in range(30)}
+    for name, data in keep.items():
+        write(os.path.join(mp, name), data)
+    write(os.path.join(mp, "big"), os.urandom(64 * BLOCK))
+    run_cli(store_path, "snapshot", "create", "vol@s1")
+    os.unlink(os.path.join(mp, "big"))
+    run_cli(store_path, "snapshot", "rm", "vol@s1")
+    run_cli(store_path, "snapshot", "create", "vol@s2")  # flushes the mount
+    before = disk_bytes(store_path)
+    report = gc(store_path)
+    assert not report["file"]["rewritten"]  # the worker has the store open
+    assert disk_bytes(store_path) <= before - 60 * BLOCK
+    holes = report["file"]["holes"]
+    assert holes["punched"] and holes["free_pages"] >= 64 * BLOCK // 4096
+    assert verify(store_path)[0] == 0
+    figures = json.loads(run_cli(store_path, "df", "--json").stdout)
+    assert figures["store_file_bytes"] == disk_bytes(store_path)
+    assert figures["store_file_hole_bytes"] >= 60 * BLOCK
+    # Every byte reads back; new writes take the punched pages and read back too.
+    for name, data in keep.items():
+        with open(os.path.join(mp, name), "rb") as f:
+            assert f.read() == data
+    fresh = os.urandom(32 * BLOCK)
+    write(os.path.join(mp, "fresh"), fresh)
+    run_cli(store_path, "snapshot", "create", "vol@s3")
+    mounts.umount(mp)
+    assert verify(store_path)[0] == 0
+    mp = mounts.mount("vol", create=False)
+    assert sha(os.path.join(mp, "fresh")) == hashlib.sha256(fresh).hexdigest()
+    for name, data in keep.items():
+        assert sha(os.path.join(mp, name)) == hashlib.sha256(data).hexdigest()

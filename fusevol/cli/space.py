@@ -60,12 +60,16 @@ def df(ctx, as_json):
     overhead = file_bytes - stored
     parts = {key: use[key] for key in ("object_bytes", "free_bytes", "dead_bytes", "slack_bytes",
                                        "count_bytes")}
-    parts["other_bytes"] = max(0, use["file_bytes"] - stored - sum(parts.values()))
+    # What the file takes on the disk: pages punched out of it (gc with the
+    # store held open) are not counted, as the disk does not count them.
+    parts["other_bytes"] = max(0, min(use["file_bytes"], file_bytes) - stored - sum(parts.values()))
     out = {
         "logical_bytes": logical,
         "unique_bytes": unique,
         "stored_bytes": stored,
         "store_file_bytes": file_bytes,
+        # Free pages gc punched out of the file: inside its size, not on the disk.
+        "store_file_hole_bytes": use["hole_bytes"],
         # The file beyond the stored chunks, and where it goes.
         "overhead": {"bytes": overhead, "ratio": round(overhead / stored, 4) if stored else None,
                      **parts},

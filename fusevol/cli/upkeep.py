@@ -20,7 +20,7 @@ def gc(ctx, as_json, quiet):
     to their workers. gc also compresses what was written since the last gc
     again, harder, and, when no other process has the store open (no mounted
     volume, no `fusevol serve`), writes the store file again without the
-    pages LMDB keeps free."""
+    pages LMDB keeps free; else gives those pages' blocks back to the disk."""
     with phases(quiet or as_json, in_bytes=False) as progress:
         report = open_service(ctx).gc(progress)
     lines = [
@@ -39,7 +39,18 @@ def gc(ctx, as_json, quiet):
         lines.append(f"file      {human(f['file_bytes_before'] - f['file_bytes_after']):>12}  smaller "
                      f"(written again: {human(f['file_bytes_after'])})")
     else:
-        lines.append(f"file      {human(f['file_bytes_before']):>12}  kept as it is: {f['reason']}")
+        lines.append(f"file      {human(f['file_bytes_before']):>12}  not written again: {f['reason']}")
+        tables = f.get("tables") or {}
+        if tables:
+            fewer = sum(t["leaf_pages_before"] - t["leaf_pages_after"] for t in tables.values())
+            lines.append(f"tables    {fewer:>12}  pages fewer (written again in key order: "
+                         f"{', '.join(sorted(tables))})")
+        holes = f.get("holes") or {}
+        if holes.get("punched"):
+            lines.append(f"disk      {human(holes['disk_bytes_before'] - holes['disk_bytes_after']):>12}  "
+                         f"given back ({holes['free_pages']} free pages punched out of the file)")
+        elif holes.get("reason"):
+            lines.append(f"disk      {'':>12}  free pages kept: {holes['reason']}")
     if report["packs"]["blobs_packed"]:
         lines.append(f"packed    {report['packs']['blobs_packed']:>12}  chunks and objects an older "
                      "fusevol kept alone")

@@ -337,6 +337,22 @@ class Store:
             raise
         self.commit(txn, durable)
 
+    def touch(self) -> None:
+        """A commit that changes nothing the store reads (its format written
+        again): LMDB lets the next writer take what the commit before it freed."""
+        with self.write(durable=False) as txn:
+            txn.put("meta", b"format", bytes(txn.get("meta", b"format")))
+
+    @contextlib.contextmanager
+    def writer_lock(self):
+        """LMDB's writer lock, held for the block: a write transaction that
+        writes nothing, so no process takes or frees a page meanwhile."""
+        txn = self._begin(write=True)
+        try:
+            yield
+        finally:
+            txn.abort()
+
     def begin_write(self) -> Txn:
         self._grow_if_needed()
         return Txn(self, self._begin(write=True), write=True)

@@ -28,6 +28,7 @@ space (`compact`). An entry is told live by hashing it and asking its row
 whether it points there: the pack needs no list of ids.
 """
 
+import os
 import struct
 from typing import NamedTuple
 
@@ -35,7 +36,7 @@ from ..errors import StoreDamaged
 from . import schema
 from .env import Txn
 
-PACK_MAX = 128 * 1024
+PACK_MAX = 128 * 1024 - 16  # with LMDB's page header, 32 pages exactly
 # Blobs larger than this stay values of their own (in chunks / objects): their
 # last page is a small part of them, and a read of one copies nothing else.
 ENTRY_MAX = 64 * 1024
@@ -45,6 +46,15 @@ ENTRY_MAX = 64 * 1024
 # (measured: 8 KiB writes each fsynced, 400 against 500 a second). Packs fill
 # to PACK_MAX within a transaction (a batch of a worker, a snapshot, a receive).
 JOIN_MAX = 32 * 1024
+# LMDB gives a pack (a value larger than a page) whole pages of its own, the
+# first beginning with a page header: a pack that stops short of its last
+# page's end leaves the rest of that page empty (~2 KB a pack, 2% of a store
+# of small files). So a pack that could not take the next blob stays open for
+# smaller ones that fit before its last page's end (FILLING of them at most,
+# the oldest written when more are).
+PAGE = 4096  # LMDB's page (the store's: env.stat()["psize"])
+PAGE_HEAD = 16
+FILLING = 2
 HEAD = struct.Struct(">cI")
 CHUNK, OBJECT = b"C", b"O"
 DEAD_SHARE = 0.5  # a pack more dead than this is rewritten when it gets there
@@ -66,6 +76,8 @@ class PackWriter:
         self.committed: dict[int, int] = {}    # bytes each had before this transaction
         self.current: int | None = None        # the pack the next blob goes to
         self.released: set[int] = set()        # packs with entries that died
+        self.filling: list[int] = []           # full packs still taking blobs that fit their last page
+        self.fill_room = 0                     # the most one of them can take
 
     def _start(self, txn: Txn) -> None:
         """Append to the table's last pack while it is small, else start one."""
@@ -90,16 +102,28 @@ class PackWriter:
     def add(self, txn: Txn, kind: bytes, payload) -> Location:
         if self.current is None:
             self._start(txn)
-        buf = self.open[self.current]
-        if len(buf) + HEAD.size + len(payload) > PACK_MAX and len(buf):
-            if txn.parent is None:  # nothing to roll back into: write it now
-                self._write(txn, self.current)
-            self.current = self._new_number(txn)
-            buf = self.open[self.current]
+        need = HEAD.size + len(payload)
+        number = None
+        if need <= self.fill_room:
+            rooms = [_room(len(self.open[n])) for n in self.filling]
+            number = next(n for n, room in zip(self.filling, rooms) if need <= room)
+            self.fill_room = max(room - need if n == number else room for n, room in zip(self.filling, rooms))
+        if number is None:
+            number = self.current
+            buf = self.open[number]
+            if len(buf) + need > PACK_MAX and len(buf):
+                self.filling.append(number)
+                if len(self.filling) > FILLING:
+                    oldest = self.filling.pop(0)
+                    if txn.parent is None:  # nothing to roll back into: write it now
+                        self._write(txn, oldest)
+                self._fill_room()
+                number = self.current = self._new_number(txn)
+        buf = self.open[number]
         buf += HEAD.pack(kind, len(payload))
         offset = len(buf)
         buf += payload
-        return Location(self.current, offset, len(payload))
+        return Location(number, offset, len(payload))
 
     def get(self, number: int):
         return self.open.get(number)
@@ -110,6 +134,12 @@ class PackWriter:
             self._start(txn)
         if self.current == number:
             self.current = self._new_number(txn)
+        if number in self.filling:
+            self.filling.remove(number)
+            self._fill_room()
+
+    def _fill_room(self) -> None:
+        self.fill_room = max((_room(len(self.open[n])) for n in self.filling), default=0)
 
     def _write(self, txn: Txn, number: int) -> None:
         cache = txn.root().pack_cache
@@ -126,23 +156,33 @@ class PackWriter:
         for number in sorted(self.released):
             _reclaim(txn, number)
         self.current = None
+        self.filling = []
+        self.fill_room = 0
         for number in list(self.open):
             self._write(txn, number)
 
     # Nested transactions (see env.Store.nested); `released` may keep packs
     # of an aborted child: finish looks at their dead counts again.
     def mark(self):
-        length = len(self.open[self.current]) if self.current is not None else 0
-        return self.current, length, set(self.open)
+        return self.current, {n: len(buf) for n, buf in self.open.items()}, list(self.filling)
 
     def rollback(self, mark) -> None:
-        current, length, numbers = mark
-        for number in set(self.open) - numbers:
+        current, lengths, filling = mark
+        for number in set(self.open) - set(lengths):
             del self.open[number]
             del self.committed[number]
-        if current is not None:
-            del self.open[current][length:]
+        for number, length in lengths.items():
+            if number in self.open:
+                del self.open[number][length:]
         self.current = current
+        self.filling = [n for n in filling if n in self.open]
+        self._fill_room()
+
+
+def _room(size: int) -> int:
+    """Bytes a pack of `size` bytes can still take before its last page's end."""
+    pages = -(-(PAGE_HEAD + size) // PAGE)
+    return min(pages * PAGE - PAGE_HEAD, PACK_MAX) - size
 
 
 def _writer(txn: Txn) -> PackWriter:
@@ -238,6 +278,9 @@ def _drop(txn: Txn, number: int) -> None:
         root.packs.committed.pop(number)
         if root.packs.current == number:
             root.packs.current = None
+        if number in root.packs.filling:
+            root.packs.filling.remove(number)
+            root.packs._fill_room()
     txn.delete("packs", schema.u64(number))
     txn.delete("packdead", schema.u64(number))
 
@@ -376,7 +419,8 @@ def file_use(txn: Txn) -> dict:
     the stored chunks and tree objects, dead entries in packs, the rest of
     the pages that hold blobs (entry heads, the unused end of each pack's
     last page), count rows, pages LMDB holds free for reuse; what is left
-    is the volumes' rows (inodes, entries, block maps, ...) and the store's."""
+    is the volumes' rows (inodes, entries, block maps, ...) and the store's.
+    Free pages punched out of the file are `hole_bytes`, not `free_bytes`."""
     from . import chunks, trees
     env = txn.store.env
     psize = env.stat()["psize"]
@@ -389,6 +433,13 @@ def file_use(txn: Txn) -> dict:
         return total * psize
 
     file_bytes = (env.info()["last_pgno"] + 1) * psize
+    try:
+        disk_bytes = os.stat(os.path.join(txn.store.path, "db", "data.mdb")).st_blocks * 512
+    except FileNotFoundError:
+        disk_bytes = file_bytes
+    # Free pages punched out of the file (freepages.py) take no disk: what
+    # the file's size has beyond its blocks on the disk is not paid for.
+    holes = max(0, file_bytes - disk_bytes)
     chunk_bytes = chunks.totals(txn)["stored_bytes"]
     object_bytes = trees.stored_total(txn)
     dead = stats(txn)["dead_bytes"]
@@ -398,7 +449,8 @@ def file_use(txn: Txn) -> dict:
             "dead_bytes": dead,
             "slack_bytes": max(0, pages(BLOB_TABLES) - chunk_bytes - object_bytes - dead),
             "count_bytes": pages(COUNT_TABLES),
-            "free_bytes": txn.free_pages_bytes()}
+            "free_bytes": max(0, txn.free_pages_bytes() - holes),
+            "hole_bytes": holes}
 
 
 def read_in_order(txn, located):

@@ -8,7 +8,8 @@ import random
 import subprocess
 import sys
 
-from fusevol.store import Inodes, Store, check, chunks, compaction, packs, recompress, schema, snapshots, trees, volumes
+from fusevol.store import (Inodes, Store, check, chunks, compaction, freepages, packs, recompress, repack, schema,
+                           snapshots, trees, volumes)
 
 from .conftest import BS, FILE
 
@@ -198,3 +199,60 @@ def test_chunks_kept_raw_stay_raw(store):
     assert recompress.recompress(store)["chunks_recompressed"] == 0
     with store.read() as txn:
         assert chunks.stored(txn, cid) == bytes((chunks.RAW,)) + text
+
+
+def test_punched_free_pages_are_never_ones_a_reader_still_sees(store, inodes):
+    """A reader keeps its snapshot of the store: the pages that later commits
+    freed are still its pages, and are not punched out of the file while it
+    reads; those no reader sees go back to the disk, and nothing is lost."""
+    _fill(store, inodes, 1)
+    with store.read() as txn:
+        old = {cid: chunks.read(txn, cid) for cid, *_ in chunks.count_rows(txn)}
+    reader = store.begin_read()  # sees every chunk of s1
+    try:
+        with store.write() as txn:
+            snapshots.remove(txn, "vol", "s1")
+        with store.write() as txn:
+            for name, ino in inodes.list_dir(txn, 1):
+                inodes.unlink(txn, 1, name)
+                inodes.purge(txn, ino)
+        data = os.path.join(store.path, "db", "data.mdb")
+        before = os.stat(data).st_blocks * 512
+        report = freepages.punch(store)
+        assert report["punched"]
+        assert {cid: chunks.read(reader, cid) for cid in old} == old
+    finally:
+        reader.abort()
+    report = freepages.punch(store)
+    assert report["punched"] and report["free_pages"] > 0
+    assert os.stat(data).st_blocks * 512 < before - sum(map(len, old.values())) // 8
+    with store.read() as txn:
+        assert check.verify(txn)["ok"]
+
+
+def test_tables_of_random_keys_are_written_again_full_with_every_row(store, inodes):
+    """With the store held open gc writes its tables of small rows again in
+    key order where they are: fewer leaves, the same rows."""
+    _churn(store, inodes)
+
+    def leaves() -> dict[str, int]:
+        with store.read() as txn:
+            return {name: txn.txn.stat(store.dbs[name])["leaf_pages"] for name in repack.TABLES}
+
+    def rows() -> dict[str, list]:
+        with store.read() as txn:
+            return {name: [(bytes(k), bytes(v)) for k, v in txn.scan(name, b"")] for name in schema.TABLES}
+
+    before, content = leaves(), rows()
+    report = repack.repack(store)
+    after = leaves()
+    assert "refs" in report and after["refs"] < before["refs"] * 0.85, (before, after)
+    assert sum(after.values()) < sum(before.values())
+    assert all(after[name] <= before[name] for name in repack.TABLES)
+    assert rows() == content
+    assert repack.repack(store) == {}  # full already
+    with store.read() as txn:
+        assert check.verify(txn)["ok"]
+    _fill(store, inodes, 3)  # and it takes writes as before
+    with store.read() as txn:
+        assert check.verify(txn)["ok"]

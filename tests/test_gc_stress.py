@@ -441,7 +441,7 @@ def test_worker_killed_during_gc_keeps_what_was_fsynced(mounts):
     durable: dict[str, bytes] = {}  # fsynced, and left alone since
     pool: list[bytes] = []
     counter = 0
-    gc_runs = 0
+    gc_runs = kills_during_gc = 0
     for round_ in range(ROUNDS):
         try:
             # Files written and fsynced (directory too), then left alone.
@@ -483,6 +483,7 @@ def test_worker_killed_during_gc_keeps_what_was_fsynced(mounts):
             t = threading.Thread(target=churn, daemon=True)
             t.start()
             time.sleep(0.3 + rnd.random() * 2.0)
+            kills_during_gc += gc.poll() is None
             _kill_worker(store, name, mounts, mp)
             stop.set()
             t.join(30)
@@ -503,4 +504,5 @@ def test_worker_killed_during_gc_keeps_what_was_fsynced(mounts):
         except BaseException:
             print(f"\nseed {SEED} (crash form, round {round_})")
             raise
-    print(f"\nseed {SEED}: crash form, {ROUNDS} rounds, {len(durable)} fsynced files checked")
+    print(f"\nseed {SEED}: crash form, {ROUNDS} rounds ({kills_during_gc} kills while gc ran), "
+          f"{len(durable)} fsynced files checked")

@@ -40,6 +40,7 @@ _OVERFLOW_PAGES = struct.Struct("=I")  # in place of lower, upper
 _NODE = struct.Struct("=HHHH")         # lo, hi, flags, key size
 _DB = struct.Struct("=IHHQQQQQ")       # pad, flags, depth, branch, leaf, overflow, entries, root
 _META_MAGIC = 0xBEEFC0DE
+_META_VERSION = 1                      # LMDB 0.9's data format
 _META_HEAD = struct.Struct("=II")      # magic, version
 _META_DBS = 16 + 4 + 4 + 8 + 8          # page header, magic, version, address, map size
 _META_TXNID = _META_DBS + 2 * _DB.size + 8
@@ -72,10 +73,14 @@ def _meta(f: _File) -> tuple[int, int, int]:
     best = None
     for pgno in (0, 1):
         page = f.page(pgno)
-        magic, _ = _META_HEAD.unpack_from(page, PAGE_HEAD)
+        magic, version = _META_HEAD.unpack_from(page, PAGE_HEAD)
         if magic != _META_MAGIC:
             raise Unreadable("no LMDB meta page")
+        if version != _META_VERSION:  # another layout (LMDB 1.0 is version 2)
+            raise Unreadable(f"LMDB's data format {version}, not {_META_VERSION}")
         free_db = _DB.unpack_from(page, _META_DBS)
+        if free_db[0] != f.psize:  # the free list's md_pad holds the page size
+            raise Unreadable(f"the meta page's page size {free_db[0]}, not {f.psize}")
         last_pg, txnid = struct.unpack_from("=QQ", page, _META_TXNID - 8)
         if best is None or txnid > best[2]:
             best = (free_db[7], last_pg, txnid)
@@ -122,11 +127,20 @@ def _records(f: _File, pgno: int, last_pg: int, depth: int = 0):
 
 
 def _oldest_reader(store: Store) -> int | None:
-    """The oldest txn id a reader of the store (in any process) sees."""
+    """The oldest txn id a reader of the store (in any process) sees. A reader
+    missed would have its pages punched: any line not read as LMDB 0.9 writes
+    it stops the whole punch."""
+    lines = store.env.readers().splitlines()
+    if lines == ["(no active readers)"]:
+        return None
+    if not lines or lines[0].split() != ["pid", "thread", "txnid"]:
+        raise Unreadable("LMDB's reader table does not read as expected")
     oldest = None
-    for line in store.env.readers().splitlines()[1:]:
+    for line in lines[1:]:
         fields = line.split()
-        if len(fields) >= 3 and re.fullmatch(r"\d+", fields[2]):
+        if len(fields) != 3 or not (fields[2] == "-" or fields[2].isdigit()):
+            raise Unreadable(f"a line of LMDB's reader table does not read as expected: {line!r}")
+        if fields[2] != "-":  # "-": a reader slot with no transaction
             txnid = int(fields[2])
             oldest = txnid if oldest is None else min(oldest, txnid)
     return oldest

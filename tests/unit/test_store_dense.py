@@ -8,6 +8,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from fusevol.store import (Inodes, Store, check, chunks, compaction, freepages, packs, recompress, repack, schema,
                            snapshots, trees, volumes)
 
@@ -256,3 +258,43 @@ def test_tables_of_random_keys_are_written_again_full_with_every_row(store, inod
     _fill(store, inodes, 3)  # and it takes writes as before
     with store.read() as txn:
         assert check.verify(txn)["ok"]
+
+
+class _ReaderTable:
+    """A store whose LMDB reader table reads as `text` (LMDB never writes a
+    line out of its format: only a stand-in can show what one would do)."""
+
+    def __init__(self, text: str):
+        self.env = type("Env", (), {"readers": lambda _self: text})()
+
+
+def test_a_reader_table_that_does_not_read_as_expected_stops_the_punch(store):
+    """A reader missed would have pages it still sees punched out of the file:
+    every line is read or nothing is punched."""
+    with store.read():
+        live = store.env.readers()
+    assert freepages._oldest_reader(store) is None  # no transaction now
+    assert isinstance(freepages._oldest_reader(_ReaderTable(live)), int)
+    for text in ("", "pid thread\n", live.replace("txnid", "txn"), live + "   12 7f00 abc\n",
+                 live + "garbage\n"):
+        with pytest.raises(freepages.Unreadable):
+            freepages._oldest_reader(_ReaderTable(text))
+
+
+def test_a_store_file_of_another_lmdb_format_is_not_punched(store, inodes):
+    """The free list is read as LMDB 0.9 lays it out: a meta page of another
+    version is refused, not read as if it were 0.9's."""
+    _fill(store, inodes, 1)
+    data = os.path.join(store.path, "db", "data.mdb")
+    psize = store.env.stat()["psize"]
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        pages = [bytearray(os.pread(fd, psize, n * psize)) for n in (0, 1)]
+    finally:
+        os.close(fd)
+    for page in pages:
+        page[20:24] = (2).to_bytes(4, "little")  # mm_version
+    file = freepages._File(None, psize)
+    file.page = lambda pgno, count=1: bytes(pages[pgno])
+    with pytest.raises(freepages.Unreadable, match="format 2"):
+        freepages._meta(file)

@@ -59,9 +59,14 @@ def instructions(tree: str, store: str, args: list[str]) -> float | None:
     """Millions of instructions one run executes (valgrind), None without valgrind."""
     if shutil.which("valgrind") is None:
         return None
+    # Under valgrind, LMDB cannot map the store's usual terabyte: a smaller map
+    # (the store is small), or the command fails and its count means nothing.
+    env = dict(_env(tree, store), FUSEVOL_MAP_SIZE=str(4 << 30))
     out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
                           "--cachegrind-out-file=/dev/null", sys.executable, "-c", entry(tree), *args],
-                         env=_env(tree, store), cwd=tree, capture_output=True, text=True)
+                         env=env, cwd=tree, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"fusevol {' '.join(args)} failed under valgrind in {tree}: {out.stderr[-2000:]}")
     for line in out.stderr.splitlines():
         if "I   refs:" in line or "I refs:" in line:
             return int(line.split(":")[1].replace(",", "")) / 1e6

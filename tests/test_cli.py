@@ -316,3 +316,19 @@ def test_common_commands_answer_without_click_as_click_does(store_path, tmp_path
         proc = subprocess.run([sys.executable, "-c", NO_CLICK, *words], capture_output=True,
                               timeout=60, env=dict(os.environ, FUSEVOL_STORE=store_path))
         assert proc.returncode == 99, words  # click's to answer
+
+
+def test_what_the_store_logs_reaches_stderr_formatted_without_click(store_path):
+    """The commands run without click load logging only when something logs,
+    and then with the command line's settings (the format; DEBUG with -v)."""
+    run_cli(store_path, "volume", "create", "vol")
+    shutil.rmtree(os.path.join(store_path, "intent"), ignore_errors=True)
+    with open(os.path.join(store_path, "intent"), "w"):  # not a folder: its listing fails, a warning
+        pass
+    for script in (NO_CLICK, CLICK):
+        proc = subprocess.run([sys.executable, "-c", script, "--store", store_path, "volume", "ls"],
+                              capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert re.match(rb"\d{4}-\d\d-\d\d [\d:,]+ fusevol.store.intentlog WARNING cannot list the "
+                        rb"intent logs of ", proc.stderr), proc.stderr
+        assert b"vol" in proc.stdout

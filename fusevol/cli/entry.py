@@ -26,11 +26,14 @@ def main(args=None, prog_name=None, **click_options):
     return click_main(args, prog_name=prog_name, **click_options)
 
 
-def configure_logging(verbose: bool) -> None:
-    import logging
+def configure_logging(verbose: bool, now: bool = True) -> None:
+    """Log to stderr: INFO and above, everything with -v. Not `now`: when logging
+    is first used (fusevol/logs.py), for commands whose modules all log through
+    fusevol.logs: one that logs nothing does not load it."""
+    from ..logs import configure
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure(now=now, level="DEBUG" if verbose else "INFO",
+              format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 def _plain_line(words: list[str]):
@@ -60,7 +63,7 @@ def _plain_line(words: list[str]):
 
 
 def _run(verbose: bool, store: str | None, command: tuple, arguments: list, as_json: bool) -> int:
-    configure_logging(verbose)
+    configure_logging(verbose, now=False)  # the store, the service, the registry: fusevol.logs
     from ..store.env import resolve_path
 
     try:

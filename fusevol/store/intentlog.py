@@ -31,15 +31,15 @@ rows of `meta`.
 
 import errno
 import fcntl
-import logging
 import os
 import struct
 from collections import namedtuple
 
+from ..logs import logger
 from . import schema
 from .env import Txn
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 DIR = "intent"
 MAGIC = b"FVIL"

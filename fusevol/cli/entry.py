@@ -64,14 +64,18 @@ def _plain_line(words: list[str]):
 
 def _run(verbose: bool, store: str | None, command: tuple, arguments: list, as_json: bool) -> int:
     configure_logging(verbose, now=False)  # the store, the service, the registry: fusevol.logs
-    from ..store.env import resolve_path
+
+    def store_path() -> str:
+        from ..store.env import resolve_path
+
+        return resolve_path(store)
 
     try:
         from ..service import VolumeService
         from ..store import Store
         from . import answers
 
-        service = VolumeService(Store.open(resolve_path(store)))
+        service = VolumeService(Store.open(store_path()))
         if command == ("volume", "ls"):
             data, text = answers.volume_list(service)
         else:
@@ -85,7 +89,7 @@ def _run(verbose: bool, store: str | None, command: tuple, arguments: list, as_j
     except (Exception, KeyboardInterrupt) as e:
         from .failure import ending
 
-        message, code = ending(e, lambda: resolve_path(store))
+        message, code = ending(e, store_path)
         sys.stderr.write(f"fusevol: {message}\n")
         sys.stderr.flush()
         return code

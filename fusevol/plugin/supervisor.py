@@ -119,7 +119,11 @@ class Supervisor:
         The count drops even if unmounting fails, so it never drifts above
         Docker's own view. An unknown volume or ID is no error.
         """
-        stored = self._store_if_last(name, mount_id)
+        try:
+            stored = self._store_if_last(name, mount_id)
+        except Exception as e:  # the count drops all the same; _release meets it again
+            log.info("storing what the worker of %s holds: %s", name, e)
+            stored = None
         volume = self._count(name, mount_id, -1)
         if volume is None or volume.mount_count > 0:
             return

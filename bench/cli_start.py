@@ -22,9 +22,16 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 
-# Run as the `fusevol` script runs: the interpreter, then fusevol.cli.main.
-ENTRY = "import sys; from fusevol.cli import main; sys.argv[0] = 'fusevol'; sys.exit(main())"
+
+
+def entry(tree: str) -> str:
+    """What the tree's `fusevol` script runs (its pyproject's console script), as `-c` code."""
+    with open(os.path.join(tree, "pyproject.toml"), "rb") as f:
+        target = tomllib.load(f)["project"]["scripts"]["fusevol"]
+    module, _, attr = target.partition(":")
+    return f"import sys; from {module} import {attr} as main; sys.argv[0] = 'fusevol'; sys.exit(main())"
 
 
 def _env(tree: str, store: str) -> dict:
@@ -37,7 +44,7 @@ def _env(tree: str, store: str) -> dict:
 def run(tree: str, store: str, args: list[str]) -> tuple[float, float]:
     """Wall time and user+sys CPU of one command."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", ENTRY, *args], env=_env(tree, store),
+    proc = subprocess.Popen([sys.executable, "-c", entry(tree), *args], env=_env(tree, store),
                             cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -52,9 +59,14 @@ def instructions(tree: str, store: str, args: list[str]) -> float | None:
     """Millions of instructions one run executes (valgrind), None without valgrind."""
     if shutil.which("valgrind") is None:
         return None
+    # Under valgrind, LMDB cannot map the store's usual terabyte: a smaller map
+    # (the store is small), or the command fails and its count means nothing.
+    env = dict(_env(tree, store), FUSEVOL_MAP_SIZE=str(4 << 30))
     out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
-                          "--cachegrind-out-file=/dev/null", sys.executable, "-c", ENTRY, *args],
-                         env=_env(tree, store), cwd=tree, capture_output=True, text=True)
+                          "--cachegrind-out-file=/dev/null", sys.executable, "-c", entry(tree), *args],
+                         env=env, cwd=tree, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"fusevol {' '.join(args)} failed under valgrind in {tree}: {out.stderr[-2000:]}")
     for line in out.stderr.splitlines():
         if "I   refs:" in line or "I refs:" in line:
             return int(line.split(":")[1].replace(",", "")) / 1e6
@@ -70,7 +82,7 @@ def small_volume(store: str, tree: str) -> None:
             info = tarfile.TarInfo(f"f{i:03d}")
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
-    subprocess.run([sys.executable, "-c", ENTRY, "import", "-q", "small"], input=data.getvalue(),
+    subprocess.run([sys.executable, "-c", entry(tree), "import", "-q", "small"], input=data.getvalue(),
                    env=_env(tree, store), cwd=tree, stdout=subprocess.DEVNULL, check=True)
 
 

@@ -4,6 +4,8 @@ its name, and starts without importing what only mounting needs."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,7 +191,7 @@ def _all_commands(command: click.Command, path=()):
 
 
 def test_every_command_maps_errors_and_takes_store():
-    from fusevol.cli import main
+    from fusevol.cli.app import main
     from fusevol.cli.group import Group
 
     found = list(_all_commands(main))
@@ -272,3 +274,61 @@ def test_volume_rm_removes_the_worker_log(mounts, store_path):
     assert os.path.exists(log)
     run_cli(store_path, "volume", "rm", "logged")
     assert not os.path.exists(log)
+
+
+NO_CLICK = ("import atexit, os, sys\n"
+            "atexit.register(lambda: 'click' in sys.modules and os._exit(99))\n"
+            "from fusevol.cli import main; sys.argv[0] = 'fusevol'; main()\n")
+CLICK = "from fusevol.cli.app import main; main(prog_name='fusevol')\n"
+
+
+def _as_seen(proc, store: str) -> tuple:
+    """Exit code, stdout and stderr, without what differs from run to run (the
+    store's path, times, log lines)."""
+    def lines(data: bytes):
+        return [line for line in data.replace(store.encode(), b"STORE").splitlines()
+                if b'"created_' not in line and not re.match(rb"\d{4}-\d\d-\d\d ", line)]
+    return proc.returncode, lines(proc.stdout), lines(proc.stderr)
+
+
+def test_common_commands_answer_without_click_as_click_does(store_path, tmp_path):
+    """`volume ls` and `snapshot create` run without importing click (most of a
+    short command's start) and answer as click's commands do, errors included;
+    a line that is not a plain one (a usage error, --help) is still click's."""
+    run_cli(store_path, "volume", "create", "small", "-o", "size=1G")
+    run_cli(store_path, "volume", "create", "other")
+    twin = str(tmp_path / "twin")
+    for words in (["volume", "ls"], ["volume", "ls", "--json"], ["-v", "volume", "--store", "S", "ls"],
+                  ["snapshot", "create", "small@a"], ["snapshot", "create", "--json", "small@b"],
+                  ["snapshot", "create", "nosuch"], ["snapshot", "create", "small@a"],
+                  ["snapshot", "create", "bad@name@x"]):
+        shutil.rmtree(twin, ignore_errors=True)
+        shutil.copytree(store_path, twin)  # the same store, for click's run of the same line
+        seen = []
+        for script, store in ((NO_CLICK, store_path), (CLICK, twin)):
+            proc = subprocess.run([sys.executable, "-c", script, *[store if w == "S" else w for w in words]],
+                                  capture_output=True, timeout=60, env=dict(os.environ, FUSEVOL_STORE=store))
+            seen.append(_as_seen(proc, store))
+        assert seen[0][0] != 99, (words, "click imported")
+        assert seen[0] == seen[1], words
+    for words in (["volume", "ls", "--bogus"], ["snapshot", "create"], ["volume", "ls", "--help"],
+                  ["volume", "ls", "extra"], ["--store"], ["volume", "ls", "--store"]):
+        proc = subprocess.run([sys.executable, "-c", NO_CLICK, *words], capture_output=True,
+                              timeout=60, env=dict(os.environ, FUSEVOL_STORE=store_path))
+        assert proc.returncode == 99, words  # click's to answer
+
+
+def test_what_the_store_logs_reaches_stderr_formatted_without_click(store_path):
+    """The commands run without click load logging only when something logs,
+    and then with the command line's settings (the format; DEBUG with -v)."""
+    run_cli(store_path, "volume", "create", "vol")
+    shutil.rmtree(os.path.join(store_path, "intent"), ignore_errors=True)
+    with open(os.path.join(store_path, "intent"), "w"):  # not a folder: its listing fails, a warning
+        pass
+    for script in (NO_CLICK, CLICK):
+        proc = subprocess.run([sys.executable, "-c", script, "--store", store_path, "volume", "ls"],
+                              capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert re.match(rb"\d{4}-\d\d-\d\d [\d:,]+ fusevol.store.intentlog WARNING cannot list the "
+                        rb"intent logs of ", proc.stderr), proc.stderr
+        assert b"vol" in proc.stdout

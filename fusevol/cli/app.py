@@ -7,10 +7,10 @@ them all): `fusevol volume ls` need not load tar, stream or FUSE code.
 """
 
 import importlib
-import logging
 
 import click
 
+from .entry import configure_logging
 from .group import Group
 
 # command name -> (module in this package, attribute)
@@ -51,5 +51,4 @@ class LazyGroup(Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
 def main(verbose):
     """fusevol: deduplicating FUSE volumes for Docker."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(verbose)

@@ -5,6 +5,7 @@ import json
 import click
 
 from .. import errors
+from .answers import human  # noqa: F401 (the commands' modules take it from here)
 from .group import store_path
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -36,11 +37,3 @@ def parse_opts(pairs) -> dict:
             raise errors.InvalidArgument(f"option {pair!r} is not KEY=VALUE")
         opts[key] = value
     return opts
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

@@ -2,7 +2,8 @@
 
 import click
 
-from .common import emit, human, json_option, open_service, open_store, parse_opts
+from .answers import human, snapshot_made
+from .common import emit, json_option, open_service, open_store, parse_opts
 from .group import command, group
 
 
@@ -17,12 +18,8 @@ def snapshot():
 @click.pass_context
 def snapshot_create(ctx, ref, as_json):
     """Snapshot VOLUME (named NAME, or after the time)."""
-    from ..store import snapshots
-
-    volume, name = snapshots.parse_ref(ref, need_snapshot=False)
-    snap = open_service(ctx).snapshot(volume, name).to_dict()
-    snap.pop("hardlinks")
-    emit(snap, as_json, f"{volume}@{snap['name']}")
+    snap, text = snapshot_made(open_service(ctx), ref)
+    emit(snap, as_json, text)
 
 
 @snapshot.command("ls")

@@ -8,7 +8,8 @@ import json
 
 import click
 
-from .common import emit, human, json_option, open_service, parse_opts
+from .answers import describe_volume, volume_list
+from .common import emit, json_option, open_service, parse_opts
 from .group import group
 
 
@@ -39,33 +40,13 @@ def volume_create(ctx, name, opts, as_json):
     emit(record.to_dict(), as_json, name)
 
 
-def _describe(txn, service, volume) -> dict:
-    from ..store import volumes
-
-    st = volumes.stats(txn, volume)
-    out = volume.to_dict()
-    out["logical_bytes"] = st.logical_bytes
-    out["inodes"] = st.inodes
-    worker = service.serving_worker(volume.family)
-    out["served_at"] = worker.mountpoint if worker else None
-    return out
-
-
 @volume.command("ls")
 @json_option
 @click.pass_context
 def volume_ls(ctx, as_json):
     """List volumes."""
-    from ..store import volumes
-
-    service = open_service(ctx)
-    with service.store.read() as txn:
-        rows = [_describe(txn, service, v) for v in volumes.list_all(txn)]
-    lines = [f"{'NAME':<30} {'SIZE':>10} {'CREATED':<21} OPTIONS"]
-    for r in rows:
-        opts = ",".join(f"{k}={v}" for k, v in sorted(r["options"].items()))
-        lines.append(f"{r['name']:<30} {human(r['logical_bytes']):>10} {r['created_at']:<21} {opts}")
-    emit(rows, as_json, "\n".join(lines))
+    rows, text = volume_list(open_service(ctx))
+    emit(rows, as_json, text)
 
 
 @volume.command("inspect")
@@ -77,7 +58,7 @@ def volume_inspect(ctx, name):
 
     service = open_service(ctx)
     with service.store.read() as txn:
-        out = _describe(txn, service, volumes.get(txn, name))
+        out = describe_volume(txn, service, volumes.get(txn, name))
     click.echo(json.dumps(out, indent=2))
 
 

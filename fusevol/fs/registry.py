@@ -16,15 +16,15 @@ import dataclasses
 import errno
 import fcntl
 import json
-import logging
 import os
 import sys
 import time
 
 from ..errors import Busy, FusevolError, InvalidArgument
+from ..logs import logger
 from ..records import MountSpec, Worker
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 FLUSH_XATTR = b"trusted.fusevol.flush"
 

@@ -119,11 +119,16 @@ class Supervisor:
         The count drops even if unmounting fails, so it never drifts above
         Docker's own view. An unknown volume or ID is no error.
         """
+        try:
+            stored = self._store_if_last(name, mount_id)
+        except Exception as e:  # the count drops all the same; _release meets it again
+            log.info("storing what the worker of %s holds: %s", name, e)
+            stored = None
         volume = self._count(name, mount_id, -1)
         if volume is None or volume.mount_count > 0:
             return
         log.info("last mount of %s gone", name)
-        self._release(volume)  # a worker still busy keeps the lease held (and the data here)
+        self._release(volume, stored)  # a worker still busy keeps the lease held (and the data here)
         if self._follows(volume) and self.family_count(name) == 0:
             self.follower.after_last_unmount(volume)  # snapshot, push, release the lease
 
@@ -155,27 +160,54 @@ class Supervisor:
             log.info("worker serves %s at %s", volume.name, path)
         return path
 
-    def _release(self, volume: Volume) -> None:
-        """Unmount a volume no one mounts; stop its family's worker when all are released."""
+    def _store_if_last(self, name: str, mount_id: str) -> bool | None:
+        """Before the count of a family's last mount drops, have its worker
+        store what it holds if it may be kept idle (see _keep_idle): True if it
+        did, False if it could not (stop it then), None if not asked.
+
+        Before the count's commit, not after it: the worker's open batch holds
+        the store's write lock until it commits (Docker sets the mode, owner
+        and times of a volume's root at a container's creation), and the count
+        waited for that batch; stored first, the batch is committed."""
+        volume = self.service.volume(name, missing_ok=True)
+        if (volume is None or volume.mounts.get(mount_id, 0) == 0 or volume.mount_count != 1
+                or self.family_count(volume.family) != 1 or not self._may_keep_idle(volume.family)):
+            return None
+        return self._store_held(volume.family)
+
+    def _release(self, volume: Volume, stored: bool | None = None) -> None:
+        """Unmount a volume no one mounts; stop its family's worker when all are
+        released. stored: what _store_if_last did, None if it asked nothing."""
         if volume.is_view:
             self.service.unbind(self.mountpoint(volume.name))
         data_name = volume.family
-        if self.family_count(data_name) == 0 and not self._keep_idle(data_name):
+        if self.family_count(data_name) == 0 and not self._keep_idle(data_name, stored):
             self._stop(data_name)
 
-    def _keep_idle(self, data_name: str) -> bool:
-        """Have the family's worker store everything, and keep it `idle_time`
-        seconds for the next Mount; False where it cannot be kept."""
+    def _may_keep_idle(self, data_name: str) -> bool:
         if self.idle_time <= 0 or any(self._follows(v) for v in self.service.family(data_name)):
             return False
-        path = self.mountpoint(data_name)
-        info = registry.worker_of(self.store_path, mountpoint=path)
-        if info is None or info.volume != data_name:
-            return False
+        info = registry.worker_of(self.store_path, mountpoint=self.mountpoint(data_name))
+        return info is not None and info.volume == data_name
+
+    def _store_held(self, data_name: str) -> bool:
+        """Have the family's worker store everything; False if its mount is gone or dead."""
         try:
             registry.flush_worker(self.store_path, data_name)  # as durable as its stop
-        except OSError as e:  # its mount is gone or dead: stop it
+        except OSError as e:
             log.info("flushing the worker of %s: %s", data_name, e)
+            return False
+        return True
+
+    def _keep_idle(self, data_name: str, stored: bool | None = None) -> bool:
+        """Have the family's worker store everything (unless `stored` says it
+        did already), and keep it `idle_time` seconds for the next Mount;
+        False where it cannot be kept."""
+        if stored is None:
+            if not self._may_keep_idle(data_name):
+                return False
+            stored = self._store_held(data_name)
+        if not stored:
             return False
         self._idle[data_name] = time.monotonic() + self.idle_time
         registry.note_idle(self.store_path, data_name, time.time() + self.idle_time)

@@ -22,17 +22,17 @@ volume. Taking a count back is done under one lock per store, once.
 
 import errno
 import fcntl
-import logging
 import os
 import sys
 
 from ..errors import Busy, FusevolError, NotFound
 from ..fs import registry
+from ..logs import logger
 from ..records import MountSpec, Volume
 from ..store import volumes
 from .rules import HOST_MOUNT
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 # How long a worker whose mount vanished may take to exit before we give up on it.
 WORKER_EXIT_WAIT = 10.0

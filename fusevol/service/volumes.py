@@ -11,17 +11,17 @@ remotes) on top; the CLI adds its words.
 Every method blocks (store transactions, workers starting and stopping).
 """
 
-import logging
 import os
 import time
 
 from ..fs import registry
+from ..logs import logger
 from ..records import MountSpec, Snapshot, Volume, Worker
 from ..store import volumes
 from . import rules
 from .mounts import Mounts
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 # How long past its time a worker the driver keeps idle may take to go.
 IDLE_STOP_MARGIN = 10.0

@@ -7,7 +7,6 @@ lets them read in parallel and queues writers on a lock in ``lock.mdb``.
 
 import contextlib
 import errno
-import logging
 import os
 import threading
 import time
@@ -15,9 +14,10 @@ import time
 import lmdb
 
 from ..errors import FusevolError, NoSpace
+from ..logs import logger
 from . import schema
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 DEFAULT_STORE = "/var/lib/fusevol"
 # A huge map costs only address space; it is doubled when half used.

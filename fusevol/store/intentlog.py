@@ -31,15 +31,15 @@ rows of `meta`.
 
 import errno
 import fcntl
-import logging
 import os
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 
+from ..logs import logger
 from . import schema
 from .env import Txn
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 DIR = "intent"
 MAGIC = b"FVIL"
@@ -52,13 +52,10 @@ DIGEST = 16
 PREALLOCATE = 4 << 20
 
 
-class Record(NamedTuple):
-    lsn: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ranges: list  # (offset, bytes)
+# ranges: (offset, bytes) pairs. (collections' namedtuple, not typing's: every
+# process that opens the store imports this module, and typing costs a CLI
+# command a tenth of its start.)
+Record = namedtuple("Record", "lsn ino size mtime_ns ctime_ns ranges")
 
 
 def encode(rec: Record) -> bytes:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from remote_helpers import Host, keys, s3_client, two_hosts, volume_digests
+from small_disks import ext4_loop, needs_loop
 
 MiB = 1 << 20
 SMALL_PACKS = {"FUSEVOL_PACK_SIZE": str(256 << 10)}  # many packs (and requests) from little data
@@ -139,3 +140,25 @@ def test_damaged_or_missing_objects_are_found_by_hash_and_named(hosts):
     s3.put_object(Bucket=bucket, Key="fv/snapshots/vol/one", Body=b"{")
     proc = b.run("pull", "r", "vol@one", check=False)
     assert proc.returncode == 8 and b"manifest snapshots/vol/one is damaged" in proc.stderr
+
+
+@needs_loop
+def test_pull_onto_a_full_disk_says_so_and_leaves_the_store_as_it_was(hosts, tmp_path):
+    """Chunks are stored by a thread of their own: its failure (the disk is
+    full) ends the pull with one line, the store as it was."""
+    a, _, bucket = hosts
+    a.import_files("vol", {f"f{i:02d}": os.urandom(MiB) for i in range(96)})
+    a.run("snapshot", "create", "vol@one")
+    a.run("push", "vol@one", "r")
+    with ext4_loop(str(tmp_path), size_mib=128) as point:
+        small = Host(a.cluster, os.path.join(point, "store"))
+        small.add_remote(bucket, create=False)
+        small.import_files("mine", {"f": b"kept"})
+        before, chunks_before = volume_digests(small.store, "mine"), _chunks(small)
+        proc = _spawn(small, "pull", "r", "vol@one", env={"FUSEVOL_PULL_BATCH": str(MiB)})
+        err = _one_line_error(proc, 6)
+        assert "no space" in err
+        assert [v["name"] for v in small.json("volume", "ls")] == ["mine"]
+        assert volume_digests(small.store, "mine") == before
+        assert _chunks(small) == chunks_before
+        assert b"ok" in small.run("verify").stdout

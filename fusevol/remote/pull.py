@@ -22,7 +22,7 @@ from ..errors import AlreadyExists, Busy, FusevolError, InvalidArgument, StreamD
 from ..progress import NoProgress
 from ..store import blobs, chunks, snapshots, stream, trees, volumes
 from ..store.env import Store
-from . import catalog, collector, manifests
+from . import catalog, collector, heap, manifests
 from .fetch import Fetcher, PackMissing
 from .s3 import Bucket
 from .staging import Staging
@@ -50,7 +50,7 @@ def pull(store: Store, remote: dict, volume: str, name: str, new_volume: str | N
     bucket = Bucket(remote, max_pool=THREADS)
     downloaded = 0
     with concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="pull") as pool, \
-            Staging(store) as staging, collector.spared():
+            Staging(store) as staging, collector.spared(), heap.kept():
         manifest = manifests.read(bucket, volume, name)
         base_root = _base_of(store, target)
         root = bytes.fromhex(manifest["root"])

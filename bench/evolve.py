@@ -40,6 +40,21 @@ PEER_ENV = {"RESTIC_PASSWORD": "bench", "BORG_PASSPHRASE": "",
             "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
 
 
+
+def _after_gc(vol, last: dict, peers) -> dict:
+    """`fusevol gc` run and timed, verify, and the store's figures beside the
+    last version's row."""
+    start = time.monotonic()
+    report = json.loads(vol.cli("gc", "--json"))
+    seconds = time.monotonic() - start
+    vol.cli("verify")
+    df = vol.df()
+    return {"version": last["version"], "files": last["files"], "logical": last["logical"],
+            "fusevol_file": df["store_file_bytes"], "fusevol_chunks": df["stored_bytes"],
+            "fusevol_overhead": df.get("overhead"), "gc_seconds": seconds,
+            "gc": {k: report.get(k) for k in ("recompressed", "file")},
+            **{p: last[p] for p in peers}}
+
 def files_of(root: str) -> list[str]:
     out = []
     for folder, _, names in os.walk(root):
@@ -139,32 +154,14 @@ def measure(source: str, versions: int, base: str, gc: bool = True) -> dict:
         if gc:
             # gc with the volume mounted: the worker holds the store, so the
             # file is not written again; what gc frees is punched out of it.
-            start = time.monotonic()
-            report = json.loads(vol.cli("gc", "--json"))
-            seconds = time.monotonic() - start
-            vol.cli("verify")
-            df = vol.df()
-            mounted_gc = {"version": rows[-1]["version"], "files": rows[-1]["files"],
-                          "logical": rows[-1]["logical"], "fusevol_file": df["store_file_bytes"],
-                          "fusevol_chunks": df["stored_bytes"], "fusevol_overhead": df.get("overhead"),
-                          "gc_seconds": seconds, "gc": {k: report.get(k) for k in ("recompressed", "file")},
-                          **{p: rows[-1][p] for p in peers}}
+            mounted_gc = _after_gc(vol, rows[-1], peers)
             print(f"mounted, after gc: {mounted_gc}", file=sys.stderr)
             _same(plain, vol.dir)
             # The store at rest: unmounted, then `fusevol gc` (which compresses
             # again and, with no process holding the store, writes its file
             # again), verified, and the volume read back after it.
             vol.umount()
-            start = time.monotonic()
-            report = json.loads(vol.cli("gc", "--json"))
-            seconds = time.monotonic() - start
-            vol.cli("verify")
-            df = vol.df()
-            after_gc = {"version": rows[-1]["version"], "files": rows[-1]["files"],
-                        "logical": rows[-1]["logical"], "fusevol_file": df["store_file_bytes"],
-                        "fusevol_chunks": df["stored_bytes"], "fusevol_overhead": df.get("overhead"),
-                        "gc_seconds": seconds, "gc": {k: report.get(k) for k in ("recompressed", "file")},
-                        **{p: rows[-1][p] for p in peers}}
+            after_gc = _after_gc(vol, rows[-1], peers)
             print(f"after gc: {after_gc}", file=sys.stderr)
             vol.mount()
             _same(plain, vol.dir)

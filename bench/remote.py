@@ -186,6 +186,27 @@ def one_round(i: int, fig: dict, s3, endpoint: str, bucket: str, work: str, a: s
     fig["rounds"].append(row)
 
 
+def parse_size(text: str) -> int:
+    """Bytes of "1G", "64M", "512K" or a plain number."""
+    return int(text[:-1]) << {"K": 10, "M": 20, "G": 30}[text[-1].upper()] \
+        if text[-1].isalpha() else int(text)
+
+
+def server(endpoint: str | None):
+    """(the Ceph cluster started here or None, the S3 endpoint): the one given,
+    or a one-node cluster's, whose credentials go to the environment."""
+    if endpoint is not None:
+        return None, endpoint
+    from ceph_cluster import CephCluster
+
+    cluster = CephCluster().start()
+    os.environ.update({"AWS_ACCESS_KEY_ID": cluster.access_key,
+                       "AWS_SECRET_ACCESS_KEY": cluster.secret_key,
+                       "AWS_EC2_METADATA_DISABLED": "true"})
+    print(f"ceph: started in {cluster.start_seconds:.1f} s", file=sys.stderr)
+    return cluster, cluster.endpoint
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1G", help="volume size (K, M, G suffix)")
@@ -195,21 +216,8 @@ def main() -> None:
     ap.add_argument("--base", default="/var/tmp", help="where stores and files go")
     ap.add_argument("--json", help="write the figures as JSON too")
     args = ap.parse_args()
-    size = int(args.size[:-1]) << {"K": 10, "M": 20, "G": 30}[args.size[-1].upper()] \
-        if args.size[-1].isalpha() else int(args.size)
-
-    cluster = None
-    if args.endpoint is None:
-        from ceph_cluster import CephCluster
-
-        cluster = CephCluster().start()
-        endpoint = cluster.endpoint
-        os.environ.update({"AWS_ACCESS_KEY_ID": cluster.access_key,
-                           "AWS_SECRET_ACCESS_KEY": cluster.secret_key,
-                           "AWS_EC2_METADATA_DISABLED": "true"})
-        print(f"ceph: started in {cluster.start_seconds:.1f} s", file=sys.stderr)
-    else:
-        endpoint = args.endpoint
+    size = parse_size(args.size)
+    cluster, endpoint = server(args.endpoint)
     work = tempfile.mkdtemp(dir=args.base, prefix="fusevol-bench-remote-")
     a = os.path.join(work, "a")
     fig = {"size_bytes": size, "rounds": []}

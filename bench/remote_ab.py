@@ -29,7 +29,7 @@ import botocore.config
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
-from remote import _PLAIN, write_random  # noqa: E402 (the same baseline as bench/remote.py)
+from remote import _PLAIN, parse_size, server, write_random  # noqa: E402 (the same baseline as bench/remote.py)
 
 
 def run(argv: list[str], pythonpath: str | None = None) -> tuple[float, float]:
@@ -58,22 +58,11 @@ def main() -> None:
     ap.add_argument("--base", default="/var/tmp", help="where stores and files go")
     args = ap.parse_args()
     trees = dict(t.split("=", 1) for t in args.trees)
-    size = int(args.size[:-1]) << {"K": 10, "M": 20, "G": 30}[args.size[-1].upper()] \
-        if args.size[-1].isalpha() else int(args.size)
+    size = parse_size(args.size)
     first = next(iter(trees.values()))
     bucket = f"fv-ab-{uuid.uuid4().hex[:8]}"
 
-    cluster = None
-    if args.endpoint is None:
-        from ceph_cluster import CephCluster
-
-        cluster = CephCluster().start()
-        endpoint = cluster.endpoint
-        os.environ.update({"AWS_ACCESS_KEY_ID": cluster.access_key,
-                           "AWS_SECRET_ACCESS_KEY": cluster.secret_key,
-                           "AWS_EC2_METADATA_DISABLED": "true"})
-    else:
-        endpoint = args.endpoint
+    cluster, endpoint = server(args.endpoint)
     work = tempfile.mkdtemp(dir=args.base, prefix="fusevol-bench-ab-")
     times = {name: [] for name in ["plain", *trees]}
     cpus = {name: [] for name in times}

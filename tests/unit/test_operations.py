@@ -146,6 +146,15 @@ async def test_unlinked_open_file_keeps_its_data_until_released(ops, store):
     await ops.runner.sync()
     assert await fuse_errno(ops.getattr(entry.st_ino)) == errno.ENOENT
 
+async def _assert_purged_whole(ops, store, inodes, ino: int, before) -> None:
+    """The deleted file `ino` is gone: no chunk, no orphan, usage as `before`."""
+    with store.read() as txn:
+        assert chunks.totals(txn)["chunks"] == 0
+        assert inodes.orphans(txn) == []
+        assert inodes.usage(txn) == before
+    assert await fuse_errno(ops.getattr(ino)) == errno.ENOENT
+
+
 
 @pytest.mark.parametrize("forget_first", [True, False])
 async def test_a_deleted_file_gives_back_its_data_at_once_and_its_row_at_forget(
@@ -167,11 +176,7 @@ async def test_a_deleted_file_gives_back_its_data_at_once_and_its_row_at_forget(
         assert (await ops.getattr(ino)).st_nlink == 0
     await ops.forget([(ino, 2)])
     await ops.runner.sync()
-    with store.read() as txn:
-        assert chunks.totals(txn)["chunks"] == 0
-        assert inodes.orphans(txn) == []
-        assert inodes.usage(txn) == before
-    assert await fuse_errno(ops.getattr(ino)) == errno.ENOENT
+    await _assert_purged_whole(ops, store, inodes, ino, before)
 
 
 async def test_a_forget_before_the_let_go_ran_leaves_the_purge_to_it(ops, store, inodes):
@@ -192,11 +197,7 @@ async def test_a_forget_before_the_let_go_ran_leaves_the_purge_to_it(ops, store,
     finally:
         held.set()
     await ops.runner.sync()
-    with store.read() as txn:
-        assert chunks.totals(txn)["chunks"] == 0
-        assert inodes.orphans(txn) == []
-        assert inodes.usage(txn) == before
-    assert await fuse_errno(ops.getattr(ino)) == errno.ENOENT
+    await _assert_purged_whole(ops, store, inodes, ino, before)
 
 
 async def test_a_forget_after_a_change_of_the_deleted_file_purges_after_that_change(
@@ -219,11 +220,7 @@ async def test_a_forget_after_a_change_of_the_deleted_file_purges_after_that_cha
         held.set()
     await ops.runner.sync()
     assert ops.runner.broken is None
-    with store.read() as txn:
-        assert chunks.totals(txn)["chunks"] == 0
-        assert inodes.orphans(txn) == []
-        assert inodes.usage(txn) == before
-    assert await fuse_errno(ops.getattr(ino)) == errno.ENOENT
+    await _assert_purged_whole(ops, store, inodes, ino, before)
 
 
 async def test_setattr_truncates_buffers_and_store(ops, store, inodes):

@@ -146,6 +146,7 @@ async def test_unlinked_open_file_keeps_its_data_until_released(ops, store):
     await ops.runner.sync()
     assert await fuse_errno(ops.getattr(entry.st_ino)) == errno.ENOENT
 
+
 async def _assert_purged_whole(ops, store, inodes, ino: int, before) -> None:
     """The deleted file `ino` is gone: no chunk, no orphan, usage as `before`."""
     with store.read() as txn:
@@ -153,7 +154,6 @@ async def _assert_purged_whole(ops, store, inodes, ino: int, before) -> None:
         assert inodes.orphans(txn) == []
         assert inodes.usage(txn) == before
     assert await fuse_errno(ops.getattr(ino)) == errno.ENOENT
-
 
 
 @pytest.mark.parametrize("forget_first", [True, False])

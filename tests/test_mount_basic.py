@@ -23,3 +23,20 @@ def test_content_survives_remount(mounts):
     assert os.readlink(os.path.join(mp, "dir", "link")) == "../blob"
     with open(os.path.join(mp, "dir", "link"), "rb") as f:
         assert f.read() == payload
+
+
+@needs_fuse
+def test_the_kernel_holds_more_of_a_volumes_written_pages_and_reads_ahead_far(mounts):
+    # FUSE's default (1% of the dirty page limit) sends random writes one or two
+    # pages at a time; FUSEVOL_DIRTY_RATIO and FUSEVOL_READ_AHEAD_KB set the two.
+    for env, ratio, read_ahead in ((None, "10", "4096"),
+                                   ({"FUSEVOL_DIRTY_RATIO": "3", "FUSEVOL_READ_AHEAD_KB": "512"},
+                                    "3", "512")):
+        mp = mounts.mount("data", env=env)
+        dev = os.stat(mp).st_dev
+        bdi = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}"
+        with open(f"{bdi}/max_ratio") as f:
+            assert f.read().strip() == ratio
+        with open(f"{bdi}/read_ahead_kb") as f:
+            assert f.read().strip() == read_ahead
+        mounts.umount(mp)

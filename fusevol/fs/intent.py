@@ -299,7 +299,15 @@ class IntentLog:
 
     async def _durable(self, lsn: int) -> None:
         """Return once record `lsn` is on disk; fsyncs that come while the log
-        is being synced share the next sync."""
+        is being synced share the next sync.
+
+        The sync runs on this (the FUSE) thread, as a C FUSE server's would:
+        handing it to a thread and back cost two thread wakeups per fsync,
+        0.5 ms at the median and 1.7 ms on average of pgbench's fsyncs on a
+        loaded machine, a third of what the sync itself took. fdatasync lets go
+        of the GIL: the store thread goes on meanwhile. Fsyncs whose tasks are
+        ready to run append their records first (one scheduler turn), and that
+        sync covers them."""
         while self.synced < lsn:
             if self.failed is not None:
                 raise FsError(errno.EIO, self.failed)
@@ -307,12 +315,13 @@ class IntentLog:
                 await self._syncing.wait()
                 continue
             event = self._syncing = trio.Event()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             upto = self.lsn
             fds = [f.fd for f in self.files if f.unsynced]
             for f in self.files:
                 f.unsynced = False
             try:
-                await trio.to_thread.run_sync(_fdatasync_all, fds)
+                _fdatasync_all(fds)
                 self.counts["log_syncs"] += 1
             except OSError as e:
                 # Whether the records reached the disk is unknown: from now on

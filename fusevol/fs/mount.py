@@ -158,6 +158,7 @@ async def _answering(mountpoint: str, *, task_status=trio.TASK_STATUS_IGNORED) -
     very loop, so its answer means the mount serves."""
     st = await trio.to_thread.run_sync(os.stat, mountpoint)
     _set_read_ahead(st.st_dev)
+    _set_dirty_share(st.st_dev)
     task_status.started()
 
 
@@ -171,6 +172,23 @@ def _set_read_ahead(dev: int) -> None:
             f.write(os.environ.get("FUSEVOL_READ_AHEAD_KB", "4096"))
     except OSError as e:
         log.warning("cannot set read-ahead in %s: %s", path, e)
+
+
+def _set_dirty_share(dev: int) -> None:
+    """Let the kernel hold more of the volume's written pages before it writes
+    them back. FUSE caps a mount at 1% of the system's dirty page limit (40 MiB
+    here) and starts writing back at half of it, so random 4 KiB writes over a
+    larger file came to the worker one or two pages at a time, each costing it
+    a whole block loaded, hashed and stored again; held until the fsync they
+    come in runs of whole blocks. 10% (strict still: a worker that hangs pins
+    at most that): the worker's CPU for random writes over 128 MiB and their
+    fsync fell by 6-63% in three alternated pairs (README, the filesystem)."""
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/max_ratio"
+    try:
+        with open(path, "w") as f:
+            f.write(os.environ.get("FUSEVOL_DIRTY_RATIO", "10"))
+    except OSError as e:
+        log.warning("cannot set the dirty page share in %s: %s", path, e)
 
 
 async def _unmount_on_signal(mountpoint: str) -> None:

@@ -61,8 +61,10 @@ def df(ctx, as_json):
     parts = {key: use[key] for key in ("object_bytes", "free_bytes", "dead_bytes", "slack_bytes",
                                        "count_bytes")}
     # What the file takes on the disk: pages punched out of it (gc with the
-    # store held open) are not counted, as the disk does not count them.
-    parts["other_bytes"] = max(0, min(use["file_bytes"], file_bytes) - stored - sum(parts.values()))
+    # store held open) are not counted, as the disk does not count them; blocks
+    # the file has past LMDB's last page in use are (the parts add up to the
+    # file's blocks: with the smaller of the two, they missed a page at times).
+    parts["other_bytes"] = max(0, file_bytes - stored - sum(parts.values()))
     out = {
         "logical_bytes": logical,
         "unique_bytes": unique,

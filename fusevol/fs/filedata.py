@@ -22,7 +22,6 @@ starts (`cut_unstored`), never below what an fsync made durable.
 
 import errno
 import functools
-import logging
 
 import trio
 
@@ -31,8 +30,6 @@ from ..store import Inodes, chunks
 from . import pagepush
 from .runner import TxnRunner
 from .space import SpaceBudget
-
-log = logging.getLogger(__name__)
 
 SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 # Flushes of this many bytes or more are hashed and compressed in threads
@@ -299,25 +296,31 @@ class FileData:
         self.durable_size = max(self.durable_size, min(size, self.size))
 
     async def cut_unstored(self, offset: int) -> bool:
-        """After a write at `offset` was refused for lack of space: cut the
-        file there, buffers and store (see the module's docstring). Whether
-        it was cut."""
-        async with self.flush_lock:
-            return await self._cut_locked(offset)
-
-    async def _cut_locked(self, offset: int) -> bool:
+        """Data from `offset` on was refused for lack of space (a write, or a
+        failed flush's buffers dropped): if the file holds nothing there but
+        holds data past it, cut the file there, buffers and store (see the
+        module's docstring). An overwrite refused leaves the old bytes: no
+        cut. Whether it was cut."""
         if not self.writeback_cache:
             # Each write(2) came on its own and its answer was a promise to
             # the program: it is kept, wherever it lies.
             return False
-        # At a block's start: the cut frees blocks and writes none (a cut
-        # inside a stored block would store a new chunk on a full disk).
-        cut = max(offset - offset % self.bs, self.durable_size)
-        if cut >= self.size:
-            return False
-        self._cut_buffers(cut)
-        await self.runner.run(_cut_stored, self.inodes, self.ino, cut, foreseen=True)
-        return True
+        async with self.flush_lock:
+            bs = self.bs
+            # At a block's start: the cut frees blocks and writes none (a cut
+            # inside a stored block would store a new chunk on a full disk).
+            cut = max(offset - offset % bs, self.durable_size)
+            if cut >= self.size:
+                return False
+            held = self._cached(offset // bs)
+            if held is not None and len(held) > offset % bs:
+                return False
+            if held is None and await self.runner.run(
+                    _stored_at, self.inodes, self.ino, offset, foreseen=True, loggable=True):
+                return False
+            self._cut_buffers(cut)
+            await self.runner.run(_cut_stored, self.inodes, self.ino, cut, foreseen=True)
+            return True
 
     async def flush(self, durable: bool = False, then=None):
         """Store the dirty blocks as chunks, with the file's size and mtime.
@@ -366,12 +369,6 @@ class FileData:
                 self.times_pending = True
                 if isinstance(e, FusevolError) and e.errno in SPACE_ERRORS:
                     self.refuse(e.errno, reported=False)
-                    if blocks:  # a range past this batch may be stored already
-                        try:
-                            await self._cut_locked(blocks[0][0] * bs)
-                        except FusevolError as cut_failed:
-                            log.error("inode %d: cannot cut the file after a refused "
-                                      "flush: %s", self.ino, cut_failed)
                 raise
             else:
                 self.space.stored(added, written)
@@ -417,6 +414,13 @@ def _store_blocks(txn, inodes: Inodes, ino: int, blocks, size: int, prepared, *,
                                 prepared=prepared)
     result = then(txn) if then is not None else None
     return added, result
+
+
+def _stored_at(txn, inodes: Inodes, ino: int, offset: int) -> bool:
+    """Whether the store holds a byte of the file's data at `offset`."""
+    index = offset // inodes.block_size
+    cid = inodes.block_ids(txn, ino, [index])[index]
+    return cid is not None and chunks.raw_length(txn, cid) > offset % inodes.block_size
 
 
 def _cut_stored(txn, inodes: Inodes, ino: int, size: int) -> None:

@@ -552,7 +552,11 @@ class VolumeOperations(pyfuse3.Operations):
             if fd.opens == 0:
                 # close(2) got this error from flush already; nobody is left to retry for.
                 log.warning("dropping unstored data of inode %d: %s", fd.ino, e)
+                lowest = min(fd.dirty, default=None)
                 fd.drop()
+                if lowest is not None and getattr(e, "errno", None) in SPACE_ERRORS:
+                    # A range past it may be stored already.
+                    await self._cut_after_refusal(fd, lowest * fd.bs)
                 if self.nursery:  # the kernel's pages of it were never stored
                     self.nursery.start_soon(self._forget_pages, fd.ino)
         finally:

@@ -7,6 +7,7 @@ The worker does not buffer what it cannot store, and a stored file is always a
 prefix of what was written, never one with a hole inside.
 """
 
+import ctypes
 import errno
 import json
 import os
@@ -139,6 +140,58 @@ def test_full_disk_gives_enospc_keeps_what_was_synced_and_stores_a_prefix(small_
         with open(os.path.join(mp, "fill"), "rb") as f:
             stored = f.read()
         assert synced <= len(stored) <= len(data)
+        assert stored == data[:len(stored)], "the stored file is not a prefix of what was written"
+    finally:
+        m.cleanup()
+
+
+def _sync_file_range(fd: int, offset: int, length: int) -> None:
+    """Write out only these pages of the page cache, and wait for them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    wait_before, write, wait_after = 1, 2, 4
+    if libc.sync_file_range(fd, offset, length, wait_before | write | wait_after) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@needs_fuse
+def test_a_range_refused_after_a_later_one_was_stored_ends_the_file_there(small_disk, tmp_path):
+    """The kernel's writeback sends a file's ranges out of order. Here the
+    later range goes first and is stored, then the disk fills and the earlier
+    range is refused: the stored file must end where the refused range starts,
+    not keep the later range behind a hole of zeros."""
+    store = os.path.join(small_disk, "store")
+    m = Mounts(store, str(tmp_path / "mnt"))
+    filler = os.path.join(small_disk, "filler")
+    try:
+        mp = m.mount("late")
+        data = random.Random(5).randbytes(4 * MiB)
+        fd = os.open(os.path.join(mp, "f"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data[:MiB])
+            os.fsync(fd)
+            os.write(fd, data[MiB:])
+            _sync_file_range(fd, 2 * MiB, 2 * MiB)
+            os.getxattr(mp, "trusted.fusevol.flush")  # the worker stores what it holds
+            st = os.statvfs(small_disk)
+            with open(filler, "wb") as f:  # leave less than the store's reserve
+                os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - 16 * MiB)
+            with pytest.raises(OSError) as refused:
+                os.fsync(fd)  # sends the range 1-2 MiB
+            assert refused.value.errno == errno.ENOSPC
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            if os.path.exists(filler):
+                os.unlink(filler)
+        m.umount(mp)
+        mp = m.mount("late")
+        with open(os.path.join(mp, "f"), "rb") as f:
+            stored = f.read()
+        assert MiB <= len(stored) <= len(data), len(stored)
         assert stored == data[:len(stored)], "the stored file is not a prefix of what was written"
     finally:
         m.cleanup()

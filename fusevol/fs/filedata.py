@@ -14,7 +14,10 @@ truncate ran meanwhile.
 Once data could not be stored for lack of space, the file refuses further
 writes (the same errno) until it is truncated or closed by all: what reaches
 the store is then always a prefix of what was written, never a file with a
-refused range in its middle.
+refused range in its middle. The kernel's writeback sends the ranges of a file
+out of order, several at once: a range past the refused one may have been
+taken (even stored) before it. The file is then cut where the refused range
+starts (`cut_unstored`), never below what an fsync made durable.
 """
 
 import errno
@@ -72,6 +75,9 @@ class FileData:
         self.flush_lock = _FlushLock()
         self.flushes = 0  # completed flushes, to notice one during an await
         self.truncations = 0  # likewise for truncates
+        # The size up to which an fsync (or an earlier open) covered the
+        # file: a cut after a refusal never goes below it.
+        self.durable_size = size
         self.error: int | None = None  # space ran out: writes are refused
         self.error_unreported = False  # ...and no close or fsync said so yet
 
@@ -265,6 +271,12 @@ class FileData:
 
     def truncate(self, size: int) -> None:
         """Apply a new size to the buffers (the store is truncated by the caller)."""
+        self._cut_buffers(size)
+        self.durable_size = min(self.durable_size, size)
+        self.error = None  # what is kept is a prefix again
+        self.error_unreported = False
+
+    def _cut_buffers(self, size: int) -> None:
         bs = self.bs
         for table in (self.dirty, self.inflight):
             for index in [i for i in table if i * bs >= size]:
@@ -277,8 +289,38 @@ class FileData:
         if self.intent is not None:
             self.intent.truncated(self.ino, size)
         self.truncations += 1
-        self.error = None  # what is kept is a prefix again
-        self.error_unreported = False
+
+    def synced(self, size: int) -> None:
+        """An fsync of the file succeeded: the kernel had sent it everything up
+        to `size` (the file's size when the fsync came), now durable."""
+        self.durable_size = max(self.durable_size, min(size, self.size))
+
+    async def cut_unstored(self, offset: int) -> bool:
+        """Data from `offset` on was refused for lack of space (a write, or a
+        failed flush's buffers dropped): if the file holds nothing there but
+        holds data past it, cut the file there, buffers and store (see the
+        module's docstring). An overwrite refused leaves the old bytes: no
+        cut. Whether it was cut."""
+        if not self.writeback_cache:
+            # Each write(2) came on its own and its answer was a promise to
+            # the program: it is kept, wherever it lies.
+            return False
+        async with self.flush_lock:
+            bs = self.bs
+            # At a block's start: the cut frees blocks and writes none (a cut
+            # inside a stored block would store a new chunk on a full disk).
+            cut = max(offset - offset % bs, self.durable_size)
+            if cut >= self.size:
+                return False
+            held = self._cached(offset // bs)
+            if held is not None and len(held) > offset % bs:
+                return False
+            if held is None and await self.runner.run(
+                    _stored_at, self.inodes, self.ino, offset, foreseen=True, loggable=True):
+                return False
+            self._cut_buffers(cut)
+            await self.runner.run(_cut_stored, self.inodes, self.ino, cut, foreseen=True)
+            return True
 
     async def flush(self, durable: bool = False, then=None):
         """Store the dirty blocks as chunks, with the file's size and mtime.
@@ -372,6 +414,20 @@ def _store_blocks(txn, inodes: Inodes, ino: int, blocks, size: int, prepared, *,
                                 prepared=prepared)
     result = then(txn) if then is not None else None
     return added, result
+
+
+def _stored_at(txn, inodes: Inodes, ino: int, offset: int) -> bool:
+    """Whether the store holds a byte of the file's data at `offset`."""
+    index = offset // inodes.block_size
+    cid = inodes.block_ids(txn, ino, [index])[index]
+    return cid is not None and chunks.raw_length(txn, cid) > offset % inodes.block_size
+
+
+def _cut_stored(txn, inodes: Inodes, ino: int, size: int) -> None:
+    """Cut the stored file at `size` if it is longer (a flush may not have
+    stored it that far: it is never made longer here)."""
+    if inodes.get(txn, ino).size > size:
+        inodes.setattr(txn, ino=ino, size=size)
 
 
 async def _prepare(blocks, compression: str) -> dict:

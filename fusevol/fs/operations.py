@@ -25,7 +25,7 @@ from ..errors import FusevolError, StoreDamaged
 from ..store import ROOT_INO, Inode, Inodes
 from ..store.inodes import set_attrs
 from . import acl, metrics, pagepush
-from .filedata import FileData
+from .filedata import SPACE_ERRORS, FileData
 from .registry import FLUSH_XATTR
 from .runner import TxnRunner
 from .space import SpaceBudget
@@ -464,8 +464,13 @@ class VolumeOperations(pyfuse3.Operations):
     @modifying
     async def write(self, fh, off, buf):
         fd = self.handles[fh]
-        await self._admit(fd, off, len(buf))
-        n = await fd.write(off, buf)
+        try:
+            await self._admit(fd, off, len(buf))
+            n = await fd.write(off, buf)
+        except (pyfuse3.FUSEError, FusevolError) as e:
+            if e.errno in SPACE_ERRORS:
+                await self._cut_after_refusal(fd, off)
+            raise
         self.metrics.bytes_written += n
         if fd.dirty_bytes >= BLOCK_WRITES_AT:
             await fd.flush()  # back-pressure: the store is behind
@@ -499,6 +504,18 @@ class VolumeOperations(pyfuse3.Operations):
             fd.refuse(err)
             raise pyfuse3.FUSEError(err)
 
+    async def _cut_after_refusal(self, fd: FileData, off: int) -> None:
+        """A write at `off` was refused: what the worker took past it must not
+        stay behind a hole (filedata.py). The kernel's pages of what is cut go
+        too, so that it does not go on showing them."""
+        try:
+            cut = await fd.cut_unstored(off)
+        except FusevolError as e:
+            log.error("inode %d: cannot cut the file after a refused write: %s", fd.ino, e)
+            return
+        if cut and self.nursery:
+            self.nursery.start_soon(self._forget_pages, fd.ino)
+
     async def _flush_quietly(self, fd: FileData) -> None:
         try:
             await fd.flush()
@@ -514,11 +531,13 @@ class VolumeOperations(pyfuse3.Operations):
     @handler
     async def fsync(self, fh, datasync):
         fd = self.handles[fh]
+        size = fd.size
         if self.intent is not None:
             await self.intent.fsync(fd, self.files)
         else:
             await fd.flush(durable=True)
         fd.take_error()
+        fd.synced(size)
 
     @handler
     async def release(self, fh):
@@ -533,7 +552,11 @@ class VolumeOperations(pyfuse3.Operations):
             if fd.opens == 0:
                 # close(2) got this error from flush already; nobody is left to retry for.
                 log.warning("dropping unstored data of inode %d: %s", fd.ino, e)
+                lowest = min(fd.dirty, default=None)
                 fd.drop()
+                if lowest is not None and getattr(e, "errno", None) in SPACE_ERRORS:
+                    # A range past it may be stored already.
+                    await self._cut_after_refusal(fd, lowest * fd.bs)
                 if self.nursery:  # the kernel's pages of it were never stored
                     self.nursery.start_soon(self._forget_pages, fd.ino)
         finally:

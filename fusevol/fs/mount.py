@@ -166,12 +166,7 @@ def _set_read_ahead(dev: int) -> None:
     """Let the kernel read ahead far: with its default (128 KiB) a sequential
     read waits on one request at a time; 4 MiB keeps several in flight (on
     this project's benchmark machine: 55 -> 275 MB/s cold)."""
-    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
-    try:
-        with open(path, "w") as f:
-            f.write(os.environ.get("FUSEVOL_READ_AHEAD_KB", "4096"))
-    except OSError as e:
-        log.warning("cannot set read-ahead in %s: %s", path, e)
+    _set_bdi(dev, "read_ahead_kb", os.environ.get("FUSEVOL_READ_AHEAD_KB", "4096"))
 
 
 def _set_dirty_share(dev: int) -> None:
@@ -183,12 +178,18 @@ def _set_dirty_share(dev: int) -> None:
     come in runs of whole blocks. 10% (strict still: a worker that hangs pins
     at most that): the worker's CPU for random writes over 128 MiB and their
     fsync fell by 6-63% in three alternated pairs (README, the filesystem)."""
-    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/max_ratio"
+    _set_bdi(dev, "max_ratio", os.environ.get("FUSEVOL_DIRTY_RATIO", "10"))
+
+
+def _set_bdi(dev: int, setting: str, value: str) -> None:
+    """Write one of the kernel's settings of the volume's device (its backing
+    device info); a kernel that refuses leaves the volume working, slower."""
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/{setting}"
     try:
         with open(path, "w") as f:
-            f.write(os.environ.get("FUSEVOL_DIRTY_RATIO", "10"))
+            f.write(value)
     except OSError as e:
-        log.warning("cannot set the dirty page share in %s: %s", path, e)
+        log.warning("cannot set %s: %s", path, e)
 
 
 async def _unmount_on_signal(mountpoint: str) -> None:

@@ -315,8 +315,14 @@ class FileData:
             held = self._cached(offset // bs)
             if held is not None and len(held) > offset % bs:
                 return False
+            truncations = self.truncations
             if held is None and await self.runner.run(
                     _stored_at, self.inodes, self.ino, offset, foreseen=True, loggable=True):
+                return False
+            # Meanwhile a truncate may have ended the file (a cut would make it
+            # longer again) and an fsync may have covered more of it.
+            cut = max(cut, self.durable_size)
+            if self.truncations != truncations or cut >= self.size:
                 return False
             self._cut_buffers(cut)
             await self.runner.run(_cut_stored, self.inodes, self.ino, cut, foreseen=True)

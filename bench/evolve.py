@@ -52,7 +52,7 @@ def _after_gc(vol, last: dict, peers) -> dict:
     return {"version": last["version"], "files": last["files"], "logical": last["logical"],
             "fusevol_file": df["store_file_bytes"], "fusevol_chunks": df["stored_bytes"],
             "fusevol_overhead": df.get("overhead"), "gc_seconds": seconds,
-            "gc": {k: report.get(k) for k in ("recompressed", "file")},
+            "gc": {k: report.get(k) for k in ("recompressed", "densified", "file")},
             **{p: last[p] for p in peers}}
 
 def files_of(root: str) -> list[str]:

@@ -250,10 +250,11 @@ def _lay_out(txn: Txn, run: list[int], report: dict) -> list[int]:
     for number in sources:
         packs.drop(txn, number)
     reuse = sorted(sources, reverse=True)
-    lasts = [p for p in (chunk_packs[-1:] + object_packs[-1:])]
+    lasts = {id(p) for p in chunk_packs[-1:] + object_packs[-1:]}
     carry = []
-    for value, where in chunk_packs + object_packs:
-        fresh = any(value is last for last, _ in lasts) or not reuse
+    for pack in chunk_packs + object_packs:
+        value, where = pack
+        fresh = id(pack) in lasts or not reuse
         number = packs.new_number(txn) if fresh else reuse.pop()
         if fresh:
             carry.append(number)
@@ -263,7 +264,7 @@ def _lay_out(txn: Txn, run: list[int], report: dict) -> list[int]:
                 trees.place(txn, entry[2], loc, counts[entry[2]])
             else:
                 chunks.relocate(txn, entry[2], loc)
-        txn.put("packs", schema.u64(number), value)
+        packs.put(txn, number, value)
         report["packs_compressed"] += packs.is_compressed(value)
     report["packs_rewritten"] += len(sources)
     report["packs_written"] += len(chunk_packs) + len(object_packs)

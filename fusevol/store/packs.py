@@ -350,6 +350,15 @@ drop = _drop
 room = _room
 
 
+def put(txn: Txn, number: int, value: bytes) -> None:
+    """Write pack `number` as a whole, plain or compressed (densify.py lays
+    packs out again under the numbers of those it replaces)."""
+    root = txn.root()
+    if root.pack_cache is not None:
+        root.pack_cache.pop(number, None)
+    txn.put("packs", schema.u64(number), value)
+
+
 def entries(pack) -> list[tuple[bytes, int, int]]:
     """(kind, offset, length) of every entry of a pack."""
     out, pos = [], 0

@@ -150,7 +150,8 @@ def test_a_pack_with_an_entry_that_cannot_be_told_is_left_as_it_is(store, inodes
     densify.densify(store)
     with store.read() as txn:
         assert chunks.location(txn, victim) == loc  # where verify names it
-        assert {p["chunk"] for p in check.verify(txn)["problems"] if "damaged" in p["message"]} == {victim.hex()}
+        problems = check.verify(txn)["problems"]
+        assert {p["chunk"] for p in problems if "damaged" in p["message"]} == {victim.hex()}
 
 
 def test_gc_lays_out_an_older_stores_packs_and_keeps_every_byte(old_store):

@@ -33,7 +33,7 @@ from . import chunks, packs, schema, trees
 from .env import Store, Txn
 
 MIN_ROOM = 256
-BATCH = 16
+BATCH = 32
 LEVEL = 9  # as gc compresses chunks (recompress.py)
 # The content of a compressed pack of tree objects: a read of one object
 # decompresses all of it once per transaction. On bench/evolve.py's objects

@@ -191,7 +191,7 @@ class VolumeService(Mounts):
 
     def gc(self, progress=None) -> dict:
         """The store's gc; volumes a worker serves keep their orphan files."""
-        from ..store import check, recompress
+        from ..store import check, densify, recompress
 
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:
@@ -200,6 +200,7 @@ class VolumeService(Mounts):
         # Then, in transactions of their own: chunks compressed again, the file
         # written again.
         report["recompressed"] = recompress.recompress(self.store, progress)
+        report["densified"] = densify.densify(self.store, progress)
         report["file"] = self.rewrite_file()
         if not report["file"]["rewritten"]:
             # Held open elsewhere (or not worth a copy): tables of random keys

@@ -10,7 +10,7 @@ import time
 
 from ..errors import FsError
 from .env import Txn
-from .schema import NO_TREE, ROOT_INO, Inode, ino_key, read_u64, u64
+from .schema import NO_TREE, ROOT_INO, Inode, ino_key, read_u64, row_flags, u64
 
 _decode = Inode.unpack  # one object: a reader's copy of a row is kept with its decoder
 
@@ -41,6 +41,13 @@ class InodeRows:
         if inode is None:
             raise FsError(errno.ENOENT)
         return inode
+
+    def flags(self, txn: Txn, ino: int) -> int:
+        """The inode's flags, read from its row without decoding the rest."""
+        raw = txn.get("inodes", ino_key(self.vid, ino))
+        if raw is None:
+            raise FsError(errno.ENOENT)
+        return row_flags(raw)
 
     def row(self, ino: int) -> tuple:
         """The table, key and decoder of inode ino's row, for a worker's row

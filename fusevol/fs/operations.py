@@ -78,7 +78,7 @@ def handler(fn, changes: bool = False):
     async def wrapper(self, *args):
         if changes and self.readonly:
             raise pyfuse3.FUSEError(errno.EROFS)
-        hist = self.metrics.hist
+        hist = self._hist
         n = hist[at] + 1
         hist[at] = n
         started = 0 if n & mask else monotonic_ns()
@@ -121,6 +121,7 @@ class VolumeOperations(pyfuse3.Operations):
         self.intent = intent  # fs/intent.py: fsync of small writes (None: read-only)
         self.atime = None if readonly or atime == "noatime" else atime
         self.metrics = metrics.WorkerMetrics()
+        self._hist = self.metrics.hist  # the request counters (handler)
         self.runner = runner
         self.inodes = inodes
         self.block_size = inodes.block_size
@@ -220,20 +221,14 @@ class VolumeOperations(pyfuse3.Operations):
         parent = self._real(parent_inode)
         if name == b".." and parent == self.root_ino:
             name = b"."  # no way out of a view
-        inodes = self.inodes
-
-        def lookup_attr(txn):
-            ino = inodes.find(txn, parent, name)
-            return (ino, inodes.peek(txn, ino)) if ino is not None else (None, None)
-
-        ino, inode = await self.runner.read(lookup_attr)
+        ino, inode = await self.runner.read(_found, self.inodes, parent, name)
         if ino is None:
             return self._negative  # cached by the kernel as a negative entry
         return self._entry_counted(ino, inode)
 
     @handler
     async def getattr(self, inode, ctx=None):
-        ino = self._real(inode)
+        ino = inode if inode != pyfuse3.ROOT_INODE else self.root_ino  # _real(inode)
         node = self.runner.cache.decoded_if_held(*self.inodes.inode_row(ino))
         return self._entry(ino, node if node is not None else await self._get(ino))
 
@@ -818,6 +813,12 @@ def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:
     """Purge the inodes the kernel forgot that have no name left."""
     for ino in inos:
         inodes.purge_if_orphan(txn, ino)
+
+
+def _found(txn, inodes: Inodes, parent: int, name: bytes) -> tuple:
+    """(ino, inode to read only) of parent/name, or (None, None)."""
+    ino = inodes.find(txn, parent, name)
+    return (ino, inodes.peek(txn, ino)) if ino is not None else (None, None)
 
 
 def _dot_entries(txn, inodes: Inodes, ino: int, parent: int | None) -> list:

@@ -29,8 +29,7 @@ from .blockmap import BlockMap
 from .env import Txn
 from .inoderows import InodeRows, now_ns
 from .namespace import Namespace
-from .schema import (IN_PIECES, NO_TREE, ROOT_INO, ROW_TREE_ID, TIME_MAX_NS, TIME_MIN_NS, Inode,
-                     VolumeStats, ino_key, row_with_times)
+from .schema import IN_PIECES, NO_TREE, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, VolumeStats
 from .treerows import TreeRows
 from .xattrs import Xattrs
 
@@ -121,15 +120,8 @@ class Inodes:
             atime_ns = _clamp_time(atime_ns)
         if mtime_ns is not None:
             mtime_ns = _clamp_time(mtime_ns)
-        key = ino_key(self.vid, ino)
-        raw = txn.get("inodes", key)
-        if raw is None:
-            raise FsError(errno.ENOENT)
-        new = row_with_times(raw, atime_ns, mtime_ns, ctime_ns) \
-            if raw[ROW_TREE_ID] == NO_TREE else None
-        if new is None:
+        if not self.rows.set_times(txn, ino, atime_ns, mtime_ns, ctime_ns):
             return self.setattr(txn, ino, atime_ns=atime_ns, mtime_ns=mtime_ns, ctime_ns=ctime_ns)
-        txn.put("inodes", key, new)
         return self.rows.peek(txn, ino)
 
     # -- an inode's end: its data once unnamed and closed, its row once forgotten --

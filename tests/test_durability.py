@@ -69,6 +69,46 @@ def test_sigkill_keeps_every_fsynced_byte(mounts, store_path):
     assert df(store_path)["logical_bytes"] >= synced * RECORD
 
 
+def _kill_worker_and_remount(mounts, store_path, volume: str, mp: str) -> str:
+    worker = worker_of(store_path, volume=volume)
+    os.kill(worker.pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while os.path.exists(f"/proc/{worker.pid}") and time.time() < deadline:
+        time.sleep(0.05)
+    mounts.umount(mp)  # detaches the dead mount
+    return mounts.mount(volume, create=False)
+
+
+@needs_fuse
+def test_sigkill_keeps_times_set_before_an_fsync(mounts, store_path):
+    """Times set on a file, by a program (utimensat, open or closed) or by the
+    kernel (the mtime and ctime its writeback cache keeps after writes), then
+    made durable by an fsync of the file, survive the worker's death."""
+    mp = mounts.mount("times")
+    for i in range(30):
+        path = os.path.join(mp, f"f{i}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"x" * (100 + i))
+            if i % 3 == 0:  # set while open
+                os.utime(fd, ns=(10**18 + i, 2 * 10**18 + i))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if i % 3 == 1:  # set on the closed file, then fsync'd
+            os.utime(path, ns=(3 * 10**18 + i, 4 * 10**18 + i))
+            fd = os.open(path, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+    shown = {name: (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+             for name in os.listdir(mp) for st in [os.stat(os.path.join(mp, name))]}
+    assert shown["f1"][1] == 4 * 10**18 + 1
+    mp = _kill_worker_and_remount(mounts, store_path, "times", mp)
+    after = {name: (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+             for name in os.listdir(mp) for st in [os.stat(os.path.join(mp, name))]}
+    assert after == shown
+
+
 @needs_fuse
 def test_same_data_in_two_volumes_is_stored_once(mounts, store_path, tmp_path):
     size = 256 << 20

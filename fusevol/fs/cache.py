@@ -91,9 +91,9 @@ class RowCache:
     def decoded_if_held(self, table: str, key: bytes, decode):
         """decode(row) of the row under (table, key), shared as `decoded` gives
         it, when the cache holds that row; else None (then ask a reader):
-        getattr in one step."""
+        getattr in one step. The trio thread's, as every reader's."""
         if self.later:
-            return None
+            self._catch_up()
         entry = self.rows.get((table, key))
         if entry is None or entry[0] is None:
             return None
@@ -103,13 +103,12 @@ class RowCache:
             return seen[2]
         return self.decoded(key, raw, decode)
 
-    def apply_keyed(self, writes: dict, seq: int) -> None:
-        """apply, for rows given as (table, key) -> value or None."""
+    def apply_newest(self, entries: dict) -> None:
+        """apply, for the rows of the operation queued last, given as this
+        cache keeps them ((table, key) -> (value or None, seq)): no row here
+        is newer, so they replace what is here in one step."""
         rows = self.rows
-        for k, value in writes.items():
-            old = rows.get(k)
-            if old is None or old[1] <= seq:
-                rows[k] = (value, seq)
+        rows.update(entries)
         if len(rows) > MAX_ROWS:
             self._evict()
 

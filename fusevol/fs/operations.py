@@ -78,7 +78,7 @@ def handler(fn, changes: bool = False):
     async def wrapper(self, *args):
         if changes and self.readonly:
             raise pyfuse3.FUSEError(errno.EROFS)
-        hist = self.metrics.hist
+        hist = self._hist
         n = hist[at] + 1
         hist[at] = n
         started = 0 if n & mask else monotonic_ns()
@@ -121,8 +121,10 @@ class VolumeOperations(pyfuse3.Operations):
         self.intent = intent  # fs/intent.py: fsync of small writes (None: read-only)
         self.atime = None if readonly or atime == "noatime" else atime
         self.metrics = metrics.WorkerMetrics()
+        self._hist = self.metrics.hist  # the request counters (handler)
         self.runner = runner
         self.inodes = inodes
+        self.block_size = inodes.block_size
         runner.cache.know_fresh(inodes.row_owner, inodes.next_ino)
         self.readonly = readonly
         self.root_ino = root_ino  # a subpath view serves this directory as its root
@@ -178,21 +180,23 @@ class VolumeOperations(pyfuse3.Operations):
             seen = self._attrs.get(ino)
             if seen is not None and seen[0] is inode:
                 return seen[1]
-        size = fd.size if fd is not None else inode.size
-        data_bytes = inode.data_bytes + (fd.dirty_bytes if fd is not None else 0)
+            size, data_bytes = inode.size, inode.data_bytes
+        else:
+            size, data_bytes = fd.size, inode.data_bytes + fd.dirty_bytes
+        mode = inode.mode
+        # Fields left out are pyfuse3's zeros (generation).
         e = pyfuse3.EntryAttributes()
-        e.st_ino = self._kernel(ino)
-        e.generation = 0
+        e.st_ino = ino if ino != self.root_ino else pyfuse3.ROOT_INODE  # _kernel(ino)
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.attr_timeout
-        e.st_mode = inode.mode
+        e.st_mode = mode
         e.st_nlink = inode.nlink
         e.st_uid = inode.uid
         e.st_gid = inode.gid
         e.st_rdev = inode.rdev
         e.st_size = size
-        e.st_blksize = self.inodes.block_size
-        e.st_blocks = min(-(-data_bytes // 512), -(-size // 512)) if stat.S_ISREG(inode.mode) else 1
+        e.st_blksize = self.block_size
+        e.st_blocks = min(-(-data_bytes // 512), -(-size // 512)) if stat.S_ISREG(mode) else 1
         e.st_atime_ns = inode.atime_ns
         e.st_mtime_ns = inode.mtime_ns
         e.st_ctime_ns = inode.ctime_ns
@@ -217,26 +221,26 @@ class VolumeOperations(pyfuse3.Operations):
         parent = self._real(parent_inode)
         if name == b".." and parent == self.root_ino:
             name = b"."  # no way out of a view
-        inodes = self.inodes
-
-        def lookup_attr(txn):
-            ino = inodes.find(txn, parent, name)
-            return (ino, inodes.peek(txn, ino)) if ino is not None else (None, None)
-
-        ino, inode = await self.runner.read(lookup_attr)
+        ino, inode = await self.runner.read(_found, self.inodes, parent, name)
         if ino is None:
             return self._negative  # cached by the kernel as a negative entry
         return self._entry_counted(ino, inode)
 
     @handler
     async def getattr(self, inode, ctx=None):
-        ino = self._real(inode)
+        ino = inode if inode != pyfuse3.ROOT_INODE else self.root_ino  # _real(inode)
         node = self.runner.cache.decoded_if_held(*self.inodes.inode_row(ino))
         return self._entry(ino, node if node is not None else await self._get(ino))
 
     @modifying
     async def setattr(self, inode, attr, fields, fh, ctx):
         ino = self._real(inode)
+        if not (fields.update_size or fields.update_mode or fields.update_uid
+                or fields.update_gid):
+            return await self._set_times(
+                ino, attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+                attr.st_ctime_ns if fields.update_ctime else None)
         kw = {}
         if fields.update_mode:
             kw["mode"] = attr.st_mode
@@ -267,9 +271,7 @@ class VolumeOperations(pyfuse3.Operations):
         if fd is None and not fields.update_size:
             node = self._unnamed(ino)
             if node is not None:
-                # The kernel writes back the times of a deleted file it still
-                # caches: no one can see them again, so they are not stored.
-                return self._entry(ino, set_attrs(node.copy(), time.time_ns(), **kw))
+                return self._unstored_entry(ino, node, time.time_ns(), kw)
         change = functools.partial(self.inodes.setattr, ino=ino, **kw)
         if fd is not None and (fields.update_size or
                                (fields.update_mtime and not fd.writeback_cache)):
@@ -278,11 +280,35 @@ class VolumeOperations(pyfuse3.Operations):
             # first, in the same store call.
             new = await fd.flush(then=change)
         else:
-            # Times alone may go ahead of an fsync through the intent log.
-            times_only = not (fields.update_size or fields.update_mode or fields.update_uid
-                              or fields.update_gid)
-            new = await self.runner.change(change, loggable=times_only)
+            new = await self.runner.change(change)
         return self._entry(ino, new)
+
+    async def _set_times(self, ino: int, atime_ns, mtime_ns, ctime_ns):
+        """setattr of times alone (None: not set), most of all the kernel's:
+        with the writeback cache it keeps a file's mtime and ctime and sends
+        them after writes, and again for a deleted file it still caches."""
+        fd = self.files.get(ino)
+        if fd is None:
+            node = self._unnamed(ino)
+            if node is not None:
+                return self._unstored_entry(ino, node, time.time_ns(), {
+                    "atime_ns": atime_ns, "mtime_ns": mtime_ns, "ctime_ns": ctime_ns})
+        elif mtime_ns is not None and not fd.writeback_cache:
+            # A later flush must not set the mtime given here: the buffered
+            # data goes first, in the same store call.
+            return self._entry(ino, await fd.flush(then=functools.partial(
+                self.inodes.set_times, ino=ino, atime_ns=atime_ns, mtime_ns=mtime_ns,
+                ctime_ns=ctime_ns)))
+        # Times alone may go ahead of an fsync through the intent log.
+        new = await self.runner.change(self.inodes.set_times, ino, atime_ns, mtime_ns, ctime_ns,
+                                       loggable=True)
+        return self._entry(ino, new)
+
+    def _unstored_entry(self, ino: int, node: Inode, now_ns: int, kw: dict):
+        """The answer to a setattr of a deleted file (node: its row, to read
+        only) that the kernel still caches: no one can see it again, so what
+        is set is not stored."""
+        return self._entry(ino, set_attrs(node.copy(), now_ns, **kw))
 
     # -- names ----------------------------------------------------------------
 
@@ -787,6 +813,12 @@ def _purge_forgotten(txn, inodes: Inodes, inos: list[int]) -> None:
     """Purge the inodes the kernel forgot that have no name left."""
     for ino in inos:
         inodes.purge_if_orphan(txn, ino)
+
+
+def _found(txn, inodes: Inodes, parent: int, name: bytes) -> tuple:
+    """(ino, inode to read only) of parent/name, or (None, None)."""
+    ino = inodes.find(txn, parent, name)
+    return (ino, inodes.peek(txn, ino)) if ino is not None else (None, None)
 
 
 def _dot_entries(txn, inodes: Inodes, ino: int, parent: int | None) -> list:

@@ -27,7 +27,6 @@ out meanwhile fail, only run again (speculate.py).
 import collections
 import contextlib
 import errno
-import functools
 import gc
 import logging
 import os
@@ -118,7 +117,7 @@ class TxnRunner:
         self._thread = threading.Thread(target=self._loop, name="fusevol-store", daemon=True)
         self._txn: Txn | None = None
         # Rows of the open batch's changes answered ahead, not written to it
-        # yet: (table, key) -> value or None (speculate.apply, write_rows).
+        # yet: (table, key) -> (value or None, seq) (speculate.apply, write_rows).
         # Written before anything else reads the batch, and before its commit.
         self._pending: dict = {}
         # Threads that read committed chunks beside the store thread.
@@ -261,31 +260,31 @@ class TxnRunner:
         if self.broken is not None:
             raise _error_mode(self.broken)
         if not self._unforeseen and self._seq - self.applied < MAX_AHEAD:
-            spec = SpecTxn(self.cache, time.time_ns(), self._room, self._reader)
+            # The number it gets if answered ahead: nothing is queued meanwhile
+            # (fn cannot await), and its rows carry it into the cache.
+            seq = self._seq + 1
+            spec = SpecTxn(self.cache, time.time_ns(), seq, self._room, self._reader)
             try:
                 result = fn(spec, *args)
             except NeedsStore:
                 pass
             else:
-                seq = self._seq = self._seq + 1
+                self._seq = seq
                 if not loggable:
                     self.last_unloggable = seq
                 self._ahead_in += spec.deferred_bytes
                 self.counts["ahead"] += 1
-                self.cache.apply_keyed(spec.writes, seq)
-                done = functools.partial(self._replay_done, trio.lowlevel.current_trio_token(), seq)
-                self._put((seq, _REPLAY, (spec, fn, args), False, done), wake=False)
+                self.cache.apply_newest(spec.writes)
+                self._put((seq, _REPLAY, (spec, fn, args), False, self._replay_done), wake=False)
                 return result
             finally:
-                spec.close()
+                self._reader.close()
         self.counts["waited"] += 1
         return await self.run(fn, *args, foreseen=foreseen, loggable=loggable)
 
-    def _replay_done(self, token, seq: int, outcome) -> None:
+    def _replay_done(self, outcome) -> None:
         """On the store thread, after a change worked out ahead was applied."""
-        ok, value, writes = outcome
-        if ok and not value:  # run again: its rows are the ones to keep
-            token.run_sync_soon(self._ran_again, writes, seq)
+        ok, value, _ = outcome
         if not ok and self.broken is None:
             # The kernel was told it succeeded: stop rather than let the
             # kernel's view and the store drift apart.
@@ -293,17 +292,13 @@ class TxnRunner:
                          "read-only until remounted: %s", value)
             self.broken = value
 
-    def _ran_again(self, writes, seq: int) -> None:
-        self.counts["again"] += 1
-        self.cache.apply(writes, seq)
-
     def _replay(self, spec: SpecTxn, fn, args):
-        """On the store thread: apply a change answered ahead; (ok, applied as
-        seen, rows written). Its collected rows join the batch's pending rows,
-        written once each before anything else reads the batch (_write_pending),
-        with no nested transaction: they are puts that cannot fail half way on
-        their own (LMDB failing in between breaks the batch). A change
-        whose rows changed meanwhile runs again, atomically, at its first time."""
+        """On the store thread: apply a change answered ahead. Its collected
+        rows join the batch's pending rows, written once each before anything
+        else reads the batch (_write_pending), with no nested transaction:
+        they are puts that cannot fail half way on their own (LMDB failing in
+        between breaks the batch). A change whose rows changed meanwhile runs
+        again, atomically, at its first time."""
         txn = self._txn
         self._ahead_out += spec.deferred_bytes
         if speculate.unchanged(txn, spec, self._pending):
@@ -314,7 +309,7 @@ class TxnRunner:
             except BaseException as e:  # part of it is in the batch: drop the batch
                 self._abort_batch(e)
                 raise
-            return True, True, None
+            return True, None, None
         log.info("%s: rows changed since it was answered (a snapshot?); ran it again",
                  getattr(fn, "__name__", fn))
         self._write_pending()
@@ -322,7 +317,11 @@ class TxnRunner:
             child.writes, child.recorded = [], WORKER_TABLES
             child.now_ns = spec.now_ns
             fn(child, *args)
-        return True, False, child.writes
+        # Its rows are the ones to keep: they join the cache before its next
+        # read, as the rows of work nobody waits for do (see submit).
+        self.counts["again"] += 1
+        self.cache.apply_later(child.writes, spec.seq)
+        return True, None, None
 
     def _abort_batch(self, cause: BaseException) -> None:
         """Drop the open batch unstored and stop taking changes (error mode),

@@ -35,37 +35,49 @@ from .cache import NeedsStore, RowCache
 
 
 class SpecTxn:
+    """A change's transaction on the trio thread. `seq`: the sequence number
+    the change gets if it is answered ahead; its rows are kept as the cache
+    keeps them, (value or None, seq), so that they join the cache in one step."""
+
+    __slots__ = ("cache", "now_ns", "seq", "room", "deferred", "deferred_bytes", "reads",
+                 "writes", "vstat_delta", "_reader")
     write = True
 
-    def __init__(self, cache: RowCache, now_ns: int, room=None, reader=None):
+    def __init__(self, cache: RowCache, now_ns: int, seq: int = 0, room=None, reader=None):
         self.cache = cache
         self.now_ns = now_ns
+        self.seq = seq
         self.room = room  # room(incoming) -> True if that many bytes surely fit
         self.deferred: list = []
         self.deferred_bytes = 0
         self.reads: dict[tuple[str, bytes], bytes | None] = {}
-        # The rows it wrote, (table, key) -> value or None (RowCache.apply_keyed).
-        self.writes: dict[tuple[str, bytes], bytes | None] = {}
+        # The rows it wrote: (table, key) -> (value or None, seq), RowCache.rows' entries.
+        self.writes: dict[tuple[str, bytes], tuple] = {}
         self.vstat_delta: dict[int, list[int]] = {}
         self._reader = reader if reader is not None else cache.reader()
 
     def get(self, table: str, key: bytes):
         k = (table, key)
-        writes = self.writes
-        if k in writes:
-            return writes[k]
+        entry = self.writes.get(k)
+        if entry is not None:
+            return entry[0]
         reads = self.reads
-        if k in reads:  # what this run saw of it, and what the store thread checks
-            return reads[k]
-        if table not in WORKER_TABLES:
-            raise NeedsStore
+        value = reads.get(k, _ABSENT)
+        if value is not _ABSENT:  # what this run saw of it, and what the store thread checks
+            return value
         cache = self.cache
-        entry = None if cache.later else cache.rows.get(k)
         # The cache's row as RowCache.get would answer it (most rows a change
-        # reads are there): one dictionary lookup.
-        value = entry[0] if entry is not None else cache.get(table, key, self._reader)
-        if value is not None and type(value) is not bytes:
-            value = bytes(value)
+        # reads are there): one dictionary lookup. Only rows of WORKER_TABLES
+        # are ever there.
+        entry = None if cache.later else cache.rows.get(k)
+        if entry is not None:
+            value = entry[0]
+        elif table in WORKER_TABLES:
+            value = cache.get(table, key, self._reader)
+            if value is not None and type(value) is not bytes:
+                value = bytes(value)
+        else:
+            raise NeedsStore
         reads[k] = value
         return value
 
@@ -75,13 +87,18 @@ class SpecTxn:
     def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
         if not overwrite:
             raise NeedsStore
-        self.get(table, key)  # the row it replaces is part of what this run saw
-        self.writes[table, bytes(key)] = bytes(value)
+        if table not in NAME_TABLES:
+            # The row it replaces is part of what this run saw: the store
+            # thread checks it (rows of names it does not, see `unchanged`).
+            self.get(table, key)
+        if type(key) is not bytes:
+            key = bytes(key)
+        self.writes[table, key] = (value if type(value) is bytes else bytes(value), self.seq)
         return True
 
     def delete(self, table: str, key: bytes) -> bool:
         existed = self.get(table, key) is not None
-        self.writes[table, bytes(key)] = None
+        self.writes[table, bytes(key)] = (None, self.seq)
         return existed
 
     def defer(self, fn, *args) -> None:
@@ -98,7 +115,7 @@ class SpecTxn:
         d[1] += inodes
 
     def row_writes(self) -> list:
-        return [(table, key, value) for (table, key), value in self.writes.items()]
+        return [(table, key, value) for (table, key), (value, _) in self.writes.items()]
 
     def close(self) -> None:
         self._reader.close()
@@ -126,8 +143,10 @@ def unchanged(txn, spec: SpecTxn, pending: dict) -> bool:
         table, key = k
         if table in NAME_TABLES:
             continue
-        now = pending.get(k, _ABSENT)
-        if now is _ABSENT:
+        entry = pending.get(k)
+        if entry is not None:
+            now = entry[0]
+        else:
             now = txn.get(table, key)
             if now is not None:
                 now = bytes(now)
@@ -137,8 +156,8 @@ def unchanged(txn, spec: SpecTxn, pending: dict) -> bool:
 
 
 def apply(txn, spec: SpecTxn, pending: dict) -> None:
-    """Collect what `spec` wrote into `pending`, (table, key) -> value or None,
-    for write_rows: a row several changes of a batch write (a file's inode,
+    """Collect what `spec` wrote into `pending`, (table, key) -> (value or
+    None, seq), for write_rows: a row several changes of a batch write (a file's inode,
     its folder's) then costs one write to the store, of its last value. Its
     counters and chunk references go to the transaction now; they read no
     row of `pending`'s tables."""
@@ -159,7 +178,7 @@ def write_rows(txn, pending: dict) -> None:
     pending.clear()
     puts: list = []
     table = None
-    for (row_table, key), value in rows:
+    for (row_table, key), (value, _) in rows:
         if row_table != table:
             if puts:
                 txn.cursor(table).putmulti(puts)

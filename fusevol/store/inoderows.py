@@ -10,7 +10,8 @@ import time
 
 from ..errors import FsError
 from .env import Txn
-from .schema import NO_TREE, ROOT_INO, Inode, ino_key, read_u64, u64
+from .schema import (NO_TREE, ROOT_INO, ROW_TREE_ID, Inode, ino_key, read_u64, row_flags,
+                     row_with_times, u64)
 
 _decode = Inode.unpack  # one object: a reader's copy of a row is kept with its decoder
 
@@ -42,6 +43,13 @@ class InodeRows:
             raise FsError(errno.ENOENT)
         return inode
 
+    def flags(self, txn: Txn, ino: int) -> int:
+        """The inode's flags, read from its row without decoding the rest."""
+        raw = txn.get("inodes", ino_key(self.vid, ino))
+        if raw is None:
+            raise FsError(errno.ENOENT)
+        return row_flags(raw)
+
     def row(self, ino: int) -> tuple:
         """The table, key and decoder of inode ino's row, for a worker's row
         cache to answer `peek` without a reader (fs/cache.py decoded_if_held)."""
@@ -58,6 +66,24 @@ class InodeRows:
     def put_row(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Store an inode as it is (its tree id included)."""
         txn.put("inodes", ino_key(self.vid, ino), inode.pack())
+
+    def set_times(self, txn: Txn, ino: int, atime_ns: int | None, mtime_ns: int | None,
+                  ctime_ns: int | None) -> bool:
+        """Rewrite the stored record's times where they lie (None: kept as
+        they are), when that is all a change of them means for the row: it
+        holds no tree id (treerows.py would let go of it) and the times fit
+        its fixed part. Whether it did (else the caller stores the inode)."""
+        key = ino_key(self.vid, ino)
+        raw = txn.get("inodes", key)
+        if raw is None:
+            raise FsError(errno.ENOENT)
+        if raw[ROW_TREE_ID] != NO_TREE:
+            return False
+        new = row_with_times(raw, atime_ns, mtime_ns, ctime_ns)
+        if new is None:
+            return False
+        txn.put("inodes", key, new)
+        return True
 
     def delete_row(self, txn: Txn, ino: int) -> None:
         txn.delete("inodes", ino_key(self.vid, ino))

@@ -108,6 +108,22 @@ class Inodes:
         self.tree.put(txn, ino, inode)
         return inode
 
+    def set_times(self, txn: Txn, ino: int, atime_ns=None, mtime_ns=None,
+                  ctime_ns=None) -> Inode:
+        """setattr of times alone, to read only (as `peek`): what the kernel
+        sends after writes to a file whose mtime and ctime its writeback cache
+        keeps. The stored record's times are rewritten as they lie, without
+        decoding and encoding the rest, when that is all that changes: no
+        tree id to let go of (treerows.py) and times that fit its fixed part."""
+        ctime_ns = _clamp_time(ctime_ns) if ctime_ns is not None else now_ns(txn)
+        if atime_ns is not None:
+            atime_ns = _clamp_time(atime_ns)
+        if mtime_ns is not None:
+            mtime_ns = _clamp_time(mtime_ns)
+        if not self.rows.set_times(txn, ino, atime_ns, mtime_ns, ctime_ns):
+            return self.setattr(txn, ino, atime_ns=atime_ns, mtime_ns=mtime_ns, ctime_ns=ctime_ns)
+        return self.rows.peek(txn, ino)
+
     # -- an inode's end: its data once unnamed and closed, its row once forgotten --
 
     def free_data(self, txn: Txn, ino: int) -> None:

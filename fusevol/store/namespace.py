@@ -171,6 +171,16 @@ class Namespace:
         raw = txn.get("dirents", ino_key(self.vid, parent) + name)
         return read_u64(raw) if raw is not None else None
 
+    def _child(self, txn: Txn, parent: int, name: bytes) -> int:
+        """lookup, in a folder its caller has checked already (_dir): the
+        entry alone, without reading the folder's row again."""
+        if name in (b".", b"..") or len(name) > NAME_MAX:
+            return self.lookup(txn, parent, name)
+        raw = txn.get("dirents", ino_key(self.vid, parent) + name)
+        if raw is None:
+            raise FsError(errno.ENOENT)
+        return read_u64(raw)
+
     def list_dir(self, txn: Txn, ino: int) -> list[tuple[bytes, int]]:
         self._check_dir(txn, ino)
         prefix = ino_key(self.vid, ino)
@@ -243,7 +253,7 @@ class Namespace:
 
     def unlink(self, txn: Txn, parent: int, name: bytes) -> tuple[int, bool]:
         pdir = self._dir(txn, parent)
-        ino = self.lookup(txn, parent, name)
+        ino = self._child(txn, parent, name)
         inode = self.rows.get(txn, ino)
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EISDIR)

@@ -146,6 +146,29 @@ def unpack_times(fields: tuple[int, int, int], data, offset: int) -> tuple[int, 
 
 WIDE_TIMES_SIZE = _SECONDS.size
 
+# Where a packed inode record keeps its times (atime, mtime, ctime) while they
+# fit int64 nanoseconds (no WIDE_TIMES flag): after mode, uid, gid, nlink, size.
+_ROW_TIMES = struct.Struct(">qqq")
+ROW_TIMES_AT = struct.calcsize(">IIIIQ")
+
+
+def row_with_times(raw, atime_ns: int | None, mtime_ns: int | None, ctime_ns: int | None):
+    """A packed inode record with new times (None: the one it has), the rest
+    as it was, written as Inode.pack would write it; None when the record
+    must be unpacked for that (its times, old or new, need WIDE_TIMES)."""
+    if row_flags(raw) & WIDE_TIMES:
+        return None
+    at = ROW_TIMES_AT
+    if atime_ns is None or mtime_ns is None or ctime_ns is None:
+        a, m, c = _ROW_TIMES.unpack_from(raw, at)
+        atime_ns = a if atime_ns is None else atime_ns
+        mtime_ns = m if mtime_ns is None else mtime_ns
+        ctime_ns = c if ctime_ns is None else ctime_ns
+    if not (_I64_MIN <= atime_ns <= _I64_MAX and _I64_MIN <= mtime_ns <= _I64_MAX
+            and _I64_MIN <= ctime_ns <= _I64_MAX):
+        return None
+    return b"".join((raw[:at], _ROW_TIMES.pack(atime_ns, mtime_ns, ctime_ns), raw[at + 24:]))
+
 
 @dataclass(slots=True)
 class Inode:

@@ -93,8 +93,9 @@ class TreeRows:
         return inode
 
     def check_rows(self, txn: Txn, ino: int) -> None:
-        """`with_rows` for a reader: the inode's rows are present after it."""
-        if self.inode_rows.peek(txn, ino).flags & LAZY:
+        """`with_rows` for a reader: the inode's rows are present after it
+        (a read of its flags: every read of a block map or an xattr asks)."""
+        if self.inode_rows.flags(txn, ino) & LAZY:
             self.with_rows(txn, ino)
 
     def _materialize(self, txn: Txn, ino: int, inode: Inode) -> None:

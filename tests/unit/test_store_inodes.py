@@ -9,7 +9,7 @@ import pytest
 
 from fusevol.errors import FsError, NoSpace
 from fusevol.store import Txn, chunks, check
-from fusevol.store.schema import ROOT_INO
+from fusevol.store.schema import NO_TREE, ROOT_INO, ino_key
 
 from .conftest import BS, DIR, FILE
 
@@ -244,6 +244,53 @@ def test_setattr(store, inodes, tree):
         assert node.mtime_ns == (2**63 - 1) * 10**9 + 10**9 - 1
         fails(errno.EISDIR, inodes.setattr, txn, tree["a"], size=0)
         fails(errno.ENOENT, inodes.setattr, txn, 999, mode=0o600)
+
+
+WIDE = 2**70  # nanoseconds past 2262: the record keeps such times apart (schema.WIDE_TIMES)
+
+
+@pytest.mark.parametrize("before, given", [
+    ((1, 2, 3), (None, 20, 30)),             # the kernel's writeback of mtime and ctime
+    ((1, 2, 3), (10, None, None)),           # atime alone; ctime is now
+    ((-5, 2**63 - 1, 3), (None, -(2**63), 30)),  # the edges of int64 nanoseconds
+    ((1, WIDE, 3), (None, 20, 30)),          # a record with wide times
+    ((1, 2, 3), (None, WIDE, 30)),           # ...and one that needs them now
+    ((1, 2, 3), (None, 2**80 * 10**9, 30)),  # past what the store keeps: clamped
+])
+def test_set_times_stores_what_setattr_stores(store, inodes, before, given):
+    """set_times rewrites the times in the stored record as they lie: the same
+    record, byte for byte, as setattr writes for the same times."""
+    atime, mtime, ctime = given
+    with store.write() as txn:
+        txn.now_ns = 777  # one clock for both
+        rows = []
+        for name, set_them in ((b"a", inodes.set_times), (b"b", None)):
+            ino, _ = inodes.create(txn, ROOT_INO, name, FILE, 0, 0)
+            inodes.write_blocks(txn, ino, [(0, b"data")], 4)
+            inodes.setattr(txn, ino, atime_ns=before[0], mtime_ns=before[1], ctime_ns=before[2])
+            if set_them:
+                shown = set_them(txn, ino, atime, mtime, ctime)
+            else:
+                shown = inodes.setattr(txn, ino, atime_ns=atime, mtime_ns=mtime, ctime_ns=ctime)
+            assert shown == inodes.get(txn, ino)
+            rows.append(bytes(txn.get("inodes", ino_key(inodes.vid, ino))))
+    assert rows[0] == rows[1]
+    assert_store_consistent(store)
+
+
+def test_set_times_of_a_snapshotted_file_clears_its_tree_ids(store, inodes, tree):
+    """A row that a snapshot wrote as a tree object changes the long way: the
+    object is let go of, and the folders above it are written again."""
+    from fusevol.store import snapshots
+    with store.write() as txn:
+        snapshots.create(txn, "vol", "s")
+        assert inodes.get(txn, ROOT_INO).tree_id != NO_TREE
+        node = inodes.set_times(txn, tree["f"], None, 5, 6)
+        assert (node.mtime_ns, node.ctime_ns, node.tree_id) == (5, 6, NO_TREE)
+        assert inodes.get(txn, ROOT_INO).tree_id == NO_TREE
+    assert_store_consistent(store)
+    with store.write() as txn:
+        fails(errno.ENOENT, inodes.set_times, txn, 999, None, 1, 2)
 
 
 def test_xattrs(store, inodes, tree):

@@ -160,6 +160,11 @@ class TxnRunner:
         self.loggable_linger: float | None = None
         self._batch_first = 0  # the first operation of the open batch
         self._committed_bytes = 0  # chunk bytes committed since the heap was trimmed
+        # Batches committed that changed the volume (not ones of reads alone),
+        # for the idle upkeep (upkeep.py): it waits for one, then for quiet.
+        self.changes = 0
+        self._batch_dirty = False  # the open batch changes something
+        self._on_change = None  # called once (store thread) at the next such commit
 
     def start(self) -> None:
         self._thread.start()
@@ -235,6 +240,30 @@ class TxnRunner:
                             getattr(fn, "__name__", fn), value)
 
         self._enqueue(fn, args, False, reply, True, wake=False)
+
+    async def wait_changed(self, seen: int) -> None:
+        """Return once `changes` is no longer `seen`: one wakeup of the trio
+        thread per wait, none per commit."""
+        if self.changes != seen:
+            return
+        token = trio.lowlevel.current_trio_token()
+        event = trio.Event()
+
+        def wake():
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(event.set)
+
+        self._on_change = wake
+        try:
+            if self.changes == seen:  # not committed between the check and the hook
+                await event.wait()
+        finally:
+            self._on_change = None
+
+    def wrote_since(self, seen: int) -> bool:
+        """Whether the volume was changed since `changes` was `seen`, or is
+        being changed (a batch that changes it is open); any thread."""
+        return self.changes != seen or self._batch_dirty
 
     @property
     def queued(self) -> int:
@@ -333,6 +362,7 @@ class TxnRunner:
             self.broken = cause if isinstance(cause, Exception) else FusevolError(str(cause))
         txn, self._txn = self._txn, None
         self._pending.clear()
+        self._batch_dirty = False
         txn.txn.abort()
         if self._nudge_reads:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -501,6 +531,7 @@ class TxnRunner:
                 if self._nudge_reads:
                     signal.setitimer(signal.ITIMER_REAL, NUDGE_EVERY, NUDGE_EVERY)
             if fn is _REPLAY:
+                self._batch_dirty = True
                 outcome = self._replay(*args)
                 self.pending_bytes = self._txn.pending_bytes()
                 return outcome
@@ -509,6 +540,8 @@ class TxnRunner:
                 child.writes, child.recorded = [], WORKER_TABLES
                 result = fn(child, *args)
             self.pending_bytes = self._txn.pending_bytes()
+            if child.writes or self.pending_bytes:
+                self._batch_dirty = True
             return True, result, child.writes
         except FusevolError as e:
             return False, e, None
@@ -559,6 +592,11 @@ class TxnRunner:
             self._committed_bytes += self.pending_bytes
             self.pending_bytes = 0
             self.cache.committed = self._batch_last
+            if self._batch_dirty:
+                self.changes += 1
+                hook, self._on_change = self._on_change, None
+                if hook is not None:
+                    hook()
             return None
         except FusevolError as e:
             # Operations of this batch were answered already: stop taking
@@ -567,6 +605,7 @@ class TxnRunner:
             self.broken = e
             return e
         finally:  # the write lock is let go
+            self._batch_dirty = False
             if self._nudge_reads:
                 signal.setitimer(signal.ITIMER_REAL, 0)
 

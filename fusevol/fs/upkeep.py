@@ -67,8 +67,8 @@ class Upkeep:
     def __init__(self, store: Store, runner, seen: int):
         self.store, self.runner, self.seen = store, runner, seen
         self.stop = threading.Event()  # set by the worker on its way out
+        # longest_step_ms: per phase, the longest step that held the write lock
         self.report: dict = {"outcome": "done"}
-        self.longest = 0.0  # the longest step that held the write lock (s)
 
     def _may_go_on(self) -> None:
         if self.stop.is_set():
@@ -78,31 +78,38 @@ class Upkeep:
         if upkeepstate.gc_waiting(self.store.path):
             raise Stopped("fusevol gc runs")
 
-    def _pause(self, held: float) -> None:
+    def _pause(self, phase: str, held: float) -> None:
         """After a step that held the write lock that long: as long a pause,
         in which writers take the lock."""
-        self.longest = max(self.longest, held)
+        longest = self.report["longest_step_ms"]
+        longest[phase] = max(longest.get(phase, 0.0), round(held * 1000, 1))
         self.stop.wait(held)
+
+    def _timed(self, phase: str, fn, *args):
+        t = time.monotonic()
+        result = fn(*args)
+        self._pause(phase, time.monotonic() - t)
+        return result
 
     def run(self) -> dict:
         start = time.monotonic()
+        self.report["longest_step_ms"] = {}
         try:
             self._recompress()
+            # Each table in a transaction of its own, the upkeep's checks between.
+            self.report["tables"] = {}
+            for name in repack.TABLES:
+                self._may_go_on()
+                self.report["tables"].update(self._timed(
+                    "repack", repack.repack, self.store, REPACK_MAX_BYTES, (name,)))
             self._may_go_on()
-            t = time.monotonic()
-            self.report["tables"] = repack.repack(self.store, max_bytes=REPACK_MAX_BYTES)
-            self._pause(time.monotonic() - t)
-            self._may_go_on()
-            t = time.monotonic()
-            self.report["holes"] = freepages.punch(self.store)
-            self._pause(time.monotonic() - t)
+            self.report["holes"] = self._timed("punch", freepages.punch, self.store)
         except Stopped as e:
             self.report["outcome"] = f"stopped: {e}"
         except Exception as e:  # never the worker's end: its volume is served on
             log.exception("idle upkeep failed")
             self.report["outcome"] = f"failed: {e}"
         self.report["seconds"] = round(time.monotonic() - start, 3)
-        self.report["longest_step_ms"] = round(self.longest * 1000, 1)
         return self.report
 
     def _recompress(self) -> None:
@@ -112,7 +119,7 @@ class Upkeep:
         while more:
             self._may_go_on()
             more = passing.step()
-            self._pause(passing.last_write_seconds)
+            self._pause("recompress", passing.last_write_seconds)
 
 
 async def idle_upkeep(runner, store: Store, volume: str) -> None:
@@ -137,26 +144,28 @@ async def _once(runner, store: Store, volume: str, seen: int) -> None:
             if runner.changes != seen:
                 return  # written again: the next quiet period tries again
         job = Upkeep(store, runner, seen)
-        started = time.time()
+        upkeepstate.record_start(store.path, volume, time.time())
         done = threading.Event()
 
         def work():
             try:
-                return job.run()
+                job.run()
             finally:
                 done.set()
 
         try:
-            report = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         except trio.Cancelled:  # the worker stops: the thread ends after its step
             job.stop.set()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(done.wait)
             raise
+        finally:
+            if done.is_set():
+                _log(job.report)
+                upkeepstate.record(store.path, volume, job.report)
     finally:
         os.close(fd)
-    _log(report)
-    upkeepstate.record(store.path, volume, started, report)
 
 
 def _log(report: dict) -> None:
@@ -167,4 +176,4 @@ def _log(report: dict) -> None:
              report["outcome"], report["seconds"], rec.get("chunks_recompressed", 0),
              rec.get("stored_bytes_saved", 0), len(report.get("tables") or {}),
              holes.get("free_pages", 0) if holes.get("punched") else 0,
-             report["longest_step_ms"])
+             max(report["longest_step_ms"].values(), default=0.0))

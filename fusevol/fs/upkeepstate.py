@@ -73,9 +73,11 @@ def status_path(store_path: str, volume: str) -> str:
 
 
 def read_status(store_path: str, volume: str) -> dict | None:
-    """What the upkeep of a volume's worker did so far: runs, completed (runs
-    not stopped half way), started and finished (time.time()) and the last
-    run's report; None before its first."""
+    """What the upkeep of a volume's worker did so far, or None before its
+    first run: runs started, `running` (one is under way), `completed` (runs
+    that went through) and `stopped` (runs that gave way), totals of chunks
+    compressed again and pages punched, and the last run's times
+    (time.time()) and report."""
     try:
         with open(status_path(store_path, volume)) as f:
             return json.load(f)
@@ -83,14 +85,30 @@ def read_status(store_path: str, volume: str) -> dict | None:
         return None
 
 
-def record(store_path: str, volume: str, started: float, report: dict) -> None:
+def _write(store_path: str, volume: str, status: dict) -> None:
     path = status_path(store_path, volume)
-    old = read_status(store_path, volume) or {}
-    status = {"runs": old.get("runs", 0) + 1,
-              "completed": old.get("completed", 0) + (report["outcome"] == "done"),
-              "pid": os.getpid(), "started": started, "finished": time.time(), "last": report}
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(status, f)
     os.replace(tmp, path)
+
+
+def record_start(store_path: str, volume: str, started: float) -> None:
+    status = read_status(store_path, volume) or {}
+    status.update(runs=status.get("runs", 0) + 1, running=True, pid=os.getpid(), started=started)
+    _write(store_path, volume, status)
+
+
+def record(store_path: str, volume: str, report: dict) -> None:
+    status = read_status(store_path, volume) or {}
+    holes = report.get("holes") or {}
+    status.update(
+        running=False, finished=time.time(), last=report,
+        completed=status.get("completed", 0) + (report["outcome"] == "done"),
+        stopped=status.get("stopped", 0) + report["outcome"].startswith("stopped"),
+        chunks_recompressed=status.get("chunks_recompressed", 0)
+        + (report.get("recompressed") or {}).get("chunks_recompressed", 0),
+        pages_punched=status.get("pages_punched", 0)
+        + (holes.get("free_pages", 0) if holes.get("punched") else 0))
+    _write(store_path, volume, status)

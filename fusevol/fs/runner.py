@@ -105,6 +105,10 @@ class TxnRunner:
         # open a timer signal (SIGALRM, whose handler the main thread set)
         # ends such a read; pyfuse3 then waits again without the GIL.
         self._nudge_reads = nudge_reads
+        # Who holds the write lock, or may: the open batch, another thread of
+        # the worker (its idle upkeep, upkeep.py); the timer runs while any does.
+        self._nudgers: set[str] = set()
+        self._nudge_lock = threading.Lock()
         self.linger = linger
         self.max_age = max_age
         self.broken: Exception | None = None
@@ -364,8 +368,7 @@ class TxnRunner:
         self._pending.clear()
         self._batch_dirty = False
         txn.txn.abort()
-        if self._nudge_reads:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        self._nudge("batch", False)
 
     def _write_pending(self) -> None:
         """Write the rows of changes answered ahead into the open batch."""
@@ -414,6 +417,31 @@ class TxnRunner:
             return value
         raise value
 
+    def _nudge(self, who: str, on: bool) -> None:
+        if not self._nudge_reads:
+            return
+        with self._nudge_lock:
+            was = bool(self._nudgers)
+            if on:
+                self._nudgers.add(who)
+            else:
+                self._nudgers.discard(who)
+            if on or was != bool(self._nudgers):
+                signal.setitimer(signal.ITIMER_REAL, *((NUDGE_EVERY, NUDGE_EVERY)
+                                                       if self._nudgers else (0,)))
+
+    @contextlib.contextmanager
+    def nudging(self, who: str):
+        """For a thread of the worker other than the store thread that takes
+        the store's write lock (the idle upkeep): a FUSE read blocked with the
+        GIL is ended meanwhile, as while a batch is open (see __init__). The
+        thread blocks the timer's signal itself."""
+        self._nudge(who, True)
+        try:
+            yield
+        finally:
+            self._nudge(who, False)
+
     # -- the store thread ---------------------------------------------------
 
     def _loop(self) -> None:
@@ -436,8 +464,7 @@ class TxnRunner:
             self._pending.clear()
             with contextlib.suppress(Exception):
                 txn.txn.abort()
-        if self._nudge_reads:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        self._nudge("batch", False)
         failed = (False, _error_mode(self.broken), None)
         waiting = [reply for reply, _ in self._held]
         if self._running is not None:
@@ -528,8 +555,7 @@ class TxnRunner:
                 self._txn = self.store.begin_write()
                 self._started = time.monotonic()
                 self._batch_first = self.applied + 1
-                if self._nudge_reads:
-                    signal.setitimer(signal.ITIMER_REAL, NUDGE_EVERY, NUDGE_EVERY)
+                self._nudge("batch", True)
             if fn is _REPLAY:
                 self._batch_dirty = True
                 outcome = self._replay(*args)
@@ -606,8 +632,7 @@ class TxnRunner:
             return e
         finally:  # the write lock is let go
             self._batch_dirty = False
-            if self._nudge_reads:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+            self._nudge("batch", False)
 
 
 def _error_mode(cause: Exception) -> FsError:

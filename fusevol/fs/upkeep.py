@@ -29,6 +29,7 @@ What each run did goes to `run/upkeep/VOLUME.json` and the worker's log.
 import fcntl
 import logging
 import os
+import signal
 import threading
 import time
 
@@ -85,41 +86,44 @@ class Upkeep:
         longest[phase] = max(longest.get(phase, 0.0), round(held * 1000, 1))
         self.stop.wait(held)
 
-    def _timed(self, phase: str, fn, *args):
+    def _step(self, phase: str, fn, *args, held=None):
+        """One step, when the upkeep may go on; the worker's FUSE reads are
+        nudged meanwhile (runner.nudging). held(): how long it held the write
+        lock (else the step's whole time)."""
+        self._may_go_on()
         t = time.monotonic()
-        result = fn(*args)
-        self._pause(phase, time.monotonic() - t)
+        with self.runner.nudging("upkeep"):
+            result = fn(*args)
+        self._pause(phase, time.monotonic() - t if held is None else held())
         return result
 
     def run(self) -> dict:
         start = time.monotonic()
         self.report["longest_step_ms"] = {}
+        # The timer's signal is for the FUSE thread (runner.nudging).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         try:
-            self._recompress()
+            passing = recompress.Pass(self.store, STEP_PACKS)
+            self.report["recompressed"] = passing.report
+            more = passing.todo > 0
+            while more:
+                more = self._step("recompress", passing.step,
+                                  held=lambda: passing.last_write_seconds)
             # Each table in a transaction of its own, the upkeep's checks between.
             self.report["tables"] = {}
             for name in repack.TABLES:
-                self._may_go_on()
-                self.report["tables"].update(self._timed(
-                    "repack", repack.repack, self.store, REPACK_MAX_BYTES, (name,)))
-            self._may_go_on()
-            self.report["holes"] = self._timed("punch", freepages.punch, self.store)
+                self.report["tables"].update(
+                    self._step("repack", repack.repack, self.store, REPACK_MAX_BYTES, (name,)))
+            self.report["holes"] = self._step("punch", freepages.punch, self.store)
         except Stopped as e:
             self.report["outcome"] = f"stopped: {e}"
         except Exception as e:  # never the worker's end: its volume is served on
             log.exception("idle upkeep failed")
             self.report["outcome"] = f"failed: {e}"
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
         self.report["seconds"] = round(time.monotonic() - start, 3)
         return self.report
-
-    def _recompress(self) -> None:
-        passing = recompress.Pass(self.store, STEP_PACKS)
-        self.report["recompressed"] = passing.report
-        more = passing.todo > 0
-        while more:
-            self._may_go_on()
-            more = passing.step()
-            self._pause("recompress", passing.last_write_seconds)
 
 
 async def idle_upkeep(runner, store: Store, volume: str) -> None:

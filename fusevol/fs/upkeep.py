@@ -137,7 +137,10 @@ async def idle_upkeep(runner, store: Store, volume: str) -> None:
             await trio.sleep(QUIET)
             if runner.changes == seen:
                 break
-        await _once(runner, store, volume, seen)
+        try:
+            await _once(runner, store, volume, seen)
+        except Exception:  # never the worker's end: its volume is served on
+            log.exception("idle upkeep failed")
 
 
 async def _once(runner, store: Store, volume: str, seen: int) -> None:

@@ -139,12 +139,6 @@ def recompress(store: Store, progress: NoProgress | None = None) -> dict:
             return run.report
 
 
-def pending(store: Store) -> int:
-    """Packs written since the last pass went through (a bound: some are gone)."""
-    with store.read() as txn:
-        return max(0, _next_pack(txn) - 1 - _watermark(txn))
-
-
 def _watermark(txn: Txn) -> int:
     raw = txn.get("meta", WATERMARK)
     return schema.read_u64(raw) if raw else 0

@@ -71,7 +71,8 @@ def _after_upkeep(vol, last: dict, peers, since: float, timeout: float = 300) ->
     start = time.monotonic()
     while True:
         status = upkeepstate.read_status(vol.store, vol.volume) or {}
-        if status.get("started", 0) > since and status["last"]["outcome"] == "done":
+        if (status.get("started", 0) > since and not status.get("running")
+                and status.get("last", {}).get("outcome") == "done"):
             break
         if time.monotonic() - start > timeout:
             raise SystemExit(f"no idle upkeep finished in {timeout} s: {status}")

@@ -25,10 +25,12 @@ FUSEVOL_GCSTRESS_SEED picks the seed (printed on failure and at the end);
 FUSEVOL_GCSTRESS_UPKEEP_AFTER the upkeep's quiet time (seconds).
 """
 
+import datetime
 import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -104,6 +106,21 @@ def _upkeep_totals(store: str, names) -> dict:
         for key in totals:
             totals[key] += status.get(key, 0)
     return totals
+
+
+def _upkeep_overlaps(store: str, names) -> list:
+    """Upkeeps of different workers that ran at the same time (each worker's
+    log line ends its run, which took the seconds it names, inside the lock)."""
+    runs = []
+    for name in names:
+        with open(registry.worker_log(store, name)) as f:
+            for line in f:
+                m = re.match(r"(\S+ \S+) fusevol.fs.upkeep INFO idle upkeep .* in ([0-9.]+) s:", line)
+                if m:
+                    end = datetime.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                    runs.append((end - float(m[2]), end, name))
+    runs.sort()
+    return [(a, b) for a, b in zip(runs, runs[1:]) if a[2] != b[2] and b[0] < a[1] - 0.01]
 
 
 class Workload:
@@ -459,6 +476,8 @@ def test_gc_while_mounted_keeps_every_file(mounts, beside):
         assert upkept["completed"] >= 1 and upkept["pages_punched"] > 0, \
             f"the upkeep never went through: the test did not test ({upkept})"
         assert upkept["chunks_recompressed"] > 0, upkept
+    overlaps = _upkeep_overlaps(store, names)
+    assert not overlaps, f"two workers' upkeeps ran at once: {overlaps}"
 
 
 # -- a worker killed while gc runs ---------------------------------------------

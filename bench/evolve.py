@@ -60,7 +60,7 @@ def _after_gc(vol, last: dict, peers) -> dict:
     return {"version": last["version"], "files": last["files"], "logical": last["logical"],
             "fusevol_file": df["store_file_bytes"], "fusevol_chunks": df["stored_bytes"],
             "fusevol_overhead": df.get("overhead"), "gc_seconds": seconds,
-            "gc": {k: report.get(k) for k in ("recompressed", "file")},
+            "gc": {k: report.get(k) for k in ("recompressed", "densified", "file")},
             **{p: last[p] for p in peers}}
 
 def _after_upkeep(vol, last: dict, peers, since: float, timeout: float = 300) -> dict:
@@ -136,7 +136,7 @@ def du(path: str) -> int:
     return int(run(["du", "-sb", path]).stdout.split()[0])
 
 
-def measure(source: str, versions: int, base: str, gc: bool = True) -> dict:
+def measure(source: str, versions: int, base: str, gc: bool = True, gc_each: bool = False) -> dict:
     work = tempfile.mkdtemp(prefix="evolve-", dir=base)
     env = {**os.environ, **PEER_ENV}
     plain = os.path.join(work, "plain")
@@ -163,6 +163,8 @@ def measure(source: str, versions: int, base: str, gc: bool = True) -> dict:
             start = time.monotonic()
             vol.cli("snapshot", "create", f"bench@v{n}")
             row["fusevol_seconds"] = time.monotonic() - start
+            if gc_each:  # a store gc'd between snapshots (gc sees one snapshot's objects at a time)
+                vol.cli("gc")
             df = vol.df()
             row["fusevol_file"] = df["store_file_bytes"]
             row["fusevol_chunks"] = df["stored_bytes"]
@@ -277,10 +279,12 @@ def main() -> None:
     ap.add_argument("--versions", type=int, default=5)
     ap.add_argument("--base", default="/var/tmp", help="where the stores and repositories go")
     ap.add_argument("--json", help="write the figures as JSON too")
+    ap.add_argument("--gc-each", action="store_true",
+                    help="run `fusevol gc` (volume mounted) after every version's snapshot too")
     ap.add_argument("--no-gc", action="store_true",
                     help="leave out the last row: the store unmounted, after `fusevol gc`")
     args = ap.parse_args()
-    result = measure(args.source, args.versions, args.base, gc=not args.no_gc)
+    result = measure(args.source, args.versions, args.base, gc=not args.no_gc, gc_each=args.gc_each)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -38,7 +38,7 @@ def rewrite_stored(txn, owner, bid: bytes, fn) -> None:
     """Change a chunk's or an object's stored form in place, wherever the store
     keeps it (owner: fusevol.store.chunks or .trees): fn(bytearray) edits it,
     keeping its length. For damage a test makes through a write transaction."""
-    from fusevol.store import chunks
+    from fusevol.store import chunks, packs
     loc = owner.location(txn, bid)
     if loc is None:  # a value of its own
         table = "chunks" if owner is chunks else "objects"
@@ -47,7 +47,7 @@ def rewrite_stored(txn, owner, bid: bytes, fn) -> None:
         txn.put(table, bid, bytes(payload))
         return
     key = loc.pack.to_bytes(8, "big")
-    pack = bytearray(txn.get("packs", key))
+    pack = bytearray(packs.unpacked(txn.get("packs", key)))  # (a compressed one is written back plain)
     payload = pack[loc.offset: loc.offset + loc.length]
     fn(payload)
     assert len(payload) == loc.length

@@ -219,7 +219,7 @@ SHARED_TABLES = {
 }
 META_KEYS = {b"format": "env", b"block_size": "env", b"chunk_totals": "env",
              b"next_ino": "inoderows", b"next_pack": "packs", b"next_vid": "volumes",
-             b"store_id": "remotes", b"recompressed_to": "recompress"}
+             b"store_id": "remotes", b"recompressed_to": "recompress", b"dense_to": "densify"}
 
 
 def _is_txn(node) -> bool:
@@ -280,7 +280,7 @@ STORE_CORE = ("env", "schema", "chunks", "packs", "trees", "pieces", "folders", 
               "inodes", "inoderows", "namespace", "blockmap", "xattrs", "treerows", "volumes",
               "remotes", "blobs", "intentlog", "workerrows")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
-                    "tar_import", "check", "recompress", "compaction", "freepages", "repack")
+                    "tar_import", "check", "recompress", "densify", "compaction", "freepages", "repack")
 
 
 def test_the_writers_check_sees_a_write_to_a_table_it_cannot_name(tmp_path):

@@ -18,7 +18,8 @@ def gc(ctx, as_json, quiet):
     Reference counts free space at once already; gc is the safety net after
     a crash, a bug or a manual edit. Orphan files of mounted volumes are left
     to their workers. gc also compresses what was written since the last gc
-    again, harder, and, when no other process has the store open (no mounted
+    again, harder, lays its packs out again to fill their pages (tree
+    objects grouped and compressed together), and, when no other process has the store open (no mounted
     volume, no `fusevol serve`), writes the store file again without the
     pages LMDB keeps free; else gives those pages' blocks back to the disk."""
     with phases(quiet or as_json, in_bytes=False) as progress:
@@ -34,6 +35,11 @@ def gc(ctx, as_json, quiet):
     rec = report["recompressed"]
     lines.append(f"denser    {human(rec['stored_bytes_saved']):>12}  saved "
                  f"({rec['chunks_recompressed']} chunks compressed again)")
+    dense = report.get("densified") or {}
+    if dense.get("packs_rewritten"):
+        lines.append(f"laid out  {dense['pages_freed']:>12}  pages fewer ({dense['packs_rewritten']} packs "
+                     f"written again as {dense['packs_written']}, {dense['packs_compressed']} of tree "
+                     "objects compressed whole)")
     f = report["file"]
     if f["rewritten"]:
         lines.append(f"file      {human(f['file_bytes_before'] - f['file_bytes_after']):>12}  smaller "

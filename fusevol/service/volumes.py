@@ -198,7 +198,7 @@ class VolumeService(Mounts):
             return self._gc(progress)
 
     def _gc(self, progress) -> dict:
-        from ..store import check, recompress
+        from ..store import check, densify, recompress
 
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:
@@ -207,6 +207,7 @@ class VolumeService(Mounts):
         # Then, in transactions of their own: chunks compressed again, the file
         # written again.
         report["recompressed"] = recompress.recompress(self.store, progress)
+        report["densified"] = densify.densify(self.store, progress)
         report["file"] = self.rewrite_file()
         if not report["file"]["rewritten"]:
             # Held open elsewhere (or not worth a copy): tables of random keys

@@ -26,11 +26,23 @@ appended to the open pack, their rows pointed there), so a pack never holds
 more dead bytes than live ones for long. gc rewrites every pack with any dead
 space (`compact`). An entry is told live by hashing it and asking its row
 whether it points there: the pack needs no list of ids.
+
+Compressed packs (store format 4): gc lays tree objects out again in packs
+of their own, grouped by inode (densify.py), and keeps such a pack as
+Z + a zstd frame of its content when that saves enough. A tree object is
+mostly ids, which do not compress alone, but the versions of one folder or
+file that snapshots keep share most of their bytes. Everything here reads a
+pack's content (`content`, `view`), decompressed once per transaction; rows
+say where a blob is in the content. Writers never append to one (they start
+a pack of their own), and chunks never go into one.
 """
 
 import os
 import struct
+import threading
 from typing import NamedTuple
+
+import zstandard
 
 from ..errors import StoreDamaged
 from . import schema
@@ -58,6 +70,42 @@ FILLING = 2
 HEAD = struct.Struct(">cI")
 CHUNK, OBJECT = b"C", b"O"
 DEAD_SHARE = 0.5  # a pack more dead than this is rewritten when it gets there
+ZPACK = b"Z"  # the first byte of a compressed pack (a plain one begins with an entry's kind)
+_Z = ZPACK[0]
+_local = threading.local()
+
+
+def is_compressed(value) -> bool:
+    """Whether a pack as stored is a compressed one."""
+    return len(value) > 0 and value[0] == _Z
+
+
+def unpacked(value):
+    """A pack's content from its value as stored (itself unless compressed)."""
+    if not is_compressed(value):
+        return value
+    d = getattr(_local, "zd", None)
+    if d is None:
+        d = _local.zd = zstandard.ZstdDecompressor()
+    try:
+        return d.decompress(memoryview(value)[1:])  # the frame carries its content size
+    except zstandard.ZstdError:
+        raise StoreDamaged("a compressed pack is damaged") from None
+
+
+def compressed(content: bytes, level: int) -> bytes | None:
+    """A pack's content as a compressed pack, or None when that saves too
+    little (as chunks.MIN_SAVING)."""
+    z = ZPACK + zstandard.ZstdCompressor(level=level).compress(content)
+    return z if len(z) <= len(content) * 7 / 8 else None
+
+
+def content_size(value) -> int:
+    """The length of a pack's content, from its value as stored."""
+    if not is_compressed(value):
+        return len(value)
+    size = zstandard.frame_content_size(memoryview(value)[1:])
+    return size if size >= 0 else len(unpacked(value))
 
 
 class Location(NamedTuple):
@@ -82,7 +130,7 @@ class PackWriter:
     def _start(self, txn: Txn) -> None:
         """Append to the table's last pack while it is small, else start one."""
         last = txn.cursor("packs")
-        if last.last() and len(last.value()) < JOIN_MAX:
+        if last.last() and len(last.value()) < JOIN_MAX and not is_compressed(last.value()):
             number = schema.read_u64(last.key())
             if number not in self.open:
                 self.open[number] = bytearray(last.value())
@@ -92,9 +140,7 @@ class PackWriter:
             self.current = self._new_number(txn)
 
     def _new_number(self, txn: Txn) -> int:
-        raw = txn.get("meta", b"next_pack")
-        number = schema.read_u64(raw) if raw else 1
-        txn.put("meta", b"next_pack", schema.u64(number + 1))
+        number = new_number(txn)
         self.open[number] = bytearray()
         self.committed[number] = 0
         return number
@@ -179,6 +225,14 @@ class PackWriter:
         self._fill_room()
 
 
+def new_number(txn: Txn) -> int:
+    """A pack number no pack had: numbers grow, so new packs go to the end."""
+    raw = txn.get("meta", b"next_pack")
+    number = schema.read_u64(raw) if raw else 1
+    txn.put("meta", b"next_pack", schema.u64(number + 1))
+    return number
+
+
 def _room(size: int) -> int:
     """Bytes a pack of `size` bytes can still take before its last page's end."""
     pages = -(-(PAGE_HEAD + size) // PAGE)
@@ -202,25 +256,31 @@ CACHED_PACKS = 4
 
 def _pack(txn: Txn, number: int):
     """A pack's content: this transaction's own, or a view into the map, or
-    (in a transaction without buffers, where LMDB copies a value whole) a copy
-    kept for the next reads: blobs written together are read together."""
+    (in a transaction without buffers, where LMDB copies a value whole, and
+    for a compressed pack) a copy kept for the next reads: blobs written
+    together are read together."""
     root = txn.root()
     if root.packs is not None:
         buf = root.packs.get(number)
         if buf is not None:
             return buf
-    if root.buffers:
-        return txn.get("packs", schema.u64(number))
     cache = root.pack_cache
+    if cache is not None:
+        value = cache.get(number)
+        if value is not None:
+            return value
+    value = txn.get("packs", schema.u64(number))
+    if value is None:
+        return None
+    if is_compressed(value):
+        value = unpacked(value)
+    elif root.buffers:
+        return value
     if cache is None:
         cache = root.pack_cache = {}
-    value = cache.get(number)
-    if value is None:
-        value = txn.get("packs", schema.u64(number))
-        if value is not None:
-            if len(cache) >= CACHED_PACKS:
-                del cache[next(iter(cache))]
-            cache[number] = value
+    if len(cache) >= CACHED_PACKS:
+        del cache[next(iter(cache))]
+    cache[number] = value
     return value
 
 
@@ -270,6 +330,7 @@ def _writer_has(txn: Txn, number: int) -> bool:
 
 
 def _drop(txn: Txn, number: int) -> None:
+    """Delete a pack (and its dead count), whatever it holds."""
     root = txn.root()
     if root.pack_cache is not None:
         root.pack_cache.pop(number, None)
@@ -283,6 +344,19 @@ def _drop(txn: Txn, number: int) -> None:
             root.packs._fill_room()
     txn.delete("packs", schema.u64(number))
     txn.delete("packdead", schema.u64(number))
+
+
+drop = _drop
+room = _room
+
+
+def put(txn: Txn, number: int, value: bytes) -> None:
+    """Write pack `number` as a whole, plain or compressed (densify.py lays
+    packs out again under the numbers of those it replaces)."""
+    root = txn.root()
+    if root.pack_cache is not None:
+        root.pack_cache.pop(number, None)
+    txn.put("packs", schema.u64(number), value)
 
 
 def entries(pack) -> list[tuple[bytes, int, int]]:
@@ -443,6 +517,20 @@ def file_use(txn: Txn) -> dict:
     chunk_bytes = chunks.totals(txn)["stored_bytes"]
     object_bytes = trees.stored_total(txn)
     dead = stats(txn)["dead_bytes"]
+    # A compressed pack's entries take less than their lengths: its stored
+    # bytes are shared out by what its content holds (tree objects, dead ones).
+    squeezed = {schema.read_u64(k): (len(v), content_size(v))
+                for k, v in txn.scan("packs", b"") if is_compressed(v)}
+    if squeezed:
+        lengths: dict[int, int] = {}
+        for _, loc in trees.locations(txn):
+            if loc.pack in squeezed:
+                lengths[loc.pack] = lengths.get(loc.pack, 0) + loc.length
+        counted = dead_bytes(txn)
+        for number, (stored, size) in squeezed.items():
+            held, gone = lengths.get(number, 0), counted.get(number, 0)
+            object_bytes += stored * held // size - held
+            dead += stored * gone // size - gone
     return {"file_bytes": file_bytes,
             "chunk_bytes": chunk_bytes,
             "object_bytes": object_bytes,

@@ -325,6 +325,22 @@ def relocate(txn: Txn, oid: bytes, loc: packs.Location) -> None:
     _put_packed(txn, oid, loc, count)
 
 
+def lift_count(txn: Txn, oid: bytes) -> int:
+    """A packed object's count, taken from where it is kept (its place in
+    ocounts, or its format-2 row) for place(): the object is moving, and
+    another may take its place before it is placed again."""
+    raw = bytes(txn.get("orefs", oid))
+    count = _count_in(txn, raw)
+    if len(raw) == _PACKED.size:
+        txn.delete("ocounts", _place(_loc(raw)))
+    return count
+
+
+def place(txn: Txn, oid: bytes, loc: packs.Location, count: int) -> None:
+    """Point an object's row at its copy at loc, its count (lift_count's) there."""
+    _put_packed(txn, oid, loc, count)
+
+
 def pack_alone(txn: Txn, oid: bytes) -> bool:
     """Move an object kept as a value of its own (an older store's) into a
     pack if it is small enough; whether it moved."""

@@ -10,6 +10,9 @@ Deterministic content (seeded), so the test knows what every file holds.
 The same script wrote tests/data/format2-store.tar.zst (small blobs in packs,
 each packed object's count in its `orefs` row) with format 2, main at a51920c:
     PYTHONPATH=/tmp/fv2 python tests/data/make_format1_store.py tests/data/format2-store.tar.zst 2
+and tests/data/format3-store.tar.zst (counts of packed objects by their
+place, every pack plain) with format 3, main at 7c4ec17:
+    PYTHONPATH=/tmp/fv3 python tests/data/make_format1_store.py tests/data/format3-store.tar.zst 3
 """
 
 import io

@@ -46,7 +46,7 @@ def _check_packs(store) -> None:
         for key, value in txn.scan("packs", b""):
             number = schema.read_u64(key)
             assert number in live, f"pack {number} holds nothing live"
-            assert len(value) - live[number] == dead.get(number, 0), number
+            assert packs.content_size(value) - live[number] == dead.get(number, 0), number
         assert set(dead) <= set(live)
 
 
@@ -296,10 +296,11 @@ sys.path.insert(0, DATA)
 from make_format1_store import content  # noqa: E402  (what each of its files holds)
 
 
-@pytest.fixture(params=[1, 2])
+@pytest.fixture(params=[1, 2, 3])
 def old_store(request, tmp_path):
     """The store tests/data/make_format1_store.py wrote with fusevol of format 1
-    (every blob alone), or of format 2 (packed objects' counts in their rows)."""
+    (every blob alone), of format 2 (packed objects' counts in their rows), or
+    of format 3 (every pack plain)."""
     with open(os.path.join(DATA, f"format{request.param}-store.tar.zst"), "rb") as f:
         tar = zstandard.ZstdDecompressor().stream_reader(f).read()
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
@@ -350,8 +351,11 @@ def test_an_older_store_opens_snapshots_diffs_sends_and_verifies(old_store, tmp_
         if store.written_by == 1:
             assert txn.txn.stat(store.dbs["chunks"])["entries"] > 100  # every chunk alone, as written
             assert packs.numbers(txn) == []
-        else:  # packed objects with their counts in their rows, as written
+        elif store.written_by == 2:  # packed objects with their counts in their rows, as written
             assert _object_rows(txn) == {24: trees.counted(txn)}
+        else:  # counts by place, every pack plain
+            assert _object_rows(txn) == {16: trees.counted(txn)}
+            assert not any(packs.is_compressed(v) for _, v in txn.scan("packs", b""))
         for name in ("one", "two"):
             assert _files(txn, _root(txn, "old", name)) == _expected(name)
         assert check.verify(txn)["ok"]

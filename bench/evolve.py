@@ -10,7 +10,15 @@ each system (seeded). After each version:
   the store file's size on disk (`df`: store_file_bytes), the compressed
   chunk bytes (stored_bytes) and the store's overhead beyond them, with
   where it goes after the last version (df's `overhead`);
-- after the last version, `fusevol gc` with the volume still mounted (the
+- after the last version, with the volume still mounted and no command run,
+  the worker's idle upkeep (fs/upkeep.py: once the volume had no change for
+  FUSEVOL_IDLE_UPKEEP_AFTER seconds it compresses again and punches free
+  pages, as gc does): the bench waits for the upkeep run that follows the
+  last edits to finish (it says how long it waited), then reads the sizes
+  and verifies (left out with FUSEVOL_IDLE_UPKEEP=0). The upkeep also runs
+  between versions, while restic and borg back up (their times share the
+  machine with it);
+- then `fusevol gc` with the volume still mounted (the
   worker holds the store: its free pages are punched out of the file), then
   unmounted (gc writes the file again), each verified;
 - restic (`restic backup`, its default compression) and borg
@@ -54,6 +62,29 @@ def _after_gc(vol, last: dict, peers) -> dict:
             "fusevol_overhead": df.get("overhead"), "gc_seconds": seconds,
             "gc": {k: report.get(k) for k in ("recompressed", "densified", "file")},
             **{p: last[p] for p in peers}}
+
+def _after_upkeep(vol, last: dict, peers, since: float, timeout: float = 300) -> dict:
+    """Wait for the worker's idle upkeep that follows the last change (a run
+    started after `since` that went through), verify, and the store's figures."""
+    from fusevol.fs import upkeepstate
+
+    start = time.monotonic()
+    while True:
+        status = upkeepstate.read_status(vol.store, vol.volume) or {}
+        if (status.get("started", 0) > since and not status.get("running")
+                and status.get("last", {}).get("outcome") == "done"):
+            break
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"no idle upkeep finished in {timeout} s: {status}")
+        time.sleep(0.2)
+    waited = time.monotonic() - start
+    vol.cli("verify")
+    df = vol.df()
+    return {"version": last["version"], "files": last["files"], "logical": last["logical"],
+            "fusevol_file": df["store_file_bytes"], "fusevol_chunks": df["stored_bytes"],
+            "fusevol_overhead": df.get("overhead"), "waited_seconds": waited,
+            "upkeep": status["last"], **{p: last[p] for p in peers}}
+
 
 def files_of(root: str) -> list[str]:
     out = []
@@ -128,6 +159,7 @@ def measure(source: str, versions: int, base: str, gc: bool = True, gc_each: boo
                 apply(plain, ops)
                 apply(vol.dir, ops)
             row = {"version": n, "files": len(files_of(plain)), "logical": du(plain)}
+            edited = time.time()
             start = time.monotonic()
             vol.cli("snapshot", "create", f"bench@v{n}")
             row["fusevol_seconds"] = time.monotonic() - start
@@ -152,7 +184,11 @@ def measure(source: str, versions: int, base: str, gc: bool = True, gc_each: boo
             print(f"version {n}: {row}", file=sys.stderr)
         # Every version is still there, byte for byte: the last one against the plain copy.
         _same(plain, vol.dir)
-        after_gc = mounted_gc = None
+        after_gc = mounted_gc = upkept = None
+        if os.environ.get("FUSEVOL_IDLE_UPKEEP", "1") != "0":
+            upkept = _after_upkeep(vol, rows[-1], peers, since=edited)
+            print(f"mounted, after the idle upkeep: {upkept}", file=sys.stderr)
+            _same(plain, vol.dir)
         if gc:
             # gc with the volume mounted: the worker holds the store, so the
             # file is not written again; what gc frees is punched out of it.
@@ -171,7 +207,7 @@ def measure(source: str, versions: int, base: str, gc: bool = True, gc_each: boo
         vol.close()
         shutil.rmtree(work, ignore_errors=True)
     return {"source": source, "versions": versions, "rows": rows, "after_gc": after_gc,
-            "mounted_gc": mounted_gc,
+            "mounted_gc": mounted_gc, "upkept": upkept,
             "missing": [p for p in ("restic", "borg") if p not in peers]}
 
 
@@ -187,6 +223,9 @@ def table(result: dict) -> str:
     head = ["version", "files", "logical", "fusevol store file", "fusevol chunks", "overhead"] + peers
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     extra = []
+    if result.get("upkept"):
+        extra.append(dict(result["upkept"], version=f"{result['upkept']['version']}, "
+                          "mounted, after the idle upkeep"))
     if result.get("mounted_gc"):
         extra.append(dict(result["mounted_gc"], version=f"{result['mounted_gc']['version']}, "
                           "mounted, after gc"))
@@ -215,6 +254,12 @@ def table(result: dict) -> str:
             if key not in parts:
                 continue  # df of an older fusevol
             lines.append(f"| {name} | {parts[key] / MiB:.2f} MiB | {parts[key] / last['fusevol_chunks']:.1%} |")
+    if result.get("upkept"):
+        up = result["upkept"]
+        lines.append(f"\nidle upkeep: waited {up['waited_seconds']:.1f} s after the last snapshot "
+                     f"for the run that follows the last edits; it took {up['upkeep']['seconds']:.2f} s, "
+                     "its longest step held the write lock " + ", ".join(
+                         f"{ms:.0f} ms ({phase})" for phase, ms in up['upkeep']['longest_step_ms'].items()))
     for name, key in (("mounted", "mounted_gc"), ("unmounted", "after_gc")):
         if result.get(key):
             lines.append(f"\n`fusevol gc` ({name}) took {result[key]['gc_seconds']:.2f} s")

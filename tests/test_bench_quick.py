@@ -128,6 +128,10 @@ def test_evolving_tree_bench_runs_and_keeps_every_version(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr  # it also checks the volume equals the plain copy
     result = json.loads(out.read_text())
     assert [r["version"] for r in result["rows"]] == [0, 1, 2]
+    # The worker's idle upkeep after the last edits (waited for): denser, unasked.
+    upkept = result["upkept"]
+    assert upkept["upkeep"]["outcome"] == "done"
+    assert upkept["fusevol_chunks"] <= result["rows"][-1]["fusevol_chunks"]
     for row in result["rows"]:
         assert row["fusevol_file"] > row["fusevol_chunks"] > 0
         for peer in ("restic", "borg"):

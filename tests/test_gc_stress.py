@@ -1,4 +1,5 @@
-"""`fusevol gc` over and over on a store whose volumes are mounted and written.
+"""`fusevol gc` and the workers' idle upkeep over and over on a store whose
+volumes are mounted and written.
 
 gc on a store held open writes tables of small rows again in place and punches
 the free pages LMDB would hand out next out of the store's file: a live page
@@ -11,18 +12,25 @@ holds old read transactions open (export of a snapshot compared to the model
 of it, diff, send, verify). At checkpoints, at the end and after a remount:
 every file's content, size and mode and every directory as the model says,
 every snapshot exported as its model, and `fusevol verify` clean.
-The crash form SIGKILLs the worker while gc runs: every file fsynced and left
-alone since must come back whole.
+The workers' idle upkeep (fs/upkeep.py: the same recompression, table
+rewrites and punching, started by a worker once its volume is quiet) runs
+after UPKEEP_AFTER seconds of quiet: beside the gc loop (it gives way to gc),
+and alone, with pauses in the workload that start it and writes that stop
+it half way. The crash forms SIGKILL the worker while gc runs, or while its
+own upkeep runs: every file fsynced and left alone since must come back whole.
 
 CI runs a short form; by hand, for example:
 FUSEVOL_GCSTRESS_OPS=20000 FUSEVOL_GCSTRESS_ROUNDS=40 pytest -s tests/test_gc_stress.py
-FUSEVOL_GCSTRESS_SEED picks the seed (printed on failure and at the end).
+FUSEVOL_GCSTRESS_SEED picks the seed (printed on failure and at the end);
+FUSEVOL_GCSTRESS_UPKEEP_AFTER the upkeep's quiet time (seconds).
 """
 
+import datetime
 import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -33,13 +41,16 @@ import time
 import pytest
 
 from conftest import needs_fuse, run_cli
-from fusevol.fs import registry
+from fusevol.fs import registry, upkeepstate
 
 OPS = int(os.environ.get("FUSEVOL_GCSTRESS_OPS", "150"))
 ROUNDS = int(os.environ.get("FUSEVOL_GCSTRESS_ROUNDS", "1"))
 SEED = int(os.environ.get("FUSEVOL_GCSTRESS_SEED") or random.SystemRandom().getrandbits(32))
 CHECK_EVERY = max(50, OPS // 8)
 DIRS = ("d0", "d1", "d2", "d3")
+UPKEEP_AFTER = os.environ.get("FUSEVOL_GCSTRESS_UPKEEP_AFTER", "0.3")
+UPKEEP = {"FUSEVOL_IDLE_UPKEEP_AFTER": UPKEEP_AFTER}
+WORDS = [bytes(random.Random(w).choices(b"etaoinshrdlucmfw", k=2 + w % 7)) for w in range(400)]
 
 
 def _fusevol(store: str, *args) -> subprocess.Popen:
@@ -69,12 +80,47 @@ def _payload(rnd: random.Random, pool: list[bytes]) -> bytes:
     kind = rnd.random()
     if kind < 0.15 and pool:
         return rnd.choice(pool)
-    if kind < 0.4:
+    if kind < 0.3:
         return (rnd.randbytes(rnd.randint(1, 64)) * (size // 8 + 1))[:size]
+    if kind < 0.5:
+        return _text(rnd, size)
     data = rnd.randbytes(size)
     if len(pool) < 20:
         pool.append(data)
     return data
+
+
+def _text(rnd: random.Random, size: int) -> bytes:
+    """Text as source files are: written at zstd level 1 in whole blocks, stored
+    smaller by the level gc and the upkeep compress again at."""
+    out = bytearray()
+    while len(out) < size:
+        out += b" ".join(rnd.choices(WORDS, k=10)) + b"\n"
+    return bytes(out[:size])
+
+
+def _upkeep_totals(store: str, names) -> dict:
+    totals = {"runs": 0, "completed": 0, "stopped": 0, "chunks_recompressed": 0, "pages_punched": 0}
+    for name in names:
+        status = upkeepstate.read_status(store, name) or {}
+        for key in totals:
+            totals[key] += status.get(key, 0)
+    return totals
+
+
+def _upkeep_overlaps(store: str, names) -> list:
+    """Upkeeps of different workers that ran at the same time (each worker's
+    log line ends its run, which took the seconds it names, inside the lock)."""
+    runs = []
+    for name in names:
+        with open(registry.worker_log(store, name)) as f:
+            for line in f:
+                m = re.match(r"(\S+ \S+) fusevol.fs.upkeep INFO idle upkeep .* in ([0-9.]+) s:", line)
+                if m:
+                    end = datetime.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                    runs.append((end - float(m[2]), end, name))
+    runs.sort()
+    return [(a, b) for a, b in zip(runs, runs[1:]) if a[2] != b[2] and b[0] < a[1] - 0.01]
 
 
 class Workload:
@@ -287,17 +333,18 @@ def verify_clean(store: str) -> None:
 
 
 class Background:
-    """`fusevol gc` in a loop, and readers of old snapshots, until stopped."""
+    """`fusevol gc` in a loop (unless not `gc`), and readers of old snapshots, until stopped."""
 
-    def __init__(self, store: str, workloads: list[Workload], rnd: random.Random):
+    def __init__(self, store: str, workloads: list[Workload], rnd: random.Random, gc: bool = True):
         self.store, self.workloads, self.rnd = store, workloads, rnd
         self.stop = threading.Event()
         self.problems: list[str] = []
         self.gc_runs = self.punched = self.pages_punched = self.tables = 0
         self.reads = 0
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._gc_loop, daemon=True),
-                        threading.Thread(target=self._reader_loop, daemon=True)]
+        self.threads = [threading.Thread(target=self._reader_loop, daemon=True)]
+        if gc:
+            self.threads.append(threading.Thread(target=self._gc_loop, daemon=True))
 
     def __enter__(self):
         for t in self.threads:
@@ -372,25 +419,35 @@ def _checkpoint(store: str, workloads: list[Workload], bg: Background | None, wh
 
 @needs_fuse
 @pytest.mark.timeout(max(600, OPS // 2))
-def test_gc_while_mounted_keeps_every_file(mounts):
+@pytest.mark.parametrize("beside", ["gc", "upkeep"])
+def test_gc_while_mounted_keeps_every_file(mounts, beside):
+    """beside="gc": gc in a loop, the workers' idle upkeep too (giving way to
+    it); "upkeep": the idle upkeep alone, started by pauses in the workload
+    and stopped by the writes after them."""
     rnd = random.Random(SEED)
     store = mounts.store_path
-    workloads = [Workload(store, name, mounts.mount(name), random.Random(rnd.getrandbits(32)))
-                 for name in ("va", "vb")]
+    names = ("va", "vb")
+    workloads = [Workload(store, name, mounts.mount(name, env=UPKEEP), random.Random(rnd.getrandbits(32)))
+                 for name in names]
     done = 0
     try:
-        with Background(store, workloads, random.Random(rnd.getrandbits(32))) as bg:
+        with Background(store, workloads, random.Random(rnd.getrandbits(32)), gc=beside == "gc") as bg:
             while done < OPS:
                 w = rnd.choice(workloads)
                 with bg.lock:
                     w.step()
                 done += 1
+                if beside == "upkeep" and rnd.random() < 0.08:
+                    # quiet a moment: an upkeep starts, and the next write stops it or not
+                    time.sleep(float(UPKEEP_AFTER) + rnd.random() * 0.6)
                 if done % CHECK_EVERY == 0:
                     _checkpoint(store, workloads, bg, f"after {done} operations:")
-            # gc goes on a moment on what the workload left
+            # gc goes on a moment on what the workload left, and the upkeep
+            # after the last writes runs
             deadline = time.monotonic() + 3
             runs = bg.gc_runs
-            while (bg.gc_runs < runs + 2 or time.monotonic() < deadline) and not bg.problems:
+            while ((beside == "gc" and bg.gc_runs < runs + 2) or time.monotonic() < deadline) \
+                    and not bg.problems:
                 time.sleep(0.2)
         assert not bg.problems, bg.problems
         _checkpoint(store, workloads, None, "at the end:")
@@ -404,14 +461,23 @@ def test_gc_while_mounted_keeps_every_file(mounts):
             for snap, model in w.snaps.items():
                 compare_export(store, f"{w.name}@{snap}", model)
     except BaseException:
-        print(f"\nseed {SEED} ({done} operations); last operations:")
+        print(f"\nseed {SEED} ({done} operations, beside {beside}); last operations:")
         for w in workloads:
             print(f"  {w.name}: " + "; ".join(w.log[-8:]))
         raise
+    upkept = _upkeep_totals(store, names)
     print(f"\nseed {SEED}: {OPS} operations, {bg.gc_runs} gc runs ({bg.punched} punched "
-          f"{bg.pages_punched} pages, {bg.tables} tables written again), {bg.reads} reads of snapshots")
-    assert bg.gc_runs >= 2
-    assert bg.pages_punched > 0, "gc never punched a page: the test did not test"
+          f"{bg.pages_punched} pages, {bg.tables} tables written again), {bg.reads} reads of snapshots; "
+          f"idle upkeep: {upkept}")
+    if beside == "gc":
+        assert bg.gc_runs >= 2
+        assert bg.pages_punched > 0, "gc never punched a page: the test did not test"
+    else:
+        assert upkept["completed"] >= 1 and upkept["pages_punched"] > 0, \
+            f"the upkeep never went through: the test did not test ({upkept})"
+        assert upkept["chunks_recompressed"] > 0, upkept
+    overlaps = _upkeep_overlaps(store, names)
+    assert not overlaps, f"two workers' upkeeps ran at once: {overlaps}"
 
 
 # -- a worker killed while gc runs ---------------------------------------------
@@ -506,3 +572,87 @@ def test_worker_killed_during_gc_keeps_what_was_fsynced(mounts):
             raise
     print(f"\nseed {SEED}: crash form, {ROUNDS} rounds ({kills_during_gc} kills while gc ran), "
           f"{len(durable)} fsynced files checked")
+
+
+# -- a worker killed while its idle upkeep runs ----------------------------------
+
+
+def _wait_running(store: str, name: str, since: float, timeout: float = 30) -> bool:
+    """Whether an upkeep that started after `since` is under way (waited for)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = upkeepstate.read_status(store, name) or {}
+        if status.get("started", 0) > since:
+            return bool(status.get("running"))
+        time.sleep(0.01)
+    return False
+
+
+@needs_fuse
+@pytest.mark.timeout(max(600, ROUNDS * 60))
+def test_worker_killed_during_upkeep_keeps_what_was_fsynced(mounts):
+    """Each round: text written whole blocks at a time (chunks the upkeep
+    compresses again) and files fsynced, then the volume left quiet; once its
+    upkeep runs, the worker is SIGKILLed at a random moment of it. Everything
+    fsynced comes back whole, and verify is clean, also after the next
+    worker's upkeep went through what the killed one left half done."""
+    rnd = random.Random(SEED ^ 0x0DE1)
+    store = mounts.store_path
+    name = "upkept"
+    mp = mounts.mount(name, env=UPKEEP)
+    durable: dict[str, bytes] = {}
+    counter = kills_during_upkeep = 0
+    rounds = max(ROUNDS, 5)
+    for round_ in range(rounds):
+        try:
+            for _ in range(rnd.randint(2, 5)):
+                counter += 1
+                rel = f"kept{counter}"
+                data = _text(rnd, rnd.choice((3000, 200_000, 1_500_000, 3_000_000)))
+                fd = os.open(os.path.join(mp, rel), os.O_WRONLY | os.O_CREAT, 0o644)
+                os.write(fd, data)
+                os.fsync(fd)
+                os.close(fd)
+                durable[rel] = data
+            for rel in rnd.sample(sorted(durable), k=min(len(durable), rnd.randint(0, 2))):
+                del durable[rel]
+                os.unlink(os.path.join(mp, rel))  # pages freed: the upkeep punches them
+            dfd = os.open(mp, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+            since = time.time()
+            if _wait_running(store, name, since):
+                time.sleep(rnd.random() * 0.12)  # a run takes 0.1-0.5 s here
+                status = upkeepstate.read_status(store, name) or {}
+                kills_during_upkeep += bool(status.get("running")) and status.get("started", 0) > since
+            _kill_worker(store, name, mounts, mp)
+            mp = mounts.mount(name, create=False, env=UPKEEP)
+            for rel, data in durable.items():
+                path = os.path.join(mp, rel)
+                assert os.path.exists(path), f"fsynced {rel} is gone"
+                with open(path, "rb") as f:
+                    got = f.read()
+                if got != data:
+                    raise AssertionError(f"fsynced {rel}: {_first_diff(got, data)}")
+            verify_clean(store)
+        except BaseException:
+            print(f"\nseed {SEED} (upkeep crash form, round {round_})")
+            raise
+    # The next worker's upkeep goes through what was left: a change, then quiet.
+    with open(os.path.join(mp, "last"), "wb") as f:
+        f.write(_text(rnd, 300_000))
+    since = time.time()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = upkeepstate.read_status(store, name) or {}
+        if status.get("started", 0) > since and not status.get("running"):
+            break
+        time.sleep(0.1)
+    assert status["last"]["outcome"] == "done", status
+    verify_clean(store)
+    for rel in durable:
+        with open(os.path.join(mp, rel), "rb") as f:
+            assert f.read() == durable[rel], rel
+    print(f"\nseed {SEED}: upkeep crash form, {rounds} rounds ({kills_during_upkeep} kills while the "
+          f"upkeep ran), {len(durable)} fsynced files checked")
+    assert kills_during_upkeep > 0, "no kill landed in an upkeep: the test did not test"

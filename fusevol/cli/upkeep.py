@@ -21,7 +21,9 @@ def gc(ctx, as_json, quiet):
     again, harder, lays its packs out again to fill their pages (tree
     objects grouped and compressed together), and, when no other process has the store open (no mounted
     volume, no `fusevol serve`), writes the store file again without the
-    pages LMDB keeps free; else gives those pages' blocks back to the disk."""
+    pages LMDB keeps free; else gives those pages' blocks back to the disk.
+    A mounted volume's worker does the same but for the recount, by itself,
+    once its volume has been quiet for a few seconds (FUSEVOL_IDLE_UPKEEP)."""
     with phases(quiet or as_json, in_bytes=False) as progress:
         report = open_service(ctx).gc(progress)
     lines = [

@@ -19,7 +19,7 @@ import trio
 from ..errors import Busy, InvalidArgument, NotFound
 from ..records import MountSpec, Worker
 from ..store import Inodes, Store
-from . import metrics
+from . import metrics, upkeep
 from .mountopts import DEFAULT_ATIME, MountOptions, kernel_options
 from .intent import IntentLog
 from .operations import VolumeOperations
@@ -101,7 +101,12 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
             mountpoint=mountpoint, readonly=readonly, options=options.to_text())))
         published = metrics.metrics_path(store.path, data_volume.name)
         stack.callback(metrics.withdraw, published)
-        trio.run(_main, ops, mountpoint, on_ready or (lambda: None), published)
+        # The store made dense once the volume is quiet (upkeep.py); a
+        # read-only mount changes nothing, so it would never run.
+        upkeeping = None
+        if not readonly and upkeep.enabled():
+            upkeeping = (upkeep.idle_upkeep, runner, store, data_volume.name)
+        trio.run(_main, ops, mountpoint, on_ready or (lambda: None), published, upkeeping)
 
 
 def _close(held: list) -> None:
@@ -116,7 +121,8 @@ def _purge_orphans(txn, inodes: Inodes) -> None:
         inodes.purge(txn, ino)
 
 
-async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str) -> None:
+async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str,
+                upkeeping: tuple | None) -> None:
     """The worker's one nursery: every task it runs belongs here and ends with it."""
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
@@ -131,6 +137,8 @@ async def _main(ops: VolumeOperations, mountpoint: str, on_ready, published: str
         if ops.intent is not None:
             nursery.start_soon(ops.intent.run_checkpoints, ops.files)
         nursery.start_soon(_publish_metrics, ops, published)
+        if upkeeping is not None:
+            nursery.start_soon(*upkeeping)
 
 
 async def _serve_fuse(ops: VolumeOperations, everything: trio.CancelScope) -> None:

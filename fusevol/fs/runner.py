@@ -104,6 +104,10 @@ class TxnRunner:
         # open a timer signal (SIGALRM, whose handler the main thread set)
         # ends such a read; pyfuse3 then waits again without the GIL.
         self._nudge_reads = nudge_reads
+        # Who holds the write lock, or may: the open batch, another thread of
+        # the worker (its idle upkeep, upkeep.py); the timer runs while any does.
+        self._nudgers: set[str] = set()
+        self._nudge_lock = threading.Lock()
         self.linger = linger
         self.max_age = max_age
         self.broken: Exception | None = None
@@ -159,6 +163,11 @@ class TxnRunner:
         self.loggable_linger: float | None = None
         self._batch_first = 0  # the first operation of the open batch
         self._committed_bytes = 0  # chunk bytes committed since the heap was trimmed
+        # Batches committed that changed the volume (not ones of reads alone),
+        # for the idle upkeep (upkeep.py): it waits for one, then for quiet.
+        self.changes = 0
+        self._batch_dirty = False  # the open batch changes something
+        self._on_change = None  # called once (store thread) at the next such commit
 
     def start(self) -> None:
         self._thread.start()
@@ -234,6 +243,30 @@ class TxnRunner:
                             getattr(fn, "__name__", fn), value)
 
         self._enqueue(fn, args, False, reply, True, wake=False)
+
+    async def wait_changed(self, seen: int) -> None:
+        """Return once `changes` is no longer `seen`: one wakeup of the trio
+        thread per wait, none per commit."""
+        if self.changes != seen:
+            return
+        token = trio.lowlevel.current_trio_token()
+        event = trio.Event()
+
+        def wake():
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(event.set)
+
+        self._on_change = wake
+        try:
+            if self.changes == seen:  # not committed between the check and the hook
+                await event.wait()
+        finally:
+            self._on_change = None
+
+    def wrote_since(self, seen: int) -> bool:
+        """Whether the volume was changed since `changes` was `seen`, or is
+        being changed (a batch that changes it is open); any thread."""
+        return self.changes != seen or self._batch_dirty
 
     @property
     def queued(self) -> int:
@@ -332,9 +365,9 @@ class TxnRunner:
             self.broken = cause if isinstance(cause, Exception) else FusevolError(str(cause))
         txn, self._txn = self._txn, None
         self._pending.clear()
+        self._batch_dirty = False
         txn.txn.abort()
-        if self._nudge_reads:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        self._nudge("batch", False)
 
     def _write_pending(self) -> None:
         """Write the rows of changes answered ahead into the open batch."""
@@ -383,6 +416,31 @@ class TxnRunner:
             return value
         raise value
 
+    def _nudge(self, who: str, on: bool) -> None:
+        if not self._nudge_reads:
+            return
+        with self._nudge_lock:
+            was = bool(self._nudgers)
+            if on:
+                self._nudgers.add(who)
+            else:
+                self._nudgers.discard(who)
+            if on or was != bool(self._nudgers):
+                signal.setitimer(signal.ITIMER_REAL, *((NUDGE_EVERY, NUDGE_EVERY)
+                                                       if self._nudgers else (0,)))
+
+    @contextlib.contextmanager
+    def nudging(self, who: str):
+        """For a thread of the worker other than the store thread that takes
+        the store's write lock (the idle upkeep): a FUSE read blocked with the
+        GIL is ended meanwhile, as while a batch is open (see __init__). The
+        thread blocks the timer's signal itself."""
+        self._nudge(who, True)
+        try:
+            yield
+        finally:
+            self._nudge(who, False)
+
     # -- the store thread ---------------------------------------------------
 
     def _loop(self) -> None:
@@ -405,8 +463,7 @@ class TxnRunner:
             self._pending.clear()
             with contextlib.suppress(Exception):
                 txn.txn.abort()
-        if self._nudge_reads:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        self._nudge("batch", False)
         failed = (False, _error_mode(self.broken), None)
         waiting = [reply for reply, _ in self._held]
         if self._running is not None:
@@ -497,9 +554,9 @@ class TxnRunner:
                 self._txn = self.store.begin_write()
                 self._started = time.monotonic()
                 self._batch_first = self.applied + 1
-                if self._nudge_reads:
-                    signal.setitimer(signal.ITIMER_REAL, NUDGE_EVERY, NUDGE_EVERY)
+                self._nudge("batch", True)
             if fn is _REPLAY:
+                self._batch_dirty = True
                 outcome = self._replay(*args)
                 self.pending_bytes = self._txn.pending_bytes()
                 return outcome
@@ -508,6 +565,8 @@ class TxnRunner:
                 child.writes, child.recorded = [], WORKER_TABLES
                 result = fn(child, *args)
             self.pending_bytes = self._txn.pending_bytes()
+            if child.writes or self.pending_bytes:
+                self._batch_dirty = True
             return True, result, child.writes
         except FusevolError as e:
             return False, e, None
@@ -558,6 +617,11 @@ class TxnRunner:
             self._committed_bytes += self.pending_bytes
             self.pending_bytes = 0
             self.cache.committed = self._batch_last
+            if self._batch_dirty:
+                self.changes += 1
+                hook, self._on_change = self._on_change, None
+                if hook is not None:
+                    hook()
             return None
         except FusevolError as e:
             # Operations of this batch were answered already: stop taking
@@ -566,8 +630,8 @@ class TxnRunner:
             self.broken = e
             return e
         finally:  # the write lock is let go
-            if self._nudge_reads:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+            self._batch_dirty = False
+            self._nudge("batch", False)
 
 
 def _error_mode(cause: Exception) -> FsError:

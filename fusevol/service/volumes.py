@@ -190,7 +190,14 @@ class VolumeService(Mounts):
                               worker.mountpoint, options=worker.options)
 
     def gc(self, progress=None) -> dict:
-        """The store's gc; volumes a worker serves keep their orphan files."""
+        """The store's gc; volumes a worker serves keep their orphan files. No
+        worker's idle upkeep runs meanwhile (a running one stops after its step)."""
+        from ..fs import upkeepstate
+
+        with upkeepstate.held_for_gc(self.store_path):
+            return self._gc(progress)
+
+    def _gc(self, progress) -> dict:
         from ..store import check, densify, recompress
 
         workers = registry.workers(self.store_path)

@@ -44,10 +44,15 @@ WATERMARK = b"dense_to"
 RECOMPRESSED = b"recompressed_to"  # recompress.py's watermark
 
 
-def densify(store: Store, progress: NoProgress | None = None) -> dict:
+def densify(store: Store, progress: NoProgress | None = None, batch: int | None = None,
+            between=None) -> dict:
     """Lay out again the packs gone through by recompress.py since the last
-    run that are sparse or hold tree objects; what it did."""
+    run that are sparse or hold tree objects; what it did. `batch`: sparse
+    packs to a transaction (BATCH); `between()` is called after each
+    transaction (the idle upkeep pauses there, or stops by raising: the next
+    run goes over what this one laid out quickly, as dense already)."""
     progress = progress or NoProgress()
+    batch = batch or BATCH
     report = {"packs_rewritten": 0, "packs_written": 0, "packs_compressed": 0, "pages_freed": 0}
     with store.read() as txn:
         number, end = _meta(txn, WATERMARK), _meta(txn, RECOMPRESSED)
@@ -55,11 +60,13 @@ def densify(store: Store, progress: NoProgress | None = None) -> dict:
     carry: list[int] = []  # the last packs of the previous run, partly full
     while number < end:
         with store.write(durable=False) as txn:
-            run, after = _sources(txn, number, end, BATCH)
+            run, after = _sources(txn, number, end, batch)
             run = [n for n in carry if n not in run and _is_source(txn.get("packs", schema.u64(n)))] + run
             carry = _lay_out(txn, run, report) if run else []
         progress.advance(after - number)
         number = after
+        if between is not None:
+            between()
     with store.write() as txn:
         if end > _meta(txn, WATERMARK):
             txn.put("meta", WATERMARK, schema.u64(end))

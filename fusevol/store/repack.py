@@ -44,16 +44,16 @@ def _full_pages(rows, psize: int) -> int:
     return pages
 
 
-def repack(store: Store) -> dict:
-    """Write again every table of TABLES whose leaves it makes fewer; the
-    leaf pages each took before and after."""
+def repack(store: Store, max_bytes: int = MAX_BYTES, tables=TABLES) -> dict:
+    """Write again every table of `tables` (of at most max_bytes) whose leaves
+    it makes fewer; the leaf pages each took before and after."""
     psize = store.env.stat()["psize"]
     report = {}
-    for name in TABLES:
+    for name in tables:
         db = store.dbs[name]
         with store.read() as txn:
             st = txn.txn.stat(db)
-        if st["entries"] < 2 or (st["leaf_pages"] + st["overflow_pages"]) * psize > MAX_BYTES:
+        if st["entries"] < 2 or (st["leaf_pages"] + st["overflow_pages"]) * psize > max_bytes:
             continue
         with store.write(durable=False) as txn:
             raw = txn.txn

@@ -48,20 +48,24 @@ PEER_ENV = {"RESTIC_PASSWORD": "bench", "BORG_PASSPHRASE": "",
             "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
 
 
-
 def _after_gc(vol, last: dict, peers) -> dict:
     """`fusevol gc` run and timed, verify, and the store's figures beside the
     last version's row."""
     start = time.monotonic()
     report = json.loads(vol.cli("gc", "--json"))
     seconds = time.monotonic() - start
+    return _verified_row(vol, last, peers, gc_seconds=seconds,
+                         gc={k: report.get(k) for k in ("recompressed", "densified", "file")})
+
+
+def _verified_row(vol, last: dict, peers, **extra) -> dict:
+    """verify, then the store's figures beside the last version's row."""
     vol.cli("verify")
     df = vol.df()
     return {"version": last["version"], "files": last["files"], "logical": last["logical"],
             "fusevol_file": df["store_file_bytes"], "fusevol_chunks": df["stored_bytes"],
-            "fusevol_overhead": df.get("overhead"), "gc_seconds": seconds,
-            "gc": {k: report.get(k) for k in ("recompressed", "densified", "file")},
-            **{p: last[p] for p in peers}}
+            "fusevol_overhead": df.get("overhead"), **extra, **{p: last[p] for p in peers}}
+
 
 def _after_upkeep(vol, last: dict, peers, since: float, timeout: float = 300) -> dict:
     """Wait for the worker's idle upkeep that follows the last change (a run
@@ -78,12 +82,7 @@ def _after_upkeep(vol, last: dict, peers, since: float, timeout: float = 300) ->
             raise SystemExit(f"no idle upkeep finished in {timeout} s: {status}")
         time.sleep(0.2)
     waited = time.monotonic() - start
-    vol.cli("verify")
-    df = vol.df()
-    return {"version": last["version"], "files": last["files"], "logical": last["logical"],
-            "fusevol_file": df["store_file_bytes"], "fusevol_chunks": df["stored_bytes"],
-            "fusevol_overhead": df.get("overhead"), "waited_seconds": waited,
-            "upkeep": status["last"], **{p: last[p] for p in peers}}
+    return _verified_row(vol, last, peers, waited_seconds=waited, upkeep=status["last"])
 
 
 def files_of(root: str) -> list[str]:

@@ -483,6 +483,17 @@ def test_gc_while_mounted_keeps_every_file(mounts, beside):
 # -- a worker killed while gc runs ---------------------------------------------
 
 
+def _check_durable(mp: str, durable: dict) -> None:
+    """Every file an fsync covered is there whole, with the bytes it had."""
+    for rel, data in durable.items():
+        path = os.path.join(mp, rel)
+        assert os.path.exists(path), f"fsynced {rel} is gone"
+        with open(path, "rb") as f:
+            got = f.read()
+        if got != data:
+            raise AssertionError(f"fsynced {rel}: {_first_diff(got, data)}")
+
+
 def _kill_worker(store: str, name: str, mounts, mp: str) -> None:
     pid = registry.worker_of(store, volume=name).pid
     os.kill(pid, signal.SIGKILL)
@@ -557,13 +568,7 @@ def test_worker_killed_during_gc_keeps_what_was_fsynced(mounts):
             assert gc.returncode == 0, f"gc exited {gc.returncode}: {err.decode(errors='replace')}"
             gc_runs += 1
             mp = mounts.mount(name, create=False)
-            for rel, data in durable.items():
-                path = os.path.join(mp, rel)
-                assert os.path.exists(path), f"fsynced {rel} is gone"
-                with open(path, "rb") as f:
-                    got = f.read()
-                if got != data:
-                    raise AssertionError(f"fsynced {rel}: {_first_diff(got, data)}")
+            _check_durable(mp, durable)
             # gc again with the volume mounted, then everything still there and the store clean
             run_cli(store, "gc", "-q")
             verify_clean(store)
@@ -627,13 +632,7 @@ def test_worker_killed_during_upkeep_keeps_what_was_fsynced(mounts):
                 kills_during_upkeep += bool(status.get("running")) and status.get("started", 0) > since
             _kill_worker(store, name, mounts, mp)
             mp = mounts.mount(name, create=False, env=UPKEEP)
-            for rel, data in durable.items():
-                path = os.path.join(mp, rel)
-                assert os.path.exists(path), f"fsynced {rel} is gone"
-                with open(path, "rb") as f:
-                    got = f.read()
-                if got != data:
-                    raise AssertionError(f"fsynced {rel}: {_first_diff(got, data)}")
+            _check_durable(mp, durable)
             verify_clean(store)
         except BaseException:
             print(f"\nseed {SEED} (upkeep crash form, round {round_})")

@@ -332,6 +332,24 @@ def _files(txn, root: bytes) -> dict[bytes, bytes]:
     return out
 
 
+def _check_sent(store: Store, other_path: str, volume: str, first: str, second: str) -> None:
+    """Snapshot `first` sent whole and then `second` on top of it into a new
+    store: the same files there, and that store verifies."""
+    other = Store.open(other_path)
+    try:
+        for base, name in ((None, first), ((volume, first), second)):
+            buf = io.BytesIO()
+            stream.send(store, volume, name, buf, base=base)
+            buf.seek(0)
+            stream.receive(other, "copy", buf)
+        with other.read() as txn, store.read() as ours:
+            assert _files(txn, _root(txn, "copy", second)) == _files(ours, _root(ours, volume, second))
+            assert check.verify(txn)["ok"]
+    finally:
+        Store._instances.pop(other.path, None)
+        other.close()
+
+
 def _root(txn, volume: str, name: str) -> bytes:
     return bytes.fromhex(snapshots.get(txn, volume, name).root)
 
@@ -374,19 +392,7 @@ def test_an_older_store_opens_snapshots_diffs_sends_and_verifies(old_store, tmp_
         assert 16 in _object_rows(txn)  # new objects: counts by their place
         assert check.verify(txn)["ok"]
     # Sent (full, then incremental) into a new store: equal trees there.
-    other = Store.open(str(tmp_path / "other"))
-    try:
-        for base, name in ((None, "one"), (("old", "one"), "three")):
-            buf = io.BytesIO()
-            stream.send(store, "old", name, buf, base=base)
-            buf.seek(0)
-            stream.receive(other, "copy", buf)
-        with other.read() as txn, store.read() as ours:
-            assert _files(txn, _root(txn, "copy", "three")) == _files(ours, _root(ours, "old", "three"))
-            assert check.verify(txn)["ok"]
-    finally:
-        Store._instances.pop(other.path, None)
-        other.close()
+    _check_sent(store, str(tmp_path / "other"), "old", "one", "three")
     # Snapshots deleted, new first: the counts of both forms fall to nothing.
     for name in ("three", "two"):
         with store.write() as txn:

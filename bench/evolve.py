@@ -137,7 +137,9 @@ def du(path: str) -> int:
 
 def measure(source: str, versions: int, base: str, gc: bool = True, gc_each: bool = False) -> dict:
     work = tempfile.mkdtemp(prefix="evolve-", dir=base)
-    env = {**os.environ, **PEER_ENV}
+    # borg is a Python program run in the tree: a relative PYTHONPATH (`PYTHONPATH=.`)
+    # would make it import the edited standard library it backs up.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | PEER_ENV
     plain = os.path.join(work, "plain")
     shutil.copytree(source, plain, symlinks=True)
     peers = {}

@@ -8,12 +8,13 @@ Integers in keys are big-endian so that LMDB's byte order is numeric order.
 import struct
 from dataclasses import dataclass
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # Formats whose rows this one reads as they are (opening one marks it FORMAT_VERSION):
 # 1 kept every chunk and tree object as a value of its own; 2 packs the small ones;
 # 3 keeps a packed object's count by its place in `ocounts` (trees.py); 4 may keep
-# a pack of tree objects compressed whole (packs.py, written by gc: densify.py).
-UPGRADES = (1, 2, 3)
+# a pack of tree objects compressed whole (packs.py, written by gc: densify.py);
+# 5 may keep count rows short (countrows.py, written by gc and the idle upkeep).
+UPGRADES = (1, 2, 3, 4)
 BLOCK_SIZE = 128 * 1024
 ROOT_INO = 1
 

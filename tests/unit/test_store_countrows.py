@@ -1,0 +1,121 @@
+"""Count rows short at rest (store format 5, countrows.py): every fixed form
+written short and read back the same; a store whose count rows are short
+takes every change of counts (new chunks and objects, references taken and
+dropped, packs laid out again) and verifies; a format-4 store is marked 5
+when opened, and a newer one is refused."""
+
+import random
+import struct
+
+import pytest
+
+from fusevol.errors import FusevolError, StoreDamaged
+from fusevol.store import Store, check, chunks, countrows, densify, recompress, repack, schema, snapshots, trees
+
+from .conftest import BS, FILE
+
+EDGES = (0, 1, 127, 128, 300, 16383, 16384, (1 << 32) - 1)
+
+
+@pytest.mark.parametrize("form", [">Q", ">QII", ">QQII", ">QIIQI"])
+def test_every_fixed_form_is_written_shorter_and_read_back_the_same(form):
+    s = struct.Struct(form)
+    rng = random.Random(5)
+    for _ in range(300):
+        fields = [rng.choice(EDGES) if rng.random() < 0.5 else rng.randrange(1 << 17) for _ in form[1:]]
+        fields[0] = rng.choice((0, 1, 2, 200, (1 << 40) + 3))  # a count or a pack number
+        if form[2:3] == "Q":
+            fields[1] = rng.choice((1, 70_000, (1 << 40) + 3))
+        raw = s.pack(*fields)
+        short = countrows.compact(raw)
+        assert len(short) < len(raw) or short == raw
+        if short != raw:
+            assert short[0] == len(raw)  # told from a fixed form by its first byte
+            assert countrows.expand(short) == raw
+            assert countrows.compact(short) == short  # short already
+    assert countrows.compact(struct.pack(">Q", 1)) == bytes((8, 1))
+
+
+def test_a_damaged_short_row_is_damage_not_a_wrong_count(store):
+    with store.write() as txn:
+        txn.put("refs", b"\x01" * 32, bytes((28, 1, 2)))  # fields missing
+        txn.put("orefs", b"\x02" * 32, bytes((9, 1)))  # no such form
+        with pytest.raises(StoreDamaged):
+            countrows.get(txn, "refs", b"\x01" * 32)
+        with pytest.raises(StoreDamaged):
+            countrows.get(txn, "orefs", b"\x02" * 32)
+        txn.delete("refs", b"\x01" * 32)
+        txn.delete("orefs", b"\x02" * 32)
+
+
+def _write(store, inodes, seed: int, files: int = 25) -> dict[bytes, bytes]:
+    rng = random.Random(seed)
+    out = {}
+    with store.write() as txn:
+        for i in range(files):
+            name = b"f%03d-%d" % (i, seed)
+            ino, _ = inodes.create(txn, 1, name, FILE, 0, 0)
+            size = 2 * BS + 700 if i % 4 == 0 else rng.randint(50, 20_000)
+            data = bytes(rng.choice(b"abcdefgh ") for _ in range(size))
+            inodes.write_blocks(txn, ino, [(k // BS, data[k:k + BS]) for k in range(0, size, BS)], size)
+            out[name] = data
+        snapshots.create(txn, "vol", f"s{seed}")
+    return out
+
+
+def _raw_forms(store) -> dict[str, set[bool]]:
+    """table -> whether its rows are short (True) or fixed (False)."""
+    with store.read() as txn:
+        return {name: {bool(v[0]) for _, v in txn.scan(name, b"")} for name in countrows.TABLES}
+
+
+def test_a_store_with_short_count_rows_takes_every_change_of_counts(store, inodes):
+    files = _write(store, inodes, 1)
+    repack.repack(store, tables=countrows.TABLES)
+    repack.repack(store, tables=countrows.TABLES)
+    with store.write() as txn:  # the same rows again in their fixed form: written short
+        for name in countrows.TABLES:
+            rows = [(bytes(k), bytes(v)) for k, v in txn.scan(name, b"")]
+            for key, value in rows:
+                txn.txn.put(key, countrows.compact(value), db=store.dbs[name])
+    assert _raw_forms(store) == {name: {True} for name in countrows.TABLES}
+    with store.read() as txn:
+        assert check.verify(txn)["ok"]
+    files |= _write(store, inodes, 2)  # the same files again under new names: references taken
+    with store.write() as txn:  # half of them deleted, a snapshot dropped: references let go
+        for name in sorted(files)[::2]:
+            ino = inodes.lookup(txn, 1, name)
+            inodes.unlink(txn, 1, name)
+            inodes.purge(txn, ino)
+            del files[name]
+        snapshots.remove(txn, "vol", "s1")
+    recompress.recompress(store)  # chunks and objects move: their rows are written again
+    densify.densify(store)
+    with store.read() as txn:
+        assert check.verify(txn)["ok"]
+        for name, data in files.items():
+            ino = inodes.lookup(txn, 1, name)
+            got = b"".join(inodes.read_block(txn, ino, k) or b"" for k in range(-(-len(data) // BS)))
+            assert got[:len(data)] == data
+        for cid, count, raw_len, stored_len in chunks.count_rows(txn):
+            assert count >= 1 and raw_len >= 1 and stored_len >= 1
+        assert trees.counted(txn) > 0
+
+
+def test_a_format_4_store_is_marked_5_and_a_newer_one_refused(tmp_path):
+    path = str(tmp_path / "store")
+    store = Store.open(path)
+    with store.write() as txn:
+        txn.put("meta", b"format", schema.u64(4))
+    Store._instances.pop(store.path, None)
+    store.close()
+    store = Store.open(path)
+    with store.read() as txn:
+        assert schema.read_u64(txn.get("meta", b"format")) == schema.FORMAT_VERSION == 5
+    with store.write() as txn:
+        txn.put("meta", b"format", schema.u64(6))
+    Store._instances.pop(store.path, None)
+    store.close()
+    with pytest.raises(FusevolError, match="has format 6"):
+        Store.open(path)
+    Store._instances.pop(path, None)

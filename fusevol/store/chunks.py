@@ -196,9 +196,10 @@ def _count_by(txn: Txn, cid: bytes, delta: int) -> int:
     return count
 
 
-def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int) -> None:
-    """Keep a chunk's stored form: packed when small, else a value of its own."""
-    if len(payload) <= packs.ENTRY_MAX:
+def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int, packed_max: int = packs.ENTRY_MAX) -> None:
+    """Keep a chunk's stored form: packed when at most packed_max bytes,
+    else a value of its own."""
+    if len(payload) <= packed_max:
         loc = packs.add(txn, packs.CHUNK, payload)
     else:
         txn.put("chunks", cid, payload)
@@ -340,10 +341,10 @@ def relocate(txn: Txn, cid: bytes, loc: packs.Location) -> None:
 
 
 def pack_alone(txn: Txn, cid: bytes) -> bool:
-    """Move a chunk kept as a value of its own (an older store's) into a
-    pack if it is small enough; whether it moved."""
+    """Move a chunk kept as a value of its own (an older store's, or one
+    larger than a writer packs) into a pack if it fits one; whether it moved."""
     row = _get_row(txn, cid)
-    if row.loc is not None or row.stored_len > packs.ENTRY_MAX:
+    if row.loc is not None or row.stored_len > packs.GC_ENTRY_MAX:
         return False
     payload = txn.get("chunks", cid)
     if payload is None:
@@ -362,7 +363,7 @@ def replace_stored(txn: Txn, cid: bytes, payload: bytes) -> None:
         txn.delete("chunks", cid)
     else:
         packs.release(txn, row.loc)
-    _store(txn, cid, payload, row.raw_len, row.count)
+    _store(txn, cid, payload, row.raw_len, row.count, packs.GC_ENTRY_MAX)
     txn.chunk_delta[0] -= 1
     txn.chunk_delta[1] -= row.raw_len
     txn.chunk_delta[2] -= row.stored_len
@@ -423,11 +424,11 @@ def locations(txn: Txn):
 
 
 def alone(txn: Txn):
-    """Ids of counted chunks small enough for a pack but kept as values of
-    their own (an older store's)."""
+    """Ids of counted chunks that fit a pack but are kept as values of
+    their own (an older store's, or larger than a writer packs: gc packs them)."""
     for cid, raw in countrows.scan(txn, "refs", b""):
         row = _row(raw)
-        if row.loc is None and row.stored_len <= packs.ENTRY_MAX:
+        if row.loc is None and row.stored_len <= packs.GC_ENTRY_MAX:
             yield bytes(cid)
 
 

@@ -18,6 +18,8 @@ pack number) below 2^56, so with 0; a short form with its tag, never 0.
 
 import struct
 
+from ..errors import StoreDamaged
+
 TABLES = ("refs", "orefs", "ocounts")
 
 # The fixed forms by length (their first field a u64): orefs alone and
@@ -53,7 +55,6 @@ def expand(raw) -> bytes:
     """A count row's fixed form from its short form."""
     form = FIXED.get(raw[0])
     if form is None:
-        from ..errors import StoreDamaged
         raise StoreDamaged("a count row is damaged")
     fields, n, shift, pos = [], 0, 0, 1
     for byte in bytes(raw[1:]):
@@ -66,7 +67,6 @@ def expand(raw) -> bytes:
     try:
         return form.pack(*fields)
     except struct.error:
-        from ..errors import StoreDamaged
         raise StoreDamaged("a count row is damaged") from None
 
 
@@ -82,11 +82,3 @@ def scan(txn, table: str, prefix: bytes):
     """(key, row in its fixed form) of every count row under prefix."""
     for key, raw in txn.scan(table, prefix):
         yield key, (expand(raw) if raw[0] else raw)
-
-
-def short(table: str, rows):
-    """(key, value) rows of a table as they are written at rest: count
-    rows short, other tables' rows as they are."""
-    if table not in TABLES:
-        return rows
-    return ((key, compact(value)) for key, value in rows)

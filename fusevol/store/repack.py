@@ -11,14 +11,14 @@ the last is full. The old pages go to LMDB's free list, from where
 freepages.py gives them back to the disk. A writer waits for the lock
 meanwhile (milliseconds for a table of thousands of rows, see MAX_BYTES).
 
-Count rows are written in their short form (countrows.py, format 5).
+Count rows and inode records are written short (restforms.py, format 5).
 
 Only tables of small rows (not packs and large blobs, which fill their pages
 already), whose leaves are emptier than WORTH says, and of at most MAX_BYTES
 (the time writers wait).
 """
 
-from . import countrows
+from . import restforms
 from .env import Store
 
 TABLES = ("refs", "orefs", "ocounts", "packdead", "inodes", "dirents", "parents", "blocks",
@@ -60,7 +60,7 @@ def repack(store: Store, max_bytes: int = MAX_BYTES, tables=TABLES) -> dict:
             continue
         with store.write(durable=False) as txn:
             raw = txn.txn
-            rows = list(countrows.short(name, raw.cursor(db).iternext()))
+            rows = list(restforms.short(name, raw.cursor(db).iternext()))
             before = raw.stat(db)["leaf_pages"]
             if before <= _full_pages(rows, psize) * WORTH:
                 continue

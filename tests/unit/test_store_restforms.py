@@ -1,16 +1,19 @@
-"""Count rows short at rest (store format 5, countrows.py): every fixed form
-written short and read back the same; a store whose count rows are short
-takes every change of counts (new chunks and objects, references taken and
-dropped, packs laid out again) and verifies; a format-4 store is marked 5
-when opened, and a newer one is refused."""
+"""Rows short at rest (store format 5, restforms.py): count rows
+(countrows.py) and inode records (schema.short_row) written short and read
+back the same; a store whose count rows are short takes every change of
+counts (new chunks and objects, references taken and dropped, packs laid
+out again), one whose inode records are short every change of them and
+snapshots that find them unchanged, and verifies; a format-4 store is
+marked 5 when opened, and a newer one is refused."""
 
 import random
 import struct
 
 import pytest
 
-from fusevol.errors import FusevolError, StoreDamaged
+from fusevol.errors import FsError, FusevolError, StoreDamaged
 from fusevol.store import Store, check, chunks, countrows, densify, recompress, repack, schema, snapshots, trees
+from fusevol.store.schema import NO_TREE, Inode
 
 from .conftest import BS, FILE
 
@@ -119,3 +122,81 @@ def test_a_format_4_store_is_marked_5_and_a_newer_one_refused(tmp_path):
     with pytest.raises(FusevolError, match="has format 6"):
         Store.open(path)
     Store._instances.pop(path, None)
+
+
+INODES = [
+    Inode(0o100644, 1000, 1000, 1, 12345, 1_700_000_000_123_456_789, 1_700_000_001_000_000_000,
+          1_700_000_002_000_000_001, 0, 0, 16384, 0, bytes(range(32))),
+    Inode(0o40755, 0, 0, 7, 4096, -5, 0, 1, 0, 3, 0, 4, NO_TREE),
+    Inode(0o120777, 5, 6, 1, 9, 1, 2, 3, 0, 0, 0, 1, b"\xff" * 32, b"target/of/link"),
+    Inode(0o20600, 0, 0, 1, 0, 1, 2, 3, (8 << 8) | 1, 0, 0, 0, NO_TREE),
+    Inode(0o100600, (1 << 32) - 1, 0, (1 << 32) - 1, (1 << 63) - 1, schema.TIME_MAX_NS, schema.TIME_MIN_NS,
+          0, (1 << 64) - 1, (1 << 64) - 1, (1 << 63) - 1, 0, bytes(32)),  # wide times
+]
+
+
+@pytest.mark.parametrize("inode", INODES)
+def test_an_inode_record_is_written_shorter_and_read_back_the_same(inode):
+    fixed = inode.pack()
+    short = schema.short_row(fixed)
+    assert short[0] and len(short) < len(fixed)
+    assert schema.full_row(short) == fixed
+    assert schema.short_row(short) == short
+    assert Inode.unpack(short) == Inode.unpack(fixed) == inode
+    assert schema.row_flags(short) == schema.row_flags(fixed)
+    assert schema.row_with_times(short, 1, 2, 3) is None  # the caller stores the record whole
+
+
+def test_no_record_takes_a_mode_its_first_byte_would_misread():
+    with pytest.raises(FsError):
+        Inode(schema.MODE_MAX + 1, 0, 0).pack()
+    assert Inode(schema.MODE_MAX, 0, 0).pack()[0] == 0
+
+
+def test_a_damaged_short_inode_record_is_damage():
+    short = schema.short_row(INODES[0].pack())
+    for bad in (short[:5], bytes((9,)) + short[1:]):
+        with pytest.raises(StoreDamaged):
+            Inode.unpack(bad)
+
+
+def _shorten(store, tables) -> None:
+    """Every row of `tables` in its short form, as gc leaves them."""
+    with store.write() as txn:
+        for name in tables:
+            for key, value in [(bytes(k), bytes(v)) for k, v in txn.scan(name, b"")]:
+                short = countrows.compact(value) if name in countrows.TABLES else schema.short_row(value)
+                txn.txn.put(key, short, db=store.dbs[name])
+
+
+def test_a_volume_whose_inode_records_are_short_takes_every_change(store, inodes):
+    files = _write(store, inodes, 1)
+    with store.read() as txn:
+        root1 = snapshots.get(txn, "vol", "s1").root
+        before = {name: inodes.peek(txn, inodes.lookup(txn, 1, name)) for name in files}
+    _shorten(store, ("inodes",))
+    with store.read() as txn:
+        assert all(v[0] for _, v in txn.scan("inodes", b""))
+        assert {name: inodes.peek(txn, inodes.lookup(txn, 1, name)) for name in files} == before
+    with store.write() as txn:  # nothing changed: the same tree, read from short records
+        assert snapshots.create(txn, "vol", "same").root == root1
+    names = sorted(files)
+    with store.write() as txn:
+        a, b, c = (inodes.lookup(txn, 1, n) for n in names[:3])
+        inodes.set_times(txn, a, atime_ns=11, mtime_ns=22)  # in place, or whole when short
+        inodes.setattr(txn, b, mode=0o100600, size=3)
+        inodes.write_blocks(txn, c, [(0, b"new")], 3)
+        files[names[1]] = files[names[1]][:3]
+        files[names[2]] = b"new"
+        snapshots.create(txn, "vol", "changed")
+    _shorten(store, ("inodes",))
+    with store.read() as txn:
+        assert check.verify(txn)["ok"]
+        got = inodes.peek(txn, a)
+        assert (got.atime_ns, got.mtime_ns) == (11, 22)
+        assert inodes.peek(txn, b).mode == 0o100600
+        for name, data in files.items():
+            ino = inodes.lookup(txn, 1, name)
+            read = b"".join(inodes.read_block(txn, ino, k) or b"" for k in range(-(-len(data) // BS)))
+            assert read[:len(data)] == data and inodes.peek(txn, ino).size == len(data)
+        assert snapshots.get(txn, "vol", "changed").root != root1

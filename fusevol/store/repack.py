@@ -56,11 +56,17 @@ def repack(store: Store, max_bytes: int = MAX_BYTES, tables=TABLES) -> dict:
         db = store.dbs[name]
         with store.read() as txn:
             st = txn.txn.stat(db)
-        if st["entries"] < 2 or (st["leaf_pages"] + st["overflow_pages"]) * psize > max_bytes:
-            continue
+            if st["entries"] < 2 or (st["leaf_pages"] + st["overflow_pages"]) * psize > max_bytes:
+                continue
+            # The rows' short forms (restforms.py, a few microseconds a row in
+            # Python) are made before the write lock is taken: writers wait for
+            # the table's copy alone, unless it changed meanwhile.
+            seen = list(txn.txn.cursor(db).iternext())
+        short = list(restforms.short(name, seen))
         with store.write(durable=False) as txn:
             raw = txn.txn
-            rows = list(restforms.short(name, raw.cursor(db).iternext()))
+            rows = list(raw.cursor(db).iternext())
+            rows = short if rows == seen else list(restforms.short(name, rows))
             before = raw.stat(db)["leaf_pages"]
             if before <= _full_pages(rows, psize) * WORTH:
                 continue

@@ -16,7 +16,8 @@ FORMAT_VERSION = 5
 # 1 kept every chunk and tree object as a value of its own; 2 packs the small ones;
 # 3 keeps a packed object's count by its place in `ocounts` (trees.py); 4 may keep
 # a pack of tree objects compressed whole (packs.py, written by gc: densify.py);
-# 5 may keep count rows short (countrows.py, written by gc and the idle upkeep).
+# 5 may keep count rows and inode records short (restforms.py, written by gc and
+# the idle upkeep).
 UPGRADES = (1, 2, 3, 4)
 BLOCK_SIZE = 128 * 1024
 ROOT_INO = 1

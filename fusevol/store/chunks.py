@@ -17,7 +17,7 @@ import zstandard
 
 from .. import native
 from ..errors import StoreDamaged
-from . import packs, schema
+from . import countrows, packs, schema
 from .env import Txn, row_disk_bytes
 
 RAW, ZSTD = schema.CODECS["none"], schema.CODECS["zstd"]
@@ -180,7 +180,7 @@ def _encode_row(count: int, raw_len: int, stored_len: int, loc: packs.Location |
 
 
 def _get_row(txn: Txn, cid: bytes) -> Row:
-    raw = txn.get("refs", cid)
+    raw = countrows.get(txn, "refs", cid)
     if raw is None:
         raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
     return _row(raw)
@@ -188,7 +188,7 @@ def _get_row(txn: Txn, cid: bytes) -> Row:
 
 def _count_by(txn: Txn, cid: bytes, delta: int) -> int:
     """Add delta to a chunk's count, leaving the rest of its row as it is."""
-    raw = txn.get("refs", cid)
+    raw = countrows.get(txn, "refs", cid)
     if raw is None:
         raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
     count = _COUNT.unpack_from(raw)[0] + delta
@@ -196,9 +196,10 @@ def _count_by(txn: Txn, cid: bytes, delta: int) -> int:
     return count
 
 
-def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int) -> None:
-    """Keep a chunk's stored form: packed when small, else a value of its own."""
-    if len(payload) <= packs.ENTRY_MAX:
+def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int, packed_max: int = packs.ENTRY_MAX) -> None:
+    """Keep a chunk's stored form: packed when at most packed_max bytes,
+    else a value of its own."""
+    if len(payload) <= packed_max:
         loc = packs.add(txn, packs.CHUNK, payload)
     else:
         txn.put("chunks", cid, payload)
@@ -268,7 +269,7 @@ def _payload(txn: Txn, cid: bytes, row: Row):
 
 def read(txn: Txn, cid: bytes) -> bytes:
     """A chunk's bytes, checked against its id (see decode_checked)."""
-    raw = txn.get("refs", cid)
+    raw = countrows.get(txn, "refs", cid)
     payload = _payload(txn, cid, _row(raw)) if raw is not None else None
     if payload is None:
         raise StoreDamaged(f"missing chunk {cid.hex()}")
@@ -290,7 +291,7 @@ def view_if_stored(txn: Txn, cid: bytes):
     """A chunk's bytes, checked, as checked_view gives them (a raw chunk's a
     view into the map, valid until the transaction ends), or None while the
     store does not hold it."""
-    raw = txn.get("refs", cid)
+    raw = countrows.get(txn, "refs", cid)
     payload = _payload(txn, cid, _row(raw)) if raw is not None else None
     if payload is None:
         if raw is not None:
@@ -302,7 +303,7 @@ def view_if_stored(txn: Txn, cid: bytes):
 def read_if_stored(txn: Txn, cid: bytes) -> bytes | None:
     """A chunk's bytes, checked, or None while the store does not hold it
     (a block a writer has not committed yet)."""
-    raw = txn.get("refs", cid)
+    raw = countrows.get(txn, "refs", cid)
     if raw is None:
         return None
     return read(txn, cid)
@@ -314,14 +315,14 @@ def has(txn: Txn, cid: bytes) -> bool:
 
 def stored(txn: Txn, cid: bytes) -> bytes | None:
     """A chunk as stored (codec byte + data), unchecked; None if absent."""
-    raw = txn.get("refs", cid)
+    raw = countrows.get(txn, "refs", cid)
     payload = _payload(txn, cid, _row(raw)) if raw is not None else txn.get("chunks", cid)
     return None if payload is None else bytes(payload)
 
 
 def location(txn: Txn, cid: bytes) -> packs.Location | None:
     """Where a packed chunk is (None: not packed, or not held)."""
-    raw = txn.get("refs", cid)
+    raw = countrows.get(txn, "refs", cid)
     return _row(raw).loc if raw is not None else None
 
 
@@ -340,10 +341,10 @@ def relocate(txn: Txn, cid: bytes, loc: packs.Location) -> None:
 
 
 def pack_alone(txn: Txn, cid: bytes) -> bool:
-    """Move a chunk kept as a value of its own (an older store's) into a
-    pack if it is small enough; whether it moved."""
+    """Move a chunk kept as a value of its own (an older store's, or one
+    larger than a writer packs) into a pack if it fits one; whether it moved."""
     row = _get_row(txn, cid)
-    if row.loc is not None or row.stored_len > packs.ENTRY_MAX:
+    if row.loc is not None or row.stored_len > packs.GC_ENTRY_MAX:
         return False
     payload = txn.get("chunks", cid)
     if payload is None:
@@ -362,7 +363,7 @@ def replace_stored(txn: Txn, cid: bytes, payload: bytes) -> None:
         txn.delete("chunks", cid)
     else:
         packs.release(txn, row.loc)
-    _store(txn, cid, payload, row.raw_len, row.count)
+    _store(txn, cid, payload, row.raw_len, row.count, packs.GC_ENTRY_MAX)
     txn.chunk_delta[0] -= 1
     txn.chunk_delta[1] -= row.raw_len
     txn.chunk_delta[2] -= row.stored_len
@@ -392,7 +393,7 @@ def counted(txn: Txn) -> int:
 def forget(txn: Txn, cid: bytes) -> None:
     """Delete a chunk and its count row, whatever it counts (gc's sweep; the
     totals are recounted after)."""
-    raw = txn.get("refs", cid)
+    raw = countrows.get(txn, "refs", cid)
     if raw is None:
         txn.delete("chunks", cid)
     else:
@@ -401,7 +402,7 @@ def forget(txn: Txn, cid: bytes) -> None:
 
 def count_rows(txn: Txn):
     """(chunk id, count, raw length, stored length) of every counted chunk."""
-    for cid, raw in txn.scan("refs", b""):
+    for cid, raw in countrows.scan(txn, "refs", b""):
         yield (bytes(cid), *_row(raw)[:3])
 
 
@@ -416,18 +417,18 @@ def stored_rows(txn: Txn):
 
 def locations(txn: Txn):
     """(chunk id, location) of every packed chunk."""
-    for cid, raw in txn.scan("refs", b""):
+    for cid, raw in countrows.scan(txn, "refs", b""):
         loc = _row(raw).loc
         if loc is not None:
             yield bytes(cid), loc
 
 
 def alone(txn: Txn):
-    """Ids of counted chunks small enough for a pack but kept as values of
-    their own (an older store's)."""
-    for cid, raw in txn.scan("refs", b""):
+    """Ids of counted chunks that fit a pack but are kept as values of
+    their own (an older store's, or larger than a writer packs: gc packs them)."""
+    for cid, raw in countrows.scan(txn, "refs", b""):
         row = _row(raw)
-        if row.loc is None and row.stored_len <= packs.ENTRY_MAX:
+        if row.loc is None and row.stored_len <= packs.GC_ENTRY_MAX:
             yield bytes(cid)
 
 
@@ -442,7 +443,7 @@ def uncounted(txn: Txn):
 def disk_bytes(txn: Txn, cid: bytes) -> int:
     """What a chunk takes in the store's file, its count row included."""
     psize = txn.store.env.stat()["psize"]
-    raw = txn.get("refs", cid)
+    raw = countrows.get(txn, "refs", cid)
     if raw is None:
         return 0
     row = _row(raw)

@@ -27,7 +27,7 @@ import struct
 import lmdb
 
 from ..errors import FusevolError
-from . import schema
+from . import restforms, schema
 
 # struct flock: l_type, l_whence, l_start, l_len, l_pid (and padding) on Linux.
 _FLOCK = struct.Struct("@hhqqi4x")
@@ -134,8 +134,8 @@ def _copy(src: lmdb.Environment, dst_dir: str) -> int:
                         continue
                     sdb = src.open_db(name.encode(), txn=rtxn, create=False)
                     ddb = dst.open_db(name.encode(), txn=wtxn)
-                    consumed, added = wtxn.cursor(ddb).putmulti(
-                        rtxn.cursor(sdb).iternext(), append=True)
+                    consumed, added = wtxn.cursor(ddb).putmulti(  # count rows and inodes short (format 5)
+                        restforms.short(name, rtxn.cursor(sdb).iternext()), append=True)
                     if consumed != added:
                         raise FusevolError(f"copying table {name}: {consumed - added} rows not taken")
                     rows += added

@@ -77,7 +77,7 @@ class InodeRows:
         raw = txn.get("inodes", key)
         if raw is None:
             raise FsError(errno.ENOENT)
-        if raw[ROW_TREE_ID] != NO_TREE:
+        if raw[0] or raw[ROW_TREE_ID] != NO_TREE:  # short (at rest), or with a tree id
             return False
         new = row_with_times(raw, atime_ns, mtime_ns, ctime_ns)
         if new is None:

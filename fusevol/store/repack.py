@@ -11,11 +11,14 @@ the last is full. The old pages go to LMDB's free list, from where
 freepages.py gives them back to the disk. A writer waits for the lock
 meanwhile (milliseconds for a table of thousands of rows, see MAX_BYTES).
 
+Count rows and inode records are written short (restforms.py, format 5).
+
 Only tables of small rows (not packs and large blobs, which fill their pages
 already), whose leaves are emptier than WORTH says, and of at most MAX_BYTES
 (the time writers wait).
 """
 
+from . import restforms
 from .env import Store
 
 TABLES = ("refs", "orefs", "ocounts", "packdead", "inodes", "dirents", "parents", "blocks",
@@ -53,11 +56,17 @@ def repack(store: Store, max_bytes: int = MAX_BYTES, tables=TABLES) -> dict:
         db = store.dbs[name]
         with store.read() as txn:
             st = txn.txn.stat(db)
-        if st["entries"] < 2 or (st["leaf_pages"] + st["overflow_pages"]) * psize > max_bytes:
-            continue
+            if st["entries"] < 2 or (st["leaf_pages"] + st["overflow_pages"]) * psize > max_bytes:
+                continue
+            # The rows' short forms (restforms.py, a few microseconds a row in
+            # Python) are made before the write lock is taken: writers wait for
+            # the table's copy alone, unless it changed meanwhile.
+            seen = list(txn.txn.cursor(db).iternext())
+        short = list(restforms.short(name, seen))
         with store.write(durable=False) as txn:
             raw = txn.txn
             rows = list(raw.cursor(db).iternext())
+            rows = short if rows == seen else list(restforms.short(name, rows))
             before = raw.stat(db)["leaf_pages"]
             if before <= _full_pages(rows, psize) * WORTH:
                 continue

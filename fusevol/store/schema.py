@@ -5,15 +5,20 @@ so that one volume's rows are contiguous and a prefix scan walks them.
 Integers in keys are big-endian so that LMDB's byte order is numeric order.
 """
 
+import errno
 import struct
 from dataclasses import dataclass
 
-FORMAT_VERSION = 4
+from ..errors import FsError, StoreDamaged
+
+FORMAT_VERSION = 5
 # Formats whose rows this one reads as they are (opening one marks it FORMAT_VERSION):
 # 1 kept every chunk and tree object as a value of its own; 2 packs the small ones;
 # 3 keeps a packed object's count by its place in `ocounts` (trees.py); 4 may keep
-# a pack of tree objects compressed whole (packs.py, written by gc: densify.py).
-UPGRADES = (1, 2, 3)
+# a pack of tree objects compressed whole (packs.py, written by gc: densify.py);
+# 5 may keep count rows and inode records short (restforms.py, written by gc and
+# the idle upkeep).
+UPGRADES = (1, 2, 3, 4)
 BLOCK_SIZE = 128 * 1024
 ROOT_INO = 1
 
@@ -81,7 +86,83 @@ _FLAGS_AT = struct.calcsize(">IIIIQqqqQQQ")
 
 def row_flags(raw) -> int:
     """The flags of a packed inode record, without unpacking the rest."""
+    if raw[0]:
+        raw = full_row(raw)
     return _FLAGS.unpack_from(raw, _FLAGS_AT)[0]
+
+
+# An inode record at rest (format 5): gc and the idle upkeep write the inode
+# table again in key order (compaction.py, repack.py) with each record short:
+# a tag, the integers but the times as unsigned LEB128 varints, the times as
+# they are (int64 nanoseconds take 8 bytes, a varint 9), the tree id unless
+# it is NO_TREE, then the rest of the record (wide times, a symlink's
+# target) as it is: 108 bytes -> about 73 with a tree id. A fixed record
+# begins with its mode (u32 below 2^24: 0); a short one with its tag.
+# Readers take the fixed form back (full_row; Inode.unpack and row_flags do
+# it); writers write records fixed.
+_SHORT_TREE, _SHORT_NO_TREE = 1, 2
+# A mode is its type and permission bits (16): records take none above 24
+# bits (Inode.pack), so a fixed record's first byte is 0.
+MODE_MAX = (1 << 24) - 1
+_VARINT_FIELDS = (0, 1, 2, 3, 4, 8, 9, 10, 11)  # mode, uid, gid, nlink, size, rdev, parent, data_bytes, flags
+
+
+def _varint(n: int, out: bytearray) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def short_row(raw) -> bytes:
+    """An inode record's short form (the record as it is when it has one
+    already or is not a record)."""
+    raw = bytes(raw)
+    if len(raw) < _INODE_SIZE or raw[0]:
+        return raw
+    fields = _INODE.unpack_from(raw)
+    tree = fields[12]
+    out = bytearray((_SHORT_NO_TREE if tree == NO_TREE else _SHORT_TREE,))
+    for i in _VARINT_FIELDS:
+        _varint(fields[i], out)
+    out += _ROW_TIMES.pack(*fields[5:8])
+    if tree != NO_TREE:
+        out += tree
+    out += raw[_INODE_SIZE:]
+    return bytes(out) if len(out) < len(raw) else raw
+
+
+def full_row(raw):
+    """An inode record's fixed form (itself when fixed)."""
+    if not raw[0]:
+        return raw
+    tag = raw[0]
+    if tag not in (_SHORT_TREE, _SHORT_NO_TREE):
+        raise StoreDamaged("an inode record is damaged")
+    data = bytes(raw)
+    ints, pos = [], 1
+    try:
+        for _ in _VARINT_FIELDS:
+            n = shift = 0
+            while True:
+                byte = data[pos]
+                pos += 1
+                n |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+            ints.append(n)
+        times = _ROW_TIMES.unpack_from(data, pos)
+        pos += _ROW_TIMES.size
+        if tag == _SHORT_TREE:
+            tree, pos = data[pos:pos + 32], pos + 32
+        else:
+            tree = NO_TREE
+        mode, uid, gid, nlink, size, rdev, parent, data_bytes, flags = ints
+        return _INODE.pack(mode, uid, gid, nlink, size, *times, rdev, parent, data_bytes, flags,
+                           tree) + data[pos:]
+    except (IndexError, struct.error):
+        raise StoreDamaged("an inode record is damaged") from None
 
 
 # Where the fields a snapshot reads are in a packed inode record (Inode.pack):
@@ -155,8 +236,9 @@ ROW_TIMES_AT = struct.calcsize(">IIIIQ")
 def row_with_times(raw, atime_ns: int | None, mtime_ns: int | None, ctime_ns: int | None):
     """A packed inode record with new times (None: the one it has), the rest
     as it was, written as Inode.pack would write it; None when the record
-    must be unpacked for that (its times, old or new, need WIDE_TIMES)."""
-    if row_flags(raw) & WIDE_TIMES:
+    must be unpacked for that (its times, old or new, need WIDE_TIMES; or
+    the record is short)."""
+    if raw[0] or row_flags(raw) & WIDE_TIMES:
         return None
     at = ROW_TIMES_AT
     if atime_ns is None or mtime_ns is None or ctime_ns is None:
@@ -205,6 +287,8 @@ class Inode:
                      self.flags, self.tree_id, self.target)
 
     def pack(self) -> bytes:
+        if self.mode > MODE_MAX:  # (a record's first byte tells its form: short_row)
+            raise FsError(errno.EINVAL)
         a, m, c = self.atime_ns, self.mtime_ns, self.ctime_ns
         if _I64_MIN <= a <= _I64_MAX and _I64_MIN <= m <= _I64_MAX and _I64_MIN <= c <= _I64_MAX:
             # Times in int64 nanoseconds (every time until 2262): pack_times's
@@ -222,6 +306,8 @@ class Inode:
 
     @classmethod
     def unpack(cls, raw) -> "Inode":
+        if raw[0]:  # a short record (at rest)
+            raw = full_row(raw)
         fields = _INODE.unpack_from(raw)
         if not fields[11] & WIDE_TIMES:
             # Positional only: a keyword beside *fields cost the request path

@@ -25,7 +25,7 @@ import blake3
 import zstandard
 
 from ..errors import StoreDamaged
-from . import chunks, packs
+from . import chunks, countrows, packs
 from .env import Txn, row_disk_bytes
 from .schema import (ROW_ATTRS_HEAD, ROW_DATA_BYTES, ROW_FIXED, WIDE_TIMES, WIDE_TIMES_SIZE, Inode,
                      pack_times, row_flags, unpack_times)
@@ -232,7 +232,7 @@ def _place(loc: packs.Location) -> bytes:
 def _count_in(txn: Txn, raw) -> int:
     """The count an orefs row gives (read from ocounts for a format-3 row)."""
     if len(raw) == _PACKED.size:
-        found = txn.get("ocounts", bytes(raw[:_PLACE.size]))  # (the row begins with its place)
+        found = countrows.get(txn, "ocounts", bytes(raw[:_PLACE.size]))  # (the row begins with its place)
         return _U64.unpack(found)[0] if found is not None else 0
     return _U64.unpack_from(raw)[0]
 
@@ -244,7 +244,7 @@ def _count_key(oid: bytes, raw) -> bytes:
 
 def _set(txn: Txn, oid: bytes, count: int, raw=None) -> None:
     """Set an object's count, leaving where it is as it is."""
-    raw = raw if raw is not None else txn.get("orefs", oid)
+    raw = raw if raw is not None else countrows.get(txn, "orefs", oid)
     if len(raw) == _PACKED.size:
         txn.put("ocounts", bytes(raw[:_PLACE.size]), _U64.pack(count))
     else:
@@ -258,7 +258,7 @@ def _put_packed(txn: Txn, oid: bytes, loc: packs.Location, count: int) -> None:
 
 def _store(txn: Txn, oid: bytes, payload, count: int) -> None:
     """Keep an object's stored form (packed when small, else a value of its own)."""
-    old = txn.get("orefs", oid)  # stored again over a count of 0: its old copy is dead
+    old = countrows.get(txn, "orefs", oid)  # stored again over a count of 0: its old copy is dead
     if old is not None:
         _let_go(txn, oid, old)
     if len(payload) <= packs.ENTRY_MAX:
@@ -280,7 +280,7 @@ def _let_go(txn: Txn, oid: bytes, raw) -> None:
 
 
 def _unstore(txn: Txn, oid: bytes) -> None:
-    raw = txn.get("orefs", oid)
+    raw = countrows.get(txn, "orefs", oid)
     if raw is None:
         txn.delete("objects", oid)
         return
@@ -295,7 +295,7 @@ def has(txn: Txn, oid: bytes) -> bool:
 
 def stored(txn: Txn, oid: bytes) -> bytes | None:
     """An object as stored (codec byte + encoding), unchecked; None if absent."""
-    raw = txn.get("orefs", oid)
+    raw = countrows.get(txn, "orefs", oid)
     loc = _loc(raw) if raw is not None else None
     payload = txn.get("objects", oid) if loc is None else packs.view(txn, loc)
     return None if payload is None else bytes(payload)
@@ -303,7 +303,7 @@ def stored(txn: Txn, oid: bytes) -> bytes | None:
 
 def location(txn: Txn, oid: bytes) -> packs.Location | None:
     """Where a packed object is (None: not packed, or not held)."""
-    raw = txn.get("orefs", oid)
+    raw = countrows.get(txn, "orefs", oid)
     return _loc(raw) if raw is not None else None
 
 
@@ -318,7 +318,7 @@ def identify(payload) -> bytes | None:
 def relocate(txn: Txn, oid: bytes, loc: packs.Location) -> None:
     """Point an object's row at a new copy of it (a pack rewritten); its
     count goes with it (a format-2 row takes the format-3 form)."""
-    raw = bytes(txn.get("orefs", oid))
+    raw = bytes(countrows.get(txn, "orefs", oid))
     count = _count_in(txn, raw)
     if len(raw) == _PACKED.size:
         txn.delete("ocounts", _place(_loc(raw)))
@@ -329,7 +329,7 @@ def lift_count(txn: Txn, oid: bytes) -> int:
     """A packed object's count, taken from where it is kept (its place in
     ocounts, or its format-2 row) for place(): the object is moving, and
     another may take its place before it is placed again."""
-    raw = bytes(txn.get("orefs", oid))
+    raw = bytes(countrows.get(txn, "orefs", oid))
     count = _count_in(txn, raw)
     if len(raw) == _PACKED.size:
         txn.delete("ocounts", _place(_loc(raw)))
@@ -344,7 +344,7 @@ def place(txn: Txn, oid: bytes, loc: packs.Location, count: int) -> None:
 def pack_alone(txn: Txn, oid: bytes) -> bool:
     """Move an object kept as a value of its own (an older store's) into a
     pack if it is small enough; whether it moved."""
-    raw = txn.get("orefs", oid)
+    raw = countrows.get(txn, "orefs", oid)
     if raw is None or _loc(raw) is not None:
         return False
     payload = txn.get("objects", oid)
@@ -385,7 +385,7 @@ def forget(txn: Txn, oid: bytes) -> None:
 
 def count_rows(txn: Txn):
     """(object id, count) of every counted object."""
-    for oid, raw in txn.scan("orefs", b""):
+    for oid, raw in countrows.scan(txn, "orefs", b""):
         yield bytes(oid), _count_in(txn, raw)
 
 
@@ -399,7 +399,7 @@ def stored_rows(txn: Txn):
 
 def locations(txn: Txn):
     """(object id, location) of every packed object."""
-    for oid, raw in txn.scan("orefs", b""):
+    for oid, raw in countrows.scan(txn, "orefs", b""):
         loc = _loc(raw)
         if loc is not None:
             yield bytes(oid), loc
@@ -408,7 +408,7 @@ def locations(txn: Txn):
 def alone(txn: Txn):
     """Ids of counted objects kept as values of their own (pack_alone packs
     those that are small enough)."""
-    for oid, raw in txn.scan("orefs", b""):
+    for oid, raw in countrows.scan(txn, "orefs", b""):
         if _loc(raw) is None:
             yield bytes(oid)
 
@@ -423,7 +423,7 @@ def uncounted(txn: Txn):
 def stored_total(txn: Txn) -> int:
     """The stored bytes of every counted object."""
     total = 0
-    for oid, raw in txn.scan("orefs", b""):
+    for oid, raw in countrows.scan(txn, "orefs", b""):
         loc = _loc(raw)
         if loc is not None:
             total += loc.length
@@ -436,7 +436,7 @@ def stored_total(txn: Txn) -> int:
 def disk_bytes(txn: Txn, oid: bytes) -> int:
     """What an object takes in the store's file, its count row included."""
     psize = txn.store.env.stat()["psize"]
-    raw = txn.get("orefs", oid)
+    raw = countrows.get(txn, "orefs", oid)
     if raw is None:
         return 0
     loc = _loc(raw)
@@ -449,18 +449,18 @@ def disk_bytes(txn: Txn, oid: bytes) -> int:
 
 
 def _count(txn: Txn, oid: bytes) -> int:
-    raw = txn.get("orefs", oid)
+    raw = countrows.get(txn, "orefs", oid)
     return _count_in(txn, raw) if raw is not None else 0
 
 
 def stray_counts(txn: Txn) -> list[bytes]:
     """ocounts keys no count row points to (for verify; gc deletes them)."""
-    found = sum(1 for _, raw in txn.scan("orefs", b"")
-                if len(raw) == _PACKED.size and txn.get("ocounts", bytes(raw[:_PLACE.size])) is not None)
+    found = sum(1 for _, raw in countrows.scan(txn, "orefs", b"")
+                if len(raw) == _PACKED.size and countrows.get(txn, "ocounts", bytes(raw[:_PLACE.size])) is not None)
     if found == txn.txn.stat(txn.store.dbs["ocounts"])["entries"]:
         return []  # every count by place is one a row points to
-    placed = {bytes(raw[:_PLACE.size]) for _, raw in txn.scan("orefs", b"") if len(raw) == _PACKED.size}
-    return [bytes(key) for key, _ in txn.scan("ocounts", b"") if bytes(key) not in placed]
+    placed = {bytes(raw[:_PLACE.size]) for _, raw in countrows.scan(txn, "orefs", b"") if len(raw) == _PACKED.size}
+    return [bytes(key) for key, _ in countrows.scan(txn, "ocounts", b"") if bytes(key) not in placed]
 
 
 def drop_stray_counts(txn: Txn) -> int:
@@ -518,7 +518,7 @@ def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
     in id order (a first snapshot stores 100,000 objects at once)."""
     placed = []
     for oid, payload, count in rows:
-        old = txn.get("orefs", oid)  # stored again over a count of 0
+        old = countrows.get(txn, "orefs", oid)  # stored again over a count of 0
         if old is not None:
             _let_go(txn, oid, old)
         if len(payload) <= packs.ENTRY_MAX:
@@ -533,7 +533,7 @@ def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
 
 
 def incref(txn: Txn, oid: bytes) -> None:
-    raw = txn.get("orefs", oid)  # a piece just stored has a count row of 0
+    raw = countrows.get(txn, "orefs", oid)  # a piece just stored has a count row of 0
     if raw is None:
         raise StoreDamaged(f"reference to missing tree object {oid.hex()}")
     _set(txn, oid, _count_in(txn, raw) + 1, raw)
@@ -588,7 +588,7 @@ class RefBatch:
     def _row(self, oid: bytes):
         row = self.rows.get(oid)
         if row is None:
-            raw = self.txn.get("orefs", oid)
+            raw = countrows.get(self.txn, "orefs", oid)
             if raw is None:
                 return None
             row = self.rows[oid] = (bytes(raw), _count_in(self.txn, raw))

@@ -16,8 +16,8 @@ from . import trees
 from .env import Txn
 from .folders import FolderPlan
 from .inodes import Inodes
-from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, ROW_TREE_ID, read_u64, row_flags, row_mode, row_with_tree,
-                     vkey)
+from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, ROW_TREE_ID, full_row, read_u64, row_flags, row_mode,
+                     row_with_tree, vkey)
 
 
 class TreeWriter:
@@ -44,7 +44,7 @@ class TreeWriter:
         raw = self._get_row(vkey(self.vid, ino))
         if raw is None:
             self.inodes.get(self.txn, ino)  # which names what is missing
-        return raw
+        return full_row(raw) if raw[0] else raw  # (short at rest)
 
     def _open(self, ino: int, row) -> tuple[FolderPlan, list[tuple[int, int]]]:
         """A folder's plan with the ids of its entries that are written (files

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from fusevol.store import (Inodes, Store, check, chunks, compaction, freepages, packs, recompress, repack, schema,
-                           snapshots, trees, volumes)
+from fusevol.store import (Inodes, Store, check, chunks, compaction, countrows, freepages, packs, recompress, repack,
+                           schema, snapshots, trees, volumes)
 
 from .conftest import BS, FILE
 
@@ -49,12 +49,26 @@ def _snapshot_files(store) -> dict:
                 for name in ("s1", "s2")}
 
 
-def _rows(path: str) -> dict[str, list]:
+def _fixed(name: str, value: bytes) -> bytes:
+    """A row in the fixed form its readers see (count rows and inode records
+    are written short at rest, format 5)."""
+    if name in countrows.TABLES and value[0]:
+        return countrows.expand(value)
+    return bytes(schema.full_row(value)) if name == "inodes" else value
+
+
+def _rows_of(txn, raw: bool = False) -> dict[str, list]:
+    """Every row of every table (in its fixed form unless `raw`)."""
+    return {name: [(bytes(k), bytes(v) if raw else _fixed(name, bytes(v))) for k, v in txn.scan(name, b"")]
+            for name in schema.TABLES}
+
+
+def _rows(path: str, raw: bool = False) -> dict[str, list]:
     """Every row of every table, read from the file as it is."""
     store = Store.open(path)
     try:
         with store.read() as txn:
-            return {name: [(bytes(k), bytes(v)) for k, v in txn.scan(name, b"")] for name in schema.TABLES}
+            return _rows_of(txn, raw)
     finally:
         Store._instances.pop(store.path, None)
         store.close()
@@ -121,6 +135,11 @@ def test_the_store_file_is_written_again_with_every_row_and_no_free_pages(store,
     assert report["file_bytes_after"] == os.stat(data).st_size < size
     assert report["rows"] == sum(len(r) for r in rows.values())
     assert _rows(path) == rows
+    # Count rows and inode records are written short (format 5), each shorter than it was.
+    short = _rows(path, raw=True)
+    for name in countrows.TABLES + ("inodes",):
+        assert short[name] and all(v[0] for _, v in short[name]), name
+        assert sum(map(len, (v for _, v in short[name]))) < sum(map(len, (v for _, v in rows[name])))
     again = Store.open(path)
     try:
         assert _snapshot_files(again) == before
@@ -241,17 +260,20 @@ def test_tables_of_random_keys_are_written_again_full_with_every_row(store, inod
         with store.read() as txn:
             return {name: txn.txn.stat(store.dbs[name])["leaf_pages"] for name in repack.TABLES}
 
-    def rows() -> dict[str, list]:
+    def rows(raw: bool = False) -> dict[str, list]:
         with store.read() as txn:
-            return {name: [(bytes(k), bytes(v)) for k, v in txn.scan(name, b"")] for name in schema.TABLES}
+            return _rows_of(txn, raw)
 
     before, content = leaves(), rows()
+    assert not any(v[0] for name in countrows.TABLES + ("inodes",) for _, v in rows(raw=True)[name])  # fixed
     report = repack.repack(store)
     after = leaves()
     assert "refs" in report and after["refs"] < before["refs"] * 0.85, (before, after)
     assert sum(after.values()) < sum(before.values())
     assert all(after[name] <= before[name] for name in repack.TABLES)
     assert rows() == content
+    short = rows(raw=True)  # count rows and inodes of the tables written again are short (format 5)
+    assert all(v[0] for name in countrows.TABLES + ("inodes",) if name in report for _, v in short[name])
     assert repack.repack(store) == {}  # full already
     with store.read() as txn:
         assert check.verify(txn)["ok"]

@@ -9,7 +9,7 @@ import random
 from fusevol.store import Inodes, check, chunks, densify, diff, packs, recompress, schema, snapshots, trees
 from store_damage import rewrite_stored
 
-from .conftest import DIR, FILE
+from .conftest import BS as BS_, DIR, FILE
 from .test_store_packs import _check_packs, _check_sent, _files, _pages, _root, _text, old_store  # noqa: F401
 
 
@@ -170,3 +170,76 @@ def test_gc_lays_out_an_older_stores_packs_and_keeps_every_byte(old_store):
         changes = [c.line() for c in diff.diff(txn, _root(txn, "old", "two"), _root(txn, "old", "three"))]
         assert changes == ["D\tdocs/f005"]
         assert check.verify(txn)["ok"]
+
+
+def test_gc_packs_chunks_larger_than_a_writer_packs_compressed_again(store, inodes):
+    """A compressed chunk of 64-128 KiB is written alone (packs.ENTRY_MAX);
+    gc moves it into a pack, where it is compressed again (recompress.py) and
+    laid out with the rest: no page of its own, every byte kept."""
+    rng = random.Random(3)
+    big = [_text(rng, 40_000) + rng.randbytes(BS_ - 40_000) for _ in range(4)]  # ~100 KB as zstd
+    small = [rng.randbytes(rng.randint(500, 5000)) for _ in range(60)]  # kept raw
+    with store.write() as txn:
+        for i, data in enumerate(big + small):
+            ino = inodes.create(txn, schema.ROOT_INO, b"f%02d" % i, FILE, 0, 0)[0]
+            inodes.write_blocks(txn, ino, [(0, data)], len(data))
+        snapshots.create(txn, "vol", "s")
+    ids = [chunks.chunk_id(d) for d in big]
+    with store.read() as txn:
+        alone = {cid: chunks.ref_info(txn, cid)[2] for cid in ids}
+        assert all(chunks.location(txn, cid) is None and size > packs.ENTRY_MAX for cid, size in alone.items())
+        held = _files(txn, _root(txn, "vol", "s"))
+    _gc(store)
+    with store.read() as txn:
+        assert txn.txn.stat(store.dbs["chunks"])["entries"] == 0
+        for cid, size in alone.items():
+            assert chunks.location(txn, cid) is not None
+            assert packs.ENTRY_MAX < chunks.ref_info(txn, cid)[2] < size  # level 9
+        assert _files(txn, _root(txn, "vol", "s")) == held
+        assert check.verify(txn)["ok"]
+
+
+
+def _gc_pages(path, monkeypatch, tail: bool, seed: int) -> tuple[int, dict]:
+    """The evolving folders of _evolve with files of up to 120 KB too, then
+    gc's layout in runs of 4 packs (with or without the pass over the packs
+    it went through that still end short): the store's pack pages after,
+    and what it holds."""
+    from fusevol.store import Store, volumes
+    if not tail:
+        monkeypatch.setattr(densify, "_is_sparse", lambda value: False)
+    store = Store.open(str(path))
+    try:
+        with store.write() as txn:
+            record = volumes.create(txn, "vol")
+        inodes = Inodes(record.vid, store.block_size, record.compression)
+        rng = random.Random(seed)
+        held = _evolve(store, inodes, rng, versions=2, files=120)
+        with store.write() as txn:  # and large chunks, each kept raw
+            for i in range(12):
+                data = rng.randbytes(rng.randint(20_000, 64_000))
+                ino = inodes.create(txn, schema.ROOT_INO, b"big%02d" % i, FILE, 0, 0)[0]
+                inodes.write_blocks(txn, ino, [(0, data)], len(data))
+            snapshots.create(txn, "vol", "big")
+        with store.write() as txn:
+            check.gc(txn, set())
+        recompress.recompress(store)
+        densify.densify(store, batch=4)
+        with store.read() as txn:
+            assert check.verify(txn)["ok"]
+            assert all(_files(txn, _root(txn, "vol", name)) == files for name, files in held.items())
+            held["big"] = _files(txn, _root(txn, "vol", "big"))
+        _check_packs(store)
+        return _pages(store, "packs"), held
+    finally:
+        Store._instances.pop(store.path, None)
+        store.close()
+
+
+def test_packs_left_short_of_their_last_page_are_laid_out_together_once_more(tmp_path, monkeypatch):
+    """A run of packs is filled only from its own entries: the packs a gc went
+    through that still end short are laid out once more, together."""
+    with_tail, held = _gc_pages(tmp_path / "a", monkeypatch, True, 3)
+    without, held_too = _gc_pages(tmp_path / "b", monkeypatch, False, 3)  # (seed 3: 176 and 178 pages)
+    assert held == held_too
+    assert with_tail < without, (with_tail, without)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fusevol.errors import AlreadyExists, InvalidArgument, NotFound, StoreDamaged
 from fusevol.store import Inodes, Store, check, chunks, diff, snapshots, trees, volumes
-from fusevol.store.schema import IN_PIECES, LAZY, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, row_with_tree, vkey
+from fusevol.store.schema import IN_PIECES, LAZY, MODE_MAX, ROOT_INO, TIME_MAX_NS, TIME_MIN_NS, Inode, row_with_tree, vkey
 
 from .conftest import BS, DIR, FILE
 
@@ -207,7 +207,7 @@ def test_diff_names_each_kind_of_change(store, inodes, filled):
 
 times = st.integers(TIME_MIN_NS, TIME_MAX_NS)  # beyond int64 nanoseconds too (wide rows)
 inode_fields = st.fixed_dictionaries({
-    "mode": st.integers(0, 2**32 - 1), "uid": st.integers(0, 2**32 - 1), "gid": st.integers(0, 2**32 - 1),
+    "mode": st.integers(0, MODE_MAX), "uid": st.integers(0, 2**32 - 1), "gid": st.integers(0, 2**32 - 1),
     "nlink": st.integers(0, 2**32 - 1), "size": st.integers(0, 2**64 - 1), "atime_ns": times,
     "mtime_ns": times, "ctime_ns": times, "rdev": st.integers(0, 2**64 - 1), "parent": st.integers(0, 2**64 - 1),
     "data_bytes": st.integers(0, 2**64 - 1), "flags": st.sampled_from([0, LAZY, IN_PIECES]),

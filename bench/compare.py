@@ -30,7 +30,9 @@ import extras
 import report
 import workloads
 
-SYSTEMS = ("native", "memfs", "fusevol", "rclone")
+SYSTEMS = ("native", "memfs", "fusevol", "fusevol-xattr-off", "rclone")
+# fusevol-xattr-off (a volume made with -o xattr=off) runs when --systems names it.
+DEFAULT_SYSTEMS = ("native", "memfs", "fusevol", "rclone")
 SECTIONS = {"small": "a", "untar": "b", "file": "c,d,e,g", "parallel": "f", "docker": "h",
             "pgbench": "h"}
 
@@ -101,12 +103,15 @@ def summarize(samples: dict, rows: dict) -> list[dict]:
         for system, v in values.items():
             v["vs_native"] = v["median"] / native if native and system != "native" else None
         fusevol, ceiling = values.get("fusevol"), values.get("memfs")
+        xattr_off = values.get("fusevol-xattr-off")
         out.append({
             "key": key, "label": row.label, "unit": row.unit,
             "higher_is_better": row.higher_is_better, "target": row.target,
             "target_vs_ceiling": row.vs_ceiling, "values": values,
             "fusevol_vs_ceiling": (fusevol["median"] / ceiling["median"]
                                    if fusevol and ceiling and ceiling["median"] else None),
+            "xattr_off_vs_fusevol": (xattr_off["median"] / fusevol["median"]
+                                     if xattr_off and fusevol and fusevol["median"] else None),
         })
     return out
 
@@ -121,7 +126,9 @@ def main() -> None:
     ap.add_argument("--runtime", type=int, help="seconds of the random read (default 10, quick 3)")
     ap.add_argument("--rand-size", help="span of the random writes (default 128M, quick 32M)")
     ap.add_argument("--par-size", help="per volume in f (default 256M, quick 64M)")
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="default: " + ",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                    help=f"default: {','.join(DEFAULT_SYSTEMS)}; also fusevol-xattr-off (a volume "
+                    "made with -o xattr=off, beside the default one)")
     ap.add_argument("--only", help="sections: " + ",".join(SECTIONS) + " (default: all; "
                     "quick: all but docker, pgbench)")
     ap.add_argument("--base", default="/var/tmp", help="where the temp dirs go (the disk under test)")
@@ -140,6 +147,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown sections: {', '.join(sorted(unknown))}")
     systems = [s for s in args.systems.split(",") if s]
+    if set(systems) - set(SYSTEMS):
+        sys.exit(f"unknown systems: {', '.join(sorted(set(systems) - set(SYSTEMS)))}")
     skipped = {}
     if "rclone" in systems and rclone_missing():
         skipped["rclone"] = rclone_missing()

@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 COLUMNS = (("native", "plain dir"), ("memfs", "ceiling (memfs)"), ("fusevol", "fusevol"),
-           ("rclone", "rclone"))
+           ("fusevol-xattr-off", "fusevol xattr=off"), ("rclone", "rclone"))
+OPTIONAL = {"fusevol-xattr-off"}  # a column only in runs that had it
 MATPLOTLIB = "matplotlib>=3.5"  # the `bench` extra of pyproject.toml
 SHORT = {"small": "a. small files: create, stat, unlink", "small_sync": "a. small files: create + sync",
          "untar": "b. untar + sync", "seq_write": "c. sequential write + fsync",
@@ -32,6 +33,8 @@ def cell(system: str, row: dict) -> str:
 
 def markdown(out: dict) -> str:
     reps = out["repetitions"]
+    columns = [(s, title) for s, title in COLUMNS if s not in OPTIONAL or s in out["systems"]]
+    xattr_off = "fusevol-xattr-off" in out["systems"]
     lines = [
         f"Machine: {out['machine']}  ",
         f"Date: {out['date']}, {out['seconds'] // 60} min  ",
@@ -40,19 +43,26 @@ def markdown(out: dict) -> str:
         f"Each cell: the median of {reps} repetition{'s' if reps > 1 else ''}, and in brackets its "
         "ratio to the plain directory (time: above 1 is slower; rates: below 1 is slower). "
         "fusevol / ceiling is fusevol's figure over the in-memory filesystem's: what fusevol "
-        "itself adds to the FUSE stack.",
+        "itself adds to the FUSE stack."
+        + (" xattr=off / fusevol: the volume made with -o xattr=off over the default one."
+           if xattr_off else ""),
         "",
-        "| workload | unit | " + " | ".join(title for _, title in COLUMNS) + " | fusevol / ceiling | target |",
-        "|---|---|" + "---:|" * len(COLUMNS) + "---:|---|",
+        "| workload | unit | " + " | ".join(title for _, title in columns) + " | fusevol / ceiling | "
+        + ("xattr=off / fusevol | " if xattr_off else "") + "target |",
+        "|---|---|" + "---:|" * (len(columns) + xattr_off) + "---:|---|",
     ]
     for row in out["rows"]:
         vs_ceiling = row["fusevol_vs_ceiling"]
         ceiling = fmt(vs_ceiling) + "x" if vs_ceiling is not None else "—"
         if row["target_vs_ceiling"] and vs_ceiling is not None:
             ceiling = f"**{ceiling}**"
+        against_default = ""
+        if xattr_off:
+            ratio = row.get("xattr_off_vs_fusevol")
+            against_default = (fmt(ratio) + "x" if ratio is not None else "—") + " | "
         lines.append(f"| {row['label']} | {row['unit']} | "
-                     + " | ".join(cell(system, row) for system, _ in COLUMNS)
-                     + f" | {ceiling} | {row['target']} |")
+                     + " | ".join(cell(system, row) for system, _ in columns)
+                     + f" | {ceiling} | {against_default}{row['target']} |")
     for system, reason in out["skipped"].items():
         lines.append(f"\nSkipped {system}: {reason}.")
     for error in out["errors"]:

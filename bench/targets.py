@@ -5,7 +5,8 @@ make a read warm, `worker_pid()` (the FUSE process, if any) and `close()`.
 
 - Native: a plain directory on the disk under test (the baseline).
 - Memfs: bench/memfs.py, the in-memory pyfuse3 filesystem (the stack's ceiling).
-- Volume: a volume of a fresh fusevol store, mounted with the CLI.
+- Volume: a volume of a fresh fusevol store, mounted with the CLI (VolumeXattrOff:
+  one made with -o xattr=off).
 - Rclone: rclone's FUSE mount of a local folder (a peer FUSE driver).
 """
 
@@ -114,7 +115,7 @@ class Volume:
     name = "fusevol"
 
     def __init__(self, base: str, env: dict | None = None, *, store_root: str | None = None,
-                 volume: str = "bench"):
+                 volume: str = "bench", opts: tuple = ()):
         self.owns_root = store_root is None
         self.root = store_root or tempfile.mkdtemp(prefix="fusevol-", dir=base)
         self.store = os.path.join(self.root, "store")
@@ -122,7 +123,7 @@ class Volume:
         self.dir = os.path.join(self.root, "mnt" if volume == "bench" else f"mnt-{volume}")
         os.makedirs(self.dir)
         self.env = {**os.environ, **(env or {})}
-        self.cli("volume", "create", volume)
+        self.cli("volume", "create", volume, *(arg for opt in opts for arg in ("-o", opt)))
         self.mount()
 
     def cli(self, *args) -> str:
@@ -158,6 +159,16 @@ class Volume:
             subprocess.run(["fusermount3", "-u", "-z", self.dir], capture_output=True)
         if self.owns_root:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class VolumeXattrOff(Volume):
+    """A volume made with `-o xattr=off`: no extended attributes, so the kernel asks
+    nothing before each write(2) (README, the filesystem)."""
+
+    name = "fusevol-xattr-off"
+
+    def __init__(self, base: str, env: dict | None = None, **kw):
+        super().__init__(base, env, opts=("xattr=off",), **kw)
 
 
 class FuseProcess:
@@ -227,4 +238,5 @@ class Rclone(FuseProcess):
             self.dir, os.path.join(self.root, "rclone.log"), "rclone mount")
 
 
-MAKERS = {"native": Native, "memfs": Memfs, "fusevol": Volume, "rclone": Rclone}
+MAKERS = {"native": Native, "memfs": Memfs, "fusevol": Volume,
+          "fusevol-xattr-off": VolumeXattrOff, "rclone": Rclone}

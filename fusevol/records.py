@@ -24,7 +24,8 @@ def _split(cls, data: dict) -> tuple[dict, dict]:
 
 class _Stored:
     """from_dict and to_dict of a record kept as a JSON object, keys it does
-    not know included (in `extra`); `_OPTIONAL` fields are written only when set."""
+    not know included (in `extra`); `_OPTIONAL` fields are written only when
+    they differ from their default."""
 
     _OPTIONAL: tuple = ()
 
@@ -35,9 +36,14 @@ class _Stored:
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "extra" and (f.name not in self._OPTIONAL or getattr(self, f.name))}
+               if f.name != "extra" and (f.name not in self._OPTIONAL
+                                         or getattr(self, f.name) != _default(f))}
         out.update(self.extra)
         return out
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 @dataclass
@@ -57,13 +63,14 @@ class Volume(_Stored):
     atime: str | None = None
     suid: bool = False
     dev: bool = False
+    xattr: bool = True  # off: the worker answers no xattr request (fs/operations.py)
     mounts: dict[str, int] = field(default_factory=dict)  # Docker's mount ID -> count
     removed: bool = False  # a source removed while views still show it
     received_from: str | None = None
     extra: dict = field(default_factory=dict)
 
-    # Written only when set, as the store has always written them.
-    _OPTIONAL = ("mounts", "removed", "received_from")
+    # Written only when set, as the store has always written them (xattr: when off).
+    _OPTIONAL = ("mounts", "removed", "received_from", "xattr")
 
     @classmethod
     def from_dict(cls, data: dict) -> "Volume":

@@ -152,6 +152,7 @@ def test_a_view_may_be_created_before_its_source(driver):
 @pytest.mark.parametrize("opts, message", [
     ({"atime": "sometimes"}, r"atime='sometimes': use noatime, relatime or strictatime"),
     ({"suid": "maybe"}, r"suid='maybe': use true or false"),
+    ({"xattr": "maybe"}, r"xattr='maybe': use on or off"),
     ({"source": "src", "subpath": "d", "dev": "true"}, r"a view .* takes only subpath"),
 ])
 def test_bad_mount_settings(driver, opts, message):
@@ -184,6 +185,22 @@ def test_atime_suid_and_dev_as_driver_options(driver):
     assert flags["plain"] >= {"nosuid", "nodev", "noatime", "atime-renewed=False"}
     assert not flags["vol"] & {"nosuid", "nodev", "noatime"}
     assert "atime-renewed=True" in flags["vol"]
+
+
+@needs_fuse
+def test_xattr_off_as_a_driver_option(driver):
+    driver.create({"Name": "bare", "Opts": {"xattr": "off"}})
+    assert driver.create({"Name": "bare", "Opts": {"xattr": "false"}}) == {}  # the same setting
+    with pytest.raises(AlreadyExists, match="options cannot be changed"):
+        driver.create({"Name": "bare", "Opts": {}})
+    assert driver.get({"Name": "bare"})["Volume"]["Status"]["xattr"] is False
+    path = driver.mount({"Name": "bare", "ID": "c1"})["Mountpoint"]
+    with open(os.path.join(path, "f"), "w") as f:
+        f.write("x")
+    with pytest.raises(OSError) as info:
+        os.setxattr(os.path.join(path, "f"), "user.a", b"1")
+    assert info.value.errno == errno.EOPNOTSUPP
+    driver.unmount({"Name": "bare", "ID": "c1"})
 
 
 @needs_fuse

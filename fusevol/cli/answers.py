@@ -19,6 +19,8 @@ def describe_volume(txn, service, volume) -> dict:
 
     st = volumes.stats(txn, volume)
     out = volume.to_dict()
+    if not volume.is_view:  # a view has its source's
+        out["xattr"] = volume.xattr
     out["logical_bytes"] = st.logical_bytes
     out["inodes"] = st.inodes
     worker = service.serving_worker(volume.family)

@@ -90,7 +90,7 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
         space = SpaceBudget(store, data_volume.quota, used,
                             pending=lambda: runner.unstored_bytes)
         ops = VolumeOperations(runner, inodes, space, readonly=readonly, atime=options.atime,
-                               intent=intent)
+                               intent=intent, xattrs=data_volume.xattr)
         fuse_options = {"default_permissions", "allow_other", "subtype=fusevol",
                         f"fsname={fsname or 'fusevol:' + spec.name}"}
         ops.metrics.time_commits(store)

@@ -116,9 +116,10 @@ class VolumeOperations(pyfuse3.Operations):
 
     def __init__(self, runner: TxnRunner, inodes: Inodes, space: SpaceBudget, *,
                  readonly: bool = False, root_ino: int = ROOT_INO, atime: str = "noatime",
-                 intent=None):
+                 intent=None, xattrs: bool = True):
         super().__init__()
         self.intent = intent  # fs/intent.py: fsync of small writes (None: read-only)
+        self.xattrs = xattrs  # the volume's xattr option (off: no xattr requests answered)
         self.atime = None if readonly or atime == "noatime" else atime
         self.metrics = metrics.WorkerMetrics()
         self._hist = self.metrics.hist  # the request counters (handler)
@@ -719,9 +720,15 @@ class VolumeOperations(pyfuse3.Operations):
         return s
 
     # -- extended attributes ------------------------------------------------
+    # A volume with xattr=off answers ENOSYS: the kernel then answers every later
+    # request of that kind itself with EOPNOTSUPP (fc->no_getxattr and its like),
+    # the security.capability it asks before every write(2) among them, so writes
+    # cost no round trip here. removexattr still comes, for the CLI's flush.
 
     @handler
     async def getxattr(self, inode, name, ctx):
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         _check_xattr_name(name)
         if name == FLUSH_XATTR:
             # The CLI's way to make this worker store everything before a
@@ -735,6 +742,8 @@ class VolumeOperations(pyfuse3.Operations):
 
     @modifying
     async def setxattr(self, inode, name, value, ctx):
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         _check_xattr_name(name)
         if name.startswith(POSIX_ACL_PREFIX):
             # Permissions are the kernel's mode checks (default_permissions): an
@@ -750,6 +759,8 @@ class VolumeOperations(pyfuse3.Operations):
 
     @handler
     async def listxattr(self, inode, ctx):
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         names = await self.runner.run(self.inodes.listxattr, self._real(inode))
         if ctx.uid != 0:
             # trusted.* is for the administrator (the kernel refuses the rest of
@@ -759,13 +770,20 @@ class VolumeOperations(pyfuse3.Operations):
 
     @modifying
     async def removexattr(self, inode, name, ctx):
+        if name == FLUSH_XATTR:
+            # The CLI's flush where getxattr cannot reach this worker (xattr=off):
+            # ENODATA once everything is stored (success would make the kernel
+            # renew the folder's ctime and write it back here).
+            await self.flush_all(durable=True)
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # not ENOSYS: the flush above needs it
         _check_xattr_name(name)
         if name.startswith(POSIX_ACL_PREFIX):
             # No ACL is ever kept, so removing one succeeds: the kernel turns an
             # ACL equal to the mode (`setfacl -b`) into this removal.
             return
         await self.runner.change(self.inodes.removexattr, self._real(inode), name)
-
 
 
 class _LetGo:

@@ -382,7 +382,7 @@ def flush_worker(store_path: str, volume: str) -> bool:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), info.mountpoint)
         try:
-            os.getxattr(fd, FLUSH_XATTR.decode())
+            _ask_flush(fd)
         except OSError as e:
             # ENOTCONN: the worker ended under a lazy unmount; it stored all
             # it held at its end only if it is gone from the registry too.
@@ -392,6 +392,24 @@ def flush_worker(store_path: str, volume: str) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def _ask_flush(fd: int) -> None:
+    """The worker's flush: a getxattr of FLUSH_XATTR, answered once it stored
+    all it held. A volume with xattr=off answers no getxattr (the kernel says
+    EOPNOTSUPP itself): there the removal of that name does the same, answered
+    with ENODATA; a read-only mount refuses it (EROFS) and holds nothing."""
+    try:
+        os.getxattr(fd, FLUSH_XATTR.decode())
+        return
+    except OSError as e:
+        if e.errno != errno.EOPNOTSUPP:
+            raise
+    try:
+        os.removexattr(fd, FLUSH_XATTR.decode())
+    except OSError as e:
+        if e.errno not in (errno.ENODATA, errno.EROFS):
+            raise
 
 
 def _is_mount_root(fd: int, path: str) -> bool:

@@ -254,6 +254,7 @@ class Driver:
             status["subpath"] = volume.subpath
         else:
             status["compression"] = volume.compression
+            status["xattr"] = volume.xattr
         if volume.quota:
             status["quota_bytes"] = volume.quota
         return status

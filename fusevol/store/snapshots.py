@@ -170,7 +170,9 @@ def create_volume(txn: Txn, name: str, opts: dict | None = None) -> Volume:
 def clone(txn: Txn, volume: str, name: str, new_volume: str, opts: dict | None = None) -> Volume:
     snap = get(txn, volume, name)
     source = volumes.get(txn, volume)
-    inherited = {k: v for k, v in source.options.items() if k in ("compression", "size")}
+    # A clone keeps these of its source unless given (atime, suid and dev: as
+    # for any new volume).
+    inherited = {k: v for k, v in source.options.items() if k in ("compression", "size", "xattr")}
     clone = volumes.create(txn, new_volume, {**inherited, **(opts or {})})
     if clone.is_view:
         raise InvalidArgument("a clone cannot be a view (source=...)")

@@ -37,13 +37,15 @@ OPTIONS = {
     "atime": "noatime (the default), relatime or strictatime: when reads renew atime",
     "suid": "true or false (the default): setuid and setgid bits take effect",
     "dev": "true or false (the default): device nodes on the volume can be opened",
+    "xattr": "on (the default) or off: no extended attributes, and cheaper writes",
     "from-remote": "REMOTE:VOLUME@SNAPSHOT to start from",
     "remote": "a remote the volume follows",
 }
 ATIME_MODES = ("noatime", "relatime", "strictatime")
 # Every setting a volume has, as an old record without it is taken to have.
 DEFAULTS = {"readonly": False, "source": None, "subpath": None, "quota": None,
-            "compression": "zstd", "atime": None, "suid": False, "dev": False}
+            "compression": "zstd", "atime": None, "suid": False, "dev": False,
+            "xattr": True}
 _REMOTE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 _SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)i?B?$", re.IGNORECASE)
@@ -97,6 +99,15 @@ def _parse_bool(key: str, text: str) -> bool:
     if value in ("false", "0", "no", "off"):
         return False
     raise InvalidArgument(f"option {key}={shown(text)}: use true or false")
+
+
+def _parse_on_off(key: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "true"):
+        return True
+    if value in ("off", "false"):
+        return False
+    raise InvalidArgument(f"option {key}={shown(text)}: use on or off")
 
 
 def normalize_subpath(text: str) -> str:
@@ -155,6 +166,8 @@ def parse_options(opts: dict | None) -> dict:
             settings["atime"] = value
         elif key in ("suid", "dev"):
             settings[key] = _parse_bool(key, value)
+        elif key == "xattr":
+            settings["xattr"] = _parse_on_off(key, value)
         elif key == "remote":
             if not _REMOTE_NAME_RE.match(value):
                 raise InvalidArgument(f"option remote={shown(value)}: name a remote",
@@ -174,10 +187,10 @@ def parse_options(opts: dict | None) -> dict:
     if settings["source"] and not settings["subpath"]:
         raise InvalidArgument("option source needs subpath=DIR (the folder of it to show)")
     if settings["source"] and any(k in opts for k in ("size", "compression", "from-snapshot",
-                                                       "atime", "suid", "dev", "from-remote",
-                                                       "remote")):
+                                                       "atime", "suid", "dev", "xattr",
+                                                       "from-remote", "remote")):
         raise InvalidArgument("a view (source=...) takes only subpath and readonly; it has its "
-                              "source's atime, suid and dev")
+                              "source's atime, suid, dev and xattr")
     return settings
 
 

@@ -1,6 +1,7 @@
 """fusevol as the volume driver of a real dockerd, driven through the docker CLI."""
 
 import datetime
+import errno
 import json
 import os
 import signal
@@ -214,6 +215,29 @@ def test_copy_up_fills_an_empty_volume(docker, vol):
     out = sh(docker, ["--mount", f"type=volume,src={nocopy},dst=/seed,volume-nocopy"], "ls -A /seed")
     assert out.stdout == b""
     assert sh(docker, ["-v", f"{nocopy}:/data"], "ls -A /data").stdout == b""
+
+
+def test_an_xattr_off_volume_takes_copy_up_and_writes(docker, plugin, vol):
+    name = vol("xattr=off")
+    # Docker copies the image's /seed into the new volume, then the container writes.
+    sh(docker, ["-v", f"{name}:/seed"], "echo written > /seed/new.txt && "
+       "dd if=/dev/zero of=/seed/zeros bs=4096 count=256 2>/dev/null")
+    out = sh(docker, ["-v", f"{name}:/data"],
+             "cd /data && stat -c '%n %u %a' a.txt && cat a.txt new.txt && wc -c < zeros && "
+             "md5sum sub/b.bin")
+    lines = out.stdout.decode().splitlines()
+    assert lines[:4] == ["a.txt 1000 640", "seeded by the image", "written", "1048576"]
+    assert lines[4].split()[0].encode() == sh(docker, [], "md5sum /seed/sub/b.bin").stdout.split()[0]
+    [info] = json.loads(docker.out("volume", "inspect", name))
+    assert info["Options"] == {"xattr": "off"} and info["Status"]["xattr"] is False
+    container = docker.out("run", "-d", "--network", "none", "-v", f"{name}:/data", IMAGE,
+                           "sleep", "60")
+    try:
+        with pytest.raises(OSError) as refused:
+            os.setxattr(os.path.join(plugin.mountpoint_of(name), "new.txt"), "user.a", b"1")
+        assert refused.value.errno == errno.EOPNOTSUPP
+    finally:
+        docker("rm", "-f", container)
 
 
 def test_plugin_killed_while_a_container_writes(docker, plugin, vol):

@@ -54,6 +54,8 @@ def test_bad_sizes(text):
     ({"colour": "red"}, "unknown option colour: allowed are"),
     ({"readonly": "maybe"}, "use true or false"),
     ({"compression": "lz4"}, "use zstd or none"),
+    ({"xattr": "sa"}, "xattr='sa': use on or off"),
+    ({"source": "data", "subpath": "x", "xattr": "off"}, "source's atime, suid, dev and xattr"),
     ({"subpath": "x"}, "needs source"),
     ({"source": "data"}, "needs subpath"),
     ({"source": "data", "subpath": "x", "size": "1G"}, "takes only subpath and readonly"),
@@ -67,6 +69,17 @@ def test_bad_sizes(text):
 def test_options_errors_say_what_is_wrong(opts, words):
     with pytest.raises(InvalidArgument, match=words.replace(".", r"\.").replace("(", r"\(")):
         volumes.parse_options(opts)
+
+
+def test_xattr_is_on_unless_created_off_and_kept_in_the_record(store):
+    with store.write() as txn:
+        plain = volumes.create(txn, "plain")
+        bare = volumes.create(txn, "bare", {"xattr": "off"})
+        volumes.create(txn, "full", {"xattr": "ON"})
+    with store.read() as txn:
+        assert [volumes.get(txn, n).xattr for n in ("plain", "bare", "full")] == [True, False, True]
+    # Written only when off: the records of other volumes keep their shape.
+    assert "xattr" not in plain.to_dict() and bare.to_dict()["xattr"] is False
 
 
 def test_subpaths_are_normalized():

@@ -282,6 +282,40 @@ async def test_a_change_is_answered_ahead_and_applied_later(store, inodes, commi
         runner.stop()
 
 
+async def test_the_row_of_an_inode_a_change_numbered_is_not_read_again(
+        store, inodes, monkeypatch):
+    """The store thread checks the rows a change answered ahead read, but not
+    the row of the inode the change numbered itself: numbers are never handed
+    out twice, so that row cannot exist (an LMDB read, and a handoff of the
+    GIL, less per new file). Rows of other inodes are still read again."""
+    from fusevol.store import env
+    runner = await _runner(store)
+    runner.cache.know_fresh(inodes.row_owner, inodes.next_ino, inodes.counter_row)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        ino, node = await runner.change(inodes.create, ROOT_INO, b"f", FILE, 0, 0)
+        root_row, new_row = inodes.inode_row(ROOT_INO)[1], inodes.inode_row(ino)[1]
+        reads = []
+        real_get = env.Txn.get
+
+        def get(txn, table, key):
+            if txn.write:
+                reads.append((table, bytes(key)))
+            return real_get(txn, table, key)
+
+        monkeypatch.setattr(env.Txn, "get", get)
+        gate.open()
+        await runner.sync()
+        assert runner.counts["again"] == 0 and runner.broken is None
+        assert ("inodes", root_row) in reads  # the folder's row, read by the first run
+        assert ("inodes", new_row) not in reads
+        with store.read() as txn:
+            assert inodes.get(txn, ino) == node
+    finally:
+        runner.stop()
+
+
 async def test_a_change_waits_while_a_name_change_is_queued(store, inodes):
     runner = await _runner(store)
     try:

@@ -30,7 +30,7 @@ A reference to a chunk is the exception: taking one changes nothing the
 operation reads, so it is deferred (Txn.defer) and taken by the store thread.
 """
 
-from ..store.workerrows import NAME_TABLES, WORKER_TABLES, numbers_between
+from ..store.workerrows import MADE_BY_NAME_CHANGES, NAME_TABLES, WORKER_TABLES, numbers_between
 from .cache import NeedsStore, RowCache
 
 
@@ -149,9 +149,11 @@ def unchanged(txn, spec: SpecTxn, pending: dict, counter_row=None, owner=None) -
         entry = pending.get(k)
         if entry is not None:
             now = entry[0]
-        elif seen is None and first < end and first <= (owner(table, key) or 0) < end:
-            # A row of an inode this change numbered (a new file's row, which
-            # its put read first): no row of it can exist (below).
+        elif seen is None and (table in MADE_BY_NAME_CHANGES or (
+                first < end and first <= (owner(table, key) or 0) < end)):
+            # Absent still: a row only changes of names make (the store's
+            # note), or a row of an inode this change numbered (a new file's
+            # row, which its put read first), of which none can exist (below).
             continue
         else:
             now = txn.get(table, key)  # (an LMDB call lets go of the GIL)

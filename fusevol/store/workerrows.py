@@ -24,6 +24,12 @@ WORKER_TABLES = frozenset({"inodes", "dirents", "parents", "xattrs", "blocks", "
 # (fs/speculate.py): they need not be read again.
 NAME_TABLES = frozenset({"dirents", "parents", "multilinks", "meta"})
 
+# Rows only changes of names make (the mark of a file whose last name went:
+# unlink, rename over it), though other operations delete them (its data
+# given back, its purge). So a change that read one as absent finds it absent
+# when it is applied, for the reason above; one it read as present may be gone.
+MADE_BY_NAME_CHANGES = frozenset({"orphans"})
+
 
 def row_owner(vid: int):
     """owner(table, key): the inode a row of volume vid belongs to (a folder's

@@ -14,7 +14,10 @@ kernel) costs is left out, so what remains is each filesystem's own work.
 CPU time is per thread (the trio thread's, and the whole process's, which
 includes the store thread), so it moves little with other load on the machine.
 
-    python bench/handlers.py [FILES]
+    python bench/handlers.py [FILES] [--untar]
+
+With --untar, the requests of the untar row instead (untar_files below): files
+of the standard library's sizes, with tar's fchown, fchmod and futimens.
 """
 
 import collections
@@ -49,6 +52,21 @@ class TimesFields:
     """What the kernel's SETATTR of a file's times carries (pyfuse3's is read-only)."""
     update_mode = update_uid = update_gid = update_size = update_atime = False
     update_mtime = update_ctime = True
+
+
+class Fields:
+    """A SETATTR's fields: the ones named are set."""
+    update_mode = update_uid = update_gid = update_size = False
+    update_atime = update_mtime = update_ctime = False
+
+    def __init__(self, *names: str):
+        for name in names:
+            setattr(self, "update_" + name, True)
+
+
+OWNER = Fields("uid", "gid", "ctime")          # fchown
+MODE = Fields("mode", "ctime")                 # fchmod
+UTIMES = Fields("atime", "mtime", "ctime")     # futimens
 
 
 async def small_files(ops, n: int, costs: collections.Counter, folder: bytes) -> None:
@@ -93,6 +111,71 @@ async def small_files(ops, n: int, costs: collections.Counter, folder: bytes) ->
         await timed("forget", ops.forget([(ino, 1)]))
 
 
+async def untar_files(ops, sizes: list, costs: collections.Counter, folder: bytes) -> None:
+    """The kernel's requests for GNU tar extracting one regular file of each size
+    (its fuse tracepoints show them): a negative LOOKUP, CREATE, a GETXATTR
+    (security.capability) per write(2) of 10 KiB, the WRITE of the whole file
+    that the writeback cache sends at fchown, SETATTR of its times, SETATTR of
+    the owner (fchown), GETXATTR, GETATTR, SETATTR of the mode (fchmod) and
+    of the times (futimens), FLUSH, RELEASE, GETATTR."""
+    ctx, data = Ctx(), os.urandom(max(sizes))
+    fields = TimesFields()
+    clock = time.thread_time_ns
+
+    async def timed(kind, coro):
+        t = clock()
+        try:
+            return await coro
+        finally:
+            costs[kind] += clock() - t
+
+    async def getxattr(ino):
+        try:
+            await timed("getxattr", ops.getxattr(ino, CAPABILITY, ctx))
+        except pyfuse3.FUSEError:
+            pass
+
+    parent = (await ops.mkdir(ROOT, folder, stat.S_IFDIR | 0o755, ctx)).st_ino
+    for i, size in enumerate(sizes):
+        name = b"f%06d.py" % i
+        await timed("lookup", ops.lookup(parent, name, ctx))
+        info, entry = await timed("create", ops.create(parent, name, 0o100600, os.O_WRONLY, ctx))
+        ino, fh = entry.st_ino, info.fh
+        for _ in range(max(1, -(-size // 10240))):
+            await getxattr(ino)
+        if size:  # an empty file gets no WRITE
+            await timed("write", ops.write(fh, 0, data[:size]))
+        attr = await ops.getattr(ino, ctx)
+        attr.st_mtime_ns = attr.st_ctime_ns = time.time_ns()
+        await timed("setattr", ops.setattr(ino, attr, fields, fh, ctx))
+        attr.st_uid = attr.st_gid = 0
+        await timed("setattr", ops.setattr(ino, attr, OWNER, fh, ctx))
+        await getxattr(ino)
+        await timed("getattr", ops.getattr(ino, ctx))
+        attr.st_mode = stat.S_IFREG | 0o644
+        await timed("setattr", ops.setattr(ino, attr, MODE, fh, ctx))
+        attr.st_atime_ns = attr.st_mtime_ns = 1_600_000_000 * 10**9
+        await timed("setattr", ops.setattr(ino, attr, UTIMES, fh, ctx))
+        await timed("flush", ops.flush(fh))
+        await timed("release", ops.release(fh))
+        await timed("getattr", ops.getattr(ino, ctx))
+
+
+def stdlib_sizes(n: int) -> list:
+    """The sizes of the first `n` regular files of the standard library (the untar row's tree)."""
+    import sysconfig
+    sizes = []
+    for top, dirs, files in os.walk(sysconfig.get_paths()["stdlib"]):
+        dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "site-packages", "lib-dynload"))
+        for f in sorted(files):
+            path = os.path.join(top, f)
+            if os.path.isfile(path) and not os.path.islink(path):
+                sizes.append(os.path.getsize(path))
+                if len(sizes) == n:
+                    return sizes
+    return sizes
+
+
 def _fusevol(folder: str):
     store = Store.open(os.path.join(folder, "store"))
     with store.write() as txn:
@@ -104,34 +187,40 @@ def _fusevol(folder: str):
     return VolumeOperations(runner, inodes, space), runner
 
 
-async def _measure(ops, n: int) -> tuple[collections.Counter, float, float]:
+async def _measure(ops, n: int, untar: bool = False) -> tuple[collections.Counter, float, float]:
     costs: collections.Counter = collections.Counter()
     await small_files(ops, 200, collections.Counter(), b"warm-up")
     t, p = time.thread_time(), time.process_time()
-    await small_files(ops, n, costs, b"small")
+    if untar:
+        await untar_files(ops, stdlib_sizes(n), costs, b"untar")
+    else:
+        await small_files(ops, n, costs, b"small")
     if isinstance(ops, VolumeOperations):  # what the store thread still has to do
         await ops.runner.sync()
     return costs, time.thread_time() - t, time.process_time() - p
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    untar = "--untar" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--untar"]
+    n = int(args[0]) if args else 5000
     tune_interpreter()  # as a worker does
     with tempfile.TemporaryDirectory(dir=os.environ.get("FUSEVOL_BENCH_DIR", "/var/tmp")) as d:
         ops, runner = _fusevol(d)
         try:
-            fv = trio.run(_measure, ops, n)
+            fv = trio.run(_measure, ops, n, untar)
         finally:
             runner.stop()
-    mem = trio.run(_measure, MemoryOperations(), n)
-    print(f"{n} small files, handlers called in-process (CPU us per file)")
+    mem = trio.run(_measure, MemoryOperations(), n, untar)
+    what = "untar files (the standard library's first sizes)" if untar else "small files"
+    print(f"{n} {what}, handlers called in-process (CPU us per file)")
     print("| request | per file | memfs us | fusevol us | ratio |")
     print("|---|---:|---:|---:|---:|")
-    per_file = {"getattr": 3, "setattr": 2}
+    per_file = {"getattr": 2, "setattr": 4, "getxattr": "3-4"} if untar else {"getattr": 3, "setattr": 2}
     for kind in sorted(fv[0], key=lambda k: -fv[0][k]):
         m, f = mem[0][kind] / n / 1000, fv[0][kind] / n / 1000
         print(f"| {kind} | {per_file.get(kind, 1)} | {m:.1f} | {f:.1f} | {f / m if m else 0:.1f}x |")
-    print(f"| trio thread, all | 13 | {mem[1] / n * 1e6:.1f} | {fv[1] / n * 1e6:.1f} | "
+    print(f"| trio thread, all | {15 if untar else 13} | {mem[1] / n * 1e6:.1f} | {fv[1] / n * 1e6:.1f} | "
           f"{fv[1] / mem[1]:.1f}x |")
     print(f"| process (+ store thread) | | {mem[2] / n * 1e6:.1f} | {fv[2] / n * 1e6:.1f} | "
           f"{fv[2] / mem[2]:.1f}x |")

@@ -43,14 +43,17 @@ class RowCache:
         # here does not exist, and the store is not asked (see know_fresh).
         self._first_fresh: int | None = None
         self._owner = self._next_ino = None
+        self.owner = self.counter_row = None  # (see know_fresh; speculate.unchanged)
         # key -> (row, its decoder, what it decodes to): readers that only look
         # (getattr, lookup, a flush's checks) share one decoded copy per row.
         self._decoded: dict[bytes, tuple] = {}
 
-    def know_fresh(self, owner, next_ino) -> None:
+    def know_fresh(self, owner, next_ino, counter_row=None) -> None:
         """owner(table, key): the inode a row belongs to, or None; next_ino(txn):
-        the number the next new inode gets. Call before serving requests."""
+        the number the next new inode gets, kept in row `counter_row` (table,
+        key). Call before serving requests."""
         self._owner, self._next_ino = owner, next_ino
+        self.owner, self.counter_row = owner, counter_row
         with self.reader() as txn:
             self._first_fresh = next_ino(txn)
 

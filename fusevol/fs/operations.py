@@ -126,7 +126,7 @@ class VolumeOperations(pyfuse3.Operations):
         self.runner = runner
         self.inodes = inodes
         self.block_size = inodes.block_size
-        runner.cache.know_fresh(inodes.row_owner, inodes.next_ino)
+        runner.cache.know_fresh(inodes.row_owner, inodes.next_ino, inodes.counter_row)
         self.readonly = readonly
         self.root_ino = root_ino  # a subpath view serves this directory as its root
         self.space = space

@@ -334,7 +334,7 @@ class TxnRunner:
         again, atomically, at its first time."""
         txn = self._txn
         self._ahead_out += spec.deferred_bytes
-        if speculate.unchanged(txn, spec, self._pending):
+        if speculate.unchanged(txn, spec, self._pending, self.cache.counter_row, self.cache.owner):
             # Its rows joined the cache when it was answered: they are not
             # recorded again.
             try:

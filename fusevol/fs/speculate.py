@@ -30,7 +30,7 @@ A reference to a chunk is the exception: taking one changes nothing the
 operation reads, so it is deferred (Txn.defer) and taken by the store thread.
 """
 
-from ..store.workerrows import NAME_TABLES, WORKER_TABLES
+from ..store.workerrows import MADE_BY_NAME_CHANGES, NAME_TABLES, WORKER_TABLES, numbers_between
 from .cache import NeedsStore, RowCache
 
 
@@ -134,11 +134,14 @@ class SpecTxn:
 # are not read again.
 
 
-def unchanged(txn, spec: SpecTxn, pending: dict) -> bool:
+def unchanged(txn, spec: SpecTxn, pending: dict, counter_row=None, owner=None) -> bool:
     """On the store thread: whether every row the first run read still holds
     what it saw (then `apply` collects its rows; else the change runs again,
     at spec.now_ns). `pending`: rows collected and not written yet, which the
-    store is read behind."""
+    store is read behind. `counter_row`, `owner`: the row of the volume's next
+    inode number and owner(table, key), the inode a row belongs to (see
+    `numbered`)."""
+    first, end = numbered(spec, counter_row)
     for k, seen in spec.reads.items():
         table, key = k
         if table in NAME_TABLES:
@@ -146,13 +149,34 @@ def unchanged(txn, spec: SpecTxn, pending: dict) -> bool:
         entry = pending.get(k)
         if entry is not None:
             now = entry[0]
+        elif seen is None and (table in MADE_BY_NAME_CHANGES or (
+                first < end and first <= (owner(table, key) or 0) < end)):
+            # Absent still: a row only changes of names make (the store's
+            # note), or a row of an inode this change numbered (a new file's
+            # row, which its put read first), of which none can exist (below).
+            continue
         else:
-            now = txn.get(table, key)
+            now = txn.get(table, key)  # (an LMDB call lets go of the GIL)
             if now is not None:
                 now = bytes(now)
         if now != seen:
             return False
     return True
+
+
+def numbered(spec: SpecTxn, counter_row) -> tuple[int, int]:
+    """The inode numbers a change handed out, first to end (none: first ==
+    end). The counter is a row of names (NAME_TABLES): the store holds what
+    the change read of it when it is applied, and numbers are never handed
+    out twice, so no operation before it can have written a row of those
+    inodes, and the store holds none."""
+    after = spec.writes.get(counter_row) if counter_row is not None else None
+    if after is None:  # most changes number nothing: one lookup
+        return 0, 0
+    before = spec.reads.get(counter_row)
+    if before is None or after[0] is None:
+        return 0, 0
+    return numbers_between(before, after[0])
 
 
 def apply(txn, spec: SpecTxn, pending: dict) -> None:

@@ -191,9 +191,11 @@ def _get_row(txn: Txn, cid: bytes) -> Row:
     return _row(raw)
 
 
-def _count_by(txn: Txn, cid: bytes, delta: int) -> int:
-    """Add delta to a chunk's count, leaving the rest of its row as it is."""
-    raw = countrows.get(txn, "refs", cid)
+def _count_by(txn: Txn, cid: bytes, delta: int, raw=None) -> int:
+    """Add delta to a chunk's count, leaving the rest of its row as it is.
+    `raw`: the row (fixed form) as the caller just read it (an LMDB read less)."""
+    if raw is None:
+        raw = countrows.get(txn, "refs", cid)
     if raw is None:
         raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
     count = _COUNT.unpack_from(raw)[0] + delta
@@ -228,8 +230,9 @@ def add_ref(txn: Txn, data: bytes, compression: str = "zstd", cid: bytes | None 
     """Store data (if new) and take one reference to it; return its chunk id.
     `payload` is data already encoded, or KEEP_RAW (see prepare_blocks)."""
     cid = cid or chunk_id(data)
-    if txn.get("refs", cid) is not None:
-        _count_by(txn, cid, 1)
+    raw = countrows.get(txn, "refs", cid)
+    if raw is not None:
+        _count_by(txn, cid, 1, raw)
         return cid
     if payload is None:
         payload = encode(data, compression)
@@ -245,9 +248,12 @@ def incref(txn: Txn, cid: bytes) -> None:
 
 def decref(txn: Txn, cid: bytes) -> None:
     """Drop one reference; delete the chunk when it was the last."""
-    row = _get_row(txn, cid)
+    raw = countrows.get(txn, "refs", cid)
+    if raw is None:
+        raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
+    row = _row(raw)
     if row.count > 1:
-        _count_by(txn, cid, -1)
+        _count_by(txn, cid, -1, raw)
         return
     _unstore(txn, cid, row)
     txn.chunk_delta[0] -= 1

@@ -75,6 +75,7 @@ class Inodes:
         self.row_owner = workerrows.row_owner(vid)
         # Each part's operations, as this volume's.
         self.get, self.peek, self.next_ino = rows.get, rows.peek, rows.next_ino
+        self.counter_row = ("meta", rows._counter)  # the row of the next inode number
         self.inode_row = rows.row
         self.put = tree.put
         self.resolve, self.lookup, self.find = names.resolve, names.lookup, names.find

@@ -7,7 +7,7 @@ worker's copy treats tables and keys as opaque names; only the store knows
 which table holds what.
 """
 
-from .schema import read_ino_key
+from .schema import read_ino_key, read_u64
 
 # The tables whose rows of a volume only its worker writes, which it records
 # (Txn.recorded) and keeps. A snapshot only records tree ids in inode rows and
@@ -24,6 +24,12 @@ WORKER_TABLES = frozenset({"inodes", "dirents", "parents", "xattrs", "blocks", "
 # (fs/speculate.py): they need not be read again.
 NAME_TABLES = frozenset({"dirents", "parents", "multilinks", "meta"})
 
+# Rows only changes of names make (the mark of a file whose last name went:
+# unlink, rename over it), though other operations delete them (its data
+# given back, its purge). So a change that read one as absent finds it absent
+# when it is applied, for the reason above; one it read as present may be gone.
+MADE_BY_NAME_CHANGES = frozenset({"orphans"})
+
 
 def row_owner(vid: int):
     """owner(table, key): the inode a row of volume vid belongs to (a folder's
@@ -34,3 +40,9 @@ def row_owner(vid: int):
         row_vid, ino = read_ino_key(key)
         return ino if row_vid == vid else None
     return owner
+
+
+def numbers_between(before, after) -> tuple[int, int]:
+    """The inode numbers a change handed out, first to end, from the values
+    it read and wrote of its volume's counter row (Inodes.counter_row)."""
+    return read_u64(before), read_u64(after)

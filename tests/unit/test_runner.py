@@ -13,6 +13,7 @@ from fusevol.errors import FsError, FusevolError
 from fusevol.fs import heap
 from fusevol.fs import runner as runner_module
 from fusevol.fs.runner import BATCH_BYTES_MAX, TxnRunner
+from fusevol.store import namespace
 from fusevol.store.schema import ROOT_INO
 
 from .conftest import BS, FILE
@@ -278,6 +279,74 @@ async def test_a_change_is_answered_ahead_and_applied_later(store, inodes, commi
         with store.read() as txn:
             assert inodes.lookup(txn, ROOT_INO, b"f") == ino
             assert inodes.get(txn, ino) == node  # the same times: worked out once
+    finally:
+        runner.stop()
+
+
+async def test_the_row_of_an_inode_a_change_numbered_is_not_read_again(
+        store, inodes, monkeypatch):
+    """The store thread checks the rows a change answered ahead read, but not
+    the row of the inode the change numbered itself: numbers are never handed
+    out twice, so that row cannot exist (an LMDB read, and a handoff of the
+    GIL, less per new file). Rows of other inodes are still read again."""
+    from fusevol.store import env
+    runner = await _runner(store)
+    runner.cache.know_fresh(inodes.row_owner, inodes.next_ino, inodes.counter_row)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        ino, node = await runner.change(inodes.create, ROOT_INO, b"f", FILE, 0, 0)
+        root_row, new_row = inodes.inode_row(ROOT_INO)[1], inodes.inode_row(ino)[1]
+        reads = []
+        real_get = env.Txn.get
+
+        def get(txn, table, key):
+            if txn.write:
+                reads.append((table, bytes(key)))
+            return real_get(txn, table, key)
+
+        monkeypatch.setattr(env.Txn, "get", get)
+        gate.open()
+        await runner.sync()
+        assert runner.counts["again"] == 0 and runner.broken is None
+        assert ("inodes", root_row) in reads  # the folder's row, read by the first run
+        assert ("inodes", new_row) not in reads
+        with store.read() as txn:
+            assert inodes.get(txn, ino) == node
+    finally:
+        runner.stop()
+
+
+async def test_the_mark_of_an_unlinked_file_is_not_read_again(store, inodes, monkeypatch):
+    """An unlink answered ahead read the file's orphan mark (absent) before
+    writing it; only changes of names make one, so the store thread does not
+    read it again. The file's own row, which a flush could have rewritten,
+    still is."""
+    from fusevol.store import env
+    with store.write() as txn:
+        ino = _create(b"f", inodes)(txn)
+    runner = await _runner(store)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        await runner.change(inodes.unlink, ROOT_INO, b"f")
+        file_row = inodes.inode_row(ino)[1]
+        reads = []
+        real_get = env.Txn.get
+
+        def get(txn, table, key):
+            if txn.write:
+                reads.append((table, bytes(key)))
+            return real_get(txn, table, key)
+
+        monkeypatch.setattr(env.Txn, "get", get)
+        gate.open()
+        await runner.sync()
+        assert runner.counts["again"] == 0 and runner.broken is None
+        assert ("inodes", file_row) in reads
+        assert not any(table == "orphans" for table, _ in reads)
+        with store.read() as txn:
+            assert namespace.is_orphan(txn, inodes.vid, ino)
     finally:
         runner.stop()
 

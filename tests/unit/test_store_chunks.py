@@ -33,6 +33,27 @@ def test_add_ref_stores_once_and_counts(store):
         assert chunks.read(txn, cid) == data
 
 
+def test_a_count_moves_with_one_read_of_its_row(store, monkeypatch):
+    """Taking a reference to a chunk stored already, or dropping one of
+    several, reads the count row once (each LMDB call of the store thread
+    lets go of the GIL)."""
+    data = os.urandom(5000)
+    with store.write() as txn:
+        cid = _ref(txn, data)
+        reads = []
+        real_get = type(txn).get
+        monkeypatch.setattr(type(txn), "get",
+                            lambda t, table, key: reads.append(table) or real_get(t, table, key))
+        assert _ref(txn, data) == cid
+        assert reads == ["refs"]
+        chunks.decref(txn, cid)
+        assert reads == ["refs", "refs"]
+        monkeypatch.undo()
+        assert chunks.ref_info(txn, cid)[0] == 1
+    with store.read() as txn:
+        assert chunks.read(txn, cid) == data
+
+
 def test_decref_deletes_with_the_last_reference(store):
     data = os.urandom(100)
     with store.write() as txn:

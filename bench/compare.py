@@ -30,8 +30,9 @@ import extras
 import report
 import workloads
 
-SYSTEMS = ("native", "memfs", "fusevol", "fusevol-xattr-off", "rclone")
-# fusevol-xattr-off (a volume made with -o xattr=off) runs when --systems names it.
+SYSTEMS = ("native", "memfs", "fusevol", "memfs-xattr-off", "fusevol-xattr-off", "rclone")
+# fusevol-xattr-off (a volume made with -o xattr=off) and memfs-xattr-off (its
+# ceiling: memfs answering ENOSYS to xattrs) run when --systems names them.
 DEFAULT_SYSTEMS = ("native", "memfs", "fusevol", "rclone")
 SECTIONS = {"small": "a", "untar": "b", "file": "c,d,e,g", "parallel": "f", "docker": "h",
             "pgbench": "h"}
@@ -103,7 +104,7 @@ def summarize(samples: dict, rows: dict) -> list[dict]:
         for system, v in values.items():
             v["vs_native"] = v["median"] / native if native and system != "native" else None
         fusevol, ceiling = values.get("fusevol"), values.get("memfs")
-        xattr_off = values.get("fusevol-xattr-off")
+        xattr_off, xattr_off_ceiling = values.get("fusevol-xattr-off"), values.get("memfs-xattr-off")
         out.append({
             "key": key, "label": row.label, "unit": row.unit,
             "higher_is_better": row.higher_is_better, "target": row.target,
@@ -112,6 +113,9 @@ def summarize(samples: dict, rows: dict) -> list[dict]:
                                    if fusevol and ceiling and ceiling["median"] else None),
             "xattr_off_vs_fusevol": (xattr_off["median"] / fusevol["median"]
                                      if xattr_off and fusevol and fusevol["median"] else None),
+            "xattr_off_vs_ceiling": (xattr_off["median"] / xattr_off_ceiling["median"]
+                                     if xattr_off and xattr_off_ceiling and xattr_off_ceiling["median"]
+                                     else None),
         })
     return out
 
@@ -128,7 +132,8 @@ def main() -> None:
     ap.add_argument("--par-size", help="per volume in f (default 256M, quick 64M)")
     ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
                     help=f"default: {','.join(DEFAULT_SYSTEMS)}; also fusevol-xattr-off (a volume "
-                    "made with -o xattr=off, beside the default one)")
+                    "made with -o xattr=off, beside the default one) and memfs-xattr-off (its "
+                    "ceiling: memfs answering ENOSYS to xattrs)")
     ap.add_argument("--only", help="sections: " + ",".join(SECTIONS) + " (default: all; "
                     "quick: all but docker, pgbench)")
     ap.add_argument("--base", default="/var/tmp", help="where the temp dirs go (the disk under test)")

@@ -54,8 +54,9 @@ class MemoryOperations(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
 
-    def __init__(self):
+    def __init__(self, no_xattr: bool = False):
         super().__init__()
+        self.no_xattr = no_xattr
         root = Node(stat.S_IFDIR | 0o755, 0, 0, parent=pyfuse3.ROOT_INODE)
         root.lookups = 1
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
@@ -350,20 +351,28 @@ class MemoryOperations(pyfuse3.Operations):
     # -- extended attributes --------------------------------------------------
 
     async def getxattr(self, inode, name, ctx):
+        if self.no_xattr:
+            fail(errno.ENOSYS)
         value = self._node(inode).xattrs.get(name)
         if value is None:
             fail(pyfuse3.ENOATTR)
         return value
 
     async def setxattr(self, inode, name, value, ctx):
+        if self.no_xattr:
+            fail(errno.ENOSYS)
         node = self._node(inode)
         node.xattrs[name] = value
         node.ctime_ns = time.time_ns()
 
     async def listxattr(self, inode, ctx):
+        if self.no_xattr:
+            fail(errno.ENOSYS)
         return list(self._node(inode).xattrs)
 
     async def removexattr(self, inode, name, ctx):
+        if self.no_xattr:
+            fail(errno.ENOSYS)
         if self._node(inode).xattrs.pop(name, None) is None:
             fail(pyfuse3.ENOATTR)
 
@@ -396,13 +405,18 @@ async def _unmount_on_signal(mountpoint: str) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit("usage: memfs.py MOUNTPOINT")
-    mountpoint = os.path.abspath(sys.argv[1])
+    args = sys.argv[1:]
+    # --no-xattr: the ceiling of a volume made with -o xattr=off (ENOSYS to every
+    # xattr request, so the kernel stops asking security.capability before writes).
+    no_xattr = "--no-xattr" in args
+    args = [a for a in args if a != "--no-xattr"]
+    if len(args) != 1:
+        sys.exit("usage: memfs.py [--no-xattr] MOUNTPOINT")
+    mountpoint = os.path.abspath(args[0])
     logging.basicConfig(level=logging.WARNING, format="memfs: %(message)s")
     options = {"default_permissions", "allow_other", "noatime", "subtype=memfs", "fsname=memfs"}
     try:
-        pyfuse3.init(MemoryOperations(), mountpoint, options)
+        pyfuse3.init(MemoryOperations(no_xattr), mountpoint, options)
     except RuntimeError as e:
         sys.exit(f"memfs: cannot mount {mountpoint}: {e}")
     try:

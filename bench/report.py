@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 COLUMNS = (("native", "plain dir"), ("memfs", "ceiling (memfs)"), ("fusevol", "fusevol"),
-           ("fusevol-xattr-off", "fusevol xattr=off"), ("rclone", "rclone"))
-OPTIONAL = {"fusevol-xattr-off"}  # a column only in runs that had it
+           ("memfs-xattr-off", "ceiling xattr=off"), ("fusevol-xattr-off", "fusevol xattr=off"),
+           ("rclone", "rclone"))
+OPTIONAL = {"fusevol-xattr-off", "memfs-xattr-off"}  # a column only in runs that had it
 MATPLOTLIB = "matplotlib>=3.5"  # the `bench` extra of pyproject.toml
 SHORT = {"small": "a. small files: create, stat, unlink", "small_sync": "a. small files: create + sync",
          "untar": "b. untar + sync", "seq_write": "c. sequential write + fsync",
@@ -35,6 +36,7 @@ def markdown(out: dict) -> str:
     reps = out["repetitions"]
     columns = [(s, title) for s, title in COLUMNS if s not in OPTIONAL or s in out["systems"]]
     xattr_off = "fusevol-xattr-off" in out["systems"]
+    off_ceiling = xattr_off and "memfs-xattr-off" in out["systems"]
     lines = [
         f"Machine: {out['machine']}  ",
         f"Date: {out['date']}, {out['seconds'] // 60} min  ",
@@ -45,11 +47,14 @@ def markdown(out: dict) -> str:
         "fusevol / ceiling is fusevol's figure over the in-memory filesystem's: what fusevol "
         "itself adds to the FUSE stack."
         + (" xattr=off / fusevol: the volume made with -o xattr=off over the default one."
-           if xattr_off else ""),
+           if xattr_off else "")
+        + (" xattr=off / its ceiling: that volume over memfs answering ENOSYS to xattrs."
+           if off_ceiling else ""),
         "",
         "| workload | unit | " + " | ".join(title for _, title in columns) + " | fusevol / ceiling | "
-        + ("xattr=off / fusevol | " if xattr_off else "") + "target |",
-        "|---|---|" + "---:|" * (len(columns) + xattr_off) + "---:|---|",
+        + ("xattr=off / fusevol | " if xattr_off else "")
+        + ("xattr=off / its ceiling | " if off_ceiling else "") + "target |",
+        "|---|---|" + "---:|" * (len(columns) + xattr_off + off_ceiling) + "---:|---|",
     ]
     for row in out["rows"]:
         vs_ceiling = row["fusevol_vs_ceiling"]
@@ -60,6 +65,9 @@ def markdown(out: dict) -> str:
         if xattr_off:
             ratio = row.get("xattr_off_vs_fusevol")
             against_default = (fmt(ratio) + "x" if ratio is not None else "—") + " | "
+        if off_ceiling:
+            ratio = row.get("xattr_off_vs_ceiling")
+            against_default += (fmt(ratio) + "x" if ratio is not None else "—") + " | "
         lines.append(f"| {row['label']} | {row['unit']} | "
                      + " | ".join(cell(system, row) for system, _ in columns)
                      + f" | {ceiling} | {against_default}{row['target']} |")

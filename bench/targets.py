@@ -192,12 +192,22 @@ class Memfs(FuseProcess):
 
     name = "memfs"
 
+    args: tuple = ()
+
     def __init__(self, base: str):
         self.root = tempfile.mkdtemp(prefix="memfs-", dir=base)
         self.dir = os.path.join(self.root, "mnt")
         os.makedirs(self.dir)
-        self.proc = start_fuse_process([sys.executable, os.path.join(HERE, "memfs.py"), self.dir],
-                                       self.dir, os.path.join(self.root, "memfs.log"), "memfs")
+        self.proc = start_fuse_process(
+            [sys.executable, os.path.join(HERE, "memfs.py"), *self.args, self.dir],
+            self.dir, os.path.join(self.root, "memfs.log"), "memfs")
+
+
+class MemfsXattrOff(Memfs):
+    """The ceiling of a volume made with -o xattr=off: memfs answering ENOSYS to xattrs."""
+
+    name = "memfs-xattr-off"
+    args = ("--no-xattr",)
 
 
 RCLONE_OPTIONS = [
@@ -238,5 +248,5 @@ class Rclone(FuseProcess):
             self.dir, os.path.join(self.root, "rclone.log"), "rclone mount")
 
 
-MAKERS = {"native": Native, "memfs": Memfs, "fusevol": Volume,
+MAKERS = {"native": Native, "memfs": Memfs, "fusevol": Volume, "memfs-xattr-off": MemfsXattrOff,
           "fusevol-xattr-off": VolumeXattrOff, "rclone": Rclone}

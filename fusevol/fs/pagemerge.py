@@ -3,7 +3,7 @@
 A forked worker shares the forkserver's pages until it writes to them, and
 CPython 3.11 writes to every object it uses (its reference count; a code
 object's call counter): the code a worker runs to mount and serve copies
-some 1,900 of those pages (7.5 MiB) into each worker. Every worker runs the
+some 1,850 of those pages (7.3 MiB) into each worker. Every worker runs the
 same code, so most of its copies are alike, byte for byte, in every other
 worker: two thirds of one worker's own pages were equal to another's at the
 same address. KSM merges such pages back into one, write-protected, and
@@ -12,8 +12,12 @@ copies a page again only when a process writes to it.
 Offered here: the private, writable memory the forkserver holds when it
 forks (its heap, pymalloc's arenas, the data of libpython and of the
 extension modules), which its workers inherit with the offer. Not offered:
-what a worker maps later (its threads' stacks and heaps, the buffers of
-large requests), where a volume's data passes. Nothing merges unless the
+what a worker maps later (its threads' stacks and heaps, pymalloc's new
+arenas, the buffers of large requests), where most of a volume's data
+passes; a small buffer may still land in a free block of the inherited
+heap, and be merged if another process offered the very same page (KSM's
+known side channel: a write to a merged page takes longer, so a process can
+tell that a page it guessed exists elsewhere). Nothing merges unless the
 host runs KSM (/sys/kernel/mm/ksm/run set to 1 by its admin); without it
 the offer costs nothing. FUSEVOL_MERGE_PAGES=0 leaves it out.
 """

@@ -9,7 +9,12 @@ cost together, divided by N); USS is what the worker alone holds (what one
 volume more would add); RssAnon and RssFile apart, since the LMDB map's pages
 are page cache, not the worker's own.
 
-    bench/idle_memory.py [--volumes 100] [--store DIR]
+With the host's same-page merging on (/sys/kernel/mm/ksm/run = 1; the
+forkserver offers its workers' inherited memory to it, fs/pagemerge.py),
+--ksm-scans N waits, once the volumes are idle, for ksmd to go N times over
+all the memory offered (it merges a page on its second look).
+
+    bench/idle_memory.py [--volumes 100] [--store DIR] [--ksm-scans 2]
 """
 
 import argparse
@@ -85,6 +90,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--volumes", type=int, default=100)
     ap.add_argument("--store", help="store folder (default: a new one in /tmp, removed after)")
+    ap.add_argument("--settle", type=float, default=5,
+                    help="seconds idle before measuring (the idle upkeep runs 5 s after "
+                         "a volume's last change: 15 leaves it out of the idle CPU)")
+    ap.add_argument("--ksm-scans", type=int, default=0,
+                    help="wait for ksmd's full scans of the offered memory (KSM on only)")
     args = ap.parse_args()
     store = args.store or tempfile.mkdtemp(prefix="fusevol-idle-")
     sock = os.path.join(store, "bench.sock")
@@ -105,11 +115,14 @@ def main() -> int:
                     f.write(os.urandom(4096))
             os.listdir(path)
         mount_s = time.monotonic() - started
-        time.sleep(5)  # idle: background flushes done
+        time.sleep(args.settle)  # idle: background flushes done
         workers = registry.workers(store)
         before = {w.pid: _cpu_ns(w.pid) for w in workers}
+        ticks = {w.pid: _cpu_ticks(w.pid) for w in workers}
         time.sleep(10)
-        idle_ns = sum(_cpu_ns(w.pid) - before[w.pid] for w in workers)
+        idle_ns = sum(_idle_ns(before[w.pid], _cpu_ns(w.pid)) for w in workers)
+        idle_ticks = sum(_cpu_ticks(w.pid) - ticks[w.pid] for w in workers)
+        merged = _wait_ksm(args.ksm_scans)
         figures = [rollup(w.pid) for w in workers]
         own = [rollup(daemon.pid)] + [rollup(int(p)) for p in _children(daemon.pid)
                                       if int(p) not in {w.pid for w in workers}]
@@ -119,7 +132,11 @@ def main() -> int:
             values = [f[key] / 1024 for f in figures]
             print(f"  {key:<8} median {statistics.median(values):6.2f}  "
                   f"min {min(values):6.2f}  max {max(values):6.2f}")
-        print(f"CPU of a worker in 10 s idle: {idle_ns / len(workers) / 1e6:.2f} ms")
+        print(f"CPU of a worker in 10 s idle: {idle_ns / len(workers) / 1e6:.2f} ms "
+              f"(threads alive throughout); utime+stime of all {len(workers)}: "
+              f"{idle_ticks * 1000 // os.sysconf('SC_CLK_TCK')} ms")
+        if merged is not None:
+            print(f"KSM: {merged}")
         print(f"daemon and forkserver PSS: {sum(f['Pss'] for f in own) / 1024:.1f} MiB")
         total = sum(f["Pss"] for f in figures + own) / 1024
         print(f"all of fusevol: {total:.1f} MiB PSS, {total / len(workers):.2f} MiB a volume")
@@ -137,17 +154,57 @@ def main() -> int:
     return 0
 
 
-def _cpu_ns(pid: int) -> int:
-    """CPU time of all the process's threads, to the nanosecond (the scheduler's own
-    count: utime and stime in /proc/PID/stat are sampled at each 10 ms tick)."""
-    total = 0
+def _cpu_ns(pid: int) -> dict[str, int]:
+    """CPU time of each of the process's threads, to the nanosecond (the scheduler's
+    own count: utime and stime in /proc/PID/stat are sampled at each 10 ms tick)."""
+    threads = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
+                threads[tid] = int(f.read().split()[0])
         except (OSError, ValueError, IndexError):
             pass  # a thread that just ended
-    return total
+    return threads
+
+
+def _idle_ns(before: dict[str, int], after: dict[str, int]) -> int:
+    """What the threads used between the two counts (a thread that ended
+    meanwhile, such as trio's idle cached thread, is left out: its count is gone)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items())
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of the process, ended threads included (clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+KSM = "/sys/kernel/mm/ksm"
+
+
+def _ksm(name: str) -> int:
+    with open(os.path.join(KSM, name)) as f:
+        return int(f.read())
+
+
+def _wait_ksm(scans: int) -> str | None:
+    """With KSM on: wait for `scans` more full scans by ksmd; what it shares then."""
+    try:
+        if _ksm("run") != 1:
+            return None
+    except OSError:
+        return None
+    target = _ksm("full_scans") + scans
+    scanned, stalled = _ksm("pages_scanned"), 0
+    while _ksm("full_scans") < target:
+        time.sleep(1)
+        stalled = 0 if _ksm("pages_scanned") != scanned else stalled + 1
+        scanned = _ksm("pages_scanned")
+        if stalled >= 10:  # ksmd has nothing to scan: no memory offered to it
+            break
+    return (f"{_ksm('pages_sharing')} pages merged into {_ksm('pages_shared')} "
+            f"(pages_to_scan {_ksm('pages_to_scan')}, sleep_millisecs {_ksm('sleep_millisecs')})")
 
 
 def _children(pid: int) -> list[str]:

@@ -126,3 +126,45 @@ def test_forkserver_forks_with_no_thread_store_or_loop_of_its_own(store_path, tm
             f.write("ok")
     finally:
         registry.unmount(store_path, mp)
+
+
+def _mergeable(pid: int) -> list[str]:
+    """Names of the process's mappings the kernel may merge (KSM: VmFlags `mg`)."""
+    names, name = [], None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line.startswith("VmFlags:"):
+                if "mg" in line.split()[1:]:
+                    names.append(name)
+            elif not line[0].isupper():  # a mapping's first line: range perms ... [path]
+                fields = line.split()
+                name = fields[5] if len(fields) > 5 else "[anon]"
+    return names
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/ksm"), reason="a kernel without KSM")
+def test_a_workers_inherited_memory_is_offered_for_page_merging(store_path, tmp_path,
+                                                                monkeypatch):
+    """What a worker inherits from the forkserver (its heap, pymalloc's arenas,
+    libpython's data) may be merged with the same pages of other workers;
+    FUSEVOL_MERGE_PAGES=0 offers nothing."""
+    run_cli(store_path, "volume", "create", "vol")
+    mp = _mountpoint(tmp_path, "mp")
+    for setting in ("1", "0"):
+        monkeypatch.setenv("FUSEVOL_MERGE_PAGES", setting)
+        server = ForkServer()
+        server.start()
+        try:
+            pid = registry.start_worker(store_path, _spec(store_path, "vol"), mp,
+                                        forkserver=server)
+            try:
+                merged = _mergeable(pid)
+            finally:
+                registry.unmount(store_path, mp)
+        finally:
+            server.close()
+        if setting == "1":
+            assert "[heap]" in merged and "[anon]" in merged
+            assert any("libpython" in name for name in merged)
+        else:
+            assert merged == []

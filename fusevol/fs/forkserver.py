@@ -6,7 +6,9 @@ The daemon keeps one forkserver instead: a child process that imports the
 worker's code once, then forks a worker per request. The worker skips the
 imports, and the pages of that code stay shared between all workers (the
 garbage collector is kept off them with gc.freeze), so an idle worker costs
-little memory of its own.
+little memory of its own. What CPython copies all the same (it writes the
+reference counts of the objects it uses) is alike in every worker; the
+forkserver offers it to the kernel's page merging (pagemerge.py).
 
 The forkserver holds no store, no threads and no FUSE session when it forks:
 each worker opens the store itself (LMDB environments must not cross a
@@ -99,11 +101,19 @@ def main(fd: int) -> None:
     # Keep the collector from touching (and so copying) pages the workers share.
     gc.disable()
     from . import worker  # noqa: F401  (everything a worker imports)
+    from . import heap, pagemerge
 
     try:
         _rehearse()
     except Exception as e:  # only a slower start and more memory: never a reason to fail
         log.warning("forkserver: rehearsing a worker's start failed: %s", e)
+    heap.give_back()  # the heap's pages the rehearsal and the imports freed
+    # What the workers inherit, offered to the kernel's page merging
+    # (pagemerge.py); again after each fork, off the Mount's path, for the
+    # little the forkserver mapped meanwhile.
+    merge = pagemerge.enabled()
+    if merge:
+        pagemerge.offer()
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon's Ctrl-C is the daemon's
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
@@ -123,6 +133,8 @@ def main(fd: int) -> None:
         for extra in fds:
             os.close(extra)
         sock.send(json.dumps({"pid": pid}).encode())
+        if merge:
+            pagemerge.offer()
 
 
 def _rehearse() -> None:

@@ -38,7 +38,7 @@ import time
 import trio
 
 from ..store import Store, densify, freepages, recompress, repack
-from . import upkeepstate
+from . import heap, upkeepstate
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,9 @@ async def _once(runner, store: Store, volume: str, seen: int) -> None:
         def work():
             try:
                 job.run()
+                # The volume is quiet: the free pages of the heap (what its
+                # writes and this run used) go back, as a worker stays idle.
+                heap.give_back()
             finally:
                 done.set()
 

@@ -27,7 +27,6 @@ that does not read as expected is left as it is.
 """
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import re
@@ -171,7 +170,9 @@ _libc = None
 def _fallocate(fd: int, offset: int, length: int) -> None:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # The process's own symbols (libc's among them): find_library("c")
+        # would run ldconfig in a subprocess, from every worker's first upkeep.
+        _libc = ctypes.CDLL(None, use_errno=True)
         _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
     if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length):
         err = ctypes.get_errno()

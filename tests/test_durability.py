@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -169,3 +170,48 @@ def test_full_disk_gives_enospc_and_keeps_the_store(tmp_path, mounts):
             m.cleanup()
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@needs_fuse
+def test_sigkill_keeps_modes_and_owners_set_before_an_fsync(mounts, store_path):
+    """chmod and chown (tar's fchown, fchmod and futimens on each file it
+    extracts), open or closed, then an fsync of the file: they survive the
+    worker's death, and chown of a setuid or setgid file drops those bits as
+    on ext4 (setgid only with group execute: without it the bit marks
+    mandatory locking)."""
+    mp = mounts.mount("owners")
+    modes = (0o4755, 0o6755, 0o2745, 0o1777, 0o600)
+    for i in range(20):  # made durable first: what follows is all an fsync has to cover
+        with open(os.path.join(mp, f"f{i}"), "wb") as f:
+            f.write(b"x" * (100 + i))
+            os.fsync(f.fileno())
+    for i in range(20):
+        path = os.path.join(mp, f"f{i}")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"y" * i)  # bytes the intent log could take, were the change times alone
+            if i % 2 == 0:  # set while open, as tar does
+                os.fchmod(fd, modes[i % 5])
+                os.fchown(fd, 1000 + i, 2000 + i)
+                os.utime(fd, ns=(10**18 + i, 2 * 10**18 + i))
+            else:  # set on the file by its name
+                os.chmod(path, modes[i % 5])
+                os.chown(path, 1000 + i, -1)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    shown = {name: (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+             for name in os.listdir(mp) for st in [os.stat(os.path.join(mp, name))]}
+    # chmod of a file's own bits; chown after it drops setuid, and setgid
+    # when group execute is set.
+    assert stat.S_IMODE(shown["f0"][0]) == 0o755      # 0o4755, then chown
+    assert stat.S_IMODE(shown["f1"][0]) == 0o755      # 0o6755, then chown
+    assert stat.S_IMODE(shown["f2"][0]) == 0o2745     # setgid without group x: kept
+    assert stat.S_IMODE(shown["f3"][0]) == 0o1777     # sticky: kept
+    assert stat.S_IMODE(shown["f4"][0]) == 0o600
+    assert shown["f2"][1:3] == (1002, 2002) and shown["f3"][1:3] == (1003, 0)
+    assert all(stat.S_ISREG(mode) for mode, *_ in shown.values())
+    mp = _kill_worker_and_remount(mounts, store_path, "owners", mp)
+    after = {name: (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+             for name in os.listdir(mp) for st in [os.stat(os.path.join(mp, name))]}
+    assert after == shown

@@ -69,11 +69,8 @@ MODE = Fields("mode", "ctime")                 # fchmod
 UTIMES = Fields("atime", "mtime", "ctime")     # futimens
 
 
-async def small_files(ops, n: int, costs: collections.Counter, folder: bytes) -> None:
-    """The kernel's requests for bench/workloads.py's small files: in a new
-    folder, `n` x (create, write 4 KiB, close, stat), then `n` unlinks."""
-    ctx, data = Ctx(), os.urandom(4096)
-    fields = TimesFields()
+def _timer(costs: collections.Counter):
+    """An awaiter that adds the FUSE thread's CPU time of each handler to costs[kind]."""
     clock = time.thread_time_ns
 
     async def timed(kind, coro):
@@ -82,6 +79,15 @@ async def small_files(ops, n: int, costs: collections.Counter, folder: bytes) ->
             return await coro
         finally:
             costs[kind] += clock() - t
+    return timed
+
+
+async def small_files(ops, n: int, costs: collections.Counter, folder: bytes) -> None:
+    """The kernel's requests for bench/workloads.py's small files: in a new
+    folder, `n` x (create, write 4 KiB, close, stat), then `n` unlinks."""
+    ctx, data = Ctx(), os.urandom(4096)
+    fields = TimesFields()
+    timed = _timer(costs)
 
     parent = (await ops.mkdir(ROOT, folder, stat.S_IFDIR | 0o755, ctx)).st_ino
     inos = []
@@ -120,14 +126,7 @@ async def untar_files(ops, sizes: list, costs: collections.Counter, folder: byte
     of the times (futimens), FLUSH, RELEASE, GETATTR."""
     ctx, data = Ctx(), os.urandom(max(sizes))
     fields = TimesFields()
-    clock = time.thread_time_ns
-
-    async def timed(kind, coro):
-        t = clock()
-        try:
-            return await coro
-        finally:
-            costs[kind] += clock() - t
+    timed = _timer(costs)
 
     async def getxattr(ino):
         try:

@@ -283,13 +283,26 @@ async def test_a_change_is_answered_ahead_and_applied_later(store, inodes, commi
         runner.stop()
 
 
+def _write_reads(monkeypatch) -> list:
+    """(table, key) of every row the store thread reads in a write transaction, from now on."""
+    from fusevol.store import env
+    reads = []
+    real_get = env.Txn.get
+
+    def get(txn, table, key):
+        if txn.write:
+            reads.append((table, bytes(key)))
+        return real_get(txn, table, key)
+
+    monkeypatch.setattr(env.Txn, "get", get)
+    return reads
+
 async def test_the_row_of_an_inode_a_change_numbered_is_not_read_again(
         store, inodes, monkeypatch):
     """The store thread checks the rows a change answered ahead read, but not
     the row of the inode the change numbered itself: numbers are never handed
     out twice, so that row cannot exist (an LMDB read, and a handoff of the
     GIL, less per new file). Rows of other inodes are still read again."""
-    from fusevol.store import env
     runner = await _runner(store)
     runner.cache.know_fresh(inodes.row_owner, inodes.next_ino, inodes.counter_row)
     try:
@@ -297,15 +310,7 @@ async def test_the_row_of_an_inode_a_change_numbered_is_not_read_again(
         await gate.hold(runner)
         ino, node = await runner.change(inodes.create, ROOT_INO, b"f", FILE, 0, 0)
         root_row, new_row = inodes.inode_row(ROOT_INO)[1], inodes.inode_row(ino)[1]
-        reads = []
-        real_get = env.Txn.get
-
-        def get(txn, table, key):
-            if txn.write:
-                reads.append((table, bytes(key)))
-            return real_get(txn, table, key)
-
-        monkeypatch.setattr(env.Txn, "get", get)
+        reads = _write_reads(monkeypatch)
         gate.open()
         await runner.sync()
         assert runner.counts["again"] == 0 and runner.broken is None
@@ -322,7 +327,6 @@ async def test_the_mark_of_an_unlinked_file_is_not_read_again(store, inodes, mon
     writing it; only changes of names make one, so the store thread does not
     read it again. The file's own row, which a flush could have rewritten,
     still is."""
-    from fusevol.store import env
     with store.write() as txn:
         ino = _create(b"f", inodes)(txn)
     runner = await _runner(store)
@@ -331,15 +335,7 @@ async def test_the_mark_of_an_unlinked_file_is_not_read_again(store, inodes, mon
         await gate.hold(runner)
         await runner.change(inodes.unlink, ROOT_INO, b"f")
         file_row = inodes.inode_row(ino)[1]
-        reads = []
-        real_get = env.Txn.get
-
-        def get(txn, table, key):
-            if txn.write:
-                reads.append((table, bytes(key)))
-            return real_get(txn, table, key)
-
-        monkeypatch.setattr(env.Txn, "get", get)
+        reads = _write_reads(monkeypatch)
         gate.open()
         await runner.sync()
         assert runner.counts["again"] == 0 and runner.broken is None

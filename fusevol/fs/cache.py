@@ -42,8 +42,8 @@ class RowCache:
         # their rows are here (none evicted since), so a row of theirs missing
         # here does not exist, and the store is not asked (see know_fresh).
         self._first_fresh: int | None = None
-        self._owner = self._next_ino = None
-        self.owner = self.counter_row = None  # (see know_fresh; speculate.unchanged)
+        self._next_ino = None
+        self.owner = self.counter_row = None  # (see know_fresh; speculate.unchanged reads them too)
         # key -> (row, its decoder, what it decodes to): readers that only look
         # (getattr, lookup, a flush's checks) share one decoded copy per row.
         self._decoded: dict[bytes, tuple] = {}
@@ -52,8 +52,7 @@ class RowCache:
         """owner(table, key): the inode a row belongs to, or None; next_ino(txn):
         the number the next new inode gets, kept in row `counter_row` (table,
         key). Call before serving requests."""
-        self._owner, self._next_ino = owner, next_ino
-        self.owner, self.counter_row = owner, counter_row
+        self.owner, self._next_ino, self.counter_row = owner, next_ino, counter_row
         with self.reader() as txn:
             self._first_fresh = next_ino(txn)
 
@@ -131,7 +130,7 @@ class RowCache:
             return entry[0]
         first_fresh = self._first_fresh
         if first_fresh is not None:
-            owner = self._owner(table, key)
+            owner = self.owner(table, key)
             if owner is not None and owner >= first_fresh:
                 return None
         value = reader.committed(table, key)

@@ -308,11 +308,9 @@ def view_if_stored(txn: Txn, cid: bytes):
 
 def read_if_stored(txn: Txn, cid: bytes) -> bytes | None:
     """A chunk's bytes, checked, or None while the store does not hold it
-    (a block a writer has not committed yet)."""
-    raw = countrows.get(txn, "refs", cid)
-    if raw is None:
-        return None
-    return read(txn, cid)
+    (a block a writer has not committed yet). The row is read once."""
+    view = view_if_stored(txn, cid)
+    return None if view is None else bytes(view)
 
 
 def has(txn: Txn, cid: bytes) -> bool:

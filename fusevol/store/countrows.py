@@ -19,6 +19,7 @@ pack number) below 2^56, so with 0; a short form with its tag, never 0.
 import struct
 
 from ..errors import StoreDamaged
+from .schema import put_varint, read_varint
 
 TABLES = ("refs", "orefs", "ocounts")
 
@@ -31,15 +32,6 @@ FIXED = {s.size: s for s in (struct.Struct(">Q"), struct.Struct(">QII"), struct.
                              struct.Struct(">QIIQI"))}
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def compact(raw) -> bytes:
     """A count row's short form (the row as it is when it has one already,
     or when the short form would be no shorter)."""
@@ -47,8 +39,10 @@ def compact(raw) -> bytes:
     form = FIXED.get(len(raw))
     if form is None or raw[0]:
         return raw
-    short = bytes((len(raw),)) + b"".join(_varint(f) for f in form.unpack(raw))
-    return short if len(short) < len(raw) else raw
+    short = bytearray((len(raw),))
+    for field in form.unpack(raw):
+        put_varint(field, short)
+    return bytes(short) if len(short) < len(raw) else raw
 
 
 def expand(raw) -> bytes:
@@ -56,17 +50,13 @@ def expand(raw) -> bytes:
     form = FIXED.get(raw[0])
     if form is None:
         raise StoreDamaged("a count row is damaged")
-    fields, n, shift, pos = [], 0, 0, 1
-    for byte in bytes(raw[1:]):
-        n |= (byte & 0x7F) << shift
-        if byte & 0x80:
-            shift += 7
-        else:
-            fields.append(n)
-            n = shift = 0
+    data, fields, pos = bytes(raw), [], 1
     try:
+        while pos < len(data):
+            n, pos = read_varint(data, pos)
+            fields.append(n)
         return form.pack(*fields)
-    except struct.error:
+    except (IndexError, struct.error):
         raise StoreDamaged("a count row is damaged") from None
 
 

@@ -107,11 +107,24 @@ MODE_MAX = (1 << 24) - 1
 _VARINT_FIELDS = (0, 1, 2, 3, 4, 8, 9, 10, 11)  # mode, uid, gid, nlink, size, rdev, parent, data_bytes, flags
 
 
-def _varint(n: int, out: bytearray) -> None:
+def put_varint(n: int, out: bytearray) -> None:
+    """Append n as an unsigned LEB128 varint (the short forms at rest)."""
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(the varint at data[pos:], the position after it); IndexError past the end."""
+    n = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, pos
+        shift += 7
 
 
 def short_row(raw) -> bytes:
@@ -124,7 +137,7 @@ def short_row(raw) -> bytes:
     tree = fields[12]
     out = bytearray((_SHORT_NO_TREE if tree == NO_TREE else _SHORT_TREE,))
     for i in _VARINT_FIELDS:
-        _varint(fields[i], out)
+        put_varint(fields[i], out)
     out += _ROW_TIMES.pack(*fields[5:8])
     if tree != NO_TREE:
         out += tree
@@ -143,14 +156,7 @@ def full_row(raw):
     ints, pos = [], 1
     try:
         for _ in _VARINT_FIELDS:
-            n = shift = 0
-            while True:
-                byte = data[pos]
-                pos += 1
-                n |= (byte & 0x7F) << shift
-                if byte < 0x80:
-                    break
-                shift += 7
+            n, pos = read_varint(data, pos)
             ints.append(n)
         times = _ROW_TIMES.unpack_from(data, pos)
         pos += _ROW_TIMES.size

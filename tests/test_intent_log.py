@@ -130,6 +130,37 @@ def test_sigkill_after_logged_fsyncs_keeps_every_fsynced_byte(mounts, store_path
 
 
 @needs_fuse
+def test_records_past_the_first_layout_land_in_zeros_laid_out_ahead(mounts, store_path):
+    """A log file is laid out with zeros ahead of its records as they come (a
+    record that grew the file would cost its sync a journal commit); records
+    written over those zeros survive a SIGKILL like any other."""
+    mp = mounts.mount("db", env={"FUSEVOL_INTENT_CHECKPOINT_EVERY": "3600"})
+    commits = 400  # two records of 8 KiB each: past the first layout's 4 MiB
+    writer = _run_writer(mp, commits)
+    end, size = 0, 0
+    for name in os.listdir(intentlog.log_dir(store_path)):
+        if name.split(".")[-1] in ("0", "1"):
+            path = os.path.join(intentlog.log_dir(store_path), name)
+            with open(path, "rb") as f:
+                records = intentlog.decode_all(f.read())
+            if records:
+                end = sum(intentlog.encoded_size(r.ranges) for r in records)
+                size = os.path.getsize(path)
+    assert end > intentlog.PREALLOCATE
+    assert size > end, "the records grew the log file: nothing was laid out ahead of them"
+    _kill_worker(store_path, "db")
+    writer.kill()
+    writer.wait()
+    mounts.umount(mp)
+    mp = mounts.mount("db", create=False)
+    with open(os.path.join(mp, "wal"), "rb") as f:
+        wal = f.read()
+    with open(os.path.join(mp, "table"), "rb") as f:
+        table = f.read()
+    _check(wal, table, commits)
+
+
+@needs_fuse
 def test_an_older_record_never_undoes_a_later_durable_commit(mounts, store_path):
     """A logged fsync, then a rename (fsyncs must checkpoint after it), then the
     same bytes written again and fsync'ed: after a crash the later bytes stay."""

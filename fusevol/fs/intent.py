@@ -318,16 +318,17 @@ class IntentLog:
                 while (f.fd is not None and f.laid_out < LAID_OUT_MAX
                        and f.offset + LAY_OUT_AHEAD > f.laid_out):
                     start, event = f.laid_out, trio.Event()
+                    size = min(LAY_OUT_STEP, LAID_OUT_MAX - start)
                     f.laying_out = event
                     try:
-                        await trio.to_thread.run_sync(_lay_out, f.fd, start, LAY_OUT_STEP)
+                        await trio.to_thread.run_sync(_lay_out, f.fd, start, size)
                     except OSError as e:  # (a full disk): records grow the file
                         log.warning("cannot lay out the intent log further: %s", e)
                         return
                     finally:
                         f.laying_out = None
                         event.set()
-                    f.laid_out = max(f.laid_out, start + LAY_OUT_STEP)
+                    f.laid_out = max(f.laid_out, start + size)
 
     def _append(self, rec: Record) -> None:
         data = intentlog.encode(rec)

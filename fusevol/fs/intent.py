@@ -24,6 +24,7 @@ an fsync is not durable either, and a later fsync of the file covers it.
 import errno
 import logging
 import os
+import select
 import time
 
 import trio
@@ -53,6 +54,8 @@ LOGGABLE_LINGER = 0.05
 LAY_OUT_AHEAD = 2 << 20
 LAY_OUT_STEP = 4 << 20
 LAID_OUT_MAX = FILE_MAX + 2 * LOG_UP_TO
+# Scheduler turns an fsync gives others at most before it syncs the log.
+GROUP_TURNS = 8
 
 
 class _LogFile:
@@ -84,6 +87,7 @@ class IntentLog:
         self._syncing: trio.Event | None = None
         self._checkpointing = trio.Lock()
         self._lay_out_wanted = trio.Event()
+        self._requests: select.poll | None = None  # the FUSE session's, when known
         self.counts = {"logged": 0, "stored": 0, "checkpoints": 0, "log_syncs": 0}
         runner.loggable_linger = LOGGABLE_LINGER
 
@@ -150,6 +154,29 @@ class IntentLog:
     def _give_back(self, ino: int, ranges) -> None:
         if ranges:
             self.pending[ino] = ranges + self.pending.get(ino, [])
+
+    def requests_from(self, fuse_fd: int | None) -> None:
+        """The session's /dev/fuse: an fsync alone (nothing ready to run, no
+        request waiting to be read) syncs without a scheduler turn first."""
+        if fuse_fd is not None:
+            self._requests = select.poll()
+            self._requests.register(fuse_fd, select.POLLIN)
+
+    async def _let_others_append(self) -> None:
+        """Before a sync: scheduler turns while tasks are ready to run or
+        requests wait to be read (at most GROUP_TURNS), so that fsyncs sent
+        meanwhile append their records and share the sync. Reading a request
+        takes turns of its own (epoll wakes pyfuse3's reader, which then reads
+        and runs it): one turn let 8 writers fsync'ing at once share nothing
+        (799 syncs for 800 fsyncs). An fsync alone syncs at once."""
+        if self._requests is None:  # (no session known: one turn)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        for _ in range(GROUP_TURNS):
+            if not (trio.lowlevel.current_statistics().tasks_runnable
+                    or self._requests.poll(0)):
+                return
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     # -- fsync -----------------------------------------------------------------------
 
@@ -354,8 +381,8 @@ class IntentLog:
         0.5 ms at the median and 1.7 ms on average of pgbench's fsyncs on a
         loaded machine, a third of what the sync itself took. fdatasync lets go
         of the GIL: the store thread goes on meanwhile. Fsyncs whose tasks are
-        ready to run append their records first (one scheduler turn), and that
-        sync covers them."""
+        ready to run, or whose requests wait to be read, append their records
+        first (_let_others_append), and that sync covers them."""
         while self.synced < lsn:
             if self.failed is not None:
                 raise FsError(errno.EIO, self.failed)
@@ -363,7 +390,7 @@ class IntentLog:
                 await self._syncing.wait()
                 continue
             event = self._syncing = trio.Event()
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._let_others_append()
             upto = self.lsn
             fds = [f.fd for f in self.files if f.unsynced]
             for f in self.files:

@@ -218,7 +218,12 @@ class IntentLog:
         except BaseException:
             self._give_back(ino, captured)
             raise
-        await self._room_for(intentlog.encoded_size(pieces))
+        if await self._waited_for_room(intentlog.encoded_size(pieces)):
+            # A newer fsync of these bytes may have logged them meanwhile:
+            # this record, older, must not come after its record. Again.
+            self._give_back(ino, captured)
+            await self.fsync(fd, files)
+            return
         # Every await may have let a change in: check again, with no await
         # between the check and the append.
         if (fd.truncations != truncations or fd.error is not None or not self._quiet()
@@ -327,15 +332,17 @@ class IntentLog:
                 f.laid_out = size
                 f.fd = fd
 
-    async def _room_for(self, size: int) -> None:
-        """Wait while the next record would reach into zeros being laid out:
-        they would be written over it."""
+    async def _waited_for_room(self, size: int) -> bool:
+        """Wait while the next record would reach into zeros being laid out
+        (they would be written over it); whether it waited."""
+        waited = False
         while True:
             f = self.files[self.current]
             event = f.laying_out
             if event is None or f.offset + size <= f.laid_out:
-                return
+                return waited
             await event.wait()
+            waited = True
 
     async def _lay_out_when_wanted(self) -> None:
         while True:

@@ -39,7 +39,12 @@ def _tree(store, inodes) -> None:
         inodes.write_blocks(txn, two, [(0, b"two names")], 9)
         inodes.setxattr(txn, two, b"user.b", b"on a file")
         inodes.link(txn, two, deep, b"other")
+        wide, _ = inodes.create(txn, 1, b"wide", DIR, 0, 0)  # written as pieces (IN_PIECES)
+        for i in range(300):
+            ino, _ = inodes.create(txn, wide, b"w%03d" % i, FILE, 0, 0)
+            inodes.write_blocks(txn, ino, [(0, b"%d" % i)], len(b"%d" % i))
         snapshots.create(txn, "vol", "s1")
+        assert inodes.peek(txn, wide).flags & schema.IN_PIECES
 
 
 def _rows(store) -> dict[str, list]:
@@ -130,6 +135,7 @@ def test_a_volume_at_rest_snapshots_diffs_sends_and_takes_changes(store, inodes,
     _tree(store, inodes)
     store, _ = _gc_at_rest(store)
     try:
+        assert _volume_rows(store, inodes.vid)["inodes"] == 1  # its root row alone
         with store.write() as txn:  # nothing changed: the same tree
             s1 = bytes.fromhex(snapshots.get(txn, "vol", "s1").root)
             same = bytes.fromhex(snapshots.create(txn, "vol", "same").root)
@@ -141,9 +147,11 @@ def test_a_volume_at_rest_snapshots_diffs_sends_and_takes_changes(store, inodes,
             inodes.write_blocks(txn, f, [(0, b"changed")], 7)
             other = inodes.lookup(txn, deep, b"other")
             inodes.setattr(txn, other, mode=0o100600)  # both folders of the file with two names
+            w = inodes.lookup(txn, 1, b"wide")
+            inodes.unlink(txn, w, b"w007")  # a folder in pieces, reached lazily
             s2 = bytes.fromhex(snapshots.create(txn, "vol", "s2").root)
             paths = {c.path for c in diff.diff(txn, s1, s2)}
-            assert {b"sub/deep/f2", b"sub/deep/other", b"sub/two"} <= paths, paths
+            assert {b"sub/deep/f2", b"sub/deep/other", b"sub/two", b"wide/w007"} <= paths, paths
         with store.read() as txn:
             assert check.verify(txn)["ok"]
         other = Store.open(str(tmp_path / "other"))

@@ -72,7 +72,11 @@ def rewrite_file(store_path: str, min_share: float = MIN_SHARE, rest: bool = Tru
             return report
         shutil.rmtree(copy_dir, ignore_errors=True)  # a copy a crash left: never in place
         if rest:
-            report["volumes_at_rest"] = _rest_volumes(store_path)
+            try:
+                report["volumes_at_rest"] = _rest_volumes(store_path)
+            except FusevolError as e:  # (damage: its transaction undone; the copy goes on)
+                report["volumes_at_rest"] = []
+                report["rest_error"] = str(e)
         src = lmdb.open(db_dir, readonly=True, lock=False, max_dbs=len(schema.TABLES) + 4)
         try:
             free = free_bytes(src)

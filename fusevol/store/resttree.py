@@ -21,24 +21,27 @@ it writes its rows (a commit, as after a rollback).
 """
 
 import os
+import stat
 
-from . import intentlog, namespace, snapshots, trees, volumes
+from . import blockmap, intentlog, namespace, snapshots, trees, volumes, xattrs
 from .env import Store, Txn
 from .inodes import Inodes
-from .schema import LAZY, NO_TREE, ROOT_INO, Inode, ino_key, u64
+from .schema import LAZY, NO_TREE, ROOT_INO, Inode, full_row, ino_key, read_u64, row_mode, u64
 
 
 def rest_as_tree(txn: Txn, inodes: Inodes) -> bool:
     """Drop the rows of a volume unchanged since it was last written as
-    objects, its root row left LAZY on that object; whether it did."""
+    objects, its root row left LAZY on that object; of a volume changed
+    since, those below each unchanged folder and file (rest_parts); whether
+    it dropped any."""
     vid = inodes.vid
     raw = txn.get("inodes", ino_key(vid, ROOT_INO))
     if raw is None:
         return False
     root = Inode.unpack(raw)
     root_id = root.tree_id
-    if root_id == NO_TREE:  # changed since: its rows are all there is
-        return False
+    if root_id == NO_TREE:  # changed since: its unchanged parts alone
+        return rest_parts(txn, inodes) > 0
     if root.flags & LAZY and next(txn.scan("inodes", u64(vid), start=ino_key(vid, ROOT_INO + 1)), None) is None:
         return False  # its root row alone already
     if next(txn.scan("orphans", u64(vid)), None) is not None:
@@ -53,6 +56,83 @@ def rest_as_tree(txn: Txn, inodes: Inodes) -> bool:
     now = txn.vstats(vid)
     txn.add_vstats(vid, usage.logical_bytes - now.logical_bytes, usage.inodes - now.inodes)
     return True
+
+
+def rest_parts(txn: Txn, inodes: Inodes) -> int:
+    """In a volume changed since it was last written as objects: below the
+    changed folders (no tree id), each unchanged folder keeps its row alone
+    (LAZY: its entries, xattrs and everything below it dropped) and each
+    unchanged file its row (LAZY: its block map and xattrs dropped), as a
+    clone's rows stand once their folder is reached. A folder holding a file
+    with several names is gone through as a changed one (that file's other
+    names may be rows), and such a file keeps its rows. How many rows went."""
+    vid = inodes.vid
+    multi = {read_u64(k, 8) for k, _ in txn.scan("multilinks", u64(vid))}
+    dropped = 0
+    changed = [ROOT_INO]
+    while changed:
+        folder = changed.pop()
+        for _, child in _entries(txn, vid, folder):
+            node = inodes.rows.get(txn, child)
+            if node.tree_id == NO_TREE:
+                if stat.S_ISDIR(node.mode):
+                    changed.append(child)
+                continue
+            if node.flags & LAZY or child in multi:
+                continue
+            if stat.S_ISDIR(node.mode):
+                below = _subtree(txn, vid, child)
+                if multi.intersection(below):
+                    changed.append(child)
+                    continue
+                dropped += _drop_below(txn, inodes, child, below)
+            elif next(txn.scan("blocks", ino_key(vid, child)), None) is not None \
+                    or next(txn.scan("xattrs", ino_key(vid, child)), None) is not None:
+                dropped += _drop_own(txn, vid, child)
+            else:
+                continue  # nothing below it: as a clone's row of it stands
+            node.flags |= LAZY
+            inodes.rows.put_row(txn, child, node)
+    return dropped
+
+
+def _entries(txn: Txn, vid: int, folder: int) -> list[tuple[bytes, int]]:
+    prefix = ino_key(vid, folder)
+    return [(bytes(k[len(prefix):]), read_u64(v)) for k, v in txn.scan("dirents", prefix)]
+
+
+def _subtree(txn: Txn, vid: int, folder: int) -> list[int]:
+    """Every inode below a folder (not the folder itself)."""
+    out, work = [], [folder]
+    while work:
+        for _, child in _entries(txn, vid, work.pop()):
+            out.append(child)
+            raw = txn.get("inodes", ino_key(vid, child))
+            if raw is not None and stat.S_ISDIR(row_mode(full_row(raw))):
+                work.append(child)
+    return out
+
+
+def _drop_own(txn: Txn, vid: int, ino: int) -> int:
+    """An inode's block map and xattrs: what its tree object holds."""
+    return blockmap.drop_rows(txn, vid, ino) + xattrs.drop_rows(txn, vid, ino)
+
+
+def _drop_below(txn: Txn, inodes: Inodes, folder: int, below: list[int]) -> int:
+    """Every row below an unchanged folder (entries, back references, inode
+    records with the references they hold, block maps, xattrs) and the
+    folder's own entries and xattrs."""
+    vid = inodes.vid
+    n = _drop_own(txn, vid, folder)
+    for ino in [folder] + below:
+        n += 2 * len(namespace.drop_entries(txn, vid, ino))
+    for ino in below:
+        node = inodes.rows.get(txn, ino)
+        if node.tree_id != NO_TREE:
+            trees.decref(txn, node.tree_id)
+        n += _drop_own(txn, vid, ino) + 1
+        inodes.rows.delete_row(txn, ino)
+    return n
 
 
 def rest_volumes(store: Store) -> list[str]:

@@ -10,7 +10,8 @@ or a rollback does (snapshots.install_root): the rest becomes rows again as
 it is reached (treerows.with_rows), the same rows with the same numbers and
 counts. On the evolve bench's store (1,500 files, five snapshots) that is
 the 450 KB of the volume's rows: what was left of its overhead beyond the
-snapshots' own objects and counts.
+snapshots' own objects and counts. In a volume changed since, the same
+holds below every folder and file that still has a tree id (rest_parts).
 
 Only where no process can hold a copy of the rows: gc's copy of the file
 (compaction.py) does it under its exclusive lock on the store, so no worker

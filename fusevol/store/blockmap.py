@@ -22,6 +22,16 @@ def adopt_rows(txn: Txn, vid: int, ino: int, blocks) -> None:
         txn.put("blocks", ino_pair_key(vid, ino, index), cid)
 
 
+def drop_rows(txn: Txn, vid: int, ino: int) -> int:
+    """Delete a file's map, letting go of its chunks, when its tree object
+    holds it (a file at rest, resttree.py: the counters stay); the rows gone."""
+    rows = list(txn.scan("blocks", ino_key(vid, ino)))
+    for key, cid in rows:
+        chunks.decref(txn, bytes(cid))
+        txn.delete("blocks", bytes(key))
+    return len(rows)
+
+
 def drop_volume(txn: Txn, vid: int) -> None:
     """Delete every map of a volume, letting go of the chunks."""
     prefix = u64(vid)

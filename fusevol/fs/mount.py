@@ -68,8 +68,6 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
                    f"(pid {other.pid}); bind-mount that instead")
 
     tune_interpreter()
-    # Interrupts system calls (no SA_RESTART): see TxnRunner's nudge_reads.
-    signal.signal(signal.SIGALRM, lambda *_: None)
     with contextlib.ExitStack() as stack:
         registered: list = []
         stack.callback(_close, registered)  # last: gone from the registry once all is stored
@@ -93,10 +91,13 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
 
 def open_volume(stack: contextlib.ExitStack, store: Store, data_volume, *, readonly: bool,
                 atime: str) -> VolumeOperations:
-    """A volume's handlers, ready for a FUSE session: its store thread started,
-    what its intent log holds replayed, its orphans purged. `stack` undoes it
-    all (the store thread stops once everything handed to it is stored)."""
+    """A volume's handlers, ready for a FUSE session: its store thread started
+    (its timer's signal handled: call from the main thread), what its intent
+    log holds replayed, its orphans purged. `stack` undoes it all (the store
+    thread stops once everything handed to it is stored)."""
     inodes = Inodes(data_volume.vid, store.block_size, data_volume.compression)
+    # Interrupts system calls (no SA_RESTART): see TxnRunner's nudge_reads.
+    signal.signal(signal.SIGALRM, _interrupt)
     intents: list = []
     stack.callback(_close, intents)  # after the store thread stopped: all it covers is in
     runner = TxnRunner(store, nudge_reads=True)
@@ -115,6 +116,10 @@ def open_volume(stack: contextlib.ExitStack, store: Store, data_volume, *, reado
                            intent=intent, xattrs=data_volume.xattr)
     ops.metrics.time_commits(store)
     return ops
+
+
+def _interrupt(*_) -> None:
+    pass
 
 
 def _close(held: list) -> None:

@@ -5,6 +5,9 @@ the system only from the top of an arena. After a large write a worker's
 arenas hold what its flushes used (request buffers, LMDB's pages of a batch):
 100-150 MiB of RssAnon stayed with a worker that had gone idle.
 malloc_trim(0) gives every whole free page of every arena back.
+
+And, for the forkserver, the free blocks of Python's small-object pools
+taken before forking (fill_free_blocks).
 """
 
 import ctypes

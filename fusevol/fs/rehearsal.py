@@ -1,4 +1,4 @@
-"""A worker's life rehearsed in the forkserver, before it forks any worker.
+"""A worker's life rehearsed in the forkserver, before and between its first forks.
 
 A forked worker shares the forkserver's pages until it writes to them.
 CPython 3.11 writes to a function's code object as it warms up (a counter
@@ -9,9 +9,9 @@ of that itself after the fork copied those pages into its own memory, the
 same pages in every worker. Rehearsed here on a scratch volume, the code a
 worker runs again and again (the handlers of the kernel's requests, the
 store thread, the flushes, trio's loop, the idle tasks) is specialised
-before the fork, and its pages stay shared; code a worker runs once (its
-start, the idle upkeep) runs once here too, so that what it imports or
-caches on first use is the forkserver's.
+before the fork, and its pages stay shared; so is code a worker runs once
+(its start, the idle upkeep), and what that imports or caches on first use
+is the forkserver's.
 
 Everything a worker would do short of the kernel's part: no FUSE session
 (pyfuse3 holds one per process, and a worker needs its own), no mount, no

@@ -140,6 +140,8 @@ def main(fd: int) -> None:
             if lives is not None:
                 lives.close()  # its scratch folder goes
             return  # the daemon is gone
+        if lives is not None:  # what the lives so far freed: not for the worker to copy
+            heap.give_back()
         gc.freeze()
         pid = os.fork()
         if pid == 0:

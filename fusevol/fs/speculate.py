@@ -195,25 +195,30 @@ def apply(txn, spec: SpecTxn, pending: dict) -> None:
 def write_rows(txn, pending: dict) -> None:
     """Write the rows `apply` collected, table by table in key order (B-tree
     pages touched in sequence, puts in one call per table), and empty it.
-    Puts that cannot fail half way on their own: an error breaks the batch."""
+    Puts that cannot fail half way on their own: an error breaks the batch.
+    The keys are sorted per table, as bytes: a sort of the (table, key)
+    pairs compared tuples, three times the cost for a batch of small files."""
     if not pending:
         return
-    rows = sorted(pending.items())
+    tables: dict = {}
+    for table, key in pending:
+        keys = tables.get(table)
+        if keys is None:
+            keys = tables[table] = []
+        keys.append(key)
+    for table in sorted(tables):
+        keys = tables[table]
+        keys.sort()
+        puts = []
+        for key in keys:
+            value = pending[table, key][0]
+            if value is None:
+                txn.delete(table, key)
+            else:
+                puts.append((key, value))
+        if puts:
+            txn.cursor(table).putmulti(puts)
     pending.clear()
-    puts: list = []
-    table = None
-    for (row_table, key), (value, _) in rows:
-        if row_table != table:
-            if puts:
-                txn.cursor(table).putmulti(puts)
-                puts = []
-            table = row_table
-        if value is None:
-            txn.delete(table, key)
-        else:
-            puts.append((key, value))
-    if puts:
-        txn.cursor(table).putmulti(puts)
 
 
 _ABSENT = object()

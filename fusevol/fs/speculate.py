@@ -97,9 +97,14 @@ class SpecTxn:
         return True
 
     def delete(self, table: str, key: bytes) -> bool:
-        existed = self.get(table, key) is not None
+        if self.get(table, key) is None:
+            # Nothing to delete (unlink's mark of a file with several names,
+            # for most files): the store holds no such row when the change
+            # is applied either (it is checked, or a row of names), so
+            # nothing is written, and the store thread makes no LMDB call.
+            return False
         self.writes[table, bytes(key)] = (None, self.seq)
-        return existed
+        return True
 
     def defer(self, fn, *args) -> None:
         self.deferred.append((fn, args))

@@ -308,7 +308,10 @@ class TxnRunner:
                 self._ahead_in += spec.deferred_bytes
                 self.counts["ahead"] += 1
                 self.cache.apply_newest(spec.writes)
-                self._put((seq, _REPLAY, (spec, fn, args), False, self._replay_done), wake=False)
+                # (_put without a wakeup, inline: every change answered ahead comes here)
+                self._work.append((seq, _REPLAY, (spec, fn, args), False, self._replay_done))
+                if self._idle:
+                    self._wakeups.put(None)
                 return result
             finally:
                 self._reader.close()

@@ -347,6 +347,36 @@ async def test_the_mark_of_an_unlinked_file_is_not_read_again(store, inodes, mon
         runner.stop()
 
 
+
+async def test_an_unlink_deletes_no_row_it_found_absent(store, inodes, monkeypatch):
+    """An unlink answered ahead of a file with one name read its mark of a
+    file with several names as absent: the store thread deletes nothing
+    there (an LMDB call, and a handoff of the GIL, less per unlink)."""
+    from fusevol.store import env
+    with store.write() as txn:
+        ino = _create(b"f", inodes)(txn)
+    runner = await _runner(store)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        await runner.change(inodes.unlink, ROOT_INO, b"f")
+        deletes = []
+        real = env.Txn.delete
+
+        def delete(txn, table, key):
+            deletes.append(table)
+            return real(txn, table, key)
+        monkeypatch.setattr(env.Txn, "delete", delete)
+        gate.open()
+        await runner.sync()
+        assert runner.counts["again"] == 0 and runner.broken is None
+        assert "dirents" in deletes and "multilinks" not in deletes
+        with store.read() as txn:
+            assert namespace.is_orphan(txn, inodes.vid, ino)
+            assert inodes.find(txn, ROOT_INO, b"f") is None
+    finally:
+        runner.stop()
+
 async def test_a_change_waits_while_a_name_change_is_queued(store, inodes):
     runner = await _runner(store)
     try:

@@ -122,9 +122,7 @@ class BlockMap:
         delta = 0
         gone = list(txn.scan("blocks", prefix, start=ino_pair_key(self.vid, ino, first_gone)))
         for key, cid in gone:
-            cid = bytes(cid)
-            delta -= chunks.raw_length(txn, cid)
-            chunks.decref(txn, cid)
+            delta -= chunks.decref(txn, bytes(cid))
             txn.delete("blocks", bytes(key))
         if delta:  # (letting go of chunks wrote no inode row)
             txn.add_vstats(self.vid, logical_bytes=delta)

@@ -111,10 +111,12 @@ class BlockMap:
             txn.add_vstats(self.vid, logical_bytes=delta)
         return delta
 
-    def truncate_blocks(self, txn: Txn, ino: int, size: int, inode: Inode | None = None) -> None:
+    def truncate_blocks(self, txn: Txn, ino: int, size: int, inode: Inode | None = None,
+                        keep_row: bool = True) -> None:
         """Drop the data beyond size (the tail of the last block included);
         the file's size and times stay as they are. `inode`: its row as
-        stored, read already (it is changed and stored here)."""
+        stored, read already (it is changed and stored here, unless not
+        `keep_row`: an inode being purged, whose row goes next)."""
         inode = self.tree.with_rows(txn, ino, inode)
         bs = self.block_size
         first_gone = -(-size // bs)
@@ -127,7 +129,8 @@ class BlockMap:
         if delta:  # (letting go of chunks wrote no inode row)
             txn.add_vstats(self.vid, logical_bytes=delta)
             inode.data_bytes += delta
-            self.tree.put(txn, ino, inode)
+            if keep_row:
+                self.tree.put(txn, ino, inode)
         if size % bs:
             last = size // bs
             data = self.read_block(txn, ino, last)

@@ -124,6 +124,15 @@ class TxnRunner:
         # yet: (table, key) -> (value or None, seq) (speculate.apply, write_rows).
         # Written before anything else reads the batch, and before its commit.
         self._pending: dict = {}
+        # Rows of WORKER_TABLES the open batch wrote already, as they stand in
+        # it (same form): the pending rows once written, and what every other
+        # operation of the batch recorded. The store thread checks a change
+        # answered ahead against them without an LMDB read (each lets go of
+        # the GIL): a file's let-go writes the pending rows before it runs,
+        # so the next unlink's folder and file rows would be read back.
+        # Nothing else writes those rows while the batch holds the write
+        # lock; emptied with the batch.
+        self._written: dict = {}
         # Threads that read committed chunks beside the store thread.
         self.read_limiter = trio.CapacityLimiter(4)
         self._started = 0.0
@@ -337,7 +346,8 @@ class TxnRunner:
         again, atomically, at its first time."""
         txn = self._txn
         self._ahead_out += spec.deferred_bytes
-        if speculate.unchanged(txn, spec, self._pending, self.cache.counter_row, self.cache.owner):
+        if speculate.unchanged(txn, spec, self._pending, self.cache.counter_row, self.cache.owner,
+                               self._written):
             # Its rows joined the cache when it was answered: they are not
             # recorded again.
             try:
@@ -353,6 +363,7 @@ class TxnRunner:
             child.writes, child.recorded = [], WORKER_TABLES
             child.now_ns = spec.now_ns
             fn(child, *args)
+        self._wrote(child.writes)
         # Its rows are the ones to keep: they join the cache before its next
         # read, as the rows of work nobody waits for do (see submit).
         self.counts["again"] += 1
@@ -369,6 +380,7 @@ class TxnRunner:
             self.broken = cause if isinstance(cause, Exception) else FusevolError(str(cause))
         txn, self._txn = self._txn, None
         self._pending.clear()
+        self._written.clear()
         self._batch_dirty = False
         txn.txn.abort()
         self._nudge("batch", False)
@@ -377,10 +389,16 @@ class TxnRunner:
         """Write the rows of changes answered ahead into the open batch."""
         if self._pending:
             try:
-                speculate.write_rows(self._txn, self._pending)
+                speculate.write_rows(self._txn, self._pending, self._written)
             except BaseException as e:  # part of them is in the batch: drop the batch
                 self._abort_batch(e)
                 raise
+
+    def _wrote(self, writes) -> None:
+        """Rows an operation recorded, (table, key, value or None), now in the batch."""
+        written = self._written
+        for table, key, value in writes:
+            written[table, key] = (value, 0)
 
     async def read(self, fn, *args):
         """fn(txn, *args) for an fn that only reads: on this thread from the
@@ -465,6 +483,7 @@ class TxnRunner:
         if self._txn is not None:
             txn, self._txn = self._txn, None
             self._pending.clear()
+            self._written.clear()
             with contextlib.suppress(Exception):
                 txn.txn.abort()
         self._nudge("batch", False)
@@ -593,6 +612,8 @@ class TxnRunner:
             with self.store.nested(self._txn) as child:
                 child.writes, child.recorded = [], WORKER_TABLES
                 result = fn(child, *args)
+            if child.writes:
+                self._wrote(child.writes)
             self.pending_bytes = self._txn.pending_bytes()
             if child.writes or self.pending_bytes:
                 self._batch_dirty = True
@@ -638,6 +659,7 @@ class TxnRunner:
         except Exception:  # the batch was dropped (error mode)
             return self.broken
         txn, self._txn = self._txn, None
+        self._written.clear()  # the write lock goes: others may write
         try:
             self.store.commit(txn, durable=durable)
             self._synced = durable

@@ -139,19 +139,23 @@ class SpecTxn:
 # are not read again.
 
 
-def unchanged(txn, spec: SpecTxn, pending: dict, counter_row=None, owner=None) -> bool:
+def unchanged(txn, spec: SpecTxn, pending: dict, counter_row=None, owner=None,
+              written=None) -> bool:
     """On the store thread: whether every row the first run read still holds
     what it saw (then `apply` collects its rows; else the change runs again,
     at spec.now_ns). `pending`: rows collected and not written yet, which the
-    store is read behind. `counter_row`, `owner`: the row of the volume's next
-    inode number and owner(table, key), the inode a row belongs to (see
-    `numbered`)."""
+    store is read behind; `written`: rows the open batch holds, as it holds
+    them (the same form), read before the store too. `counter_row`, `owner`:
+    the row of the volume's next inode number and owner(table, key), the
+    inode a row belongs to (see `numbered`)."""
     first, end = numbered(spec, counter_row)
     for k, seen in spec.reads.items():
         table, key = k
         if table in NAME_TABLES:
             continue
         entry = pending.get(k)
+        if entry is None and written is not None:
+            entry = written.get(k)
         if entry is not None:
             now = entry[0]
         elif seen is None and (table in MADE_BY_NAME_CHANGES or (
@@ -197,9 +201,10 @@ def apply(txn, spec: SpecTxn, pending: dict) -> None:
         fn(txn, *args)
 
 
-def write_rows(txn, pending: dict) -> None:
+def write_rows(txn, pending: dict, written: dict | None = None) -> None:
     """Write the rows `apply` collected, table by table in key order (B-tree
-    pages touched in sequence, puts in one call per table), and empty it.
+    pages touched in sequence, puts in one call per table), and empty it
+    (into `written`: the rows the batch holds).
     Puts that cannot fail half way on their own: an error breaks the batch.
     The keys are sorted per table, as bytes: a sort of the (table, key)
     pairs compared tuples, three times the cost for a batch of small files."""
@@ -223,6 +228,8 @@ def write_rows(txn, pending: dict) -> None:
                 puts.append((key, value))
         if puts:
             txn.cursor(table).putmulti(puts)
+    if written is not None:
+        written.update(pending)
     pending.clear()
 
 

@@ -129,7 +129,7 @@ class TxnRunner:
         # operation of the batch recorded. The store thread checks a change
         # answered ahead against them without an LMDB read (each lets go of
         # the GIL): a file's let-go writes the pending rows before it runs,
-        # so the next unlink's folder and file rows would be read back.
+        # so the next unlink's check would read its folder's row back.
         # Nothing else writes those rows while the batch holds the write
         # lock; emptied with the batch.
         self._written: dict = {}

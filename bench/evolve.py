@@ -135,7 +135,8 @@ def du(path: str) -> int:
     return int(run(["du", "-sb", path]).stdout.split()[0])
 
 
-def measure(source: str, versions: int, base: str, gc: bool = True, gc_each: bool = False) -> dict:
+def measure(source: str, versions: int, base: str, gc: bool = True, gc_each: bool = False,
+            keep: bool = False) -> dict:
     work = tempfile.mkdtemp(prefix="evolve-", dir=base)
     # borg is a Python program run in the tree: a relative PYTHONPATH (`PYTHONPATH=.`)
     # would make it import the edited standard library it backs up.
@@ -205,8 +206,12 @@ def measure(source: str, versions: int, base: str, gc: bool = True, gc_each: boo
             vol.mount()
             _same(plain, vol.dir)
     finally:
-        vol.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if keep:  # the store left unmounted for a look at its tables
+            vol.umount()
+            print(f"kept: {vol.store}", file=sys.stderr)
+        else:
+            vol.close()
+            shutil.rmtree(work, ignore_errors=True)
     return {"source": source, "versions": versions, "rows": rows, "after_gc": after_gc,
             "mounted_gc": mounted_gc, "upkept": upkept,
             "missing": [p for p in ("restic", "borg") if p not in peers]}
@@ -284,8 +289,11 @@ def main() -> None:
                     help="run `fusevol gc` (volume mounted) after every version's snapshot too")
     ap.add_argument("--no-gc", action="store_true",
                     help="leave out the last row: the store unmounted, after `fusevol gc`")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the store (unmounted) and the copies in --base, and say where")
     args = ap.parse_args()
-    result = measure(args.source, args.versions, args.base, gc=not args.no_gc, gc_each=args.gc_each)
+    result = measure(args.source, args.versions, args.base, gc=not args.no_gc, gc_each=args.gc_each,
+                     keep=args.keep)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -206,6 +206,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--json", help="write the figures as JSON too")
     parser.add_argument("--base", help="where the stores go (the disk under test)")
     args = parser.parse_args(argv)
+    if args.base:
+        os.makedirs(args.base, exist_ok=True)
     names = args.layouts or (QUICK if args.quick else DEFAULT)
     table = {}
     one_folder = sorted((n for n in names if parse_layout(n)[0] == 1), key=lambda n: parse_layout(n)[1])

@@ -2,8 +2,11 @@
 started as processes: same mount, same data, same errors; they outlive the
 forkserver, and a forkserver that died is started again."""
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -108,24 +111,63 @@ def test_workers_outlive_the_forkserver_which_comes_back(store_path, tmp_path, f
         registry.unmount(store_path, mp_a)
 
 
+def _held(pid: int) -> list[str]:
+    """What the process's file descriptors and mappings name."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    with open(f"/proc/{pid}/maps") as f:
+        held += [line.split()[5] for line in f if len(line.split()) > 5]
+    return held
+
+
 def test_forkserver_forks_with_no_thread_store_or_loop_of_its_own(store_path, tmp_path,
-                                                                    forkserver):
-    """It rehearses a worker's start (a store, its thread, a trio loop) before
-    the first fork: none of it may be left for the workers to inherit."""
-    run_cli(store_path, "volume", "create", "vol")
-    mp = _mountpoint(tmp_path, "mp")
-    pid = registry.start_worker(store_path, _spec(store_path, "vol"), mp, forkserver=forkserver)
+                                                                    monkeypatch):
+    """It rehearses a worker's life (a scratch store, its thread, a trio loop)
+    in a scratch folder, between requests: none of it may be left for the
+    workers to inherit, and the folder goes once the rehearsal is over (with
+    those of forkservers killed before theirs was)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a forkserver killed in its rehearsal left its scratch folder behind
+    (scratch / f"fusevol-forkserver-{gone.pid}-x" / "db").mkdir(parents=True)
+    for name in ("va", "vb"):
+        run_cli(store_path, "volume", "create", name)
+    mp_a, mp_b = _mountpoint(tmp_path, "a"), _mountpoint(tmp_path, "b")
+    server = ForkServer()
+    server.start()
     try:
-        server = forkserver.pid
-        assert os.listdir(f"/proc/{server}/task") == [str(server)]  # one thread: itself
-        held = [os.readlink(f"/proc/{server}/fd/{fd}") for fd in os.listdir(f"/proc/{server}/fd")]
-        assert not [h for h in held if h.endswith(".mdb") or "eventpoll" in h], held
-        with open(f"/proc/{server}/maps") as f:
-            assert ".mdb" not in f.read()  # no LMDB map either
-        with open(os.path.join(mp, "f"), "w") as f:  # and the worker serves
-            f.write("ok")
+        pid_a = registry.start_worker(store_path, _spec(store_path, "va"), mp_a,
+                                      forkserver=server)
+        try:
+            deadline = time.monotonic() + 60
+            while os.listdir(scratch) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert os.listdir(scratch) == []  # rehearsed, its folder and the dead one's gone
+            assert os.listdir(f"/proc/{server.pid}/task") == [str(server.pid)]  # one thread
+            held = _held(server.pid)
+            assert not [h for h in held if ".mdb" in h or "eventpoll" in h
+                        or h == "/dev/fuse"], held
+            pid_b = registry.start_worker(store_path, _spec(store_path, "vb"), mp_b,
+                                          forkserver=server)
+            try:
+                for pid in (pid_a, pid_b):  # nothing of the rehearsal in a worker
+                    assert _parent(pid) == server.pid
+                    assert not [h for h in _held(pid) if h.startswith(str(scratch))]
+                for mp in (mp_a, mp_b):  # and the workers serve
+                    with open(os.path.join(mp, "f"), "w") as f:
+                        f.write("ok")
+            finally:
+                registry.unmount(store_path, mp_b)
+        finally:
+            registry.unmount(store_path, mp_a)
     finally:
-        registry.unmount(store_path, mp)
+        server.close()
 
 
 def _mergeable(pid: int) -> list[str]:
@@ -168,3 +210,68 @@ def test_a_workers_inherited_memory_is_offered_for_page_merging(store_path, tmp_
             assert any("libpython" in name for name in merged)
         else:
             assert merged == []
+
+
+# Code a worker runs again and again, or once on its way to serving: specialised
+# by CPython (its bytecode rewritten) in the forkserver, before any fork.
+REHEARSED = (
+    "fusevol.fs.mount:open_volume",
+    "fusevol.fs.mount:publish_changed",
+    "fusevol.store.env:Store.__init__",
+    "fusevol.fs.runner:TxnRunner.run",
+    "fusevol.fs.operations:VolumeOperations.create",  # every handler's wrapper
+    "fusevol.fs.operations:VolumeOperations.write.__wrapped__",
+    "fusevol.fs.filedata:FileData.flush",
+    "fusevol.fs.upkeep:Upkeep.run",
+)
+
+_PROBE = """
+import dis, gc, importlib, json, os, sys, threading
+gc.disable()
+from fusevol.fs import rehearsal, worker
+from fusevol.store import Store
+
+def specialised(path):
+    module, names = path.split(":")
+    obj = importlib.import_module(module)
+    for name in names.split("."):
+        obj = getattr(obj, name)
+    return any(i.opname == "RESUME_QUICK"
+               for i in dis.get_instructions(obj.__code__, adaptive=True))
+
+paths = json.loads(sys.argv[1])
+before = [p for p in paths if specialised(p)]
+from fusevol.fs import runner
+runner.NUDGE_EVERY = 0.001  # the store thread's timer goes off in every batch
+rehearsal.rehearse()
+held = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        pass
+print(json.dumps({"before": before, "after": [p for p in paths if specialised(p)],
+                  "threads": threading.active_count(), "held": held,
+                  "stores": list(Store._instances)}))
+"""
+
+
+def test_rehearsal_specialises_a_workers_code_and_leaves_nothing_behind(tmp_path):
+    """The forkserver's rehearsal of a worker's life leaves the code a worker
+    runs specialised, and nothing else: no scratch file, thread, store or
+    FUSE session (pyfuse3 holds one per process: a worker needs its own).
+    The store thread's timer (SIGALRM, see TxnRunner's nudge_reads) going off
+    does not end the process."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch),
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(REHEARSED)], env=env,
+                         capture_output=True, check=True, timeout=120)
+    found = json.loads(out.stdout)
+    assert found["before"] == []
+    assert found["after"] == list(REHEARSED)
+    assert found["threads"] == 1 and found["stores"] == []
+    assert not [h for h in found["held"] if h == "/dev/fuse" or h.endswith(".mdb")
+                or h.startswith(str(scratch))], found["held"]
+    assert os.listdir(scratch) == []

@@ -280,7 +280,7 @@ STORE_CORE = ("env", "schema", "chunks", "countrows", "restforms", "packs", "tre
               "inodes", "inoderows", "namespace", "blockmap", "xattrs", "treerows", "volumes",
               "remotes", "blobs", "intentlog", "workerrows")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
-                    "tar_import", "check", "recompress", "densify", "compaction", "freepages", "repack")
+                    "tar_import", "check", "recompress", "densify", "compaction", "resttree", "freepages", "repack")
 
 
 def test_the_writers_check_sees_a_write_to_a_table_it_cannot_name(tmp_path):

@@ -10,9 +10,11 @@ little memory of its own. What CPython copies all the same (it writes the
 reference counts of the objects it uses) is alike in every worker; the
 forkserver offers it to the kernel's page merging (pagemerge.py).
 
-The forkserver holds no store, no threads and no FUSE session when it forks:
-each worker opens the store itself (LMDB environments must not cross a
-fork). It leaves a worker its own session, its log as stdout and stderr, and
+Before and between its first forks it lives a worker's life on a scratch
+volume (rehearsal.py), so that the code workers run is specialised in its
+pages, not in every worker's. The forkserver holds no store, no threads and
+no FUSE session when it forks: each worker opens the store itself (LMDB
+environments must not cross a fork). It leaves a worker its own session, its log as stdout and stderr, and
 the ready pipe the daemon handed over; the worker reports on that pipe as
 every worker does (worker.py, startup.py). Workers
 outlive the forkserver and the daemon, as before.
@@ -101,30 +103,45 @@ def main(fd: int) -> None:
     # Keep the collector from touching (and so copying) pages the workers share.
     gc.disable()
     from . import worker  # noqa: F401  (everything a worker imports)
-    from . import heap, pagemerge
-
-    try:
-        _rehearse()
-    except Exception as e:  # only a slower start and more memory: never a reason to fail
-        log.warning("forkserver: rehearsing a worker's start failed: %s", e)
-    heap.give_back()  # the heap's pages the rehearsal and the imports freed
-    # What the workers inherit, offered to the kernel's page merging
-    # (pagemerge.py); again after each fork, off the Mount's path, for the
-    # little the forkserver mapped meanwhile.
-    merge = pagemerge.enabled()
-    if merge:
-        pagemerge.offer()
+    from . import heap, pagemerge, rehearsal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon's Ctrl-C is the daemon's
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
     sock = socket.socket(fileno=fd)
+    # What the workers inherit, offered to the kernel's page merging
+    # (pagemerge.py); again after each fork and after the rehearsal, off the
+    # Mount's path, for what the forkserver mapped meanwhile.
+    merge = pagemerge.enabled()
+    if merge:
+        pagemerge.offer()
+    # A worker's life rehearsed (rehearsal.py) one life at a time while no
+    # request waits: a Mount that comes meanwhile waits one life at most.
+    lives = rehearsal.lives_lived()
     while True:
+        if lives is not None and not _request_waiting(sock):
+            try:
+                next(lives)
+                continue
+            except StopIteration:
+                pass
+            except Exception as e:  # only more memory: never a reason to fail
+                log.warning("forkserver: rehearsing a worker's life failed: %s", e)
+                lives.close()
+            lives = None
+            heap.give_back()  # the heap's pages the rehearsal and the imports freed
+            heap.fill_free_blocks()  # a worker's own small objects kept off the shared pages
+            if merge:
+                pagemerge.offer()
         try:
             data, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 1)
         except InterruptedError:
             continue
         if not data:
+            if lives is not None:
+                lives.close()  # its scratch folder goes
             return  # the daemon is gone
+        if lives is not None:  # what the lives so far freed: not for the worker to copy
+            heap.give_back()
         gc.freeze()
         pid = os.fork()
         if pid == 0:
@@ -137,53 +154,10 @@ def main(fd: int) -> None:
             pagemerge.offer()
 
 
-def _rehearse() -> None:
-    """Run once, before the first fork, the code every worker runs on its way
-    to serving: a store opened and read through a store thread, a trio loop
-    with a nursery, events, locks and timeouts. CPython rewrites a function's
-    bytecode once it has run a few times (its specialising interpreter) and
-    fills caches in types and dicts on first use; done here, those pages stay
-    shared instead of being copied into every worker (about 0.3 MiB each),
-    and a worker's trio loop starts sooner. Everything it opens is closed
-    again: the forkserver forks with no thread, store or loop of its own."""
-    import tempfile
+def _request_waiting(sock: socket.socket) -> bool:
+    import select  # the forkserver's own (the daemon's side imports none)
 
-    import trio
-
-    from ..store import Inodes, Store
-    from .runner import TxnRunner
-
-    with tempfile.TemporaryDirectory(prefix="fusevol-forkserver-") as path:
-        store = Store(path)  # not Store.open: nothing of it is kept for the workers
-        try:
-            inodes = Inodes(1, store.block_size, "zstd")  # an empty volume's rows
-            runner = TxnRunner(store)
-            runner.start()
-            try:
-                for _ in range(10):  # enough calls for the interpreter to specialise them
-                    runner.run_sync(inodes.usage)
-                    runner.run_sync(inodes.orphans)
-            finally:
-                runner.stop()
-        finally:
-            store.close()
-
-    async def loop() -> None:
-        lock, done = trio.Lock(), trio.Event()
-
-        async def task() -> None:
-            for _ in range(10):
-                async with lock:
-                    await trio.sleep(0)
-            done.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(task)
-            with trio.move_on_after(1):
-                await done.wait()
-            nursery.cancel_scope.cancel()
-
-    trio.run(loop)
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _run_worker(request: dict, ready_fd: int) -> int:

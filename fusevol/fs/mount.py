@@ -68,36 +68,16 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
                    f"(pid {other.pid}); bind-mount that instead")
 
     tune_interpreter()
-    inodes = Inodes(data_volume.vid, store.block_size, data_volume.compression)
-    # Interrupts system calls (no SA_RESTART): see TxnRunner's nudge_reads.
-    signal.signal(signal.SIGALRM, lambda *_: None)
     with contextlib.ExitStack() as stack:
         registered: list = []
         stack.callback(_close, registered)  # last: gone from the registry once all is stored
-        intents: list = []
-        stack.callback(_close, intents)  # after the store thread stopped: all it covers is in
-        runner = TxnRunner(store, nudge_reads=True)
-        runner.start()
-        stack.callback(runner.stop)  # after the session: everything handed to it is stored
-        # What fsyncs logged before a crash goes into the store before anything reads.
-        intent = None
-        if not readonly and os.environ.get("FUSEVOL_INTENT_LOG", "1") != "0":
-            intent = IntentLog.open(store.path, inodes, runner)
-            intents.append(intent)
-        if not readonly:
-            runner.run_sync(_purge_orphans, inodes)
-        used = runner.run_sync(inodes.usage).logical_bytes
-        space = SpaceBudget(store, data_volume.quota, used,
-                            pending=lambda: runner.unstored_bytes)
-        ops = VolumeOperations(runner, inodes, space, readonly=readonly, atime=options.atime,
-                               intent=intent, xattrs=data_volume.xattr)
+        ops = open_volume(stack, store, data_volume, readonly=readonly, atime=options.atime)
         fuse_options = {"default_permissions", "allow_other", "subtype=fusevol",
                         f"fsname={fsname or 'fusevol:' + spec.name}"}
-        ops.metrics.time_commits(store)
         pyfuse3.init(ops, mountpoint, fuse_options | kernel_options(options))
         stack.callback(pyfuse3.close, unmount=True)
-        if intent is not None:
-            intent.requests_from(_fuse_fd())
+        if ops.intent is not None:
+            ops.intent.requests_from(_fuse_fd())
         registered.append(register(store.path, Worker(
             pid=os.getpid(), volume=data_volume.name, mounted_as=spec.name,
             mountpoint=mountpoint, readonly=readonly, options=options.to_text())))
@@ -107,8 +87,41 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
         # read-only mount changes nothing, so it would never run.
         upkeeping = None
         if not readonly and upkeep.enabled():
-            upkeeping = (upkeep.idle_upkeep, runner, store, data_volume.name)
+            upkeeping = (upkeep.idle_upkeep, ops.runner, store, data_volume.name)
         trio.run(_main, ops, mountpoint, on_ready or (lambda: None), published, upkeeping)
+
+
+def open_volume(stack: contextlib.ExitStack, store: Store, data_volume, *, readonly: bool,
+                atime: str) -> VolumeOperations:
+    """A volume's handlers, ready for a FUSE session: its store thread started
+    (its timer's signal handled: call from the main thread), what its intent
+    log holds replayed, its orphans purged. `stack` undoes it all (the store
+    thread stops once everything handed to it is stored)."""
+    inodes = Inodes(data_volume.vid, store.block_size, data_volume.compression)
+    # Interrupts system calls (no SA_RESTART): see TxnRunner's nudge_reads.
+    signal.signal(signal.SIGALRM, _interrupt)
+    intents: list = []
+    stack.callback(_close, intents)  # after the store thread stopped: all it covers is in
+    runner = TxnRunner(store, nudge_reads=True)
+    runner.start()
+    stack.callback(runner.stop)  # after the session: everything handed to it is stored
+    # What fsyncs logged before a crash goes into the store before anything reads.
+    intent = None
+    if not readonly and os.environ.get("FUSEVOL_INTENT_LOG", "1") != "0":
+        intent = IntentLog.open(store.path, inodes, runner)
+        intents.append(intent)
+    if not readonly:
+        runner.run_sync(_purge_orphans, inodes)
+    used = runner.run_sync(inodes.usage).logical_bytes
+    space = SpaceBudget(store, data_volume.quota, used, pending=lambda: runner.unstored_bytes)
+    ops = VolumeOperations(runner, inodes, space, readonly=readonly, atime=atime,
+                           intent=intent, xattrs=data_volume.xattr)
+    ops.metrics.time_commits(store)
+    return ops
+
+
+def _interrupt(*_) -> None:
+    pass
 
 
 def _close(held: list) -> None:
@@ -153,15 +166,20 @@ async def _publish_metrics(ops: VolumeOperations, path: str) -> None:
     """Counters for the daemon's metrics endpoint, every few seconds (see metrics.py)."""
     published = None
     while True:
-        # dirty: written and held in memory; unstored: handed to the store thread, not on disk.
-        figures = (ops.metrics.snapshot(), ops.buffered_bytes, ops.runner.unstored_bytes,
-                   len(ops.handles), dict(ops.intent.counts) if ops.intent else None)
-        if figures != published:  # an idle worker writes nothing (no disk write, no CPU)
-            metrics.publish(path, figures[0], dirty_bytes=figures[1],
-                            unstored_bytes=figures[2], open_files=figures[3],
-                            intent_log=figures[4])
-            published = figures
+        published = publish_changed(ops, path, published)
         await trio.sleep(metrics.PUBLISH_INTERVAL)
+
+
+def publish_changed(ops: VolumeOperations, path: str, published: tuple | None) -> tuple:
+    """Publish the worker's figures if they changed since `published`; the figures."""
+    # dirty: written and held in memory; unstored: handed to the store thread, not on disk.
+    figures = (ops.metrics.snapshot(), ops.buffered_bytes, ops.runner.unstored_bytes,
+               len(ops.handles), dict(ops.intent.counts) if ops.intent else None)
+    if figures != published:  # an idle worker writes nothing (no disk write, no CPU)
+        metrics.publish(path, figures[0], dirty_bytes=figures[1],
+                        unstored_bytes=figures[2], open_files=figures[3],
+                        intent_log=figures[4])
+    return figures
 
 
 async def _answering(mountpoint: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

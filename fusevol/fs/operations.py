@@ -801,7 +801,9 @@ def _let_go(txn, inodes: Inodes, ino: int, token: _LetGo | None, unclaimed: set 
         try:
             unclaimed.remove(token)  # one step under the GIL, as the trio thread's
         except KeyError:  # the forget came first and left the purge to this
-            inodes.purge_if_orphan(txn, ino)
+            # It has no name (none can come back to a number without one),
+            # so no read of its orphan mark first: purge clears it.
+            inodes.purge(txn, ino)
             return
         inodes.free_data(txn, ino)
         return

@@ -161,12 +161,13 @@ async def idle_upkeep(runner, store: Store, volume: str) -> None:
             if runner.changes == seen:
                 break
         try:
-            await _once(runner, store, volume, seen)
+            await run_once(runner, store, volume, seen)
         except Exception:  # never the worker's end: its volume is served on
             log.exception("idle upkeep failed")
 
 
-async def _once(runner, store: Store, volume: str, seen: int) -> None:
+async def run_once(runner, store: Store, volume: str, seen: int) -> None:
+    """One upkeep, once the upkeep lock is had (unless the volume changes meanwhile)."""
     fd = upkeepstate.upkeep_lock(store.path)
     try:
         while not upkeepstate.try_flock(fd, fcntl.LOCK_EX):

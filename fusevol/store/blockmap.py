@@ -22,6 +22,16 @@ def adopt_rows(txn: Txn, vid: int, ino: int, blocks) -> None:
         txn.put("blocks", ino_pair_key(vid, ino, index), cid)
 
 
+def drop_rows(txn: Txn, vid: int, ino: int) -> int:
+    """Delete a file's map, letting go of its chunks, when its tree object
+    holds it (a file at rest, resttree.py: the counters stay); the rows gone."""
+    rows = list(txn.scan("blocks", ino_key(vid, ino)))
+    for key, cid in rows:
+        chunks.decref(txn, bytes(cid))
+        txn.delete("blocks", bytes(key))
+    return len(rows)
+
+
 def drop_volume(txn: Txn, vid: int) -> None:
     """Delete every map of a volume, letting go of the chunks."""
     prefix = u64(vid)
@@ -111,10 +121,12 @@ class BlockMap:
             txn.add_vstats(self.vid, logical_bytes=delta)
         return delta
 
-    def truncate_blocks(self, txn: Txn, ino: int, size: int, inode: Inode | None = None) -> None:
+    def truncate_blocks(self, txn: Txn, ino: int, size: int, inode: Inode | None = None,
+                        keep_row: bool = True) -> None:
         """Drop the data beyond size (the tail of the last block included);
         the file's size and times stay as they are. `inode`: its row as
-        stored, read already (it is changed and stored here)."""
+        stored, read already (it is changed and stored here, unless not
+        `keep_row`: an inode being purged, whose row goes next)."""
         inode = self.tree.with_rows(txn, ino, inode)
         bs = self.block_size
         first_gone = -(-size // bs)
@@ -122,14 +134,13 @@ class BlockMap:
         delta = 0
         gone = list(txn.scan("blocks", prefix, start=ino_pair_key(self.vid, ino, first_gone)))
         for key, cid in gone:
-            cid = bytes(cid)
-            delta -= chunks.raw_length(txn, cid)
-            chunks.decref(txn, cid)
+            delta -= chunks.decref(txn, bytes(cid))
             txn.delete("blocks", bytes(key))
         if delta:  # (letting go of chunks wrote no inode row)
             txn.add_vstats(self.vid, logical_bytes=delta)
             inode.data_bytes += delta
-            self.tree.put(txn, ino, inode)
+            if keep_row:
+                self.tree.put(txn, ino, inode)
         if size % bs:
             last = size // bs
             data = self.read_block(txn, ino, last)

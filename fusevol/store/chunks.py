@@ -241,19 +241,22 @@ def incref(txn: Txn, cid: bytes) -> None:
     _count_by(txn, cid, 1)
 
 
-def decref(txn: Txn, cid: bytes) -> None:
-    """Drop one reference; delete the chunk when it was the last."""
+def decref(txn: Txn, cid: bytes) -> int:
+    """Drop one reference; delete the chunk when it was the last. Its raw
+    length (a block map letting go of a block counts it: one read of the
+    chunk's row for both)."""
     raw = countrows.get(txn, "refs", cid)
     if raw is None:
         raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
     row = _row(raw)
     if row.count > 1:
         _count_by(txn, cid, -1, raw)
-        return
+        return row.raw_len
     _unstore(txn, cid, row)
     txn.chunk_delta[0] -= 1
     txn.chunk_delta[1] -= row.raw_len
     txn.chunk_delta[2] -= row.stored_len
+    return row.raw_len
 
 
 def ref_info(txn: Txn, cid: bytes) -> tuple[int, int, int]:

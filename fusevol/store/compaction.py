@@ -51,11 +51,13 @@ def _lock_exclusive(fd: int) -> None:
         raise
 
 
-def rewrite_file(store_path: str, min_share: float = MIN_SHARE) -> dict:
+def rewrite_file(store_path: str, min_share: float = MIN_SHARE, rest: bool = True) -> dict:
     """Write the store's file again (see the module's doc) when no process has
     the store open, this one included, and pages free for reuse are at least
     `min_share` of it; what it took before and after, or `rewritten: False`
-    and why not."""
+    and why not. First, with `rest`, every volume unchanged since it was last
+    written as objects keeps its root row alone (resttree.py): what that frees
+    counts for the copy."""
     db_dir = os.path.join(store_path, "db")
     data = os.path.join(db_dir, "data.mdb")
     before = os.stat(data).st_size
@@ -69,6 +71,12 @@ def rewrite_file(store_path: str, min_share: float = MIN_SHARE) -> dict:
             report["reason"] = "the store is open elsewhere (a mounted volume, fusevol serve)"
             return report
         shutil.rmtree(copy_dir, ignore_errors=True)  # a copy a crash left: never in place
+        if rest:
+            try:
+                report["volumes_at_rest"] = _rest_volumes(store_path)
+            except FusevolError as e:  # (damage: its transaction undone; the copy goes on)
+                report["volumes_at_rest"] = []
+                report["rest_error"] = str(e)
         src = lmdb.open(db_dir, readonly=True, lock=False, max_dbs=len(schema.TABLES) + 4)
         try:
             free = free_bytes(src)
@@ -97,6 +105,19 @@ def rewrite_file(store_path: str, min_share: float = MIN_SHARE) -> dict:
         return report
     finally:
         os.close(lock_fd)  # lets go of the lock: openers that waited go on
+
+
+def _rest_volumes(store_path: str) -> list[str]:
+    """resttree.rest_volumes, on the store opened without LMDB's lock file
+    (this process holds the store alone: its lock, above)."""
+    from .env import Store
+    from .resttree import rest_volumes
+
+    store = Store(store_path, lock=False)
+    try:
+        return rest_volumes(store)
+    finally:
+        store.close()
 
 
 def free_bytes(env: lmdb.Environment) -> int:

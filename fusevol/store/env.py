@@ -221,7 +221,9 @@ class Store:
                 intentlog.replay_unserved(store)
             return store
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, lock: bool = True):
+        """`lock=False`: without LMDB's lock file, for a process that holds
+        the store alone (compaction.py's exclusive lock)."""
         self.path = path
         self._free_seen = (float("-inf"), 0)  # (when, free bytes on the disk)
         self.closed = False
@@ -246,10 +248,12 @@ class Store:
                 # MDB_NOMETASYNC: a system crash may undo the last commit, never
                 # damage the store. Batches that no fsync waits for save a sync.
                 metasync=False,
+                lock=lock,
             )
         except lmdb.Error as e:
             raise FusevolError(f"cannot open store at {path}: {e}") from None
-        self.env.reader_check()  # free slots of readers that died
+        if lock:
+            self.env.reader_check()  # free slots of readers that died
         self.dbs = {name: self.env.open_db(name.encode()) for name in schema.TABLES}
         # A read suffices for a store made before: every worker opens the store
         # on its way to serving, and a write would wait for the write lock.

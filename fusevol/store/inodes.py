@@ -127,26 +127,29 @@ class Inodes:
 
     # -- an inode's end: its data once unnamed and closed, its row once forgotten --
 
-    def free_data(self, txn: Txn, ino: int) -> None:
+    def free_data(self, txn: Txn, ino: int, purging: bool = False) -> bool:
         """Let go of the data of an inode that has no name left and is not
         open. Its row stays until the kernel forgets the number (it may still
-        send a late setattr or getattr for it); see purge."""
+        send a late setattr or getattr for it); see purge. With `purging`,
+        its orphan mark goes too: whether it had one (purge then deletes the
+        row, which is not written again on the way)."""
         inode = self.rows.find(txn, ino)
         if inode is None:
-            return
+            return purging and namespace.clear_orphan(txn, self.vid, ino)
         if inode.nlink:
             namespace.clear_orphan(txn, self.vid, ino)
-            return
+            return False
+        marked = purging and namespace.clear_orphan(txn, self.vid, ino)
         if inode.tree_id != NO_TREE or inode.flags & IN_PIECES:  # it holds tree objects
             self.tree.release(txn, ino, inode)  # (stores `inode` as it leaves it)
         if stat.S_ISREG(inode.mode):
-            self.blocks.truncate_blocks(txn, ino, 0, inode)
+            self.blocks.truncate_blocks(txn, ino, 0, inode, keep_row=not marked)
         self.xattrs.drop(txn, ino)
+        return marked
 
     def purge(self, txn: Txn, ino: int) -> None:
         """Delete an inode that has no name left, with its data."""
-        self.free_data(txn, ino)
-        if namespace.clear_orphan(txn, self.vid, ino):
+        if self.free_data(txn, ino, purging=True):
             self.rows.delete_row(txn, ino)
             txn.add_vstats(self.vid, inodes=-1)
 

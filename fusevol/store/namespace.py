@@ -48,6 +48,18 @@ def unlink_entry(txn: Txn, vid: int, parent: int, name: bytes, ino: int) -> None
     dirchanges.note(txn, vid, parent, name)
 
 
+def drop_entries(txn: Txn, vid: int, parent: int) -> list[int]:
+    """Delete a folder's entries and their back references, when its tree
+    object holds them (a folder at rest, resttree.py: nothing is noted, no
+    count changes); the inodes they named."""
+    prefix = ino_key(vid, parent)
+    rows = [(bytes(k[len(prefix):]), read_u64(v)) for k, v in txn.scan("dirents", prefix)]
+    for name, ino in rows:
+        txn.delete("dirents", prefix + name)
+        txn.delete("parents", ino_pair_key(vid, ino, parent) + name)
+    return [ino for _, ino in rows]
+
+
 def parents_of(txn: Txn, vid: int, ino: int) -> set[int]:
     """The folders that hold a name of a file (a folder's is in its row)."""
     return {read_u64(k, 16) for k, _ in txn.scan("parents", ino_key(vid, ino))}

@@ -144,16 +144,22 @@ def held_alone(txn: Txn, snap: Snapshot) -> tuple[int, int]:
 def install_tree(txn: Txn, volume: Volume, snap: Snapshot) -> None:
     """Make a volume (with no rows) show a snapshot's tree, lazily."""
     vid = volume.vid
-    root_id = bytes.fromhex(snap.root)
+    install_root(txn, inodes_of(txn, volume), bytes.fromhex(snap.root), snap.hardlinks, snap.next_ino)
+    usage = txn.vstats(vid)
+    txn.add_vstats(vid, snap.logical_bytes - usage.logical_bytes, snap.inodes - usage.inodes)
+
+
+def install_root(txn: Txn, inodes: Inodes, root_id: bytes, hardlinks: list, next_ino: int) -> None:
+    """Make a volume with no rows show tree object root_id, lazily: its root
+    row alone (LAZY, taking a reference on the object) and the names of its
+    files with several names (as namespace.hardlinks lists them)."""
     obj = trees.get(txn, root_id)
     root = obj.inode
     root.parent = ROOT_INO
     root.flags |= LAZY | (IN_PIECES if obj.pieces is not None else 0)
     root.tree_id = root_id
     trees.incref(txn, root_id)
-    inodes_of(txn, volume).adopt_tree(txn, root, snap.hardlinks, snap.next_ino)
-    usage = txn.vstats(vid)
-    txn.add_vstats(vid, snap.logical_bytes - usage.logical_bytes, snap.inodes - usage.inodes)
+    inodes.adopt_tree(txn, root, hardlinks, next_ino)
 
 
 def create_volume(txn: Txn, name: str, opts: dict | None = None) -> Volume:

@@ -20,6 +20,11 @@ def adopt_rows(txn: Txn, vid: int, ino: int, xattrs) -> None:
         txn.put("xattrs", ino_key(vid, ino) + name, value)
 
 
+def drop_rows(txn: Txn, vid: int, ino: int) -> int:
+    """Delete an inode's xattrs when its tree object holds them (resttree.py)."""
+    return txn.delete_prefix("xattrs", ino_key(vid, ino))
+
+
 def drop_volume(txn: Txn, vid: int) -> None:
     txn.delete_prefix("xattrs", u64(vid))
 

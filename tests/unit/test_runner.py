@@ -347,6 +347,64 @@ async def test_the_mark_of_an_unlinked_file_is_not_read_again(store, inodes, mon
         runner.stop()
 
 
+
+async def test_an_unlink_deletes_no_row_it_found_absent(store, inodes, monkeypatch):
+    """An unlink answered ahead of a file with one name read its mark of a
+    file with several names as absent: the store thread deletes nothing
+    there (an LMDB call, and a handoff of the GIL, less per unlink)."""
+    from fusevol.store import env
+    with store.write() as txn:
+        ino = _create(b"f", inodes)(txn)
+    runner = await _runner(store)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        await runner.change(inodes.unlink, ROOT_INO, b"f")
+        deletes = []
+        real = env.Txn.delete
+
+        def delete(txn, table, key):
+            deletes.append(table)
+            return real(txn, table, key)
+        monkeypatch.setattr(env.Txn, "delete", delete)
+        gate.open()
+        await runner.sync()
+        assert runner.counts["again"] == 0 and runner.broken is None
+        assert "dirents" in deletes and "multilinks" not in deletes
+        with store.read() as txn:
+            assert namespace.is_orphan(txn, inodes.vid, ino)
+            assert inodes.find(txn, ROOT_INO, b"f") is None
+    finally:
+        runner.stop()
+
+
+async def test_a_change_is_checked_against_the_rows_its_batch_wrote(store, inodes, monkeypatch):
+    """The pending rows of changes answered ahead are written before any other
+    operation runs (a deleted file's let-go): the next change's check then
+    takes the rows it read from what the batch holds, as written, without
+    reading them back from LMDB (a handoff of the GIL each)."""
+    with store.write() as txn:
+        _create(b"f", inodes)(txn)
+        _create(b"g", inodes)(txn)
+    runner = await _runner(store)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        await runner.change(inodes.unlink, ROOT_INO, b"f")
+        runner.submit(lambda txn: None)  # an operation of its own: the rows go first
+        await runner.change(inodes.unlink, ROOT_INO, b"g")
+        reads = _write_reads(monkeypatch)
+        gate.open()
+        await runner.sync()
+        assert runner.counts["again"] == 0 and runner.broken is None
+        root_row = inodes.inode_row(ROOT_INO)[1]
+        assert reads.count(("inodes", root_row)) == 1  # by the first unlink's check only
+        with store.read() as txn:
+            assert inodes.find(txn, ROOT_INO, b"f") is None
+            assert inodes.find(txn, ROOT_INO, b"g") is None
+    finally:
+        runner.stop()
+
 async def test_a_change_waits_while_a_name_change_is_queued(store, inodes):
     runner = await _runner(store)
     try:

@@ -229,6 +229,38 @@ def test_purge_frees_data_and_the_row(store, inodes, tree):
     assert_store_consistent(store)
 
 
+
+def test_purge_reads_a_chunks_row_once_and_writes_no_row_it_deletes(store, inodes, tree,
+                                                                    monkeypatch):
+    """A purge at once (the kernel held no reference) lets go of each block
+    with one read of its chunk's row (its count and its length), and does not
+    store the inode's row on the way to deleting it."""
+    with store.write() as txn:
+        inodes.write_blocks(txn, tree["f"], [(0, b"data" * 1000)], 4000)
+        inodes.write_blocks(txn, tree["g"], [(0, b"data" * 1000)], 4000)  # the chunk stays
+        inodes.unlink(txn, tree["a"], b"f")
+    seen = []
+    for name in ("get", "put"):
+        real = getattr(Txn, name)
+
+        def spy(txn, table, key, *args, _real=real, _name=name, **kw):
+            seen.append((_name, table, bytes(key)))
+            return _real(txn, table, key, *args, **kw)
+        monkeypatch.setattr(Txn, name, spy)
+    with store.write() as txn:
+        inodes.purge(txn, tree["f"])
+    row = ino_key(inodes.vid, tree["f"])
+    assert ("put", "inodes", row) not in seen
+    assert sum(op == "get" and table == "refs" for op, table, _ in seen) == 1
+    monkeypatch.undo()
+    with store.read() as txn:
+        fails(errno.ENOENT, inodes.get, txn, tree["f"])
+        assert inodes.orphans(txn) == []
+        assert inodes.usage(txn).logical_bytes == 4000
+        assert chunks.totals(txn)["chunks"] == 1
+    assert_store_consistent(store)
+
+
 # -- attributes and xattrs -----------------------------------------------------------
 
 def test_setattr(store, inodes, tree):

@@ -14,10 +14,13 @@ kernel) costs is left out, so what remains is each filesystem's own work.
 CPU time is per thread (the trio thread's, and the whole process's, which
 includes the store thread), so it moves little with other load on the machine.
 
-    python bench/handlers.py [FILES] [--untar]
+    python bench/handlers.py [FILES] [--untar | --wal]
 
 With --untar, the requests of the untar row instead (untar_files below): files
-of the standard library's sizes, with tar's fchown, fchmod and futimens.
+of the standard library's sizes, with tar's fchown, fchmod and futimens. With
+--wal, FILES commits of a database's write-ahead log (wal_commits below) on a
+volume with its intent log, each fsync's fdatasync left out (the disk's, not
+the worker's): what pgbench's transactions cost the FUSE thread.
 """
 
 import collections
@@ -33,6 +36,8 @@ import trio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from fusevol.fs import intent as intent_module  # noqa: E402
+from fusevol.fs.intent import IntentLog  # noqa: E402
 from fusevol.fs.operations import VolumeOperations  # noqa: E402
 from fusevol.fs.runner import TxnRunner, tune_interpreter  # noqa: E402
 from fusevol.fs.space import SpaceBudget  # noqa: E402
@@ -160,6 +165,33 @@ async def untar_files(ops, sizes: list, costs: collections.Counter, folder: byte
         await timed("getattr", ops.getattr(ino, ctx))
 
 
+async def wal_commits(ops, n: int, costs: collections.Counter, name: bytes) -> None:
+    """The kernel's requests for `n` commits of a write-ahead log (pgbench's,
+    fuse tracepoints and the worker's counters): GETXATTR (before the write(2)),
+    the WRITE of the 8 KiB page that the writeback cache sends at the fsync, a
+    SETATTR of the times for one commit in three (the kernel's times move by
+    the tick), FSYNC; the log is written in place, a page after the other."""
+    ctx, fields = Ctx(), TimesFields()
+    timed = _timer(costs)
+    info, entry = await ops.create(ROOT, name, 0o100600, os.O_RDWR, ctx)
+    ino, fh = entry.st_ino, info.fh
+    await ops.write(fh, 0, bytes(1 << 20))
+    await ops.fsync(fh, True)
+    page = os.urandom(8192)
+    for i in range(n):
+        try:
+            await timed("getxattr", ops.getxattr(ino, CAPABILITY, ctx))
+        except pyfuse3.FUSEError:
+            pass
+        await timed("write", ops.write(fh, i * 8192 % (1 << 20), page))
+        if i % 3 == 0:
+            attr = await ops.getattr(ino, ctx)
+            attr.st_mtime_ns = attr.st_ctime_ns = time.time_ns()
+            await timed("setattr", ops.setattr(ino, attr, fields, fh, ctx))
+        await timed("fsync", ops.fsync(fh, True))
+    await ops.release(fh)
+
+
 def stdlib_sizes(n: int) -> list:
     """The sizes of the first `n` regular files of the standard library (the untar row's tree)."""
     import sysconfig
@@ -175,7 +207,7 @@ def stdlib_sizes(n: int) -> list:
     return sizes
 
 
-def _fusevol(folder: str):
+def _fusevol(folder: str, wal: bool = False):
     store = Store.open(os.path.join(folder, "store"))
     with store.write() as txn:
         record = volumes.create(txn, "bench", {})
@@ -183,15 +215,24 @@ def _fusevol(folder: str):
     runner = TxnRunner(store)
     runner.start()
     space = SpaceBudget(store, None, 0, pending=lambda: runner.unstored_bytes)
-    return VolumeOperations(runner, inodes, space), runner
+    log = None
+    if wal:
+        intent_module._fdatasync_all = lambda fds: None  # the disk's time, not the worker's
+        log = IntentLog.open(store.path, inodes, runner)
+        quiet, _ = os.pipe()  # a FUSE session with no request waiting
+        log.requests_from(quiet)
+    return VolumeOperations(runner, inodes, space, intent=log), runner
 
 
-async def _measure(ops, n: int, untar: bool = False) -> tuple[collections.Counter, float, float]:
+async def _measure(ops, n: int, untar: bool = False,
+                   wal: bool = False) -> tuple[collections.Counter, float, float]:
     costs: collections.Counter = collections.Counter()
     await small_files(ops, 200, collections.Counter(), b"warm-up")
     t, p = time.thread_time(), time.process_time()
     if untar:
         await untar_files(ops, stdlib_sizes(n), costs, b"untar")
+    elif wal:
+        await wal_commits(ops, n, costs, b"wal")
     else:
         await small_files(ops, n, costs, b"small")
     if isinstance(ops, VolumeOperations):  # what the store thread still has to do
@@ -200,26 +241,30 @@ async def _measure(ops, n: int, untar: bool = False) -> tuple[collections.Counte
 
 
 def main() -> None:
-    untar = "--untar" in sys.argv
-    args = [a for a in sys.argv[1:] if a != "--untar"]
+    untar, wal = "--untar" in sys.argv, "--wal" in sys.argv
+    args = [a for a in sys.argv[1:] if a not in ("--untar", "--wal")]
     n = int(args[0]) if args else 5000
     tune_interpreter()  # as a worker does
     with tempfile.TemporaryDirectory(dir=os.environ.get("FUSEVOL_BENCH_DIR", "/var/tmp")) as d:
-        ops, runner = _fusevol(d)
+        ops, runner = _fusevol(d, wal)
         try:
-            fv = trio.run(_measure, ops, n, untar)
+            fv = trio.run(_measure, ops, n, untar, wal)
         finally:
             runner.stop()
-    mem = trio.run(_measure, MemoryOperations(), n, untar)
-    what = "untar files (the standard library's first sizes)" if untar else "small files"
-    print(f"{n} {what}, handlers called in-process (CPU us per file)")
+            if ops.intent is not None:
+                ops.intent.close()
+    mem = trio.run(_measure, MemoryOperations(), n, untar, wal)
+    what = ("untar files (the standard library's first sizes)" if untar
+            else "commits of a write-ahead log" if wal else "small files")
+    print(f"{n} {what}, handlers called in-process (CPU us per {'commit' if wal else 'file'})")
     print("| request | per file | memfs us | fusevol us | ratio |")
     print("|---|---:|---:|---:|---:|")
-    per_file = {"getattr": 2, "setattr": 4, "getxattr": "3-4"} if untar else {"getattr": 3, "setattr": 2}
+    per_file = ({"getattr": 2, "setattr": 4, "getxattr": "3-4"} if untar
+                else {"setattr": "1/3"} if wal else {"getattr": 3, "setattr": 2})
     for kind in sorted(fv[0], key=lambda k: -fv[0][k]):
         m, f = mem[0][kind] / n / 1000, fv[0][kind] / n / 1000
         print(f"| {kind} | {per_file.get(kind, 1)} | {m:.1f} | {f:.1f} | {f / m if m else 0:.1f}x |")
-    print(f"| trio thread, all | {15 if untar else 13} | {mem[1] / n * 1e6:.1f} | {fv[1] / n * 1e6:.1f} | "
+    print(f"| trio thread, all | {15 if untar else '3 1/3' if wal else 13} | {mem[1] / n * 1e6:.1f} | {fv[1] / n * 1e6:.1f} | "
           f"{fv[1] / mem[1]:.1f}x |")
     print(f"| process (+ store thread) | | {mem[2] / n * 1e6:.1f} | {fv[2] / n * 1e6:.1f} | "
           f"{fv[2] / mem[2]:.1f}x |")

@@ -5,6 +5,7 @@ worker serves it (export), on real mounts and real LMDB files."""
 
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -127,6 +128,77 @@ def test_sigkill_after_logged_fsyncs_keeps_every_fsynced_byte(mounts, store_path
     _check(wal, table, commits)
     # The log was applied and let go of.
     assert not any(n.endswith((".0", ".1")) for n in os.listdir(intentlog.log_dir(store_path)))
+
+
+@needs_fuse
+def test_records_past_the_first_layout_land_in_zeros_laid_out_ahead(mounts, store_path):
+    """A log file is laid out with zeros ahead of its records as they come (a
+    record that grew the file would cost its sync a journal commit); records
+    written over those zeros survive a SIGKILL like any other."""
+    mp = mounts.mount("db", env={"FUSEVOL_INTENT_CHECKPOINT_EVERY": "3600"})
+    commits = 400  # two records of 8 KiB each: past the first layout's 4 MiB
+    writer = _run_writer(mp, commits)
+    end, size = 0, 0
+    for name in os.listdir(intentlog.log_dir(store_path)):
+        if name.split(".")[-1] in ("0", "1"):
+            path = os.path.join(intentlog.log_dir(store_path), name)
+            with open(path, "rb") as f:
+                records = intentlog.decode_all(f.read())
+            if records:
+                end = sum(intentlog.encoded_size(r.ranges) for r in records)
+                size = os.path.getsize(path)
+    assert end > intentlog.PREALLOCATE
+    assert size > end, "the records grew the log file: nothing was laid out ahead of them"
+    _kill_worker(store_path, "db")
+    writer.kill()
+    writer.wait()
+    mounts.umount(mp)
+    mp = mounts.mount("db", create=False)
+    with open(os.path.join(mp, "wal"), "rb") as f:
+        wal = f.read()
+    with open(os.path.join(mp, "table"), "rb") as f:
+        table = f.read()
+    _check(wal, table, commits)
+
+
+CONCURRENT_FSYNCS = r"""
+import os, sys, threading
+folder, n = sys.argv[1], int(sys.argv[2])
+start = threading.Barrier(8)
+def writer(k):
+    fd = os.open(os.path.join(folder, f"f{k}"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.fsync(fd)
+    start.wait()
+    for i in range(n):
+        os.pwrite(fd, bytes([k]) * 8192, i * 8192)
+        os.fdatasync(fd)
+    os.close(fd)
+threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def _published_intent_counts(store_path: str, volume: str) -> dict:
+    from fusevol.fs import metrics
+    with open(metrics.metrics_path(store_path, volume)) as f:
+        return json.load(f)["intent_log"]
+
+
+@needs_fuse
+def test_concurrent_fsyncs_share_the_log_sync(mounts, store_path):
+    """Eight writers fsync'ing their own files at once: fsyncs whose requests
+    wait to be read append before the sync and share it (an fsync alone syncs
+    at once)."""
+    mp = mounts.mount("db", env={"FUSEVOL_INTENT_CHECKPOINT_EVERY": "3600",
+                                 "FUSEVOL_METRICS_INTERVAL": "0.2"})
+    subprocess.run([sys.executable, "-c", CONCURRENT_FSYNCS, mp, "100"], check=True, timeout=300)
+    time.sleep(1)  # published
+    counts = _published_intent_counts(store_path, "db")
+    assert counts["logged"] >= 800
+    assert counts["log_syncs"] < counts["logged"] * 0.9, counts
 
 
 @needs_fuse

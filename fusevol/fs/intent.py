@@ -24,6 +24,7 @@ an fsync is not durable either, and a later fsync of the file covers it.
 import errno
 import logging
 import os
+import select
 import time
 
 import trio
@@ -47,10 +48,18 @@ RANGES_MAX = 1024
 PENDING_FILES_MAX = 4096
 # How long the store's batches of file data and times alone linger (runner.py).
 LOGGABLE_LINGER = 0.05
+# A log file is laid out (zeros, synced) this far ahead of its last record, this
+# much at a time, in a thread: a record that grew the file would cost its sync a
+# journal commit. Up to the most a file can hold (a record may start at FILE_MAX).
+LAY_OUT_AHEAD = 2 << 20
+LAY_OUT_STEP = 4 << 20
+LAID_OUT_MAX = FILE_MAX + 2 * LOG_UP_TO
+# Scheduler turns an fsync gives others at most before it syncs the log.
+GROUP_TURNS = 8
 
 
 class _LogFile:
-    __slots__ = ("path", "fd", "offset", "last_lsn", "unsynced")
+    __slots__ = ("path", "fd", "offset", "last_lsn", "unsynced", "laid_out", "laying_out")
 
     def __init__(self, path: str):
         self.path = path
@@ -58,6 +67,8 @@ class _LogFile:
         self.offset = 0
         self.last_lsn = 0  # the last record written to it since it was started again
         self.unsynced = False
+        self.laid_out = 0  # the file's size: zeros synced, or records
+        self.laying_out: trio.Event | None = None  # set when the zeros under way are synced
 
 
 class IntentLog:
@@ -75,6 +86,8 @@ class IntentLog:
         self.failed: str | None = None
         self._syncing: trio.Event | None = None
         self._checkpointing = trio.Lock()
+        self._lay_out_wanted = trio.Event()
+        self._requests: select.poll | None = None  # the FUSE session's, when known
         self.counts = {"logged": 0, "stored": 0, "checkpoints": 0, "log_syncs": 0}
         runner.loggable_linger = LOGGABLE_LINGER
 
@@ -142,6 +155,29 @@ class IntentLog:
         if ranges:
             self.pending[ino] = ranges + self.pending.get(ino, [])
 
+    def requests_from(self, fuse_fd: int | None) -> None:
+        """The session's /dev/fuse: an fsync alone (nothing ready to run, no
+        request waiting to be read) syncs without a scheduler turn first."""
+        if fuse_fd is not None:
+            self._requests = select.poll()
+            self._requests.register(fuse_fd, select.POLLIN)
+
+    async def _let_others_append(self) -> None:
+        """Before a sync: scheduler turns while tasks are ready to run or
+        requests wait to be read (at most GROUP_TURNS), so that fsyncs sent
+        meanwhile append their records and share the sync. Reading a request
+        takes turns of its own (epoll wakes pyfuse3's reader, which then reads
+        and runs it): one turn let 8 writers fsync'ing at once share nothing
+        (799 syncs for 800 fsyncs). An fsync alone syncs at once."""
+        if self._requests is None:  # (no session known: one turn)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        for _ in range(GROUP_TURNS):
+            if not (trio.lowlevel.current_statistics().tasks_runnable
+                    or self._requests.poll(0)):
+                return
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
     # -- fsync -----------------------------------------------------------------------
 
     def _quiet(self) -> bool:
@@ -182,6 +218,12 @@ class IntentLog:
         except BaseException:
             self._give_back(ino, captured)
             raise
+        if await self._waited_for_room(intentlog.encoded_size(pieces)):
+            # A newer fsync of these bytes may have logged them meanwhile:
+            # this record, older, must not come after its record. Again.
+            self._give_back(ino, captured)
+            await self.fsync(fd, files)
+            return
         # Every await may have let a change in: check again, with no await
         # between the check and the append.
         if (fd.truncations != truncations or fd.error is not None or not self._quiet()
@@ -257,14 +299,17 @@ class IntentLog:
                 self.files[old].offset = 0  # nothing past what is covered: start again
 
     async def run_checkpoints(self, files: dict) -> None:
-        """Keep the log short and the logged data stored (a task of the mount)."""
-        while True:
-            await trio.sleep(CHECKPOINT_EVERY)
-            if self.lsn > self.applied or len(self.pending) > PENDING_FILES_MAX:
-                try:
-                    await self.checkpoint(files)
-                except Exception as e:  # reported by the next fsync that needs it
-                    log.warning("intent log checkpoint failed: %s", e)
+        """Keep the log short and the logged data stored, and lay its files out
+        ahead of the records (a task of the mount)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._lay_out_when_wanted)
+            while True:
+                await trio.sleep(CHECKPOINT_EVERY)
+                if self.lsn > self.applied or len(self.pending) > PENDING_FILES_MAX:
+                    try:
+                        await self.checkpoint(files)
+                    except Exception as e:  # reported by the next fsync that needs it
+                        log.warning("intent log checkpoint failed: %s", e)
 
     # -- the files --------------------------------------------------------------------
 
@@ -279,12 +324,45 @@ class IntentLog:
                 try:
                     size = os.fstat(fd).st_size
                     if size < intentlog.PREALLOCATE:
-                        os.pwrite(fd, bytes(intentlog.PREALLOCATE - size), size)
-                        os.fdatasync(fd)
+                        _lay_out(fd, size, intentlog.PREALLOCATE - size)
+                        size = intentlog.PREALLOCATE
                 except BaseException:
                     os.close(fd)
                     raise
+                f.laid_out = size
                 f.fd = fd
+
+    async def _waited_for_room(self, size: int) -> bool:
+        """Wait while the next record would reach into zeros being laid out
+        (they would be written over it); whether it waited."""
+        waited = False
+        while True:
+            f = self.files[self.current]
+            event = f.laying_out
+            if event is None or f.offset + size <= f.laid_out:
+                return waited
+            await event.wait()
+            waited = True
+
+    async def _lay_out_when_wanted(self) -> None:
+        while True:
+            await self._lay_out_wanted.wait()
+            self._lay_out_wanted = trio.Event()
+            for f in self.files:
+                while (f.fd is not None and f.laid_out < LAID_OUT_MAX
+                       and f.offset + LAY_OUT_AHEAD > f.laid_out):
+                    start, event = f.laid_out, trio.Event()
+                    size = min(LAY_OUT_STEP, LAID_OUT_MAX - start)
+                    f.laying_out = event
+                    try:
+                        await trio.to_thread.run_sync(_lay_out, f.fd, start, size)
+                    except OSError as e:  # (a full disk): records grow the file
+                        log.warning("cannot lay out the intent log further: %s", e)
+                        return
+                    finally:
+                        f.laying_out = None
+                        event.set()
+                    f.laid_out = max(f.laid_out, start + size)
 
     def _append(self, rec: Record) -> None:
         data = intentlog.encode(rec)
@@ -296,6 +374,10 @@ class IntentLog:
         f.last_lsn = rec.lsn
         f.unsynced = True
         self.lsn = rec.lsn
+        if f.offset > f.laid_out:
+            f.laid_out = f.offset  # grown by the record: lay out only past it
+        if f.offset + LAY_OUT_AHEAD > f.laid_out and f.laid_out < LAID_OUT_MAX:
+            self._lay_out_wanted.set()
 
     async def _durable(self, lsn: int) -> None:
         """Return once record `lsn` is on disk; fsyncs that come while the log
@@ -306,8 +388,8 @@ class IntentLog:
         0.5 ms at the median and 1.7 ms on average of pgbench's fsyncs on a
         loaded machine, a third of what the sync itself took. fdatasync lets go
         of the GIL: the store thread goes on meanwhile. Fsyncs whose tasks are
-        ready to run append their records first (one scheduler turn), and that
-        sync covers them."""
+        ready to run, or whose requests wait to be read, append their records
+        first (_let_others_append), and that sync covers them."""
         while self.synced < lsn:
             if self.failed is not None:
                 raise FsError(errno.EIO, self.failed)
@@ -315,7 +397,7 @@ class IntentLog:
                 await self._syncing.wait()
                 continue
             event = self._syncing = trio.Event()
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._let_others_append()
             upto = self.lsn
             fds = [f.fd for f in self.files if f.unsynced]
             for f in self.files:
@@ -337,6 +419,12 @@ class IntentLog:
         if self.failed is None:
             log.error("%s; fsyncs store chunks from now on", why)
             self.failed = why
+
+
+def _lay_out(fd: int, start: int, size: int) -> None:
+    if os.pwrite(fd, bytes(size), start) != size:
+        raise OSError(errno.ENOSPC, "short write")
+    os.fdatasync(fd)
 
 
 def _fdatasync_all(fds: list[int]) -> None:

@@ -76,6 +76,8 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
                         f"fsname={fsname or 'fusevol:' + spec.name}"}
         pyfuse3.init(ops, mountpoint, fuse_options | kernel_options(options))
         stack.callback(pyfuse3.close, unmount=True)
+        if ops.intent is not None:
+            ops.intent.requests_from(_fuse_fd())
         registered.append(register(store.path, Worker(
             pid=os.getpid(), volume=data_volume.name, mounted_as=spec.name,
             mountpoint=mountpoint, readonly=readonly, options=options.to_text())))
@@ -172,10 +174,11 @@ def publish_changed(ops: VolumeOperations, path: str, published: tuple | None) -
     """Publish the worker's figures if they changed since `published`; the figures."""
     # dirty: written and held in memory; unstored: handed to the store thread, not on disk.
     figures = (ops.metrics.snapshot(), ops.buffered_bytes, ops.runner.unstored_bytes,
-               len(ops.handles))
+               len(ops.handles), dict(ops.intent.counts) if ops.intent else None)
     if figures != published:  # an idle worker writes nothing (no disk write, no CPU)
         metrics.publish(path, figures[0], dirty_bytes=figures[1],
-                        unstored_bytes=figures[2], open_files=figures[3])
+                        unstored_bytes=figures[2], open_files=figures[3],
+                        intent_log=figures[4])
     return figures
 
 
@@ -224,3 +227,16 @@ async def _unmount_on_signal(mountpoint: str) -> None:
             log.info("signal received: unmounting %s", mountpoint)
             # Lazily: open files keep being served until closed, then the session ends.
             await trio.run_process(["fusermount3", "-u", "-z", mountpoint], check=False)
+
+
+def _fuse_fd() -> int | None:
+    """The session's /dev/fuse descriptor (pyfuse3 does not say it), if it is
+    the process's only one."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+                found.append(int(name))
+        except OSError:
+            pass
+    return found[0] if len(found) == 1 else None

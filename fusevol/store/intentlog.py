@@ -48,7 +48,10 @@ HEAD = struct.Struct(">4sQQQqqII")
 RANGE = struct.Struct(">QI")  # offset, length
 DIGEST = 16
 # Bytes a log file is laid out with (zeros, synced once): overwriting them
-# needs no metadata change, so a record costs one data write and its sync.
+# needs no metadata change, so a record costs one data write and its sync (a
+# record that grows the file costs a journal commit too: an fdatasync of 8 KiB
+# took 370-650 us against 160-220 here). The worker lays out more ahead of its
+# records as they come (fs/intent.py).
 PREALLOCATE = 4 << 20
 
 
@@ -56,6 +59,11 @@ PREALLOCATE = 4 << 20
 # process that opens the store imports this module, and typing costs a CLI
 # command a tenth of its start.)
 Record = namedtuple("Record", "lsn ino size mtime_ns ctime_ns ranges")
+
+
+def encoded_size(ranges) -> int:
+    """Bytes the record of these (offset, bytes) ranges takes in a log file."""
+    return HEAD.size + len(ranges) * RANGE.size + sum(len(data) for _, data in ranges) + DIGEST
 
 
 def encode(rec: Record) -> bytes:

@@ -5,7 +5,8 @@ tracepoints, when /sys/kernel/tracing has them), then a sequential write
 (fio, bs 1M, end_fsync, then sync) and a cold sequential read, each with its
 rate, the FUSE server's CPU time by thread (its FUSE thread; trio's worker
 threads, which hash and read chunks; the others: the store thread), its minor
-page faults and, while writing, its peak RssAnon and RssFile. CPU time per GiB is the figure
+page faults, how long those threads waited for a CPU (runnable, on a loaded
+machine) and, while writing, its peak RssAnon and RssFile. CPU time per GiB is the figure
 to compare between two trees on a shared machine, where wall time moves with
 the load of others.
 
@@ -61,9 +62,12 @@ def traced(fn, mountpoint: str) -> tuple[collections.Counter, collections.Counte
 
 
 class Threads:
-    """CPU seconds and minor faults of a process's threads: its first thread
-    (pyfuse3's loop), trio's worker threads (fusevol's hashing and chunk reads,
-    named "Trio thread N") and the others (fusevol's store thread)."""
+    """CPU seconds, seconds spent runnable but waiting for a CPU (the
+    scheduler's run queue, /proc/PID/task/TID/schedstat) and minor faults of a
+    process's threads: its first thread (pyfuse3's loop), trio's worker threads
+    (fusevol's hashing and chunk reads, named "Trio thread N") and the others
+    (fusevol's store thread). A thread's wall time beyond the two is time it
+    slept: waiting for work, a lock or the disk."""
 
     def __init__(self, pid: int):
         self.pid = pid
@@ -79,24 +83,32 @@ class Threads:
                 continue  # a thread that ended meanwhile
             fields = fields.split()
             name = head.partition("(")[2]
-            out[int(tid)] = (int(fields[11]) + int(fields[12]), int(fields[7]), name)
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/schedstat") as f:
+                    queued_ns = int(f.read().split()[1])
+            except (OSError, IndexError):  # ended meanwhile, or no schedstats
+                queued_ns = 0
+            out[int(tid)] = (int(fields[11]) + int(fields[12]), int(fields[7]), name,
+                             queued_ns / 1e9)
         return out
 
     def since(self) -> dict:
         now, tick = self._read(), os.sysconf("SC_CLK_TCK")
-        main = workers = others = faults = 0
-        for tid, (ticks, minflt, name) in now.items():
-            ticks0, minflt0, _ = self.start.get(tid, (0, 0, name))
+        cpu, queued, faults = collections.Counter(), collections.Counter(), 0
+        for tid, (ticks, minflt, name, waited) in now.items():
+            ticks0, minflt0, _, waited0 = self.start.get(tid, (0, 0, name, 0.0))
             faults += minflt - minflt0
-            seconds = (ticks - ticks0) / tick
-            if tid == self.pid:
-                main += seconds
-            elif name.startswith("Trio thread"):
-                workers += seconds
-            else:
-                others += seconds
-        return {"fuse_thread_s": main, "trio_threads_s": workers, "other_threads_s": others,
-                "minor_faults": faults}
+            group = ("fuse_thread" if tid == self.pid else
+                     "trio_threads" if name.startswith("Trio thread") else "other_threads")
+            cpu[group] += (ticks - ticks0) / tick
+            queued[group] += waited - waited0
+        out = {f"{group}_s": cpu[group] for group in GROUPS}
+        out.update({f"{group}_queued_s": queued[group] for group in GROUPS})
+        out["minor_faults"] = faults
+        return out
+
+
+GROUPS = ("fuse_thread", "trio_threads", "other_threads")
 
 
 def measure(system: str, base: str, size: int, trace: bool) -> dict:
@@ -157,7 +169,10 @@ def main() -> None:
             print(f"{system}: {what} {r[what + '_mib_s']:.0f} MiB/s; CPU per GiB: FUSE thread "
                   f"{c['fuse_thread_s'] / gib:.2f} s, trio's worker threads "
                   f"{c['trio_threads_s'] / gib:.2f} s, other threads {c['other_threads_s'] / gib:.2f} s; "
-                  f"minor faults per GiB {c['minor_faults'] / gib:.0f}"
+                  f"minor faults per GiB {c['minor_faults'] / gib:.0f}; waited for a CPU per GiB: "
+                  f"FUSE thread {c['fuse_thread_queued_s'] / gib:.2f} s, trio's worker threads "
+                  f"{c['trio_threads_queued_s'] / gib:.2f} s, other threads "
+                  f"{c['other_threads_queued_s'] / gib:.2f} s"
                   + (f"; peak RssAnon {r['rss_anon_mib']:.0f} MiB, RssFile {r['rss_file_mib']:.0f} MiB"
                      if what == "write" else ""))
 

@@ -515,21 +515,21 @@ def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
     given in the order they were made: children just before their parent, a
     folder's entries one after another, so the counts a later change of the
     folder takes on its entries are neighbours (see _PACKED). Rows are written
-    in id order (a first snapshot stores 100,000 objects at once)."""
+    in id order, in one call per table (a first snapshot stores 100,000
+    objects at once). Each object has no count row: RefBatch.add read it."""
     placed = []
+    alone = []
     for oid, payload, count in rows:
-        old = countrows.get(txn, "orefs", oid)  # stored again over a count of 0
-        if old is not None:
-            _let_go(txn, oid, old)
         if len(payload) <= packs.ENTRY_MAX:
             placed.append((oid, packs.add(txn, packs.OBJECT, payload), count))
         else:
             txn.put("objects", oid, payload)
-            txn.put("orefs", oid, _U64.pack(count))
-    for oid, loc, _ in sorted(placed):
-        txn.put("orefs", oid, _PACKED.pack(*loc))
-    for _, loc, count in placed:  # (places grow)
-        txn.put("ocounts", _place(loc), _U64.pack(count))
+            alone.append((oid, _U64.pack(count)))
+    by_id = [(oid, _PACKED.pack(*loc)) for oid, loc, _ in placed]
+    by_id.extend(alone)
+    by_id.sort()
+    txn.put_many("orefs", by_id)
+    txn.put_many("ocounts", sorted((_place(loc), _U64.pack(count)) for _, loc, count in placed))
 
 
 def incref(txn: Txn, oid: bytes) -> None:
@@ -674,10 +674,8 @@ class RefBatch:
             if delta:
                 raw, count = self.rows[oid]
                 _set(txn, oid, count + delta, raw)
-        for cid in sorted(self.chunks):
-            delta = self.chunks[cid]
-            for _ in range(delta):
-                chunks.incref(txn, cid)
+        chunks.incref_many(txn, sorted((cid, d) for cid, d in self.chunks.items() if d > 0))
+        for cid, delta in sorted(self.chunks.items()):
             for _ in range(-delta):
                 chunks.decref(txn, cid)
         self.new.clear()

@@ -17,6 +17,7 @@ falls to zero. References on objects come from snapshot records, from parent
 objects, and from live inode rows whose ``tree_id`` says "I equal this object".
 """
 
+import functools
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -516,7 +517,7 @@ def _stored_forms(encodings: list[bytes]) -> list[bytes]:
             out.append(chunks.encode(data, "zstd"))
             continue
         z = next(packed)
-        out.append(zstd + bytes(z) if len(z) <= len(data) * (1 - chunks.MIN_SAVING) else raw + data)
+        out.append(b"".join((zstd, z)) if len(z) <= len(data) * (1 - chunks.MIN_SAVING) else raw + data)
     return out
 
 
@@ -533,26 +534,29 @@ def _compress_all(encodings: list[bytes]) -> list:
         return [memoryview(c.compress(data)) for data in encodings]
 
 
-def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
-    """Keep new objects, (id, stored form (codec byte + encoding), count) each,
-    given in the order they were made: children just before their parent, a
-    folder's entries one after another, so the counts a later change of the
-    folder takes on its entries are neighbours (see _PACKED). Rows are written
-    in id order, in one call per table (a first snapshot stores 100,000
-    objects at once). Each object has no count row: RefBatch.add read it."""
-    placed = []
-    alone = []
-    for oid, payload, count in rows:
+def _store_many(txn: Txn, oids: list[bytes], payloads: list[bytes], counts: list[int]) -> None:
+    """Keep new objects: their ids, stored forms (codec byte + encoding) and
+    counts, given in the order they were made: children just before their
+    parent, a folder's entries one after another, so the counts a later
+    change of the folder takes on its entries are neighbours (see _PACKED).
+    Rows are written in key order, in one call per table (a first snapshot
+    stores 100,000 objects at once). No object has a count row: RefBatch.add
+    read it."""
+    places = iter(packs.add_many(txn, packs.OBJECT, [p for p in payloads if len(p) <= packs.ENTRY_MAX]))
+    by_id, by_place = [], []
+    packed, place, count_row = _PACKED.pack, _PLACE.pack, _U64.pack
+    for oid, payload, count in zip(oids, payloads, counts):
         if len(payload) <= packs.ENTRY_MAX:
-            placed.append((oid, packs.add(txn, packs.OBJECT, payload), count))
+            loc = next(places)
+            by_id.append((oid, packed(*loc)))
+            by_place.append((place(loc[0], loc[1]), count_row(count)))
         else:
             txn.put("objects", oid, payload)
-            alone.append((oid, _U64.pack(count)))
-    by_id = [(oid, _PACKED.pack(*loc)) for oid, loc, _ in placed]
-    by_id.extend(alone)
+            by_id.append((oid, count_row(count)))
     by_id.sort()
+    by_place.sort()  # (places grow: sorted already, but for a pack filled again)
     txn.put_many("orefs", by_id)
-    txn.put_many("ocounts", sorted((_place(loc), _U64.pack(count)) for _, loc, count in placed))
+    txn.put_many("ocounts", by_place)
 
 
 def incref(txn: Txn, oid: bytes) -> None:
@@ -607,13 +611,16 @@ class RefBatch:
         self.new_counts: dict[bytes, int] = {}
         self.new_bytes = 0
         self.chunks: dict[bytes, int] = {}  # chunk id -> change of its count
+        self._get_count_row = functools.partial(txn.txn.get, db=txn.store.dbs["orefs"])
 
     def _row(self, oid: bytes):
         row = self.rows.get(oid)
         if row is None:
-            raw = countrows.get(self.txn, "orefs", oid)
+            raw = self._get_count_row(oid)  # (every new object asks: a call less than countrows.get)
             if raw is None:
                 return None
+            if raw[0]:
+                raw = countrows.expand(raw)
             row = self.rows[oid] = (bytes(raw), _count_in(self.txn, raw))
         return row
 
@@ -689,9 +696,8 @@ class RefBatch:
         made (see _store_many), counts in key order (neighbouring rows share
         pages)."""
         txn = self.txn
-        counts = self.new_counts
-        payloads = _stored_forms(list(self.new.values()))
-        _store_many(txn, [(oid, payload, counts[oid]) for oid, payload in zip(self.new, payloads)])
+        oids = list(self.new)
+        _store_many(txn, oids, _stored_forms(list(self.new.values())), [self.new_counts[oid] for oid in oids])
         for oid in sorted(self.delta, key=lambda oid: _count_key(oid, self.rows[oid][0])):
             delta = self.delta[oid]
             if delta:

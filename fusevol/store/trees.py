@@ -703,8 +703,9 @@ class RefBatch:
             if delta:
                 raw, count = self.rows[oid]
                 _set(txn, oid, count + delta, raw)
-        chunks.incref_many(txn, sorted((cid, d) for cid, d in self.chunks.items() if d > 0))
-        for cid, delta in sorted(self.chunks.items()):
+        deltas = sorted(self.chunks.items())
+        chunks.incref_many(txn, [(cid, delta) for cid, delta in deltas if delta > 0])
+        for cid, delta in deltas:
             for _ in range(-delta):
                 chunks.decref(txn, cid)
         self.new.clear()

@@ -11,13 +11,16 @@ and written at the end, once each, in key order.
 
 import functools
 import stat
+from stat import S_IFDIR, S_IFMT
 
 from . import trees
 from .env import Txn
 from .folders import FolderPlan
 from .inodes import Inodes
-from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, ROW_TREE_ID, full_row, ino_key, read_u64, row_flags,
-                     row_mode, row_nlink, row_with_tree, vkey)
+from .schema import (IN_PIECES, LAZY, NO_TREE, ROOT_INO, ROW_MODE, ROW_TREE_ID, full_row, ino_key, read_u64,
+                     row_flags, row_mode, row_nlink, row_with_tree, vkey)
+
+_mode = ROW_MODE.unpack_from
 
 
 class TreeWriter:
@@ -54,15 +57,19 @@ class TreeWriter:
         self._blocks.reset()  # (a LAZY folder's listing may have written rows)
         self._xattrs.reset()
         folders = []
-        for i, (_, child) in enumerate(plan.entries):
-            crow = self._row(child)
+        ids, get_row, vid, write_file = plan.ids, self._get_row, self.vid, self._file
+        for i, (_, child) in enumerate(plan.entries):  # (the loop of a first snapshot: each call counts)
+            key = ino_key(vid, child)
+            crow = get_row(key)
+            if crow is None or crow[0]:  # missing, or short at rest
+                crow = self._row(child)
             oid = crow[ROW_TREE_ID]
             if oid != NO_TREE:  # unchanged, or a file with several names written already
-                plan.ids[i] = bytes(oid)
-            elif stat.S_ISDIR(row_mode(crow)):
+                ids[i] = bytes(oid)
+            elif S_IFMT(_mode(crow)[0]) == S_IFDIR:
                 folders.append((i, child))
             else:
-                plan.ids[i] = self._file(child, crow)
+                ids[i] = write_file(child, crow, key)
         self.txn.put_many("inodes", self._rows_written)
         self._rows_written = []
         return plan, folders
@@ -92,11 +99,11 @@ class TreeWriter:
         plan.done(self.txn, self.inodes, self.refs)
         return oid
 
-    def _file(self, ino: int, row) -> bytes:
-        key = ino_key(self.vid, ino)
+    def _file(self, ino: int, row, key: bytes | None = None) -> bytes:
+        key = key or ino_key(self.vid, ino)
         blocks = self._blocks.under(key)  # (index as 8 bytes, chunk id), in order
         data = trees.encode_file_row(ino, row, self._xattrs.under(key), blocks)
-        oid = self.refs.add(data, [], [cid for _, cid in blocks], held=1)
+        oid = self.refs.add(data, (), [cid for _, cid in blocks], held=1)
         if row_nlink(row) == 1:  # reached once: its row is put with its neighbours'
             self._rows_written.append((key, row_with_tree(row, oid)))
         else:  # the row says it is written before its next name reaches it
@@ -105,19 +112,15 @@ class TreeWriter:
 
     def _list(self, ino: int) -> list[tuple[bytes, int]]:
         """Inodes.list_dir of a folder whose rows are its own (not LAZY)."""
-        return [(name, read_u64(child)) for name, child in _under(self._dirents, vkey(self.vid, ino))]
-
-def _under(cursor, prefix: bytes) -> list[tuple[bytes, bytes]]:
-    """(key after prefix, value) of the rows whose key starts with prefix."""
-    out = []
-    if cursor.set_range(prefix):
-        n = len(prefix)
-        for key, value in cursor:
-            if key[:n] != prefix:
-                break
-            out.append((key[n:], value))
-    return out
-
+        cursor, prefix = self._dirents, vkey(self.vid, ino)
+        out = []
+        if cursor.set_range(prefix):
+            n = len(prefix)
+            for key, child in cursor:
+                if key[:n] != prefix:
+                    break
+                out.append((key[n:], read_u64(child)))
+        return out
 
 class _Rows:
     """The rows under one key prefix after another, read through one cursor:

@@ -652,12 +652,16 @@ class RefBatch:
             if held:
                 self.delta[oid] = self.delta.get(oid, 0) + held
             return oid
-        for child in objects:
-            self.incref(child)
+        new_counts, chunk_counts = self.new_counts, self.chunks
+        for child in objects:  # (a piece's: mostly objects of this batch)
+            if child in new_counts:
+                new_counts[child] += 1
+            else:
+                self.incref(child)
         for cid in chunk_ids:
-            self.chunks[cid] = self.chunks.get(cid, 0) + 1
+            chunk_counts[cid] = chunk_counts.get(cid, 0) + 1
         self.new[oid] = data
-        self.new_counts[oid] = held
+        new_counts[oid] = held
         self.new_bytes += len(data)
         if len(self.new) >= HOLD_OBJECTS or self.new_bytes >= HOLD_BYTES:
             self.flush()

@@ -710,8 +710,9 @@ class RefBatch:
         deltas = sorted(self.chunks.items())
         chunks.incref_many(txn, [(cid, delta) for cid, delta in deltas if delta > 0])
         for cid, delta in deltas:
-            for _ in range(-delta):
-                chunks.decref(txn, cid)
+            if delta < 0:
+                for _ in range(-delta):
+                    chunks.decref(txn, cid)
         self.new.clear()
         self.new_counts.clear()
         self.new_bytes = 0

@@ -8,6 +8,7 @@ a pack (packs.py), a large one as a value of its own; its count row says which.
 This module is the only reader and writer of `chunks` and `refs`.
 """
 
+import functools
 import struct
 import threading
 from typing import NamedTuple
@@ -239,6 +240,22 @@ def add_ref(txn: Txn, data: bytes, compression: str = "zstd", cid: bytes | None 
 
 def incref(txn: Txn, cid: bytes) -> None:
     _count_by(txn, cid, 1)
+
+
+def incref_many(txn: Txn, deltas: list[tuple[bytes, int]]) -> None:
+    """incref() `delta` times each chunk, given in id order: their rows
+    written in one call."""
+    rows = []
+    get = functools.partial(txn.txn.get, db=txn.store.dbs["refs"])
+    count, unpack, size = _COUNT.pack, _COUNT.unpack_from, _COUNT.size
+    for cid, delta in deltas:
+        raw = get(cid)
+        if raw is None:
+            raise StoreDamaged(f"reference to missing chunk {cid.hex()}")
+        if raw[0]:
+            raw = countrows.expand(raw)
+        rows.append((cid, count(unpack(raw)[0] + delta) + raw[size:]))
+    txn.put_many("refs", rows)
 
 
 def decref(txn: Txn, cid: bytes) -> int:

@@ -86,6 +86,14 @@ class Txn:
             self.writes.append((table, bytes(key), bytes(value)))
         return done
 
+    def put_many(self, table: str, rows: list[tuple[bytes, bytes]]) -> None:
+        """put() of each (key, value), in one call (rows in key order share pages)."""
+        if not rows:
+            return
+        self.txn.cursor(db=self.store.dbs[table]).putmulti(rows)
+        if self.writes is not None and table in self.recorded:
+            self.writes.extend((table, bytes(key), bytes(value)) for key, value in rows)
+
     def delete(self, table: str, key: bytes) -> bool:
         if self.writes is not None and table in self.recorded:
             self.writes.append((table, bytes(key), None))

@@ -177,6 +177,24 @@ class PackWriter:
         buf += payload
         return Location(number, offset, len(payload))
 
+    def add_many(self, txn: Txn, kind: bytes, payloads) -> list[Location]:
+        """add() of each blob in turn; those that go at the current pack's
+        end (most) appended here without a call each."""
+        out = []
+        head = HEAD.pack
+        for payload in payloads:
+            need = HEAD.size + len(payload)
+            number = self.current
+            if number is not None and need > self.fill_room:
+                buf = self.open[number]
+                if len(buf) + need <= PACK_MAX:
+                    buf += head(kind, len(payload))
+                    out.append(Location(number, len(buf), len(payload)))
+                    buf += payload
+                    continue
+            out.append(self.add(txn, kind, payload))
+        return out
+
     def get(self, number: int):
         return self.open.get(number)
 
@@ -255,6 +273,11 @@ def _writer(txn: Txn) -> PackWriter:
 def add(txn: Txn, kind: bytes, payload) -> Location:
     """Pack a blob (its stored form); where it is."""
     return _writer(txn).add(txn, kind, payload)
+
+
+def add_many(txn: Txn, kind: bytes, payloads) -> list[Location]:
+    """Pack blobs (their stored forms), in order; where each is."""
+    return _writer(txn).add_many(txn, kind, payloads)
 
 
 CACHED_PACKS = 4

@@ -44,8 +44,9 @@ def is_boundary(level: int, key: bytes) -> bool:
 def chunk(level: int, items: Items) -> list[Items]:
     """Cut a level's items after each boundary (the last run may end without one)."""
     out, start = [], 0
+    head, hasher, number = bytes((level,)), blake3.blake3, int.from_bytes  # is_boundary, inline: a call less per name
     for i, (key, _) in enumerate(items):
-        if is_boundary(level, key):
+        if number(hasher(head + key).digest(length=4), "big") % TARGET == 0:
             out.append(items[start: i + 1])
             start = i + 1
     if start < len(items):

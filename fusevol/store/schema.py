@@ -185,6 +185,13 @@ def row_mode(raw) -> int:
     return ROW_MODE.unpack_from(raw)[0]
 
 
+_ROW_NLINK = struct.Struct(">I")  # at 12 (after mode, uid, gid)
+
+
+def row_nlink(raw) -> int:
+    return _ROW_NLINK.unpack_from(raw, 12)[0]
+
+
 def row_with_tree(raw, tree_id: bytes, set_flags: int = 0, clear_flags: int = 0) -> bytes:
     """A packed inode record with its tree id (and flags) changed, the rest as it was."""
     if not (set_flags or clear_flags):

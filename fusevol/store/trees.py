@@ -17,6 +17,7 @@ falls to zero. References on objects come from snapshot records, from parent
 objects, and from live inode rows whose ``tree_id`` says "I equal this object".
 """
 
+import functools
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import zstandard
 from ..errors import StoreDamaged
 from . import chunks, countrows, packs
 from .env import Txn, row_disk_bytes
-from .schema import (ROW_ATTRS_HEAD, ROW_DATA_BYTES, ROW_FIXED, WIDE_TIMES, WIDE_TIMES_SIZE, Inode,
+from .schema import (ROW_ATTRS_HEAD, ROW_DATA_BYTES, ROW_FIXED, ROW_TREE_ID, WIDE_TIMES, WIDE_TIMES_SIZE, Inode,
                      pack_times, row_flags, unpack_times)
 
 FILE, DIR = b"F", b"D"  # in lower case when the times' seconds follow the attributes
@@ -130,6 +131,29 @@ def encode_row(ino: int, row, xattrs: list[tuple[bytes, bytes]], blocks: list[tu
         out.append(_U64.pack(len(entries)))
         out.extend(_encode_items(entries))
     return b"".join(out)
+
+
+_ROW_FLAGS = struct.Struct(">I")
+_ROW_FLAGS_AT = ROW_TREE_ID.start - _ROW_FLAGS.size
+_NO_XATTRS = _LEN32.pack(0)
+
+
+def encode_file_row(ino: int, row, xattrs: list[tuple[bytes, bytes]], blocks: list[tuple[bytes, bytes]]) -> bytes:
+    """encode_row() of a file whose row is in its fixed form: its bytes
+    joined in one call when it has no xattrs and no wide times (most files:
+    a snapshot writes one for every file)."""
+    if xattrs or _ROW_FLAGS.unpack_from(row, _ROW_FLAGS_AT)[0] & WIDE_TIMES:
+        return encode_row(ino, row, xattrs, blocks=blocks)
+    target = row[ROW_FIXED:]
+    if len(blocks) == 1:
+        ((index, cid),) = blocks
+        return b"".join((FILE, _U64.pack(ino), row[ROW_ATTRS_HEAD], row[ROW_DATA_BYTES], _LEN32.pack(len(target)),
+                         target, _NO_XATTRS, _ONE_BLOCK, index, cid))
+    return b"".join((FILE, _U64.pack(ino), row[ROW_ATTRS_HEAD], row[ROW_DATA_BYTES], _LEN32.pack(len(target)),
+                     target, _NO_XATTRS, _U64.pack(len(blocks)), *[index + cid for index, cid in blocks]))
+
+
+_ONE_BLOCK = _U64.pack(1)
 
 
 def _decode_items(data: bytes, pos: int, count: int) -> list[tuple[bytes, bytes]]:
@@ -493,7 +517,7 @@ def _stored_forms(encodings: list[bytes]) -> list[bytes]:
             out.append(chunks.encode(data, "zstd"))
             continue
         z = next(packed)
-        out.append(zstd + bytes(z) if len(z) <= len(data) * (1 - chunks.MIN_SAVING) else raw + data)
+        out.append(b"".join((zstd, z)) if len(z) <= len(data) * (1 - chunks.MIN_SAVING) else raw + data)
     return out
 
 
@@ -510,26 +534,29 @@ def _compress_all(encodings: list[bytes]) -> list:
         return [memoryview(c.compress(data)) for data in encodings]
 
 
-def _store_many(txn: Txn, rows: list[tuple[bytes, bytes, int]]) -> None:
-    """Keep new objects, (id, stored form (codec byte + encoding), count) each,
-    given in the order they were made: children just before their parent, a
-    folder's entries one after another, so the counts a later change of the
-    folder takes on its entries are neighbours (see _PACKED). Rows are written
-    in id order (a first snapshot stores 100,000 objects at once)."""
-    placed = []
-    for oid, payload, count in rows:
-        old = countrows.get(txn, "orefs", oid)  # stored again over a count of 0
-        if old is not None:
-            _let_go(txn, oid, old)
+def _store_many(txn: Txn, oids: list[bytes], payloads: list[bytes], counts: list[int]) -> None:
+    """Keep new objects: their ids, stored forms (codec byte + encoding) and
+    counts, given in the order they were made: children just before their
+    parent, a folder's entries one after another, so the counts a later
+    change of the folder takes on its entries are neighbours (see _PACKED).
+    Rows are written in key order, in one call per table (a first snapshot
+    stores 100,000 objects at once). No object has a count row: RefBatch.add
+    read it."""
+    places = iter(packs.add_many(txn, packs.OBJECT, [p for p in payloads if len(p) <= packs.ENTRY_MAX]))
+    by_id, by_place = [], []
+    packed, place, count_row = _PACKED.pack, _PLACE.pack, _U64.pack
+    for oid, payload, count in zip(oids, payloads, counts):
         if len(payload) <= packs.ENTRY_MAX:
-            placed.append((oid, packs.add(txn, packs.OBJECT, payload), count))
+            loc = next(places)
+            by_id.append((oid, packed(*loc)))
+            by_place.append((place(loc[0], loc[1]), count_row(count)))
         else:
             txn.put("objects", oid, payload)
-            txn.put("orefs", oid, _U64.pack(count))
-    for oid, loc, _ in sorted(placed):
-        txn.put("orefs", oid, _PACKED.pack(*loc))
-    for _, loc, count in placed:  # (places grow)
-        txn.put("ocounts", _place(loc), _U64.pack(count))
+            by_id.append((oid, count_row(count)))
+    by_id.sort()
+    by_place.sort()  # (places grow: sorted already, but for a pack filled again)
+    txn.put_many("orefs", by_id)
+    txn.put_many("ocounts", by_place)
 
 
 def incref(txn: Txn, oid: bytes) -> None:
@@ -584,13 +611,16 @@ class RefBatch:
         self.new_counts: dict[bytes, int] = {}
         self.new_bytes = 0
         self.chunks: dict[bytes, int] = {}  # chunk id -> change of its count
+        self._get_count_row = functools.partial(txn.txn.get, db=txn.store.dbs["orefs"])
 
     def _row(self, oid: bytes):
         row = self.rows.get(oid)
         if row is None:
-            raw = countrows.get(self.txn, "orefs", oid)
+            raw = self._get_count_row(oid)  # (every new object asks: a call less than countrows.get)
             if raw is None:
                 return None
+            if raw[0]:
+                raw = countrows.expand(raw)
             row = self.rows[oid] = (bytes(raw), _count_in(self.txn, raw))
         return row
 
@@ -622,12 +652,16 @@ class RefBatch:
             if held:
                 self.delta[oid] = self.delta.get(oid, 0) + held
             return oid
-        for child in objects:
-            self.incref(child)
+        new_counts, chunk_counts = self.new_counts, self.chunks
+        for child in objects:  # (a piece's: mostly objects of this batch)
+            if child in new_counts:
+                new_counts[child] += 1
+            else:
+                self.incref(child)
         for cid in chunk_ids:
-            self.chunks[cid] = self.chunks.get(cid, 0) + 1
+            chunk_counts[cid] = chunk_counts.get(cid, 0) + 1
         self.new[oid] = data
-        self.new_counts[oid] = held
+        new_counts[oid] = held
         self.new_bytes += len(data)
         if len(self.new) >= HOLD_OBJECTS or self.new_bytes >= HOLD_BYTES:
             self.flush()
@@ -666,20 +700,19 @@ class RefBatch:
         made (see _store_many), counts in key order (neighbouring rows share
         pages)."""
         txn = self.txn
-        counts = self.new_counts
-        payloads = _stored_forms(list(self.new.values()))
-        _store_many(txn, [(oid, payload, counts[oid]) for oid, payload in zip(self.new, payloads)])
+        oids = list(self.new)
+        _store_many(txn, oids, _stored_forms(list(self.new.values())), [self.new_counts[oid] for oid in oids])
         for oid in sorted(self.delta, key=lambda oid: _count_key(oid, self.rows[oid][0])):
             delta = self.delta[oid]
             if delta:
                 raw, count = self.rows[oid]
                 _set(txn, oid, count + delta, raw)
-        for cid in sorted(self.chunks):
-            delta = self.chunks[cid]
-            for _ in range(delta):
-                chunks.incref(txn, cid)
-            for _ in range(-delta):
-                chunks.decref(txn, cid)
+        deltas = sorted(self.chunks.items())
+        chunks.incref_many(txn, [(cid, delta) for cid, delta in deltas if delta > 0])
+        for cid, delta in deltas:
+            if delta < 0:
+                for _ in range(-delta):
+                    chunks.decref(txn, cid)
         self.new.clear()
         self.new_counts.clear()
         self.new_bytes = 0

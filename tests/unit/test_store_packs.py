@@ -99,6 +99,31 @@ def test_packs_fill_their_last_page_with_blobs_that_fit(store, nested):
     _check_packs(store)
 
 
+def test_blobs_packed_together_go_where_one_by_one_they_would(tmp_path):
+    """add_many (a snapshot's objects) places each blob where add would,
+    the packs filling their last pages alike, and every pack written alike."""
+    rng = random.Random(7)
+    blobs = [rng.randbytes(rng.choice([rng.randint(20, 300), rng.randint(300, 9000)])) for _ in range(2000)]
+    found = []
+    for many in (False, True):
+        store = Store.open(str(tmp_path / str(many)))
+        try:
+            with store.write() as txn:
+                packs.add(txn, packs.OBJECT, b"O" * 40_000)  # a pack already partly full
+                if many:
+                    locs = packs.add_many(txn, packs.OBJECT, blobs[:1000]) + packs.add_many(txn, packs.OBJECT, blobs[1000:])
+                else:
+                    locs = [packs.add(txn, packs.OBJECT, b) for b in blobs]
+            with store.read() as txn:
+                assert [bytes(packs.view(txn, loc)) for loc in locs] == blobs
+                found.append((locs, [(bytes(k), bytes(v)) for k, v in txn.scan("packs", b"")]))
+        finally:
+            Store._instances.pop(store.path, None)
+            store.close()
+    assert found[0] == found[1]
+    assert len({loc.pack for loc in found[0][0]}) > 20
+
+
 def test_a_chunk_too_large_for_a_pack_is_a_value_of_its_own(store):
     data = os.urandom(BS)
     with store.write() as txn:

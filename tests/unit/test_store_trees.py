@@ -228,8 +228,10 @@ def test_objects_from_row_bytes_equal_objects_from_inodes(fields, ino, xattrs, b
     node = Inode(**fields)
     row = node.pack()
     as_rows = [(i.to_bytes(8, "big"), cid) for i, cid in blocks]
-    assert trees.encode_row(ino, row, xattrs, blocks=as_rows) == trees.encode(
-        trees.TreeObject(trees.FILE, ino, node, xattrs=xattrs, blocks=blocks))
+    as_file = trees.encode(trees.TreeObject(trees.FILE, ino, node, xattrs=xattrs, blocks=blocks))
+    assert trees.encode_row(ino, row, xattrs, blocks=as_rows) == as_file
+    assert trees.encode_file_row(ino, row, xattrs, as_rows) == as_file
+    assert trees.encode_file_row(ino, row, [], as_rows) == trees.encode(trees.TreeObject(trees.FILE, ino, node, blocks=blocks))
     assert trees.encode_row(ino, row, xattrs, entries=entries) == trees.encode(
         trees.TreeObject(trees.DIR, ino, node, xattrs=xattrs, entries=entries))
     count, height, top = pieced

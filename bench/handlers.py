@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fusevol.fs import intent as intent_module  # noqa: E402
 from fusevol.fs.intent import IntentLog  # noqa: E402
 from fusevol.fs.operations import VolumeOperations  # noqa: E402
+from fusevol.fs.rehearsal import RequestContext, TimesFields  # noqa: E402
 from fusevol.fs.runner import TxnRunner, tune_interpreter  # noqa: E402
 from fusevol.fs.space import SpaceBudget  # noqa: E402
 from fusevol.store import Inodes, Store, volumes  # noqa: E402
@@ -46,17 +47,6 @@ from memfs import MemoryOperations  # noqa: E402
 
 ROOT = pyfuse3.ROOT_INODE
 CAPABILITY = b"security.capability"
-
-
-class Ctx:
-    uid = gid = pid = 0
-    umask = 0o022
-
-
-class TimesFields:
-    """What the kernel's SETATTR of a file's times carries (pyfuse3's is read-only)."""
-    update_mode = update_uid = update_gid = update_size = update_atime = False
-    update_mtime = update_ctime = True
 
 
 class Fields:
@@ -90,7 +80,7 @@ def _timer(costs: collections.Counter):
 async def small_files(ops, n: int, costs: collections.Counter, folder: bytes) -> None:
     """The kernel's requests for bench/workloads.py's small files: in a new
     folder, `n` x (create, write 4 KiB, close, stat), then `n` unlinks."""
-    ctx, data = Ctx(), os.urandom(4096)
+    ctx, data = RequestContext(), os.urandom(4096)
     fields = TimesFields()
     timed = _timer(costs)
 
@@ -129,7 +119,7 @@ async def untar_files(ops, sizes: list, costs: collections.Counter, folder: byte
     that the writeback cache sends at fchown, SETATTR of its times, SETATTR of
     the owner (fchown), GETXATTR, GETATTR, SETATTR of the mode (fchmod) and
     of the times (futimens), FLUSH, RELEASE, GETATTR."""
-    ctx, data = Ctx(), os.urandom(max(sizes))
+    ctx, data = RequestContext(), os.urandom(max(sizes))
     fields = TimesFields()
     timed = _timer(costs)
 
@@ -171,7 +161,7 @@ async def wal_commits(ops, n: int, costs: collections.Counter, name: bytes) -> N
     the WRITE of the 8 KiB page that the writeback cache sends at the fsync, a
     SETATTR of the times for one commit in three (the kernel's times move by
     the tick), FSYNC; the log is written in place, a page after the other."""
-    ctx, fields = Ctx(), TimesFields()
+    ctx, fields = RequestContext(), TimesFields()
     timed = _timer(costs)
     info, entry = await ops.create(ROOT, name, 0o100600, os.O_RDWR, ctx)
     ino, fh = entry.st_ino, info.fh

@@ -91,6 +91,14 @@ def _check(wal: bytes, table: bytes, commits: int) -> None:
         assert got == page, f"fsync'ed table page {index} lost"
 
 
+def _read_back(mp: str) -> tuple[bytes, bytes]:
+    """The writer's two files, as the volume mounted at `mp` shows them."""
+    with open(os.path.join(mp, "wal"), "rb") as f:
+        wal = f.read()
+    with open(os.path.join(mp, "table"), "rb") as f:
+        return wal, f.read()
+
+
 def _log_records(store_path: str) -> int:
     """Records the volume's intent log holds now (a worker is serving)."""
     total = 0
@@ -120,11 +128,7 @@ def test_sigkill_after_logged_fsyncs_keeps_every_fsynced_byte(mounts, store_path
             files = {m.name.lstrip("./"): t.extractfile(m).read() for m in t if m.isfile()}
         wal, table = files["wal"], files["table"]
     else:
-        mp = mounts.mount("db", create=False)
-        with open(os.path.join(mp, "wal"), "rb") as f:
-            wal = f.read()
-        with open(os.path.join(mp, "table"), "rb") as f:
-            table = f.read()
+        wal, table = _read_back(mounts.mount("db", create=False))
     _check(wal, table, commits)
     # The log was applied and let go of.
     assert not any(n.endswith((".0", ".1")) for n in os.listdir(intentlog.log_dir(store_path)))
@@ -153,12 +157,7 @@ def test_records_past_the_first_layout_land_in_zeros_laid_out_ahead(mounts, stor
     writer.kill()
     writer.wait()
     mounts.umount(mp)
-    mp = mounts.mount("db", create=False)
-    with open(os.path.join(mp, "wal"), "rb") as f:
-        wal = f.read()
-    with open(os.path.join(mp, "table"), "rb") as f:
-        table = f.read()
-    _check(wal, table, commits)
+    _check(*_read_back(mounts.mount("db", create=False)), commits)
 
 
 CONCURRENT_FSYNCS = r"""

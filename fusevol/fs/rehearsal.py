@@ -50,14 +50,15 @@ SCRATCH = "fusevol-forkserver-"  # then the forkserver's pid: its scratch folder
 ROOT = pyfuse3.ROOT_INODE
 
 
-class _Context:
+class RequestContext:
     """A request's context as pyfuse3 hands it to the handlers."""
     uid = gid = pid = 0
     umask = 0o022
 
 
-class _Times:
-    """A SETATTR of a file's times, as the kernel's writeback cache sends it."""
+class TimesFields:
+    """A SETATTR of a file's times, as the kernel's writeback cache sends it
+    (pyfuse3's own SetattrFields is read-only)."""
     update_mode = update_uid = update_gid = update_size = update_atime = False
     update_mtime = update_ctime = True
 
@@ -123,7 +124,7 @@ async def _life(ops, store: Store, name: str, published: str) -> None:
     """What a worker's loop runs: the kernel's requests for files written,
     read back and removed (not READDIR: its reply needs the kernel's buffer),
     the flushes, the metrics, one idle upkeep."""
-    ctx, figures = _Context(), None
+    ctx, figures = RequestContext(), None
     random, zeros = os.urandom(4096), bytes(8192)
     folder = (await ops.mkdir(ROOT, b"d", stat.S_IFDIR | 0o755, ctx)).st_ino
     for i in range(ROUNDS):
@@ -137,7 +138,7 @@ async def _life(ops, store: Store, name: str, published: str) -> None:
         await ops.write(fh, 0, random if i % 2 else zeros)
         attr = await ops.getattr(ino, ctx)
         attr.st_mtime_ns = attr.st_ctime_ns = time.time_ns()
-        await ops.setattr(ino, attr, _Times(), fh, ctx)
+        await ops.setattr(ino, attr, TimesFields(), fh, ctx)
         await ops.flush(fh)
         await ops.release(fh)
         await ops.getattr(ino, ctx)

@@ -283,6 +283,22 @@ async def test_a_change_is_answered_ahead_and_applied_later(store, inodes, commi
         runner.stop()
 
 
+async def _unlink_answered_ahead(store, inodes) -> tuple[TxnRunner, Gate, int]:
+    """A stored file "f" unlinked through a runner whose store thread a gate
+    holds: the unlink answered ahead, not yet applied."""
+    with store.write() as txn:
+        ino = _create(b"f", inodes)(txn)
+    runner = await _runner(store)
+    try:
+        gate = Gate()
+        await gate.hold(runner)
+        await runner.change(inodes.unlink, ROOT_INO, b"f")
+    except BaseException:
+        runner.stop()
+        raise
+    return runner, gate, ino
+
+
 def _write_reads(monkeypatch) -> list:
     """(table, key) of every row the store thread reads in a write transaction, from now on."""
     from fusevol.store import env
@@ -327,13 +343,8 @@ async def test_the_mark_of_an_unlinked_file_is_not_read_again(store, inodes, mon
     writing it; only changes of names make one, so the store thread does not
     read it again. The file's own row, which a flush could have rewritten,
     still is."""
-    with store.write() as txn:
-        ino = _create(b"f", inodes)(txn)
-    runner = await _runner(store)
+    runner, gate, ino = await _unlink_answered_ahead(store, inodes)
     try:
-        gate = Gate()
-        await gate.hold(runner)
-        await runner.change(inodes.unlink, ROOT_INO, b"f")
         file_row = inodes.inode_row(ino)[1]
         reads = _write_reads(monkeypatch)
         gate.open()
@@ -347,19 +358,13 @@ async def test_the_mark_of_an_unlinked_file_is_not_read_again(store, inodes, mon
         runner.stop()
 
 
-
 async def test_an_unlink_deletes_no_row_it_found_absent(store, inodes, monkeypatch):
     """An unlink answered ahead of a file with one name read its mark of a
     file with several names as absent: the store thread deletes nothing
     there (an LMDB call, and a handoff of the GIL, less per unlink)."""
     from fusevol.store import env
-    with store.write() as txn:
-        ino = _create(b"f", inodes)(txn)
-    runner = await _runner(store)
+    runner, gate, ino = await _unlink_answered_ahead(store, inodes)
     try:
-        gate = Gate()
-        await gate.hold(runner)
-        await runner.change(inodes.unlink, ROOT_INO, b"f")
         deletes = []
         real = env.Txn.delete
 

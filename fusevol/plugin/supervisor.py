@@ -150,10 +150,10 @@ class Supervisor:
                 raise
         return self._serve_data(volume)
 
-    def _serve_data(self, volume: Volume) -> str:
+    def _serve_data(self, volume: Volume, probe: bool = True) -> str:
         """Make sure the data volume's worker serves at its mountpoint (adopt or start one)."""
         path, started = self.service.serve_data(volume, timeout=self.worker_start_timeout,
-                                                forkserver=self.forkserver)
+                                                forkserver=self.forkserver, probe=probe)
         self._keep(volume.name)  # no longer idle (one kept idle here before died)
         if started:
             self.worker_starts[volume.name] += 1
@@ -286,7 +286,7 @@ class Supervisor:
                 log.info("stopping the worker of %s: no container mounts it", data_name)
                 self._stop(data_name)
             return
-        base = self._serve_data(data)
+        base = self._serve_data(data, probe=False)  # every mounted volume: no request to each
         for view in mounted:
             if view is not data:
                 spec = self.service.mount_spec(view.name, removed_ok=True)

@@ -56,9 +56,12 @@ class Mounts:
     # -- the data volume's one worker, at the driver's place ----------------------
 
     def serve_data(self, volume: Volume, *, timeout: float = 60.0,
-                   forkserver=None) -> tuple[str, bool]:
+                   forkserver=None, probe: bool = True) -> tuple[str, bool]:
         """Make sure data volume `volume`'s worker serves at the driver's place:
-        adopt the one there, or start one. Its path, and whether it was started."""
+        adopt the one there, or start one. Its path, and whether it was started.
+        `probe`: a mount found is asked to answer (statfs) before it is
+        adopted; False where every mounted volume is gone through (the
+        daemon's start), which a hung worker must not hang."""
         from . import rules
 
         name = volume.name
@@ -67,9 +70,10 @@ class Mounts:
         if info is not None:
             rules.check_adoptable(name, info, path)
             # A registered worker is alive (it holds its entry's lock) and a mount sits at
-            # its mountpoint: it serves, and is not sent a request to prove it (this runs
-            # for every mounted volume at every reconcile; a hung worker would hang it).
-            if registry.is_mountpoint(path):
+            # its mountpoint: it serves. A worker killed a moment ago may still look so
+            # (its last threads ending hold the lock): a Mount asks the mount to answer,
+            # and a dead one is detached here instead of handed to a container.
+            if registry.is_mountpoint(path) and not (probe and registry.clear_dead_mount(path)):
                 return path, False
             # Its mount is gone or dead: the worker is ending; let it go.
             registry.clear_dead_mount(path)

@@ -283,15 +283,24 @@ async def test_a_change_is_answered_ahead_and_applied_later(store, inodes, commi
         runner.stop()
 
 
-async def _unlink_answered_ahead(store, inodes) -> tuple[TxnRunner, Gate, int]:
-    """A stored file "f" unlinked through a runner whose store thread a gate
-    holds: the unlink answered ahead, not yet applied."""
+async def _file_behind_gate(store, inodes) -> tuple[TxnRunner, Gate, int]:
+    """A stored file "f" and a runner whose store thread a gate holds."""
     with store.write() as txn:
         ino = _create(b"f", inodes)(txn)
     runner = await _runner(store)
     try:
         gate = Gate()
         await gate.hold(runner)
+    except BaseException:
+        runner.stop()
+        raise
+    return runner, gate, ino
+
+
+async def _unlink_answered_ahead(store, inodes) -> tuple[TxnRunner, Gate, int]:
+    """_file_behind_gate, then the file unlinked: answered ahead, not yet applied."""
+    runner, gate, ino = await _file_behind_gate(store, inodes)
+    try:
         await runner.change(inodes.unlink, ROOT_INO, b"f")
     except BaseException:
         runner.stop()
@@ -428,12 +437,8 @@ async def test_a_change_waits_while_a_name_change_is_queued(store, inodes):
 
 
 async def test_a_change_whose_rows_changed_meanwhile_runs_again(store, inodes):
-    with store.write() as txn:
-        ino = _create(b"f", inodes)(txn)
-    runner = await _runner(store)
+    runner, gate, ino = await _file_behind_gate(store, inodes)
     try:
-        gate = Gate()
-        await gate.hold(runner)
         # Queued before the change, run after the change was answered: it
         # rewrites the row the change reads (as a flush rewrites an inode).
         runner.submit(lambda txn: inodes.setattr(txn, ino, uid=7))

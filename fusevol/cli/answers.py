@@ -41,11 +41,14 @@ def volume_list(service) -> tuple[list, str]:
     return rows, "\n".join(lines)
 
 
-def snapshot_made(service, ref: str) -> tuple[dict, str]:
-    """`snapshot create VOLUME[@NAME]`: the snapshot made, and its reference."""
-    from ..store import snapshots
+def snapshot_made(service, ref: str, as_json: bool) -> tuple[dict | None, str]:
+    """`snapshot create VOLUME[@NAME]`: the snapshot made (with `as_json`;
+    else None: its reference is all the text says), and its reference."""
+    from ..store.refs import parse_ref
 
-    volume, name = snapshots.parse_ref(ref, need_snapshot=False)
+    volume, name = parse_ref(ref, need_snapshot=False)
+    if not as_json:
+        return None, f"{volume}@{service.take_snapshot(volume, name)}"
     snap = service.snapshot(volume, name).to_dict()
     snap.pop("hardlinks")
     return snap, f"{volume}@{snap['name']}"

@@ -72,14 +72,13 @@ def _run(verbose: bool, store: str | None, command: tuple, arguments: list, as_j
 
     try:
         from ..service import VolumeService
-        from ..store import Store
         from . import answers
 
-        service = VolumeService(Store.open(store_path()))
+        service = VolumeService(store_path())  # the store opened when first needed
         if command == ("volume", "ls"):
             data, text = answers.volume_list(service)
         else:
-            data, text = answers.snapshot_made(service, arguments[0])
+            data, text = answers.snapshot_made(service, arguments[0], as_json)
         if as_json:
             import json
 

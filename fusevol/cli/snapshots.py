@@ -18,7 +18,7 @@ def snapshot():
 @click.pass_context
 def snapshot_create(ctx, ref, as_json):
     """Snapshot VOLUME (named NAME, or after the time)."""
-    snap, text = snapshot_made(open_service(ctx), ref)
+    snap, text = snapshot_made(open_service(ctx), ref, as_json)
     emit(snap, as_json, text)
 
 

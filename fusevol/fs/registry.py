@@ -27,6 +27,8 @@ from ..records import MountSpec, Worker
 log = logger(__name__)
 
 FLUSH_XATTR = b"trusted.fusevol.flush"
+# + a snapshot's name (or nothing: named after the time), see snapshot_by_worker.
+SNAPSHOT_XATTR = b"trusted.fusevol.snapshot."
 
 
 def mount_dir(store_path: str) -> str:
@@ -366,32 +368,70 @@ def flush_worker(store_path: str, volume: str) -> bool:
     info = worker_of(store_path, volume=volume)
     if info is None:
         return False
+    fd = _synced_mount(info)
+    if fd is None:
+        return False
+    try:
+        _ask_flush(fd)
+    except OSError as e:
+        # ENOTCONN: the worker ended under a lazy unmount; it stored all
+        # it held at its end only if it is gone from the registry too.
+        if e.errno == errno.ENOTCONN and worker_of(store_path, volume=volume) is None:
+            return False
+        raise
+    finally:
+        os.close(fd)
+    return True
+
+
+def snapshot_by_worker(store_path: str, volume: str, name: str | None) -> str | None:
+    """Have the worker serving data volume `volume` take snapshot `name` (None:
+    named after the time) in the commit that stores what it holds, after the
+    kernel's dirty pages (syncfs): one durable commit, where a flush and then
+    the caller's own snapshot make two. The snapshot's name; None when no
+    worker took it: none serves the volume, it predates this request or
+    cannot take snapshots (read-only, xattr=off), it went meanwhile, or it
+    refused (a snapshot of that name exists, its store failed...). The
+    caller then flushes and takes it itself, which says why it cannot."""
+    info = worker_of(store_path, volume=volume)
+    if info is None or not info.takes_snapshots:
+        return None
+    fd = _synced_mount(info)
+    if fd is None:
+        return None
+    try:
+        made = os.getxattr(fd, (SNAPSHOT_XATTR + (name or "").encode()).decode())
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return name or made.decode()
+
+
+def _synced_mount(info: Worker) -> int | None:
+    """The root of worker `info`'s mount, open, once the kernel's dirty pages
+    of it reached the worker (syncfs); None when the mount went (the worker
+    unmounted before the open)."""
     import ctypes  # for syncfs: only here (the CLI's other commands start quicker)
 
     libc = ctypes.CDLL(None, use_errno=True)
     try:
-        # One descriptor for both calls: it holds the mount while they run, or
+        # One descriptor for every call: it holds the mount while they run, or
         # names the bare folder when the worker unmounted before the open.
         fd = os.open(info.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
-        return False
+        return None
     try:
         if not _is_mount_root(fd, info.mountpoint):
-            return False
+            os.close(fd)
+            return None
         if libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), info.mountpoint)
-        try:
-            _ask_flush(fd)
-        except OSError as e:
-            # ENOTCONN: the worker ended under a lazy unmount; it stored all
-            # it held at its end only if it is gone from the registry too.
-            if e.errno == errno.ENOTCONN and worker_of(store_path, volume=volume) is None:
-                return False
-            raise
-    finally:
+    except BaseException:
         os.close(fd)
-    return True
+        raise
+    return fd
 
 
 def _ask_flush(fd: int) -> None:

@@ -65,6 +65,29 @@ def test_a_mounted_volume_is_snapshot_by_its_worker_with_the_same_answers(mounts
 
 
 @needs_fuse
+def test_a_mounted_volumes_snapshot_loads_no_store_code_in_the_cli(mounts, store_path):
+    """The worker takes it: the command needs the registry and the names, not
+    the store, nor the records and their dataclasses (most of its start)."""
+    import sys
+
+    mp = mounts.mount("live")
+    write(os.path.join(mp, "f"), b"one")
+    heavy = ("lmdb", "dataclasses", "fusevol.records", "fusevol.store.env", "fusevol.store.snapshots")
+    script = ("import sys\n"
+              "from fusevol.cli.entry import main\n"
+              "try:\n"
+              "    main(['--store', sys.argv[1], 'snapshot', 'create', 'live@s'])\n"
+              "except SystemExit as e:\n"
+              "    assert not e.code, e.code\n"
+              f"loaded = [m for m in {heavy!r} if m in sys.modules]\n"
+              "assert not loaded, loaded\n")
+    proc = subprocess.run([sys.executable, "-c", script, store_path], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == b"live@s\n"
+    assert run_cli(store_path, "diff", "live@s", "live").stdout == b""
+
+
+@needs_fuse
 def test_a_snapshot_after_the_worker_was_killed_holds_what_was_fsynced(mounts, store_path):
     import signal
     import time

@@ -149,24 +149,26 @@ class VolumeService(Mounts):
 
     def take_snapshot(self, volume: str, name: str | None = None) -> str:
         """Snapshot `volume` (named `name`, or after the time); its name. The
-        worker serving it takes it in the commit that stores what it holds,
-        when it can (registry.snapshot_by_worker); else it is flushed and the
-        snapshot taken here. Either way the snapshot holds what was written
+        worker serving it takes it when it can (snapshotting.py), else this
+        service after flushing it: either way it holds what was written
         before this call."""
-        made = registry.snapshot_by_worker(self.store_path, volume, name)
-        return made if made is not None else self._snapshot_here(volume, name).name
+        from .snapshotting import take_snapshot
+
+        return take_snapshot(self.store_path, volume, name, self)
 
     def snapshot(self, volume: str, name: str | None = None) -> Snapshot:
         """take_snapshot, and the snapshot's record."""
         made = registry.snapshot_by_worker(self.store_path, volume, name)
         if made is None:
-            return self._snapshot_here(volume, name)
+            return self.snapshot_here(volume, name)
         from ..store import snapshots
 
         with self.store.read() as txn:
             return snapshots.get(txn, volume, made)
 
-    def _snapshot_here(self, volume: str, name: str | None) -> Snapshot:
+    def snapshot_here(self, volume: str, name: str | None) -> Snapshot:
+        """The snapshot taken by this process, after the worker serving the
+        volume (if any) stored what it holds."""
         from ..store import snapshots
 
         self.flush_for_read(volume)

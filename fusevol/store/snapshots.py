@@ -15,7 +15,7 @@ from ..records import Snapshot, Volume
 from . import chunks, namespace, trees, volumes
 from .env import Txn
 from .inodes import Inodes
-from .refs import NAME_RE, parse_ref  # noqa: F401 (callers take them from here too)
+from .names import SNAPSHOT_NAME_RE as NAME_RE, parse_ref  # noqa: F401 (callers take them from here too)
 from .schema import IN_PIECES, LAZY, ROOT_INO
 from .treewriter import write_tree
 

@@ -8,15 +8,12 @@ loads neither the records nor the store: the worker does all of it."""
 from ..fs import registry
 
 
-def take_snapshot(store_path: str, volume: str, name: str | None = None, service=None) -> str:
-    """Snapshot `volume` (named `name`, or after the time); its name. It holds
-    what was written before this call. `service`: the VolumeService to take it
-    with when no worker does (one is opened on `store_path` if needed)."""
+def take_snapshot(store_path: str, volume: str, name: str | None = None) -> str:
+    """Snapshot `volume` of the store at `store_path` (named `name`, or after
+    the time); its name. It holds what was written before this call."""
     made = registry.snapshot_by_worker(store_path, volume, name)
     if made is not None:
         return made
-    if service is None:
-        from .volumes import VolumeService
+    from .volumes import VolumeService
 
-        service = VolumeService(store_path)
-    return service.snapshot_here(volume, name).name
+    return VolumeService(store_path).snapshot_here(volume, name).name

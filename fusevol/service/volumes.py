@@ -147,17 +147,8 @@ class VolumeService(Mounts):
             from ..store import intentlog
             intentlog.replay_unserved(self.store)
 
-    def take_snapshot(self, volume: str, name: str | None = None) -> str:
-        """Snapshot `volume` (named `name`, or after the time); its name. The
-        worker serving it takes it when it can (snapshotting.py), else this
-        service after flushing it: either way it holds what was written
-        before this call."""
-        from .snapshotting import take_snapshot
-
-        return take_snapshot(self.store_path, volume, name, self)
-
     def snapshot(self, volume: str, name: str | None = None) -> Snapshot:
-        """take_snapshot, and the snapshot's record."""
+        """snapshotting.take_snapshot, and the snapshot's record."""
         made = registry.snapshot_by_worker(self.store_path, volume, name)
         if made is None:
             return self.snapshot_here(volume, name)

@@ -224,8 +224,10 @@ async def test_changes_ahead_around_the_workers_snapshot_in_one_batch_keep_it_wh
         await gate.hold(runner)  # all that follows is queued at once, one batch
         await runner.change(lambda txn: inodes.setattr(txn, ino["x"], mode=FILE & ~0o044))
         async with trio.open_nursery() as nursery:
+            before = runner.queued
             nursery.start_soon(_snapshot, store, "s", runner)
-            await trio.sleep(0)  # queued
+            while runner.queued == before:  # the snapshot queued (trio runs tasks in any order)
+                await trio.sleep(0)
             await runner.change(lambda txn: inodes.setattr(txn, ino["x"], mode=FILE))
             gate.open()
         await runner.sync()

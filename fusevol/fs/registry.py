@@ -417,10 +417,12 @@ def snapshot_by_worker(store_path: str, volume: str, name: str | None) -> str | 
     named after the time) in the commit that stores what it holds, after the
     kernel's dirty pages (syncfs): one durable commit, where a flush and then
     the caller's own snapshot make two. The snapshot's name; None when no
-    worker took it: none serves the volume, it predates this request or
-    cannot take snapshots (read-only, xattr=off), it went meanwhile, or it
+    worker took it: none serves the volume, it takes none (read-only,
+    xattr=off, or of a version that did not), it went meanwhile, or it
     refused (a snapshot of that name exists, its store failed...). The
-    caller then flushes and takes it itself, which says why it cannot."""
+    caller then flushes and takes it itself, which says why it cannot.
+    (Only a short answer: os.getxattr asks again, with a larger buffer, for
+    one of more than 128 bytes; the worker would take a second snapshot.)"""
     info = _entry_of(store_path, volume=volume)
     if info is None or not info.get("takes_snapshots"):
         return None

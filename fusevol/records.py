@@ -118,7 +118,7 @@ class Snapshot(_Stored):
 class Worker(_Stored):
     """A running worker as it registers itself (fs/registry.py)."""
 
-    _OPTIONAL = ("pidns",)
+    _OPTIONAL = ("pidns", "takes_snapshots")
 
     pid: int
     volume: str  # the data volume it serves
@@ -128,6 +128,7 @@ class Worker(_Stored):
     subpath: str | None = None
     options: str | None = None  # mount(8)-style, as fs/mountopts.py writes them
     pidns: int | None = None  # the pid namespace `pid` belongs to (its inode number)
+    takes_snapshots: bool = False  # answers registry.SNAPSHOT_XATTR (older workers: a flush only)
     extra: dict = field(default_factory=dict)
 
 

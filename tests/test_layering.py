@@ -278,7 +278,7 @@ def test_each_table_is_written_by_one_module():
 # The store's core (rows and objects) stands apart from the operations over it.
 STORE_CORE = ("env", "schema", "chunks", "countrows", "restforms", "packs", "trees", "pieces", "folders", "dirchanges",
               "inodes", "inoderows", "namespace", "blockmap", "xattrs", "treerows", "volumes",
-              "remotes", "blobs", "intentlog", "workerrows")
+              "remotes", "blobs", "intentlog", "workerrows", "names")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
                     "tar_import", "check", "recompress", "densify", "compaction", "resttree", "freepages", "repack")
 

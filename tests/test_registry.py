@@ -81,3 +81,10 @@ def test_a_flush_finds_no_worker_when_its_mount_went_before_the_entry(tmp_path):
         assert registry.flush_worker(store, "vol") is False
     finally:
         entry.close()
+    # Nor does a snapshot asked of it: the caller takes it itself.
+    entry = registry.register(store, Worker(pid=os.getpid(), volume="vol", mountpoint=str(folder),
+                                            takes_snapshots=True))
+    try:
+        assert registry.snapshot_by_worker(store, "vol", "s") is None
+    finally:
+        entry.close()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 
 from conftest import needs_fuse, run_cli
 from fusevol.store import Store
@@ -45,6 +46,74 @@ def test_snapshot_of_mounted_volume_holds_unsynced_writes(mounts, store_path):
         assert read(os.path.join(copy, "open-file")) == b"written, not closed, not fsynced"
     finally:
         f.close()
+
+
+@needs_fuse
+def test_a_mounted_volume_is_snapshot_by_its_worker_with_the_same_answers(mounts, store_path):
+    mp = mounts.mount("live")
+    write(os.path.join(mp, "f"), b"one")
+    made = cli_json(store_path, "snapshot", "create", "live@s1")
+    assert (made["volume"], made["name"], made["inodes"], made["logical_bytes"]) == ("live", "s1", 2, 3)
+    write(os.path.join(mp, "f"), b"two")
+    named = run_cli(store_path, "snapshot", "create", "live").stdout.decode().strip()
+    assert named.startswith("live@") and named != "live@s1"
+    assert run_cli(store_path, "diff", "live@s1", named).stdout.decode().split() == ["M", "f"]
+    dup = run_cli(store_path, "snapshot", "create", "live@s1", check=False)
+    assert dup.returncode == 3 and dup.stderr == b"fusevol: snapshot live@s1 already exists\n"
+    listed = [s["name"] for s in cli_json(store_path, "snapshot", "ls", "live")]
+    assert listed == ["s1", named.partition("@")[2]]
+
+
+@needs_fuse
+def test_a_mounted_volumes_snapshot_loads_no_store_code_in_the_cli(mounts, store_path):
+    """The worker takes it: the command needs the registry and the names, not
+    the store, nor the records and their dataclasses (most of its start)."""
+    import sys
+
+    mp = mounts.mount("live")
+    write(os.path.join(mp, "f"), b"one")
+    heavy = ("lmdb", "dataclasses", "fusevol.records", "fusevol.store.env", "fusevol.store.snapshots")
+    script = ("import sys\n"
+              "from fusevol.cli.entry import main\n"
+              "try:\n"
+              "    main(['--store', sys.argv[1], 'snapshot', 'create', 'live@s'])\n"
+              "except SystemExit as e:\n"
+              "    assert not e.code, e.code\n"
+              f"loaded = [m for m in {heavy!r} if m in sys.modules]\n"
+              "assert not loaded, loaded\n")
+    proc = subprocess.run([sys.executable, "-c", script, store_path], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == b"live@s\n"
+    assert run_cli(store_path, "diff", "live@s", "live").stdout == b""
+
+
+@needs_fuse
+def test_a_snapshot_after_the_worker_was_killed_holds_what_was_fsynced(mounts, store_path):
+    import signal
+    import time
+
+    from fusevol.fs import registry
+
+    mp = mounts.mount("live")
+    with open(os.path.join(mp, "f"), "wb") as f:
+        f.write(b"fsynced before the kill")
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(registry.worker_of(store_path, volume="live").pid, signal.SIGKILL)
+    # At once: the worker may still look alive (its mount answers ENOTCONN); a
+    # clear error then, never a traceback. Once it is gone, the snapshot is taken.
+    for _ in range(100):
+        proc = run_cli(store_path, "snapshot", "create", "live@after", check=False)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+        time.sleep(0.1)
+    assert proc.returncode == 0, proc.stderr
+    mounts.active.remove(mp)
+    subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+    run_cli(store_path, "clone", "live@after", "copy")
+    assert read(os.path.join(mounts.mount("copy", create=False), "f")) == b"fsynced before the kill"
 
 
 @needs_fuse

@@ -33,8 +33,13 @@ def _open_runner(store) -> TxnRunner:
     return runner
 
 
-async def _snapshot(store, name: str):
-    """As the CLI does it: another writer, while the worker runs."""
+async def _snapshot(store, name: str, runner=None):
+    """As the CLI takes one: another writer, while the worker runs; or, given
+    the worker's `runner`, as the worker takes one for the CLI (in its batch,
+    its rows not recorded: ops.take_snapshot)."""
+    if runner is not None:
+        return await runner.run_unrecorded(snapshots.create, "vol", name, durable=True)
+
     def take():
         with store.write() as txn:
             return snapshots.create(txn, "vol", name)
@@ -70,8 +75,9 @@ def _cached_rows(runner, keys) -> dict:
     return out
 
 
+@pytest.mark.parametrize("by_worker", [False, True], ids=["cli", "worker"])
 @pytest.mark.parametrize("change", sorted(CHANGES))
-async def test_change_after_a_snapshot_runs_again_and_keeps_it_whole(store, change):
+async def test_change_after_a_snapshot_runs_again_and_keeps_it_whole(store, change, by_worker):
     with store.write() as txn:
         inodes, ino = build(txn)
     runner = _open_runner(store)
@@ -82,14 +88,14 @@ async def test_change_after_a_snapshot_runs_again_and_keeps_it_whole(store, chan
         for parent, name in ((1, b"a"), (ino["a"], b"x"), (ino["a"], b"h"), (ino["a"], b"h2"),
                              (ino["a"], b"b"), (ino["a"], b"e"), (ino["b"], b"y")):
             await runner.read(inodes.lookup, parent, name)
-        root = bytes.fromhex((await _snapshot(store, "before")).root)
+        root = bytes.fromhex((await _snapshot(store, "before", runner if by_worker else None)).root)
         await runner.change(lambda txn: CHANGES[change](txn, inodes, ino))
         await runner.sync()
         assert runner.broken is None
         # Answered from rows older than the snapshot: run again, or waited for
         # (rmdir scans the folder, which only the store thread does).
         assert runner.counts["again"] + runner.counts["waited"] == 1
-        await _snapshot(store, "after")
+        await _snapshot(store, "after", runner if by_worker else None)
     finally:
         runner.stop()
     with store.read() as txn:
@@ -126,8 +132,9 @@ def _random_change(rnd, inodes, names: dict):
     return lambda txn: inodes.link(txn, some, parent, name)
 
 
+@pytest.mark.parametrize("by_worker", [False, True], ids=["cli", "worker"])
 @pytest.mark.parametrize("seed", range(4))
-async def test_random_changes_ahead_equal_the_store(store, seed):
+async def test_random_changes_ahead_equal_the_store(store, seed, by_worker):
     rnd = random.Random(seed)
     with store.write() as txn:
         vid = volumes.create(txn, "vol").vid
@@ -143,7 +150,7 @@ async def test_random_changes_ahead_equal_the_store(store, seed):
             if isinstance(result, tuple) and isinstance(result[1], Inode):
                 names[result[0]] = (stat.S_ISDIR(result[1].mode), b"")
             if step % 50 == 25:
-                await _snapshot(store, f"s{step}")
+                await _snapshot(store, f"s{step}", runner if by_worker else None)
             if step % 7 == 0:  # data too, on the store thread, between changes
                 file = next((i for i, (d, _) in names.items() if not d), None)
                 if file is not None:
@@ -200,3 +207,34 @@ async def test_small_writes_ahead_are_readable_at_once_and_counted_right(store):
         assert report["ok"], report["problems"]
         assert txn.vstats(vid).logical_bytes == sum(
             len(d) for i, (_, d) in enumerate(files) if i not in (1, 2, 3))
+
+
+async def test_changes_ahead_around_the_workers_snapshot_in_one_batch_keep_it_whole(store):
+    """The worker's snapshot records none of the rows it writes (tree ids): a
+    change answered ahead from the rows before it, applied in the same batch,
+    is checked against what the batch holds, and runs again."""
+    from unit.gate import Gate
+
+    with store.write() as txn:
+        inodes, ino = build(txn)
+    runner = _open_runner(store)
+    gate = Gate()
+    try:
+        await runner.read(inodes.get, ino["x"])
+        await gate.hold(runner)  # all that follows is queued at once, one batch
+        await runner.change(lambda txn: inodes.setattr(txn, ino["x"], mode=FILE & ~0o044))
+        async with trio.open_nursery() as nursery:
+            before = runner.queued
+            nursery.start_soon(_snapshot, store, "s", runner)
+            while runner.queued == before:  # the snapshot queued (trio runs tasks in any order)
+                await trio.sleep(0)
+            await runner.change(lambda txn: inodes.setattr(txn, ino["x"], mode=FILE))
+            gate.open()
+        await runner.sync()
+        assert runner.broken is None
+        assert runner.counts["again"] == 1
+    finally:
+        runner.stop()
+    with store.read() as txn:
+        report = check.verify(txn)
+    assert report["ok"], report["problems"]

@@ -41,11 +41,20 @@ def volume_list(service) -> tuple[list, str]:
     return rows, "\n".join(lines)
 
 
-def snapshot_made(service, ref: str) -> tuple[dict, str]:
-    """`snapshot create VOLUME[@NAME]`: the snapshot made, and its reference."""
-    from ..store import snapshots
+def snapshot_made(store_path: str, ref: str, as_json: bool) -> tuple[dict | None, str]:
+    """`snapshot create VOLUME[@NAME]` on the store at `store_path`: the
+    snapshot made (with `as_json`; else None: its reference is all the text
+    says, and a mounted volume's worker takes it with no store opened here),
+    and its reference."""
+    from ..store.names import parse_ref
 
-    volume, name = snapshots.parse_ref(ref, need_snapshot=False)
-    snap = service.snapshot(volume, name).to_dict()
+    volume, name = parse_ref(ref, need_snapshot=False)
+    if not as_json:
+        from ..service.snapshotting import take_snapshot
+
+        return None, f"{volume}@{take_snapshot(store_path, volume, name)}"
+    from ..service import VolumeService
+
+    snap = VolumeService(store_path).snapshot(volume, name).to_dict()
     snap.pop("hardlinks")
     return snap, f"{volume}@{snap['name']}"

@@ -66,20 +66,19 @@ def _run(verbose: bool, store: str | None, command: tuple, arguments: list, as_j
     configure_logging(verbose, now=False)  # the store, the service, the registry: fusevol.logs
 
     def store_path() -> str:
-        from ..store.env import resolve_path
+        from ..store.names import resolve_path
 
         return resolve_path(store)
 
     try:
-        from ..service import VolumeService
-        from ..store import Store
         from . import answers
 
-        service = VolumeService(Store.open(store_path()))
         if command == ("volume", "ls"):
-            data, text = answers.volume_list(service)
+            from ..service import VolumeService
+
+            data, text = answers.volume_list(VolumeService(store_path()))
         else:
-            data, text = answers.snapshot_made(service, arguments[0])
+            data, text = answers.snapshot_made(store_path(), arguments[0], as_json)
         if as_json:
             import json
 

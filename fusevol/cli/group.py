@@ -30,7 +30,7 @@ def store_option() -> click.Option:
 
 def store_path(ctx: click.Context) -> str:
     """The absolute path of the store the command line names (or the default)."""
-    from ..store.env import resolve_path
+    from ..store.names import resolve_path
 
     return resolve_path(ctx.meta.get(STORE_KEY))
 

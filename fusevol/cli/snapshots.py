@@ -4,7 +4,7 @@ import click
 
 from .answers import human, snapshot_made
 from .common import emit, json_option, open_service, open_store, parse_opts
-from .group import command, group
+from .group import command, group, store_path
 
 
 @group()
@@ -18,7 +18,7 @@ def snapshot():
 @click.pass_context
 def snapshot_create(ctx, ref, as_json):
     """Snapshot VOLUME (named NAME, or after the time)."""
-    snap, text = snapshot_made(open_service(ctx), ref)
+    snap, text = snapshot_made(store_path(ctx), ref, as_json)
     emit(snap, as_json, text)
 
 

@@ -269,9 +269,10 @@ class IntentLog:
 
     # -- checkpoints ------------------------------------------------------------------
 
-    async def checkpoint(self, files: dict) -> None:
+    async def checkpoint(self, files: dict, last=None):
         """Store every open file's buffers and commit durably, with the last
-        record the commit covers: the log up to it is free again."""
+        record the commit covers: the log up to it is free again. `last`: an
+        async function that does that commit itself (ops.flush_all); its result."""
         async with self._checkpointing:
             upto = self.lsn
             old, other = self.current, 1 - self.current
@@ -287,7 +288,7 @@ class IntentLog:
                 if upto > self.applied:
                     await self.runner.run(intentlog.set_applied, self.vid, upto,
                                           foreseen=True, loggable=True)
-                await self.runner.sync()
+                done = await (last() if last is not None else self.runner.sync())
             except BaseException:
                 for ino, ranges in taken.items():
                     self._give_back(ino, ranges)
@@ -297,6 +298,7 @@ class IntentLog:
             self.counts["checkpoints"] += 1
             if not switched and self.files[old].last_lsn <= upto:
                 self.files[old].offset = 0  # nothing past what is covered: start again
+            return done
 
     async def run_checkpoints(self, files: dict) -> None:
         """Keep the log short and the logged data stored, and lay its files out

@@ -80,7 +80,8 @@ def serve(store_path: str, spec: MountSpec, mountpoint: str, *,
             ops.intent.requests_from(_fuse_fd())
         registered.append(register(store.path, Worker(
             pid=os.getpid(), volume=data_volume.name, mounted_as=spec.name,
-            mountpoint=mountpoint, readonly=readonly, options=options.to_text())))
+            mountpoint=mountpoint, readonly=readonly, options=options.to_text(),
+            takes_snapshots=not readonly and data_volume.xattr)))
         published = metrics.metrics_path(store.path, data_volume.name)
         stack.callback(metrics.withdraw, published)
         # The store made dense once the volume is quiet (upkeep.py); a
@@ -115,7 +116,7 @@ def open_volume(stack: contextlib.ExitStack, store: Store, data_volume, *, reado
     used = runner.run_sync(inodes.usage).logical_bytes
     space = SpaceBudget(store, data_volume.quota, used, pending=lambda: runner.unstored_bytes)
     ops = VolumeOperations(runner, inodes, space, readonly=readonly, atime=atime,
-                           intent=intent, xattrs=data_volume.xattr)
+                           intent=intent, xattrs=data_volume.xattr, volume=data_volume.name)
     ops.metrics.time_commits(store)
     return ops
 

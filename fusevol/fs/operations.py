@@ -26,7 +26,7 @@ from ..store import ROOT_INO, Inode, Inodes
 from ..store.inodes import set_attrs
 from . import acl, metrics, pagepush
 from .filedata import SPACE_ERRORS, FileData
-from .registry import FLUSH_XATTR
+from .registry import FLUSH_XATTR, SNAPSHOT_XATTR
 from .runner import TxnRunner
 from .space import SpaceBudget
 
@@ -116,8 +116,9 @@ class VolumeOperations(pyfuse3.Operations):
 
     def __init__(self, runner: TxnRunner, inodes: Inodes, space: SpaceBudget, *,
                  readonly: bool = False, root_ino: int = ROOT_INO, atime: str = "noatime",
-                 intent=None, xattrs: bool = True):
+                 intent=None, xattrs: bool = True, volume: str | None = None):
         super().__init__()
+        self.volume = volume  # the data volume's name: snapshots taken here (take_snapshot)
         self.intent = intent  # fs/intent.py: fsync of small writes (None: read-only)
         self.xattrs = xattrs  # the volume's xattr option (off: no xattr requests answered)
         self.atime = None if readonly or atime == "noatime" else atime
@@ -627,14 +628,29 @@ class VolumeOperations(pyfuse3.Operations):
         except OSError:
             pass  # the kernel forgot the inode already
 
-    async def flush_all(self, durable: bool = False) -> None:
+    async def flush_all(self, durable: bool = False, last=None):
+        """Store every open file's buffers; with `durable`, commit durably.
+        `last`: an async function that does that commit itself (after work of
+        its own); flush_all returns what it returns."""
         if durable and self.intent is not None:
-            await self.intent.checkpoint(self.files)  # the same, and the log covered
-            return
+            return await self.intent.checkpoint(self.files, last)  # the same, and the log covered
         for fd in list(self.files.values()):
             await fd.flush()
         if durable:
-            await self.runner.sync()
+            return await (last() if last is not None else self.runner.sync())
+
+    async def take_snapshot(self, name: str | None) -> str:
+        """The CLI's snapshot of this volume (registry.snapshot_by_worker):
+        what this worker holds stored, then the snapshot taken, in one durable
+        commit (one sync; the CLI's own snapshot after a flush took two). Its name."""
+        if self.volume is None or self.readonly:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        from ..store import snapshots  # the tree writer: not for workers that take none
+
+        snap = await self.flush_all(durable=True, last=functools.partial(
+            self.runner.run_unrecorded, snapshots.create, self.volume, name, self.inodes.vid,
+            durable=True))
+        return snap.name
 
     async def run_flusher(self) -> None:
         """Bound how long written data stays only in memory."""
@@ -735,6 +751,13 @@ class VolumeOperations(pyfuse3.Operations):
             # snapshot (trusted.* names are for root only, the kernel checks).
             await self.flush_all(durable=True)
             return b"ok"
+        if name.startswith(SNAPSHOT_XATTR):
+            # Answered with the name it chose when the request named none (a
+            # short one): os.getxattr asks again with a larger buffer for an
+            # answer of more than 128 bytes, which would take a second snapshot.
+            asked = name[len(SNAPSHOT_XATTR):].decode(errors="surrogateescape")
+            made = await self.take_snapshot(asked or None)
+            return b"" if asked else made.encode()
         value = await self.runner.read(self.inodes.find_xattr, self._real(inode), name)
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)

@@ -9,10 +9,13 @@ which mean nothing (or another process) to the host's CLI. This module
 imports neither pyfuse3 nor trio, so the CLI and the daemon stay quick; what
 only starting or stopping a worker needs (subprocess, select, signal, the
 start-up protocol) is imported by the functions that do it, so that commands
-which only list volumes do not load it.
+which only list volumes do not load it. Its own lookups read entries as their
+JSON objects: the CLI's snapshot of a mounted volume loads no records (nor the
+dataclasses module they are made with).
 """
 
-import dataclasses
+from __future__ import annotations  # (Worker and MountSpec: loaded where they are made)
+
 import errno
 import fcntl
 import json
@@ -22,11 +25,12 @@ import time
 
 from ..errors import Busy, FusevolError, InvalidArgument
 from ..logs import logger
-from ..records import MountSpec, Worker
 
 log = logger(__name__)
 
 FLUSH_XATTR = b"trusted.fusevol.flush"
+# + a snapshot's name (or nothing: named after the time), see snapshot_by_worker.
+SNAPSHOT_XATTR = b"trusted.fusevol.snapshot."
 
 
 def mount_dir(store_path: str) -> str:
@@ -57,6 +61,17 @@ def pid_alive(pid: int) -> bool:
 
 def workers(store_path: str) -> list[Worker]:
     """Live workers of this store (entries of dead ones are removed)."""
+    from ..records import Worker
+
+    return [Worker.from_dict(info) for info in _live_entries(store_path)]
+
+
+# What every entry holds (Worker's fields without a default).
+_REQUIRED = ("pid", "volume", "mountpoint")
+
+
+def _live_entries(store_path: str) -> list[dict]:
+    """workers(), as the entries' JSON objects."""
     found = []
     wdir = _workers_dir(store_path)
     for entry in sorted(os.listdir(wdir)) if os.path.isdir(wdir) else []:
@@ -65,14 +80,16 @@ def workers(store_path: str) -> list[Worker]:
         try:
             with open(path) as f:
                 if entry.endswith(".json"):
-                    info = Worker.from_dict(json.load(f))
+                    info = json.load(f)
+                    if not isinstance(info, dict) or any(k not in info for k in _REQUIRED):
+                        raise ValueError(f"not a worker's entry: {path}")
                 if entry.startswith("w-"):
                     # In our pid namespace, a process whose pid is gone may still hold
                     # the lock for a moment (its other threads are still ending).
-                    alive = _locked(f) and (info is None or info.pidns != _pidns()
-                                            or pid_alive(info.pid))
+                    alive = _locked(f) and (info is None or info.get("pidns") != _pidns()
+                                            or pid_alive(info["pid"]))
                 else:  # an entry of a worker from before the locks, named PID.json
-                    alive = info is not None and pid_alive(info.pid)
+                    alive = info is not None and pid_alive(info["pid"])
         except (OSError, ValueError, TypeError):
             continue
         if not alive and (info is not None or _age(path) > STALE_TMP_AGE):
@@ -114,10 +131,21 @@ def _locked(f) -> bool:
 
 def worker_of(store_path: str, *, volume: str | None = None,
               mountpoint: str | None = None) -> Worker | None:
-    for info in workers(store_path):
-        if volume is not None and info.volume == volume:
+    info = _entry_of(store_path, volume=volume, mountpoint=mountpoint)
+    if info is None:
+        return None
+    from ..records import Worker
+
+    return Worker.from_dict(info)
+
+
+def _entry_of(store_path: str, *, volume: str | None = None,
+              mountpoint: str | None = None) -> dict | None:
+    """worker_of(), as its entry's JSON object."""
+    for info in _live_entries(store_path):
+        if volume is not None and info["volume"] == volume:
             return info
-        if mountpoint is not None and info.mountpoint == os.path.abspath(mountpoint):
+        if mountpoint is not None and info["mountpoint"] == os.path.abspath(mountpoint):
             return info
     return None
 
@@ -167,6 +195,8 @@ class Registration:
         self.path = os.path.join(wdir, name + ".json")
         self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # before the name is seen: never stale when listed
+        import dataclasses
+
         info = dataclasses.replace(info, pidns=_pidns())
         os.write(self._fd, json.dumps(info.to_dict()).encode())
         os.replace(tmp, self.path)
@@ -366,32 +396,72 @@ def flush_worker(store_path: str, volume: str) -> bool:
     info = worker_of(store_path, volume=volume)
     if info is None:
         return False
+    fd = _synced_mount(info.mountpoint)
+    if fd is None:
+        return False
+    try:
+        _ask_flush(fd)
+    except OSError as e:
+        # ENOTCONN: the worker ended under a lazy unmount; it stored all
+        # it held at its end only if it is gone from the registry too.
+        if e.errno == errno.ENOTCONN and worker_of(store_path, volume=volume) is None:
+            return False
+        raise
+    finally:
+        os.close(fd)
+    return True
+
+
+def snapshot_by_worker(store_path: str, volume: str, name: str | None) -> str | None:
+    """Have the worker serving data volume `volume` take snapshot `name` (None:
+    named after the time) in the commit that stores what it holds, after the
+    kernel's dirty pages (syncfs): one durable commit, where a flush and then
+    the caller's own snapshot make two. The snapshot's name; None when no
+    worker took it: none serves the volume, it takes none (read-only,
+    xattr=off, or of a version that did not), it went meanwhile, or it
+    refused (a snapshot of that name exists, its store failed...). The
+    caller then flushes and takes it itself, which says why it cannot.
+    (Only a short answer: os.getxattr asks again, with a larger buffer, for
+    one of more than 128 bytes; the worker would take a second snapshot.)"""
+    info = _entry_of(store_path, volume=volume)
+    if info is None or not info.get("takes_snapshots"):
+        return None
+    fd = _synced_mount(info["mountpoint"])
+    if fd is None:
+        return None
+    try:
+        made = os.getxattr(fd, (SNAPSHOT_XATTR + (name or "").encode()).decode())
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return name or made.decode()
+
+
+def _synced_mount(mountpoint: str) -> int | None:
+    """The root of a worker's mount at `mountpoint`, open, once the kernel's
+    dirty pages of it reached the worker (syncfs); None when the mount went
+    (the worker unmounted before the open)."""
     import ctypes  # for syncfs: only here (the CLI's other commands start quicker)
 
     libc = ctypes.CDLL(None, use_errno=True)
     try:
-        # One descriptor for both calls: it holds the mount while they run, or
+        # One descriptor for every call: it holds the mount while they run, or
         # names the bare folder when the worker unmounted before the open.
-        fd = os.open(info.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
-        return False
+        return None
     try:
-        if not _is_mount_root(fd, info.mountpoint):
-            return False
+        if not _is_mount_root(fd, mountpoint):
+            os.close(fd)
+            return None
         if libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), info.mountpoint)
-        try:
-            _ask_flush(fd)
-        except OSError as e:
-            # ENOTCONN: the worker ended under a lazy unmount; it stored all
-            # it held at its end only if it is gone from the registry too.
-            if e.errno == errno.ENOTCONN and worker_of(store_path, volume=volume) is None:
-                return False
-            raise
-    finally:
+            raise OSError(err, os.strerror(err), mountpoint)
+    except BaseException:
         os.close(fd)
-    return True
+        raise
+    return fd
 
 
 def _ask_flush(fd: int) -> None:

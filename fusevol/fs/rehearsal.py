@@ -123,7 +123,7 @@ def _live(path: str, name: str) -> None:
 async def _life(ops, store: Store, name: str, published: str) -> None:
     """What a worker's loop runs: the kernel's requests for files written,
     read back and removed (not READDIR: its reply needs the kernel's buffer),
-    the flushes, the metrics, one idle upkeep."""
+    the flushes, a snapshot, the metrics, one idle upkeep."""
     ctx, figures = RequestContext(), None
     random, zeros = os.urandom(4096), bytes(8192)
     folder = (await ops.mkdir(ROOT, b"d", stat.S_IFDIR | 0o755, ctx)).st_ino
@@ -147,7 +147,8 @@ async def _life(ops, store: Store, name: str, published: str) -> None:
         figures = mounting.publish_changed(ops, published, figures)
         await trio.sleep(0)
     await ops.flush_all(durable=True)
-    for i in range(ROUNDS):  # read back, then the files go
+    await ops.take_snapshot(None)  # the CLI's, of a mounted volume: the tree writer loaded here
+    for i in range(ROUNDS):  # read back, then the files go (after the snapshot: tree ids released)
         file = b"f%d" % i
         entry = await ops.lookup(folder, file, ctx)
         info = await ops.open(entry.st_ino, os.O_RDONLY, ctx)

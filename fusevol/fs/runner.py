@@ -418,6 +418,21 @@ class TxnRunner:
         """Make every operation run so far durable (one commit, fsync'ed)."""
         await self.run(_SYNC, durable=True, foreseen=True, loggable=True)
 
+    async def run_unrecorded(self, fn, *args, durable: bool = False):
+        """run() of an operation whose rows are neither recorded nor kept in
+        the worker's copy (a snapshot's tree ids and cleared change notes: a
+        row per inode changed since the last one, a million for a first
+        snapshot of a million files). The worker's copies of those rows are
+        then stale, as after a snapshot by another process: a change worked
+        out from one runs again (speculate.py). The batch's record of the
+        rows it holds is dropped, so those checks read the batch itself."""
+        return await self.run(self._unrecorded, fn, args, durable=durable, foreseen=True)
+
+    def _unrecorded(self, txn, fn, args):
+        txn.writes = None
+        self._written.clear()
+        return fn(txn, *args)
+
     def run_sync(self, fn, *args, durable: bool = False):
         """The same from a thread that is not trio's (shutdown paths)."""
         event = threading.Event()

@@ -8,6 +8,15 @@ rule governs: removing a volume, rolling it back, receiving into it, reading
 it while a worker may hold unstored data, starting and stopping workers.
 """
 
-from .volumes import VolumeService
-
 __all__ = ["VolumeService"]
+
+
+def __getattr__(name: str):
+    # Loaded when first named: `snapshot create` of a mounted volume needs
+    # only snapshotting.py (and the worker).
+    if name != "VolumeService":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .volumes import VolumeService
+
+    globals()[name] = VolumeService
+    return VolumeService

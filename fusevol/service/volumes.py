@@ -148,6 +148,18 @@ class VolumeService(Mounts):
             intentlog.replay_unserved(self.store)
 
     def snapshot(self, volume: str, name: str | None = None) -> Snapshot:
+        """snapshotting.take_snapshot, and the snapshot's record."""
+        made = registry.snapshot_by_worker(self.store_path, volume, name)
+        if made is None:
+            return self.snapshot_here(volume, name)
+        from ..store import snapshots
+
+        with self.store.read() as txn:
+            return snapshots.get(txn, volume, made)
+
+    def snapshot_here(self, volume: str, name: str | None) -> Snapshot:
+        """The snapshot taken by this process, after the worker serving the
+        volume (if any) stored what it holds."""
         from ..store import snapshots
 
         self.flush_for_read(volume)

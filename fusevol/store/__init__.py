@@ -12,7 +12,7 @@ volume records (`fusevol volume ls`) does not pay for the filesystem's.
 import importlib
 
 _HOMES = {
-    "DEFAULT_STORE": "env", "Store": "env", "Txn": "env", "resolve_path": "env",
+    "DEFAULT_STORE": "names", "Store": "env", "Txn": "env", "resolve_path": "names",
     "Inodes": "inodes",
     "Inode": "schema", "BLOCK_SIZE": "schema", "ROOT_INO": "schema",
 }

@@ -16,18 +16,14 @@ import lmdb
 from ..errors import FusevolError, NoSpace
 from ..logs import logger
 from . import schema
+from .names import DEFAULT_STORE, resolve_path  # noqa: F401 (callers take them from here too)
 
 log = logger(__name__)
 
-DEFAULT_STORE = "/var/lib/fusevol"
 # A huge map costs only address space; it is doubled when half used.
 INITIAL_MAP_SIZE = int(os.environ.get("FUSEVOL_MAP_SIZE", 1 << 40))
 # Writers get ENOSPC while less than this is free, so a commit never meets a full disk.
 SPACE_RESERVE = 64 << 20
-
-
-def resolve_path(path: str | None = None) -> str:
-    return os.path.abspath(path or os.environ.get("FUSEVOL_STORE") or DEFAULT_STORE)
 
 
 class Txn:

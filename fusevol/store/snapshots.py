@@ -8,7 +8,6 @@ lazily as they are reached: no data and no metadata is copied up front.
 
 import datetime
 import json
-import re
 import time
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
@@ -16,21 +15,9 @@ from ..records import Snapshot, Volume
 from . import chunks, namespace, trees, volumes
 from .env import Txn
 from .inodes import Inodes
+from .names import SNAPSHOT_NAME_RE as NAME_RE, parse_ref  # noqa: F401 (callers take them from here too)
 from .schema import IN_PIECES, LAZY, ROOT_INO
 from .treewriter import write_tree
-
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # fullmatch: `$` lets a final newline through
-
-
-def parse_ref(text: str, need_snapshot: bool = True) -> tuple[str, str | None]:
-    """Split VOLUME@SNAPSHOT."""
-    volume, sep, snap = text.partition("@")
-    volumes.check_name(volume)
-    if sep and not NAME_RE.fullmatch(snap or ""):
-        raise InvalidArgument(f"invalid snapshot name {snap!r} in {text!r}")
-    if need_snapshot and not sep:
-        raise InvalidArgument(f"{text!r} names no snapshot: use VOLUME@SNAPSHOT")
-    return volume, (snap if sep else None)
 
 
 def _key(volume: str, name: str) -> bytes:
@@ -53,8 +40,13 @@ def _default_name(txn: Txn, volume: str) -> str:
     return name
 
 
-def create(txn: Txn, volume: str, name: str | None = None) -> Snapshot:
+def create(txn: Txn, volume: str, name: str | None = None, vid: int | None = None) -> Snapshot:
+    """Snapshot `volume` (named `name`, or after the time). `vid`: the volume a
+    worker serves (it looks no volume up by name): NotFound if `volume` names
+    another one now (that volume removed for its views, another made since)."""
     record = volumes.get(txn, volume)
+    if vid is not None and record.vid != vid:
+        raise NotFound(f"volume {volume} is not the one served as {volume}")
     inodes = inodes_of(txn, record)
     name = name or _default_name(txn, volume)
     if not NAME_RE.fullmatch(name):

@@ -22,10 +22,8 @@ from ..errors import AlreadyExists, Busy, InUse, InvalidArgument, NotFound
 from ..records import MountSpec, Volume
 from . import schema
 from .env import Txn
+from .names import NAME_MAX, NAME_RE, check_name, shown  # noqa: F401 (callers take them from here too)
 from .schema import u64
-
-# Docker's own rule for volume names.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
 
 OPTIONS = {
     "readonly": "true or false: every mount of the volume is read-only",
@@ -53,27 +51,11 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # The largest size Linux gives a file (off_t); statfs reports it in 4 KiB blocks
 # and df multiplies them back into a u64, so every figure stays representable.
 MAX_SIZE = (1 << 63) - 1
-NAME_MAX = 255
 SUBPATH_MAX = 4000  # below PATH_MAX (4096), leaving room for the mountpoint
-
-def shown(value, limit: int = 80) -> str:
-    """A value as an error message quotes it: its repr, cut short if long."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
 
 def _removed_note(txn: Txn, name: str) -> str:
     views = ", ".join(views_of(txn, name))
     return f"volume {name} was removed; its data stays until its views ({views}) are removed"
-
-
-def check_name(name) -> str:
-    if not isinstance(name, str) or len(name) > NAME_MAX or not NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid volume name {shown(name)}: use 2 to 255 characters from "
-            "[A-Za-z0-9_.-], starting with a letter or digit"
-        )
-    return name
 
 
 def parse_size(text: str) -> int:

@@ -11,7 +11,10 @@ import pyfuse3
 import pytest
 
 from fusevol.fs.operations import VolumeOperations
-from fusevol.store import chunks
+from fusevol.fs.registry import SNAPSHOT_XATTR
+from fusevol.fs.runner import TxnRunner
+from fusevol.fs.space import SpaceBudget
+from fusevol.store import chunks, snapshots
 from fusevol.store.schema import ROOT_INO
 from store_damage import rewrite_stored
 
@@ -327,6 +330,33 @@ async def test_a_read_only_volume_answers_erofs(runner, inodes, space):
         assert await fuse_errno(call) == errno.EROFS
     assert await _read_all(ro, f) == b"data"
     assert (await ro.lookup(ROOT_INO, b"d")).st_ino != 0
+
+
+async def test_a_snapshot_asked_of_the_worker_holds_its_buffers_in_one_durable_commit(store, inodes):
+    # No batch ends but by a durable operation: every commit is counted.
+    runner = TxnRunner(store, linger=600, max_age=600)
+    runner.start()
+    try:
+        space = SpaceBudget(store, None, 0, pending=lambda: runner.unstored_bytes)
+        ops = VolumeOperations(runner, inodes, space, volume="vol")
+        info, entry = await ops.create(ROOT_INO, b"f", 0o644, os.O_WRONLY, CTX)
+        await ops.write(info.fh, 0, b"buffered, not stored")
+        await runner.sync()
+        before = store.env.info()["last_txnid"]
+        assert await ops.getxattr(ROOT_INO, SNAPSHOT_XATTR + b"s1", CTX) == b""
+        assert store.env.info()["last_txnid"] == before + 1  # the buffers and the snapshot
+        assert runner.durable_seq == runner.applied
+        named = (await ops.getxattr(ROOT_INO, SNAPSHOT_XATTR, CTX)).decode()  # after the time
+        with store.read() as txn:
+            snap = snapshots.get(txn, "vol", "s1")
+            assert (snap.logical_bytes, snap.inodes) == (20, 2)
+            assert snapshots.get(txn, "vol", named).root == snap.root
+        assert await fuse_errno(ops.getxattr(ROOT_INO, SNAPSHOT_XATTR + b"s1", CTX)) == errno.EEXIST
+        await ops.release(info.fh)
+    finally:
+        runner.stop()
+    ro = VolumeOperations(runner, inodes, space, readonly=True, volume="vol")
+    assert await fuse_errno(ro.getxattr(ROOT_INO, SNAPSHOT_XATTR + b"s2", CTX)) == errno.EOPNOTSUPP
 
 
 async def test_a_view_serves_a_folder_as_its_root(runner, inodes, space):

@@ -214,7 +214,10 @@ class IntentLog:
             return
         try:
             pieces = [(a, await fd.read(a, b - a)) for a, b in ranges]
-            node = await self.runner.read(self.inodes.get, ino)
+            # Its times, to read only: the shared decoded row when the worker holds it.
+            node = self.runner.cache.decoded_if_held(*self.inodes.inode_row(ino))
+            if node is None:
+                node = await self.runner.read(self.inodes.peek, ino)
         except BaseException:
             self._give_back(ino, captured)
             raise
@@ -314,7 +317,7 @@ class IntentLog:
     # -- the files --------------------------------------------------------------------
 
     async def _ensure_files(self) -> None:
-        if any(f.fd is None for f in self.files):
+        if self.files[0].fd is None or self.files[1].fd is None:
             await trio.to_thread.run_sync(self._open_files)
 
     def _open_files(self) -> None:
@@ -365,12 +368,13 @@ class IntentLog:
                     f.laid_out = max(f.laid_out, start + size)
 
     def _append(self, rec: Record) -> None:
-        data = intentlog.encode(rec)
+        body, digest = parts = intentlog.encode_parts(rec)
+        size = len(body) + len(digest)
         f = self.files[self.current]
-        written = os.pwrite(f.fd, data, f.offset)
-        if written != len(data):
+        written = os.pwritev(f.fd, parts, f.offset)
+        if written != size:
             raise OSError(errno.EIO, "short write")
-        f.offset += len(data)
+        f.offset += size
         f.last_lsn = rec.lsn
         f.unsynced = True
         self.lsn = rec.lsn

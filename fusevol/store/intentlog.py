@@ -67,13 +67,19 @@ def encoded_size(ranges) -> int:
 
 
 def encode(rec: Record) -> bytes:
-    data_len = sum(len(data) for _, data in rec.ranges)
+    return b"".join(encode_parts(rec))
+
+
+def encode_parts(rec: Record) -> tuple[bytes, bytes]:
+    """The record as its body and its digest (two buffers for one pwritev:
+    the body is not copied again to append the digest)."""
+    ranges = rec.ranges
     parts = [HEAD.pack(MAGIC, rec.lsn, rec.ino, rec.size, rec.mtime_ns, rec.ctime_ns,
-                       len(rec.ranges), data_len)]
-    parts += [RANGE.pack(off, len(data)) for off, data in rec.ranges]
-    parts += [data for _, data in rec.ranges]
-    body = b"".join(parts)
-    return body + _digest(body)
+                       len(ranges), sum(len(data) for _, data in ranges))]
+    parts += [RANGE.pack(off, len(data)) for off, data in ranges]
+    parts += [data for _, data in ranges]
+    body = b"".join(parts)  # hashed whole: BLAKE3 hashes its 1 KiB chunks in parallel
+    return body, _digest(body)
 
 
 def _digest(data) -> bytes:

@@ -30,31 +30,17 @@ A reference to a chunk is the exception: taking one changes nothing the
 operation reads, so it is deferred (Txn.defer) and taken by the store thread.
 """
 
+from .. import native
 from ..store.workerrows import MADE_BY_NAME_CHANGES, NAME_TABLES, WORKER_TABLES, numbers_between
 from .cache import NeedsStore, RowCache
 
 
-class SpecTxn:
-    """A change's transaction on the trio thread. `seq`: the sequence number
-    the change gets if it is answered ahead; its rows are kept as the cache
-    keeps them, (value or None, seq), so that they join the cache in one step."""
+class SpecCorePy:
+    """What a change's reads and writes touch, and those reads and writes
+    (get, put, delete): about 35 calls a small file, in C when it was built
+    (native/_fusevol_rows.c SpecCore); this is its twin."""
 
-    __slots__ = ("cache", "now_ns", "seq", "room", "deferred", "deferred_bytes", "reads",
-                 "writes", "vstat_delta", "_reader")
-    write = True
-
-    def __init__(self, cache: RowCache, now_ns: int, seq: int = 0, room=None, reader=None):
-        self.cache = cache
-        self.now_ns = now_ns
-        self.seq = seq
-        self.room = room  # room(incoming) -> True if that many bytes surely fit
-        self.deferred: list = []
-        self.deferred_bytes = 0
-        self.reads: dict[tuple[str, bytes], bytes | None] = {}
-        # The rows it wrote: (table, key) -> (value or None, seq), RowCache.rows' entries.
-        self.writes: dict[tuple[str, bytes], tuple] = {}
-        self.vstat_delta: dict[int, list[int]] = {}
-        self._reader = reader if reader is not None else cache.reader()
+    __slots__ = ("cache", "writes", "reads", "seq", "_reader")
 
     def get(self, table: str, key: bytes):
         k = (table, key)
@@ -81,9 +67,6 @@ class SpecTxn:
         reads[k] = value
         return value
 
-    def peek(self, table: str, key: bytes, decode):
-        return self.cache.decoded(key, self.get(table, key), decode)
-
     def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
         if not overwrite:
             raise NeedsStore
@@ -105,6 +88,38 @@ class SpecTxn:
             return False
         self.writes[table, bytes(key)] = (None, self.seq)
         return True
+
+
+if native.rows is not None:
+    native.rows.spec_configure(NeedsStore, WORKER_TABLES, NAME_TABLES)
+    SpecCore = native.rows.SpecCore
+else:
+    SpecCore = SpecCorePy
+
+
+class SpecTxn(SpecCore):
+    """A change's transaction on the trio thread. `seq`: the sequence number
+    the change gets if it is answered ahead; its rows are kept as the cache
+    keeps them, (value or None, seq), so that they join the cache in one step."""
+
+    __slots__ = ("now_ns", "room", "deferred", "deferred_bytes", "vstat_delta")
+    write = True
+
+    def __init__(self, cache: RowCache, now_ns: int, seq: int = 0, room=None, reader=None):
+        self.cache = cache
+        self.now_ns = now_ns
+        self.seq = seq
+        self.room = room  # room(incoming) -> True if that many bytes surely fit
+        self.deferred: list = []
+        self.deferred_bytes = 0
+        self.reads: dict[tuple[str, bytes], bytes | None] = {}
+        # The rows it wrote: (table, key) -> (value or None, seq), RowCache.rows' entries.
+        self.writes: dict[tuple[str, bytes], tuple] = {}
+        self.vstat_delta: dict[int, list[int]] = {}
+        self._reader = reader if reader is not None else cache.reader()
+
+    def peek(self, table: str, key: bytes, decode):
+        return self.cache.decoded(key, self.get(table, key), decode)
 
     def defer(self, fn, *args) -> None:
         self.deferred.append((fn, args))

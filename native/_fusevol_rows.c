@@ -1,0 +1,625 @@
+/* Row helpers of the request path in C, each with a pure-Python twin that gives the same
+ * answers (tests/test_native.py runs both; FUSEVOL_NATIVE=0 uses the twins).
+ *
+ * Every small file costs the FUSE thread about 9 inode records decoded, 5 encoded and
+ * 2 inodes copied (fusevol/store/schema.py: Inode.unpack, pack, copy), and about 35
+ * reads and writes of a change worked out ahead (fusevol/fs/speculate.py: SpecTxn.get,
+ * put, delete). Each is a few dictionary operations or one struct, wrapped in Python
+ * that costs many times the work itself.
+ *
+ * InodeCodec(cls, names, unpack, pack, copy): unpack(raw), pack(inode) and copy(inode)
+ * for the slots dataclass `cls` (fields `names`, in record order). The common record
+ * (fixed form, int64 nanosecond times, exact ints and bytes) is made here, its slots
+ * read and written in place; anything else (a short record at rest, wide times, a
+ * value out of range, a subclass) goes to the Python function given, which also
+ * raises the errors.
+ *
+ * SpecCore: the base of SpecTxn, holding what its reads and writes touch (cache,
+ * writes, reads, seq, _reader), with get, put and delete as speculate.py's twin has
+ * them. spec_configure(NeedsStore, WORKER_TABLES, NAME_TABLES) first.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stddef.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- inode records -- */
+
+/* ">IIIIQqqqQQQI32s": mode uid gid nlink size atime mtime ctime rdev parent data_bytes
+ * flags tree_id, then the target (schema._INODE). */
+#define NFIELDS 14
+#define F_TREE 12
+#define F_TARGET 13
+#define FIXED 108
+#define FLAGS_AT 72
+#define TREE_AT 76
+#define WIDE_TIMES 2u
+#define MODE_MAX ((1u << 24) - 1)
+
+static const int offsets[12] = {0, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 72};
+/* 'I' u32, 'Q' u64, 'q' i64 */
+static const char kinds[12] = {'I', 'I', 'I', 'I', 'Q', 'q', 'q', 'q', 'Q', 'Q', 'Q', 'I'};
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *cls;
+    Py_ssize_t slot[NFIELDS]; /* byte offset of each field's slot in an instance */
+    PyObject *unpack_slow, *pack_slow, *copy_slow;
+    PyObject *no_tree, *empty;
+} Codec;
+
+static inline uint32_t rd32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline uint64_t rd64(const unsigned char *p)
+{
+    return ((uint64_t)rd32(p) << 32) | rd32(p + 4);
+}
+
+static inline void wr32(unsigned char *p, uint32_t v)
+{
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+static inline void wr64(unsigned char *p, uint64_t v)
+{
+    wr32(p, (uint32_t)(v >> 32));
+    wr32(p + 4, (uint32_t)v);
+}
+
+#define SLOT(obj, c, i) (*(PyObject **)((char *)(obj) + (c)->slot[i]))
+
+static int
+codec_traverse(Codec *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->cls);
+    Py_VISIT(c->unpack_slow);
+    Py_VISIT(c->pack_slow);
+    Py_VISIT(c->copy_slow);
+    return 0;
+}
+
+static int
+codec_clear(Codec *c)
+{
+    Py_CLEAR(c->cls);
+    Py_CLEAR(c->unpack_slow);
+    Py_CLEAR(c->pack_slow);
+    Py_CLEAR(c->copy_slow);
+    Py_CLEAR(c->no_tree);
+    Py_CLEAR(c->empty);
+    return 0;
+}
+
+static void
+codec_dealloc(Codec *c)
+{
+    PyObject_GC_UnTrack(c);
+    codec_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyObject *
+codec_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *cls, *names, *unpack_slow, *pack_slow, *copy_slow;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "InodeCodec takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!OOOO:InodeCodec", &PyType_Type, &cls, &names,
+                          &unpack_slow, &pack_slow, &copy_slow))
+        return NULL;
+    PyObject *seq = PySequence_Fast(names, "names must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != NFIELDS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "an inode has %d fields", NFIELDS);
+        return NULL;
+    }
+    Codec *c = (Codec *)type->tp_alloc(type, 0);
+    if (c == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (int i = 0; i < NFIELDS; i++) {
+        /* Each field must be a slot of cls itself (dataclass(slots=True)). */
+        PyObject *d = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict,
+                                              PySequence_Fast_GET_ITEM(seq, i));
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
+                || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "%R is not a slot of the class",
+                             PySequence_Fast_GET_ITEM(seq, i));
+            Py_DECREF(seq);
+            Py_DECREF(c);
+            return NULL;
+        }
+        c->slot[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+    Py_DECREF(seq);
+    c->cls = (PyTypeObject *)Py_NewRef(cls);
+    c->unpack_slow = Py_NewRef(unpack_slow);
+    c->pack_slow = Py_NewRef(pack_slow);
+    c->copy_slow = Py_NewRef(copy_slow);
+    c->no_tree = PyBytes_FromStringAndSize(NULL, 32);
+    c->empty = PyBytes_FromStringAndSize(NULL, 0);
+    if (c->no_tree == NULL || c->empty == NULL) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    memset(PyBytes_AS_STRING(c->no_tree), 0, 32);
+    return (PyObject *)c;
+}
+
+static const unsigned char zeros[32];
+
+static PyObject *
+codec_unpack(Codec *c, PyObject *raw)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return PyObject_CallOneArg(c->unpack_slow, raw);
+    }
+    const unsigned char *p = view.buf;
+    Py_ssize_t n = view.len;
+    if (n < FIXED || p[0] != 0 || (rd32(p + FLAGS_AT) & WIDE_TIMES)) {
+        /* A short record (at rest), wide times, or not a record: Python's way. */
+        PyBuffer_Release(&view);
+        return PyObject_CallOneArg(c->unpack_slow, raw);
+    }
+    PyObject *values[NFIELDS];
+    for (int i = 0; i < 12; i++) {
+        const unsigned char *at = p + offsets[i];
+        switch (kinds[i]) {
+        case 'I': values[i] = PyLong_FromUnsignedLong(rd32(at)); break;
+        case 'Q': values[i] = PyLong_FromUnsignedLongLong(rd64(at)); break;
+        default: values[i] = PyLong_FromLongLong((long long)rd64(at)); break;
+        }
+        if (values[i] == NULL) {
+            for (int j = 0; j < i; j++)
+                Py_DECREF(values[j]);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    values[F_TREE] = memcmp(p + TREE_AT, zeros, 32) == 0
+        ? Py_NewRef(c->no_tree) : PyBytes_FromStringAndSize((const char *)p + TREE_AT, 32);
+    values[F_TARGET] = n == FIXED
+        ? Py_NewRef(c->empty) : PyBytes_FromStringAndSize((const char *)p + FIXED, n - FIXED);
+    PyBuffer_Release(&view);
+    PyObject *obj = NULL;
+    if (values[F_TREE] != NULL && values[F_TARGET] != NULL)
+        obj = c->cls->tp_alloc(c->cls, 0);
+    if (obj == NULL) {
+        for (int i = 0; i < NFIELDS; i++)
+            Py_XDECREF(values[i]);
+        return NULL;
+    }
+    for (int i = 0; i < NFIELDS; i++)
+        SLOT(obj, c, i) = values[i]; /* a new object's slots are empty: the references move */
+    return obj;
+}
+
+/* The field's value as an integer the record can hold, else -1 (Python's way then). */
+static int
+field_int(PyObject *v, char kind, uint64_t *out)
+{
+    if (!PyLong_CheckExact(v))
+        return -1;
+    if (kind == 'q') {
+        int overflow;
+        long long s = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || (s == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return -1;
+        }
+        *out = (uint64_t)s;
+        return 0;
+    }
+    unsigned long long u = PyLong_AsUnsignedLongLong(v);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (kind == 'I' && u > 0xFFFFFFFFull)
+        return -1;
+    *out = u;
+    return 0;
+}
+
+static PyObject *
+codec_pack(Codec *c, PyObject *obj)
+{
+    if (Py_TYPE(obj) != c->cls)
+        return PyObject_CallOneArg(c->pack_slow, obj);
+    uint64_t ints[12];
+    for (int i = 0; i < 12; i++) {
+        PyObject *v = SLOT(obj, c, i);
+        if (v == NULL || field_int(v, kinds[i], &ints[i]) < 0)
+            return PyObject_CallOneArg(c->pack_slow, obj);
+    }
+    PyObject *tree = SLOT(obj, c, F_TREE), *target = SLOT(obj, c, F_TARGET);
+    if (ints[0] > MODE_MAX || tree == NULL || target == NULL || !PyBytes_CheckExact(tree)
+            || PyBytes_GET_SIZE(tree) != 32 || !PyBytes_CheckExact(target))
+        return PyObject_CallOneArg(c->pack_slow, obj);
+    Py_ssize_t tlen = PyBytes_GET_SIZE(target);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, FIXED + tlen);
+    if (out == NULL)
+        return NULL;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    ints[11] &= ~(uint64_t)WIDE_TIMES; /* times in int64 nanoseconds: no extension */
+    for (int i = 0; i < 12; i++) {
+        if (kinds[i] == 'I')
+            wr32(p + offsets[i], (uint32_t)ints[i]);
+        else
+            wr64(p + offsets[i], ints[i]);
+    }
+    memcpy(p + TREE_AT, PyBytes_AS_STRING(tree), 32);
+    memcpy(p + FIXED, PyBytes_AS_STRING(target), tlen);
+    return out;
+}
+
+static PyObject *
+codec_copy(Codec *c, PyObject *obj)
+{
+    if (Py_TYPE(obj) != c->cls)
+        return PyObject_CallOneArg(c->copy_slow, obj);
+    for (int i = 0; i < NFIELDS; i++)
+        if (SLOT(obj, c, i) == NULL)
+            return PyObject_CallOneArg(c->copy_slow, obj);
+    PyObject *new = c->cls->tp_alloc(c->cls, 0);
+    if (new == NULL)
+        return NULL;
+    for (int i = 0; i < NFIELDS; i++)
+        SLOT(new, c, i) = Py_NewRef(SLOT(obj, c, i));
+    return new;
+}
+
+static PyMethodDef codec_methods[] = {
+    {"unpack", (PyCFunction)codec_unpack, METH_O, "unpack(raw) -> the inode of a packed record"},
+    {"pack", (PyCFunction)codec_pack, METH_O, "pack(inode) -> its record"},
+    {"copy", (PyCFunction)codec_copy, METH_O, "copy(inode) -> a new inode of the same fields"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CodecType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fusevol._fusevol_rows.InodeCodec",
+    .tp_basicsize = sizeof(Codec),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "InodeCodec(cls, names, unpack, pack, copy): inode records in C, "
+              "the Python functions for what they leave out.",
+    .tp_new = codec_new,
+    .tp_dealloc = (destructor)codec_dealloc,
+    .tp_traverse = (traverseproc)codec_traverse,
+    .tp_clear = (inquiry)codec_clear,
+    .tp_methods = codec_methods,
+};
+
+/* ------------------------------------------------- a change's reads and writes -- */
+
+static PyObject *needs_store, *worker_tables, *name_tables;
+static PyObject *str_later, *str_rows, *str_get;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *cache, *writes, *reads, *seq, *reader;
+} SpecCore;
+
+static int
+spec_traverse(SpecCore *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->cache);
+    Py_VISIT(s->writes);
+    Py_VISIT(s->reads);
+    Py_VISIT(s->seq);
+    Py_VISIT(s->reader);
+    return 0;
+}
+
+static int
+spec_clear(SpecCore *s)
+{
+    Py_CLEAR(s->cache);
+    Py_CLEAR(s->writes);
+    Py_CLEAR(s->reads);
+    Py_CLEAR(s->seq);
+    Py_CLEAR(s->reader);
+    return 0;
+}
+
+static void
+spec_dealloc(SpecCore *s)
+{
+    PyObject_GC_UnTrack(s);
+    spec_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static int
+spec_ready(SpecCore *s)
+{
+    if (needs_store == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "spec_configure was not called");
+        return -1;
+    }
+    if (s->cache == NULL || s->writes == NULL || s->reads == NULL || s->seq == NULL
+            || s->reader == NULL || !PyDict_Check(s->writes) || !PyDict_Check(s->reads)) {
+        PyErr_SetString(PyExc_AttributeError, "SpecTxn is not set up");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+first_item(PyObject *entry)
+{
+    if (PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) > 0)
+        return Py_NewRef(PyTuple_GET_ITEM(entry, 0));
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return NULL;
+    PyObject *v = PyObject_GetItem(entry, zero);
+    Py_DECREF(zero);
+    return v;
+}
+
+/* SpecTxn.get: a new reference, or NULL with an error (NeedsStore among them). */
+static PyObject *
+spec_get_impl(SpecCore *s, PyObject *table, PyObject *key)
+{
+    PyObject *k = PyTuple_Pack(2, table, key);
+    if (k == NULL)
+        return NULL;
+    PyObject *value = NULL;
+    PyObject *entry = PyDict_GetItemWithError(s->writes, k);
+    if (entry != NULL && entry != Py_None) {
+        value = first_item(entry);
+        goto done;
+    }
+    if (entry == NULL && PyErr_Occurred())
+        goto done;
+    value = PyDict_GetItemWithError(s->reads, k);
+    if (value != NULL) { /* what this run saw of it, and what the store thread checks */
+        Py_INCREF(value);
+        goto done;
+    }
+    if (PyErr_Occurred())
+        goto done;
+    /* The cache's row as RowCache.get would answer it: one dictionary lookup. */
+    PyObject *later = PyObject_GetAttr(s->cache, str_later);
+    if (later == NULL)
+        goto done;
+    int pending = PyObject_IsTrue(later);
+    Py_DECREF(later);
+    if (pending < 0)
+        goto done;
+    entry = NULL;
+    if (!pending) {
+        PyObject *rows = PyObject_GetAttr(s->cache, str_rows);
+        if (rows == NULL)
+            goto done;
+        if (PyDict_CheckExact(rows)) {
+            entry = PyDict_GetItemWithError(rows, k);
+            Py_XINCREF(entry);
+        } else {
+            entry = PyObject_CallMethodObjArgs(rows, str_get, k, NULL);
+        }
+        Py_DECREF(rows);
+        if (entry == NULL && PyErr_Occurred())
+            goto done;
+    }
+    if (entry != NULL && entry != Py_None) {
+        value = first_item(entry);
+        Py_DECREF(entry);
+        if (value == NULL)
+            goto done;
+    } else {
+        Py_XDECREF(entry);
+        int ours = PySequence_Contains(worker_tables, table);
+        if (ours < 0)
+            goto done;
+        if (!ours) {
+            PyErr_SetNone(needs_store);
+            goto done;
+        }
+        value = PyObject_CallMethodObjArgs(s->cache, str_get, table, key, s->reader, NULL);
+        if (value == NULL)
+            goto done;
+        if (value != Py_None && !PyBytes_CheckExact(value))
+            Py_SETREF(value, PyBytes_FromObject(value));
+        if (value == NULL)
+            goto done;
+    }
+    if (PyDict_SetItem(s->reads, k, value) < 0)
+        Py_CLEAR(value);
+done:
+    Py_DECREF(k);
+    return value;
+}
+
+static PyObject *
+spec_get(SpecCore *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "get(table, key)");
+        return NULL;
+    }
+    if (spec_ready(s) < 0)
+        return NULL;
+    return spec_get_impl(s, args[0], args[1]);
+}
+
+/* writes[table, bytes(key)] = (value, seq) */
+static int
+spec_write(SpecCore *s, PyObject *table, PyObject *key, PyObject *value)
+{
+    PyObject *bkey = PyBytes_FromObject(key);
+    if (bkey == NULL)
+        return -1;
+    PyObject *k = PyTuple_Pack(2, table, bkey);
+    Py_DECREF(bkey);
+    if (k == NULL)
+        return -1;
+    PyObject *entry = PyTuple_Pack(2, value, s->seq);
+    int rc = entry == NULL ? -1 : PyDict_SetItem(s->writes, k, entry);
+    Py_XDECREF(entry);
+    Py_DECREF(k);
+    return rc;
+}
+
+static PyObject *
+spec_put(SpecCore *s, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *overwrite = Py_True;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 4 || nargs < 3 || (nkw == 1 && (nargs != 3 || !PyUnicode_Check(
+            PyTuple_GET_ITEM(kwnames, 0)) || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
+                                                                                "overwrite") != 0))) {
+        PyErr_SetString(PyExc_TypeError, "put(table, key, value, overwrite=True)");
+        return NULL;
+    }
+    if (nargs + nkw == 4)
+        overwrite = args[3];
+    if (spec_ready(s) < 0)
+        return NULL;
+    int over = PyObject_IsTrue(overwrite);
+    if (over < 0)
+        return NULL;
+    if (!over) {
+        PyErr_SetNone(needs_store);
+        return NULL;
+    }
+    PyObject *table = args[0], *key = args[1];
+    int names = PySequence_Contains(name_tables, table);
+    if (names < 0)
+        return NULL;
+    if (!names) {
+        /* The row it replaces is part of what this run saw: the store thread checks it. */
+        PyObject *seen = spec_get_impl(s, table, key);
+        if (seen == NULL)
+            return NULL;
+        Py_DECREF(seen);
+    }
+    PyObject *value = PyBytes_FromObject(args[2]);
+    if (value == NULL)
+        return NULL;
+    int rc = spec_write(s, table, key, value);
+    Py_DECREF(value);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+spec_delete(SpecCore *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "delete(table, key)");
+        return NULL;
+    }
+    if (spec_ready(s) < 0)
+        return NULL;
+    PyObject *seen = spec_get_impl(s, args[0], args[1]);
+    if (seen == NULL)
+        return NULL;
+    int absent = seen == Py_None;
+    Py_DECREF(seen);
+    if (absent) /* nothing to delete: nothing is written (speculate.py's twin says why) */
+        Py_RETURN_FALSE;
+    if (spec_write(s, args[0], args[1], Py_None) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef spec_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))spec_get, METH_FASTCALL,
+     "get(table, key): the row as this change sees it"},
+    {"put", (PyCFunction)(void (*)(void))spec_put, METH_FASTCALL | METH_KEYWORDS,
+     "put(table, key, value, overwrite=True): collect a row written"},
+    {"delete", (PyCFunction)(void (*)(void))spec_delete, METH_FASTCALL,
+     "delete(table, key): collect a row deleted; whether there was one"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef spec_members[] = {
+    {"cache", T_OBJECT, offsetof(SpecCore, cache), 0, NULL},
+    {"writes", T_OBJECT, offsetof(SpecCore, writes), 0, NULL},
+    {"reads", T_OBJECT, offsetof(SpecCore, reads), 0, NULL},
+    {"seq", T_OBJECT, offsetof(SpecCore, seq), 0, NULL},
+    {"_reader", T_OBJECT, offsetof(SpecCore, reader), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SpecCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fusevol._fusevol_rows.SpecCore",
+    .tp_basicsize = sizeof(SpecCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The reads and writes of a change worked out ahead (SpecTxn's base).",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)spec_dealloc,
+    .tp_traverse = (traverseproc)spec_traverse,
+    .tp_clear = (inquiry)spec_clear,
+    .tp_methods = spec_methods,
+    .tp_members = spec_members,
+};
+
+static PyObject *
+spec_configure(PyObject *self, PyObject *args)
+{
+    PyObject *ns, *wt, *nt;
+    if (!PyArg_ParseTuple(args, "OOO:spec_configure", &ns, &wt, &nt))
+        return NULL;
+    Py_XSETREF(needs_store, Py_NewRef(ns));
+    Py_XSETREF(worker_tables, Py_NewRef(wt));
+    Py_XSETREF(name_tables, Py_NewRef(nt));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+as_method(PyObject *self, PyObject *func)
+{
+    return PyInstanceMethod_New(func);
+}
+
+static PyMethodDef module_methods[] = {
+    {"as_method", as_method, METH_O,
+     "as_method(callable): a class attribute that calls it with the instance first "
+     "(for InodeCodec's pack and copy as the class's methods)"},
+    {"spec_configure", spec_configure, METH_VARARGS,
+     "spec_configure(NeedsStore, WORKER_TABLES, NAME_TABLES): what SpecCore raises and checks"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fusevol_rows", "Row helpers of the request path in C.", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__fusevol_rows(void)
+{
+    str_later = PyUnicode_InternFromString("later");
+    str_rows = PyUnicode_InternFromString("rows");
+    str_get = PyUnicode_InternFromString("get");
+    if (str_later == NULL || str_rows == NULL || str_get == NULL)
+        return NULL;
+    if (PyType_Ready(&CodecType) < 0 || PyType_Ready(&SpecCoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "InodeCodec", (PyObject *)&CodecType) < 0
+            || PyModule_AddObjectRef(m, "SpecCore", (PyObject *)&SpecCoreType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

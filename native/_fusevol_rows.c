@@ -302,14 +302,426 @@ static PyTypeObject CodecType = {
     .tp_methods = codec_methods,
 };
 
+static PyObject *
+first_item(PyObject *entry)
+{
+    if (PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) > 0)
+        return Py_NewRef(PyTuple_GET_ITEM(entry, 0));
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return NULL;
+    PyObject *v = PyObject_GetItem(entry, zero);
+    Py_DECREF(zero);
+    return v;
+}
+
+/* ------------------------------------------------- attributes answered to the kernel -- */
+
+/* AttrBuilder(EntryAttributes, entry_timeout, attr_timeout, block_size, codec, slow):
+ * build(kino, inode, size, data_bytes) -> the attributes of an inode as the kernel
+ * gets them (fs/attributes.py's twin), about 5 a small file. The inode's fields are read
+ * from its slots (the codec knows where); what does not fit u64 goes to `slow`. */
+
+#define N_ATTR_FIELDS 8
+static const int attr_fields[N_ATTR_FIELDS] = {0, 3, 1, 2, 8, 5, 6, 7};
+static const char *attr_names[N_ATTR_FIELDS] = {
+    "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_atime_ns", "st_mtime_ns",
+    "st_ctime_ns"};
+static const char *inode_names[N_ATTR_FIELDS] = {
+    "mode", "nlink", "uid", "gid", "rdev", "atime_ns", "mtime_ns", "ctime_ns"};
+static PyObject *attr_strs[N_ATTR_FIELDS], *inode_strs[N_ATTR_FIELDS];
+static PyObject *str_st_ino, *str_entry_timeout, *str_attr_timeout, *str_st_size,
+    *str_st_blksize, *str_st_blocks;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *factory, *entry_timeout, *attr_timeout, *block_size, *codec, *slow, *one;
+} AttrBuilder;
+
+static int
+attr_traverse(AttrBuilder *a, visitproc visit, void *arg)
+{
+    Py_VISIT(a->factory);
+    Py_VISIT(a->entry_timeout);
+    Py_VISIT(a->attr_timeout);
+    Py_VISIT(a->block_size);
+    Py_VISIT(a->codec);
+    Py_VISIT(a->slow);
+    return 0;
+}
+
+static int
+attr_clear(AttrBuilder *a)
+{
+    Py_CLEAR(a->factory);
+    Py_CLEAR(a->entry_timeout);
+    Py_CLEAR(a->attr_timeout);
+    Py_CLEAR(a->block_size);
+    Py_CLEAR(a->codec);
+    Py_CLEAR(a->slow);
+    Py_CLEAR(a->one);
+    return 0;
+}
+
+static void
+attr_dealloc(AttrBuilder *a)
+{
+    PyObject_GC_UnTrack(a);
+    attr_clear(a);
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+
+static PyObject *
+attr_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *factory, *entry_timeout, *attr_timeout, *block_size, *codec, *slow;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "AttrBuilder takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOOO:AttrBuilder", &factory, &entry_timeout, &attr_timeout,
+                          &block_size, &codec, &slow))
+        return NULL;
+    if (codec != Py_None && !Py_IS_TYPE(codec, &CodecType)) {
+        PyErr_SetString(PyExc_TypeError, "codec must be an InodeCodec or None");
+        return NULL;
+    }
+    AttrBuilder *a = (AttrBuilder *)type->tp_alloc(type, 0);
+    if (a == NULL)
+        return NULL;
+    a->factory = Py_NewRef(factory);
+    a->entry_timeout = Py_NewRef(entry_timeout);
+    a->attr_timeout = Py_NewRef(attr_timeout);
+    a->block_size = Py_NewRef(block_size);
+    a->codec = Py_NewRef(codec);
+    a->slow = Py_NewRef(slow);
+    a->one = PyLong_FromLong(1);
+    if (a->one == NULL) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    return (PyObject *)a;
+}
+
+static int
+as_u64(PyObject *v, uint64_t *out)
+{
+    if (!PyLong_CheckExact(v))
+        return -1;
+    unsigned long long u = PyLong_AsUnsignedLongLong(v);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    *out = u;
+    return 0;
+}
+
+static PyObject *
+attr_build(AttrBuilder *a, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "build(kino, inode, size, data_bytes)");
+        return NULL;
+    }
+    PyObject *inode = args[1], *size = args[2], *data_bytes = args[3];
+    PyObject *values[N_ATTR_FIELDS];
+    Codec *c = a->codec == Py_None ? NULL : (Codec *)a->codec;
+    int i, n = 0;
+    uint64_t mode, usize, udata;
+    if (c != NULL && Py_TYPE(inode) == c->cls) {
+        for (i = 0; i < N_ATTR_FIELDS; i++) {
+            values[i] = SLOT(inode, c, attr_fields[i]);
+            if (values[i] == NULL)
+                goto slow;
+            Py_INCREF(values[i]);
+            n++;
+        }
+    } else {
+        for (i = 0; i < N_ATTR_FIELDS; i++) {
+            values[i] = PyObject_GetAttr(inode, inode_strs[i]);
+            if (values[i] == NULL) {
+                PyErr_Clear();
+                goto slow;
+            }
+            n++;
+        }
+    }
+    if (as_u64(values[0], &mode) < 0 || as_u64(size, &usize) < 0
+            || as_u64(data_bytes, &udata) < 0)
+        goto slow;
+    PyObject *blocks;
+    if ((mode & 0170000) == 0100000) { /* S_ISREG */
+        uint64_t b = udata / 512 + (udata % 512 != 0), s = usize / 512 + (usize % 512 != 0);
+        blocks = PyLong_FromUnsignedLongLong(b < s ? b : s);
+        if (blocks == NULL)
+            goto fail;
+    } else {
+        blocks = Py_NewRef(a->one);
+    }
+    PyObject *e = PyObject_CallNoArgs(a->factory);
+    if (e == NULL) {
+        Py_DECREF(blocks);
+        goto fail;
+    }
+    /* The order of the twin's sets: the same object whatever a setter does with them. */
+    int rc = PyObject_SetAttr(e, str_st_ino, args[0]) < 0
+        || PyObject_SetAttr(e, str_entry_timeout, a->entry_timeout) < 0
+        || PyObject_SetAttr(e, str_attr_timeout, a->attr_timeout) < 0;
+    for (i = 0; !rc && i < N_ATTR_FIELDS; i++) {
+        rc = PyObject_SetAttr(e, attr_strs[i], values[i]) < 0;
+        if (!rc && i == 4)
+            rc = PyObject_SetAttr(e, str_st_size, size) < 0
+                || PyObject_SetAttr(e, str_st_blksize, a->block_size) < 0
+                || PyObject_SetAttr(e, str_st_blocks, blocks) < 0;
+    }
+    Py_DECREF(blocks);
+    for (i = 0; i < n; i++)
+        Py_DECREF(values[i]);
+    if (rc) {
+        Py_DECREF(e);
+        return NULL;
+    }
+    return e;
+slow:
+    for (i = 0; i < n; i++)
+        Py_DECREF(values[i]);
+    return PyObject_Vectorcall(a->slow, args, nargs, NULL);
+fail:
+    for (i = 0; i < n; i++)
+        Py_DECREF(values[i]);
+    return NULL;
+}
+
+static PyMethodDef attr_methods[] = {
+    {"build", (PyCFunction)(void (*)(void))attr_build, METH_FASTCALL,
+     "build(kino, inode, size, data_bytes): the inode's attributes for the kernel"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject AttrBuilderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fusevol._fusevol_rows.AttrBuilder",
+    .tp_basicsize = sizeof(AttrBuilder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The attributes of an inode as the kernel gets them.",
+    .tp_new = attr_new,
+    .tp_dealloc = (destructor)attr_dealloc,
+    .tp_traverse = (traverseproc)attr_traverse,
+    .tp_clear = (inquiry)attr_clear,
+    .tp_methods = attr_methods,
+};
+
+/* ------------------------------------------------------- the worker's row cache -- */
+
+/* CacheCore: the base of fs/cache.py's RowCache, holding its rows, the rows handed
+ * over to apply before the next read (`later`, applied by the subclass's _catch_up)
+ * and the shared decoded rows; get (a miss goes to the subclass's _get_missing),
+ * decoded and decoded_if_held as cache.py's twin has them. */
+
+static PyObject *str_catch_up, *str_get_missing, *str_later, *str_rows, *str_get;
+static Py_ssize_t max_decoded = 200000;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *rows, *later, *decoded;
+} CacheCore;
+
+static int
+cache_traverse(CacheCore *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->rows);
+    Py_VISIT(c->later);
+    Py_VISIT(c->decoded);
+    return 0;
+}
+
+static int
+cache_clear(CacheCore *c)
+{
+    Py_CLEAR(c->rows);
+    Py_CLEAR(c->later);
+    Py_CLEAR(c->decoded);
+    return 0;
+}
+
+static void
+cache_dealloc(CacheCore *c)
+{
+    PyObject_GC_UnTrack(c);
+    cache_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* Rows handed over by the store thread are applied before any read. */
+static int
+cache_catch_up(CacheCore *c)
+{
+    if (c->later == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "RowCache is not set up");
+        return -1;
+    }
+    int pending = PyObject_IsTrue(c->later);
+    if (pending <= 0)
+        return pending;
+    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)c, str_catch_up);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* rows.get((table, key)): a new reference or NULL, without an error when absent. */
+static PyObject *
+cache_entry(CacheCore *c, PyObject *k)
+{
+    if (c->rows == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "RowCache is not set up");
+        return NULL;
+    }
+    if (PyDict_CheckExact(c->rows)) {
+        PyObject *entry = PyDict_GetItemWithError(c->rows, k);
+        return Py_XNewRef(entry);
+    }
+    PyObject *entry = PyObject_CallMethodObjArgs(c->rows, str_get, k, NULL);
+    if (entry == Py_None)
+        Py_CLEAR(entry);
+    return entry;
+}
+
+static PyObject *
+cache_get(CacheCore *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "get(table, key, reader)");
+        return NULL;
+    }
+    if (cache_catch_up(c) < 0)
+        return NULL;
+    PyObject *k = PyTuple_Pack(2, args[0], args[1]);
+    if (k == NULL)
+        return NULL;
+    PyObject *entry = cache_entry(c, k);
+    Py_DECREF(k);
+    if (entry != NULL) {
+        PyObject *value = first_item(entry);
+        Py_DECREF(entry);
+        return value;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_CallMethodObjArgs((PyObject *)c, str_get_missing, args[0], args[1], args[2],
+                                      NULL);
+}
+
+/* decode(raw) of row raw under key, shared: a new reference. */
+static PyObject *
+cache_decoded_impl(CacheCore *c, PyObject *key, PyObject *raw, PyObject *decode)
+{
+    if (raw == Py_None)
+        Py_RETURN_NONE;
+    if (c->decoded == NULL || !PyDict_Check(c->decoded)) {
+        PyErr_SetString(PyExc_AttributeError, "RowCache is not set up");
+        return NULL;
+    }
+    PyObject *seen = PyDict_GetItemWithError(c->decoded, key);
+    if (seen != NULL && PyTuple_CheckExact(seen) && PyTuple_GET_SIZE(seen) == 3
+            && PyTuple_GET_ITEM(seen, 0) == raw && PyTuple_GET_ITEM(seen, 1) == decode)
+        return Py_NewRef(PyTuple_GET_ITEM(seen, 2));
+    if (seen == NULL && PyErr_Occurred())
+        return NULL;
+    PyObject *value = PyObject_CallOneArg(decode, raw);
+    if (value == NULL)
+        return NULL;
+    if (PyDict_GET_SIZE(c->decoded) >= max_decoded)
+        PyDict_Clear(c->decoded);
+    PyObject *entry = PyTuple_Pack(3, raw, decode, value);
+    if (entry == NULL || PyDict_SetItem(c->decoded, key, entry) < 0) {
+        Py_XDECREF(entry);
+        Py_DECREF(value);
+        return NULL;
+    }
+    Py_DECREF(entry);
+    return value;
+}
+
+static PyObject *
+cache_decoded(CacheCore *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decoded(key, raw, decode)");
+        return NULL;
+    }
+    return cache_decoded_impl(c, args[0], args[1], args[2]);
+}
+
+static PyObject *
+cache_decoded_if_held(CacheCore *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decoded_if_held(table, key, decode)");
+        return NULL;
+    }
+    if (cache_catch_up(c) < 0)
+        return NULL;
+    PyObject *k = PyTuple_Pack(2, args[0], args[1]);
+    if (k == NULL)
+        return NULL;
+    PyObject *entry = cache_entry(c, k);
+    Py_DECREF(k);
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *raw = first_item(entry);
+    Py_DECREF(entry);
+    if (raw == NULL)
+        return NULL;
+    PyObject *value = cache_decoded_impl(c, args[1], raw, args[2]);
+    Py_DECREF(raw);
+    return value;
+}
+
+static PyMethodDef cache_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))cache_get, METH_FASTCALL,
+     "get(table, key, reader): the row, from here or else from what is committed"},
+    {"decoded", (PyCFunction)(void (*)(void))cache_decoded, METH_FASTCALL,
+     "decoded(key, raw, decode): decode(raw), shared: not to be changed"},
+    {"decoded_if_held", (PyCFunction)(void (*)(void))cache_decoded_if_held, METH_FASTCALL,
+     "decoded_if_held(table, key, decode): decoded of the row when held here, else None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef cache_members[] = {
+    {"rows", T_OBJECT, offsetof(CacheCore, rows), 0, NULL},
+    {"later", T_OBJECT, offsetof(CacheCore, later), 0, NULL},
+    {"_decoded", T_OBJECT, offsetof(CacheCore, decoded), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject CacheCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fusevol._fusevol_rows.CacheCore",
+    .tp_basicsize = sizeof(CacheCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The reads of the worker's row cache (RowCache's base).",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)cache_dealloc,
+    .tp_traverse = (traverseproc)cache_traverse,
+    .tp_clear = (inquiry)cache_clear,
+    .tp_methods = cache_methods,
+    .tp_members = cache_members,
+};
+
 /* ------------------------------------------------- a change's reads and writes -- */
 
 static PyObject *needs_store, *worker_tables, *name_tables;
-static PyObject *str_later, *str_rows, *str_get;
 
 typedef struct {
     PyObject_HEAD
     PyObject *cache, *writes, *reads, *seq, *reader;
+    PyObject *now_ns, *room, *deferred, *deferred_bytes, *vstat_delta;
 } SpecCore;
 
 static int
@@ -320,6 +732,11 @@ spec_traverse(SpecCore *s, visitproc visit, void *arg)
     Py_VISIT(s->reads);
     Py_VISIT(s->seq);
     Py_VISIT(s->reader);
+    Py_VISIT(s->now_ns);
+    Py_VISIT(s->room);
+    Py_VISIT(s->deferred);
+    Py_VISIT(s->deferred_bytes);
+    Py_VISIT(s->vstat_delta);
     return 0;
 }
 
@@ -331,6 +748,45 @@ spec_clear(SpecCore *s)
     Py_CLEAR(s->reads);
     Py_CLEAR(s->seq);
     Py_CLEAR(s->reader);
+    Py_CLEAR(s->now_ns);
+    Py_CLEAR(s->room);
+    Py_CLEAR(s->deferred);
+    Py_CLEAR(s->deferred_bytes);
+    Py_CLEAR(s->vstat_delta);
+    return 0;
+}
+
+static PyObject *str_reader;
+
+/* SpecTxn(cache, now_ns, seq=0, room=None, reader=None), as speculate.py's twin. */
+static int
+spec_init(SpecCore *s, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"cache", "now_ns", "seq", "room", "reader", NULL};
+    PyObject *cache, *now_ns, *seq = NULL, *room = Py_None, *reader = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOO:SpecTxn", names, &cache, &now_ns, &seq,
+                                     &room, &reader))
+        return -1;
+    if (reader == Py_None) {
+        reader = PyObject_CallMethodNoArgs(cache, str_reader);
+        if (reader == NULL)
+            return -1;
+    } else {
+        Py_INCREF(reader);
+    }
+    Py_XSETREF(s->reader, reader);
+    Py_XSETREF(s->cache, Py_NewRef(cache));
+    Py_XSETREF(s->now_ns, Py_NewRef(now_ns));
+    Py_XSETREF(s->seq, seq != NULL ? Py_NewRef(seq) : PyLong_FromLong(0));
+    Py_XSETREF(s->room, Py_NewRef(room));  /* room(incoming) -> True if that many bytes surely fit */
+    Py_XSETREF(s->deferred, PyList_New(0));
+    Py_XSETREF(s->deferred_bytes, PyLong_FromLong(0));
+    Py_XSETREF(s->reads, PyDict_New());
+    Py_XSETREF(s->writes, PyDict_New());
+    Py_XSETREF(s->vstat_delta, PyDict_New());
+    if (s->seq == NULL || s->deferred == NULL || s->deferred_bytes == NULL || s->reads == NULL
+            || s->writes == NULL || s->vstat_delta == NULL)
+        return -1;
     return 0;
 }
 
@@ -357,19 +813,6 @@ spec_ready(SpecCore *s)
     return 0;
 }
 
-static PyObject *
-first_item(PyObject *entry)
-{
-    if (PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) > 0)
-        return Py_NewRef(PyTuple_GET_ITEM(entry, 0));
-    PyObject *zero = PyLong_FromLong(0);
-    if (zero == NULL)
-        return NULL;
-    PyObject *v = PyObject_GetItem(entry, zero);
-    Py_DECREF(zero);
-    return v;
-}
-
 /* SpecTxn.get: a new reference, or NULL with an error (NeedsStore among them). */
 static PyObject *
 spec_get_impl(SpecCore *s, PyObject *table, PyObject *key)
@@ -393,16 +836,33 @@ spec_get_impl(SpecCore *s, PyObject *table, PyObject *key)
     if (PyErr_Occurred())
         goto done;
     /* The cache's row as RowCache.get would answer it: one dictionary lookup. */
-    PyObject *later = PyObject_GetAttr(s->cache, str_later);
-    if (later == NULL)
-        goto done;
+    PyObject *later, *rows;
+    int held = PyObject_TypeCheck(s->cache, &CacheCoreType);
+    if (held) {
+        later = Py_XNewRef(((CacheCore *)s->cache)->later);
+        rows = Py_XNewRef(((CacheCore *)s->cache)->rows);
+        if (later == NULL || rows == NULL) {
+            Py_XDECREF(later);
+            Py_XDECREF(rows);
+            PyErr_SetString(PyExc_AttributeError, "RowCache is not set up");
+            goto done;
+        }
+    } else {
+        later = PyObject_GetAttr(s->cache, str_later);
+        if (later == NULL)
+            goto done;
+        rows = NULL;
+    }
     int pending = PyObject_IsTrue(later);
     Py_DECREF(later);
-    if (pending < 0)
+    if (pending < 0) {
+        Py_XDECREF(rows);
         goto done;
+    }
     entry = NULL;
     if (!pending) {
-        PyObject *rows = PyObject_GetAttr(s->cache, str_rows);
+        if (rows == NULL)
+            rows = PyObject_GetAttr(s->cache, str_rows);
         if (rows == NULL)
             goto done;
         if (PyDict_CheckExact(rows)) {
@@ -411,10 +871,10 @@ spec_get_impl(SpecCore *s, PyObject *table, PyObject *key)
         } else {
             entry = PyObject_CallMethodObjArgs(rows, str_get, k, NULL);
         }
-        Py_DECREF(rows);
-        if (entry == NULL && PyErr_Occurred())
-            goto done;
     }
+    Py_XDECREF(rows);
+    if (entry == NULL && PyErr_Occurred())
+        goto done;
     if (entry != NULL && entry != Py_None) {
         value = first_item(entry);
         Py_DECREF(entry);
@@ -554,6 +1014,11 @@ static PyMemberDef spec_members[] = {
     {"reads", T_OBJECT, offsetof(SpecCore, reads), 0, NULL},
     {"seq", T_OBJECT, offsetof(SpecCore, seq), 0, NULL},
     {"_reader", T_OBJECT, offsetof(SpecCore, reader), 0, NULL},
+    {"now_ns", T_OBJECT, offsetof(SpecCore, now_ns), 0, NULL},
+    {"room", T_OBJECT, offsetof(SpecCore, room), 0, NULL},
+    {"deferred", T_OBJECT, offsetof(SpecCore, deferred), 0, NULL},
+    {"deferred_bytes", T_OBJECT, offsetof(SpecCore, deferred_bytes), 0, NULL},
+    {"vstat_delta", T_OBJECT, offsetof(SpecCore, vstat_delta), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -564,6 +1029,7 @@ static PyTypeObject SpecCoreType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .tp_doc = "The reads and writes of a change worked out ahead (SpecTxn's base).",
     .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)spec_init,
     .tp_dealloc = (destructor)spec_dealloc,
     .tp_traverse = (traverseproc)spec_traverse,
     .tp_clear = (inquiry)spec_clear,
@@ -584,12 +1050,24 @@ spec_configure(PyObject *self, PyObject *args)
 }
 
 static PyObject *
+cache_configure(PyObject *self, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    max_decoded = n;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 as_method(PyObject *self, PyObject *func)
 {
     return PyInstanceMethod_New(func);
 }
 
 static PyMethodDef module_methods[] = {
+    {"cache_configure", cache_configure, METH_O,
+     "cache_configure(MAX_ROWS): the decoded rows CacheCore keeps at most"},
     {"as_method", as_method, METH_O,
      "as_method(callable): a class attribute that calls it with the instance first "
      "(for InodeCodec's pack and copy as the class's methods)"},
@@ -609,15 +1087,37 @@ PyInit__fusevol_rows(void)
     str_later = PyUnicode_InternFromString("later");
     str_rows = PyUnicode_InternFromString("rows");
     str_get = PyUnicode_InternFromString("get");
-    if (str_later == NULL || str_rows == NULL || str_get == NULL)
+    str_reader = PyUnicode_InternFromString("reader");
+    str_catch_up = PyUnicode_InternFromString("_catch_up");
+    str_get_missing = PyUnicode_InternFromString("_get_missing");
+    if (str_later == NULL || str_rows == NULL || str_get == NULL || str_reader == NULL
+            || str_catch_up == NULL || str_get_missing == NULL)
         return NULL;
-    if (PyType_Ready(&CodecType) < 0 || PyType_Ready(&SpecCoreType) < 0)
+    for (int i = 0; i < N_ATTR_FIELDS; i++) {
+        attr_strs[i] = PyUnicode_InternFromString(attr_names[i]);
+        inode_strs[i] = PyUnicode_InternFromString(inode_names[i]);
+        if (attr_strs[i] == NULL || inode_strs[i] == NULL)
+            return NULL;
+    }
+    str_st_ino = PyUnicode_InternFromString("st_ino");
+    str_entry_timeout = PyUnicode_InternFromString("entry_timeout");
+    str_attr_timeout = PyUnicode_InternFromString("attr_timeout");
+    str_st_size = PyUnicode_InternFromString("st_size");
+    str_st_blksize = PyUnicode_InternFromString("st_blksize");
+    str_st_blocks = PyUnicode_InternFromString("st_blocks");
+    if (str_st_ino == NULL || str_entry_timeout == NULL || str_attr_timeout == NULL
+            || str_st_size == NULL || str_st_blksize == NULL || str_st_blocks == NULL)
+        return NULL;
+    if (PyType_Ready(&CodecType) < 0 || PyType_Ready(&SpecCoreType) < 0
+            || PyType_Ready(&CacheCoreType) < 0 || PyType_Ready(&AttrBuilderType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "InodeCodec", (PyObject *)&CodecType) < 0
-            || PyModule_AddObjectRef(m, "SpecCore", (PyObject *)&SpecCoreType) < 0) {
+            || PyModule_AddObjectRef(m, "SpecCore", (PyObject *)&SpecCoreType) < 0
+            || PyModule_AddObjectRef(m, "CacheCore", (PyObject *)&CacheCoreType) < 0
+            || PyModule_AddObjectRef(m, "AttrBuilder", (PyObject *)&AttrBuilderType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -187,3 +187,69 @@ def test_inode_methods_are_the_c_ones_when_built():
     assert Inode.unpack is schema._codec.unpack or Inode.unpack == schema._codec.unpack
     assert inode.pack() == schema.pack_py(inode) and inode.copy() == inode
     assert Inode.unpack(inode.pack()) == inode
+
+
+# -- attributes answered to the kernel (AttrBuilder; twin: fs/attributes.py's AttrBuilderPy) --
+
+import pyfuse3  # noqa: E402
+
+from fusevol.fs import attributes  # noqa: E402
+
+ATTR_FIELDS = ("st_ino", "generation", "entry_timeout", "attr_timeout", "st_mode", "st_nlink",
+               "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize", "st_blocks",
+               "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
+
+
+def _builders():
+    py = attributes.AttrBuilderPy(pyfuse3.EntryAttributes, 60.0, 30.0, 128 << 10)
+    yield "python", py.build
+    if _fusevol_rows is not None:
+        codec = _fusevol_rows.InodeCodec(Inode, [f.name for f in schema.dataclasses.fields(Inode)],
+                                         schema.unpack_py, schema.pack_py, schema.copy_py)
+        for name, with_codec in (("c", codec), ("c without codec", None)):
+            yield name, _fusevol_rows.AttrBuilder(pyfuse3.EntryAttributes, 60.0, 30.0, 128 << 10,
+                                                  with_codec, py.build).build
+
+
+def _answer(build, *args):
+    try:
+        e = build(*args)
+    except Exception as err:
+        return "error", type(err)
+    return "ok", tuple(getattr(e, f) for f in ATTR_FIELDS)
+
+
+def attr_cases():
+    class Marked(Inode):
+        __slots__ = ()
+
+    for inode in sample_inodes():
+        yield 7, inode, inode.size, inode.data_bytes
+    reg = Inode(stat.S_IFREG | 0o644, 5, 6, 2, 1000, -5, 7, 9, rdev=0, data_bytes=4096)
+    for size, data in ((0, 0), (1, 0), (511, 512), (513, 4096), (10**6, 1), (2**40, 2**40 + 1)):
+        yield 9, reg, size, data
+    yield pyfuse3.ROOT_INODE, Inode(stat.S_IFDIR | 0o755, 0, 0, 2, 4096), 4096, 0
+    yield 3, Inode(stat.S_IFCHR | 0o600, 0, 0, rdev=(8 << 8) | 1), 0, 0
+    yield 4, Marked(stat.S_IFREG | 0o600, 1, 2, size=5), 5, 4096
+    yield 5, reg, -1, 0  # not a u64: the twin's way (and its error)
+    yield 5, reg, 2**64, 0
+    yield 5, reg, 10, 2**70
+    yield 5, Inode(stat.S_IFREG, 0, 0, atime_ns=2**70), 0, 0
+    yield 5, Inode.__new__(Inode), 0, 0
+
+
+def test_attributes_match_the_python_twin():
+    builders = dict(_builders())
+    if len(builders) == 1 and not REQUIRED:
+        pytest.skip("C extension not built (python setup.py build_ext --inplace)")
+    for case in attr_cases():
+        expected = _answer(builders["python"], *case)
+        for name, build in builders.items():
+            assert _answer(build, *case) == expected, (name, case)
+    assert _answer(builders["python"], 9, Inode(stat.S_IFREG, 0, 0), 513, 4096)[1][11] == 2
+
+
+def test_volume_answers_with_the_c_attributes_when_built():
+    if _fusevol_rows is None or native.rows is None:
+        pytest.skip("C extension not built, or FUSEVOL_NATIVE=0")
+    assert type(attributes.attr_builder(1.0, 1.0, 4096)) is _fusevol_rows.AttrBuilder

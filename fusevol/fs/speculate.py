@@ -36,11 +36,25 @@ from .cache import NeedsStore, RowCache
 
 
 class SpecCorePy:
-    """What a change's reads and writes touch, and those reads and writes
-    (get, put, delete): about 35 calls a small file, in C when it was built
-    (native/_fusevol_rows.c SpecCore); this is its twin."""
+    """A change's state, and its reads and writes (get, put, delete): about
+    35 calls a small file, in C when it was built (native/_fusevol_rows.c
+    SpecCore); this is its twin. SpecTxn fills in the rest."""
 
-    __slots__ = ("cache", "writes", "reads", "seq", "_reader")
+    __slots__ = ("cache", "now_ns", "seq", "room", "deferred", "deferred_bytes", "reads",
+                 "writes", "vstat_delta", "_reader")
+
+    def __init__(self, cache: RowCache, now_ns: int, seq: int = 0, room=None, reader=None):
+        self.cache = cache
+        self.now_ns = now_ns
+        self.seq = seq
+        self.room = room  # room(incoming) -> True if that many bytes surely fit
+        self.deferred: list = []
+        self.deferred_bytes = 0
+        self.reads: dict[tuple[str, bytes], bytes | None] = {}
+        # The rows it wrote: (table, key) -> (value or None, seq), RowCache.rows' entries.
+        self.writes: dict[tuple[str, bytes], tuple] = {}
+        self.vstat_delta: dict[int, list[int]] = {}
+        self._reader = reader if reader is not None else cache.reader()
 
     def get(self, table: str, key: bytes):
         k = (table, key)
@@ -102,21 +116,8 @@ class SpecTxn(SpecCore):
     the change gets if it is answered ahead; its rows are kept as the cache
     keeps them, (value or None, seq), so that they join the cache in one step."""
 
-    __slots__ = ("now_ns", "room", "deferred", "deferred_bytes", "vstat_delta")
+    __slots__ = ()
     write = True
-
-    def __init__(self, cache: RowCache, now_ns: int, seq: int = 0, room=None, reader=None):
-        self.cache = cache
-        self.now_ns = now_ns
-        self.seq = seq
-        self.room = room  # room(incoming) -> True if that many bytes surely fit
-        self.deferred: list = []
-        self.deferred_bytes = 0
-        self.reads: dict[tuple[str, bytes], bytes | None] = {}
-        # The rows it wrote: (table, key) -> (value or None, seq), RowCache.rows' entries.
-        self.writes: dict[tuple[str, bytes], tuple] = {}
-        self.vstat_delta: dict[int, list[int]] = {}
-        self._reader = reader if reader is not None else cache.reader()
 
     def peek(self, table: str, key: bytes, decode):
         return self.cache.decoded(key, self.get(table, key), decode)

@@ -716,7 +716,7 @@ static PyTypeObject CacheCoreType = {
 
 /* ------------------------------------------------- a change's reads and writes -- */
 
-static PyObject *needs_store, *worker_tables, *name_tables;
+static PyObject *needs_store, *worker_tables, *name_tables, *made_by_name;
 
 typedef struct {
     PyObject_HEAD
@@ -1040,13 +1040,255 @@ static PyTypeObject SpecCoreType = {
 static PyObject *
 spec_configure(PyObject *self, PyObject *args)
 {
-    PyObject *ns, *wt, *nt;
-    if (!PyArg_ParseTuple(args, "OOO:spec_configure", &ns, &wt, &nt))
+    PyObject *ns, *wt, *nt, *mn;
+    if (!PyArg_ParseTuple(args, "OOOO:spec_configure", &ns, &wt, &nt, &mn))
         return NULL;
+    Py_XSETREF(made_by_name, Py_NewRef(mn));
     Py_XSETREF(needs_store, Py_NewRef(ns));
     Py_XSETREF(worker_tables, Py_NewRef(wt));
     Py_XSETREF(name_tables, Py_NewRef(nt));
     Py_RETURN_NONE;
+}
+
+/* --------------------------------------------- the store thread's replay of changes -- */
+
+
+
+/* reads_unchanged(reads, pending, written, first, end, owner, get): speculate.py's
+ * _reads_unchanged: whether every row a change read (reads: (table, key) -> value)
+ * still holds what it saw, about 8 rows a small file on the store thread. */
+static PyObject *
+reads_unchanged(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "reads_unchanged(reads, pending, written, first, end, owner, get)");
+        return NULL;
+    }
+    PyObject *reads = args[0], *pending = args[1], *written = args[2], *owner = args[5],
+        *get = args[6];
+    if (needs_store == NULL || made_by_name == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "spec_configure was not called");
+        return NULL;
+    }
+    if (!PyDict_Check(reads) || !PyDict_Check(pending)
+            || (written != Py_None && !PyDict_Check(written))) {
+        PyErr_SetString(PyExc_TypeError, "reads, pending and written must be dicts");
+        return NULL;
+    }
+    long long first = PyLong_AsLongLong(args[3]), end = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *k, *seen;
+    while (PyDict_Next(reads, &pos, &k, &seen)) {
+        if (!PyTuple_CheckExact(k) || PyTuple_GET_SIZE(k) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a read's key is (table, key)");
+            return NULL;
+        }
+        Py_INCREF(k);
+        Py_INCREF(seen);
+        PyObject *table = PyTuple_GET_ITEM(k, 0), *key = PyTuple_GET_ITEM(k, 1), *now = NULL;
+        int differs = -1, names = PySequence_Contains(name_tables, table);
+        if (names < 0)
+            goto fail;
+        if (names) {  /* rows of names are what the change read (speculate.py) */
+            Py_DECREF(k);
+            Py_DECREF(seen);
+            continue;
+        }
+        PyObject *entry = PyDict_GetItemWithError(pending, k);
+        if (entry == NULL && PyErr_Occurred())
+            goto fail;
+        if (entry == NULL && written != Py_None) {
+            entry = PyDict_GetItemWithError(written, k);
+            if (entry == NULL && PyErr_Occurred())
+                goto fail;
+        }
+        if (entry != NULL && entry != Py_None) {
+            now = first_item(entry);
+            if (now == NULL)
+                goto fail;
+        } else {
+            if (seen == Py_None) {
+                int absent = PySequence_Contains(made_by_name, table);
+                if (absent < 0)
+                    goto fail;
+                if (!absent && first < end) {
+                    PyObject *o = PyObject_CallFunctionObjArgs(owner, table, key, NULL);
+                    if (o == NULL)
+                        goto fail;
+                    long long ino = 0;
+                    if (o != Py_None) {
+                        int truth = PyObject_IsTrue(o);
+                        if (truth < 0) {
+                            Py_DECREF(o);
+                            goto fail;
+                        }
+                        if (truth)
+                            ino = PyLong_AsLongLong(o);
+                    }
+                    Py_DECREF(o);
+                    if (ino == -1 && PyErr_Occurred())
+                        goto fail;
+                    absent = first <= ino && ino < end;
+                }
+                if (absent) {  /* absent still: made by no change but of names, or numbered here */
+                    Py_DECREF(k);
+                    Py_DECREF(seen);
+                    continue;
+                }
+            }
+            now = PyObject_CallFunctionObjArgs(get, table, key, NULL); /* lets go of the GIL */
+            if (now == NULL)
+                goto fail;
+            if (now != Py_None && !PyBytes_CheckExact(now)) {
+                Py_SETREF(now, PyBytes_FromObject(now));
+                if (now == NULL)
+                    goto fail;
+            }
+        }
+        differs = PyObject_RichCompareBool(now, seen, Py_NE);
+        Py_DECREF(now);
+        if (differs < 0)
+            goto fail;
+        Py_DECREF(k);
+        Py_DECREF(seen);
+        if (differs)
+            Py_RETURN_FALSE;
+        continue;
+fail:
+        Py_DECREF(k);
+        Py_DECREF(seen);
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+/* rows_by_table(pending) -> [(table, deletes, puts)]: speculate.write_rows' grouping of
+ * the rows collected ((table, key) -> (value or None, seq)), tables in order, each one's
+ * keys in order: deletes a list of keys, puts a list of (key, value). */
+static PyObject *
+rows_by_table(PyObject *self, PyObject *pending)
+{
+    if (!PyDict_Check(pending)) {
+        PyErr_SetString(PyExc_TypeError, "pending must be a dict");
+        return NULL;
+    }
+    PyObject *tables = PyDict_New(), *out = NULL, *names = NULL;
+    if (tables == NULL)
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *k, *entry;
+    while (PyDict_Next(pending, &pos, &k, &entry)) {
+        if (!PyTuple_CheckExact(k) || PyTuple_GET_SIZE(k) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a row's key is (table, key)");
+            goto done;
+        }
+        PyObject *table = PyTuple_GET_ITEM(k, 0);
+        PyObject *rows = PyDict_GetItemWithError(tables, table);
+        if (rows == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            rows = PyList_New(0);
+            if (rows == NULL || PyDict_SetItem(tables, table, rows) < 0) {
+                Py_XDECREF(rows);
+                goto done;
+            }
+            Py_DECREF(rows);
+        }
+        PyObject *value = first_item(entry);
+        if (value == NULL)
+            goto done;
+        PyObject *row = PyTuple_Pack(2, PyTuple_GET_ITEM(k, 1), value);
+        Py_DECREF(value);
+        if (row == NULL || PyList_Append(rows, row) < 0) {
+            Py_XDECREF(row);
+            goto done;
+        }
+        Py_DECREF(row);
+    }
+    names = PyDict_Keys(tables);
+    if (names == NULL || PyList_Sort(names) < 0)
+        goto done;
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+        PyObject *table = PyList_GET_ITEM(names, i);
+        PyObject *rows = PyDict_GetItemWithError(tables, table);
+        PyObject *keys = NULL, *ks = NULL, *deletes = NULL, *puts = NULL, *item = NULL;
+        int ok = 0;
+        if (rows == NULL)
+            goto table_done;
+        /* In key order: sort the keys, each row found again by its key (keys differ). */
+        Py_ssize_t n = PyList_GET_SIZE(rows);
+        PyObject *by_key = PyDict_New();
+        keys = PyList_New(n);
+        if (by_key == NULL || keys == NULL) {
+            Py_XDECREF(by_key);
+            goto table_done;
+        }
+        for (Py_ssize_t j = 0; j < n; j++) {
+            PyObject *row = PyList_GET_ITEM(rows, j);
+            PyList_SET_ITEM(keys, j, Py_NewRef(PyTuple_GET_ITEM(row, 0)));
+            if (PyDict_SetItem(by_key, PyTuple_GET_ITEM(row, 0), PyTuple_GET_ITEM(row, 1)) < 0) {
+                Py_DECREF(by_key);
+                goto table_done;
+            }
+        }
+        if (PyList_Sort(keys) < 0) {
+            Py_DECREF(by_key);
+            goto table_done;
+        }
+        deletes = PyList_New(0);
+        puts = PyList_New(0);
+        if (deletes == NULL || puts == NULL) {
+            Py_DECREF(by_key);
+            goto table_done;
+        }
+        for (Py_ssize_t j = 0; j < n; j++) {
+            PyObject *key = PyList_GET_ITEM(keys, j);
+            PyObject *value = PyDict_GetItemWithError(by_key, key);
+            if (value == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetObject(PyExc_KeyError, key);
+                Py_DECREF(by_key);
+                goto table_done;
+            }
+            int rc;
+            if (value == Py_None) {
+                rc = PyList_Append(deletes, key);
+            } else {
+                PyObject *put = PyTuple_Pack(2, key, value);
+                rc = put == NULL ? -1 : PyList_Append(puts, put);
+                Py_XDECREF(put);
+            }
+            if (rc < 0) {
+                Py_DECREF(by_key);
+                goto table_done;
+            }
+        }
+        Py_DECREF(by_key);
+        item = PyTuple_Pack(3, table, deletes, puts);
+        ok = item != NULL && PyList_Append(out, item) == 0;
+table_done:
+        Py_XDECREF(item);
+        Py_XDECREF(keys);
+        Py_XDECREF(ks);
+        Py_XDECREF(deletes);
+        Py_XDECREF(puts);
+        if (!ok) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "rows_by_table failed");
+            Py_CLEAR(out);
+            goto done;
+        }
+    }
+done:
+    Py_XDECREF(names);
+    Py_DECREF(tables);
+    return out;
 }
 
 static PyObject *
@@ -1066,13 +1308,19 @@ as_method(PyObject *self, PyObject *func)
 }
 
 static PyMethodDef module_methods[] = {
+    {"reads_unchanged", (PyCFunction)(void (*)(void))reads_unchanged, METH_FASTCALL,
+     "reads_unchanged(reads, pending, written, first, end, owner, get): whether every row "
+     "a change read still holds what it saw"},
+    {"rows_by_table", rows_by_table, METH_O,
+     "rows_by_table(pending) -> [(table, deletes, puts)], tables and keys in order"},
     {"cache_configure", cache_configure, METH_O,
      "cache_configure(MAX_ROWS): the decoded rows CacheCore keeps at most"},
     {"as_method", as_method, METH_O,
      "as_method(callable): a class attribute that calls it with the instance first "
      "(for InodeCodec's pack and copy as the class's methods)"},
     {"spec_configure", spec_configure, METH_VARARGS,
-     "spec_configure(NeedsStore, WORKER_TABLES, NAME_TABLES): what SpecCore raises and checks"},
+     "spec_configure(NeedsStore, WORKER_TABLES, NAME_TABLES, MADE_BY_NAME_CHANGES): what "
+     "SpecCore and reads_unchanged raise and check"},
     {NULL, NULL, 0, NULL},
 };
 

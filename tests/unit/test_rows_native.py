@@ -23,7 +23,8 @@ def _spec_class(core):
 
 
 def _c_core():
-    _fusevol_rows.spec_configure(NeedsStore, speculate.WORKER_TABLES, speculate.NAME_TABLES)
+    _fusevol_rows.spec_configure(NeedsStore, speculate.WORKER_TABLES, speculate.NAME_TABLES,
+                                 speculate.MADE_BY_NAME_CHANGES)
     return _fusevol_rows.SpecCore
 
 
@@ -199,3 +200,68 @@ def test_row_cache_is_on_the_c_core_when_built():
     if _fusevol_rows is None or native.rows is None:
         pytest.skip("C extension not built, or FUSEVOL_NATIVE=0")
     assert issubclass(cache_module.RowCache, _fusevol_rows.CacheCore)
+
+
+# -- the store thread's replay (speculate.unchanged's loop, write_rows' grouping) --
+
+REPLAYS = [pytest.param(lambda: (speculate.reads_unchanged_py, speculate.rows_by_table_py),
+                        id="python"),
+           pytest.param(lambda: (_c_core() and _fusevol_rows.reads_unchanged,
+                                 _fusevol_rows.rows_by_table), id="c", marks=pytest.mark.skipif(
+               _fusevol_rows is None,
+               reason="C extension not built (python setup.py build_ext --inplace)"))]
+
+
+def _key(ino: int, rest: bytes = b"") -> bytes:
+    return (1).to_bytes(8, "big") + ino.to_bytes(8, "big") + rest
+
+
+def _owner(table, key):
+    return None if table == "meta" or len(key) < 16 else int.from_bytes(key[8:16], "big")
+
+
+@pytest.mark.parametrize("replay", REPLAYS)
+def test_reads_unchanged_as_the_python_twin_decides(replay):
+    reads_unchanged, _ = replay()
+    stored = {("inodes", _key(2)): memoryview(b"two"), ("orphans", _key(3)): b"mark"}
+    asked = []
+
+    def get(table, key):
+        asked.append((table, key))
+        return stored.get((table, key))
+
+    def check(reads, pending=None, written=None, first=0, end=0):
+        expected = speculate.reads_unchanged_py(reads, pending or {}, written, first, end,
+                                                _owner, lambda t, k: stored.get((t, k)))
+        del asked[:]
+        got = reads_unchanged(reads, pending or {}, written, first, end, _owner, get)
+        assert got is expected
+        return got, list(asked)
+
+    assert check({("inodes", _key(2)): b"two"}) == (True, [("inodes", _key(2))])
+    assert check({("inodes", _key(2)): b"old"}) == (False, [("inodes", _key(2))])
+    assert check({("dirents", _key(2, b"n")): b"stale"}) == (True, [])  # a row of names
+    pend = {("inodes", _key(2)): (b"newer", 5)}
+    assert check({("inodes", _key(2)): b"newer"}, pend) == (True, [])  # pending, not stored
+    assert check({("inodes", _key(2)): b"two"}, pend) == (False, [])
+    assert check({("inodes", _key(2)): b"newer"}, {}, pend) == (True, [])  # written by the batch
+    assert check({("orphans", _key(3)): None}) == (True, [])  # made by name changes only
+    assert check({("inodes", _key(9)): None}, first=9, end=10) == (True, [])  # numbered here
+    assert check({("inodes", _key(9)): None}, first=10, end=12) == (True, [("inodes", _key(9))])
+    assert check({("xattrs", b"x"): None, ("inodes", _key(4)): None},  # owned by none
+                 first=1, end=2) == (True, [("xattrs", b"x"), ("inodes", _key(4))])
+    assert check({("inodes", _key(4)): b"gone"}) == (False, [("inodes", _key(4))])
+
+
+@pytest.mark.parametrize("replay", REPLAYS)
+def test_rows_by_table_as_the_python_twin_groups(replay):
+    _, rows_by_table = replay()
+    pending = {("inodes", _key(5)): (b"five", 1), ("dirents", _key(1, b"b")): (None, 2),
+               ("inodes", _key(2)): (None, 3), ("dirents", _key(1, b"a")): (b"2", 4),
+               ("inodes", _key(3)): (b"three", 5), ("blocks", _key(3, b"\0")): (b"c", 6)}
+    expected = speculate.rows_by_table_py(pending)
+    assert rows_by_table(pending) == expected == [
+        ("blocks", [], [(_key(3, b"\0"), b"c")]),
+        ("dirents", [_key(1, b"b")], [(_key(1, b"a"), b"2")]),
+        ("inodes", [_key(2)], [(_key(3), b"three"), (_key(5), b"five")])]
+    assert rows_by_table({}) == []

@@ -514,6 +514,78 @@ static PyTypeObject AttrBuilderType = {
 
 /* ------------------------------------------------------- the worker's row cache -- */
 
+/* RowOwner(vid): owner(table, key), the inode a row of volume vid belongs to, or None
+ * (store/workerrows.py row_owner's twin): a key (vid, ino, ...) of any table but meta. */
+
+static PyObject *str_meta;
+
+typedef struct {
+    PyObject_HEAD
+    unsigned long long vid;
+} RowOwner;
+
+static PyObject *
+owner_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    unsigned long long vid;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "RowOwner takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "K:RowOwner", &vid))
+        return NULL;
+    RowOwner *o = (RowOwner *)type->tp_alloc(type, 0);
+    if (o != NULL)
+        o->vid = vid;
+    return (PyObject *)o;
+}
+
+/* A new reference: the inode number, or None. */
+static PyObject *
+owner_of(RowOwner *o, PyObject *table, PyObject *key)
+{
+    int meta = PyObject_RichCompareBool(table, str_meta, Py_EQ);
+    if (meta < 0)
+        return NULL;
+    if (meta)
+        Py_RETURN_NONE;
+    Py_buffer view;
+    if (PyObject_GetBuffer(key, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *ino = NULL;
+    if (view.len < 16 || rd64(view.buf) != o->vid)
+        ino = Py_NewRef(Py_None);
+    else
+        ino = PyLong_FromUnsignedLongLong(rd64((const unsigned char *)view.buf + 8));
+    PyBuffer_Release(&view);
+    return ino;
+}
+
+static PyObject *
+owner_call(RowOwner *o, PyObject *args, PyObject *kw)
+{
+    PyObject *table, *key;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "owner(table, key)");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO:owner", &table, &key))
+        return NULL;
+    return owner_of(o, table, key);
+}
+
+static PyTypeObject RowOwnerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fusevol._fusevol_rows.RowOwner",
+    .tp_basicsize = sizeof(RowOwner),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "RowOwner(vid)(table, key): the inode a row of volume vid belongs to, or None.",
+    .tp_new = owner_new,
+    .tp_call = (ternaryfunc)owner_call,
+};
+
+
+
 /* CacheCore: the base of fs/cache.py's RowCache, holding its rows, the rows handed
  * over to apply before the next read (`later`, applied by the subclass's _catch_up)
  * and the shared decoded rows; get (a miss goes to the subclass's _get_missing),
@@ -524,7 +596,7 @@ static Py_ssize_t max_decoded = 200000;
 
 typedef struct {
     PyObject_HEAD
-    PyObject *rows, *later, *decoded;
+    PyObject *rows, *later, *decoded, *first_fresh, *owner;
 } CacheCore;
 
 static int
@@ -533,6 +605,8 @@ cache_traverse(CacheCore *c, visitproc visit, void *arg)
     Py_VISIT(c->rows);
     Py_VISIT(c->later);
     Py_VISIT(c->decoded);
+    Py_VISIT(c->first_fresh);
+    Py_VISIT(c->owner);
     return 0;
 }
 
@@ -542,6 +616,8 @@ cache_clear(CacheCore *c)
     Py_CLEAR(c->rows);
     Py_CLEAR(c->later);
     Py_CLEAR(c->decoded);
+    Py_CLEAR(c->first_fresh);
+    Py_CLEAR(c->owner);
     return 0;
 }
 
@@ -610,6 +686,21 @@ cache_get(CacheCore *c, PyObject *const *args, Py_ssize_t nargs)
     }
     if (PyErr_Occurred())
         return NULL;
+    if (c->first_fresh != NULL && c->first_fresh != Py_None && c->owner != NULL
+            && c->owner != Py_None) {
+        /* A row of an inode this worker made is here or does not exist. */
+        PyObject *ino = Py_IS_TYPE(c->owner, &RowOwnerType)
+            ? owner_of((RowOwner *)c->owner, args[0], args[1])
+            : PyObject_CallFunctionObjArgs(c->owner, args[0], args[1], NULL);
+        if (ino == NULL)
+            return NULL;
+        int fresh = ino != Py_None ? PyObject_RichCompareBool(ino, c->first_fresh, Py_GE) : 0;
+        Py_DECREF(ino);
+        if (fresh < 0)
+            return NULL;
+        if (fresh)
+            Py_RETURN_NONE;
+    }
     return PyObject_CallMethodObjArgs((PyObject *)c, str_get_missing, args[0], args[1], args[2],
                                       NULL);
 }
@@ -697,6 +788,8 @@ static PyMemberDef cache_members[] = {
     {"rows", T_OBJECT, offsetof(CacheCore, rows), 0, NULL},
     {"later", T_OBJECT, offsetof(CacheCore, later), 0, NULL},
     {"_decoded", T_OBJECT, offsetof(CacheCore, decoded), 0, NULL},
+    {"_first_fresh", T_OBJECT, offsetof(CacheCore, first_fresh), 0, NULL},
+    {"owner", T_OBJECT, offsetof(CacheCore, owner), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1336,10 +1429,11 @@ PyInit__fusevol_rows(void)
     str_rows = PyUnicode_InternFromString("rows");
     str_get = PyUnicode_InternFromString("get");
     str_reader = PyUnicode_InternFromString("reader");
+    str_meta = PyUnicode_InternFromString("meta");
     str_catch_up = PyUnicode_InternFromString("_catch_up");
     str_get_missing = PyUnicode_InternFromString("_get_missing");
     if (str_later == NULL || str_rows == NULL || str_get == NULL || str_reader == NULL
-            || str_catch_up == NULL || str_get_missing == NULL)
+            || str_catch_up == NULL || str_get_missing == NULL || str_meta == NULL)
         return NULL;
     for (int i = 0; i < N_ATTR_FIELDS; i++) {
         attr_strs[i] = PyUnicode_InternFromString(attr_names[i]);
@@ -1357,7 +1451,8 @@ PyInit__fusevol_rows(void)
             || str_st_size == NULL || str_st_blksize == NULL || str_st_blocks == NULL)
         return NULL;
     if (PyType_Ready(&CodecType) < 0 || PyType_Ready(&SpecCoreType) < 0
-            || PyType_Ready(&CacheCoreType) < 0 || PyType_Ready(&AttrBuilderType) < 0)
+            || PyType_Ready(&CacheCoreType) < 0 || PyType_Ready(&AttrBuilderType) < 0
+            || PyType_Ready(&RowOwnerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -1365,7 +1460,8 @@ PyInit__fusevol_rows(void)
     if (PyModule_AddObjectRef(m, "InodeCodec", (PyObject *)&CodecType) < 0
             || PyModule_AddObjectRef(m, "SpecCore", (PyObject *)&SpecCoreType) < 0
             || PyModule_AddObjectRef(m, "CacheCore", (PyObject *)&CacheCoreType) < 0
-            || PyModule_AddObjectRef(m, "AttrBuilder", (PyObject *)&AttrBuilderType) < 0) {
+            || PyModule_AddObjectRef(m, "AttrBuilder", (PyObject *)&AttrBuilderType) < 0
+            || PyModule_AddObjectRef(m, "RowOwner", (PyObject *)&RowOwnerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -33,7 +33,7 @@ class CacheCorePy:
     small file, in C when it was built (native/_fusevol_rows.c CacheCore);
     this is its twin. RowCache fills in the rest."""
 
-    __slots__ = ("rows", "later", "_decoded", "__dict__")
+    __slots__ = ("rows", "later", "_decoded", "_first_fresh", "owner", "__dict__")
 
     def get(self, table: str, key: bytes, reader: "CachedTxn"):
         if self.later:
@@ -41,6 +41,11 @@ class CacheCorePy:
         entry = self.rows.get((table, key))
         if entry is not None:
             return entry[0]
+        first_fresh = self._first_fresh
+        if first_fresh is not None and self.owner is not None:
+            owner = self.owner(table, key)
+            if owner is not None and owner >= first_fresh:
+                return None  # a row of an inode this worker made: here, or none
         return self._get_missing(table, key, reader)
 
     def decoded(self, key: bytes, raw, decode):
@@ -147,12 +152,7 @@ class RowCache(CacheCore):
                 self._first_fresh = self._next_ino(txn)
 
     def _get_missing(self, table: str, key: bytes, reader: "CachedTxn"):
-        """get, for a row not here."""
-        first_fresh = self._first_fresh
-        if first_fresh is not None:
-            owner = self.owner(table, key)
-            if owner is not None and owner >= first_fresh:
-                return None
+        """get, for a row not here that may be stored."""
         value = reader.committed(table, key)
         if table in WORKER_TABLES:
             self.rows[table, key] = (value, 0)

@@ -265,3 +265,37 @@ def test_rows_by_table_as_the_python_twin_groups(replay):
         ("dirents", [_key(1, b"b")], [(_key(1, b"a"), b"2")]),
         ("inodes", [_key(2)], [(_key(3), b"three"), (_key(5), b"five")])]
     assert rows_by_table({}) == []
+
+
+# -- whose row: store/workerrows.py's row_owner (RowOwner in C) --
+
+def test_row_owner_matches_the_python_twin():
+    if _fusevol_rows is None:
+        pytest.skip("C extension not built (python setup.py build_ext --inplace)")
+    from fusevol.store import workerrows
+    py, c = workerrows.row_owner_py(1), _fusevol_rows.RowOwner(1)
+    rows = [("inodes", _key(7)), ("dirents", _key(2, b"name")), ("meta", _key(7)),
+            ("inodes", b"short"), ("inodes", (2).to_bytes(8, "big") + _key(7)[8:]),
+            ("xattrs", memoryview(_key(2**64 - 1, b"user.x"))), ("blocks", b"")]
+    for table, key in rows:
+        assert c(table, key) == py(table, key), (table, key)
+    assert c("inodes", _key(7)) == 7 and c("meta", _key(7)) is None
+    for bad in ((), ("inodes",), ("inodes", 12)):
+        assert _outcome(c, *bad)[0] == "error"
+
+
+@pytest.mark.parametrize("core", CACHE_CORES)
+def test_rows_of_inodes_the_worker_made_are_not_asked_of_the_store(store, core):
+    from fusevol.store import workerrows
+    cache = _cache_class(core())(store)
+    asked = []
+    cache._get_missing = lambda table, key, reader: asked.append(key) or b"stored"
+    for owner in (workerrows.row_owner_py(1), workerrows.row_owner(1)):
+        cache.owner, cache._first_fresh = owner, 10
+        del asked[:]
+        assert cache.get("xattrs", _key(10, b"user.a"), None) is None  # made here: none
+        assert cache.get("xattrs", _key(9, b"user.a"), None) == b"stored"
+        assert cache.get("meta", b"next_ino", None) == b"stored"
+        assert asked == [_key(9, b"user.a"), b"next_ino"]
+    cache._first_fresh = None
+    assert cache.get("xattrs", _key(10, b"user.a"), None) == b"stored"

@@ -9,4 +9,6 @@ from setuptools import Extension, setup
 setup(ext_modules=[
     Extension("fusevol._fusevol_native", ["native/_fusevol_native.c"],
               extra_compile_args=["-O2"], optional=True),
+    Extension("fusevol._fusevol_rows", ["native/_fusevol_rows.c"],
+              extra_compile_args=["-O2"], optional=True),
 ])

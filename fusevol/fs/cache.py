@@ -17,6 +17,7 @@ NeedsStore and runs on the store thread instead.
 
 import collections
 
+from .. import native
 from ..store import Store
 from ..store.workerrows import WORKER_TABLES
 # Rows kept once on disk; rows of operations not yet committed always stay.
@@ -27,7 +28,64 @@ class NeedsStore(Exception):
     """The operation cannot be answered here: run it on the store thread."""
 
 
-class RowCache:
+class CacheCorePy:
+    """The reads of the cache (get, decoded, decoded_if_held): a dozen calls a
+    small file, in C when it was built (native/_fusevol_rows.c CacheCore);
+    this is its twin. RowCache fills in the rest."""
+
+    __slots__ = ("rows", "later", "_decoded", "_first_fresh", "owner", "__dict__")
+
+    def get(self, table: str, key: bytes, reader: "CachedTxn"):
+        if self.later:
+            self._catch_up()
+        entry = self.rows.get((table, key))
+        if entry is not None:
+            return entry[0]
+        first_fresh = self._first_fresh
+        if first_fresh is not None and self.owner is not None:
+            owner = self.owner(table, key)
+            if owner is not None and owner >= first_fresh:
+                return None  # a row of an inode this worker made: here, or none
+        return self._get_missing(table, key, reader)
+
+    def decoded(self, key: bytes, raw, decode):
+        """decode(raw) of row `raw` (under key), shared: not to be changed."""
+        if raw is None:
+            return None
+        seen = self._decoded.get(key)
+        if seen is not None and seen[0] is raw and seen[1] is decode:
+            return seen[2]
+        value = decode(raw)
+        decoded = self._decoded
+        if len(decoded) >= MAX_ROWS:
+            decoded.clear()
+        decoded[key] = (raw, decode, value)
+        return value
+
+    def decoded_if_held(self, table: str, key: bytes, decode):
+        """decode(row) of the row under (table, key), shared as `decoded` gives
+        it, when the cache holds that row; else None (then ask a reader):
+        getattr in one step. The trio thread's, as every reader's."""
+        if self.later:
+            self._catch_up()
+        entry = self.rows.get((table, key))
+        if entry is None or entry[0] is None:
+            return None
+        raw = entry[0]
+        seen = self._decoded.get(key)
+        if seen is not None and seen[0] is raw and seen[1] is decode:
+            return seen[2]
+        return self.decoded(key, raw, decode)
+
+
+if native.rows is not None:
+    native.rows.cache_configure(MAX_ROWS)
+    CacheCore = native.rows.CacheCore
+else:
+    CacheCore = CacheCorePy
+
+
+class RowCache(CacheCore):
     def __init__(self, store: Store):
         self.store = store
         # (table, key) -> (value or None for deleted, sequence number of the
@@ -76,35 +134,6 @@ class RowCache:
         if len(rows) > MAX_ROWS:
             self._evict()
 
-    def decoded(self, key: bytes, raw, decode):
-        """decode(raw) of row `raw` (under key), shared: not to be changed."""
-        if raw is None:
-            return None
-        seen = self._decoded.get(key)
-        if seen is not None and seen[0] is raw and seen[1] is decode:
-            return seen[2]
-        value = decode(raw)
-        decoded = self._decoded
-        if len(decoded) >= MAX_ROWS:
-            decoded.clear()
-        decoded[key] = (raw, decode, value)
-        return value
-
-    def decoded_if_held(self, table: str, key: bytes, decode):
-        """decode(row) of the row under (table, key), shared as `decoded` gives
-        it, when the cache holds that row; else None (then ask a reader):
-        getattr in one step. The trio thread's, as every reader's."""
-        if self.later:
-            self._catch_up()
-        entry = self.rows.get((table, key))
-        if entry is None or entry[0] is None:
-            return None
-        raw = entry[0]
-        seen = self._decoded.get(key)
-        if seen is not None and seen[0] is raw and seen[1] is decode:
-            return seen[2]
-        return self.decoded(key, raw, decode)
-
     def apply_newest(self, entries: dict) -> None:
         """apply, for the rows of the operation queued last, given as this
         cache keeps them ((table, key) -> (value or None, seq)): no row here
@@ -122,17 +151,8 @@ class RowCache:
             with self.reader() as txn:
                 self._first_fresh = self._next_ino(txn)
 
-    def get(self, table: str, key: bytes, reader: "CachedTxn"):
-        if self.later:
-            self._catch_up()
-        entry = self.rows.get((table, key))
-        if entry is not None:
-            return entry[0]
-        first_fresh = self._first_fresh
-        if first_fresh is not None:
-            owner = self.owner(table, key)
-            if owner is not None and owner >= first_fresh:
-                return None
+    def _get_missing(self, table: str, key: bytes, reader: "CachedTxn"):
+        """get, for a row not here that may be stored."""
         value = reader.committed(table, key)
         if table in WORKER_TABLES:
             self.rows[table, key] = (value, 0)

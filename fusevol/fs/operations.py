@@ -25,6 +25,7 @@ from ..errors import FusevolError, StoreDamaged
 from ..store import ROOT_INO, Inode, Inodes
 from ..store.inodes import set_attrs
 from . import acl, metrics, pagepush
+from .attributes import attr_builder
 from .filedata import SPACE_ERRORS, FileData
 from .registry import FLUSH_XATTR, SNAPSHOT_XATTR
 from .runner import TxnRunner
@@ -157,6 +158,8 @@ class VolumeOperations(pyfuse3.Operations):
         self._negative.st_ino = 0
         self._negative.entry_timeout = self.entry_timeout
         self.attr_timeout = knobs["attr_timeout"]
+        self._build_attrs = attr_builder(self.entry_timeout, self.attr_timeout,
+                                         self.block_size).build
         self.keep_cache = knobs["keep_cache"]
         self.push_pages = knobs["push_pages"]
 
@@ -176,37 +179,19 @@ class VolumeOperations(pyfuse3.Operations):
 
     def _entry(self, ino: int, inode: Inode) -> pyfuse3.EntryAttributes:
         fd = self.files.get(ino)
-        if fd is None:
-            # The same shared inode (Inodes.peek) gives the same answer: getattr
-            # of an unchanged file builds no new one (pyfuse3 only reads it).
-            seen = self._attrs.get(ino)
-            if seen is not None and seen[0] is inode:
-                return seen[1]
-            size, data_bytes = inode.size, inode.data_bytes
-        else:
-            size, data_bytes = fd.size, inode.data_bytes + fd.dirty_bytes
-        mode = inode.mode
-        # Fields left out are pyfuse3's zeros (generation).
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = ino if ino != self.root_ino else pyfuse3.ROOT_INODE  # _kernel(ino)
-        e.entry_timeout = self.entry_timeout
-        e.attr_timeout = self.attr_timeout
-        e.st_mode = mode
-        e.st_nlink = inode.nlink
-        e.st_uid = inode.uid
-        e.st_gid = inode.gid
-        e.st_rdev = inode.rdev
-        e.st_size = size
-        e.st_blksize = self.block_size
-        e.st_blocks = min(-(-data_bytes // 512), -(-size // 512)) if stat.S_ISREG(mode) else 1
-        e.st_atime_ns = inode.atime_ns
-        e.st_mtime_ns = inode.mtime_ns
-        e.st_ctime_ns = inode.ctime_ns
-        if fd is None:
-            attrs = self._attrs
-            if len(attrs) >= MAX_ATTRS:
-                attrs.clear()
-            attrs[ino] = (inode, e)
+        kino = ino if ino != self.root_ino else pyfuse3.ROOT_INODE  # _kernel(ino)
+        if fd is not None:
+            return self._build_attrs(kino, inode, fd.size, inode.data_bytes + fd.dirty_bytes)
+        # The same shared inode (Inodes.peek) gives the same answer: getattr
+        # of an unchanged file builds no new one (pyfuse3 only reads it).
+        seen = self._attrs.get(ino)
+        if seen is not None and seen[0] is inode:
+            return seen[1]
+        e = self._build_attrs(kino, inode, inode.size, inode.data_bytes)
+        attrs = self._attrs
+        if len(attrs) >= MAX_ATTRS:
+            attrs.clear()
+        attrs[ino] = (inode, e)
         return e
 
     def _entry_counted(self, ino: int, inode: Inode) -> pyfuse3.EntryAttributes:

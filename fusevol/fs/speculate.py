@@ -30,18 +30,18 @@ A reference to a chunk is the exception: taking one changes nothing the
 operation reads, so it is deferred (Txn.defer) and taken by the store thread.
 """
 
+from .. import native
 from ..store.workerrows import MADE_BY_NAME_CHANGES, NAME_TABLES, WORKER_TABLES, numbers_between
 from .cache import NeedsStore, RowCache
 
 
-class SpecTxn:
-    """A change's transaction on the trio thread. `seq`: the sequence number
-    the change gets if it is answered ahead; its rows are kept as the cache
-    keeps them, (value or None, seq), so that they join the cache in one step."""
+class SpecCorePy:
+    """A change's state, and its reads and writes (get, put, delete): about
+    35 calls a small file, in C when it was built (native/_fusevol_rows.c
+    SpecCore); this is its twin. SpecTxn fills in the rest."""
 
     __slots__ = ("cache", "now_ns", "seq", "room", "deferred", "deferred_bytes", "reads",
                  "writes", "vstat_delta", "_reader")
-    write = True
 
     def __init__(self, cache: RowCache, now_ns: int, seq: int = 0, room=None, reader=None):
         self.cache = cache
@@ -81,9 +81,6 @@ class SpecTxn:
         reads[k] = value
         return value
 
-    def peek(self, table: str, key: bytes, decode):
-        return self.cache.decoded(key, self.get(table, key), decode)
-
     def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
         if not overwrite:
             raise NeedsStore
@@ -105,6 +102,25 @@ class SpecTxn:
             return False
         self.writes[table, bytes(key)] = (None, self.seq)
         return True
+
+
+if native.rows is not None:
+    native.rows.spec_configure(NeedsStore, WORKER_TABLES, NAME_TABLES, MADE_BY_NAME_CHANGES)
+    SpecCore = native.rows.SpecCore
+else:
+    SpecCore = SpecCorePy
+
+
+class SpecTxn(SpecCore):
+    """A change's transaction on the trio thread. `seq`: the sequence number
+    the change gets if it is answered ahead; its rows are kept as the cache
+    keeps them, (value or None, seq), so that they join the cache in one step."""
+
+    __slots__ = ()
+    write = True
+
+    def peek(self, table: str, key: bytes, decode):
+        return self.cache.decoded(key, self.get(table, key), decode)
 
     def defer(self, fn, *args) -> None:
         self.deferred.append((fn, args))
@@ -149,7 +165,14 @@ def unchanged(txn, spec: SpecTxn, pending: dict, counter_row=None, owner=None,
     the row of the volume's next inode number and owner(table, key), the
     inode a row belongs to (see `numbered`)."""
     first, end = numbered(spec, counter_row)
-    for k, seen in spec.reads.items():
+    return _reads_unchanged(spec.reads, pending, written, first, end, owner, txn.get)
+
+
+def reads_unchanged_py(reads: dict, pending: dict, written, first: int, end: int, owner,
+                       get) -> bool:
+    """unchanged's loop over the rows a change read (about 8 a small file, on
+    the store thread); in C when it was built (native/_fusevol_rows.c)."""
+    for k, seen in reads.items():
         table, key = k
         if table in NAME_TABLES:
             continue
@@ -165,7 +188,7 @@ def unchanged(txn, spec: SpecTxn, pending: dict, counter_row=None, owner=None,
             # row, which its put read first), of which none can exist (below).
             continue
         else:
-            now = txn.get(table, key)  # (an LMDB call lets go of the GIL)
+            now = get(table, key)  # (an LMDB call lets go of the GIL)
             if now is not None:
                 now = bytes(now)
         if now != seen:
@@ -210,27 +233,43 @@ def write_rows(txn, pending: dict, written: dict | None = None) -> None:
     pairs compared tuples, three times the cost for a batch of small files."""
     if not pending:
         return
-    tables: dict = {}
-    for table, key in pending:
-        keys = tables.get(table)
-        if keys is None:
-            keys = tables[table] = []
-        keys.append(key)
-    for table in sorted(tables):
-        keys = tables[table]
-        keys.sort()
-        puts = []
-        for key in keys:
-            value = pending[table, key][0]
-            if value is None:
-                txn.delete(table, key)
-            else:
-                puts.append((key, value))
+    for table, deletes, puts in _rows_by_table(pending):
+        for key in deletes:
+            txn.delete(table, key)
         if puts:
             txn.cursor(table).putmulti(puts)
     if written is not None:
         written.update(pending)
     pending.clear()
 
+
+def rows_by_table_py(pending: dict) -> list:
+    """write_rows' rows, [(table, deleted keys, [(key, value) put])], tables
+    and each one's keys in order; in C when it was built (native/_fusevol_rows.c)."""
+    tables: dict = {}
+    for table, key in pending:
+        keys = tables.get(table)
+        if keys is None:
+            keys = tables[table] = []
+        keys.append(key)
+    out = []
+    for table in sorted(tables):
+        keys = tables[table]
+        keys.sort()
+        deletes, puts = [], []
+        for key in keys:
+            value = pending[table, key][0]
+            if value is None:
+                deletes.append(key)
+            else:
+                puts.append((key, value))
+        out.append((table, deletes, puts))
+    return out
+
+
+if native.rows is not None:
+    _reads_unchanged, _rows_by_table = native.rows.reads_unchanged, native.rows.rows_by_table
+else:
+    _reads_unchanged, _rows_by_table = reads_unchanged_py, rows_by_table_py
 
 _ABSENT = object()

@@ -5,10 +5,12 @@ so that one volume's rows are contiguous and a prefix scan walks them.
 Integers in keys are big-endian so that LMDB's byte order is numeric order.
 """
 
+import dataclasses
 import errno
 import struct
 from dataclasses import dataclass
 
+from .. import native
 from ..errors import FsError, StoreDamaged
 
 FORMAT_VERSION = 5
@@ -332,6 +334,19 @@ class Inode:
         fields[5:8] = unpack_times(fields[5:8], raw, _INODE_SIZE)
         fields[11] &= ~WIDE_TIMES
         return cls(*fields, target=bytes(raw[_INODE_SIZE + WIDE_TIMES_SIZE:]))
+
+
+# The request path decodes, encodes and copies inodes many times a file (about
+# 9, 5 and 2 a small file): in C when it was built (native/_fusevol_rows.c),
+# with the methods above as its twins, which also take what the C leaves to
+# Python (a short record, wide times, a value out of range, and every error).
+unpack_py, pack_py, copy_py = Inode.unpack, Inode.pack, Inode.copy
+if native.rows is not None:
+    _codec = native.rows.InodeCodec(Inode, [f.name for f in dataclasses.fields(Inode)],
+                                    unpack_py, pack_py, copy_py)
+    Inode.unpack = staticmethod(_codec.unpack)
+    Inode.pack = native.rows.as_method(_codec.pack)
+    Inode.copy = native.rows.as_method(_codec.copy)
 
 
 _REF = struct.Struct(">QII")

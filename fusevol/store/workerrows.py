@@ -7,6 +7,7 @@ worker's copy treats tables and keys as opaque names; only the store knows
 which table holds what.
 """
 
+from .. import native
 from .schema import read_ino_key, read_u64
 
 # The tables whose rows of a volume only its worker writes, which it records
@@ -31,7 +32,7 @@ NAME_TABLES = frozenset({"dirents", "parents", "multilinks", "meta"})
 MADE_BY_NAME_CHANGES = frozenset({"orphans"})
 
 
-def row_owner(vid: int):
+def row_owner_py(vid: int):
     """owner(table, key): the inode a row of volume vid belongs to (a folder's
     entries and change notes belong to the folder), None for other rows."""
     def owner(table: str, key: bytes) -> int | None:
@@ -40,6 +41,12 @@ def row_owner(vid: int):
         row_vid, ino = read_ino_key(key)
         return ino if row_vid == vid else None
     return owner
+
+
+def row_owner(vid: int):
+    """row_owner_py's owner, in C when it was built (native/_fusevol_rows.c
+    RowOwner): the worker's row cache asks it of every row it does not hold."""
+    return native.rows.RowOwner(vid) if native.rows is not None else row_owner_py(vid)
 
 
 def numbers_between(before, after) -> tuple[int, int]:

@@ -184,7 +184,7 @@ def test_inode_methods_are_the_c_ones_when_built():
     if _fusevol_rows is None or native.rows is None:
         pytest.skip("C extension not built, or FUSEVOL_NATIVE=0")
     inode = Inode(stat.S_IFREG | 0o644, 0, 0, size=5)
-    assert Inode.unpack is schema._codec.unpack or Inode.unpack == schema._codec.unpack
+    assert Inode.unpack is schema.INODE_CODEC.unpack or Inode.unpack == schema.INODE_CODEC.unpack
     assert inode.pack() == schema.pack_py(inode) and inode.copy() == inode
     assert Inode.unpack(inode.pack()) == inode
 

@@ -11,7 +11,7 @@ import stat
 import pyfuse3
 
 from .. import native
-from ..store import schema
+from .. import store
 
 
 class AttrBuilderPy:
@@ -52,4 +52,4 @@ def attr_builder(entry_timeout: float, attr_timeout: float, block_size: int,
     if native.rows is None:
         return py
     return native.rows.AttrBuilder(factory, entry_timeout, attr_timeout, block_size,
-                                   getattr(schema, "_codec", None), py.build)
+                                   store.INODE_CODEC, py.build)

@@ -14,7 +14,7 @@ import importlib
 _HOMES = {
     "DEFAULT_STORE": "names", "Store": "env", "Txn": "env", "resolve_path": "names",
     "Inodes": "inodes",
-    "Inode": "schema", "BLOCK_SIZE": "schema", "ROOT_INO": "schema",
+    "Inode": "schema", "BLOCK_SIZE": "schema", "ROOT_INO": "schema", "INODE_CODEC": "schema",
 }
 
 __all__ = list(_HOMES)

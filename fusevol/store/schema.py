@@ -341,12 +341,13 @@ class Inode:
 # with the methods above as its twins, which also take what the C leaves to
 # Python (a short record, wide times, a value out of range, and every error).
 unpack_py, pack_py, copy_py = Inode.unpack, Inode.pack, Inode.copy
+INODE_CODEC = None  # the C codec, when built (the attributes' builder reads inodes with it)
 if native.rows is not None:
-    _codec = native.rows.InodeCodec(Inode, [f.name for f in dataclasses.fields(Inode)],
-                                    unpack_py, pack_py, copy_py)
-    Inode.unpack = staticmethod(_codec.unpack)
-    Inode.pack = native.rows.as_method(_codec.pack)
-    Inode.copy = native.rows.as_method(_codec.copy)
+    INODE_CODEC = native.rows.InodeCodec(Inode, [f.name for f in dataclasses.fields(Inode)],
+                                         unpack_py, pack_py, copy_py)
+    Inode.unpack = staticmethod(INODE_CODEC.unpack)
+    Inode.pack = native.rows.as_method(INODE_CODEC.pack)
+    Inode.copy = native.rows.as_method(INODE_CODEC.copy)
 
 
 _REF = struct.Struct(">QII")

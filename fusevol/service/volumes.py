@@ -210,7 +210,7 @@ class VolumeService(Mounts):
             return self._gc(progress)
 
     def _gc(self, progress) -> dict:
-        from ..store import check, densify, recompress
+        from ..store import check, datafiles, densify, recompress
 
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:
@@ -220,6 +220,8 @@ class VolumeService(Mounts):
         # written again.
         report["recompressed"] = recompress.recompress(self.store, progress)
         report["densified"] = densify.densify(self.store, progress)
+        # The data files: dead ranges punched out, what no commit names cut off.
+        report["data_files"] = {**datafiles.reclaim_all(self.store), **datafiles.tidy(self.store)}
         report["file"] = self.rewrite_file()
         if not report["file"]["rewritten"]:
             # Held open elsewhere (or not worth a copy): tables of random keys

@@ -13,13 +13,14 @@ import lmdb
 
 from conftest import needs_fuse, run_cli
 from fusevol.fs.mount import worker_of
+from fusevol.store import datafiles
 
 BLOCK = 128 * 1024
 
 
 def df(store: str) -> dict:
     out = json.loads(run_cli(store, "df", "--json").stdout)
-    for what in ("store_file_bytes", "store_file_hole_bytes", "overhead"):
+    for what in ("store_file_bytes", "store_file_hole_bytes", "overhead", "data_files_bytes", "disk_bytes"):
         out.pop(what)  # the file's pages: what gc keeps equal is what they hold
     return out
 
@@ -312,7 +313,8 @@ def test_snapshot_ls_shows_what_a_snapshot_alone_holds_on_disk(mounts, store_pat
 
 
 def disk_bytes(store: str) -> int:
-    return os.stat(os.path.join(store, "db", "data.mdb")).st_blocks * 512
+    """The store file and the data files, on the disk."""
+    return os.stat(os.path.join(store, "db", "data.mdb")).st_blocks * 512 + datafiles.disk_bytes(store)
 
 
 @needs_fuse
@@ -337,7 +339,7 @@ def test_gc_on_a_mounted_store_gives_what_it_frees_back_to_the_disk(mounts, stor
     assert holes["punched"] and holes["free_pages"] >= 64 * BLOCK // 4096
     assert verify(store_path)[0] == 0
     figures = json.loads(run_cli(store_path, "df", "--json").stdout)
-    assert figures["store_file_bytes"] == disk_bytes(store_path)
+    assert figures["disk_bytes"] == disk_bytes(store_path)
     assert figures["store_file_hole_bytes"] >= 60 * BLOCK
     # Every byte reads back; new writes take the punched pages and read back too.
     for name, data in keep.items():

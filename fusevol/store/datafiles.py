@@ -299,13 +299,17 @@ def dead_bytes(txn) -> int:
     return sum(_LENGTH.unpack(bytes(v))[0] for _, v in txn.scan("datadead", b""))
 
 
-def reclaim(txn, limit: int = RECLAIM_MAX) -> int:
+def reclaim(txn, limit: int = RECLAIM_MAX, synced: bool = False) -> int:
     """Punch the dead ranges no reader can see any more out of their files
-    and drop their rows (in txn, a root write transaction); bytes punched."""
+    and drop their rows (in txn, a write transaction); bytes punched.
+    `synced`: the store was synced since its last commit (Store.sync), so
+    that commit is durable too."""
     cur = txn.cursor("datadead")
     if not cur.first():
         return 0
-    bound = txn.txn.id() - 2  # the commit after the one that let go of it is done (synced)
+    # The commit that let go of a range must be durable: the commit after it
+    # synced its meta page, or a sync did.
+    bound = txn.txn.id() - (1 if synced else 2)
     if _DEAD.unpack(bytes(cur.key()))[0] > bound:
         return 0
     from .env import Unreadable, oldest_reader

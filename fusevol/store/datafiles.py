@@ -332,31 +332,34 @@ def reclaim(txn, limit: int = RECLAIM_MAX, synced: bool = False) -> int:
 
 
 def reclaim_all(store) -> dict:
-    """Punch every dead range that may go (gc, the idle upkeep): a few
-    commits, since what the last commit let go of waits for the next two."""
-    punched = 0
-    for _ in range(4):
-        with store.read() as txn:
-            if not txn.cursor("datadead").first():
-                break
-        with store.write(durable=False) as txn:
-            punched += reclaim(txn, limit=1 << 30)
-    return {"punched_bytes": punched}
+    """Punch every dead range no reader sees (gc, the idle upkeep): in one
+    write transaction, the last commit made durable first (no other can
+    commit meanwhile: the writer's lock is held)."""
+    with store.read() as txn:
+        if not txn.cursor("datadead").first():
+            return {"punched_bytes": 0}
+    with store.write(durable=False) as txn:
+        store.sync()
+        return {"punched_bytes": reclaim(txn, limit=1 << 30, synced=True)}
 
 
-def tidy(store) -> dict:
-    """Files no live process writes (no flock held): bytes past the committed
-    end cut off (written by a commit that did not happen), a file no commit
-    ever named deleted. gc runs it."""
+def tidy(store, live: set[int]) -> dict:
+    """Files no live process writes (no flock held), gc's part: bytes past
+    the committed end cut off (written by a commit that did not happen); a
+    file deleted when no commit ever named it, or when no chunk is in it any
+    more (`live`: the numbers of the files chunks are in, as a read of the
+    count rows found them) and nothing of it waits to be punched (so no
+    reader can see a chunk there: see `reclaim`)."""
     trimmed = deleted = 0
     try:
-        names = sorted(os.listdir(folder(store.path)))
+        names = sorted(int(n) for n in os.listdir(folder(store.path)) if n.isdigit())
     except FileNotFoundError:
         names = []
-    for name in names:
-        if not name.isdigit():
-            continue
-        number = int(name)
+    with store.read() as txn:
+        ends = {_FILE.unpack(bytes(k))[0]: schema.read_u64(v) for k, v in txn.scan("datafiles", b"")}
+        waiting = {_DEAD.unpack(bytes(k))[1] for k, _ in txn.scan("datadead", b"")}
+    gone = [n for n in ends if n not in names]  # rows of files deleted before
+    for number in names:
         try:
             fd = os.open(path_of(store.path, number), os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -366,16 +369,21 @@ def tidy(store) -> dict:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its writer lives
-            with store.read() as txn:
-                raw = txn.get("datafiles", _FILE.pack(number))
-            if raw is None:
+            end = ends.get(number)
+            if end is None or (number not in live and number not in waiting):
                 os.unlink(path_of(store.path, number))
                 deleted += 1
-            elif os.fstat(fd).st_size > schema.read_u64(raw):
-                os.ftruncate(fd, schema.read_u64(raw))
+                if end is not None:
+                    gone.append(number)
+            elif os.fstat(fd).st_size > end:
+                os.ftruncate(fd, end)
                 trimmed += 1
         finally:
             os.close(fd)
+    if gone:
+        with store.write(durable=False) as txn:
+            for number in gone:
+                txn.delete("datafiles", _FILE.pack(number))
     return {"files_trimmed": trimmed, "files_deleted": deleted}
 
 

@@ -202,9 +202,33 @@ def test_tidy_cuts_what_no_commit_named_and_leaves_a_live_writers_file(store):
     with open(stray, "wb") as f:
         f.write(b"x" * 4096)
     # This process's writer holds its file: left alone.
-    assert datafiles.tidy(store) == {"files_trimmed": 0, "files_deleted": 1}
+    assert _tidy(store) == {"files_trimmed": 0, "files_deleted": 1}
     assert not os.path.exists(stray) and os.path.getsize(path) == end + 8192
     store.data_writer().close()
-    assert datafiles.tidy(store) == {"files_trimmed": 1, "files_deleted": 0}
+    assert _tidy(store) == {"files_trimmed": 1, "files_deleted": 0}
     assert os.path.getsize(path) == end
     assert _damage(store) == []
+
+
+def _tidy(store) -> dict:
+    with store.read() as txn:
+        live = {ext.file for _, ext in chunks.extents(txn)}
+    return datafiles.tidy(store, live)
+
+
+def test_tidy_deletes_a_file_once_no_chunk_is_in_it_and_nothing_waits_to_be_punched(store):
+    ids = _write(store, [_block(1)])
+    store.data_writer().close()  # its writer is done with it: the next file is another
+    second = _block(2)
+    other = _write(store, [second])[0]
+    assert _files(store) == ["00000001", "00000002"]
+    txn = store.begin_write()
+    chunks.decref(txn, ids[0])
+    store.commit(txn)
+    assert _tidy(store)["files_deleted"] == 0  # its range still waits to be punched
+    datafiles.reclaim_all(store)
+    assert _tidy(store)["files_deleted"] == 1
+    assert _files(store) == ["00000002"]  # the writer's own file stays
+    with store.read() as txn:
+        assert [bytes(k) for k, _ in txn.scan("datafiles", b"")] == [(2).to_bytes(4, "big")]
+        assert chunks.read(txn, other) == second

@@ -20,12 +20,12 @@ objects, and from live inode rows whose ``tree_id`` says "I equal this object".
 import functools
 import struct
 import threading
-from dataclasses import dataclass, field
 
 import blake3
 import zstandard
 
 from ..errors import StoreDamaged
+from ..records import Record
 from . import chunks, countrows, packs
 from .env import Txn, row_disk_bytes
 from .schema import (ROW_ATTRS_HEAD, ROW_DATA_BYTES, ROW_FIXED, ROW_TREE_ID, WIDE_TIMES, WIDE_TIMES_SIZE, Inode,
@@ -43,17 +43,28 @@ _INDEX_HEAD = struct.Struct(">BI")  # level, items
 ID_LEN = 32
 
 
-@dataclass
-class TreeObject:
-    kind: bytes
-    ino: int
-    inode: Inode
-    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
-    blocks: list[tuple[int, bytes]] = field(default_factory=list)   # files
-    entries: list[tuple[bytes, bytes]] = field(default_factory=list)  # directories, pieces
-    pieces: bytes | None = None  # a PIECED directory's top piece (its entries are there)
-    count: int = 0               # ... and how many entries it has
-    level: int = 0               # a piece's level (0: leaves); a PIECED directory's height
+class TreeObject(Record):
+    """An object as decoded. `blocks`: a file's; `entries`: a directory's or a
+    piece's. `pieces`: a PIECED directory's top piece (its entries are there),
+    `count`: how many entries it has. `level`: a piece's level (0: leaves), a
+    PIECED directory's height."""
+
+    _FIELDS = ("kind", "ino", "inode", "xattrs", "blocks", "entries", "pieces", "count", "level")
+
+    def __init__(self, kind: bytes, ino: int, inode: Inode,
+                 xattrs: list[tuple[bytes, bytes]] | None = None,
+                 blocks: list[tuple[int, bytes]] | None = None,
+                 entries: list[tuple[bytes, bytes]] | None = None,
+                 pieces: bytes | None = None, count: int = 0, level: int = 0):
+        self.kind = kind
+        self.ino = ino
+        self.inode = inode
+        self.xattrs = [] if xattrs is None else xattrs
+        self.blocks = [] if blocks is None else blocks
+        self.entries = [] if entries is None else entries
+        self.pieces = pieces
+        self.count = count
+        self.level = level
 
     def children(self) -> tuple[list[bytes], list[bytes]]:
         """(child object ids, chunk ids) this object references."""

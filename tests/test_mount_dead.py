@@ -1,6 +1,5 @@
 """A mount whose worker died is recognised and detached, even while the kernel still caches its root."""
 
-import dataclasses
 import os
 import signal
 import subprocess

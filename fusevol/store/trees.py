@@ -34,7 +34,6 @@ from .schema import (ROW_ATTRS_HEAD, ROW_DATA_BYTES, ROW_FIXED, ROW_TREE_ID, WID
                      pack_times, row_flags, unpack_times)
 
 
-
 def _import_chunks():
     from . import chunks
     return chunks

@@ -1,6 +1,5 @@
 """A mount whose worker died is recognised and detached, even while the kernel still caches its root."""
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -45,7 +44,7 @@ def test_a_mount_is_not_handed_the_dead_mount_of_a_worker_that_still_seems_alive
             time.sleep(0.01)
         # The registry as it was for that moment: a live process's locked entry for this mount.
         ending = subprocess.Popen(["sleep", "1"])
-        held = registry.register(d.store, dataclasses.replace(worker, pid=ending.pid))
+        held = registry.register(d.store, worker.replace(pid=ending.pid))
         try:
             status, reply = d.call("/VolumeDriver.Mount", {"Name": "vol", "ID": "c2"})
             assert status == 200, reply

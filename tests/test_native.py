@@ -94,7 +94,7 @@ needs_rows = pytest.mark.skipif(_fusevol_rows is None and not REQUIRED,
 
 
 def _c_codec():
-    names = [f.name for f in schema.dataclasses.fields(Inode)]
+    names = list(schema.INODE_FIELDS)
     codec = _fusevol_rows.InodeCodec(Inode, names, schema.unpack_py, schema.pack_py,
                                      schema.copy_py)
     return codec.unpack, codec.pack, codec.copy
@@ -204,7 +204,7 @@ def _builders():
     py = attributes.AttrBuilderPy(pyfuse3.EntryAttributes, 60.0, 30.0, 128 << 10)
     yield "python", py.build
     if _fusevol_rows is not None:
-        codec = _fusevol_rows.InodeCodec(Inode, [f.name for f in schema.dataclasses.fields(Inode)],
+        codec = _fusevol_rows.InodeCodec(Inode, list(schema.INODE_FIELDS),
                                          schema.unpack_py, schema.pack_py, schema.copy_py)
         for name, with_codec in (("c", codec), ("c without codec", None)):
             yield name, _fusevol_rows.AttrBuilder(pyfuse3.EntryAttributes, 60.0, 30.0, 128 << 10,

@@ -10,8 +10,7 @@ imports neither pyfuse3 nor trio, so the CLI and the daemon stay quick; what
 only starting or stopping a worker needs (subprocess, select, signal, the
 start-up protocol) is imported by the functions that do it, so that commands
 which only list volumes do not load it. Its own lookups read entries as their
-JSON objects: the CLI's snapshot of a mounted volume loads no records (nor the
-dataclasses module they are made with).
+JSON objects: the CLI's snapshot of a mounted volume loads no records.
 """
 
 from __future__ import annotations  # (Worker and MountSpec: loaded where they are made)
@@ -195,9 +194,7 @@ class Registration:
         self.path = os.path.join(wdir, name + ".json")
         self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # before the name is seen: never stale when listed
-        import dataclasses
-
-        info = dataclasses.replace(info, pidns=_pidns())
+        info = info.replace(pidns=_pidns())
         os.write(self._fd, json.dumps(info.to_dict()).encode())
         os.replace(tmp, self.path)
 

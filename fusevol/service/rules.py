@@ -7,10 +7,8 @@ says what holds the volume; the edges add what their user can do about it.
 Nothing here does I/O, so the rules are tested without a store or root.
 """
 
-from dataclasses import dataclass, field
-
 from ..errors import InUse
-from ..records import Volume, Worker
+from ..records import FrozenRecord, Volume, Worker
 
 
 # Mount IDs of views mounted on the host (the CLI, mount(8)), counted beside Docker's.
@@ -22,8 +20,7 @@ def host_places(volume: Volume) -> list[str]:
     return sorted(mid[len(HOST_MOUNT):] for mid in volume.mounts if mid.startswith(HOST_MOUNT))
 
 
-@dataclass(frozen=True)
-class Holders:
+class Holders(FrozenRecord):
     """What holds a volume now.
 
     `family_mounts`: mounts Docker counts on the volume's family (the data
@@ -33,10 +30,11 @@ class Holders:
     driver's mount folder (a worker, a view's bind mount, or what is left of
     one)."""
 
-    volume: Volume
-    family_mounts: dict[str, int] = field(default_factory=dict)
-    worker: Worker | None = None
-    mounted_at_driver: str | None = None
+    _FIELDS = ("volume", "family_mounts", "worker", "mounted_at_driver")
+
+    def __init__(self, volume: Volume, family_mounts: dict[str, int] | None = None,
+                 worker: Worker | None = None, mounted_at_driver: str | None = None):
+        self._set(volume, {} if family_mounts is None else family_mounts, worker, mounted_at_driver)
 
 
 def flush_target(volume: Volume | None, name: str) -> str:

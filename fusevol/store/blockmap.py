@@ -8,10 +8,20 @@ logical bytes. This module is the only writer of `blocks`.
 """
 
 from .. import native
-from . import chunks
+from ..ondemand import OnFirstUse
 from .env import Txn
 from .inoderows import now_ns
 from .schema import Inode, ino_key, ino_pair_key, u64
+
+
+def _import_chunks():
+    from . import chunks
+    return chunks
+
+
+# Loaded when a block is first read or written or a map let go: a snapshot
+# (the CLI's) reaches the block maps of no file.
+chunks = OnFirstUse(globals(), "chunks", _import_chunks)
 
 
 def adopt_rows(txn: Txn, vid: int, ino: int, blocks) -> None:

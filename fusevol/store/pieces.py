@@ -16,10 +16,9 @@ pairs two trees and skips every pair of equal pieces, so diff and send cost
 what changed.
 """
 
-from dataclasses import dataclass, field
-
 import blake3
 
+from ..records import Record
 from . import trees
 from .env import Txn
 
@@ -54,14 +53,18 @@ def chunk(level: int, items: Items) -> list[Items]:
     return out
 
 
-@dataclass
-class Built:
-    """A tree of pieces, with the pieces made for it that may not be stored yet."""
+class Built(Record):
+    """A tree of pieces, with the pieces made for it that may not be stored
+    yet (`new`: id -> (encoding, children))."""
 
-    top: bytes
-    height: int
-    count: int
-    new: dict[bytes, tuple[bytes, list[bytes]]] = field(default_factory=dict)  # id -> (encoding, children)
+    _FIELDS = ("top", "height", "count", "new")
+
+    def __init__(self, top: bytes, height: int, count: int,
+                 new: dict[bytes, tuple[bytes, list[bytes]]] | None = None):
+        self.top = top
+        self.height = height
+        self.count = count
+        self.new = {} if new is None else new
 
     def store(self, txn: Txn, refs: "trees.RefBatch | None" = None) -> None:
         """Store the new pieces the top reaches, held by their parents; the

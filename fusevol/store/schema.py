@@ -5,10 +5,8 @@ so that one volume's rows are contiguous and a prefix scan walks them.
 Integers in keys are big-endian so that LMDB's byte order is numeric order.
 """
 
-import dataclasses
 import errno
 import struct
-from dataclasses import dataclass
 
 from .. import native
 from ..errors import FsError, StoreDamaged
@@ -270,7 +268,6 @@ def row_with_times(raw, atime_ns: int | None, mtime_ns: int | None, ctime_ns: in
     return b"".join((raw[:at], _ROW_TIMES.pack(atime_ns, mtime_ns, ctime_ns), raw[at + 24:]))
 
 
-@dataclass(slots=True)
 class Inode:
     """A file, directory, symlink or special file of one volume.
 
@@ -282,22 +279,49 @@ class Inode:
     ``flags`` holds LAZY while a cloned inode's entries or blocks are still
     read from its tree object rather than from rows of its own.
     ``target`` is a symlink's target.
+
+    Written out as dataclass(slots=True) would make it (the C codec sets its
+    slots, named in INODE_FIELDS' order): the dataclasses module costs every
+    process that opens the store, the CLI's included, a large part of its start.
     """
 
-    mode: int
-    uid: int
-    gid: int
-    nlink: int = 1
-    size: int = 0
-    atime_ns: int = 0
-    mtime_ns: int = 0
-    ctime_ns: int = 0
-    rdev: int = 0
-    parent: int = 0
-    data_bytes: int = 0
-    flags: int = 0
-    tree_id: bytes = NO_TREE
-    target: bytes = b""
+    __slots__ = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns",
+                 "rdev", "parent", "data_bytes", "flags", "tree_id", "target")
+
+    def __init__(self, mode: int, uid: int, gid: int, nlink: int = 1, size: int = 0,
+                 atime_ns: int = 0, mtime_ns: int = 0, ctime_ns: int = 0, rdev: int = 0,
+                 parent: int = 0, data_bytes: int = 0, flags: int = 0, tree_id: bytes = NO_TREE,
+                 target: bytes = b""):
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.nlink = nlink
+        self.size = size
+        self.atime_ns = atime_ns
+        self.mtime_ns = mtime_ns
+        self.ctime_ns = ctime_ns
+        self.rdev = rdev
+        self.parent = parent
+        self.data_bytes = data_bytes
+        self.flags = flags
+        self.tree_id = tree_id
+        self.target = target
+
+    def _values(self) -> tuple:
+        return (self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
+                self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.data_bytes,
+                self.flags, self.tree_id, self.target)
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return self._values() == other._values()
+        return NotImplemented
+
+    __hash__ = None  # (mutable, as the dataclass was)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__qualname__}({inner})"
 
     def copy(self) -> "Inode":
         return Inode(self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
@@ -344,9 +368,10 @@ class Inode:
 # with the methods above as its twins, which also take what the C leaves to
 # Python (a short record, wide times, a value out of range, and every error).
 unpack_py, pack_py, copy_py = Inode.unpack, Inode.pack, Inode.copy
+INODE_FIELDS = Inode.__slots__  # the fields, in record order
 INODE_CODEC = None  # the C codec, when built (the attributes' builder reads inodes with it)
 if native.rows is not None:
-    INODE_CODEC = native.rows.InodeCodec(Inode, [f.name for f in dataclasses.fields(Inode)],
+    INODE_CODEC = native.rows.InodeCodec(Inode, list(INODE_FIELDS),
                                          unpack_py, pack_py, copy_py)
     Inode.unpack = staticmethod(INODE_CODEC.unpack)
     Inode.pack = native.rows.as_method(INODE_CODEC.pack)
@@ -367,12 +392,24 @@ def unpack_ref(raw) -> tuple[int, int, int]:
 _VSTATS = struct.Struct(">qq")
 
 
-@dataclass(slots=True)
 class VolumeStats:
     """Counters kept per volume: bytes referenced by block maps, and inodes."""
 
-    logical_bytes: int = 0
-    inodes: int = 0
+    __slots__ = ("logical_bytes", "inodes")
+
+    def __init__(self, logical_bytes: int = 0, inodes: int = 0):
+        self.logical_bytes = logical_bytes
+        self.inodes = inodes
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return (self.logical_bytes, self.inodes) == (other.logical_bytes, other.inodes)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"VolumeStats(logical_bytes={self.logical_bytes!r}, inodes={self.inodes!r})"
 
     def pack(self) -> bytes:
         return _VSTATS.pack(self.logical_bytes, self.inodes)

@@ -6,13 +6,12 @@ or rollback points a volume's root at a tree and lets treerows.py fill in rows
 lazily as they are reached: no data and no metadata is copied up front.
 """
 
-import datetime
 import json
 import time
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..records import Snapshot, Volume
-from . import chunks, namespace, trees, volumes
+from . import namespace, trees, volumes
 from .env import Txn
 from .inodes import Inodes
 from .names import SNAPSHOT_NAME_RE as NAME_RE, parse_ref  # noqa: F401 (callers take them from here too)
@@ -32,7 +31,7 @@ def inodes_of(txn: Txn, volume: Volume) -> Inodes:
 
 
 def _default_name(txn: Txn, volume: str) -> str:
-    base = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # (UTC; datetime is not loaded)
     name, n = base, 1
     while txn.get("snapshots", _key(volume, name)) is not None:
         n += 1
@@ -60,7 +59,7 @@ def create(txn: Txn, volume: str, name: str | None = None, vid: int | None = Non
         volume=volume,
         name=name,
         root=root.hex(),
-        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        created_at=volumes.now_rfc3339(),
         created_ns=time.time_ns(),
         logical_bytes=usage.logical_bytes,
         inodes=usage.inodes,
@@ -124,6 +123,8 @@ def held_alone(txn: Txn, snap: Snapshot) -> tuple[int, int]:
         work.extend(oid for oid in objects if trees.count(txn, oid) == 1)
         for cid in chunk_ids:
             tally[cid] = tally.get(cid, 0) + 1
+    from . import chunks
+
     total = 0
     for cid, n in tally.items():
         count, _, stored = chunks.ref_info(txn, cid)

@@ -17,19 +17,37 @@ falls to zero. References on objects come from snapshot records, from parent
 objects, and from live inode rows whose ``tree_id`` says "I equal this object".
 """
 
+from __future__ import annotations  # (packs.Location: packs is loaded when first used)
+
 import functools
 import struct
 import threading
-from dataclasses import dataclass, field
 
 import blake3
-import zstandard
 
 from ..errors import StoreDamaged
-from . import chunks, countrows, packs
+from ..ondemand import OnFirstUse
+from ..records import Record
+from . import countrows
 from .env import Txn, row_disk_bytes
 from .schema import (ROW_ATTRS_HEAD, ROW_DATA_BYTES, ROW_FIXED, ROW_TREE_ID, WIDE_TIMES, WIDE_TIMES_SIZE, Inode,
                      pack_times, row_flags, unpack_times)
+
+
+def _import_chunks():
+    from . import chunks
+    return chunks
+
+
+def _import_packs():
+    from . import packs
+    return packs
+
+
+# Loaded when an object is first stored or read: a snapshot of a volume
+# unchanged since its last one (the CLI's, a worker's) does neither.
+chunks = OnFirstUse(globals(), "chunks", _import_chunks)
+packs = OnFirstUse(globals(), "packs", _import_packs)
 
 FILE, DIR = b"F", b"D"  # in lower case when the times' seconds follow the attributes
 PIECED = b"P"  # a directory whose entries are in pieces (in memory its kind is DIR)
@@ -43,17 +61,28 @@ _INDEX_HEAD = struct.Struct(">BI")  # level, items
 ID_LEN = 32
 
 
-@dataclass
-class TreeObject:
-    kind: bytes
-    ino: int
-    inode: Inode
-    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
-    blocks: list[tuple[int, bytes]] = field(default_factory=list)   # files
-    entries: list[tuple[bytes, bytes]] = field(default_factory=list)  # directories, pieces
-    pieces: bytes | None = None  # a PIECED directory's top piece (its entries are there)
-    count: int = 0               # ... and how many entries it has
-    level: int = 0               # a piece's level (0: leaves); a PIECED directory's height
+class TreeObject(Record):
+    """An object as decoded. `blocks`: a file's; `entries`: a directory's or a
+    piece's. `pieces`: a PIECED directory's top piece (its entries are there),
+    `count`: how many entries it has. `level`: a piece's level (0: leaves), a
+    PIECED directory's height."""
+
+    _FIELDS = ("kind", "ino", "inode", "xattrs", "blocks", "entries", "pieces", "count", "level")
+
+    def __init__(self, kind: bytes, ino: int, inode: Inode,
+                 xattrs: list[tuple[bytes, bytes]] | None = None,
+                 blocks: list[tuple[int, bytes]] | None = None,
+                 entries: list[tuple[bytes, bytes]] | None = None,
+                 pieces: bytes | None = None, count: int = 0, level: int = 0):
+        self.kind = kind
+        self.ino = ino
+        self.inode = inode
+        self.xattrs = [] if xattrs is None else xattrs
+        self.blocks = [] if blocks is None else blocks
+        self.entries = [] if entries is None else entries
+        self.pieces = pieces
+        self.count = count
+        self.level = level
 
     def children(self) -> tuple[list[bytes], list[bytes]]:
         """(child object ids, chunk ids) this object references."""
@@ -527,6 +556,8 @@ _local = threading.local()
 def _compress_all(encodings: list[bytes]) -> list:
     c = getattr(_local, "zc", None)
     if c is None:
+        import zstandard
+
         c = _local.zc = zstandard.ZstdCompressor(level=chunks.LEVEL_SHORT)
     try:
         return list(c.multi_compress_to_buffer(encodings))
@@ -700,19 +731,21 @@ class RefBatch:
         made (see _store_many), counts in key order (neighbouring rows share
         pages)."""
         txn = self.txn
-        oids = list(self.new)
-        _store_many(txn, oids, _stored_forms(list(self.new.values())), [self.new_counts[oid] for oid in oids])
+        if self.new:  # (else neither chunks nor packs is loaded: a snapshot of an unchanged volume)
+            oids = list(self.new)
+            _store_many(txn, oids, _stored_forms(list(self.new.values())), [self.new_counts[oid] for oid in oids])
         for oid in sorted(self.delta, key=lambda oid: _count_key(oid, self.rows[oid][0])):
             delta = self.delta[oid]
             if delta:
                 raw, count = self.rows[oid]
                 _set(txn, oid, count + delta, raw)
-        deltas = sorted(self.chunks.items())
-        chunks.incref_many(txn, [(cid, delta) for cid, delta in deltas if delta > 0])
-        for cid, delta in deltas:
-            if delta < 0:
-                for _ in range(-delta):
-                    chunks.decref(txn, cid)
+        if self.chunks:
+            deltas = sorted(self.chunks.items())
+            chunks.incref_many(txn, [(cid, delta) for cid, delta in deltas if delta > 0])
+            for cid, delta in deltas:
+                if delta < 0:
+                    for _ in range(-delta):
+                        chunks.decref(txn, cid)
         self.new.clear()
         self.new_counts.clear()
         self.new_bytes = 0

@@ -5,7 +5,7 @@ root, no worker."""
 import pytest
 
 from fusevol.errors import InUse
-from fusevol.records import Snapshot, Volume, Worker
+from fusevol.records import MountSpec, Snapshot, Volume, Worker
 from fusevol.service import rules
 
 
@@ -57,6 +57,34 @@ def test_worker_and_snapshot_records_round_trip():
             "received_from": "x@y"}
     assert Snapshot.from_dict(snap).to_dict() == snap
     assert Snapshot.from_dict(snap).ref == "vol@s1"
+
+
+def test_records_behave_as_the_dataclasses_they_were():
+    """Written out by hand (no dataclasses at a command's start), with what the
+    decorator gave them: equality by value within a class, no hash unless
+    frozen, a repr of every field, a copy with changes, defaults not shared."""
+    assert data() == data() and data() != Volume(name="vol", vid=2) and data() != view()
+    assert Worker(1, "v", "/m") == Worker(pid=1, volume="v", mountpoint="/m")
+    assert data().__eq__(object()) is NotImplemented
+    with pytest.raises(TypeError):
+        hash(data())
+    assert repr(worker()) == ("Worker(pid=4242, volume='vol', mountpoint='/srv/vol', mounted_as=None, "
+                              "readonly=False, subpath=None, options=None, pidns=None, "
+                              "takes_snapshots=False, extra={})")
+    one, two = Volume("a"), Volume("b")
+    one.options["k"] = "v"
+    assert two.options == {} and two.mounts == {} and two.extra == {}
+    moved = worker().replace(pid=1, subpath="x")
+    assert (moved.pid, moved.subpath, moved.volume) == (1, "x", "vol") and worker().pid == 4242
+    with pytest.raises(TypeError):
+        worker().replace(nosuch=1)
+    spec = MountSpec("site", data(), None, True)
+    assert spec == MountSpec(name="site", data=data(), subpath=None, readonly=True)
+    assert MountSpec.from_dict(spec.to_dict()) == spec
+    for frozen, field in ((spec, "name"), (rules.Holders(data()), "worker")):
+        with pytest.raises(AttributeError):
+            setattr(frozen, field, None)
+    assert rules.Holders(data()).family_mounts == {}
 
 
 # -- removal -------------------------------------------------------------------------

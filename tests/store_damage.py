@@ -1,4 +1,4 @@
-"""Damage a store's LMDB file the way a failing disk would: a byte flipped in place.
+"""Damage a store's files the way a failing disk would: a byte flipped in place.
 
 LMDB keeps no checksums, so a flipped byte inside a chunk's payload is found
 only by re-hashing the chunk. The payload is located by content: the test
@@ -32,6 +32,13 @@ def flip_byte(db_file: str, block: bytes, at: int = 1000) -> int:
 
 def data_file(store: str) -> str:
     return os.path.join(store, "db", "data.mdb")
+
+
+def store_files(store: str) -> list[str]:
+    """The LMDB file and the data files (a worker's large chunks)."""
+    folder = os.path.join(store, "data")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [data_file(store)] + [os.path.join(folder, n) for n in names]
 
 
 def rewrite_stored(txn, owner, bid: bytes, fn) -> None:

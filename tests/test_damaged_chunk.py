@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli
 from fusevol.fs import registry
-from store_damage import data_file, flip_byte
+from store_damage import flip_byte, store_files
 
 BS = 128 * 1024
 
@@ -29,7 +29,8 @@ def damaged(mounts):
             os.fsync(f.fileno())
     run_cli(mounts.store_path, "snapshot", "create", "vol@before")
     mounts.umount(mp)
-    assert flip_byte(data_file(mounts.store_path), blocks[1]) >= 1, "the block is not in data.mdb"
+    found = sum(flip_byte(path, blocks[1]) for path in store_files(mounts.store_path))
+    assert found >= 1, "the block is in none of the store's files"
     return {"blocks": blocks, "intact": intact}
 
 

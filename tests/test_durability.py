@@ -118,7 +118,7 @@ def test_same_data_in_two_volumes_is_stored_once(mounts, store_path, tmp_path):
         for _ in range(size >> 20):
             f.write(os.urandom(1 << 20))
     run_cli(store_path, "volume", "ls")  # creates the empty store
-    empty = df(store_path)["store_file_bytes"]
+    empty = df(store_path)["disk_bytes"]
 
     for name in ("one", "two"):
         mp = mounts.mount(name)
@@ -129,7 +129,7 @@ def test_same_data_in_two_volumes_is_stored_once(mounts, store_path, tmp_path):
     assert after["logical_bytes"] == 2 * size
     assert after["unique_bytes"] == size
     assert after["dedup_ratio"] == 2.0
-    growth = after["store_file_bytes"] - empty
+    growth = after["disk_bytes"] - empty
     assert growth <= 1.05 * size, f"store grew {growth / size:.3f}x one copy"
 
 

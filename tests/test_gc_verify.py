@@ -13,13 +13,14 @@ import lmdb
 
 from conftest import needs_fuse, run_cli
 from fusevol.fs.mount import worker_of
+from fusevol.store import datafiles
 
 BLOCK = 128 * 1024
 
 
 def df(store: str) -> dict:
     out = json.loads(run_cli(store, "df", "--json").stdout)
-    for what in ("store_file_bytes", "store_file_hole_bytes", "overhead"):
+    for what in ("store_file_bytes", "store_file_hole_bytes", "overhead", "data_files_bytes", "disk_bytes"):
         out.pop(what)  # the file's pages: what gc keeps equal is what they hold
     return out
 
@@ -63,6 +64,25 @@ class RawStore:
             txn.put(key, value)
 
 
+def damage_chunk(store: str, cid: bytes) -> None:
+    """Flip bytes in the middle of a stored chunk (same length, other bytes),
+    where it is kept: a value of its own, or a data file (a worker's large chunks)."""
+    with RawStore(store) as raw:
+        row = raw.get("refs", cid)
+        if len(row) == struct.calcsize(">QIIQQ"):
+            _, _, stored_len, number, offset = struct.unpack(">QIIQQ", row)
+            with open(os.path.join(store, "data", f"{number:08d}"), "r+b") as f:
+                f.seek(offset + stored_len // 2 + 100)
+                part = f.read(10)
+                f.seek(-len(part), os.SEEK_CUR)
+                f.write(bytes(b ^ 0xFF for b in part))
+            return
+        value = bytearray(raw.get("chunks", cid))
+        for i in range(100, 110):
+            value[len(value) // 2 + i] ^= 0xFF
+        raw.put("chunks", cid, bytes(value))
+
+
 def write(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -89,11 +109,7 @@ def test_verify_names_the_files_a_damaged_chunk_reaches(mounts, store_path):
     assert report["chunks"] == 5 and report["snapshots"] == 1 and report["volumes"] == 2
 
     cid = blake3.blake3(victim[BLOCK:2 * BLOCK]).digest()
-    with RawStore(store_path) as raw:
-        value = bytearray(raw.get("chunks", cid))
-        for i in range(100, 110):
-            value[len(value) // 2 + i] ^= 0xFF  # same length, other bytes
-        raw.put("chunks", cid, bytes(value))
+    damage_chunk(store_path, cid)
 
     code, report = verify(store_path)
     assert code == 8 and not report["ok"]
@@ -148,9 +164,10 @@ def test_gc_repairs_a_leaked_chunk_and_wrong_counts(mounts, store_path):
     with RawStore(store_path) as raw:
         raw.put("chunks", leaked_id, b"\0" + leaked)
         raw.put("refs", leaked_id, struct.pack(">QII", 1, len(leaked), len(leaked) + 1))
-        count, raw_len, stored_len = struct.unpack(">QII", raw.get("refs", first))
+        row = raw.get("refs", first)  # count, raw and stored length[, where it is]
+        count, raw_len, stored_len = struct.unpack(">QII", row[:16])
         assert count == 2  # the volume's block row and the snapshot's file object
-        raw.put("refs", first, struct.pack(">QII", 1, raw_len, stored_len))  # too low: would free early
+        raw.put("refs", first, struct.pack(">QII", 1, raw_len, stored_len) + row[16:])  # too low: would free early
         place = raw.get("orefs", root)[:12]  # where the object is packed: its count is kept there
         root_count = struct.unpack(">Q", raw.get("ocounts", place))[0]
         raw.put("ocounts", place, struct.pack(">Q", root_count + 3))  # too high: would leak
@@ -312,14 +329,16 @@ def test_snapshot_ls_shows_what_a_snapshot_alone_holds_on_disk(mounts, store_pat
 
 
 def disk_bytes(store: str) -> int:
-    return os.stat(os.path.join(store, "db", "data.mdb")).st_blocks * 512
+    """The store file and the data files, on the disk."""
+    return os.stat(os.path.join(store, "db", "data.mdb")).st_blocks * 512 + datafiles.disk_bytes(store)
 
 
 @needs_fuse
 def test_gc_on_a_mounted_store_gives_what_it_frees_back_to_the_disk(mounts, store_path):
     """The worker holds the store, so its file cannot be written again: the
-    pages gc frees are punched out of it, and every byte stays readable."""
-    mp = mounts.mount("vol")
+    pages gc frees are punched out of it, and every byte stays readable. (Its
+    large chunks kept in LMDB, as receive and import keep them.)"""
+    mp = mounts.mount("vol", env={"FUSEVOL_DATA_FILES": "0"})
     keep = {f"keep{i}": (b"def f%d(x):\n    return x + %d\n" % (i, i)) * (300 + 40 * i)
             for i in range(30)}
     for name, data in keep.items():
@@ -337,7 +356,7 @@ def test_gc_on_a_mounted_store_gives_what_it_frees_back_to_the_disk(mounts, stor
     assert holes["punched"] and holes["free_pages"] >= 64 * BLOCK // 4096
     assert verify(store_path)[0] == 0
     figures = json.loads(run_cli(store_path, "df", "--json").stdout)
-    assert figures["store_file_bytes"] == disk_bytes(store_path)
+    assert figures["disk_bytes"] == disk_bytes(store_path)
     assert figures["store_file_hole_bytes"] >= 60 * BLOCK
     # Every byte reads back; new writes take the punched pages and read back too.
     for name, data in keep.items():
@@ -352,3 +371,31 @@ def test_gc_on_a_mounted_store_gives_what_it_frees_back_to_the_disk(mounts, stor
     assert sha(os.path.join(mp, "fresh")) == hashlib.sha256(fresh).hexdigest()
     for name, data in keep.items():
         assert sha(os.path.join(mp, name)) == hashlib.sha256(data).hexdigest()
+
+
+@needs_fuse
+def test_gc_punches_what_a_worker_let_go_of_out_of_its_data_file(mounts, store_path):
+    """A worker's large chunks are in its data file: once nothing holds them,
+    their ranges go back to the disk (the next commits, or gc), and what
+    stays reads back."""
+    mp = mounts.mount("vol")
+    keep = os.urandom(8 * BLOCK)
+    write(os.path.join(mp, "keep"), keep)
+    write(os.path.join(mp, "big"), os.urandom(64 * BLOCK))
+    run_cli(store_path, "snapshot", "create", "vol@s1")  # flushes the mount
+    assert datafiles.disk_bytes(store_path) >= 72 * BLOCK
+    before = disk_bytes(store_path)
+    os.unlink(os.path.join(mp, "big"))
+    run_cli(store_path, "snapshot", "rm", "vol@s1")
+    run_cli(store_path, "snapshot", "create", "vol@s2")
+    report = gc(store_path)
+    assert report["data_files"]["files_trimmed"] == report["data_files"]["files_deleted"] == 0
+    assert disk_bytes(store_path) <= before - 60 * BLOCK
+    assert datafiles.disk_bytes(store_path) < 12 * BLOCK
+    figures = json.loads(run_cli(store_path, "df", "--json").stdout)
+    assert figures["overhead"]["data_dead_bytes"] == 0
+    assert sha(os.path.join(mp, "keep")) == hashlib.sha256(keep).hexdigest()
+    mounts.umount(mp)
+    assert verify(store_path)[0] == 0
+    mp = mounts.mount("vol", create=False)
+    assert sha(os.path.join(mp, "keep")) == hashlib.sha256(keep).hexdigest()

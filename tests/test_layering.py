@@ -219,7 +219,8 @@ SHARED_TABLES = {
 }
 META_KEYS = {b"format": "env", b"block_size": "env", b"chunk_totals": "env",
              b"next_ino": "inoderows", b"next_pack": "packs", b"next_vid": "volumes",
-             b"store_id": "remotes", b"recompressed_to": "recompress", b"dense_to": "densify"}
+             b"store_id": "remotes", b"recompressed_to": "recompress", b"dense_to": "densify",
+             b"next_datafile": "datafiles"}
 
 
 def _is_txn(node) -> bool:
@@ -278,7 +279,7 @@ def test_each_table_is_written_by_one_module():
 # The store's core (rows and objects) stands apart from the operations over it.
 STORE_CORE = ("env", "schema", "chunks", "countrows", "restforms", "packs", "trees", "pieces", "folders", "dirchanges",
               "inodes", "inoderows", "namespace", "blockmap", "xattrs", "treerows", "volumes",
-              "remotes", "blobs", "intentlog", "workerrows", "names")
+              "remotes", "blobs", "intentlog", "workerrows", "names", "datafiles")
 STORE_OPERATIONS = ("snapshots", "treewriter", "treepairs", "diff", "stream", "tar_export",
                     "tar_import", "check", "recompress", "densify", "compaction", "resttree", "freepages", "repack")
 

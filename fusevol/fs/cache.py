@@ -169,6 +169,7 @@ class CachedTxn:
     now_ns = None
     buffers = False
     packs = None  # what packs.py asks of a transaction: it adds to none
+    data = None   # nor stages in a data file (datafiles.py)
 
     def __init__(self, cache: RowCache):
         self.cache = cache
@@ -177,6 +178,10 @@ class CachedTxn:
 
     def root(self) -> "CachedTxn":
         return self
+
+    @property
+    def store(self):
+        return self.cache.store
 
     def get(self, table: str, key: bytes):
         return self.cache.get(table, key, self)

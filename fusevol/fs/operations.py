@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 
 from ..errors import FusevolError, StoreDamaged
-from ..store import ROOT_INO, Inode, Inodes
+from ..store import ROOT_INO, Inode, Inodes, datafiles
 from ..store.inodes import set_attrs
 from . import acl, metrics, pagepush
 from .attributes import attr_builder
@@ -819,6 +819,11 @@ def _let_go(txn, inodes: Inodes, ino: int, token: _LetGo | None, unclaimed: set 
 
 
 def _usage_and_slack(txn, inodes: Inodes) -> tuple[int, int]:
+    # The data files' dead ranges (a deleted file's large chunks) given back
+    # to the disk now, where the next commits would: the last commit made
+    # durable first, as punching what it let go of needs.
+    txn.store.sync()
+    datafiles.reclaim(txn, synced=True)
     return inodes.usage(txn).logical_bytes, txn.free_pages_bytes()
 
 

@@ -548,6 +548,8 @@ class TxnRunner:
                     pass
                 elif give_back:
                     heap.give_back()
+                    if self.store.data_writer() is not None:
+                        self.store.data_writer().give_back()
                     self._committed_bytes = 0
                 else:  # nothing came for `linger`
                     self._commit()
@@ -615,6 +617,7 @@ class TxnRunner:
                 return True, None, None
             if self._txn is None:
                 self._txn = self.store.begin_write()
+                self._txn.data = self.store.data_writer()  # large chunks to a data file
                 self._started = time.monotonic()
                 self._batch_first = self.applied + 1
                 self._nudge("batch", True)

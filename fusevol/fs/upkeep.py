@@ -37,7 +37,7 @@ import time
 
 import trio
 
-from ..store import Store, densify, freepages, recompress, repack
+from ..store import Store, datafiles, densify, freepages, recompress, repack
 from . import heap, upkeepstate
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class Upkeep:
                 self.report["tables"].update(
                     self._step("repack", repack.repack, self.store, REPACK_MAX_BYTES, (name,)))
             self.report["holes"] = self._step("punch", freepages.punch, self.store)
+            self.report["data_holes"] = self._step("punch", datafiles.reclaim_all, self.store)
         except Stopped as e:
             self.report["outcome"] = f"stopped: {e}"
         except Exception as e:  # never the worker's end: its volume is served on

@@ -17,7 +17,7 @@ import trio
 from ..errors import InvalidArgument
 from ..fs import metrics as worker_metrics
 from ..fs import registry
-from ..store import chunks, volumes
+from ..store import chunks, datafiles, volumes
 from . import http
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ class StoreCollector:
             "stored_bytes": ("Bytes the chunks take (after compression).", totals["stored_bytes"]),
             "chunks": ("Distinct chunks stored.", totals["chunks"]),
             "file_bytes": ("Disk space of the store's LMDB file.", _file_bytes(self.sup.store_path)),
+            "data_files_bytes": ("Disk space of the store's data files (large chunks).",
+                                 datafiles.disk_bytes(self.sup.store_path)),
             "dedup_ratio": ("logical / unique bytes.",
                             logical / totals["unique_bytes"] if totals["unique_bytes"] else 1.0),
             "compression_ratio": ("unique / stored bytes.", totals["unique_bytes"] /

@@ -210,7 +210,7 @@ class VolumeService(Mounts):
             return self._gc(progress)
 
     def _gc(self, progress) -> dict:
-        from ..store import check, densify, recompress
+        from ..store import check, chunks, datafiles, densify, recompress
 
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:
@@ -220,6 +220,11 @@ class VolumeService(Mounts):
         # written again.
         report["recompressed"] = recompress.recompress(self.store, progress)
         report["densified"] = densify.densify(self.store, progress)
+        # The data files: dead ranges punched out, what no commit names cut off.
+        punched = datafiles.reclaim_all(self.store)
+        with self.store.read() as txn:
+            live = {ext.file for _, ext in chunks.extents(txn)}
+        report["data_files"] = {**punched, **datafiles.tidy(self.store, live)}
         report["file"] = self.rewrite_file()
         if not report["file"]["rewritten"]:
             # Held open elsewhere (or not worth a copy): tables of random keys

@@ -4,7 +4,8 @@ A chunk is stored once under the BLAKE3-256 hash of its raw content, however
 many block maps and snapshot trees refer to it. Each reference holds one
 count; the chunk is let go of in the transaction that drops the last one, so
 space comes back as soon as nothing reaches the data. A small chunk is kept in
-a pack (packs.py), a large one as a value of its own; its count row says which.
+a pack (packs.py), a large one in a data file (datafiles.py, written by a
+volume's worker) or as a value of its own; its count row says which.
 This module is the only reader and writer of `chunks` and `refs`.
 """
 
@@ -18,7 +19,7 @@ import zstandard
 
 from .. import native
 from ..errors import StoreDamaged
-from . import countrows, packs, schema
+from . import countrows, datafiles, packs, schema
 from .env import Txn, row_disk_bytes
 
 RAW, ZSTD = schema.CODECS["none"], schema.CODECS["zstd"]
@@ -154,9 +155,11 @@ def prepare_blocks(blocks, compression: str) -> dict[int, tuple[bytes, bytes] | 
 
 
 # A chunk's count row: alone (the chunk a value of its own in `chunks`, as
-# every chunk was in format 1), or packed (in a pack, see packs.py).
+# every chunk was in format 1), packed (in a pack, see packs.py), or in a data
+# file (format 6, datafiles.py).
 _ALONE = struct.Struct(">QII")     # count, raw length, stored length
 _PACKED = struct.Struct(">QIIQI")  # ... pack number, offset of the chunk in it
+_EXTENT = struct.Struct(">QIIQQ")  # ... data file number, offset of the chunk in it
 _COUNT = struct.Struct(">Q")
 
 
@@ -164,17 +167,24 @@ class Row(NamedTuple):
     count: int
     raw_len: int
     stored_len: int
-    loc: packs.Location | None  # None: alone
+    loc: packs.Location | None  # None: alone or in a data file
+    ext: datafiles.Extent | None = None  # in a data file
 
 
 def _row(raw) -> Row:
     if len(raw) == _PACKED.size:
         count, raw_len, stored_len, pack, offset = _PACKED.unpack(raw)
         return Row(count, raw_len, stored_len, packs.Location(pack, offset, stored_len))
+    if len(raw) == _EXTENT.size:
+        count, raw_len, stored_len, number, offset = _EXTENT.unpack(raw)
+        return Row(count, raw_len, stored_len, None, datafiles.Extent(number, offset, stored_len))
     return Row(*_ALONE.unpack(raw), None)
 
 
-def _encode_row(count: int, raw_len: int, stored_len: int, loc: packs.Location | None) -> bytes:
+def _encode_row(count: int, raw_len: int, stored_len: int, loc: packs.Location | None,
+                ext: datafiles.Extent | None = None) -> bytes:
+    if ext is not None:
+        return _EXTENT.pack(count, raw_len, stored_len, ext.file, ext.offset)
     if loc is None:
         return _ALONE.pack(count, raw_len, stored_len)
     return _PACKED.pack(count, raw_len, stored_len, loc.pack, loc.offset)
@@ -201,13 +211,17 @@ def _count_by(txn: Txn, cid: bytes, delta: int, raw=None) -> int:
 
 def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int, packed_max: int = packs.ENTRY_MAX) -> None:
     """Keep a chunk's stored form: packed when at most packed_max bytes,
-    else a value of its own."""
+    else in a data file when the transaction writes one, else a value of its own."""
+    loc = ext = None
     if len(payload) <= packed_max:
         loc = packs.add(txn, packs.CHUNK, payload)
     else:
-        txn.put("chunks", cid, payload)
-        loc = None
-    txn.put("refs", cid, _encode_row(count, raw_len, len(payload), loc))
+        writer = txn.root().data
+        if writer is not None:
+            ext = writer.stage(txn, payload)
+        if ext is None:
+            txn.put("chunks", cid, payload)
+    txn.put("refs", cid, _encode_row(count, raw_len, len(payload), loc, ext))
     txn.chunk_delta[0] += 1
     txn.chunk_delta[1] += raw_len
     txn.chunk_delta[2] += len(payload)
@@ -215,7 +229,14 @@ def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int, packed_max: 
 
 def _unstore(txn: Txn, cid: bytes, row: Row) -> None:
     txn.delete("refs", cid)
-    if row.loc is None:
+    _let_go(txn, cid, row)
+
+
+def _let_go(txn: Txn, cid: bytes, row: Row) -> None:
+    """Let go of a chunk's stored form wherever it is."""
+    if row.ext is not None:
+        datafiles.release(txn, row.ext)
+    elif row.loc is None:
         txn.delete("chunks", cid)
     else:
         packs.release(txn, row.loc)
@@ -288,6 +309,11 @@ def raw_length(txn: Txn, cid: bytes) -> int:
 def _payload(txn: Txn, cid: bytes, row: Row):
     """A chunk's stored form where it is (a view, valid until the transaction
     ends, or bytes); None if its data is gone."""
+    if row.ext is not None:
+        try:
+            return datafiles.read(txn, row.ext)
+        except StoreDamaged:
+            return None
     if row.loc is None:
         return txn.get("chunks", cid)
     return packs.view(txn, row.loc)
@@ -368,7 +394,7 @@ def pack_alone(txn: Txn, cid: bytes) -> bool:
     """Move a chunk kept as a value of its own (an older store's, or one
     larger than a writer packs) into a pack if it fits one; whether it moved."""
     row = _get_row(txn, cid)
-    if row.loc is not None or row.stored_len > packs.GC_ENTRY_MAX:
+    if row.loc is not None or row.ext is not None or row.stored_len > packs.GC_ENTRY_MAX:
         return False
     payload = txn.get("chunks", cid)
     if payload is None:
@@ -383,10 +409,7 @@ def replace_stored(txn: Txn, cid: bytes, payload: bytes) -> None:
     """Keep a chunk in another stored form of the same bytes (gc's denser
     compression, recompress.py): its count stays, its old form is let go of."""
     row = _get_row(txn, cid)
-    if row.loc is None:
-        txn.delete("chunks", cid)
-    else:
-        packs.release(txn, row.loc)
+    _let_go(txn, cid, row)
     _store(txn, cid, payload, row.raw_len, row.count, packs.GC_ENTRY_MAX)
     txn.chunk_delta[0] -= 1
     txn.chunk_delta[1] -= row.raw_len
@@ -433,10 +456,23 @@ def count_rows(txn: Txn):
 def stored_rows(txn: Txn):
     """(chunk id, stored form) of every chunk the store holds data for: the
     ones alone, counted or not, then the packed ones pack by pack (each pack
-    read once). A packed chunk whose data is gone is not listed."""
+    read once), then the ones in data files. A packed chunk whose data is
+    gone is not listed."""
     for cid, payload in txn.scan("chunks", b""):
         yield bytes(cid), payload
     yield from packs.read_in_order(txn, locations(txn))
+    for cid, ext in extents(txn):
+        try:
+            yield cid, datafiles.read(txn, ext)
+        except StoreDamaged:  # its file is gone or short: count_rows tells
+            pass
+
+
+def extents(txn: Txn):
+    """(chunk id, extent) of every chunk in a data file."""
+    for cid, raw in countrows.scan(txn, "refs", b""):
+        if len(raw) == _EXTENT.size:
+            yield bytes(cid), _row(raw).ext
 
 
 def locations(txn: Txn):
@@ -452,7 +488,7 @@ def alone(txn: Txn):
     their own (an older store's, or larger than a writer packs: gc packs them)."""
     for cid, raw in countrows.scan(txn, "refs", b""):
         row = _row(raw)
-        if row.loc is None and row.stored_len <= packs.GC_ENTRY_MAX:
+        if row.loc is None and row.ext is None and row.stored_len <= packs.GC_ENTRY_MAX:
             yield bytes(cid)
 
 
@@ -471,6 +507,8 @@ def disk_bytes(txn: Txn, cid: bytes) -> int:
     if raw is None:
         return 0
     row = _row(raw)
+    if row.ext is not None:
+        return row.stored_len + row_disk_bytes(psize, len(cid), len(raw))
     if row.loc is not None:
         return packs.HEAD.size + row.stored_len + row_disk_bytes(psize, len(cid), len(raw))
     return row_disk_bytes(psize, len(cid), row.stored_len) + row_disk_bytes(psize, len(cid), len(raw))

@@ -27,9 +27,10 @@ TABLES = ("refs", "orefs", "ocounts")
 # ocounts (count); refs alone (count, raw length, stored length) and orefs
 # format 3 (pack, offset, stored length); orefs format 2 (count, pack,
 # offset, stored length); refs packed (count, raw length, stored length,
-# pack, offset).
+# pack, offset); refs in a data file (count, raw length, stored length, file,
+# offset).
 FIXED = {s.size: s for s in (struct.Struct(">Q"), struct.Struct(">QII"), struct.Struct(">QQII"),
-                             struct.Struct(">QIIQI"))}
+                             struct.Struct(">QIIQI"), struct.Struct(">QIIQQ"))}
 
 
 def compact(raw) -> bytes:

@@ -15,7 +15,7 @@ import lmdb
 
 from ..errors import FusevolError, NoSpace
 from ..logs import logger
-from . import schema
+from . import datafiles, schema
 from .names import DEFAULT_STORE, resolve_path  # noqa: F401 (callers take them from here too)
 
 log = logger(__name__)
@@ -41,6 +41,7 @@ class Txn:
         self.parent = parent
         self.buffers = buffers  # values are views into the map (read transactions only)
         self.packs = None       # on a root write transaction: the packs it adds to (packs.py)
+        self.data = None        # on a root write transaction: the data file writer it stages in
         self.pack_cache = None  # packs read without buffers, kept for the next reads
         self.chunk_delta = [0, 0, 0]  # chunks, raw bytes, stored bytes
         self.vstat_delta: dict[int, list[int]] = {}
@@ -135,7 +136,9 @@ class Txn:
         need = incoming + max(0, self.pending_bytes()) + SPACE_RESERVE
         if self.store.disk_free() >= need:
             return
-        if self.store.disk_free() + self.free_pages_bytes() < need:
+        # Room that comes back: pages LMDB has freed inside its file, and the
+        # data files' dead ranges (punched by the next commits: datafiles.py).
+        if self.store.disk_free() + self.free_pages_bytes() + datafiles.dead_bytes(self) < need:
             raise NoSpace("no space left on the store's disk")
 
     def free_pages_bytes(self) -> int:
@@ -231,6 +234,8 @@ class Store:
         self.path = path
         self._free_seen = (float("-inf"), 0)  # (when, free bytes on the disk)
         self.closed = False
+        self.data_readers = datafiles.Readers(path)
+        self._data_writer: datafiles.Writer | None = None
         try:
             _private_dir(path)
             os.makedirs(os.path.join(path, "db"), mode=0o700, exist_ok=True)
@@ -285,7 +290,18 @@ class Store:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self._data_writer is not None:
+                self._data_writer.release()
+            self.data_readers.close()
             self.env.close()
+
+    def data_writer(self) -> "datafiles.Writer | None":
+        """This process's data file writer, for the write transactions of one
+        thread (a worker's store thread): set it as the root Txn's `data`.
+        None when data files are off (FUSEVOL_DATA_FILES=0)."""
+        if self._data_writer is None and datafiles.enabled():
+            self._data_writer = datafiles.Writer(self)
+        return self._data_writer
 
     # -- transactions -------------------------------------------------------
 
@@ -367,17 +383,31 @@ class Store:
 
     def commit(self, txn: Txn, durable: bool = True) -> None:
         """Commit; with durable, return only once it survives a system crash."""
+        writer, data_end = txn.data, None
         try:
             if txn.packs is not None:
                 txn.packs.finish(txn)
                 txn.packs = None
+            datafiles.reclaim(txn)
+            if writer is not None:
+                # The staged chunks on the disk before any commit names them.
+                data_end = writer.write_out(txn)
             txn.fold_counters()
             txn.txn.commit()
         except lmdb.Error as e:
             txn.txn.abort()
+            if writer is not None:
+                writer.dropped()
             if isinstance(e, lmdb.MapFullError) or _errno_of(e) == errno.ENOSPC:
                 raise NoSpace("no space left on the store's disk") from None
             raise FusevolError(f"store commit failed: {e}") from None
+        except BaseException:
+            txn.txn.abort()
+            if writer is not None:
+                writer.dropped()
+            raise
+        if writer is not None:
+            writer.committed(data_end)
         if durable:
             try:
                 self.env.sync(True)
@@ -390,10 +420,13 @@ class Store:
         child = Txn(self, self._begin(write=True, parent=parent.txn), write=True, parent=parent)
         root = parent.root()
         packs_mark = root.packs.mark() if root.packs is not None else None
+        data_mark = root.data.mark() if root.data is not None else None
         try:
             yield child
         except BaseException:
             child.txn.abort()
+            if data_mark is not None:  # what it staged goes too
+                root.data.rollback(data_mark)
             # The packs it added to go back to what they held before it.
             if packs_mark is None:
                 root.packs = None
@@ -406,6 +439,49 @@ class Store:
 
     def sync(self) -> None:
         self.env.sync(True)
+
+
+class Unreadable(Exception):
+    """A file or table does not read as the layout this code knows."""
+
+
+def oldest_reader(store: "Store") -> int | None:
+    """The oldest txn id a reader of the store (in any process) sees. A reader
+    missed would have its pages punched: any line not read as LMDB 0.9 writes
+    it stops the whole punch."""
+    lines = store.env.readers().splitlines()
+    if lines == ["(no active readers)"]:
+        return None
+    if not lines or lines[0].split() != ["pid", "thread", "txnid"]:
+        raise Unreadable("LMDB's reader table does not read as expected")
+    oldest = None
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) != 3 or not (fields[2] == "-" or fields[2].isdigit()):
+            raise Unreadable(f"a line of LMDB's reader table does not read as expected: {line!r}")
+        if fields[2] != "-":  # "-": a reader slot with no transaction
+            txnid = int(fields[2])
+            oldest = txnid if oldest is None else min(oldest, txnid)
+    return oldest
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = None
+
+
+def fallocate(fd: int, offset: int, length: int,
+              mode: int = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) -> None:
+    global _libc
+    if _libc is None:
+        import ctypes
+        # The process's own symbols (libc's among them): find_library("c")
+        # would run ldconfig in a subprocess, from every worker's first upkeep.
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    if _libc.fallocate(fd, mode, offset, length):
+        import ctypes
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _private_dir(path: str) -> None:

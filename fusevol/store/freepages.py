@@ -26,13 +26,12 @@ records of page-number lists) is read here as its mdb.c writes it; a file
 that does not read as expected is left as it is.
 """
 
-import ctypes
 import errno
 import os
 import re
 import struct
 
-from .env import Store
+from .env import Store, Unreadable, fallocate, oldest_reader  # noqa: F401 (callers name them here)
 
 _PAGE_HEAD = struct.Struct("=QHHHH")   # pgno, pad, flags, lower, upper
 _OVERFLOW_PAGES = struct.Struct("=I")  # in place of lower, upper
@@ -48,11 +47,6 @@ F_BIGDATA = 0x01
 P_INVALID = (1 << 64) - 1
 PAGE_HEAD = 16
 
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
-
-
-class Unreadable(Exception):
-    """The file does not read as the layout this module knows."""
 
 
 class _File:
@@ -125,26 +119,6 @@ def _records(f: _File, pgno: int, last_pg: int, depth: int = 0):
             raise Unreadable("a free-list page is neither branch nor leaf")
 
 
-def _oldest_reader(store: Store) -> int | None:
-    """The oldest txn id a reader of the store (in any process) sees. A reader
-    missed would have its pages punched: any line not read as LMDB 0.9 writes
-    it stops the whole punch."""
-    lines = store.env.readers().splitlines()
-    if lines == ["(no active readers)"]:
-        return None
-    if not lines or lines[0].split() != ["pid", "thread", "txnid"]:
-        raise Unreadable("LMDB's reader table does not read as expected")
-    oldest = None
-    for line in lines[1:]:
-        fields = line.split()
-        if len(fields) != 3 or not (fields[2] == "-" or fields[2].isdigit()):
-            raise Unreadable(f"a line of LMDB's reader table does not read as expected: {line!r}")
-        if fields[2] != "-":  # "-": a reader slot with no transaction
-            txnid = int(fields[2])
-            oldest = txnid if oldest is None else min(oldest, txnid)
-    return oldest
-
-
 def reusable(store: Store, f: _File) -> list[int]:
     """The page numbers the next write transaction could take from the free
     list (call with LMDB's writer lock held)."""
@@ -152,7 +126,7 @@ def reusable(store: Store, f: _File) -> list[int]:
     if root == P_INVALID:
         return []
     oldest = txnid  # LMDB's mdb_find_oldest: the writer's own id less one
-    reader = _oldest_reader(store)
+    reader = oldest_reader(store)
     if reader is not None:
         oldest = min(oldest, reader)
     out = []
@@ -162,21 +136,6 @@ def reusable(store: Store, f: _File) -> list[int]:
                 raise Unreadable("a free page past the file's end")
             out.extend(pages)
     return out
-
-
-_libc = None
-
-
-def _fallocate(fd: int, offset: int, length: int) -> None:
-    global _libc
-    if _libc is None:
-        # The process's own symbols (libc's among them): find_library("c")
-        # would run ldconfig in a subprocess, from every worker's first upkeep.
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length):
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _runs(pages: list[int]):
@@ -215,7 +174,7 @@ def punch(store: Store) -> dict:
                 return report
             try:
                 for first, count in _runs(pages):
-                    _fallocate(fd, first * psize, count * psize)
+                    fallocate(fd, first * psize, count * psize)
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
                     raise

@@ -11,14 +11,14 @@ import struct
 from .. import native
 from ..errors import FsError, StoreDamaged
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 # Formats whose rows this one reads as they are (opening one marks it FORMAT_VERSION):
 # 1 kept every chunk and tree object as a value of its own; 2 packs the small ones;
 # 3 keeps a packed object's count by its place in `ocounts` (trees.py); 4 may keep
 # a pack of tree objects compressed whole (packs.py, written by gc: densify.py);
 # 5 may keep count rows and inode records short (restforms.py, written by gc and
-# the idle upkeep).
-UPGRADES = (1, 2, 3, 4)
+# the idle upkeep); 6 may keep large chunks in data files (datafiles.py).
+UPGRADES = (1, 2, 3, 4, 5)
 BLOCK_SIZE = 128 * 1024
 ROOT_INO = 1
 
@@ -35,7 +35,8 @@ TABLES = {
     "orphans": "vid|ino -> b'' (unlinked while open; purged when closed or at mount)",
     "multilinks": "vid|ino -> b'' (files with several names: their parents go into snapshots)",
     "chunks": "chunk id -> codec byte + payload (a chunk too large for a pack)",
-    "refs": "chunk id -> refcount, raw length, stored length[, pack number, offset]",
+    "refs": "chunk id -> refcount, raw length, stored length[, pack number, offset | "
+            "data file number (u64), offset (u64)]",
     "objects": "tree object id -> codec byte + encoded object (one too large for a pack)",
     "orefs": "tree object id -> refcount (alone) | refcount, pack number, offset, stored length "
              "(format 2) | pack number, offset, stored length (format 3: the count in ocounts)",
@@ -43,6 +44,8 @@ TABLES = {
     "snapshots": "volume name|0|snapshot name -> JSON record",
     "packs": "pack number -> small chunks and objects as stored, back to back (packs.py)",
     "packdead": "pack number -> bytes of its entries that nothing points to any more",
+    "datafiles": "data file number (u32) -> its committed end (datafiles.py)",
+    "datadead": "txn id|data file number|offset -> length of a range let go of, to punch",
     "dirchanges": "vid|dir_ino -> the object a folder in pieces was last written as; "
                   "vid|dir_ino|name -> b'' (its entries changed since)",
 }

@@ -297,12 +297,12 @@ def test_a_reader_table_that_does_not_read_as_expected_stops_the_punch(store):
     every line is read or nothing is punched."""
     with store.read():
         live = store.env.readers()
-    assert freepages._oldest_reader(store) is None  # no transaction now
-    assert isinstance(freepages._oldest_reader(_ReaderTable(live)), int)
+    assert freepages.oldest_reader(store) is None  # no transaction now
+    assert isinstance(freepages.oldest_reader(_ReaderTable(live)), int)
     for text in ("", "pid thread\n", live.replace("txnid", "txn"), live + "   12 7f00 abc\n",
                  live + "garbage\n"):
         with pytest.raises(freepages.Unreadable):
-            freepages._oldest_reader(_ReaderTable(text))
+            freepages.oldest_reader(_ReaderTable(text))
 
 
 def test_a_store_file_of_another_lmdb_format_is_not_punched(store, inodes):

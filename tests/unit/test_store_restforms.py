@@ -106,21 +106,22 @@ def test_a_store_with_short_count_rows_takes_every_change_of_counts(store, inode
         assert trees.counted(txn) > 0
 
 
-def test_a_format_4_store_is_marked_5_and_a_newer_one_refused(tmp_path):
+@pytest.mark.parametrize("older", [4, 5])
+def test_an_older_store_is_marked_current_and_a_newer_one_refused(tmp_path, older):
     path = str(tmp_path / "store")
     store = Store.open(path)
     with store.write() as txn:
-        txn.put("meta", b"format", schema.u64(4))
+        txn.put("meta", b"format", schema.u64(older))
     Store._instances.pop(store.path, None)
     store.close()
     store = Store.open(path)
     with store.read() as txn:
-        assert schema.read_u64(txn.get("meta", b"format")) == schema.FORMAT_VERSION == 5
+        assert schema.read_u64(txn.get("meta", b"format")) == schema.FORMAT_VERSION == 6
     with store.write() as txn:
-        txn.put("meta", b"format", schema.u64(6))
+        txn.put("meta", b"format", schema.u64(7))
     Store._instances.pop(store.path, None)
     store.close()
-    with pytest.raises(FusevolError, match="has format 6"):
+    with pytest.raises(FusevolError, match="has format 7"):
         Store.open(path)
     Store._instances.pop(path, None)
 

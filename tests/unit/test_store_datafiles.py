@@ -1,0 +1,234 @@
+"""Large chunks in data files (store/datafiles.py): written at commit, read
+through a map, taken back with a nested transaction, punched once no reader
+can see them, and damage named by verify."""
+
+import contextlib
+import os
+
+import pytest
+
+from fusevol.errors import NoSpace, StoreDamaged
+from fusevol.store import Store, check, chunks, datafiles
+
+BLOCK = 128 * 1024
+
+
+def _block(seed: int) -> bytes:
+    return os.urandom(16) * (BLOCK // 16) if seed < 0 else seed.to_bytes(8, "big") + os.urandom(BLOCK - 8)
+
+
+def _write(store, datas, writer=True):
+    """Add one reference to each of datas (raw: random) in one commit; their ids."""
+    txn = store.begin_write()
+    txn.data = store.data_writer() if writer else None
+    try:
+        ids = [chunks.add_ref(txn, d, "none") for d in datas]
+    except BaseException:
+        txn.txn.abort()
+        raise
+    store.commit(txn)
+    return ids
+
+
+@contextlib.contextmanager
+def _reopened(store):
+    """The store closed and opened again: nothing mapped or held from before."""
+    Store._instances.pop(store.path, None)
+    store.close()
+    other = Store.open(store.path)
+    try:
+        yield other
+    finally:
+        Store._instances.pop(other.path, None)
+        other.close()
+
+
+def _files(store):
+    return sorted(os.listdir(datafiles.folder(store.path)))
+
+
+def _damage(store) -> list[str]:
+    """What verify finds of chunks' data (these tests take references that
+    no file holds: the counts it also reports are left out)."""
+    with store.read() as txn:
+        problems = check.verify(txn)["problems"]
+    return [p["message"] for p in problems if "reference(s)" not in p["message"]]
+
+
+def _blocks_on_disk(store):
+    return sum(os.stat(os.path.join(datafiles.folder(store.path), n)).st_blocks * 512 for n in _files(store))
+
+
+def test_a_writer_keeps_large_chunks_in_its_data_file_and_every_reader_finds_them(store):
+    datas = [_block(i) for i in range(5)]
+    ids = _write(store, datas)
+    assert _files(store) == ["00000001"]
+    with store.read() as txn:
+        assert [chunks.read(txn, cid) for cid in ids] == datas
+        assert all(chunks._get_row(txn, cid).ext is not None for cid in ids)
+        assert sum(1 for _ in chunks.extents(txn)) == 5
+    # The file holds them back to back, its end aligned for direct I/O.
+    size = os.path.getsize(os.path.join(datafiles.folder(store.path), "00000001"))
+    assert size % datafiles.ALIGN == 0 and 5 * (BLOCK + 1) <= size < 5 * (BLOCK + 1) + datafiles.ALIGN
+    # Opened again (as by another process), the store reads them as committed.
+    with _reopened(store) as other:
+        with other.read() as txn:
+            assert [chunks.read(txn, cid) for cid in ids] == datas
+        assert _damage(other) == []
+
+
+def test_without_a_writer_or_when_small_chunks_stay_in_lmdb(store):
+    big = _write(store, [_block(1)], writer=False)[0]
+    small = _write(store, [os.urandom(1000)])[0]
+    with store.read() as txn:
+        assert chunks._get_row(txn, big).ext is None and chunks._get_row(txn, small).ext is None
+    assert not os.path.exists(datafiles.folder(store.path))
+
+
+def test_a_nested_transaction_that_fails_takes_back_what_it_staged(store):
+    keep, drop = _block(1), _block(2)
+    txn = store.begin_write()
+    txn.data = store.data_writer()
+    kept = chunks.add_ref(txn, keep, "none")
+    with pytest.raises(RuntimeError):
+        with store.nested(txn) as child:
+            chunks.add_ref(child, drop, "none")
+            raise RuntimeError("the operation failed")
+    third = chunks.add_ref(txn, _block(3), "none")
+    store.commit(txn)
+    with store.read() as t:
+        assert chunks.read(t, kept) == keep
+        assert not chunks.has(t, chunks.chunk_id(drop))
+        # The third chunk took the place the failed one had staged.
+        assert chunks._get_row(t, third).ext.offset == BLOCK + 1
+
+
+def test_a_chunk_staged_is_read_back_in_its_own_transaction(store):
+    data = _block(7)
+    txn = store.begin_write()
+    txn.data = store.data_writer()
+    cid = chunks.add_ref(txn, data, "none")
+    assert chunks.read(txn, cid) == data
+    store.commit(txn)
+
+
+def test_dead_ranges_are_punched_only_when_no_reader_sees_them(store):
+    datas = [_block(i) for i in range(64)]  # 8 MiB
+    ids = _write(store, datas)
+    full = _blocks_on_disk(store)
+    old = store.begin_read()  # a reader of the snapshot that holds them
+    txn = store.begin_write()
+    for cid in ids:
+        chunks.decref(txn, cid)
+    store.commit(txn)
+    for _ in range(4):  # commits that would punch, were it not for the reader
+        store.touch()
+    assert _blocks_on_disk(store) == full
+    assert [chunks.read(old, cid) for cid in ids] == datas
+    old.abort()
+    report = datafiles.reclaim_all(store)
+    assert report["punched_bytes"] == 64 * (BLOCK + 1)
+    assert _blocks_on_disk(store) <= datafiles.ALIGN * 2
+    with store.read() as t:
+        assert datafiles.dead_bytes(t) == 0
+
+
+def test_the_last_commit_keeps_what_it_let_go_of_until_a_later_one_is_done(store):
+    """A commit's meta page is durable only with the next commit's sync: a
+    system crash may bring back the snapshot before it, which names the range."""
+    cid = _write(store, [_block(1)])[0]
+    txn = store.begin_write()
+    chunks.decref(txn, cid)
+    store.commit(txn)
+    txn = store.begin_write()
+    assert datafiles.reclaim(txn) == 0  # let go of by the commit just before
+    txn.txn.abort()
+    store.touch()
+    txn = store.begin_write()
+    assert datafiles.reclaim(txn) == BLOCK + 1
+    store.commit(txn)
+
+
+def test_verify_names_a_damaged_or_missing_data_file_chunk(store):
+    ids = _write(store, [_block(1), _block(2)])
+    path = os.path.join(datafiles.folder(store.path), "00000001")
+    with open(path, "r+b") as f:
+        f.seek(BLOCK + 1 + 100)  # inside the second chunk
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    assert _damage(store)
+    with store.read() as txn:
+        assert chunks.read(txn, ids[0])
+        with pytest.raises(StoreDamaged, match="damaged"):
+            chunks.read(txn, ids[1])
+    os.truncate(path, BLOCK)  # the first chunk cut short, the second gone
+    with _reopened(store) as other:  # (a map made before the cut would be SIGBUS: none)
+        with other.read() as txn:
+            for cid in ids:
+                with pytest.raises(StoreDamaged, match="missing"):
+                    chunks.read(txn, cid)
+        assert _damage(other)
+
+
+def test_a_write_the_disk_refuses_commits_nothing_and_the_next_writes_there(store, monkeypatch):
+    ok = _write(store, [_block(1)])[0]
+    real = os.pwrite
+
+    def full(fd, data, offset):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(datafiles.os, "pwrite", full)
+    lost = _block(2)
+    with pytest.raises(NoSpace):
+        _write(store, [lost])
+    monkeypatch.setattr(datafiles.os, "pwrite", real)
+    with store.read() as txn:
+        assert not chunks.has(txn, chunks.chunk_id(lost))
+    again = _write(store, [_block(3)])[0]
+    with store.read() as txn:
+        assert chunks._get_row(txn, again).ext.offset == chunks._get_row(txn, ok).ext.offset + \
+            datafiles.ALIGN * -(-(BLOCK + 1) // datafiles.ALIGN)
+    assert _damage(store) == []
+
+
+def test_tidy_cuts_what_no_commit_named_and_leaves_a_live_writers_file(store):
+    _write(store, [_block(1)])
+    path = os.path.join(datafiles.folder(store.path), "00000001")
+    end = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(os.urandom(8192))  # a commit that wrote its chunks and then did not happen
+    stray = os.path.join(datafiles.folder(store.path), "00000009")
+    with open(stray, "wb") as f:
+        f.write(b"x" * 4096)
+    # This process's writer holds its file: left alone.
+    assert _tidy(store) == {"files_trimmed": 0, "files_deleted": 1}
+    assert not os.path.exists(stray) and os.path.getsize(path) == end + 8192
+    store.data_writer().close()
+    assert _tidy(store) == {"files_trimmed": 1, "files_deleted": 0}
+    assert os.path.getsize(path) == end
+    assert _damage(store) == []
+
+
+def _tidy(store) -> dict:
+    with store.read() as txn:
+        live = {ext.file for _, ext in chunks.extents(txn)}
+    return datafiles.tidy(store, live)
+
+
+def test_tidy_deletes_a_file_once_no_chunk_is_in_it_and_nothing_waits_to_be_punched(store):
+    ids = _write(store, [_block(1)])
+    store.data_writer().close()  # its writer is done with it: the next file is another
+    second = _block(2)
+    other = _write(store, [second])[0]
+    assert _files(store) == ["00000001", "00000002"]
+    txn = store.begin_write()
+    chunks.decref(txn, ids[0])
+    store.commit(txn)
+    assert _tidy(store)["files_deleted"] == 0  # its range still waits to be punched
+    datafiles.reclaim_all(store)
+    assert _tidy(store)["files_deleted"] == 1
+    assert _files(store) == ["00000002"]  # the writer's own file stays
+    with store.read() as txn:
+        assert [bytes(k) for k, _ in txn.scan("datafiles", b"")] == [(2).to_bytes(4, "big")]
+        assert chunks.read(txn, other) == second

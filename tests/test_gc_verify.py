@@ -399,3 +399,14 @@ def test_gc_punches_what_a_worker_let_go_of_out_of_its_data_file(mounts, store_p
     assert verify(store_path)[0] == 0
     mp = mounts.mount("vol", create=False)
     assert sha(os.path.join(mp, "keep")) == hashlib.sha256(keep).hexdigest()
+
+
+@needs_fuse
+def test_volume_rm_gives_its_large_chunks_back_to_the_disk_at_once(mounts, store_path):
+    mp = mounts.mount("gone")
+    write(os.path.join(mp, "big"), os.urandom(64 * BLOCK))
+    mounts.umount(mp)
+    assert datafiles.disk_bytes(store_path) >= 64 * BLOCK
+    run_cli(store_path, "volume", "rm", "gone")
+    assert datafiles.disk_bytes(store_path) < 4 * BLOCK
+    assert verify(store_path)[0] == 0

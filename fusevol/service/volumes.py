@@ -17,7 +17,7 @@ import time
 from ..fs import registry
 from ..logs import logger
 from ..records import MountSpec, Snapshot, Volume, Worker
-from ..store import volumes
+from ..store import datafiles, volumes
 from . import rules
 from .mounts import Mounts
 
@@ -126,6 +126,8 @@ class VolumeService(Mounts):
         rules.check_remove(self.holders(name))
         with self.store.write() as txn:
             deleted = volumes.remove(txn, name)
+        # Its large chunks' ranges back to the disk now, not at some later commit.
+        datafiles.reclaim_all(self.store)
         for gone in deleted:
             registry.remove_worker_log(self.store_path, gone)
             try:
@@ -210,7 +212,7 @@ class VolumeService(Mounts):
             return self._gc(progress)
 
     def _gc(self, progress) -> dict:
-        from ..store import check, chunks, datafiles, densify, recompress
+        from ..store import check, chunks, densify, recompress
 
         workers = registry.workers(self.store_path)
         with self.store.write() as txn:

@@ -548,8 +548,9 @@ class TxnRunner:
                     pass
                 elif give_back:
                     heap.give_back()
-                    if self.store.data_writer() is not None:
-                        self.store.data_writer().give_back()
+                    writer = self.store.data_writer()
+                    if writer is not None:
+                        writer.give_back()
                     self._committed_bytes = 0
                 else:  # nothing came for `linger`
                     self._commit()

@@ -84,7 +84,6 @@ class Writer:
         self.number = 0
         self.end = 0          # committed end of the file (a multiple of ALIGN)
         self.used = 0         # bytes staged in the buffer
-        self.direct = True
         self.buf = mmap.mmap(-1, STAGE_MAX)
 
     # -- staging ----------------------------------------------------------
@@ -126,7 +125,6 @@ class Writer:
             path = path_of(self.store.path, number)
             try:
                 fd = os.open(path, flags | os.O_DIRECT, 0o600)
-                self.direct = True
             except FileExistsError:  # another process's, or one left by an aborted commit
                 number += 1
                 continue
@@ -134,7 +132,6 @@ class Writer:
                 if e.errno != errno.EINVAL:  # EINVAL: no direct I/O here (tmpfs)
                     raise FusevolError(f"cannot create data file {path}: {e.strerror}") from None
                 fd = os.open(path, flags, 0o600)
-                self.direct = False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 # `tidy` may have found it before the lock, with no row: gone then.

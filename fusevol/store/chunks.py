@@ -140,6 +140,7 @@ def checked_view(payload, cid: bytes):
 # + data) as it stores it, so that a flush waiting for the store thread does
 # not hold a second copy of its raw blocks (a sequential write's, 8-24 MiB).
 KEEP_RAW = b""
+_RAW_HEAD = bytes((RAW,))
 
 
 def prepare_blocks(blocks, compression: str) -> dict[int, tuple[bytes, bytes] | None]:
@@ -209,22 +210,26 @@ def _count_by(txn: Txn, cid: bytes, delta: int, raw=None) -> int:
     return count
 
 
-def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int, packed_max: int = packs.ENTRY_MAX) -> None:
-    """Keep a chunk's stored form: packed when at most packed_max bytes,
-    else in a data file when the transaction writes one, else a value of its own."""
+def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int, packed_max: int = packs.ENTRY_MAX,
+           head: bytes = b"") -> None:
+    """Keep a chunk's stored form, head + payload: packed when at most
+    packed_max bytes, else in a data file when the transaction writes one
+    (the two parts copied straight into its buffer), else a value of its own."""
+    length = len(head) + len(payload)
     loc = ext = None
-    if len(payload) <= packed_max:
-        loc = packs.add(txn, packs.CHUNK, payload)
-    else:
-        writer = txn.root().data
-        if writer is not None:
-            ext = writer.stage(txn, payload)
-        if ext is None:
-            txn.put("chunks", cid, payload)
-    txn.put("refs", cid, _encode_row(count, raw_len, len(payload), loc, ext))
+    writer = txn.root().data
+    if length > packed_max and writer is not None:
+        ext = writer.stage(txn, head, payload)
+    if ext is None:
+        stored = head + payload if head else payload
+        if length <= packed_max:
+            loc = packs.add(txn, packs.CHUNK, stored)
+        else:
+            txn.put("chunks", cid, stored)
+    txn.put("refs", cid, _encode_row(count, raw_len, length, loc, ext))
     txn.chunk_delta[0] += 1
     txn.chunk_delta[1] += raw_len
-    txn.chunk_delta[2] += len(payload)
+    txn.chunk_delta[2] += length
 
 
 def _unstore(txn: Txn, cid: bytes, row: Row) -> None:
@@ -253,8 +258,9 @@ def add_ref(txn: Txn, data: bytes, compression: str = "zstd", cid: bytes | None 
         return cid
     if payload is None:
         payload = encode(data, compression)
-    elif payload is KEEP_RAW:
-        payload = bytes((RAW,)) + data
+    elif payload is KEEP_RAW:  # framed where it is kept, not copied to frame it
+        _store(txn, cid, data, len(data), 1, head=_RAW_HEAD)
+        return cid
     _store(txn, cid, payload, len(data), 1)
     return cid
 

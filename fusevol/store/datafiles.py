@@ -88,18 +88,20 @@ class Writer:
 
     # -- staging ----------------------------------------------------------
 
-    def stage(self, txn, payload) -> Extent | None:
-        """Stage a chunk's stored form; where it will be, or None when the
-        buffer cannot take it (the caller keeps it in LMDB)."""
-        n = len(payload)
+    def stage(self, txn, head: bytes, payload) -> Extent | None:
+        """Stage a chunk's stored form (head + payload); where it will be, or
+        None when the buffer cannot take it (the caller keeps it in LMDB)."""
+        n = len(head) + len(payload)
         if self.used + n > STAGE_MAX:
             return None
         if self.fd is None or (self.used == 0 and self.end >= FILE_MAX):
             self._start(txn)
-        self.buf[self.used: self.used + n] = payload
-        at = Extent(self.number, self.end + self.used, n)
+        at = self.used + len(head)
+        self.buf[self.used: at] = head
+        self.buf[at: self.used + n] = payload
+        ext = Extent(self.number, self.end + self.used, n)
         self.used += n
-        return at
+        return ext
 
     def mark(self) -> int:
         return self.used

@@ -394,18 +394,15 @@ class Store:
                 data_end = writer.write_out(txn)
             txn.fold_counters()
             txn.txn.commit()
-        except lmdb.Error as e:
+        except BaseException as e:
             txn.txn.abort()
             if writer is not None:
                 writer.dropped()
+            if not isinstance(e, lmdb.Error):
+                raise
             if isinstance(e, lmdb.MapFullError) or _errno_of(e) == errno.ENOSPC:
                 raise NoSpace("no space left on the store's disk") from None
             raise FusevolError(f"store commit failed: {e}") from None
-        except BaseException:
-            txn.txn.abort()
-            if writer is not None:
-                writer.dropped()
-            raise
         if writer is not None:
             writer.committed(data_end)
         if durable:

@@ -224,9 +224,7 @@ class VolumeService(Mounts):
         report["densified"] = densify.densify(self.store, progress)
         # The data files: dead ranges punched out, what no commit names cut off.
         punched = datafiles.reclaim_all(self.store)
-        with self.store.read() as txn:
-            live = {ext.file for _, ext in chunks.extents(txn)}
-        report["data_files"] = {**punched, **datafiles.tidy(self.store, live)}
+        report["data_files"] = {**punched, **datafiles.tidy(self.store, chunks.data_files_in_use)}
         report["file"] = self.rewrite_file()
         if not report["file"]["rewritten"]:
             # Held open elsewhere (or not worth a copy): tables of random keys

@@ -481,6 +481,11 @@ def extents(txn: Txn):
             yield bytes(cid), _row(raw).ext
 
 
+def data_files_in_use(txn: Txn) -> set[int]:
+    """Numbers of the data files some chunk is in."""
+    return {ext.file for _, ext in extents(txn)}
+
+
 def locations(txn: Txn):
     """(chunk id, location) of every packed chunk."""
     for cid, raw in countrows.scan(txn, "refs", b""):

@@ -346,22 +346,30 @@ def reclaim_all(store) -> dict:
         return {"punched_bytes": reclaim(txn, limit=1 << 30, synced=True)}
 
 
-def tidy(store, live: set[int]) -> dict:
+def tidy(store, live_files) -> dict:
     """Files no live process writes (no flock held), gc's part: bytes past
     the committed end cut off (written by a commit that did not happen); a
     file deleted when no commit ever named it, or when no chunk is in it any
-    more (`live`: the numbers of the files chunks are in, as a read of the
-    count rows found them) and nothing of it waits to be punched (so no
-    reader can see a chunk there: see `reclaim`)."""
+    more and nothing of it waits to be punched (so no reader can see a chunk
+    there: see `reclaim`). `live_files(txn)`: the numbers of the files
+    chunks are in, as txn sees them.
+
+    Each file is judged on one snapshot (its end, its chunks, its ranges
+    waiting) and changed only if, under its flock, its end is still the one
+    of that snapshot: a writer that appended to it and let go of it since
+    committed chunks the snapshot did not see."""
     trimmed = deleted = 0
+    with store.read() as txn:
+        ends = _ends(txn)
+        waiting = {_DEAD.unpack(bytes(k))[1] for k, _ in txn.scan("datadead", b"")}
+        live = live_files(txn)
+    # Listed after the snapshot: a file exists before a commit names it, so
+    # a file the snapshot names and the listing lacks was deleted before.
     try:
         names = sorted(int(n) for n in os.listdir(folder(store.path)) if n.isdigit())
     except FileNotFoundError:
         names = []
-    with store.read() as txn:
-        ends = {_FILE.unpack(bytes(k))[0]: schema.read_u64(v) for k, v in txn.scan("datafiles", b"")}
-        waiting = {_DEAD.unpack(bytes(k))[1] for k, _ in txn.scan("datadead", b"")}
-    gone = [n for n in ends if n not in names]  # rows of files deleted before
+    gone = [n for n in ends if n not in names]
     for number in names:
         try:
             fd = os.open(path_of(store.path, number), os.O_RDWR | os.O_CLOEXEC)
@@ -372,7 +380,10 @@ def tidy(store, live: set[int]) -> dict:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its writer lives
-            end = ends.get(number)
+            with store.read() as txn:
+                end = _ends(txn, number).get(number)
+            if end != ends.get(number):
+                continue  # written since the snapshot
             if end is None or (number not in live and number not in waiting):
                 os.unlink(path_of(store.path, number))
                 deleted += 1
@@ -388,6 +399,14 @@ def tidy(store, live: set[int]) -> dict:
             for number in gone:
                 txn.delete("datafiles", _FILE.pack(number))
     return {"files_trimmed": trimmed, "files_deleted": deleted}
+
+
+def _ends(txn, number: int | None = None) -> dict[int, int]:
+    """Committed ends of the data files (or of one), by file number."""
+    if number is not None:
+        raw = txn.get("datafiles", _FILE.pack(number))
+        return {} if raw is None else {number: schema.read_u64(raw)}
+    return {_FILE.unpack(bytes(k))[0]: schema.read_u64(v) for k, v in txn.scan("datafiles", b"")}
 
 
 def _punch(store_path: str, ranges) -> int:

@@ -211,9 +211,7 @@ def test_tidy_cuts_what_no_commit_named_and_leaves_a_live_writers_file(store):
 
 
 def _tidy(store) -> dict:
-    with store.read() as txn:
-        live = {ext.file for _, ext in chunks.extents(txn)}
-    return datafiles.tidy(store, live)
+    return datafiles.tidy(store, chunks.data_files_in_use)
 
 
 def test_tidy_deletes_a_file_once_no_chunk_is_in_it_and_nothing_waits_to_be_punched(store):
@@ -232,3 +230,30 @@ def test_tidy_deletes_a_file_once_no_chunk_is_in_it_and_nothing_waits_to_be_punc
     with store.read() as txn:
         assert [bytes(k) for k, _ in txn.scan("datafiles", b"")] == [(2).to_bytes(4, "big")]
         assert chunks.read(txn, other) == second
+
+
+def test_tidy_leaves_a_file_its_writer_appended_to_after_tidy_looked(store):
+    """The writer commits a chunk to its file between tidy's snapshot and
+    tidy's lock of the file, then lets go of the file: tidy must see that the
+    file changed, neither delete it (its snapshot found no chunk in it) nor
+    cut it to the end it saw."""
+    ids = _write(store, [_block(1)])
+    txn = store.begin_write()
+    chunks.decref(txn, ids[0])
+    store.commit(txn)
+    datafiles.reclaim_all(store)  # file 1: no chunk, nothing waiting
+    later = _block(2)
+    added = []
+
+    def live_then_a_commit(txn):
+        live = chunks.data_files_in_use(txn)
+        added.extend(_write(store, [later]))  # the same writer, the same file
+        store.data_writer().close()           # and its lock let go of
+        return live
+
+    assert datafiles.tidy(store, live_then_a_commit) == {"files_trimmed": 0, "files_deleted": 0}
+    with store.read() as txn:
+        assert chunks.read(txn, added[0]) == later
+    assert _damage(store) == []
+    # The next gc judges it on what is there now: the chunk keeps it.
+    assert _tidy(store) == {"files_trimmed": 0, "files_deleted": 0}

@@ -9,10 +9,12 @@ same bytes appended to a file from one aligned buffer with O_DIRECT
 1.1-1.3 s and 0.28 s of CPU; appended through the page cache 4.2-5.0 s.
 
 Files: `data/NNNNNNNN` in the store's folder, append only. A process that
-writes (a volume's worker) creates a file of its own, holds an exclusive
-flock on it while it lives and never appends to another's; it starts a new
-one past FILE_MAX. Row `datafiles`: file number -> its committed end. A
-chunk's count row says file, offset and stored length (chunks.py).
+writes (a volume's worker) takes a file no other holds and with room left
+(or creates one), holds an exclusive flock on it while it lives and appends
+to no other; it takes another past FILE_MAX. Row `datafiles`: file number ->
+its committed end, where the next holder appends (over whatever a holder that
+died left past it). A chunk's count row says file, offset and stored length
+(chunks.py).
 
 Writing: a root write transaction that takes a Writer (Txn.data) stages the
 large chunks it adds in the writer's aligned buffer; its commit
@@ -117,34 +119,53 @@ class Writer:
         return bytes(self.buf[lo: lo + ext.length])
 
     def _start(self, txn) -> None:
-        """A new file of this process's own (the one before, if any, is done)."""
+        """A file of this process's own to append to (the one before, if any,
+        is done): one no live process holds and with room left, else a new
+        one. A worker writes for as long as its volume is mounted, so a new
+        file each time would leave a file (and a map in every reader) per
+        container run that wrote a large file."""
         self.close()
         os.makedirs(folder(self.store.path), mode=0o700, exist_ok=True)
+        for number, end in _ends(txn).items():
+            if end < FILE_MAX and self._take(number, create=False):
+                # What lies past the end no commit named (a holder died in
+                # its commit): cut, with any page of it a reader read ahead.
+                if os.fstat(self.fd).st_size > end:
+                    os.ftruncate(self.fd, end)
+                self.number, self.end = number, end
+                return
         raw = txn.get("meta", b"next_datafile")
         number = schema.read_u64(raw) if raw else 1
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DSYNC
-        while True:
-            path = path_of(self.store.path, number)
+        while not self._take(number, create=True):
+            number += 1
+        self.number, self.end = number, 0
+
+    def _take(self, number: int, create: bool) -> bool:
+        """Open file `number` for appending, under its flock; False when it
+        is another's (or, not created, is not there any more)."""
+        path = path_of(self.store.path, number)
+        flags = os.O_WRONLY | os.O_CLOEXEC | os.O_DSYNC | (os.O_CREAT | os.O_EXCL if create else 0)
+        try:
+            fd = os.open(path, flags | os.O_DIRECT, 0o600)
+        except (FileExistsError, FileNotFoundError):  # another process's; or gone
+            return False
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: no direct I/O here (tmpfs)
+                raise FusevolError(f"cannot open data file {path}: {e.strerror}") from None
             try:
-                fd = os.open(path, flags | os.O_DIRECT, 0o600)
-            except FileExistsError:  # another process's, or one left by an aborted commit
-                number += 1
-                continue
-            except OSError as e:
-                if e.errno != errno.EINVAL:  # EINVAL: no direct I/O here (tmpfs)
-                    raise FusevolError(f"cannot create data file {path}: {e.strerror}") from None
                 fd = os.open(path, flags, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                # `tidy` may have found it before the lock, with no row: gone then.
-                if os.fstat(fd).st_nlink == 0:
-                    raise BlockingIOError
-            except BlockingIOError:  # taken by a process tidying up files: not ours
-                os.close(fd)
-                number += 1
-                continue
-            break
-        self.fd, self.number, self.end = fd, number, 0
+            except (FileExistsError, FileNotFoundError):
+                return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # `tidy` may have found it before the lock and deleted it: gone then.
+            if os.fstat(fd).st_nlink == 0:
+                raise BlockingIOError
+        except BlockingIOError:  # a live writer's, or a process tidying up files
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
 
     # -- commit -------------------------------------------------------------
 

@@ -18,9 +18,10 @@ def _block(seed: int) -> bytes:
 
 
 def _write(store, datas, writer=True):
-    """Add one reference to each of datas (raw: random) in one commit; their ids."""
+    """Add one reference to each of datas (raw: random) in one commit; their
+    ids. `writer`: the store's own, none (False), or this one."""
     txn = store.begin_write()
-    txn.data = store.data_writer() if writer else None
+    txn.data = store.data_writer() if writer is True else (writer or None)
     try:
         ids = [chunks.add_ref(txn, d, "none") for d in datas]
     except BaseException:
@@ -216,9 +217,10 @@ def _tidy(store) -> dict:
 
 def test_tidy_deletes_a_file_once_no_chunk_is_in_it_and_nothing_waits_to_be_punched(store):
     ids = _write(store, [_block(1)])
-    store.data_writer().close()  # its writer is done with it: the next file is another
     second = _block(2)
-    other = _write(store, [second])[0]
+    holder = datafiles.Writer(store)  # file 1 is held: this one takes another
+    other = _write(store, [second], writer=holder)[0]
+    store.data_writer().close()  # file 1's writer is done with it
     assert _files(store) == ["00000001", "00000002"]
     txn = store.begin_write()
     chunks.decref(txn, ids[0])
@@ -230,6 +232,37 @@ def test_tidy_deletes_a_file_once_no_chunk_is_in_it_and_nothing_waits_to_be_punc
     with store.read() as txn:
         assert [bytes(k) for k, _ in txn.scan("datafiles", b"")] == [(2).to_bytes(4, "big")]
         assert chunks.read(txn, other) == second
+    holder.release()
+
+
+def test_a_new_writer_appends_to_a_file_no_one_holds_from_its_committed_end(store, monkeypatch):
+    first = _block(1)
+    a = _write(store, [first])[0]
+    path = os.path.join(datafiles.folder(store.path), "00000001")
+    end = os.path.getsize(path)
+    store.data_writer().close()  # as a worker's process ends
+    with open(path, "ab") as f:
+        f.write(os.urandom(2 * BLOCK))  # what a holder that died in its commit left
+    writers = [datafiles.Writer(store) for _ in range(3)]
+    second, third = _block(2), _block(3)
+    b = _write(store, [second], writer=writers[0])[0]
+    c = _write(store, [third], writer=writers[1])[0]  # file 1 held now: a new one
+    assert _files(store) == ["00000001", "00000002"]
+    assert os.path.getsize(path) == end + datafiles.ALIGN * -(-(BLOCK + 1) // datafiles.ALIGN)
+    with store.read() as txn:
+        assert chunks._get_row(txn, b).ext[:2] == (1, end)
+        assert chunks._get_row(txn, c).ext[:2] == (2, 0)
+        assert [chunks.read(txn, cid) for cid in (a, b, c)] == [first, second, third]
+    assert _damage(store) == []
+    # A file with no room left is not taken again.
+    writers[0].close()
+    writers[1].close()
+    monkeypatch.setattr(datafiles, "FILE_MAX", end + 1)  # file 1 full, file 2 not
+    d = _write(store, [_block(4)], writer=writers[2])[0]
+    with store.read() as txn:
+        assert chunks._get_row(txn, d).ext.file == 2
+    for w in writers:
+        w.release()
 
 
 def test_tidy_leaves_a_file_its_writer_appended_to_after_tidy_looked(store):

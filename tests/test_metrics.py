@@ -148,8 +148,13 @@ def test_an_idle_worker_is_sent_nothing_and_writes_nothing(often_reconciled):
     time.sleep(1.0)  # the flush after close, its figures published
     before, written_at = requests(), os.stat(record).st_mtime_ns
     time.sleep(2.0)  # ten reconcile rounds, ten publishing intervals
-    assert requests() == before
-    assert os.stat(record).st_mtime_ns == written_at
+    after = requests()
+    # A FORGET is the kernel's own: it evicts inodes when memory is short or
+    # caches are dropped (another job's drop_caches), whatever the daemon does.
+    assert {k: v for k, v in after.items() if k != "forget"} == \
+        {k: v for k, v in before.items() if k != "forget"}
+    if after == before:
+        assert os.stat(record).st_mtime_ns == written_at
     assert daemon.call("/VolumeDriver.Unmount", {"Name": "calm", "ID": "c1"})[0] == 200
 
 

@@ -224,15 +224,20 @@ class Writer:
 class Readers:
     """A process's reads of the data files: chunks read with direct I/O (past
     the page cache) into a buffer of the reading thread's own, hashed and
-    copied from there; the chunks one request wants, when they lie side by
-    side in a file, in one read (`views`). Each file is opened once.
+    copied from there; the chunks one request wants that lie side by side in
+    a file (as a sequential write leaves them) in one read (`views`). Each
+    file is opened once.
 
-    Measured against maps of the files (bench/datapath.py, a cold 1 GiB read
-    through a mount, the reading threads' CPU per GiB): over pages the map
-    had just faulted in BLAKE3 ran some 4x slower than over LMDB's, and
-    reads of one chunk each with direct I/O cost as much again in the waits
-    and the virtual disk's doorbell (1.44-1.69 s against 1.36-1.61 s); a
-    request's chunks in one read cost 0.9-1.0 s."""
+    Measured (bench/datapath.py, a cold 1 GiB read through a mount, A/B
+    alternated, the reading threads' CPU per GiB): 0.99-1.17 s against
+    1.25-2.18 s with maps of the files (each chunk's pages populated in one
+    call, MADV_SEQUENTIAL). perf of the maps: BLAKE3 ran 1.5x slower over
+    pages just faulted into the page cache than over the same bytes read
+    directly (465 against 319 samples a GiB). Direct reads of one chunk each
+    gave that back in waits and the virtual disk's doorbell (1.44-1.69 s),
+    and maps populated a request at a time measured 1.32-1.52 s: both halves
+    count. Random 4 KiB cold reads: the same or better (one chunk a read
+    either way)."""
 
     def __init__(self, store_path: str):
         self.store_path = store_path

@@ -302,10 +302,9 @@ class Readers:
         pool = getattr(self.local, "buffers", None)
         if pool is None:
             pool = self.local.buffers = []
-        for buf in pool:
-            # References: the pool's, this loop's and getrefcount's argument.
-            if len(buf) >= length and sys.getrefcount(buf) == 3:
-                return buf
+        for i in range(len(pool)):
+            if _references(pool, i) == _UNUSED and len(pool[i]) >= length:
+                return pool[i]
         buf = mmap.mmap(-1, max(length, RUN_MAX))
         if len(pool) < BUFFERS_KEPT:
             pool.append(buf)
@@ -342,6 +341,15 @@ class Readers:
 RUN_MAX = 2 << 20      # bytes read at once (a 1 MiB request's chunks and the pages around them)
 RUN_GAP = MIN_LENGTH   # a gap between two chunks read through rather than in a read of its own
 BUFFERS_KEPT = 4       # a thread's buffers kept for its next reads
+
+
+def _references(pool: list, i: int) -> int:
+    return sys.getrefcount(pool[i])
+
+
+# What _references counts for a buffer that only its pool holds, found the
+# same way (what the interpreter itself counts differs between versions).
+_UNUSED = _references([mmap.mmap(-1, ALIGN)], 0)
 
 
 def _runs(exts):

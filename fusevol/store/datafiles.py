@@ -229,15 +229,15 @@ class Readers:
     file is opened once.
 
     Measured (bench/datapath.py, a cold 1 GiB read through a mount, A/B
-    alternated, the reading threads' CPU per GiB): 0.99-1.17 s against
-    1.25-2.18 s with maps of the files (each chunk's pages populated in one
+    alternated, the reading threads' CPU per GiB): 0.99-1.29 s against
+    1.25-2.52 s with maps of the files (each chunk's pages populated in one
     call, MADV_SEQUENTIAL). perf of the maps: BLAKE3 ran 1.5x slower over
     pages just faulted into the page cache than over the same bytes read
     directly (465 against 319 samples a GiB). Direct reads of one chunk each
     gave that back in waits and the virtual disk's doorbell (1.44-1.69 s),
     and maps populated a request at a time measured 1.32-1.52 s: both halves
-    count. Random 4 KiB cold reads: the same or better (one chunk a read
-    either way)."""
+    count. Random 4 KiB cold reads: the same IOPS with less CPU (one chunk a
+    read either way)."""
 
     def __init__(self, store_path: str):
         self.store_path = store_path

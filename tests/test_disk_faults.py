@@ -41,6 +41,7 @@ class Scene:
     def write(self, name: str, data: bytes) -> None:
         with open(self.path(name), "wb") as f:
             f.write(data)
+            f.flush()  # (a short write waits in Python's buffer until then)
             os.fsync(f.fileno())
         self.kept[name] = data
 

@@ -20,20 +20,6 @@ def is_zero_py(data) -> bool:
     return n == 0 or (data[0] == 0 and data == bytes(n))
 
 
-MADV_POPULATE_READ = 22  # Linux 5.14
-
-
-def populate_py(m, offset: int, length: int) -> None:
-    """Read and map the pages of mmap m's [offset, offset + length) in one
-    call (madvise MADV_POPULATE_READ); OSError EINVAL on an older kernel."""
-    if offset < 0 or length < 0 or offset + length > len(m):
-        raise ValueError("populate: range outside the buffer")
-    if length:
-        import mmap
-        start = offset - offset % mmap.PAGESIZE
-        m.madvise(MADV_POPULATE_READ, start, offset + length - start)
-
-
 def _load_c(name: str):
     if os.environ.get("FUSEVOL_NATIVE", "1") == "0":
         return None
@@ -47,4 +33,3 @@ _c = _load_c("_fusevol_native")
 rows = _load_c("_fusevol_rows")
 IMPLEMENTATION = "c" if _c is not None else "python"
 is_zero = _c.is_zero if _c is not None else is_zero_py
-populate = _c.populate if _c is not None else populate_py

@@ -5,23 +5,10 @@
  * written. bytes.count(0) scans the whole block, always, holding the GIL; this stops at
  * the first non-zero byte, lets libc's vectorised memcmp do the scan, and lets the other
  * thread of the worker run while it scans a large block.
- *
- * populate(map, offset, length): the pages of map[offset:offset + length] (a file's map)
- * read and mapped in one madvise(MADV_POPULATE_READ), without the GIL: the call waits for
- * the disk, and mmap.madvise holds the GIL through it (every other thread of the worker
- * stopped meanwhile).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <errno.h>
-#include <stdint.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
 
 #define HEAD 16                       /* bytes checked one by one before memcmp */
 #define RELEASE_GIL_FROM (16 * 1024)  /* below this, releasing the GIL costs more than it buys */
@@ -56,41 +43,8 @@ is_zero(PyObject *self, PyObject *arg)
     return PyBool_FromLong(zero);
 }
 
-static PyObject *
-populate(PyObject *self, PyObject *args)
-{
-    Py_buffer view;
-    Py_ssize_t offset, length;
-    int rc, err = 0;
-
-    if (!PyArg_ParseTuple(args, "y*nn", &view, &offset, &length))
-        return NULL;
-    if (offset < 0 || length < 0 || offset > view.len || length > view.len - offset) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "populate: range outside the buffer");
-        return NULL;
-    }
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t first = (uintptr_t)view.buf + (uintptr_t)offset;
-    uintptr_t start = first & ~(page - 1);
-    size_t span = (size_t)(first + (uintptr_t)length - start);
-    Py_BEGIN_ALLOW_THREADS
-    rc = length ? madvise((void *)start, span, MADV_POPULATE_READ) : 0;
-    if (rc)
-        err = errno;
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    if (rc) {
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
     {"is_zero", is_zero, METH_O, "is_zero(buffer) -> bool: every byte of the buffer is zero."},
-    {"populate", populate, METH_VARARGS,
-     "populate(map, offset, length): read and map the pages of map[offset:offset + length]."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -253,32 +253,3 @@ def test_volume_answers_with_the_c_attributes_when_built():
     if _fusevol_rows is None or native.rows is None:
         pytest.skip("C extension not built, or FUSEVOL_NATIVE=0")
     assert type(attributes.attr_builder(1.0, 1.0, 4096)) is _fusevol_rows.AttrBuilder
-
-
-POPULATE = [
-    pytest.param(native.populate_py, id="python"),
-    pytest.param(getattr(_fusevol_native, "populate", None), id="c", marks=pytest.mark.skipif(
-        _fusevol_native is None and not REQUIRED,
-        reason="C extension not built (python setup.py build_ext --inplace)")),
-]
-
-
-@pytest.mark.parametrize("populate", POPULATE)
-def test_populate_maps_a_files_pages_and_refuses_what_it_cannot(populate, tmp_path):
-    import mmap
-    path = tmp_path / "f"
-    path.write_bytes(os.urandom(5 * 4096))
-    with open(path, "rb") as f:
-        m = mmap.mmap(f.fileno(), 5 * 4096, mmap.MAP_SHARED, mmap.PROT_READ)
-    try:
-        for offset, length in ((0, 0), (1, 10), (4095, 2), (100, 3 * 4096), (0, 5 * 4096)):
-            populate(m, offset, length)  # unaligned ranges are taken to their pages
-        for offset, length in ((-1, 1), (0, 5 * 4096 + 1), (5 * 4096, 1)):
-            with pytest.raises(ValueError):
-                populate(m, offset, length)
-        # A page past the file's end: an error, where touching it is SIGBUS.
-        os.truncate(path, 4096)
-        with pytest.raises(OSError):
-            populate(m, 2 * 4096, 10)
-    finally:
-        m.close()

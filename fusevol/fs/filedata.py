@@ -466,11 +466,13 @@ async def _prepare(blocks, compression: str) -> dict:
 def _read_parts(store, parts) -> bytes | None:
     """(chunk id or None for a hole, lo, hi) per block: bytes lo..hi of each,
     joined, or None if a chunk is not in the store. Raw chunks are checked
-    where LMDB maps them and sliced there: the join is their only copy."""
+    where LMDB maps them or a data file's read put them, and sliced there:
+    the join is their only copy."""
     with store.read(buffers=True) as txn:
+        stored = iter(chunks.views_if_stored(txn, [cid for cid, _, _ in parts if cid is not None]))
         pieces = []
         for cid, lo, hi in parts:
-            block = chunks.view_if_stored(txn, cid) if cid is not None else b""
+            block = next(stored) if cid is not None else b""
             if block is None:
                 return None
             piece = block[lo:hi]

@@ -331,3 +331,48 @@ def test_a_punch_widens_only_over_zeros(store):
     with store.read() as txn:
         assert chunks.read(txn, a) == data
     assert _damage(store) == []
+
+
+def test_a_requests_chunks_side_by_side_are_read_at_once_into_a_buffer_kept_while_viewed(store):
+    datas = [_block(i) for i in range(8)]
+    ids = _write(store, datas)
+    with store.read(buffers=True) as txn:
+        views = chunks.views_if_stored(txn, ids)
+        assert [bytes(v) for v in views] == datas
+        # One read: every chunk a view of the same buffer.
+        assert len({id(v.obj) for v in views}) == 1
+        first = id(views[0].obj)  # (a reference to it would hold it as a view does)
+        # A read while those views live goes to another buffer: they still hold their bytes.
+        again = chunks.view_if_stored(txn, ids[3])
+        assert id(again.obj) != first and bytes(again) == datas[3]
+        assert [bytes(v) for v in views] == datas
+        del views, again
+        # Once no view is left, the next read takes the first buffer again.
+        assert id(chunks.views_if_stored(txn, ids[5:7])[0].obj) == first
+
+
+def test_a_request_over_a_file_cut_short_is_damage_and_the_chunks_before_the_cut_read(store):
+    datas = [_block(i) for i in range(4)]
+    ids = _write(store, datas)
+    path = os.path.join(datafiles.folder(store.path), "00000001")
+    os.truncate(path, 2 * (BLOCK + 1) + 100)  # inside the third chunk
+    with _reopened(store) as other:
+        with other.read(buffers=True) as txn:
+            with pytest.raises(StoreDamaged, match="missing"):
+                chunks.views_if_stored(txn, ids)
+            assert [bytes(v) for v in chunks.views_if_stored(txn, ids[:2])] == datas[:2]
+            rows = [chunks._get_row(txn, cid).ext for cid in ids]
+            assert sorted(other.data_readers.views(rows), key=lambda e: e.offset) == rows[:2]
+
+
+def test_chunks_a_transaction_staged_are_read_with_the_committed_ones(store):
+    old = _block(1)
+    kept = _write(store, [old])[0]
+    new = _block(2)
+    txn = store.begin_write()
+    txn.data = store.data_writer()
+    added = chunks.add_ref(txn, new, "none")
+    assert [bytes(v) for v in chunks.views_if_stored(txn, [kept, added, chunks.chunk_id(b"x")])[:2]] \
+        == [old, new]
+    assert chunks.views_if_stored(txn, [chunks.chunk_id(b"not stored")]) == [None]
+    store.commit(txn)

@@ -43,7 +43,7 @@ def params(args) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         quick=quick,
         reps=args.reps or (1 if quick else 3),
-        files=args.files or 5000,
+        files=args.files or (1000 if quick else 5000),
         size=parse_size(args.size or ("256M" if quick else "1G")),
         runtime=args.runtime or (3 if quick else 10),
         rand_size=parse_size(args.rand_size or ("32M" if quick else "128M")),
@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="1 repetition, smaller files, no docker/pgbench (a few minutes; CI)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
-    ap.add_argument("--files", type=int, help="small files of workload a (default 5000)")
+    ap.add_argument("--files", type=int, help="small files of workload a (default 5000, quick 1000)")
     ap.add_argument("--size", help="the big file of c, d, e (default 1G, quick 256M)")
     ap.add_argument("--runtime", type=int, help="seconds of the random read (default 10, quick 3)")
     ap.add_argument("--rand-size", help="span of the random writes (default 128M, quick 32M)")

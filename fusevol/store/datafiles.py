@@ -122,16 +122,20 @@ class Writer:
         """A file of this process's own to append to (the one before, if any,
         is done): one no live process holds and with room left, else a new
         one. A worker writes for as long as its volume is mounted, so a new
-        file each time would leave a file (and a map in every reader) per
-        container run that wrote a large file."""
+        file each time would leave a file (and an open descriptor in every
+        reader) per container run that wrote a large file."""
         self.close()
         os.makedirs(folder(self.store.path), mode=0o700, exist_ok=True)
         for number, end in _ends(txn).items():
             if end < FILE_MAX and self._take(number, create=False):
-                # What lies past the end no commit named (a holder died in
-                # its commit): cut, with any page of it a reader read ahead.
-                if os.fstat(self.fd).st_size > end:
-                    os.ftruncate(self.fd, end)
+                try:
+                    # What lies past the end no commit named (a holder died
+                    # in its commit): cut, and what a reader read of it.
+                    if os.fstat(self.fd).st_size > end:
+                        os.ftruncate(self.fd, end)
+                except OSError:  # left as it is: another file, or a new one
+                    self.close()
+                    continue
                 self.number, self.end = number, end
                 return
         raw = txn.get("meta", b"next_datafile")

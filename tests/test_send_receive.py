@@ -124,6 +124,10 @@ def test_full_and_incremental_give_identical_volumes(mounts, store_path, other, 
 
     snaps = json.loads(run_cli(other.store_path, "snapshot", "ls", "dst", "--json").stdout)
     assert [s["name"] for s in snaps] == ["one"]
+    # The big file's chunks went to a data file, though the receive's one
+    # transaction held more than a writer's buffer: the store file stays small.
+    df = json.loads(run_cli(other.store_path, "df", "--json").stdout)
+    assert df["data_files_bytes"] >= 64 * MiB and df["store_file_bytes"] < 16 * MiB, df
     dst = other.mount("dst", create=False)
     assert_same(tree_state(dst), tree_state(src))
     # A change made on the receiving side since its snapshot is not silently discarded.
@@ -155,6 +159,56 @@ def test_full_and_incremental_give_identical_volumes(mounts, store_path, other, 
     # The received snapshots are real ones: diff sees what changed between them.
     changes = json.loads(run_cli(other.store_path, "diff", "dst@one", "dst@two", "--json").stdout)
     assert {"status": "R", "path": "data/deep/small7", "new_path": "moved"} in changes
+
+
+def test_a_receive_killed_midway_leaves_the_store_whole_and_gc_takes_its_bytes(store_path, tmp_path):
+    """A receive larger than a data file writer's buffer writes chunks to the
+    disk before its commit: killed then, the store is as before, and gc takes
+    back the bytes it wrote."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with open(tree / "big", "wb") as f:
+        for _ in range(160):
+            f.write(os.urandom(MiB))
+    archive = tmp_path / "big.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(tree), "big"], check=True)
+    run_cli(store_path, "import", "src", str(archive))
+    run_cli(store_path, "snapshot", "create", "src@one")
+    stream = tmp_path / "one.stream"
+    run_cli(store_path, "send", "src@one", "-o", str(stream))
+    os.unlink(archive)
+
+    dst_store = str(tmp_path / "dst")
+    run_cli(dst_store, "volume", "create", "before")
+    before = store_view(dst_store)
+    data = os.path.join(dst_store, "data")
+    proc = subprocess.Popen([sys.executable, "-m", "fusevol", "--store", dst_store, "receive", "dst",
+                             str(stream)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Killed once its first buffer of chunks is on the disk.
+    while proc.poll() is None and not (os.path.isdir(data) and _bytes_in(data) > 0):
+        pass
+    proc.kill()
+    assert proc.wait() == -9, proc.stderr.read()
+    assert _bytes_in(data) > 0
+
+    # As before but for the bytes it wrote, in a file no commit named.
+    after = store_view(dst_store)
+    for view in (before, after):
+        for key in ("data_files_bytes", "disk_bytes", "overhead"):
+            view["df"].pop(key)
+    assert after == before
+    assert run_cli(dst_store, "verify").returncode == 0
+    run_cli(dst_store, "gc")
+    assert _bytes_in(data) == 0
+    # Received again, whole.
+    run_cli(dst_store, "receive", "dst", str(stream))
+    assert run_cli(dst_store, "verify").returncode == 0
+    assert store_view(dst_store)["df"]["volumes"]["dst"] == 160 * MiB
+
+
+def _bytes_in(folder: str) -> int:
+    """Bytes on the disk of the files in folder."""
+    return sum(os.stat(os.path.join(folder, n)).st_blocks * 512 for n in os.listdir(folder))
 
 
 def test_send_refuses_a_terminal(store_path, tmp_path):

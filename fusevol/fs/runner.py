@@ -382,7 +382,7 @@ class TxnRunner:
         self._pending.clear()
         self._written.clear()
         self._batch_dirty = False
-        txn.txn.abort()
+        self.store.abort(txn)
         self._nudge("batch", False)
 
     def _write_pending(self) -> None:
@@ -500,7 +500,7 @@ class TxnRunner:
             self._pending.clear()
             self._written.clear()
             with contextlib.suppress(Exception):
-                txn.txn.abort()
+                self.store.abort(txn)
         self._nudge("batch", False)
         failed = (False, _error_mode(self.broken), None)
         waiting = [reply for reply, _ in self._held]

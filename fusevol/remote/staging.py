@@ -70,7 +70,7 @@ class Staging:
 
     def _store(self, gathered: list, size: int, progress: NoProgress) -> None:
         taken = []
-        txn = self.store.begin_write()
+        txn = self.store.begin_write(data_files=True)
         try:
             txn.check_space(size)
             for batch in gathered:
@@ -79,7 +79,7 @@ class Staging:
                     taken.append(cid)
             new = txn.chunk_delta[0]
         except BaseException:
-            txn.txn.abort()
+            self.store.abort(txn)
             raise
         # Not durable: the install at the end is, and it covers these pages.
         self.store.commit(txn, durable=False)

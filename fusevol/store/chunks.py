@@ -220,12 +220,10 @@ def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int, packed_max: 
     writer = txn.root().data
     if length > packed_max and writer is not None:
         ext = writer.stage(txn, head, payload)
-    if ext is None:
-        stored = head + payload if head else payload
-        if length <= packed_max:
-            loc = packs.add(txn, packs.CHUNK, stored)
-        else:
-            txn.put("chunks", cid, stored)
+    elif length <= packed_max:
+        loc = packs.add(txn, packs.CHUNK, head + payload if head else payload)
+    else:
+        txn.put("chunks", cid, head + payload if head else payload)
     txn.put("refs", cid, _encode_row(count, raw_len, length, loc, ext))
     txn.chunk_delta[0] += 1
     txn.chunk_delta[1] += raw_len

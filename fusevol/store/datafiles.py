@@ -22,9 +22,12 @@ large chunks it adds in the writer's aligned buffer; its commit
 the call returns (O_DIRECT | O_DSYNC), and puts the new end, then commits
 LMDB. A crash between the two leaves bytes past the recorded end that no row
 points to; the next commit of that writer writes over them. A nested
-transaction that aborts takes back what it staged. A chunk that does not
-fit the buffer goes to LMDB as before (a transaction larger than a worker's
-batch).
+transaction that aborts takes back what it staged. A transaction that stages
+more than the buffer holds (a receive, in one transaction) writes the buffer
+out past the end and goes on staging (a spill): its bytes are the file's once
+the commit puts the new end, and past the end, no one's, if it aborts. So a
+transaction of any size keeps its large chunks here, in a buffer's worth of
+memory, and a file may grow past FILE_MAX within one.
 
 Dead space: a chunk let go of leaves a `datadead` row keyed by the
 transaction that let go of it. Its bytes may go only when no reader can
@@ -85,37 +88,48 @@ class Writer:
         self.fd: int | None = None
         self.number = 0
         self.end = 0          # committed end of the file (a multiple of ALIGN)
-        self.used = 0         # bytes staged in the buffer
+        self.spilled = 0      # bytes the open transaction wrote past it (a multiple of ALIGN)
+        self.used = 0         # bytes staged in the buffer, to go after those
         self.buf = mmap.mmap(-1, STAGE_MAX)
 
     # -- staging ----------------------------------------------------------
 
-    def stage(self, txn, head: bytes, payload) -> Extent | None:
-        """Stage a chunk's stored form (head + payload); where it will be, or
-        None when the buffer cannot take it (the caller keeps it in LMDB)."""
+    def stage(self, txn, head: bytes, payload) -> Extent:
+        """Stage a chunk's stored form (head + payload); where it will be.
+        A full buffer is spilled first (NoSpace if the disk refuses it)."""
         n = len(head) + len(payload)
         if self.used + n > STAGE_MAX:
-            return None
-        if self.fd is None or (self.used == 0 and self.end >= FILE_MAX):
+            self._write_buffer()
+        if self.fd is None or (self.used == self.spilled == 0 and self.end >= FILE_MAX):
             self._start(txn)
         at = self.used + len(head)
         self.buf[self.used: at] = head
         self.buf[at: self.used + n] = payload
-        ext = Extent(self.number, self.end + self.used, n)
+        ext = Extent(self.number, self.end + self.spilled + self.used, n)
         self.used += n
         return ext
 
     def mark(self) -> int:
-        return self.used
+        """Where the next chunk staged goes, past the committed end."""
+        return self.spilled + self.used
 
-    def rollback(self, mark: int) -> None:
-        self.used = mark
+    def rollback(self, txn, mark: int) -> None:
+        """Take back what was staged since `mark` (a nested transaction
+        failed; txn: its parent). What was spilled since is in the file,
+        named by no row: it is let go of in txn, as a chunk is."""
+        if mark >= self.spilled:
+            self.used = mark - self.spilled
+            return
+        release(txn, Extent(self.number, self.end + mark, self.spilled - mark))
+        self.used = 0
 
     def staged(self, ext: Extent):
-        """A staged chunk's bytes (a chunk this transaction added, read in it)."""
-        if self.fd is None or ext.file != self.number or ext.offset < self.end:
+        """A chunk this transaction staged and still holds in the buffer, read
+        in it (one it spilled is read from the file, as a committed one)."""
+        start = self.end + self.spilled
+        if self.fd is None or ext.file != self.number or ext.offset < start:
             return None
-        lo = ext.offset - self.end
+        lo = ext.offset - start
         return bytes(self.buf[lo: lo + ext.length])
 
     def _start(self, txn) -> None:
@@ -177,35 +191,46 @@ class Writer:
         """Write what is staged at the file's end, durably, and put the new
         end in txn (the root, about to commit); the new end, or None if
         nothing was staged. The caller calls `committed` or `dropped` after."""
-        if not self.used:
+        if not self.used and not self.spilled:
             return None
-        length = -(-self.used // ALIGN) * ALIGN
-        self.buf[self.used: length] = bytes(length - self.used)
-        view = memoryview(self.buf)[:length]
-        done = 0
-        try:
-            while done < length:
-                done += os.pwrite(self.fd, view[done:], self.end + done)
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace("no space left on the store's disk") from None
-            raise FusevolError(f"data file write failed: {e.strerror}") from None
-        finally:
-            view.release()
-        new_end = self.end + length
+        if self.used:
+            self._write_buffer()
+        new_end = self.end + self.spilled
         txn.put("datafiles", _FILE.pack(self.number), schema.u64(new_end))
         raw = txn.get("meta", b"next_datafile")
         if not raw or schema.read_u64(raw) <= self.number:
             txn.put("meta", b"next_datafile", schema.u64(self.number + 1))
         return new_end
 
+    def _write_buffer(self) -> None:
+        """The staged bytes to the disk (O_DSYNC: durable on return), after
+        what the transaction spilled, padded to ALIGN."""
+        length = -(-self.used // ALIGN) * ALIGN
+        self.buf[self.used: length] = bytes(length - self.used)
+        view = memoryview(self.buf)[:length]
+        at = self.end + self.spilled
+        done = 0
+        try:
+            while done < length:
+                done += os.pwrite(self.fd, view[done:], at + done)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace("no space left on the store's disk") from None
+            raise FusevolError(f"data file write failed: {e.strerror}") from None
+        finally:
+            view.release()
+        self.spilled += length
+        self.used = 0
+
     def committed(self, new_end: int | None) -> None:
         if new_end is not None:
             self.end = new_end
-        self.used = 0
+        self.spilled = self.used = 0
 
     def dropped(self) -> None:
-        self.used = 0
+        """The transaction aborted: what it wrote past the end is no one's,
+        and the next one writes over it."""
+        self.spilled = self.used = 0
 
     def give_back(self) -> None:
         """Hand the buffer's pages back to the system (an idle writer)."""

@@ -350,14 +350,16 @@ class Store:
             txn.abort()
 
     @contextlib.contextmanager
-    def write(self, durable: bool = True):
+    def write(self, durable: bool = True, data_files: bool = False):
         """A write transaction committed at the end of the block (durably,
-        unless not `durable`: then a system crash may undo it, never half of it)."""
-        txn = self.begin_write()
+        unless not `durable`: then a system crash may undo it, never half of it).
+        `data_files`: the large chunks it adds go to this process's data file
+        (see begin_write)."""
+        txn = self.begin_write(data_files)
         try:
             yield txn
         except BaseException:
-            txn.txn.abort()
+            self.abort(txn)
             raise
         self.commit(txn, durable)
 
@@ -377,9 +379,22 @@ class Store:
         finally:
             txn.abort()
 
-    def begin_write(self) -> Txn:
+    def begin_write(self, data_files: bool = False) -> Txn:
+        """A write transaction the caller ends with commit() or abort().
+        `data_files`: the large chunks it adds go to this process's data file
+        (data_writer), for transactions that add many (receive, import, pull):
+        one thread's at a time, as LMDB's write lock makes them."""
         self._grow_if_needed()
-        return Txn(self, self._begin(write=True), write=True)
+        txn = Txn(self, self._begin(write=True), write=True)
+        if data_files:
+            txn.data = self.data_writer()
+        return txn
+
+    def abort(self, txn: Txn) -> None:
+        """End a root write transaction unstored, and what it staged."""
+        txn.txn.abort()
+        if txn.data is not None:
+            txn.data.dropped()
 
     def commit(self, txn: Txn, durable: bool = True) -> None:
         """Commit; with durable, return only once it survives a system crash."""
@@ -423,7 +438,7 @@ class Store:
         except BaseException:
             child.txn.abort()
             if data_mark is not None:  # what it staged goes too
-                root.data.rollback(data_mark)
+                root.data.rollback(parent, data_mark)
             # The packs it added to go back to what they held before it.
             if packs_mark is None:
                 root.packs = None

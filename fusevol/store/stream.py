@@ -334,7 +334,7 @@ def receive(store: Store, volume: str, src, *, force: bool = False, mounted: boo
         name = sent.get("name", "")
         if not snapshots.NAME_RE.fullmatch(str(name)):
             raise StreamDamaged(f"stream names an invalid snapshot {name!r}")
-        with store.write() as txn:
+        with store.write(data_files=True) as txn:
             txn.check_space(size)
             target = volumes.get(txn, volume, missing_ok=True)
             if base_root is None:

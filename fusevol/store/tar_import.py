@@ -140,7 +140,7 @@ class _Importer:
     def apply(self) -> None:
         if not self.ops:
             return
-        with self.store.write() as txn:
+        with self.store.write(data_files=True) as txn:
             for op in self.ops:
                 op(txn)
             if self.quota is not None and self.inodes.usage(txn).logical_bytes > self.quota:

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from fusevol.errors import NoSpace, StoreDamaged
-from fusevol.store import Store, check, chunks, datafiles
+from fusevol.store import Store, check, chunks, datafiles, schema
 
 BLOCK = 128 * 1024
 
@@ -102,6 +102,75 @@ def test_a_nested_transaction_that_fails_takes_back_what_it_staged(store):
         assert not chunks.has(t, chunks.chunk_id(drop))
         # The third chunk took the place the failed one had staged.
         assert chunks._get_row(t, third).ext.offset == BLOCK + 1
+
+
+def _small_buffer(monkeypatch, chunks_held: int) -> None:
+    """Writers made from now on stage at most `chunks_held` blocks."""
+    align = datafiles.ALIGN
+    monkeypatch.setattr(datafiles, "STAGE_MAX", -(-chunks_held * (BLOCK + 1) // align) * align)
+
+
+def test_a_transaction_larger_than_the_buffer_spills_it_and_keeps_every_chunk_in_the_file(
+        store, monkeypatch):
+    _small_buffer(monkeypatch, 3)
+    datas = [_block(i) for i in range(10)]
+    txn = store.begin_write(data_files=True)
+    ids = [chunks.add_ref(txn, d, "none") for d in datas]
+    # Read in the transaction: the spilled ones from the file, the rest from the buffer.
+    assert [chunks.read(txn, cid) for cid in ids] == datas
+    exts = [chunks._get_row(txn, cid).ext for cid in ids]
+    assert store.data_writer().spilled > 0
+    store.commit(txn)
+    assert all(e is not None and e.file == 1 for e in exts)
+    # Each spill starts where the one before ended, aligned: no chunk overlaps another.
+    spans = sorted((e.offset, e.offset + e.length) for e in exts)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    with _reopened(store) as other:
+        with other.read() as t:
+            assert [chunks.read(t, cid) for cid in ids] == datas
+            assert schema.read_u64(t.get("datafiles", b"\0\0\0\x01")) == \
+                os.path.getsize(os.path.join(datafiles.folder(store.path), "00000001"))
+        assert _damage(other) == []
+
+
+def test_a_transaction_that_spilled_and_aborted_leaves_its_bytes_to_the_next_one(store, monkeypatch):
+    _small_buffer(monkeypatch, 2)
+    kept = _write(store, [_block(1)])[0]
+    with pytest.raises(RuntimeError):
+        with store.write(data_files=True) as txn:
+            for i in range(6):
+                chunks.add_ref(txn, _block(10 + i), "none")
+            raise RuntimeError("the receive failed")
+    with store.read() as t:
+        end = schema.read_u64(t.get("datafiles", b"\0\0\0\x01"))
+        assert end == chunks._get_row(t, kept).ext.offset + datafiles.ALIGN * -(-(BLOCK + 1) // datafiles.ALIGN)
+    # The next transaction writes from the committed end, over the spilled bytes.
+    again = _write(store, [_block(2)])[0]
+    with store.read() as t:
+        assert chunks._get_row(t, again).ext.offset == end
+    assert _damage(store) == []
+
+
+def test_a_nested_transaction_that_fails_after_a_spill_lets_go_of_what_it_spilled(store, monkeypatch):
+    _small_buffer(monkeypatch, 2)
+    txn = store.begin_write(data_files=True)
+    kept = chunks.add_ref(txn, _block(1), "none")
+    with pytest.raises(RuntimeError):
+        with store.nested(txn) as child:
+            for i in range(5):
+                chunks.add_ref(child, _block(10 + i), "none")
+            raise RuntimeError("the operation failed")
+    after = chunks.add_ref(txn, _block(2), "none")
+    spilled_to = store.data_writer().spilled
+    store.commit(txn)
+    with store.read() as t:
+        assert datafiles.dead_bytes(t) == spilled_to - (BLOCK + 1)
+        assert chunks._get_row(t, after).ext.offset == spilled_to
+        assert [chunks.read(t, c) for c in (kept,)] and chunks.read(t, after)
+    datafiles.reclaim_all(store)
+    with store.read() as t:
+        assert datafiles.dead_bytes(t) == 0
+    assert _damage(store) == []
 
 
 def test_a_chunk_staged_is_read_back_in_its_own_transaction(store):

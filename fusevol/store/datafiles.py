@@ -120,7 +120,8 @@ class Writer:
         if mark >= self.spilled:
             self.used = mark - self.spilled
             return
-        release(txn, Extent(self.number, self.end + mark, self.spilled - mark))
+        for at in range(mark, self.spilled, 1 << 30):  # (a dead row's length is 32 bits)
+            release(txn, Extent(self.number, self.end + at, min(self.spilled - at, 1 << 30)))
         self.used = 0
 
     def staged(self, ext: Extent):

@@ -8,6 +8,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 
 import blake3
 import pytest
@@ -186,7 +187,7 @@ def test_a_receive_killed_midway_leaves_the_store_whole_and_gc_takes_its_bytes(s
                              str(stream)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # Killed once its first buffer of chunks is on the disk.
     while proc.poll() is None and not (os.path.isdir(data) and _bytes_in(data) > 0):
-        pass
+        time.sleep(0.002)
     proc.kill()
     assert proc.wait() == -9, proc.stderr.read()
     assert _bytes_in(data) > 0

@@ -82,7 +82,11 @@ class Staging:
             self.store.abort(txn)
             raise
         # Not durable: the install at the end is, and it covers these pages.
-        self.store.commit(txn, durable=False)
+        try:
+            self.store.commit(txn, durable=False)
+        finally:
+            if txn.data is not None:  # the daemon pulls too: its buffer's pages go back
+                txn.data.give_back()
         self.held.extend(taken)
         self.new_chunks += new
         progress.advance(size)

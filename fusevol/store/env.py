@@ -361,7 +361,11 @@ class Store:
         except BaseException:
             self.abort(txn)
             raise
-        self.commit(txn, durable)
+        try:
+            self.commit(txn, durable)
+        finally:
+            if txn.data is not None:  # (a daemon's pull would keep the buffer's pages)
+                txn.data.give_back()
 
     def touch(self) -> None:
         """A commit that changes nothing the store reads (its format written

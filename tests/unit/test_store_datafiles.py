@@ -173,6 +173,31 @@ def test_a_nested_transaction_that_fails_after_a_spill_lets_go_of_what_it_spille
     assert _damage(store) == []
 
 
+def _resident_kib(buf) -> int:
+    """Rss of the mapping that holds buf (/proc/self/smaps)."""
+    import ctypes
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1])
+    raise AssertionError("no mapping holds the buffer")
+
+
+def test_a_transaction_other_than_a_workers_gives_the_buffers_pages_back(store):
+    """A daemon pulls volumes: its writer's buffer must not keep 48 MiB."""
+    with store.write(data_files=True) as txn:
+        for i in range(16):
+            chunks.add_ref(txn, _block(i), "none")
+        assert _resident_kib(store.data_writer().buf) >= 2 * 1024
+    assert _resident_kib(store.data_writer().buf) == 0
+
+
 def test_a_chunk_staged_is_read_back_in_its_own_transaction(store):
     data = _block(7)
     txn = store.begin_write()

@@ -167,3 +167,11 @@ def test_damage_reaches_a_file_read_as_an_error(store, inodes):
     _damage(store, chunks.chunk_id(data), truncate)
     with store.read() as txn, pytest.raises(StoreDamaged):
         inodes.read_block(txn, f, 0)
+
+
+def test_a_chunk_id_is_the_blake3_of_its_bytes_whatever_way_it_is_hashed():
+    import blake3
+    for size in (0, 1, 2047, 2048, 4094, 4096, 6141, 8192, 8193, 128 * 1024):
+        data = os.urandom(size)
+        assert chunks.chunk_id(data) == blake3.blake3(data).digest(), size
+        assert chunks.chunk_id(memoryview(bytearray(data))) == blake3.blake3(data).digest(), size

@@ -60,6 +60,8 @@ def test_push_then_pull_on_another_host(hosts):
     assert volume_digests(b.store, "vol@one") == volume_digests(a.store, "vol@one")
     assert volume_digests(b.store, "vol") == volume_digests(a.store, "vol")
     assert b"ok" in b.run("verify").stdout
+    # The big file's chunks went to a data file, as a worker's would.
+    assert b.json("df")["data_files_bytes"] >= 5 * MiB
     # A pull into another name downloads nothing: this store has it all.
     again = b.json("pull", "r", "vol@one", "copy")
     assert again["downloaded_bytes"] == 0 and again["chunks"] == 0

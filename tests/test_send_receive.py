@@ -174,6 +174,7 @@ def test_a_receive_killed_midway_leaves_the_store_whole_and_gc_takes_its_bytes(s
     archive = tmp_path / "big.tar"
     subprocess.run(["tar", "-cf", str(archive), "-C", str(tree), "big"], check=True)
     run_cli(store_path, "import", "src", str(archive))
+    assert json.loads(run_cli(store_path, "df", "--json").stdout)["data_files_bytes"] >= 160 * MiB
     run_cli(store_path, "snapshot", "create", "src@one")
     stream = tmp_path / "one.stream"
     run_cli(store_path, "send", "src@one", "-o", str(stream))

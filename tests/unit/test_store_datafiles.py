@@ -470,3 +470,74 @@ def test_chunks_a_transaction_staged_are_read_with_the_committed_ones(store):
         == [old, new]
     assert chunks.views_if_stored(txn, [chunks.chunk_id(b"not stored")]) == [None]
     store.commit(txn)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_transactions_that_spill_fail_and_abort_keep_every_committed_chunk(
+        store, monkeypatch, seed):
+    """Random sequences of chunks added, nested transactions that fail or
+    hold, chunks let go of, commits and aborts, with a buffer of 3 chunks
+    (so most transactions spill): every committed chunk reads back, verify
+    finds nothing, and once gc's tidy and punches ran the file holds no more
+    than the live chunks' blocks."""
+    import random
+    rng = random.Random(seed)
+    _small_buffer(monkeypatch, 3)
+    committed: dict[bytes, bytes] = {}  # chunk id -> data
+    txn, pending, dropped = None, {}, set()
+    serial = iter(range(1 << 30))
+
+    def fresh():
+        return next(serial).to_bytes(8, "big") + rng.randbytes(BLOCK - 8)
+
+    for _ in range(60):
+        step = rng.choice(["add", "add", "nested_ok", "nested_fail", "drop", "commit", "commit",
+                           "abort", "read"])
+        if txn is None:
+            txn, pending, dropped = store.begin_write(data_files=True), {}, set()
+        if step == "add":
+            for data in [fresh() for _ in range(rng.randint(1, 4))]:
+                pending[chunks.add_ref(txn, data, "none")] = data
+        elif step in ("nested_ok", "nested_fail"):
+            datas = [fresh() for _ in range(rng.randint(1, 6))]
+            try:
+                with store.nested(txn) as child:
+                    ids = [chunks.add_ref(child, d, "none") for d in datas]
+                    if step == "nested_fail":
+                        raise RuntimeError("the operation failed")
+            except RuntimeError:
+                pass
+            else:
+                pending.update(zip(ids, datas))
+        elif step == "drop" and set(committed) - dropped:
+            cid = rng.choice(sorted(set(committed) - dropped))
+            chunks.decref(txn, cid)
+            dropped.add(cid)
+        elif step == "read":
+            for cid in rng.sample(sorted(set(pending) | (set(committed) - dropped)),
+                                  min(5, len(pending) + len(committed) - len(dropped))):
+                assert chunks.read(txn, cid) == (pending[cid] if cid in pending else committed[cid])
+        elif step == "commit":
+            store.commit(txn)
+            committed.update(pending)
+            for cid in dropped:
+                del committed[cid]
+            txn = None
+        elif step == "abort":
+            store.abort(txn)
+            txn = None
+    if txn is not None:
+        store.abort(txn)
+
+    with _reopened(store) as other:  # (this process's writer gone: tidy may cut its file)
+        with other.read() as t:
+            assert {cid: chunks.read(t, cid) for cid in committed} == committed
+            assert sum(1 for _ in chunks.extents(t)) == len(committed)
+        assert _damage(other) == []
+        datafiles.reclaim_all(other)
+        datafiles.tidy(other, chunks.data_files_in_use)
+        with other.read() as t:
+            assert datafiles.dead_bytes(t) == 0
+        per_chunk = (-(-(BLOCK + 1) // datafiles.ALIGN) + 1) * datafiles.ALIGN
+        on_disk = _blocks_on_disk(other) if os.path.isdir(datafiles.folder(other.path)) else 0
+        assert on_disk <= len(committed) * per_chunk, (on_disk, len(committed))

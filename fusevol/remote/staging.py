@@ -78,12 +78,11 @@ class Staging:
                     chunks.add_ref(txn, data, cid=cid, payload=stored)
                     taken.append(cid)
             new = txn.chunk_delta[0]
+            # Not durable: the install at the end is, and it covers these pages.
+            self.store.commit(txn, durable=False)
         except BaseException:
             self.store.abort(txn)
             raise
-        # Not durable: the install at the end is, and it covers these pages.
-        try:
-            self.store.commit(txn, durable=False)
         finally:
             if txn.data is not None:  # the daemon pulls too: its buffer's pages go back
                 txn.data.give_back()

@@ -361,7 +361,7 @@ class Store:
         except BaseException:
             self.abort(txn)
             raise
-        try:
+        else:
             self.commit(txn, durable)
         finally:
             if txn.data is not None:  # (a daemon's pull would keep the buffer's pages)

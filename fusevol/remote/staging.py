@@ -70,22 +70,14 @@ class Staging:
 
     def _store(self, gathered: list, size: int, progress: NoProgress) -> None:
         taken = []
-        txn = self.store.begin_write(data_files=True)
-        try:
+        # Not durable: the install at the end is, and it covers these pages.
+        with self.store.write(durable=False, data_files=True) as txn:
             txn.check_space(size)
             for batch in gathered:
                 for cid, stored, data in batch:
                     chunks.add_ref(txn, data, cid=cid, payload=stored)
                     taken.append(cid)
             new = txn.chunk_delta[0]
-            # Not durable: the install at the end is, and it covers these pages.
-            self.store.commit(txn, durable=False)
-        except BaseException:
-            self.store.abort(txn)
-            raise
-        finally:
-            if txn.data is not None:  # the daemon pulls too: its buffer's pages go back
-                txn.data.give_back()
         self.held.extend(taken)
         self.new_chunks += new
         progress.advance(size)

@@ -54,17 +54,18 @@ _local = threading.local()
 # flush handler took 58-72 us of CPU per small file against 75-86 (bench/handlers.py,
 # three alternated runs).
 HOLD_GIL_UP_TO = 8192
-_PIECE = 2047
+_GIL_MINSIZE = 2048
 
 
 def chunk_id(data) -> bytes:
     size = len(data)
-    if size < 2048 or size > HOLD_GIL_UP_TO:
+    if size < _GIL_MINSIZE or size > HOLD_GIL_UP_TO:
         return blake3.blake3(data).digest()
     h = blake3.blake3()
     view = memoryview(data)
-    for at in range(0, size, _PIECE):
-        h.update(view[at:at + _PIECE])
+    piece = _GIL_MINSIZE - 1
+    for at in range(0, size, piece):
+        h.update(view[at:at + piece])
     return h.digest()
 
 
@@ -239,10 +240,12 @@ def _store(txn: Txn, cid: bytes, payload, raw_len: int, count: int, packed_max: 
     writer = txn.root().data
     if length > packed_max and writer is not None:
         ext = writer.stage(txn, head, payload)
-    elif length <= packed_max:
-        loc = packs.add(txn, packs.CHUNK, head + payload if head else payload)
     else:
-        txn.put("chunks", cid, head + payload if head else payload)
+        stored = head + payload if head else payload
+        if length <= packed_max:
+            loc = packs.add(txn, packs.CHUNK, stored)
+        else:
+            txn.put("chunks", cid, stored)
     txn.put("refs", cid, _encode_row(count, raw_len, length, loc, ext))
     txn.chunk_delta[0] += 1
     txn.chunk_delta[1] += raw_len

@@ -6,7 +6,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 venv=${FUSEVOL_VENV:-/opt/fusevol}
 # The tests import fusevol from the checkout: build the C helpers next to it.
-"$venv/bin/python" -c "import setuptools" 2>/dev/null || "$venv/bin/pip" install -q setuptools
+# setuptools 77 reads the SPDX `license` of pyproject.toml (the venv's own is older).
+"$venv/bin/pip" install -q "setuptools>=77"
 "$venv/bin/python" setup.py -q build_ext --inplace
 export FUSEVOL_REQUIRE_NATIVE=1
 # Test from the checkout, with the installed dependencies.
